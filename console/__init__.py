@@ -1,0 +1,1 @@
+"""The ``pantheon`` command line and the Textual console."""

@@ -1,0 +1,430 @@
+"""The ``pantheon`` command line.
+
+Only the commands that draw import Textual, so ``pantheon engine`` starts light on a headless host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from pantheon.core import (
+    Engine,
+    FlowError,
+    JobQueue,
+    PantheonError,
+    default_registry,
+    enqueue,
+    load_flow,
+    locate_flow,
+    read_inputs_jsonl,
+)
+from pantheon.core.control import ControlFile
+from pantheon.core.status import status_text
+
+log = logging.getLogger("pantheon")
+
+DEFAULT_ARTIFACTS = Path("artifacts")
+
+EPILOG = """\
+The artifacts directory (default ./artifacts) is where the engine, the console, the report and
+the trainer meet: the queue (pantheon.db), the operator controls (control.json) and every run's
+files (runs/<flow>-<run id>/).
+
+examples:
+  pantheon night --demo                       the demo night, start to finish
+  pantheon flows check flows/*.yaml           check flow files before a night
+  pantheon enqueue textstats --input '{"text": "hello world"}'
+  pantheon enqueue textstats --inputs jobs.jsonl
+  pantheon engine --until-empty               drain the queue headless, then stop
+  pantheon control --concurrency 8            change c while the night runs
+  pantheon status                             where the night stands
+"""
+
+
+def _artifacts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=DEFAULT_ARTIFACTS,
+        metavar="DIR",
+        help="the artifacts directory (default: ./artifacts)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pantheon",
+        description="Run fleets of small LLM agent flows overnight against a local model server.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="say more (-vv for debug output)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "night",
+        help="run a whole night: enqueue, drain, report",
+        description="Run a whole night: enqueue the work, drain the queue, print where it stands.",
+    )
+    p.add_argument("--demo", action="store_true", help="the demo night on the shipped corpus")
+    p.add_argument("--concurrency", type=int, metavar="C", help="jobs at once (default: 4)")
+    _artifacts_arg(p)
+
+    p = sub.add_parser(
+        "engine",
+        help="drain the queue, headless",
+        description=textwrap.dedent(
+            """\
+            Drain the queue, headless. Reads control.json on every tick, so concurrency and the
+            queue pause can change while it runs. Ctrl-C (or SIGTERM) stops gracefully: the nodes
+            in flight finish and unfinished jobs go back to the queue; a second Ctrl-C cancels
+            them, and they resume from their last finished node."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--until-empty", action="store_true", help="stop when the queue is empty")
+    p.add_argument(
+        "--concurrency", type=int, metavar="C", help="set c in control.json before starting"
+    )
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a claimed job stays ours without renewal (default: 60)",
+    )
+    p.add_argument(
+        "--fsync",
+        action="store_true",
+        help="flush every run artifact to disk before renaming it (survives power cuts; slower)",
+    )
+    p.add_argument("--tick", type=float, default=0.25, metavar="SECONDS", help=argparse.SUPPRESS)
+    _artifacts_arg(p)
+
+    p = sub.add_parser(
+        "enqueue",
+        help="add jobs of a flow to the queue",
+        description="Add jobs of a flow to the queue. Every input is checked against the flow "
+        "first; when one does not fit, nothing is enqueued.",
+    )
+    p.add_argument("flow", help="a flow file, or the name of a flow in ./flows or shipped ones")
+    p.add_argument("--input", metavar="JSON", help="one job's input as a JSON object")
+    p.add_argument(
+        "--inputs", type=Path, metavar="FILE", help="a JSON Lines file: one job input per line"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set one input field (repeatable; VALUE is parsed as JSON when it can be)",
+    )
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default: 0)")
+    _artifacts_arg(p)
+
+    p = sub.add_parser("status", help="where the night stands, in plain text")
+    p.add_argument("--json", action="store_true", help="counts as JSON")
+    _artifacts_arg(p)
+
+    p = sub.add_parser("flows", help="check or list flow files")
+    flows_sub = p.add_subparsers(dest="flows_command", metavar="ACTION", required=True)
+    fc = flows_sub.add_parser("check", help="check flow files; exit 1 if any has a problem")
+    fc.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    flows_sub.add_parser("list", help="the flows shipped with Pantheon and in ./flows")
+
+    p = sub.add_parser("agents", help="list the agents this install knows")
+    p.add_argument("--json", action="store_true", help="with their schemas, as JSON")
+
+    p = sub.add_parser(
+        "control",
+        help="change the operator controls (control.json)",
+        description="Change the operator controls in control.json; a running engine takes them "
+        "on its next tick. With no option, print them.",
+    )
+    p.add_argument("--concurrency", type=int, metavar="C", help="jobs at once")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pause-queue", metavar="REASON", nargs="?", const="", help="claim no new jobs")
+    g.add_argument("--resume-queue", action="store_true")
+    g2 = p.add_mutually_exclusive_group()
+    g2.add_argument("--pause-merges", metavar="REASON", nargs="?", const="", help="merge nothing")
+    g2.add_argument("--resume-merges", action="store_true")
+    _artifacts_arg(p)
+
+    p = sub.add_parser(
+        "retry",
+        help="put failed jobs back in the queue",
+        description="Put failed jobs back in the queue; nodes that finished are not run again.",
+    )
+    p.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids (default: all failed)")
+    _artifacts_arg(p)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    registry = default_registry()
+    flow = load_flow(locate_flow(args.flow), registry)
+    inputs: list[dict[str, Any]] = []
+    if args.inputs:
+        inputs.extend(read_inputs_jsonl(args.inputs))
+    if args.input is not None or args.set:
+        try:
+            one = json.loads(args.input) if args.input is not None else {}
+        except json.JSONDecodeError as exc:
+            raise FlowError(
+                f"--input is not valid JSON: {exc.msg} (at column {exc.colno})"
+            ) from None
+        if not isinstance(one, dict):
+            raise FlowError('--input must be a JSON object, e.g. \'{"text": "hello"}\'')
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise FlowError(f"--set {item!r}: write KEY=VALUE")
+            one[key] = _parse_value(value)
+        inputs.append(one)
+    if not inputs:
+        raise FlowError(
+            "no input given", hint="use --input JSON, --set KEY=VALUE or --inputs FILE.jsonl"
+        )
+    with JobQueue(args.artifacts) as queue:
+        ids = enqueue(queue, flow, inputs, priority=args.priority)
+    span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
+    print(f"enqueued {len(ids)} job(s) of flow {flow.name!r} (ids {span}) in {args.artifacts}")
+    return 0
+
+
+def _run_engine(engine: Engine) -> int:
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _on_signal, engine, sig)
+        stats = await engine.run()
+        log.info(
+            "engine stopped: %d done, %d failed, %d given back; %d nodes run, %d resumed "
+            "from disk, in %.1fs",
+            stats.done,
+            stats.failed,
+            stats.stopped,
+            stats.nodes_run,
+            stats.nodes_skipped,
+            stats.elapsed,
+        )
+        return 0
+
+    return asyncio.run(main())
+
+
+def _on_signal(engine: Engine, sig: signal.Signals) -> None:
+    hard = engine._stopping
+    log.warning(
+        "%s: %s",
+        sig.name,
+        "cancelling the nodes in flight; they resume next time"
+        if hard
+        else "stopping after the nodes in flight (again to cancel them)",
+    )
+    engine.request_stop(hard=hard)
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    if args.concurrency is not None:
+        ControlFile(args.artifacts).update(by="pantheon engine", concurrency=args.concurrency)
+    engine = Engine(
+        args.artifacts,
+        default_registry(),
+        until_empty=args.until_empty,
+        lease_s=args.lease,
+        fsync=args.fsync,
+        tick_s=args.tick,
+    )
+    for problem in engine.registry.load_errors:
+        log.warning("agent plugin not loaded: %s", problem)
+    return _run_engine(engine)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.json:
+        with JobQueue(args.artifacts, create=False) as queue:
+            counts = queue.counts()
+        print(
+            json.dumps(
+                {"by_flow": counts.by_flow, "by_agent": counts.by_agent, "total": counts.total},
+                indent=2,
+            )
+        )
+    else:
+        print(status_text(args.artifacts))
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    registry = default_registry()
+    if args.flows_command == "list":
+        from pantheon.core.flows import packaged_flows_dir
+
+        for folder in (Path("flows"), packaged_flows_dir()):
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*.y*ml")):
+                try:
+                    flow = load_flow(path, registry)
+                    print(f"{flow.name:<16} {path}  {flow.spec.description}")
+                except FlowError as exc:
+                    print(f"{path.stem:<16} {path}  INVALID: {exc.problems[0]}")
+        return 0
+    bad = 0
+    for path in args.files:
+        try:
+            flow = load_flow(path, registry)
+        except FlowError as exc:
+            bad += 1
+            print(str(exc), file=sys.stderr)
+            continue
+        chain = " -> ".join(f"{n}({flow.agents[n].name})" for n in flow.order)
+        print(f"{path}: ok: flow {flow.name!r}, {len(flow.order)} nodes: {chain}")
+    return 1 if bad else 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    registry = default_registry()
+    if args.json:
+        out = [
+            {
+                "name": a.name,
+                "description": a.description,
+                "gate": a.gate,
+                "origin": registry.origin(a.name),
+                "input": a.Input.model_json_schema(),
+                "output": a.Output.model_json_schema(),
+                "params": a.Params.model_json_schema(),
+            }
+            for a in registry
+        ]
+        print(json.dumps(out, indent=2))
+        return 0
+    width = max((len(a.name) for a in registry), default=10)
+    for a in registry:
+        ins = ", ".join(a.Input.model_fields) or "-"
+        outs = ", ".join(a.Output.model_fields) or "-"
+        gate = " [gate]" if a.gate else ""
+        print(f"{a.name:<{width}}  {a.description}{gate}")
+        print(f"{'':<{width}}    in: {ins}   out: {outs}   from: {registry.origin(a.name)}")
+    for problem in registry.load_errors:
+        print(f"warning: agent plugin not loaded: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    control_file = ControlFile(args.artifacts)
+    changes: dict[str, Any] = {}
+    if args.concurrency is not None:
+        changes["concurrency"] = args.concurrency
+    if args.pause_queue is not None:
+        changes.update(queue_paused=True, queue_paused_reason=args.pause_queue or "by the operator")
+    if args.resume_queue:
+        changes["queue_paused"] = False
+    if args.pause_merges is not None:
+        changes.update(
+            merges_paused=True, merges_paused_reason=args.pause_merges or "by the operator"
+        )
+    if args.resume_merges:
+        changes["merges_paused"] = False
+    if changes:
+        args.artifacts.mkdir(parents=True, exist_ok=True)
+        try:
+            control = control_file.update(by="pantheon control", **changes)
+        except ValueError as exc:
+            raise FlowError(f"control: {exc}") from None
+    else:
+        control = control_file.load_strict()
+    print(json.dumps(control.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with JobQueue(args.artifacts, create=False) as queue:
+        n = queue.retry_failed(args.jobs or None)
+    print(f"{n} failed job(s) back in the queue")
+    return 0
+
+
+def cmd_night(args: argparse.Namespace) -> int:
+    if not args.demo:
+        raise FlowError(
+            "pantheon night needs --demo for now",
+            hint="or enqueue your own jobs with `pantheon enqueue` and run `pantheon engine`",
+        )
+    from pantheon.core.demo import enqueue_demo
+
+    registry = default_registry()
+    with JobQueue(args.artifacts) as queue:
+        n = enqueue_demo(queue, registry)
+    if args.concurrency is not None:
+        ControlFile(args.artifacts).update(by="pantheon night", concurrency=args.concurrency)
+    log.info("demo night: %d job(s) queued in %s", n, args.artifacts)
+    engine = Engine(args.artifacts, registry, until_empty=True)
+    code = _run_engine(engine)
+    print(status_text(args.artifacts))
+    return code
+
+
+COMMANDS = {
+    "night": cmd_night,
+    "engine": cmd_engine,
+    "enqueue": cmd_enqueue,
+    "status": cmd_status,
+    "flows": cmd_flows,
+    "agents": cmd_agents,
+    "control": cmd_control,
+    "retry": cmd_retry,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except PantheonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

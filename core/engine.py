@@ -1,0 +1,221 @@
+"""The engine: drains the queue with bounded concurrency, headless.
+
+Every tick it reads ``control.json`` (concurrency, queue paused), claims jobs up to the
+concurrency — grouped by the agent they run next — and runs them. It renews its leases while
+it works and takes back the jobs of engines that died. A graceful stop lets the nodes in flight
+finish and gives the unfinished jobs back to the queue; a hard stop cancels them, and they resume
+from their last finished node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .agents import AgentRegistry, default_registry
+from .control import ControlFile
+from .errors import PantheonError
+from .queue import Job, JobQueue, new_owner
+from .runner import JobOutcome, Runner
+
+__all__ = ["Engine", "EngineStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """What one engine did."""
+
+    done: int = 0
+    failed: int = 0
+    stopped: int = 0
+    nodes_run: int = 0
+    nodes_skipped: int = 0
+    requeued_at_start: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Engine:
+    """Drains the queue of one artifacts directory."""
+
+    def __init__(
+        self,
+        artifacts: Path,
+        registry: AgentRegistry | None = None,
+        *,
+        until_empty: bool = False,
+        tick_s: float = 0.25,
+        lease_s: float = 60.0,
+        max_attempts: int = 3,
+        fsync: bool = False,
+        progress_every_s: float = 10.0,
+    ) -> None:
+        self.artifacts = Path(artifacts)
+        self.registry = registry or default_registry()
+        self.until_empty = until_empty
+        self.tick_s = tick_s
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.fsync = fsync
+        self.progress_every_s = progress_every_s
+        self.owner = new_owner()
+        self.stats = EngineStats()
+        self.control = ControlFile(self.artifacts)
+        self._stopping = False
+        self._hard = False
+        self._tasks: dict[asyncio.Task[JobOutcome], Job] = {}
+        self._wake: asyncio.Event | None = None
+        self.queue: JobQueue | None = None
+        self.runner: Runner | None = None
+
+    # -- control from outside -----------------------------------------------------------------
+
+    def request_stop(self, *, hard: bool = False) -> None:
+        """Graceful the first time (finish the nodes in flight), hard the second (cancel them)."""
+        if self._stopping and not hard:
+            hard = True
+        self._stopping = True
+        if self.runner is not None:
+            self.runner.stop_between_nodes = True
+        if hard and not self._hard:
+            self._hard = True
+            for task in self._tasks:
+                task.cancel()
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> EngineStats:
+        self._wake = asyncio.Event()
+        queue = self.queue = JobQueue(self.artifacts)
+        self.runner = Runner(self.artifacts, self.registry, queue, fsync=self.fsync)
+        self.runner.stop_between_nodes = self._stopping
+        try:
+            self.control.ensure()
+            requeued, abandoned = queue.requeue_orphans(max_attempts=self.max_attempts)
+            self.stats.requeued_at_start = requeued
+            if requeued or abandoned:
+                log.info(
+                    "took back %d job(s) of an engine that stopped; %d abandoned after %d attempts",
+                    requeued,
+                    abandoned,
+                    self.max_attempts,
+                )
+            await self._loop(queue)
+        finally:
+            await self._shutdown(queue)
+            queue.close()
+        return self.stats
+
+    async def _loop(self, queue: JobQueue) -> None:
+        assert self._wake is not None and self.runner is not None
+        last_renew = last_progress = time.monotonic()
+        paused_logged = False
+        while not self._stopping:
+            control = self.control.read()
+            if control.queue_paused:
+                if not paused_logged:
+                    log.info(
+                        "queue paused%s",
+                        f": {control.queue_paused_reason}" if control.queue_paused_reason else "",
+                    )
+                    paused_logged = True
+            else:
+                paused_logged = False
+                free = control.concurrency - len(self._tasks)
+                if free > 0:
+                    busy = Counter(self.runner.current.values())
+                    prefer = [agent for agent, _ in busy.most_common()]
+                    for job in queue.claim(free, self.owner, lease_s=self.lease_s, prefer=prefer):
+                        self.runner.current[job.id] = job.next_agent
+                        task = asyncio.create_task(self.runner.run(job), name=f"job-{job.id}")
+                        self._tasks[task] = job
+            now = time.monotonic()
+            if now - last_renew > self.lease_s / 3:
+                queue.renew(self.owner, [j.id for j in self._tasks.values()], lease_s=self.lease_s)
+                queue.requeue_orphans(max_attempts=self.max_attempts)
+                last_renew = now
+            if now - last_progress > self.progress_every_s:
+                self._log_progress(queue)
+                last_progress = now
+            idle = not self._tasks and not control.queue_paused
+            if self.until_empty and idle and queue.pending() == 0:
+                break
+            if self._tasks:
+                done, _ = await asyncio.wait(
+                    self._tasks, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    self._finish(queue, task)
+            else:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.tick_s)
+
+    def _finish(self, queue: JobQueue, task: asyncio.Task[JobOutcome]) -> None:
+        job = self._tasks.pop(task)
+        try:
+            outcome = task.result()
+        except asyncio.CancelledError:
+            outcome = JobOutcome("stopped")
+        except PantheonError as exc:
+            outcome = JobOutcome("failed", error=f"{exc.title}: {exc}")
+        except Exception as exc:  # one job's bug never stops the night
+            log.exception("job %d (%s) crashed the runner", job.id, job.flow)
+            outcome = JobOutcome("failed", error=f"runner error: {type(exc).__name__}: {exc}")
+        self.stats.nodes_run += outcome.ran
+        self.stats.nodes_skipped += outcome.skipped
+        if outcome.status == "done":
+            queue.complete(job.id, self.owner)
+            self.stats.done += 1
+            log.debug("job %d %s done", job.id, job.run_name)
+        elif outcome.status == "failed":
+            queue.fail(job.id, self.owner, outcome.error or "failed")
+            self.stats.failed += 1
+            log.warning(
+                "job %d failed: %s (see %s)",
+                job.id,
+                outcome.error,
+                self.artifacts / "runs" / job.run_name / "FAILED.json",
+            )
+        else:
+            queue.release(self.owner, [job.id])
+            self.stats.stopped += 1
+
+    def _log_progress(self, queue: JobQueue) -> None:
+        total = queue.counts().total
+        rate = (self.stats.done + self.stats.failed) / max(self.stats.elapsed, 1e-9)
+        log.info(
+            "queued %d  running %d  done %d  failed %d  (%.1f jobs/s by this engine)",
+            total["queued"],
+            total["running"],
+            total["done"],
+            total["failed"],
+            rate,
+        )
+
+    async def _shutdown(self, queue: JobQueue) -> None:
+        if self._tasks:
+            if not self._hard:
+                log.info("stopping: letting %d job(s) finish their current node", len(self._tasks))
+            done, _ = await asyncio.wait(self._tasks)
+            for task in done:
+                self._finish(queue, task)
+        released = queue.release(self.owner)
+        if released:
+            log.info("gave %d unfinished job(s) back to the queue", released)

@@ -1,0 +1,76 @@
+"""The errors Pantheon raises, one tree, each with a title and a message meant for the operator.
+
+    PantheonError
+    ├── FlowError           a flow file that cannot run (syntax, unknown agent, cycle, types)
+    ├── AgentError          an agent that cannot be loaded or registered
+    ├── QueueError          the job queue database (locked, corrupt, unknown job)
+    ├── ArtifactError       the artifacts directory (missing, read-only, corrupt file)
+    ├── NodeError           one node of one run failed (stops that run, never the night)
+    └── ConfigError         a control or configuration file that cannot be used
+
+The core raises; the command line and the console decide how to show it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "ArtifactError",
+    "ConfigError",
+    "FlowError",
+    "NodeError",
+    "PantheonError",
+    "QueueError",
+]
+
+
+class PantheonError(Exception):
+    """Base of every error Pantheon raises on purpose."""
+
+    title = "Pantheon error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class FlowError(PantheonError):
+    """A flow file that cannot run; ``problems`` lists each problem with its place."""
+
+    title = "Invalid flow"
+
+    def __init__(self, message: str, *, problems: list[str] | None = None, hint: str | None = None):
+        self.problems = problems or [message]
+        super().__init__(message, hint=hint)
+
+
+class AgentError(PantheonError):
+    title = "Agent error"
+
+
+class QueueError(PantheonError):
+    title = "Queue error"
+
+
+class ArtifactError(PantheonError):
+    title = "Artifacts error"
+
+
+class NodeError(PantheonError):
+    """One node failed. Carries the node id so the run's FAILED.json can name it."""
+
+    title = "Node failed"
+
+    def __init__(self, node: str, message: str, *, hint: str | None = None) -> None:
+        self.node = node
+        super().__init__(message, hint=hint)
+
+
+class ConfigError(PantheonError):
+    title = "Configuration error"

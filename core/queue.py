@@ -1,0 +1,525 @@
+"""The durable job queue: SQLite in WAL mode at ``artifacts/pantheon.db``.
+
+A job is one run of a flow over one input. Jobs are claimed atomically with a lease by an
+engine; an engine renews its leases while it works, and a lease whose engine died (its process is
+gone, or the lease ran out) goes back to the queue. Jobs are claimed grouped by the agent they run
+next, so that similar prompts reach the model server together.
+
+Each flow's text is stored once, by hash, beside the jobs: the queue is self-contained, and a
+flow file edited during the night does not change jobs already queued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import QueueError
+
+__all__ = ["STATUSES", "Counts", "Job", "JobQueue", "new_owner"]
+
+DB_FILE = "pantheon.db"
+SCHEMA_VERSION = 1
+STATUSES = ("queued", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flows (
+    sha256  TEXT PRIMARY KEY,
+    name    TEXT NOT NULL,
+    source  TEXT NOT NULL,
+    text    TEXT NOT NULL,
+    added   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    flow        TEXT NOT NULL,
+    flow_sha    TEXT NOT NULL REFERENCES flows(sha256),
+    input       TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    next_agent  TEXT NOT NULL,
+    node        TEXT,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    owner       TEXT,
+    lease_until REAL,
+    created     REAL NOT NULL,
+    started     REAL,
+    finished    REAL,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs (status, next_agent, priority DESC, id);
+CREATE INDEX IF NOT EXISTS jobs_by_age ON jobs (status, priority DESC, id);
+CREATE INDEX IF NOT EXISTS jobs_by_flow ON jobs (flow, status);
+CREATE TABLE IF NOT EXISTS nodes (
+    job_id   INTEGER NOT NULL REFERENCES jobs(id),
+    node     TEXT NOT NULL,
+    agent    TEXT NOT NULL,
+    status   TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    seconds  REAL NOT NULL,
+    finished REAL NOT NULL,
+    PRIMARY KEY (job_id, node)
+);
+CREATE INDEX IF NOT EXISTS nodes_by_agent ON nodes (agent, status);
+"""
+
+
+def new_owner() -> str:
+    """A lease owner id for this process: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` names a process on this host that no longer exists."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A row of the queue."""
+
+    id: int
+    flow: str
+    flow_sha: str
+    input: dict[str, Any]
+    status: str
+    next_agent: str
+    node: str | None
+    attempts: int
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.id:06d}"
+
+    @property
+    def run_name(self) -> str:
+        """The run's folder name under ``runs/``."""
+        return f"{self.flow}-{self.run_id}"
+
+
+@dataclass
+class Counts:
+    """Jobs by status, per flow and per agent (queued/running by the agent they run next;
+    done/failed by the nodes each agent finished)."""
+
+    by_flow: dict[str, dict[str, int]]
+    by_agent: dict[str, dict[str, int]]
+
+    @property
+    def total(self) -> dict[str, int]:
+        out = dict.fromkeys(STATUSES, 0)
+        for row in self.by_flow.values():
+            for k, v in row.items():
+                out[k] += v
+        return out
+
+
+_JOB_COLS = (
+    "id, flow, flow_sha, input, status, next_agent, node, attempts, created, started, finished, "
+    "error"
+)
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        flow=row[1],
+        flow_sha=row[2],
+        input=json.loads(row[3]),
+        status=row[4],
+        next_agent=row[5],
+        node=row[6],
+        attempts=row[7],
+        created=row[8],
+        started=row[9],
+        finished=row[10],
+        error=row[11],
+    )
+
+
+class JobQueue:
+    """The queue in ``artifacts/pantheon.db``. One instance per thread."""
+
+    def __init__(self, artifacts: Path, *, create: bool = True, timeout_s: float = 10.0) -> None:
+        self.artifacts = Path(artifacts)
+        self.path = self.artifacts / DB_FILE
+        if not create and not self.path.exists():
+            raise QueueError(
+                f"there is no queue at {self.path}",
+                hint="enqueue jobs first (`pantheon enqueue FLOW ...`), or pass --artifacts DIR",
+            )
+        if create:
+            try:
+                self.artifacts.mkdir(parents=True, exist_ok=True)
+            except PermissionError:
+                raise QueueError(
+                    f"cannot create the artifacts directory {self.artifacts}: permission denied",
+                    hint="point --artifacts at a folder you can write",
+                ) from None
+        try:
+            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise QueueError(
+                    f"{self.path} was written by a newer Pantheon (schema {version} > "
+                    f"{SCHEMA_VERSION})",
+                    hint="upgrade Pantheon, or use another --artifacts directory",
+                )
+            if version < SCHEMA_VERSION:
+                self._db.executescript(
+                    "BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                )
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise self._error(exc) from None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _error(self, exc: sqlite3.Error) -> QueueError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return QueueError(
+                f"the queue database {self.path} is locked by another process ({text})",
+                hint="another engine or tool holds a long write; wait and retry, or stop it",
+            )
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return QueueError(
+                f"the queue database {self.path} is corrupt ({text})",
+                hint="move it aside (the runs/ folder keeps every artifact) and enqueue again",
+            )
+        if "readonly" in text or "unable to open" in text or "read-only" in text:
+            return QueueError(
+                f"cannot write the queue database {self.path} ({text})",
+                hint="make the artifacts directory writable, or pass another --artifacts",
+            )
+        return QueueError(f"the queue database {self.path} failed: {text}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise self._error(exc) from None
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise self._error(exc) from None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- flows ------------------------------------------------------------------------------
+
+    def flow_text(self, sha256: str) -> tuple[str, str]:
+        """The (source, text) of a stored flow."""
+        rows = self._read("SELECT source, text FROM flows WHERE sha256 = ?", (sha256,))
+        if not rows:
+            raise QueueError(f"flow {sha256[:12]} is not in {self.path}")
+        return rows[0][0], rows[0][1]
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        flow: str,
+        flow_sha: str,
+        flow_source: str,
+        flow_text: str,
+        first_agent: str,
+        inputs: Iterable[dict[str, Any]],
+        priority: int = 0,
+    ) -> list[int]:
+        """Add one job per input, in one transaction; return their ids."""
+        now = time.time()
+        rows = [
+            (flow, flow_sha, json.dumps(inp, ensure_ascii=False), first_agent, priority, now)
+            for inp in inputs
+        ]
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO flows (sha256, name, source, text, added) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (flow_sha, flow, flow_source, flow_text, now),
+            )
+            first = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+            db.executemany(
+                "INSERT INTO jobs (flow, flow_sha, input, next_agent, priority, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE id > ? ORDER BY id", (first,)
+                ).fetchall()
+            ]
+        return ids
+
+    def claim(
+        self,
+        n: int,
+        owner: str,
+        *,
+        lease_s: float = 60.0,
+        prefer: Sequence[str] = (),
+        max_wait_s: float = 300.0,
+    ) -> list[Job]:
+        """Claim up to ``n`` queued jobs, grouped by the agent they run next.
+
+        Agents in ``prefer`` (those the engine is busy with) go first, then the agent of the
+        oldest queued job; a job that has waited longer than ``max_wait_s`` goes before all.
+        """
+        if n <= 0:
+            return []
+        now = time.time()
+        with self._write() as db:
+            oldest = db.execute(
+                "SELECT next_agent, created FROM jobs WHERE status = 'queued' "
+                "ORDER BY priority DESC, id LIMIT 1"
+            ).fetchone()
+            if oldest is None:
+                return []
+            agents = list(dict.fromkeys(prefer))
+            if oldest[1] < now - max_wait_s:
+                agents.insert(0, oldest[0])
+            elif oldest[0] not in agents:
+                agents.append(oldest[0])
+            ids: list[int] = []
+            for agent in dict.fromkeys(agents):
+                need = n - len(ids)
+                if need <= 0:
+                    break
+                ids += [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM jobs WHERE status = 'queued' AND next_agent = ? "
+                        "ORDER BY priority DESC, id LIMIT ?",
+                        (agent, need),
+                    )
+                ]
+            if len(ids) < n:
+                taken = set(ids)
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE status = 'queued' "
+                    "ORDER BY priority DESC, id LIMIT ?",
+                    (n + len(taken),),
+                ):
+                    if r[0] not in taken and len(ids) < n:
+                        ids.append(r[0])
+            marks = ",".join("?" * len(ids))
+            db.execute(
+                f"UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, "
+                f"attempts = attempts + 1, started = COALESCE(started, ?), error = NULL "
+                f"WHERE id IN ({marks})",
+                (owner, now + lease_s, now, *ids),
+            )
+            rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id IN ({marks})", ids).fetchall()
+        order = {job_id: i for i, job_id in enumerate(ids)}
+        return sorted((_job(r) for r in rows), key=lambda j: order[j.id])
+
+    def renew(self, owner: str, ids: Sequence[int], *, lease_s: float = 60.0) -> None:
+        """Extend the leases this owner holds."""
+        if not ids:
+            return
+        with self._write() as db:
+            db.executemany(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                [(time.time() + lease_s, i, owner) for i in ids],
+            )
+
+    def advance(
+        self, job_id: int, *, node: str, agent: str, status: str, seconds: float, next_agent: str
+    ) -> None:
+        """Record a finished node and the agent the job runs next."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO nodes (job_id, node, agent, status, seconds, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, node, agent, status, seconds, time.time()),
+            )
+            db.execute(
+                "UPDATE jobs SET node = ?, next_agent = ? WHERE id = ?", (node, next_agent, job_id)
+            )
+
+    def complete(self, job_id: int, owner: str) -> bool:
+        """Mark a job done; False when this owner no longer holds it."""
+        return self._finish(job_id, owner, "done", None)
+
+    def fail(self, job_id: int, owner: str, error: str) -> bool:
+        """Mark a job failed with the reason."""
+        return self._finish(job_id, owner, "failed", error)
+
+    def _finish(self, job_id: int, owner: str, status: str, error: str | None) -> bool:
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = ?, finished = ?, error = ?, owner = NULL, "
+                "lease_until = NULL WHERE id = ? AND owner = ? AND status = 'running'",
+                (status, time.time(), error, job_id, owner),
+            )
+            return cur.rowcount == 1
+
+    def release(self, owner: str, ids: Sequence[int] | None = None) -> int:
+        """Give jobs back to the queue (a stop before they finished); returns how many."""
+        with self._write() as db:
+            if ids is None:
+                cur = db.execute(
+                    "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, "
+                    "attempts = MAX(attempts - 1, 0) WHERE owner = ? AND status = 'running'",
+                    (owner,),
+                )
+            else:
+                cur = db.executemany(
+                    "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, "
+                    "attempts = MAX(attempts - 1, 0) WHERE id = ? AND owner = ? "
+                    "AND status = 'running'",
+                    [(i, owner) for i in ids],
+                )
+            return cur.rowcount
+
+    def requeue_orphans(self, *, max_attempts: int = 3) -> tuple[int, int]:
+        """Requeue running jobs whose engine died or whose lease expired.
+
+        A job that has already been claimed ``max_attempts`` times fails instead (it may be what
+        kills the engine). Returns (requeued, failed).
+        """
+        now = time.time()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, owner, lease_until, attempts FROM jobs WHERE status = 'running'"
+            ).fetchall()
+            orphans = [
+                (i, attempts)
+                for i, owner, lease, attempts in rows
+                if (lease is not None and lease < now) or _owner_is_dead(owner)
+            ]
+            again = [(i,) for i, attempts in orphans if attempts < max_attempts]
+            dead = [
+                (
+                    now,
+                    f"abandoned after {attempts} attempts: the engine stopped while running it",
+                    i,
+                )
+                for i, attempts in orphans
+                if attempts >= max_attempts
+            ]
+            db.executemany(
+                "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL WHERE id = ?",
+                again,
+            )
+            db.executemany(
+                "UPDATE jobs SET status = 'failed', finished = ?, error = ?, owner = NULL, "
+                "lease_until = NULL WHERE id = ?",
+                dead,
+            )
+        return len(again), len(dead)
+
+    def retry_failed(self, ids: Sequence[int] | None = None) -> int:
+        """Put failed jobs back in the queue (their finished nodes are not run again)."""
+        sql = (
+            "UPDATE jobs SET status = 'queued', attempts = 0, finished = NULL, error = NULL, "
+            "next_agent = COALESCE((SELECT agent FROM nodes WHERE nodes.job_id = jobs.id "
+            "AND nodes.status = 'failed' LIMIT 1), next_agent) WHERE status = 'failed'"
+        )
+        with self._write() as db:
+            if ids is None:
+                cur = db.execute(sql)
+            else:
+                cur = db.executemany(sql + " AND id = ?", [(i,) for i in ids])
+            return cur.rowcount
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        rows = self._read(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise QueueError(f"no job {job_id} in {self.path}")
+        return _job(rows[0])
+
+    def jobs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        if status is None:
+            rows = self._read(
+                f"SELECT {_JOB_COLS} FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+            )
+        else:
+            rows = self._read(
+                f"SELECT {_JOB_COLS} FROM jobs WHERE status = ? ORDER BY id LIMIT ? OFFSET ?",
+                (status, limit, offset),
+            )
+        return [_job(r) for r in rows]
+
+    def counts(self) -> Counts:
+        by_flow: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+        for flow, status, n in self._read(
+            "SELECT flow, status, COUNT(*) FROM jobs GROUP BY flow, status"
+        ):
+            by_flow[flow][status] = n
+        by_agent: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+        for agent, status, n in self._read(
+            "SELECT next_agent, status, COUNT(*) FROM jobs "
+            "WHERE status IN ('queued', 'running') GROUP BY next_agent, status"
+        ):
+            by_agent[agent][status] = n
+        for agent, status, n in self._read(
+            "SELECT agent, status, COUNT(*) FROM nodes GROUP BY agent, status"
+        ):
+            by_agent[agent][status] = n
+        return Counts(dict(by_flow), dict(by_agent))
+
+    def pending(self) -> int:
+        """Jobs queued or running (by any engine)."""
+        return self._read("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")[0][0]

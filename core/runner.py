@@ -1,0 +1,280 @@
+"""Run one job: the nodes of its flow in topological order, each recorded in the artifacts.
+
+Nodes whose inputs are ready run together (two reviewers of the same change, say). A node
+whose valid ``output.json`` is already on disk is never run again, so a run picks up where a
+crash left it. A node that fails, or a gate whose output says ``passed: false``, stops the run
+with ``FAILED.json``; nothing falls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from .agents import Agent, AgentRegistry, NodeContext
+from .artifacts import FailedRecord, RunDir, RunRecord, now_iso
+from .errors import FlowError, NodeError, PantheonError
+from .flows import Flow, parse_flow
+from .queue import Job, JobQueue
+
+__all__ = ["JobOutcome", "Runner"]
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["done", "failed", "stopped"]
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    status: Outcome
+    error: str | None = None
+    ran: int = 0
+    """Nodes executed in this attempt."""
+    skipped: int = 0
+    """Nodes whose output was already there."""
+
+
+@dataclass(slots=True)
+class _NodeResult:
+    node: str
+    ok: bool
+    output: dict[str, Any] | None
+    error: str | None
+    artifact: Path | None
+    seconds: float
+
+
+class Runner:
+    """Runs jobs of any flow stored in the queue."""
+
+    def __init__(
+        self,
+        artifacts: Path,
+        registry: AgentRegistry,
+        queue: JobQueue,
+        *,
+        fsync: bool = False,
+        on_node: Callable[[Job, str, str, bool, float], None] | None = None,
+    ) -> None:
+        self.artifacts = Path(artifacts)
+        self.registry = registry
+        self.queue = queue
+        self.fsync = fsync
+        self.on_node = on_node
+        self.stop_between_nodes = False
+        """Set by a graceful stop: finish the nodes in flight, start no new ones."""
+        self.current: dict[int, str] = {}
+        """Job id -> the agent it is running now."""
+        self._flows: dict[str, Flow] = {}
+        self._agents: dict[type[Agent], Agent] = {}
+
+    def flow_for(self, job: Job) -> Flow:
+        flow = self._flows.get(job.flow_sha)
+        if flow is None:
+            source, text = self.queue.flow_text(job.flow_sha)
+            flow = parse_flow(text, self.registry, source=source)
+            self._flows[job.flow_sha] = flow
+        return flow
+
+    def _agent(self, cls: type[Agent]) -> Agent:
+        agent = self._agents.get(cls)
+        if agent is None:
+            agent = self._agents[cls] = cls()
+        return agent
+
+    async def run(self, job: Job) -> JobOutcome:
+        run = RunDir(self.artifacts, job.run_name, fsync=self.fsync)
+        run.prepare()
+        earlier = run.read_record()
+        record = RunRecord(
+            run_id=job.run_id,
+            job_id=job.id,
+            flow=job.flow,
+            flow_sha256=job.flow_sha,
+            status="running",
+            input=job.input,
+            started_at=earlier.started_at if earlier else now_iso(),
+            attempts=job.attempts,
+        )
+        try:
+            flow = self.flow_for(job)
+        except (FlowError, PantheonError) as exc:
+            return self._fail_run(run, record, "(flow)", "(flow)", str(exc), None)
+        run.clear_failed()
+
+        outputs: dict[str, dict[str, Any]] = {}
+        done: set[str] = set()
+        skipped = 0
+        for node in flow.order:
+            agent_cls = flow.agents[node]
+            out, why = run.read_output(node, agent_cls.Output)
+            if why:
+                log.warning("run %s node %s: %s; running the node again", run.name, node, why)
+            if out is None or (agent_cls.gate and not getattr(out, "passed", True)):
+                record.nodes[node] = "pending"
+                continue
+            outputs[node] = out.model_dump(mode="json")
+            done.add(node)
+            record.nodes[node] = "skipped"
+            skipped += 1
+        run.write_record(record)
+
+        ran = 0
+        remaining = [n for n in flow.order if n not in done]
+        try:
+            while remaining:
+                if self.stop_between_nodes:
+                    record.status = "stopped"
+                    run.write_record(record)
+                    return JobOutcome("stopped", ran=ran, skipped=skipped)
+                ready = [n for n in remaining if flow.deps[n] <= done]
+                self.current[job.id] = flow.agents[ready[0]].name
+                results = await asyncio.gather(
+                    *(self._run_node(flow, job, run, n, outputs) for n in ready)
+                )
+                ran += len(results)
+                failure: _NodeResult | None = None
+                for res in results:
+                    record.nodes[res.node] = "done" if res.ok else "failed"
+                    if res.output is not None:
+                        outputs[res.node] = res.output
+                    if res.ok:
+                        done.add(res.node)
+                    elif failure is None:
+                        failure = res
+                remaining = [n for n in remaining if n not in {r.node for r in results}]
+                following = next((n for n in remaining if flow.deps[n] <= done), None)
+                next_agent = flow.agents[following].name if following else "(end)"
+                for res in results:
+                    agent_name = flow.agents[res.node].name
+                    self.queue.advance(
+                        job.id,
+                        node=res.node,
+                        agent=agent_name,
+                        status="done" if res.ok else "failed",
+                        seconds=res.seconds,
+                        next_agent=next_agent,
+                    )
+                    if self.on_node is not None:
+                        self.on_node(job, res.node, agent_name, res.ok, res.seconds)
+                if failure is not None:
+                    agent_name = flow.agents[failure.node].name
+                    return self._fail_run(
+                        run,
+                        record,
+                        failure.node,
+                        agent_name,
+                        failure.error or "",
+                        failure.artifact,
+                        ran=ran,
+                        skipped=skipped,
+                    )
+        except asyncio.CancelledError:
+            record.status = "stopped"
+            run.write_record(record)
+            raise
+        finally:
+            self.current.pop(job.id, None)
+
+        record.status = "done"
+        record.output = outputs.get(flow.output_node)
+        record.finished_at = now_iso()
+        run.write_record(record)
+        return JobOutcome("done", ran=ran, skipped=skipped)
+
+    def _fail_run(
+        self,
+        run: RunDir,
+        record: RunRecord,
+        node: str,
+        agent: str,
+        error: str,
+        artifact: Path | None,
+        *,
+        ran: int = 0,
+        skipped: int = 0,
+    ) -> JobOutcome:
+        first_line = error.strip().splitlines()[0] if error.strip() else "failed"
+        if artifact is None:
+            artifact = run.write_error(node, error) if node != "(flow)" else run.path / "run.json"
+        run.write_failed(
+            FailedRecord(
+                node=node, agent=agent, error=error, artifact=run.rel(artifact), at=now_iso()
+            )
+        )
+        record.status = "failed"
+        record.error = f"{node}: {first_line}"
+        record.finished_at = now_iso()
+        run.write_record(record)
+        return JobOutcome("failed", error=record.error, ran=ran, skipped=skipped)
+
+    async def _run_node(
+        self, flow: Flow, job: Job, run: RunDir, node: str, outputs: dict[str, dict[str, Any]]
+    ) -> _NodeResult:
+        agent_cls = flow.agents[node]
+        spec = flow.node(node)
+        t0 = time.perf_counter()
+
+        def failed(error: str) -> _NodeResult:
+            path = run.write_error(node, error)
+            return _NodeResult(node, False, None, error, path, time.perf_counter() - t0)
+
+        raw = flow.resolve_inputs(node, job.input, outputs)
+        run.write_input(node, raw)
+        try:
+            params = agent_cls.Params.model_validate(spec.params)
+            agent_input = agent_cls.Input.model_validate(raw)
+        except ValidationError as exc:
+            return failed(
+                f"the input of node {node!r} does not fit agent {agent_cls.name!r}:\n{exc}"
+            )
+        ctx = NodeContext(
+            run_id=job.run_id,
+            job_id=job.id,
+            flow=flow.name,
+            node=node,
+            node_dir=run.node_dir(node),
+            params=params,
+            job_input=job.input,
+        )
+        try:
+            result = await self._agent(agent_cls).run(agent_input, ctx)
+        except asyncio.CancelledError:
+            raise
+        except NodeError as exc:
+            return failed(str(exc))
+        except PantheonError as exc:
+            return failed(f"{exc.title}: {exc}")
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(exc))
+            return failed(f"agent {agent_cls.name!r} raised {type(exc).__name__}: {exc}\n\n{tb}")
+        try:
+            value: BaseModel = (
+                result
+                if isinstance(result, agent_cls.Output)
+                else agent_cls.Output.model_validate(
+                    result.model_dump() if isinstance(result, BaseModel) else result
+                )
+            )
+        except ValidationError as exc:
+            return failed(f"agent {agent_cls.name!r} returned an output that does not fit:\n{exc}")
+        data = value.model_dump(mode="json")
+        run.write_output(node, data)
+        seconds = time.perf_counter() - t0
+        if agent_cls.gate and not data.get("passed", False):
+            reasons = data.get("reasons") or data.get("reason") or ""
+            if isinstance(reasons, list):
+                reasons = "; ".join(str(r) for r in reasons)
+            error = f"{agent_cls.name} did not pass" + (f": {reasons}" if reasons else "")
+            return _NodeResult(
+                node, False, data, error, run.node_dir(node) / "output.json", seconds
+            )
+        return _NodeResult(node, True, data, None, None, seconds)

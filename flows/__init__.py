@@ -1,0 +1,1 @@
+"""Flow definitions (YAML) and the demo corpus; data only."""
