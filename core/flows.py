@@ -316,7 +316,10 @@ def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") 
             ids[node.id] = i
 
     agents: dict[str, type[Agent]] = {}
+    duplicates = {i for i, node in enumerate(spec.nodes) if ids[node.id] != i}
     for i, node in enumerate(spec.nodes):
+        if i in duplicates:
+            continue
         if node.agent not in registry:
             problems.append(
                 f"{places.at('nodes', i, 'agent')}: node {node.id!r}: unknown agent "
@@ -327,6 +330,8 @@ def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") 
 
     deps: dict[str, set[str]] = {n.id: set() for n in spec.nodes}
     for i, node in enumerate(spec.nodes):
+        if i in duplicates:
+            continue
         agent = agents.get(node.id)
         here = f"node {node.id!r}"
         if agent is not None:

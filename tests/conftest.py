@@ -1,0 +1,135 @@
+"""Shared fixtures: a registry, an artifacts directory, flow files, and a real agent plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pantheon.core import AgentRegistry, default_registry
+
+PLUGIN_SOURCE = '''
+"""A test plugin: agents that count their executions in a file, installed through the
+``pantheon.agents`` entry-point group like any user's package."""
+
+import asyncio
+import os
+from typing import Any
+
+from pydantic import BaseModel
+
+from pantheon.core import Agent, NodeContext
+
+
+class Step(Agent):
+    name = "count.step"
+    description = "Appends 'run node pid' to $PANTHEON_COUNT_FILE, waits, returns n + 1."
+
+    class Input(BaseModel):
+        n: int = 0
+
+    class Output(BaseModel):
+        n: int
+
+    class Params(BaseModel):
+        delay_s: float = 0.0
+        fail_on: int | None = None
+
+    async def run(self, input, ctx: NodeContext):
+        path = os.environ.get("PANTHEON_COUNT_FILE")
+        if path:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(fd, f"{ctx.run_id} {ctx.node} {os.getpid()}\\n".encode())
+            os.close(fd)
+        if ctx.params.delay_s:
+            await asyncio.sleep(ctx.params.delay_s)
+        if ctx.params.fail_on is not None and input.n == ctx.params.fail_on:
+            raise RuntimeError(f"n reached {input.n}")
+        return self.Output(n=input.n + 1)
+
+
+AGENTS = [Step]
+'''
+
+STEP_FLOW = """\
+name: steps
+description: three counting steps
+input:
+  n: int
+nodes:
+  - id: a
+    agent: count.step
+    inputs: {n: $input.n}
+    params: {delay_s: DELAY}
+  - id: b
+    agent: count.step
+    inputs: {n: $a.n}
+    params: {delay_s: DELAY}
+  - id: c
+    agent: count.step
+    inputs: {n: $b.n}
+    params: {delay_s: DELAY}
+output: c
+"""
+
+
+def step_flow(delay_s: float = 0.0) -> str:
+    return STEP_FLOW.replace("DELAY", str(delay_s))
+
+
+@pytest.fixture
+def registry() -> AgentRegistry:
+    """Pantheon's own agents, no plugins."""
+    return default_registry(plugins=False)
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding an installed-looking agent plugin (package + dist-info with entry point)."""
+    root = tmp_path_factory.mktemp("plugin")
+    pkg = root / "pantheon_countplugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
+    info = root / "pantheon_countplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: pantheon-countplugin\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[pantheon.agents]\ncount = pantheon_countplugin:AGENTS\n"
+    )
+    return root
+
+
+@pytest.fixture
+def with_plugin(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the plugin importable and discoverable in this process and its children."""
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")]))
+    )
+    return plugin_dir
+
+
+def pantheon(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run the real ``pantheon`` command (through this interpreter)."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    kwargs.setdefault("timeout", 120)
+    return subprocess.run([sys.executable, "-m", "pantheon.console", *args], **kwargs)
+
+
+def pantheon_popen(*args: str, **kwargs) -> subprocess.Popen[str]:
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    kwargs.setdefault("text", True)
+    return subprocess.Popen([sys.executable, "-m", "pantheon.console", *args], **kwargs)
