@@ -81,20 +81,32 @@ class RunDir:
     def rel(self, path: Path) -> str:
         return os.path.relpath(path, self.artifacts)
 
-    def prepare(self) -> int:
-        """Create the folders; remove temp files a crash left. Returns how many were removed."""
+    def prepare(self) -> bool:
+        """Create the run's folder; in an existing one, remove the temp files a crash left.
+
+        Returns True when the run is new (nothing on disk to resume from).
+        """
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except PermissionError:
+            self.path.mkdir(parents=True)
+            return True
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ArtifactError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+            return True
+        except OSError as exc:
             raise ArtifactError(
-                f"cannot create {self.path}: permission denied",
+                f"cannot create {self.path}: {exc.strerror or exc}",
                 hint="make the artifacts directory writable, or pass another --artifacts",
             ) from None
-        removed = remove_stale_temps(self.path)
+        remove_stale_temps(self.path)
         for entry in os.scandir(self.path):
             if entry.is_dir(follow_symlinks=False):
-                removed += remove_stale_temps(Path(entry.path))
-        return removed
+                remove_stale_temps(Path(entry.path))
+        return False
 
     # -- run.json ---------------------------------------------------------------------------
 
@@ -111,12 +123,16 @@ class RunDir:
     # -- nodes ------------------------------------------------------------------------------
 
     def write_input(self, node: str, data: dict[str, Any]) -> None:
-        atomic_write_json(self.node_dir(node) / "input.json", data, fsync=self.fsync)
+        folder = self.node_dir(node)
+        folder.mkdir(exist_ok=True)
+        atomic_write_json(folder / "input.json", data, fsync=self.fsync)
 
     def write_output(self, node: str, data: dict[str, Any]) -> None:
-        folder = self.node_dir(node)
-        (folder / "error.txt").unlink(missing_ok=True)
-        atomic_write_json(folder / "output.json", data, fsync=self.fsync)
+        atomic_write_json(self.node_dir(node) / "output.json", data, fsync=self.fsync)
+
+    def clear_error(self, node: str) -> None:
+        """Forget an earlier attempt's error of a node about to run again."""
+        (self.node_dir(node) / "error.txt").unlink(missing_ok=True)
 
     def write_error(self, node: str, text: str) -> Path:
         path = self.node_dir(node) / "error.txt"

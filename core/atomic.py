@@ -42,13 +42,14 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{id(data):x}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except PermissionError as exc:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
         raise ArtifactError(
-            f"cannot write {path}: permission denied",
+            f"cannot write {path}: {exc.strerror or exc}",
             hint=f"make {path.parent} writable, or point --artifacts at a folder you own",
         ) from exc
     try:

@@ -181,11 +181,11 @@ class Engine:
         self.stats.nodes_run += outcome.ran
         self.stats.nodes_skipped += outcome.skipped
         if outcome.status == "done":
-            queue.complete(job.id, self.owner)
+            queue.complete(job.id, self.owner, outcome.nodes)
             self.stats.done += 1
             log.debug("job %d %s done", job.id, job.run_name)
         elif outcome.status == "failed":
-            queue.fail(job.id, self.owner, outcome.error or "failed")
+            queue.fail(job.id, self.owner, outcome.error or "failed", outcome.nodes)
             self.stats.failed += 1
             log.warning(
                 "job %d failed: %s (see %s)",
@@ -194,6 +194,7 @@ class Engine:
                 self.artifacts / "runs" / job.run_name / "FAILED.json",
             )
         else:
+            queue.advance(job.id, outcome.nodes, next_agent=outcome.next_agent)
             queue.release(self.owner, [job.id])
             self.stats.stopped += 1
 

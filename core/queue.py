@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import QueueError
 
-__all__ = ["STATUSES", "Counts", "Job", "JobQueue", "new_owner"]
+__all__ = ["STATUSES", "Counts", "Job", "JobQueue", "NodeRow", "new_owner"]
 
 DB_FILE = "pantheon.db"
 SCHEMA_VERSION = 1
@@ -123,6 +123,17 @@ class Job:
         return f"{self.flow}-{self.run_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """A node a job finished (or failed), for the per-agent counts."""
+
+    node: str
+    agent: str
+    status: str
+    """``done`` or ``failed``."""
+    seconds: float
+
+
 @dataclass
 class Counts:
     """Jobs by status, per flow and per agent (queued/running by the agent they run next;
@@ -177,9 +188,10 @@ class JobQueue:
         if create:
             try:
                 self.artifacts.mkdir(parents=True, exist_ok=True)
-            except PermissionError:
+            except OSError as exc:
                 raise QueueError(
-                    f"cannot create the artifacts directory {self.artifacts}: permission denied",
+                    f"cannot create the artifacts directory {self.artifacts}: "
+                    f"{exc.strerror or exc} ({exc.filename or self.artifacts})",
                     hint="point --artifacts at a folder you can write",
                 ) from None
         try:
@@ -382,36 +394,51 @@ class JobQueue:
                 [(time.time() + lease_s, i, owner) for i in ids],
             )
 
-    def advance(
-        self, job_id: int, *, node: str, agent: str, status: str, seconds: float, next_agent: str
+    @staticmethod
+    def _record_nodes(
+        db: sqlite3.Connection, job_id: int, nodes: Sequence[NodeRow], next_agent: str | None
     ) -> None:
-        """Record a finished node and the agent the job runs next."""
+        now = time.time()
+        db.executemany(
+            "INSERT OR REPLACE INTO nodes (job_id, node, agent, status, seconds, finished) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(job_id, n.node, n.agent, n.status, n.seconds, now) for n in nodes],
+        )
+        if nodes or next_agent:
+            db.execute(
+                "UPDATE jobs SET node = COALESCE(?, node), next_agent = COALESCE(?, next_agent) "
+                "WHERE id = ?",
+                (nodes[-1].node if nodes else None, next_agent, job_id),
+            )
+
+    def advance(
+        self, job_id: int, nodes: Sequence[NodeRow], *, next_agent: str | None = None
+    ) -> None:
+        """Record finished nodes and the agent the job runs next."""
         with self._write() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO nodes (job_id, node, agent, status, seconds, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, node, agent, status, seconds, time.time()),
-            )
-            db.execute(
-                "UPDATE jobs SET node = ?, next_agent = ? WHERE id = ?", (node, next_agent, job_id)
-            )
+            self._record_nodes(db, job_id, nodes, next_agent)
 
-    def complete(self, job_id: int, owner: str) -> bool:
-        """Mark a job done; False when this owner no longer holds it."""
-        return self._finish(job_id, owner, "done", None)
+    def complete(self, job_id: int, owner: str, nodes: Sequence[NodeRow] = ()) -> bool:
+        """Mark a job done, with the nodes it ran; False when this owner no longer holds it."""
+        return self._finish(job_id, owner, "done", None, nodes)
 
-    def fail(self, job_id: int, owner: str, error: str) -> bool:
-        """Mark a job failed with the reason."""
-        return self._finish(job_id, owner, "failed", error)
+    def fail(self, job_id: int, owner: str, error: str, nodes: Sequence[NodeRow] = ()) -> bool:
+        """Mark a job failed with the reason, and the nodes it ran."""
+        return self._finish(job_id, owner, "failed", error, nodes)
 
-    def _finish(self, job_id: int, owner: str, status: str, error: str | None) -> bool:
+    def _finish(
+        self, job_id: int, owner: str, status: str, error: str | None, nodes: Sequence[NodeRow]
+    ) -> bool:
         with self._write() as db:
             cur = db.execute(
                 "UPDATE jobs SET status = ?, finished = ?, error = ?, owner = NULL, "
                 "lease_until = NULL WHERE id = ? AND owner = ? AND status = 'running'",
                 (status, time.time(), error, job_id, owner),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._record_nodes(db, job_id, nodes, None)
+            return True
 
     def release(self, owner: str, ids: Sequence[int] | None = None) -> int:
         """Give jobs back to the queue (a stop before they finished); returns how many."""

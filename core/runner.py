@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +21,9 @@ from pydantic import BaseModel, ValidationError
 
 from .agents import Agent, AgentRegistry, NodeContext
 from .artifacts import FailedRecord, RunDir, RunRecord, now_iso
-from .errors import FlowError, NodeError, PantheonError
+from .errors import NodeError, PantheonError
 from .flows import Flow, parse_flow
-from .queue import Job, JobQueue
+from .queue import Job, JobQueue, NodeRow
 
 __all__ = ["JobOutcome", "Runner"]
 
@@ -40,6 +40,10 @@ class JobOutcome:
     """Nodes executed in this attempt."""
     skipped: int = 0
     """Nodes whose output was already there."""
+    nodes: list[NodeRow] = field(default_factory=list)
+    """The nodes this attempt finished, for the queue's per-agent counts."""
+    next_agent: str | None = None
+    """The agent the job runs next, when it stopped before its end."""
 
 
 @dataclass(slots=True)
@@ -92,8 +96,9 @@ class Runner:
 
     async def run(self, job: Job) -> JobOutcome:
         run = RunDir(self.artifacts, job.run_name, fsync=self.fsync)
-        run.prepare()
-        earlier = run.read_record()
+        fresh = run.prepare()
+        earlier = None if fresh else run.read_record()
+        outcome = JobOutcome("done")
         record = RunRecord(
             run_id=job.run_id,
             job_id=job.id,
@@ -101,70 +106,66 @@ class Runner:
             flow_sha256=job.flow_sha,
             status="running",
             input=job.input,
-            started_at=earlier.started_at if earlier else now_iso(),
+            started_at=earlier.started_at if earlier and earlier.started_at else now_iso(),
             attempts=job.attempts,
         )
         try:
             flow = self.flow_for(job)
-        except (FlowError, PantheonError) as exc:
-            return self._fail_run(run, record, "(flow)", "(flow)", str(exc), None)
-        run.clear_failed()
+        except PantheonError as exc:
+            return self._fail_run(run, record, "(flow)", "(flow)", str(exc), None, outcome)
 
         outputs: dict[str, dict[str, Any]] = {}
         done: set[str] = set()
-        skipped = 0
+        if not fresh:
+            run.clear_failed()
+            for node in flow.order:
+                agent_cls = flow.agents[node]
+                out, why = run.read_output(node, agent_cls.Output)
+                if why:
+                    log.warning("run %s node %s: %s; running the node again", run.name, node, why)
+                if out is None or (agent_cls.gate and not getattr(out, "passed", True)):
+                    run.clear_error(node)
+                    continue
+                outputs[node] = out.model_dump(mode="json")
+                done.add(node)
+                record.nodes[node] = "skipped"
+                outcome.skipped += 1
         for node in flow.order:
-            agent_cls = flow.agents[node]
-            out, why = run.read_output(node, agent_cls.Output)
-            if why:
-                log.warning("run %s node %s: %s; running the node again", run.name, node, why)
-            if out is None or (agent_cls.gate and not getattr(out, "passed", True)):
-                record.nodes[node] = "pending"
-                continue
-            outputs[node] = out.model_dump(mode="json")
-            done.add(node)
-            record.nodes[node] = "skipped"
-            skipped += 1
+            record.nodes.setdefault(node, "pending")
         run.write_record(record)
 
-        ran = 0
         remaining = [n for n in flow.order if n not in done]
         try:
             while remaining:
                 if self.stop_between_nodes:
                     record.status = "stopped"
                     run.write_record(record)
-                    return JobOutcome("stopped", ran=ran, skipped=skipped)
+                    outcome.status = "stopped"
+                    outcome.next_agent = flow.agents[remaining[0]].name
+                    return outcome
                 ready = [n for n in remaining if flow.deps[n] <= done]
                 self.current[job.id] = flow.agents[ready[0]].name
                 results = await asyncio.gather(
                     *(self._run_node(flow, job, run, n, outputs) for n in ready)
                 )
-                ran += len(results)
+                outcome.ran += len(results)
                 failure: _NodeResult | None = None
                 for res in results:
+                    agent_name = flow.agents[res.node].name
                     record.nodes[res.node] = "done" if res.ok else "failed"
+                    outcome.nodes.append(
+                        NodeRow(res.node, agent_name, "done" if res.ok else "failed", res.seconds)
+                    )
                     if res.output is not None:
                         outputs[res.node] = res.output
                     if res.ok:
                         done.add(res.node)
                     elif failure is None:
                         failure = res
-                remaining = [n for n in remaining if n not in {r.node for r in results}]
-                following = next((n for n in remaining if flow.deps[n] <= done), None)
-                next_agent = flow.agents[following].name if following else "(end)"
-                for res in results:
-                    agent_name = flow.agents[res.node].name
-                    self.queue.advance(
-                        job.id,
-                        node=res.node,
-                        agent=agent_name,
-                        status="done" if res.ok else "failed",
-                        seconds=res.seconds,
-                        next_agent=next_agent,
-                    )
                     if self.on_node is not None:
                         self.on_node(job, res.node, agent_name, res.ok, res.seconds)
+                finished = {r.node for r in results}
+                remaining = [n for n in remaining if n not in finished]
                 if failure is not None:
                     agent_name = flow.agents[failure.node].name
                     return self._fail_run(
@@ -174,8 +175,7 @@ class Runner:
                         agent_name,
                         failure.error or "",
                         failure.artifact,
-                        ran=ran,
-                        skipped=skipped,
+                        outcome,
                     )
         except asyncio.CancelledError:
             record.status = "stopped"
@@ -188,7 +188,7 @@ class Runner:
         record.output = outputs.get(flow.output_node)
         record.finished_at = now_iso()
         run.write_record(record)
-        return JobOutcome("done", ran=ran, skipped=skipped)
+        return outcome
 
     def _fail_run(
         self,
@@ -198,9 +198,7 @@ class Runner:
         agent: str,
         error: str,
         artifact: Path | None,
-        *,
-        ran: int = 0,
-        skipped: int = 0,
+        outcome: JobOutcome,
     ) -> JobOutcome:
         first_line = error.strip().splitlines()[0] if error.strip() else "failed"
         if artifact is None:
@@ -214,7 +212,9 @@ class Runner:
         record.error = f"{node}: {first_line}"
         record.finished_at = now_iso()
         run.write_record(record)
-        return JobOutcome("failed", error=record.error, ran=ran, skipped=skipped)
+        outcome.status = "failed"
+        outcome.error = record.error
+        return outcome
 
     async def _run_node(
         self, flow: Flow, job: Job, run: RunDir, node: str, outputs: dict[str, dict[str, Any]]

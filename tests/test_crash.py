@@ -43,7 +43,9 @@ def _enqueue_steps(tmp_path: Path, artifacts: Path, jobs: int, delay_s: float) -
     assert f"enqueued {jobs} job(s)" in done.stdout
 
 
-def test_kill_9_midway_then_resume_every_job_ends_once(tmp_path, artifacts, with_plugin, monkeypatch):
+def test_kill_9_midway_then_resume_every_job_ends_once(
+    tmp_path, artifacts, with_plugin, monkeypatch
+):
     count_file = tmp_path / "executions.log"
     monkeypatch.setenv("PANTHEON_COUNT_FILE", str(count_file))
     _enqueue_steps(tmp_path, artifacts, jobs=200, delay_s=0.01)

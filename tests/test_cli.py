@@ -1,0 +1,148 @@
+"""The ``pantheon`` command as a user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+from conftest import pantheon
+
+from pantheon.console.cli import build_parser, main
+
+
+def test_help_helps():
+    out = pantheon("--help")
+    assert out.returncode == 0
+    for command in ("night", "engine", "enqueue", "status", "flows", "agents", "control"):
+        assert command in out.stdout
+    assert "examples:" in out.stdout
+    parser = build_parser()
+    actions = [a for a in parser._actions if a.dest == "command"]
+    for name, sub in actions[0].choices.items():
+        assert sub.format_help(), name
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: pantheon" in capsys.readouterr().out
+
+
+def test_demo_night_runs_start_to_finish(tmp_path):
+    artifacts = tmp_path / "night"
+    out = pantheon("night", "--demo", "--artifacts", str(artifacts))
+    assert out.returncode == 0, out.stderr
+    assert "done 10  failed 2" in out.stdout
+    runs = sorted((artifacts / "runs").iterdir())
+    assert len(runs) == 12
+    failed = [r for r in runs if (r / "FAILED.json").exists()]
+    assert len(failed) == 2
+    assert "fewer than 40" in json.loads((failed[0] / "FAILED.json").read_text())["error"]
+
+
+def test_enqueue_then_engine_then_status(tmp_path):
+    a = str(tmp_path / "a")
+    out = pantheon("enqueue", "textstats", "--set", "text=one two three", "--artifacts", a)
+    assert out.returncode == 0, out.stderr
+    assert "enqueued 1 job(s) of flow 'textstats'" in out.stdout
+    status = pantheon("status", "--artifacts", a)
+    assert "queued 1" in status.stdout
+    assert pantheon("engine", "--until-empty", "--artifacts", a).returncode == 0
+    status = pantheon("status", "--json", "--artifacts", a)
+    assert json.loads(status.stdout)["total"]["failed"] == 1  # three words < 40
+
+
+def test_enqueue_refuses_inputs_that_do_not_fit_and_stores_nothing(tmp_path):
+    a = tmp_path / "a"
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"text": "fine"}\n{"title": "no text"}\n# comment\n\n{"text": 5}\n')
+    out = pantheon("enqueue", "textstats", "--inputs", str(jobs), "--artifacts", str(a))
+    assert out.returncode == 1
+    assert "2 input(s) do not fit flow 'textstats'; nothing was enqueued" in out.stderr
+    assert f"{jobs}:2:" in out.stderr and f"{jobs}:5:" in out.stderr
+    if (a / "pantheon.db").exists():
+        db = sqlite3.connect(a / "pantheon.db")
+        try:
+            assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+        finally:
+            db.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "nosuchflow", "--set", "a=1"], "no flow named 'nosuchflow'"),
+        (["enqueue", "textstats", "--input", "{bad json"], "--input is not valid JSON"),
+        (["enqueue", "textstats"], "no input given"),
+        (["status"], "there is no queue at"),
+        (["retry"], "there is no queue at"),
+    ],
+)
+def test_mistakes_get_one_clear_line(tmp_path, args, message):
+    out = pantheon(*args, "--artifacts", str(tmp_path / "empty"))
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_flows_check_reports_problems_and_exit_code(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "name: g\ninput: {text: str}\nnodes:\n"
+        "  - {id: s, agent: text.stats, inputs: {text: $input.text}}\n"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nnodes:\n  - id: s\n    agent: text.statz\n")
+    out = pantheon("flows", "check", str(good), str(bad))
+    assert out.returncode == 1
+    assert f"{good}: ok: flow 'g', 1 nodes: s(text.stats)" in out.stdout
+    assert f"{bad}:4: node 's': unknown agent 'text.statz'" in out.stderr
+    assert pantheon("flows", "check", str(good)).returncode == 0
+    listed = pantheon("flows", "list")
+    assert "textstats" in listed.stdout
+
+
+def test_control_changes_and_prints_the_controls(tmp_path):
+    a = str(tmp_path / "a")
+    out = pantheon("control", "--concurrency", "7", "--pause-merges", "κ too low", "--artifacts", a)
+    assert out.returncode == 0, out.stderr
+    control = json.loads((tmp_path / "a" / "control.json").read_text())
+    assert control["concurrency"] == 7
+    assert control["merges_paused"] is True and control["merges_paused_reason"] == "κ too low"
+    assert control["merges_paused_since"]
+    out = pantheon("control", "--concurrency", "0", "--artifacts", a)
+    assert out.returncode == 1 and "concurrency" in out.stderr
+    assert json.loads(pantheon("control", "--artifacts", a).stdout)["concurrency"] == 7
+
+
+def test_retry_puts_failed_jobs_back(tmp_path):
+    a = str(tmp_path / "a")
+    pantheon("enqueue", "textstats", "--set", "text=short", "--artifacts", a)
+    pantheon("engine", "--until-empty", "--artifacts", a)
+    out = pantheon("retry", "--artifacts", a)
+    assert out.returncode == 0 and "1 failed job(s) back in the queue" in out.stdout
+    status = json.loads(pantheon("status", "--json", "--artifacts", a).stdout)
+    assert status["total"]["queued"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_a_read_only_artifacts_directory_is_a_clear_error(tmp_path):
+    a = tmp_path / "ro"
+    a.mkdir()
+    a.chmod(0o500)
+    try:
+        out = pantheon("enqueue", "textstats", "--set", "text=x", "--artifacts", str(a))
+    finally:
+        a.chmod(0o700)
+    assert out.returncode == 1
+    assert "cannot write" in out.stderr
+
+
+def test_an_artifacts_path_under_a_file_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = pantheon("engine", "--until-empty", "--artifacts", str(blocker / "artifacts"))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert str(blocker) in out.stderr
