@@ -113,7 +113,7 @@ def test_controls_take_effect_while_the_engine_runs(tmp_path, artifacts, with_pl
         _wait_for(lambda: _db_counts(artifacts)["running"] > 0, timeout=10)
     finally:
         engine.send_signal(signal.SIGINT)
-        out, err = engine.communicate(timeout=30)
+        _, err = engine.communicate(timeout=30)
     assert engine.returncode == 0, err
     assert "stopping after the nodes in flight" in err
     counts = _db_counts(artifacts)
