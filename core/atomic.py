@@ -53,21 +53,23 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
             hint=f"make {path.parent} writable, or point --artifacts at a folder you own",
         ) from exc
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ArtifactError(
+                f"cannot write {path}: {exc.strerror or exc}",
+                hint="is the disk full or read-only? the previous version of the file is intact",
+            ) from exc
         raise
     if fsync:
         _fsync_dir(path.parent)

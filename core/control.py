@@ -7,7 +7,6 @@ pause merges by itself. Every write is atomic and flushed to disk.
 from __future__ import annotations
 
 import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,34 +67,40 @@ class ControlFile:
 
     def __init__(self, artifacts: Path) -> None:
         self.path = Path(artifacts) / CONTROL_FILE
-        self._stamp: tuple[int, int] | None = None
+        self._raw: bytes | None = None
         self._current = Control()
         self.error: str | None = None
         """Why the file on disk could not be used (the last good controls stay in force)."""
 
     def read(self) -> Control:
-        """The controls in force; a corrupt file keeps the last good ones and sets ``error``."""
+        """The controls in force; a corrupt file keeps the last good ones and sets ``error``.
+
+        The file is small: it is read whole every time and parsed only when its bytes changed,
+        so a rewrite within one tick of the file system's clock is never missed.
+        """
         try:
-            st = os.stat(self.path)
+            raw = self.path.read_bytes()
         except FileNotFoundError:
-            self._stamp = None
+            self._raw = None
             self.error = None
             self._current = Control()
             return self._current
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
+        except OSError as exc:
+            self.error = f"cannot read {self.path}: {exc.strerror or exc}"
             return self._current
-        self._stamp = stamp
+        if raw == self._raw:
+            return self._current
+        self._raw = raw
         try:
-            self._current = Control.model_validate(read_json(self.path))
+            self._current = Control.model_validate_json(raw)
             self.error = None
-        except FileNotFoundError:
-            self._current = Control()
-        except (ArtifactError, ValidationError) as exc:
-            first = str(exc).splitlines()[0]
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "file"
+            why = f"{where}: {first['msg']}" if raw.strip() else "the file is empty"
             if self.error is None:
-                log.error("%s is not usable (%s); keeping the last good controls", self.path, first)
-            self.error = f"{self.path} is not usable: {first}"
+                log.error("%s is not usable (%s); keeping the last good controls", self.path, why)
+            self.error = f"{self.path} is not usable: {why}"
         return self._current
 
     def load_strict(self) -> Control:
@@ -112,11 +117,17 @@ class ControlFile:
 
     def write(self, control: Control) -> None:
         atomic_write_json(self.path, control.model_dump(mode="json"), fsync=True)
-        self._stamp = None
+        self._raw = None
 
     def update(self, *, by: str, **changes: object) -> Control:
-        """Apply changes to what is on disk and write it back."""
-        control = self.load_strict().with_changes(by=by, **changes)
+        """Apply changes to what is on disk and write it back; ConfigError if they do not fit."""
+        try:
+            control = self.load_strict().with_changes(by=by, **changes)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"control change refused: {problems}") from None
         self.write(control)
         return control
 

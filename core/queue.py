@@ -216,6 +216,9 @@ class JobQueue:
         except sqlite3.Error as exc:
             self._db.close()
             raise self._error(exc) from None
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- plumbing ---------------------------------------------------------------------------
 

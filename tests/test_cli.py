@@ -146,3 +146,23 @@ def test_an_artifacts_path_under_a_file_is_a_clear_error(tmp_path):
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert str(blocker) in out.stderr
+
+
+def test_an_unwritable_artifacts_directory_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """Read-only for real needs a non-root user; here the file system refuses every write."""
+    import pantheon.core.atomic as atomic
+
+    real_open = atomic.os.open
+
+    def refuse(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    artifacts = tmp_path / "a"
+    artifacts.mkdir()
+    monkeypatch.setattr(atomic.os, "open", refuse)
+    assert main(["control", "--concurrency", "3", "--artifacts", str(artifacts)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {artifacts / 'control.json'}: Permission denied" in err
+    assert "hint: make" in err
