@@ -6,7 +6,11 @@
     ├── QueueError          the job queue database (locked, corrupt, unknown job)
     ├── ArtifactError       the artifacts directory (missing, read-only, corrupt file)
     ├── NodeError           one node of one run failed (stops that run, never the night)
-    └── ConfigError         a control or configuration file that cannot be used
+    ├── ConfigError         a control or configuration file that cannot be used
+    ├── ModelServerError    the model server refused, failed or is not answering
+    ├── EndpointRefused     an endpoint off this machine and its network: never contacted
+    ├── ReplyError          a model reply that is not one JSON object fitting the schema
+    └── ModelStoreError     a model file missing, or with the wrong hash
 
 The core raises; the command line and the console decide how to show it.
 """
@@ -17,10 +21,14 @@ __all__ = [
     "AgentError",
     "ArtifactError",
     "ConfigError",
+    "EndpointRefused",
     "FlowError",
+    "ModelServerError",
+    "ModelStoreError",
     "NodeError",
     "PantheonError",
     "QueueError",
+    "ReplyError",
 ]
 
 
@@ -74,3 +82,31 @@ class NodeError(PantheonError):
 
 class ConfigError(PantheonError):
     title = "Configuration error"
+
+
+class ModelServerError(PantheonError):
+    """The model server refused, failed, or is not answering."""
+
+    title = "Model server error"
+
+
+class EndpointRefused(PantheonError):
+    """An endpoint that is not on this machine or the operator's network: never contacted."""
+
+    title = "Endpoint refused"
+
+
+class ReplyError(PantheonError):
+    """A model reply that is not exactly one JSON object fitting the agent's schema."""
+
+    title = "Unusable model reply"
+
+    def __init__(self, message: str, *, raw: str = "", hint: str | None = None) -> None:
+        self.raw = raw
+        super().__init__(message, hint=hint)
+
+
+class ModelStoreError(PantheonError):
+    """A model file that is missing, or whose hash is wrong."""
+
+    title = "Model store error"

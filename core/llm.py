@@ -1,0 +1,293 @@
+"""The model client: async, OpenAI-compatible, local only.
+
+It talks to the embedded llama.cpp server, to vLLM on a GPU host, or to llama-cpp-python's
+server, shaping each request the way that server wants it (JSON-schema output and LoRA adapters
+are named differently by each). The HTTP client is injected, so tests use
+``httpx.MockTransport``. Connection errors and 5xx answers are retried with exponential backoff;
+then one clear error says which server is down and since when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from .errors import ModelServerError
+from .guard import Resolver, check_endpoint
+
+__all__ = ["Backend", "ChatReply", "LLMClient"]
+
+Message = dict[str, Any]
+
+
+class Backend(StrEnum):
+    """The model servers Pantheon knows how to talk to."""
+
+    LLAMA_CPP = "llama.cpp"
+    """llama.cpp's own llama-server (the embedded default)."""
+    VLLM = "vllm"
+    """vLLM's OpenAI-compatible server (GPU hosts)."""
+    LLAMA_CPP_PYTHON = "llama-cpp-python"
+    """llama-cpp-python's server."""
+
+
+@dataclass(slots=True)
+class ChatReply:
+    """One answer of the model server."""
+
+    text: str
+    """The message content, as the model wrote it."""
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    model: str
+    adapter: str | None
+    attempts: int = 1
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The whole response body."""
+
+
+def _retryable_status(code: int) -> bool:
+    return code >= 500 or code == 429
+
+
+class LLMClient:
+    """An OpenAI-compatible chat client for one local model server."""
+
+    def __init__(
+        self,
+        endpoint: str = "http://127.0.0.1:8011",
+        *,
+        backend: Backend | str = Backend.LLAMA_CPP,
+        model: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        timeout_s: float = 300.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        allow_hosts: tuple[str, ...] | list[str] = (),
+        adapters: dict[str, int] | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.backend = Backend(backend)
+        base = endpoint.rstrip("/")
+        if base.endswith("/v1"):
+            base = base[: -len("/v1")]
+        self.base_url = base
+        # the guard runs before anything can be sent
+        self.where = check_endpoint(base, allow=allow_hosts, resolver=resolver)
+        self.model = model
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.adapters: dict[str, int] = dict(adapters or {})
+        """Adapter name -> llama.cpp adapter id (filled from the server when asked)."""
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self._down_since: float | None = None
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- request shaping ---------------------------------------------------------------------
+
+    def shape(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "reply",
+        adapter: str | None = None,
+        temperature: float = 0.0,
+        seed: int = 0,
+        max_tokens: int = 512,
+    ) -> dict[str, Any]:
+        """The request body for this backend."""
+        body: dict[str, Any] = {
+            "model": self.model or "default",
+            "messages": messages,
+            "temperature": temperature,
+            "seed": seed,
+            "max_tokens": max_tokens,
+        }
+        if schema is not None:
+            if self.backend is Backend.LLAMA_CPP_PYTHON:
+                body["response_format"] = {"type": "json_object", "schema": schema}
+            elif self.backend is Backend.VLLM:
+                body["structured_outputs"] = {"json": schema}
+            else:
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+                }
+        if adapter is not None:
+            if self.backend is Backend.VLLM:
+                body["model"] = adapter  # vLLM serves each LoRA module under its own name
+            elif self.backend is Backend.LLAMA_CPP:
+                if adapter not in self.adapters:
+                    raise ModelServerError(
+                        f"adapter {adapter!r} is not loaded by the model server at {self.where}",
+                        hint=f"loaded: {', '.join(self.adapters) or 'none'}",
+                    )
+                body["lora"] = [
+                    {"id": i, "scale": 1.0 if name == adapter else 0.0}
+                    for name, i in sorted(self.adapters.items(), key=lambda kv: kv[1])
+                ]
+            else:
+                raise ModelServerError(
+                    f"{self.backend} does not choose a LoRA adapter per request",
+                    hint="serve adapters with llama.cpp's llama-server or vLLM",
+                )
+        return body
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _not_answering(self, attempts: int, last: str) -> ModelServerError:
+        since = datetime.fromtimestamp(self._down_since or time.time()).strftime("%H:%M:%S")
+        return ModelServerError(
+            f"model server at {self.where} is not answering since {since} "
+            f"({attempts} attempt(s); last: {last})",
+            hint="is it running? `pantheon serve --status` tells; `pantheon serve` starts it",
+        )
+
+    async def _request(self, method: str, path: str, **kw: Any) -> tuple[httpx.Response, int]:
+        """Send with retries on connection errors and 5xx; return the response and attempts."""
+        attempt = 0
+        delay = self.backoff_s
+        while True:
+            attempt += 1
+            try:
+                resp = await self._http.request(method, self.base_url + path, **kw)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if not _retryable_status(resp.status_code):
+                    self._down_since = None
+                    return resp, attempt
+                last = f"HTTP {resp.status_code}: {_snippet(resp.text)}"
+            if self._down_since is None:
+                self._down_since = time.time()
+            if attempt > self.retries:
+                raise self._not_answering(attempt, last)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "reply",
+        adapter: str | None = None,
+        temperature: float = 0.0,
+        seed: int = 0,
+        max_tokens: int = 512,
+    ) -> ChatReply:
+        """One chat completion; raises ModelServerError when the server fails or is down."""
+        if (
+            adapter is not None
+            and self.backend is Backend.LLAMA_CPP
+            and adapter not in self.adapters
+        ):
+            await self.load_adapter_ids()
+        body = self.shape(
+            messages,
+            schema=schema,
+            schema_name=schema_name,
+            adapter=adapter,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_tokens,
+        )
+        t0 = time.perf_counter()
+        resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
+        latency = time.perf_counter() - t0
+        if resp.status_code >= 400:
+            raise ModelServerError(
+                f"model server at {self.where} refused the request: HTTP {resp.status_code}: "
+                f"{_error_message(resp)}"
+            )
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise ModelServerError(
+                f"model server at {self.where} answered something that is not a chat completion: "
+                f"{_snippet(resp.text)}"
+            ) from None
+        usage = data.get("usage") or {}
+        return ChatReply(
+            text=text,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=latency,
+            model=str(data.get("model") or self.model or ""),
+            adapter=adapter,
+            attempts=attempts,
+            raw=data,
+        )
+
+    async def load_adapter_ids(self) -> dict[str, int]:
+        """Ask llama-server which LoRA adapters it loaded (name = file stem)."""
+        resp, _ = await self._request("GET", "/lora-adapters")
+        if resp.status_code >= 400:
+            return self.adapters
+        try:
+            for item in resp.json():
+                path = str(item.get("path", ""))
+                name = path.rsplit("/", 1)[-1].removesuffix(".gguf")
+                self.adapters[name] = int(item["id"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return self.adapters
+
+    async def health(self) -> bool:
+        """True when the server says it is ready (no retries)."""
+        try:
+            resp = await self._http.get(self.base_url + "/health", timeout=5.0)
+        except httpx.TransportError:
+            return False
+        return resp.status_code == 200
+
+    async def metrics_text(self) -> str:
+        """The server's Prometheus /metrics text ("" when it has none)."""
+        try:
+            resp = await self._http.get(self.base_url + "/metrics", timeout=5.0)
+        except httpx.TransportError:
+            return ""
+        return resp.text if resp.status_code == 200 else ""
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        return str(err)
+    except ValueError:
+        return _snippet(resp.text)

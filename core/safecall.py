@@ -1,0 +1,219 @@
+"""The safe model call: a reply is data, never code.
+
+A reply is stripped of code fences and prose, exactly one JSON object is taken from it, and that
+object is validated against the agent's pydantic schema. Anything else — no object, two objects,
+a truncated one, an HTML error page, an empty reply, fields that do not fit — is a clear, recorded
+error. Nothing is ever evaluated, and nothing is guessed.
+
+Every call, good or bad, is appended to the node's ``calls.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .atomic import append_line
+from .errors import ModelServerError, ReplyError
+from .llm import ChatReply, LLMClient, Message
+
+__all__ = ["CallLog", "call_model", "extract_json_object", "parse_reply"]
+
+T = TypeVar("T", bound=BaseModel)
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _matching_brace(text: str, start: int) -> int | None:
+    """Index of the brace closing the one at ``start`` (strings respected), or None."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _objects_in(text: str) -> list[dict[str, Any]]:
+    decoder = json.JSONDecoder()
+    found: list[dict[str, Any]] = []
+    first_error: str | None = None
+    i = 0
+    while True:
+        j = text.find("{", i)
+        if j < 0:
+            break
+        end = _matching_brace(text, j)
+        if end is None:
+            raise ReplyError(
+                f"the JSON object at character {j} is cut short (the reply ends inside it; "
+                f"max_tokens too small?)",
+                raw=text,
+            )
+        try:
+            value, stop = decoder.raw_decode(text, j)
+        except json.JSONDecodeError as exc:
+            first_error = first_error or f"invalid JSON at character {exc.pos}: {exc.msg}"
+            i = end + 1
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+        i = stop
+    if not found and first_error:
+        raise ReplyError(f"the reply holds no valid JSON object ({first_error})", raw=text)
+    return found
+
+
+def extract_json_object(text: str) -> dict[str, Any]:
+    """Exactly one JSON object from a model reply, or ReplyError saying why not."""
+    stripped = text.strip()
+    if not stripped:
+        raise ReplyError("the reply is empty", raw=text)
+    head = stripped[:200].lower()
+    if head.startswith("<") and ("<html" in head or "<!doctype" in head or "<head" in head):
+        title = _TITLE.search(stripped)
+        what = f" ({' '.join(title.group(1).split())})" if title else ""
+        raise ReplyError(f"the reply is an HTML page{what}, not JSON", raw=text)
+    fenced = [body for lang, body in _FENCE.findall(stripped) if lang.lower() in ("", "json")]
+    scope = "\n".join(fenced) if fenced else stripped
+    if scope.lstrip().startswith("["):
+        raise ReplyError("the reply is a JSON array; one JSON object was expected", raw=text)
+    objects = _objects_in(scope)
+    if not objects:
+        raise ReplyError("the reply holds no JSON object", raw=text)
+    if len(objects) > 1:
+        raise ReplyError(
+            f"the reply holds {len(objects)} JSON objects; exactly one was expected", raw=text
+        )
+    return objects[0]
+
+
+def parse_reply(text: str, model: type[T]) -> T:
+    """The reply's one JSON object, validated against ``model``."""
+    obj = extract_json_object(text)
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(object)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ReplyError(
+            f"the reply's JSON does not fit {model.__name__}: {problems}", raw=text
+        ) from None
+
+
+class CallLog:
+    """``<node>/calls.jsonl``: one line per model call."""
+
+    def __init__(self, node_dir: Path) -> None:
+        self.path = Path(node_dir) / "calls.jsonl"
+
+    def record(self, **fields: Any) -> None:
+        fields.setdefault("at", datetime.now(UTC).isoformat())
+        append_line(self.path, json.dumps(fields, ensure_ascii=False, default=str))
+
+    def read(self) -> list[dict[str, Any]]:
+        """The calls recorded so far; a corrupt line is skipped."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+async def call_model(
+    client: LLMClient,
+    messages: list[Message],
+    output: type[T],
+    *,
+    log: CallLog | None = None,
+    adapter: str | None = None,
+    max_tokens: int = 512,
+    temperature: float = 0.0,
+    seed: int = 0,
+    constrained: bool = True,
+    step: int | None = None,
+) -> tuple[T, ChatReply]:
+    """Ask the model for one ``output`` object; record the call; raise on anything else."""
+    schema = output.model_json_schema() if constrained else None
+    base = {
+        "step": step,
+        "backend": str(client.backend),
+        "endpoint": client.where,
+        "adapter": adapter,
+        "messages": messages,
+        "schema": output.__name__,
+    }
+    t0 = time.perf_counter()
+    try:
+        reply = await client.chat(
+            messages,
+            schema=schema,
+            schema_name=output.__name__,
+            adapter=adapter,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_tokens,
+        )
+    except ModelServerError as exc:
+        if log is not None:
+            log.record(
+                **base,
+                model=client.model,
+                raw=None,
+                parsed=None,
+                error=str(exc),
+                prompt_tokens=0,
+                completion_tokens=0,
+                latency_s=time.perf_counter() - t0,
+            )
+        raise
+    record = {
+        **base,
+        "model": reply.model,
+        "raw": reply.text,
+        "finish_reason": reply.finish_reason,
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "latency_s": round(reply.latency_s, 4),
+        "attempts": reply.attempts,
+    }
+    try:
+        value = parse_reply(reply.text, output)
+    except ReplyError as exc:
+        if reply.finish_reason == "length":
+            exc.message += f" (the reply stopped at max_tokens={max_tokens})"
+        if log is not None:
+            log.record(**record, parsed=None, error=exc.message)
+        raise
+    if log is not None:
+        log.record(**record, parsed=value.model_dump(mode="json"), error=None)
+    return value, reply
