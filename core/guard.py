@@ -24,14 +24,27 @@ def _resolve(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+_LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",  # loopback
+        "10.0.0.0/8",  # RFC 1918
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",  # link-local
+        "::1/128",
+        "fc00::/7",  # RFC 4193 unique local
+        "fe80::/10",  # link-local
+    )
+)
+
+
 def is_local_address(address: str) -> bool:
-    """True for loopback, private and link-local addresses (IPv4 and IPv6)."""
+    """True for loopback, private (RFC 1918, RFC 4193) and link-local addresses."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    return ip.is_loopback or ip.is_private or ip.is_link_local
+    return any(ip in net for net in _LOCAL_NETWORKS if net.version == ip.version)
 
 
 def check_endpoint(url: str, *, allow: Iterable[str] = (), resolver: Resolver | None = None) -> str:

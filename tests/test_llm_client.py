@@ -1,0 +1,151 @@
+"""The model client over httpx.MockTransport: request shaping, retries, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from pantheon.core import ModelServerError
+from pantheon.core.llm import Backend, LLMClient
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+def completion(text='{"a": 1}', **extra):
+    return {
+        "model": "qwen",
+        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+        **extra,
+    }
+
+
+def make(handler, **kw):
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    kw.setdefault("backoff_s", 0.001)
+    return LLMClient(kw.pop("endpoint", "http://127.0.0.1:8011/v1"), http=http, **kw), http
+
+
+async def test_llama_cpp_gets_openai_json_schema_and_lora_ids():
+    bodies = []
+
+    def handler(request):
+        assert request.url.path == "/v1/chat/completions"
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json=completion())
+
+    client, http = make(handler, adapters={"codegen-v1": 0, "review-v2": 1})
+    reply = await client.chat(MSGS, schema=SCHEMA, adapter="review-v2", max_tokens=64)
+    await http.aclose()
+    body = bodies[0]
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "reply", "schema": SCHEMA, "strict": True},
+    }
+    assert body["lora"] == [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 1.0}]
+    assert body["temperature"] == 0.0 and body["seed"] == 0 and body["max_tokens"] == 64
+    assert reply.text == '{"a": 1}' and reply.adapter == "review-v2"
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.model) == (5, 3, "qwen")
+
+
+def test_vllm_and_llama_cpp_python_shapes():
+    client = LLMClient("http://127.0.0.1:8000", backend=Backend.VLLM, model="qwen")
+    body = client.shape(MSGS, schema=SCHEMA, adapter="codegen-v1")
+    assert body["structured_outputs"] == {"json": SCHEMA}
+    assert body["model"] == "codegen-v1"  # vLLM: a LoRA module is chosen by name
+    assert "response_format" not in body and "lora" not in body
+    pyclient = LLMClient("http://127.0.0.1:8000", backend="llama-cpp-python")
+    assert pyclient.shape(MSGS, schema=SCHEMA)["response_format"] == {
+        "type": "json_object",
+        "schema": SCHEMA,
+    }
+    with pytest.raises(ModelServerError, match="does not choose a LoRA adapter"):
+        pyclient.shape(MSGS, adapter="x")
+
+
+async def test_an_unknown_adapter_is_looked_up_then_refused():
+    def handler(request):
+        if request.url.path == "/lora-adapters":
+            return httpx.Response(200, json=[{"id": 0, "path": "/a/codegen-v1.gguf", "scale": 0}])
+        return httpx.Response(200, json=completion())
+
+    client, http = make(handler)
+    reply = await client.chat(MSGS, adapter="codegen-v1")
+    assert reply.adapter == "codegen-v1" and client.adapters == {"codegen-v1": 0}
+    with pytest.raises(ModelServerError, match="adapter 'nope' is not loaded"):
+        await client.chat(MSGS, adapter="nope")
+    await http.aclose()
+
+
+async def test_500s_then_success_is_retried():
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        if len(calls) < 3:
+            return httpx.Response(503, json={"error": {"message": "Loading model"}})
+        return httpx.Response(200, json=completion())
+
+    client, http = make(handler, retries=4)
+    reply = await client.chat(MSGS)
+    await http.aclose()
+    assert len(calls) == 3 and reply.attempts == 3
+
+
+async def test_connection_refused_ends_in_one_clear_error():
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    client, http = make(handler, retries=2)
+    with pytest.raises(ModelServerError) as info:
+        await client.chat(MSGS)
+    await http.aclose()
+    assert len(calls) == 3
+    msg = str(info.value)
+    assert msg.startswith("model server at 127.0.0.1:8011 is not answering since ")
+    assert "3 attempt(s); last: ConnectError" in msg
+    assert "pantheon serve" in msg
+
+
+async def test_a_4xx_is_not_retried_and_says_why():
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        return httpx.Response(
+            400, json={"error": {"message": "the request exceeds the available context size"}}
+        )
+
+    client, http = make(handler)
+    with pytest.raises(ModelServerError, match="HTTP 400: the request exceeds the available"):
+        await client.chat(MSGS)
+    await http.aclose()
+    assert len(calls) == 1
+
+
+async def test_an_answer_that_is_not_a_completion():
+    def handler(request):
+        return httpx.Response(200, text="<html><body>proxy login</body></html>")
+
+    client, http = make(handler)
+    with pytest.raises(ModelServerError, match="not a chat completion: <html>"):
+        await client.chat(MSGS)
+    await http.aclose()
+
+
+async def test_an_empty_content_is_an_empty_text_not_a_crash():
+    def handler(request):
+        return httpx.Response(
+            200, json={"choices": [{"message": {"content": None}, "finish_reason": "length"}]}
+        )
+
+    client, http = make(handler)
+    reply = await client.chat(MSGS)
+    await http.aclose()
+    assert reply.text == "" and reply.finish_reason == "length" and reply.prompt_tokens == 0

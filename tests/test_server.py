@@ -1,0 +1,176 @@
+"""The embedded model server for real: llama.cpp's llama-server with SmolLM2 on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+from conftest import pantheon
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field
+
+from pantheon.core import ModelServerError, ModelStoreError
+from pantheon.core.llm import LLMClient
+from pantheon.core.models import TEST_MODEL, ModelStore
+from pantheon.core.safecall import CallLog, call_model
+from pantheon.core.server import (
+    ModelServer,
+    ServerConfig,
+    find_llama_binary,
+    free_port,
+    llama_environment,
+)
+
+pytestmark = pytest.mark.slow
+
+
+class Person(BaseModel):
+    name: str
+    age: int = Field(ge=0, le=150)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    ModelStore().pull(TEST_MODEL)
+    return TEST_MODEL
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, smollm2):
+    artifacts = tmp_path_factory.mktemp("served")
+    srv = ModelServer(artifacts, ServerConfig(model=smollm2, port=0, parallel=8, ctx_per_slot=1024))
+    state = srv.start(timeout_s=120)
+    yield state
+    srv.stop()
+
+
+def processing(metrics: str) -> float:
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "llamacpp:requests_processing":
+                return sample.value
+    raise AssertionError("no llamacpp:requests_processing in /metrics")
+
+
+def test_the_binary_needs_the_library_links_pantheon_makes():
+    binary = find_llama_binary()
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    bare = subprocess.run([str(binary), "--version"], capture_output=True, text=True, env=env)
+    fixed = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True,
+        env=llama_environment(binary.parent, env),
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert "version:" in fixed.stderr
+    if bare.returncode != 0:  # the package as pip built it
+        assert "error while loading shared libraries" in bare.stderr
+
+
+async def test_schema_constrained_replies_validate(server, tmp_path):
+    log = CallLog(tmp_path)
+    async with LLMClient(server.endpoint) as client:
+        for name, age in (("Alice", 30), ("Bob", 41)):
+            msgs = [{"role": "user", "content": f"Describe {name}, aged {age}, as JSON."}]
+            person, reply = await call_model(client, msgs, Person, log=log, max_tokens=64)
+            assert isinstance(person, Person)
+            assert reply.completion_tokens > 0 and reply.prompt_tokens > 0
+    calls = log.read()
+    assert len(calls) == 2 and all(c["error"] is None and c["parsed"] for c in calls)
+    assert calls[0]["model"] == TEST_MODEL
+
+
+async def test_eight_concurrent_requests_really_overlap(server):
+    async with LLMClient(server.endpoint) as client:
+        msgs = [{"role": "user", "content": "Count from one to forty in words."}]
+        calls = [asyncio.create_task(client.chat(msgs, max_tokens=96)) for _ in range(8)]
+        peak = 0.0
+        while not all(c.done() for c in calls):
+            peak = max(peak, processing(await client.metrics_text()))
+            await asyncio.sleep(0.05)
+        replies = await asyncio.gather(*calls)
+    assert all(r.completion_tokens > 0 for r in replies)
+    assert peak > 1, f"requests never overlapped (peak requests_processing {peak})"
+
+
+async def test_killing_the_server_mid_call_is_a_clear_error_and_a_restart_recovers(
+    tmp_path, smollm2
+):
+    srv = ModelServer(tmp_path, ServerConfig(model=smollm2, port=0, parallel=2, ctx_per_slot=1024))
+    state = srv.start(timeout_s=120)
+    try:
+        async with LLMClient(state.endpoint, retries=1, backoff_s=0.05) as client:
+            msgs = [{"role": "user", "content": "Write a long story about a lighthouse."}]
+            call = asyncio.create_task(client.chat(msgs, max_tokens=2000))
+            await asyncio.sleep(0.5)
+            os.kill(state.pid, signal.SIGKILL)
+            with pytest.raises(ModelServerError) as info:
+                await call
+            assert f"model server at 127.0.0.1:{state.port} is not answering since" in str(
+                info.value
+            )
+            srv.proc.wait(timeout=10)
+            srv.config = srv.config.model_copy(update={"port": state.port})
+            restarted = srv.restart_if_dead()
+            assert restarted is not None and restarted.port == state.port
+            reply = await client.chat([{"role": "user", "content": "Say hi."}], max_tokens=8)
+            assert reply.completion_tokens > 0
+    finally:
+        srv.stop()
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path, smollm2):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        srv = ModelServer(tmp_path, ServerConfig(model=smollm2, port=port))
+        with pytest.raises(ModelServerError, match=f"port {port} on 127.0.0.1 is taken"):
+            srv.start()
+    assert srv.state() is None
+
+
+def test_a_missing_binary_is_a_clear_error(tmp_path, smollm2, monkeypatch):
+    monkeypatch.setenv("PANTHEON_LLAMA_BIN_DIR", str(tmp_path / "nowhere"))
+    srv = ModelServer(tmp_path, ServerConfig(model=smollm2, port=free_port()))
+    with pytest.raises(ModelServerError, match="llama-server is missing"):
+        srv.start()
+
+
+def test_a_model_file_with_a_wrong_hash_is_never_served(tmp_path, smollm2, monkeypatch):
+    good = ModelStore().verified_path(smollm2)
+    store = ModelStore(tmp_path / "store")
+    store.root.mkdir()
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (store.root / good.name).write_bytes(bytes(data))
+    srv = ModelServer(tmp_path, ServerConfig(model=smollm2, port=free_port()), store=store)
+    with pytest.raises(ModelStoreError, match="is refused: sha256"):
+        srv.start()
+    assert srv.proc is None and srv.state() is None
+
+
+def test_serve_detach_status_stop_from_the_command_line(tmp_path, smollm2):
+    a = str(tmp_path / "a")
+    port = str(free_port())
+    up = pantheon("serve", "--detach", "--model", smollm2, "--port", port, "--artifacts", a)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"model server ready at http://127.0.0.1:{port}" in up.stdout
+        st = pantheon("serve", "--status", "--artifacts", a)
+        assert st.returncode == 0 and "healthy, supervised" in st.stdout
+        again = pantheon("serve", "--detach", "--model", smollm2, "--port", port, "--artifacts", a)
+        assert "already running" in again.stdout
+    finally:
+        down = pantheon("serve", "--stop", "--artifacts", a)
+    assert down.returncode == 0 and "model server stopped" in down.stdout
+    st = pantheon("serve", "--status", "--artifacts", a)
+    assert st.returncode == 1 and "no model server running" in st.stdout
+
+
+def test_serve_refuses_a_public_host(tmp_path):
+    out = pantheon("serve", "--host", "8.8.8.8", "--artifacts", str(tmp_path))
+    assert out.returncode == 1 and "not a loopback or private address" in out.stderr
