@@ -64,6 +64,27 @@ def _artifacts_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_endpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="the model server to use (default: the one `pantheon serve` runs for ARTIFACTS)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["llama.cpp", "vllm", "llama-cpp-python"],
+        default=None,
+        help="what kind of server --endpoint is (default: llama.cpp)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a model host that is yours although it is not loopback or private (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pantheon",
@@ -84,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--demo", action="store_true", help="the demo night on the shipped corpus")
     p.add_argument("--concurrency", type=int, metavar="C", help="jobs at once (default: 4)")
+    p.add_argument(
+        "--model",
+        default="qwen2.5-coder-0.5b",
+        help="the model the embedded server runs (default: qwen2.5-coder-0.5b; "
+        "smollm2-135m is faster and weaker)",
+    )
+    _model_endpoint_args(p)
+    p.add_argument(
+        "--keep-server", action="store_true", help="leave the model server running afterwards"
+    )
     _artifacts_arg(p)
 
     p = sub.add_parser(
@@ -115,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="flush every run artifact to disk before renaming it (survives power cuts; slower)",
     )
     p.add_argument("--tick", type=float, default=0.25, metavar="SECONDS", help=argparse.SUPPRESS)
+    _model_endpoint_args(p)
     _artifacts_arg(p)
 
     p = sub.add_parser(
@@ -290,25 +322,27 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_engine(engine: Engine) -> int:
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _on_signal, engine, sig)
+async def _drive(engine: Engine) -> int:
+    """Run the engine with Ctrl-C / SIGTERM wired to its graceful and hard stops."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, engine, sig)
+    try:
         stats = await engine.run()
-        log.info(
-            "engine stopped: %d done, %d failed, %d given back; %d nodes run, %d resumed "
-            "from disk, in %.1fs",
-            stats.done,
-            stats.failed,
-            stats.stopped,
-            stats.nodes_run,
-            stats.nodes_skipped,
-            stats.elapsed,
-        )
-        return 0
-
-    return asyncio.run(main())
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info(
+        "engine stopped: %d done, %d failed, %d given back; %d nodes run, %d resumed "
+        "from disk, in %.1fs",
+        stats.done,
+        stats.failed,
+        stats.stopped,
+        stats.nodes_run,
+        stats.nodes_skipped,
+        stats.elapsed,
+    )
+    return 0
 
 
 def _on_signal(engine: Engine, sig: signal.Signals) -> None:
@@ -323,20 +357,60 @@ def _on_signal(engine: Engine, sig: signal.Signals) -> None:
     engine.request_stop(hard=hard)
 
 
+def _llm_for(args: argparse.Namespace, *, required: bool = False):
+    """The model client: --endpoint, or the server `pantheon serve` runs for these artifacts."""
+    from pantheon.core.llm import LLMClient
+    from pantheon.core.server import ModelServer
+
+    if args.endpoint:
+        return LLMClient(
+            args.endpoint, backend=args.backend or "llama.cpp", allow_hosts=args.allow_host
+        )
+    state = ModelServer(args.artifacts).state()
+    if state is not None:
+        return LLMClient(
+            state.endpoint,
+            backend=args.backend or state.backend,
+            model=state.alias,
+            adapters=state.adapters,
+            allow_hosts=args.allow_host,
+        )
+    if required:
+        raise ModelServerError(
+            "no model server: pass --endpoint URL or start one with `pantheon serve --detach`"
+        )
+    log.warning(
+        "no model server configured (--endpoint, or `pantheon serve --detach`): nodes of agents "
+        "that use the model will fail"
+    )
+    return None
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon engine", concurrency=args.concurrency)
-    engine = Engine(
-        args.artifacts,
-        default_registry(),
-        until_empty=args.until_empty,
-        lease_s=args.lease,
-        fsync=args.fsync,
-        tick_s=args.tick,
-    )
-    for problem in engine.registry.load_errors:
+    registry = default_registry()
+    for problem in registry.load_errors:
         log.warning("agent plugin not loaded: %s", problem)
-    return _run_engine(engine)
+
+    async def main() -> int:
+        llm = _llm_for(args)
+        engine = Engine(
+            args.artifacts,
+            registry,
+            until_empty=args.until_empty,
+            lease_s=args.lease,
+            fsync=args.fsync,
+            tick_s=args.tick,
+            llm=llm,
+        )
+        try:
+            return await _drive(engine)
+        finally:
+            if llm is not None:
+                await llm.aclose()
+
+    return asyncio.run(main())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -448,17 +522,55 @@ def cmd_night(args: argparse.Namespace) -> int:
             "pantheon night needs --demo for now",
             hint="or enqueue your own jobs with `pantheon enqueue` and run `pantheon engine`",
         )
-    from pantheon.core.demo import enqueue_demo
+    from pantheon.core.demo import enqueue_demo, night_figures
+    from pantheon.core.models import CATALOG, ModelStore
 
     registry = default_registry()
-    with JobQueue(args.artifacts) as queue:
-        n = enqueue_demo(queue, registry)
+    if not args.endpoint and args.model in CATALOG:
+        ModelStore().pull(args.model, progress=_progress_printer())
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon night", concurrency=args.concurrency)
+    concurrency = ControlFile(args.artifacts).read().concurrency
+    with JobQueue(args.artifacts) as queue:
+        n = enqueue_demo(queue, registry)
     log.info("demo night: %d job(s) queued in %s", n, args.artifacts)
-    engine = Engine(args.artifacts, registry, until_empty=True)
-    code = _run_engine(engine)
+
+    async def main() -> int:
+        from pantheon.core.llm import LLMClient
+        from pantheon.core.server import ModelServer, ServerConfig
+
+        server = None
+        if args.endpoint:
+            llm = _llm_for(args, required=True)
+        else:
+            server = ModelServer(
+                args.artifacts,
+                ServerConfig(model=args.model, port=0, parallel=max(concurrency, 1)),
+            )
+            log.info("starting the embedded model server (%s)", args.model)
+            state = await asyncio.to_thread(server.ensure)
+            log.info("model server ready at %s", state.endpoint)
+            llm = LLMClient(state.endpoint, model=state.alias, adapters=state.adapters)
+
+        async def supervise() -> None:
+            while server is not None:
+                await asyncio.sleep(2.0)
+                await asyncio.to_thread(server.restart_if_dead)
+
+        watch = asyncio.create_task(supervise())
+        engine = Engine(args.artifacts, registry, until_empty=True, llm=llm)
+        try:
+            return await _drive(engine)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            await llm.aclose()
+            if server is not None and not args.keep_server:
+                await asyncio.to_thread(server.stop)
+
+    code = asyncio.run(main())
     print(status_text(args.artifacts))
+    print(night_figures(args.artifacts))
     return code
 
 

@@ -15,11 +15,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import AgentError
+
+if TYPE_CHECKING:
+    from .llm import LLMClient
+    from .safecall import CallLog
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -59,6 +63,10 @@ class NodeContext:
     """This node's params, validated against the agent's ``Params``."""
     job_input: dict[str, Any] = field(default_factory=dict)
     """The job's whole input, as enqueued."""
+    llm: LLMClient | None = None
+    """The local model server's client (for agents that use the model)."""
+    calls: CallLog | None = None
+    """``<node>/calls.jsonl``: where every model call of this node is recorded."""
 
 
 class Agent:
@@ -76,6 +84,8 @@ class Agent:
     Output: ClassVar[type[BaseModel]]
     Params: ClassVar[type[BaseModel]] = NoParams
     gate: ClassVar[bool] = False
+    uses_model: ClassVar[bool] = False
+    """True for agents that call the local model server (through ``ctx.llm``)."""
 
     async def run(self, input: Any, ctx: NodeContext) -> BaseModel:  # pragma: no cover - abstract
         raise AgentError(f"agent {self.name!r} does not implement run()")
@@ -174,10 +184,10 @@ class AgentRegistry:
 
 def default_registry(*, plugins: bool = True) -> AgentRegistry:
     """Pantheon's own agents and, unless ``plugins=False``, the installed plugins."""
-    from . import builtin_agents
+    from . import builtin_agents, model_agents
 
     registry = AgentRegistry()
-    for agent in builtin_agents.AGENTS:
+    for agent in (*builtin_agents.AGENTS, *model_agents.AGENTS):
         registry.register(agent)
     if plugins:
         registry.load_entry_points()

@@ -15,11 +15,13 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from .agents import AgentRegistry, default_registry
 from .control import ControlFile
 from .errors import PantheonError
+from .llm import LLMClient
 from .queue import Job, JobQueue, new_owner
 from .runner import JobOutcome, Runner
 
@@ -38,6 +40,8 @@ class EngineStats:
     nodes_run: int = 0
     nodes_skipped: int = 0
     requeued_at_start: int = 0
+    model_waits: int = 0
+    """Ticks the engine held work back because the model server did not answer."""
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -59,6 +63,8 @@ class Engine:
         max_attempts: int = 3,
         fsync: bool = False,
         progress_every_s: float = 10.0,
+        llm: LLMClient | None = None,
+        health_every_s: float = 2.0,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -68,6 +74,11 @@ class Engine:
         self.max_attempts = max_attempts
         self.fsync = fsync
         self.progress_every_s = progress_every_s
+        self.llm = llm
+        """The model server's client: the engine sends no work while it does not answer."""
+        self.health_every_s = health_every_s
+        self._model_ok = False
+        self._last_health = -1e9
         self.owner = new_owner()
         self.stats = EngineStats()
         self.control = ControlFile(self.artifacts)
@@ -103,7 +114,7 @@ class Engine:
     async def run(self) -> EngineStats:
         self._wake = asyncio.Event()
         queue = self.queue = JobQueue(self.artifacts)
-        self.runner = Runner(self.artifacts, self.registry, queue, fsync=self.fsync)
+        self.runner = Runner(self.artifacts, self.registry, queue, fsync=self.fsync, llm=self.llm)
         self.runner.stop_between_nodes = self._stopping
         try:
             self.control.ensure()
@@ -138,7 +149,7 @@ class Engine:
             else:
                 paused_logged = False
                 free = control.concurrency - len(self._tasks)
-                if free > 0:
+                if free > 0 and await self._model_ready():
                     busy = Counter(self.runner.current.values())
                     prefer = [agent for agent, _ in busy.most_common()]
                     for job in queue.claim(free, self.owner, lease_s=self.lease_s, prefer=prefer):
@@ -166,6 +177,32 @@ class Engine:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick_s)
+
+    async def _model_ready(self) -> bool:
+        """Health check before sending work; while the server is down, wait for it."""
+        llm = self.llm
+        if llm is None:
+            return True
+        if self._model_ok and llm.down_since is None:
+            return True
+        now = time.monotonic()
+        if now - self._last_health < self.health_every_s:
+            return False
+        self._last_health = now
+        was_ok = self._model_ok
+        self._model_ok = await llm.health()
+        if self._model_ok and not was_ok:
+            log.info("model server at %s answers; sending work", llm.where)
+        elif not self._model_ok and (was_ok or self.stats.model_waits == 0):
+            since = datetime.fromtimestamp(llm.down_since or time.time()).strftime("%H:%M:%S")
+            log.warning(
+                "waiting for the model server at %s (not answering since %s); no work is sent",
+                llm.where,
+                since,
+            )
+        if not self._model_ok:
+            self.stats.model_waits += 1
+        return self._model_ok
 
     def _finish(self, queue: JobQueue, task: asyncio.Task[JobOutcome]) -> None:
         job = self._tasks.pop(task)
@@ -197,6 +234,9 @@ class Engine:
             queue.advance(job.id, outcome.nodes, next_agent=outcome.next_agent)
             queue.release(self.owner, [job.id])
             self.stats.stopped += 1
+            if outcome.error:
+                self._model_ok = False
+                log.warning("job %d waits: %s", job.id, outcome.error.splitlines()[0])
 
     def _log_progress(self, queue: JobQueue) -> None:
         total = queue.counts().total

@@ -7,7 +7,8 @@
     ├── ArtifactError       the artifacts directory (missing, read-only, corrupt file)
     ├── NodeError           one node of one run failed (stops that run, never the night)
     ├── ConfigError         a control or configuration file that cannot be used
-    ├── ModelServerError    the model server refused, failed or is not answering
+    ├── ModelServerError    the model server refused or failed a request
+    │   └── ServerUnavailable   ... or is not answering at all (work waits, never fails)
     ├── EndpointRefused     an endpoint off this machine and its network: never contacted
     ├── ReplyError          a model reply that is not one JSON object fitting the schema
     └── ModelStoreError     a model file missing, or with the wrong hash
@@ -29,6 +30,7 @@ __all__ = [
     "PantheonError",
     "QueueError",
     "ReplyError",
+    "ServerUnavailable",
 ]
 
 
@@ -88,6 +90,12 @@ class ModelServerError(PantheonError):
     """The model server refused, failed, or is not answering."""
 
     title = "Model server error"
+
+
+class ServerUnavailable(ModelServerError):
+    """The model server is not answering at all: the work waits, it does not fail."""
+
+    title = "Model server not answering"
 
 
 class EndpointRefused(PantheonError):

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from .errors import ModelServerError
+from .errors import ModelServerError, ServerUnavailable
 from .guard import Resolver, check_endpoint
 
 __all__ = ["Backend", "ChatReply", "LLMClient"]
@@ -159,9 +159,9 @@ class LLMClient:
 
     # -- calls -------------------------------------------------------------------------------
 
-    def _not_answering(self, attempts: int, last: str) -> ModelServerError:
+    def _not_answering(self, attempts: int, last: str) -> ServerUnavailable:
         since = datetime.fromtimestamp(self._down_since or time.time()).strftime("%H:%M:%S")
-        return ModelServerError(
+        return ServerUnavailable(
             f"model server at {self.where} is not answering since {since} "
             f"({attempts} attempt(s); last: {last})",
             hint="is it running? `pantheon serve --status` tells; `pantheon serve` starts it",
@@ -260,13 +260,24 @@ class LLMClient:
             pass
         return self.adapters
 
+    @property
+    def down_since(self) -> float | None:
+        """When the server stopped answering (None while it answers)."""
+        return self._down_since
+
     async def health(self) -> bool:
         """True when the server says it is ready (no retries)."""
         try:
             resp = await self._http.get(self.base_url + "/health", timeout=5.0)
         except httpx.TransportError:
-            return False
-        return resp.status_code == 200
+            ok = False
+        else:
+            ok = resp.status_code == 200
+        if ok:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.time()
+        return ok
 
     async def metrics_text(self) -> str:
         """The server's Prometheus /metrics text ("" when it has none)."""

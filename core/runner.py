@@ -21,9 +21,11 @@ from pydantic import BaseModel, ValidationError
 
 from .agents import Agent, AgentRegistry, NodeContext
 from .artifacts import FailedRecord, RunDir, RunRecord, now_iso
-from .errors import NodeError, PantheonError
+from .errors import NodeError, PantheonError, ServerUnavailable
 from .flows import Flow, parse_flow
+from .llm import LLMClient
 from .queue import Job, JobQueue, NodeRow
+from .safecall import CallLog
 
 __all__ = ["JobOutcome", "Runner"]
 
@@ -54,6 +56,8 @@ class _NodeResult:
     error: str | None
     artifact: Path | None
     seconds: float
+    unavailable: bool = False
+    """The model server did not answer: the node waits for it, it did not fail."""
 
 
 class Runner:
@@ -66,12 +70,14 @@ class Runner:
         queue: JobQueue,
         *,
         fsync: bool = False,
+        llm: LLMClient | None = None,
         on_node: Callable[[Job, str, str, bool, float], None] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry
         self.queue = queue
         self.fsync = fsync
+        self.llm = llm
         self.on_node = on_node
         self.stop_between_nodes = False
         """Set by a graceful stop: finish the nodes in flight, start no new ones."""
@@ -148,6 +154,20 @@ class Runner:
                 results = await asyncio.gather(
                     *(self._run_node(flow, job, run, n, outputs) for n in ready)
                 )
+                waiting = next((r for r in results if r.unavailable), None)
+                if waiting is not None:
+                    for res in results:
+                        if res.ok and res.output is not None:
+                            outputs[res.node] = res.output
+                            done.add(res.node)
+                            record.nodes[res.node] = "done"
+                    record.status = "stopped"
+                    record.error = waiting.error
+                    run.write_record(record)
+                    outcome.status = "stopped"
+                    outcome.error = waiting.error
+                    outcome.next_agent = flow.agents[waiting.node].name
+                    return outcome
                 outcome.ran += len(results)
                 failure: _NodeResult | None = None
                 for res in results:
@@ -236,6 +256,10 @@ class Runner:
             return failed(
                 f"the input of node {node!r} does not fit agent {agent_cls.name!r}:\n{exc}"
             )
+        if agent_cls.uses_model and self.llm is None:
+            return failed(
+                f"agent {agent_cls.name!r} uses the model, but no model server is configured",
+            )
         ctx = NodeContext(
             run_id=job.run_id,
             job_id=job.id,
@@ -244,11 +268,17 @@ class Runner:
             node_dir=run.node_dir(node),
             params=params,
             job_input=job.input,
+            llm=self.llm,
+            calls=CallLog(run.node_dir(node)),
         )
         try:
             result = await self._agent(agent_cls).run(agent_input, ctx)
         except asyncio.CancelledError:
             raise
+        except ServerUnavailable as exc:
+            return _NodeResult(
+                node, False, None, str(exc), None, time.perf_counter() - t0, unavailable=True
+            )
         except NodeError as exc:
             return failed(str(exc))
         except PantheonError as exc:

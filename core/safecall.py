@@ -23,7 +23,7 @@ from .atomic import append_line
 from .errors import ModelServerError, ReplyError
 from .llm import ChatReply, LLMClient, Message
 
-__all__ = ["CallLog", "call_model", "extract_json_object", "parse_reply"]
+__all__ = ["CallLog", "ask", "call_model", "extract_json_object", "parse_reply"]
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -217,3 +217,37 @@ async def call_model(
     if log is not None:
         log.record(**record, parsed=value.model_dump(mode="json"), error=None)
     return value, reply
+
+
+async def ask(
+    client: LLMClient,
+    messages: list[Message],
+    output: type[T],
+    *,
+    log: CallLog | None = None,
+    corrective_retries: int = 1,
+    **kw: Any,
+) -> T:
+    """``call_model`` with corrective retries: a reply that cannot be used is shown back to the
+    model with the reason, once; if that fails too, the error stands (never a guess)."""
+    try:
+        value, _ = await call_model(client, messages, output, log=log, step=1, **kw)
+        return value
+    except ReplyError as first:
+        error = first
+    for attempt in range(corrective_retries):
+        retry = [
+            *messages,
+            {"role": "assistant", "content": error.raw[:4000]},
+            {
+                "role": "user",
+                "content": f"That reply could not be used: {error.message}. Answer again with "
+                "exactly one JSON object that fits the schema, and nothing else.",
+            },
+        ]
+        try:
+            value, _ = await call_model(client, retry, output, log=log, step=attempt + 2, **kw)
+            return value
+        except ReplyError as exc:
+            error = exc
+    raise error

@@ -23,7 +23,9 @@ def test_plain_json():
 
 
 def test_fenced_json_with_prose_around():
-    text = 'Sure! Here it is:\n```json\n{"passed": false, "reasons": ["x {y}"]}\n```\nHope it helps.'
+    text = (
+        'Sure! Here it is:\n```json\n{"passed": false, "reasons": ["x {y}"]}\n```\nHope it helps.'
+    )
     assert parse_reply(text, Verdict) == Verdict(passed=False, reasons=["x {y}"])
 
 
@@ -51,7 +53,7 @@ def test_html_error_page():
 
 @pytest.mark.parametrize("text", ["", "   \n", "no json here at all"])
 def test_empty_or_jsonless_replies(text):
-    with pytest.raises(ReplyError, match="empty|no JSON object"):
+    with pytest.raises(ReplyError, match=r"empty|no JSON object"):
         extract_json_object(text)
 
 

@@ -61,7 +61,9 @@ def test_the_binary_needs_the_library_links_pantheon_makes():
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     bare = subprocess.run([str(binary), "--version"], capture_output=True, text=True, env=env)
     fixed = subprocess.run(
-        [str(binary), "--version"], capture_output=True, text=True,
+        [str(binary), "--version"],
+        capture_output=True,
+        text=True,
         env=llama_environment(binary.parent, env),
     )
     assert fixed.returncode == 0, fixed.stderr
