@@ -29,16 +29,28 @@ def test_no_command_prints_help_and_exits_2(capsys):
     assert "usage: pantheon" in capsys.readouterr().out
 
 
-def test_demo_night_runs_start_to_finish(tmp_path):
+@pytest.mark.slow
+def test_demo_night_runs_on_the_embedded_model(tmp_path):
     artifacts = tmp_path / "night"
-    out = pantheon("night", "--demo", "--artifacts", str(artifacts))
+    out = pantheon("night", "--demo", "--model", "smollm2-135m", "--artifacts", str(artifacts))
     assert out.returncode == 0, out.stderr
     assert "done 10  failed 2" in out.stdout
+    assert "model      10 calls" in out.stdout
     runs = sorted((artifacts / "runs").iterdir())
     assert len(runs) == 12
     failed = [r for r in runs if (r / "FAILED.json").exists()]
     assert len(failed) == 2
     assert "fewer than 40" in json.loads((failed[0] / "FAILED.json").read_text())["error"]
+    described = [r for r in runs if (r / "describe" / "output.json").exists()]
+    assert len(described) == 10
+    for run in described:
+        meta = json.loads((run / "describe" / "output.json").read_text())
+        assert meta["title"] and meta["description"] and meta["tags"]
+        [call] = [
+            json.loads(x) for x in (run / "describe" / "calls.jsonl").read_text().splitlines()
+        ]
+        assert call["parsed"] == meta and call["completion_tokens"] > 0
+    assert not (artifacts / "server" / "server.json").exists(), "the night stops its server"
 
 
 def test_enqueue_then_engine_then_status(tmp_path):
