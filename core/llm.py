@@ -118,8 +118,9 @@ class LLMClient:
         temperature: float = 0.0,
         seed: int = 0,
         max_tokens: int = 512,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The request body for this backend."""
+        """The request body for this backend; ``extra`` adds the server's own fields."""
         body: dict[str, Any] = {
             "model": self.model or "default",
             "messages": messages,
@@ -155,6 +156,8 @@ class LLMClient:
                     f"{self.backend} does not choose a LoRA adapter per request",
                     hint="serve adapters with llama.cpp's llama-server or vLLM",
                 )
+        if extra:
+            body.update(extra)
         return body
 
     # -- calls -------------------------------------------------------------------------------
@@ -199,6 +202,7 @@ class LLMClient:
         temperature: float = 0.0,
         seed: int = 0,
         max_tokens: int = 512,
+        extra: dict[str, Any] | None = None,
     ) -> ChatReply:
         """One chat completion; raises ModelServerError when the server fails or is down."""
         if (
@@ -215,6 +219,7 @@ class LLMClient:
             temperature=temperature,
             seed=seed,
             max_tokens=max_tokens,
+            extra=extra,
         )
         t0 = time.perf_counter()
         resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
@@ -247,7 +252,7 @@ class LLMClient:
         )
 
     async def load_adapter_ids(self) -> dict[str, int]:
-        """Ask llama-server which LoRA adapters it loaded (name = file stem)."""
+        """Ask llama-server which LoRA adapters it loaded (name: the file name without .gguf)."""
         resp, _ = await self._request("GET", "/lora-adapters")
         if resp.status_code >= 400:
             return self.adapters

@@ -100,6 +100,11 @@ def library_links(bin_dir: Path, cache: Path | None = None) -> Path:
     return target
 
 
+def artifact_name(path: str | Path) -> str:
+    """A model's or adapter's name: its file or folder name, without a .gguf suffix."""
+    return Path(path).name.removesuffix(".gguf")
+
+
 def llama_environment(bin_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that lets the llama.cpp binaries find their libraries."""
     env = dict(os.environ if base is None else base)
@@ -196,6 +201,13 @@ def _log_tail(path: Path, lines: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _alias_of(cmd: list[str], fallback: str) -> str:
+    for flag in ("-a", "--served-model-name"):
+        if flag in cmd:
+            return cmd[cmd.index(flag) + 1]
+    return fallback
+
+
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -260,7 +272,7 @@ class ModelServer:
 
     def command(self, model_path: Path) -> tuple[list[str], dict[str, str]]:
         cfg = self.config
-        alias = cfg.alias or (cfg.model if cfg.model in CATALOG else model_path.stem)
+        alias = cfg.alias or (cfg.model if cfg.model in CATALOG else artifact_name(model_path))
         if cfg.backend == "vllm":
             exe = shutil.which("vllm")
             if exe is None:
@@ -286,7 +298,7 @@ class ModelServer:
             ]
             if cfg.adapters:
                 cmd += ["--enable-lora", "--max-loras", str(len(cfg.adapters)), "--lora-modules"]
-                cmd += [f"{Path(a).stem}={a}" for a in cfg.adapters]
+                cmd += [f"{artifact_name(a)}={a}" for a in cfg.adapters]
             return cmd + cfg.extra_args, dict(os.environ)
         binary = find_llama_binary()
         cmd = [
@@ -355,13 +367,13 @@ class ModelServer:
             port=cfg.port,
             model=cfg.model,
             model_path=str(model_path),
-            alias=cmd[cmd.index("-a") + 1] if "-a" in cmd else cfg.model,
+            alias=_alias_of(cmd, cfg.model),
             parallel=cfg.parallel,
             command=cmd,
             log=str(self.log_path),
             started_at=datetime.now(UTC).isoformat(),
             supervisor_pid=supervisor_pid,
-            adapters={Path(a).stem: i for i, a in enumerate(cfg.adapters)},
+            adapters={artifact_name(a): i for i, a in enumerate(cfg.adapters)},
         )
         self._write_state(state)
         self._wait_healthy(state, timeout_s)

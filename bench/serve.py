@@ -1,0 +1,94 @@
+"""Tokens per second of the embedded model through Pantheon's client, at concurrency 1, 4 and 8,
+against llama.cpp's own llama-bench on the same file (and the server's own timings).
+
+    python bench/serve.py                          # the default model
+    python bench/serve.py --model smollm2-135m --tokens 64 --rounds 2
+
+The ratio client/llama-bench at concurrency 1 is what the HTTP server, the client and the
+chat template cost over raw decoding; the aggregate at 4 and 8 shows what continuous batching adds
+on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pantheon.core.llm import LLMClient
+from pantheon.core.models import ModelStore
+from pantheon.core.server import ModelServer, ServerConfig, find_llama_binary, llama_environment
+
+PROMPT = [{"role": "user", "content": "Write a long essay about lighthouses and their keepers."}]
+
+
+def llama_bench(model: Path, tokens: int) -> float:
+    binary = find_llama_binary("llama-bench")
+    cmd = [str(binary), "-m", str(model), "-p", "0", "-n", str(tokens), "-r", "2", "-o", "json"]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env=llama_environment(binary.parent), check=True
+    )
+    rows = json.loads(out.stdout)
+    return float(rows[0]["avg_ts"])
+
+
+async def run_level(client: LLMClient, concurrency: int, rounds: int, tokens: int):
+    extra = {"ignore_eos": True}  # every request generates exactly `tokens`
+
+    async def worker() -> list[tuple[int, float]]:
+        got = []
+        for _ in range(rounds):
+            reply = await client.chat(PROMPT, max_tokens=tokens, extra=extra)
+            server_tps = float((reply.raw.get("timings") or {}).get("predicted_per_second") or 0)
+            got.append((reply.completion_tokens, server_tps))
+        return got
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    flat = [r for w in results for r in w]
+    total = sum(n for n, _ in flat)
+    return total / wall, statistics.mean(t for _, t in flat), wall
+
+
+async def main_async(args) -> None:
+    model_path = ModelStore().pull(args.model)
+    base = llama_bench(model_path, args.tokens)
+    print(f"model                 {args.model} ({model_path.stat().st_size / 1e6:.0f} MB)")
+    print(f"llama-bench tg{args.tokens}        {base:.1f} tok/s (raw decoding, one stream)")
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ModelServer(
+            Path(tmp),
+            ServerConfig(model=args.model, port=0, parallel=max(args.levels), ctx_per_slot=1024),
+        )
+        state = await asyncio.to_thread(server.start)
+        try:
+            async with LLMClient(state.endpoint) as client:
+                await client.chat(PROMPT, max_tokens=8)  # warm up
+                for c in args.levels:
+                    agg, per_req, wall = await run_level(client, c, args.rounds, args.tokens)
+                    print(
+                        f"client concurrency {c:<2} {agg:6.1f} tok/s aggregate "
+                        f"({agg / base:.2f}x llama-bench), server-timed {per_req:5.1f} tok/s "
+                        f"per request, {wall:.1f} s"
+                    )
+        finally:
+            await asyncio.to_thread(server.stop)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2, help="requests per worker")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    asyncio.run(main_async(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
