@@ -146,6 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="flush every run artifact to disk before renaming it (survives power cuts; slower)",
     )
     p.add_argument("--tick", type=float, default=0.25, metavar="SECONDS", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the engine's figures in the Prometheus text format on 127.0.0.1:PORT",
+    )
+    p.add_argument(
+        "--sample-every",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between samples in ARTIFACTS/metrics/engine.jsonl (default: 2)",
+    )
+    p.add_argument(
+        "--kappa-threshold",
+        type=float,
+        default=0.6,
+        metavar="K",
+        help="pause merges when reviewer agreement κ falls under K (default: 0.6)",
+    )
+    p.add_argument(
+        "--kappa-min-pairs",
+        type=int,
+        default=20,
+        metavar="N",
+        help="... over at least N review pairs (default: 20)",
+    )
     _model_endpoint_args(p)
     _artifacts_arg(p)
 
@@ -266,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids (default: all failed)")
     _artifacts_arg(p)
+    # -v / -q work after the command too
+    for command in sub.choices.values():
+        command.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        command.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -379,7 +414,7 @@ def _llm_for(args: argparse.Namespace, *, required: bool = False):
         raise ModelServerError(
             "no model server: pass --endpoint URL or start one with `pantheon serve --detach`"
         )
-    log.warning(
+    log.info(
         "no model server configured (--endpoint, or `pantheon serve --detach`): nodes of agents "
         "that use the model will fail"
     )
@@ -403,6 +438,10 @@ def cmd_engine(args: argparse.Namespace) -> int:
             fsync=args.fsync,
             tick_s=args.tick,
             llm=llm,
+            metrics_every_s=args.sample_every,
+            metrics_port=args.metrics_port,
+            kappa_threshold=args.kappa_threshold,
+            kappa_min_pairs=args.kappa_min_pairs,
         )
         try:
             return await _drive(engine)

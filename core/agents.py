@@ -86,6 +86,8 @@ class Agent:
     gate: ClassVar[bool] = False
     uses_model: ClassVar[bool] = False
     """True for agents that call the local model server (through ``ctx.llm``)."""
+    reviewer: ClassVar[bool] = False
+    """A gate that judges another node's work; two of them in a run make a review pair (κ)."""
 
     async def run(self, input: Any, ctx: NodeContext) -> BaseModel:  # pragma: no cover - abstract
         raise AgentError(f"agent {self.name!r} does not implement run()")
@@ -100,6 +102,8 @@ class Agent:
             model = getattr(cls, attr, None)
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise AgentError(f"agent {cls.name!r} ({where}): {attr} must be a pydantic model")
+        if cls.reviewer and not cls.gate:
+            raise AgentError(f"agent {cls.name!r} ({where}) is a reviewer, so it must be a gate")
         if cls.gate and "passed" not in cls.Output.model_fields:
             raise AgentError(
                 f"agent {cls.name!r} ({where}) is a gate but its Output has no 'passed' field"

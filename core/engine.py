@@ -17,11 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .agents import AgentRegistry, default_registry
 from .control import ControlFile
 from .errors import PantheonError
 from .llm import LLMClient
+from .metrics import MetricsSampler, PrometheusExporter, write_sample
 from .queue import Job, JobQueue, new_owner
 from .runner import JobOutcome, Runner
 
@@ -65,6 +67,11 @@ class Engine:
         progress_every_s: float = 10.0,
         llm: LLMClient | None = None,
         health_every_s: float = 2.0,
+        metrics_every_s: float | None = 2.0,
+        metrics_port: int | None = None,
+        kappa_threshold: float = 0.6,
+        kappa_min_pairs: int = 20,
+        kappa_window: int = 50,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -79,6 +86,14 @@ class Engine:
         self.health_every_s = health_every_s
         self._model_ok = False
         self._last_health = -1e9
+        self.metrics_every_s = metrics_every_s
+        """Seconds between samples in metrics/engine.jsonl (None: no samples)."""
+        self.metrics_port = metrics_port
+        self.kappa_threshold = kappa_threshold
+        self.kappa_min_pairs = kappa_min_pairs
+        self.kappa_window = kappa_window
+        self.last_sample: dict[str, Any] | None = None
+        self.exporter: PrometheusExporter | None = None
         self.owner = new_owner()
         self.stats = EngineStats()
         self.control = ControlFile(self.artifacts)
@@ -127,11 +142,69 @@ class Engine:
                     abandoned,
                     self.max_attempts,
                 )
-            await self._loop(queue)
+            sampler = None
+            if self.metrics_every_s:
+                sampler = MetricsSampler(queue, llm=self.llm, kappa_window=self.kappa_window)
+                if self.metrics_port is not None:
+                    self.exporter = PrometheusExporter(self.metrics_port)
+                    log.info("engine metrics at http://127.0.0.1:%d/metrics", self.exporter.port)
+            metrics = asyncio.create_task(self._metrics_loop(sampler)) if sampler else None
+            try:
+                await self._loop(queue)
+            finally:
+                if metrics is not None:
+                    metrics.cancel()
+                    await asyncio.gather(metrics, return_exceptions=True)
         finally:
             await self._shutdown(queue)
+            if sampler is not None:
+                self._take_sample(sampler)
+            if self.exporter is not None:
+                self.exporter.close()
             queue.close()
         return self.stats
+
+    async def _metrics_loop(self, sampler: MetricsSampler) -> None:
+        every = float(self.metrics_every_s or 2.0)
+        next_at = time.monotonic() + every
+        while True:
+            await sampler.poll()
+            if time.monotonic() >= next_at:
+                self._take_sample(sampler)
+                next_at = max(next_at + every, time.monotonic())
+            await asyncio.sleep(min(0.5, every / 4))
+
+    def _take_sample(self, sampler: MetricsSampler) -> None:
+        """One sample: written to engine.jsonl, exported, and κ checked."""
+        try:
+            control = self.control.read()
+            sample = sampler.sample(
+                concurrency=control.concurrency, merges_paused=control.merges_paused
+            )
+            self._check_agreement(sample, control.merges_paused)
+            write_sample(self.artifacts, sample)
+        except PantheonError as exc:  # a sample is never worth stopping the night for
+            log.warning("metrics sample skipped: %s", exc)
+            return
+        self.last_sample = sample
+        if self.exporter is not None:
+            self.exporter.update(sample)
+
+    def _check_agreement(self, sample: dict[str, Any], paused: bool) -> None:
+        """Pause merges when the reviewers stop agreeing; only the operator resumes them."""
+        kappa, pairs = sample.get("kappa"), sample.get("kappa_pairs", 0)
+        if paused or kappa is None or pairs < self.kappa_min_pairs:
+            return
+        if kappa < self.kappa_threshold:
+            reason = f"κ {kappa:.2f} over the last {pairs} pairs"
+            self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
+            sample["merges_paused"] = True
+            log.warning(
+                "merges paused: %s, under %.2f; changes wait for the morning review "
+                "(`pantheon control --resume-merges` resumes them)",
+                reason,
+                self.kappa_threshold,
+            )
 
     async def _loop(self, queue: JobQueue) -> None:
         assert self._wake is not None and self.runner is not None
@@ -218,11 +291,11 @@ class Engine:
         self.stats.nodes_run += outcome.ran
         self.stats.nodes_skipped += outcome.skipped
         if outcome.status == "done":
-            queue.complete(job.id, self.owner, outcome.nodes)
+            queue.complete(job.id, self.owner, outcome.nodes, outcome.review)
             self.stats.done += 1
             log.debug("job %d %s done", job.id, job.run_name)
         elif outcome.status == "failed":
-            queue.fail(job.id, self.owner, outcome.error or "failed", outcome.nodes)
+            queue.fail(job.id, self.owner, outcome.error or "failed", outcome.nodes, outcome.review)
             self.stats.failed += 1
             log.warning(
                 "job %d failed: %s (see %s)",

@@ -95,6 +95,10 @@ class LLMClient:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         self._down_since: float | None = None
+        self.in_flight = 0
+        """Chat requests sent and not answered yet (the engine's own view of the batch)."""
+        self.prompt_tokens_total = 0
+        self.completion_tokens_total = 0
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -222,7 +226,11 @@ class LLMClient:
             extra=extra,
         )
         t0 = time.perf_counter()
-        resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
+        self.in_flight += 1
+        try:
+            resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
+        finally:
+            self.in_flight -= 1
         latency = time.perf_counter() - t0
         if resp.status_code >= 400:
             raise ModelServerError(
@@ -239,6 +247,8 @@ class LLMClient:
                 f"{_snippet(resp.text)}"
             ) from None
         usage = data.get("usage") or {}
+        self.prompt_tokens_total += int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens_total += int(usage.get("completion_tokens") or 0)
         return ChatReply(
             text=text,
             finish_reason=choice.get("finish_reason"),

@@ -29,7 +29,7 @@ from .errors import QueueError
 __all__ = ["STATUSES", "Counts", "Job", "JobQueue", "NodeRow", "new_owner"]
 
 DB_FILE = "pantheon.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("queued", "running", "done", "failed")
 
 _SCHEMA = """
@@ -71,6 +71,17 @@ CREATE TABLE IF NOT EXISTS nodes (
     PRIMARY KEY (job_id, node)
 );
 CREATE INDEX IF NOT EXISTS nodes_by_agent ON nodes (agent, status);
+CREATE INDEX IF NOT EXISTS nodes_by_time ON nodes (finished);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
+CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished);
+CREATE TABLE IF NOT EXISTS reviews (
+    job_id   INTEGER PRIMARY KEY REFERENCES jobs(id),
+    flow     TEXT NOT NULL,
+    first    INTEGER NOT NULL,
+    second   INTEGER NOT NULL,
+    at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_by_time ON reviews (at);
 """
 
 
@@ -421,16 +432,36 @@ class JobQueue:
         with self._write() as db:
             self._record_nodes(db, job_id, nodes, next_agent)
 
-    def complete(self, job_id: int, owner: str, nodes: Sequence[NodeRow] = ()) -> bool:
-        """Mark a job done, with the nodes it ran; False when this owner no longer holds it."""
-        return self._finish(job_id, owner, "done", None, nodes)
+    def complete(
+        self,
+        job_id: int,
+        owner: str,
+        nodes: Sequence[NodeRow] = (),
+        review: tuple[bool, bool] | None = None,
+    ) -> bool:
+        """Mark a job done, with the nodes it ran (and its two reviewers' verdicts, if any);
+        False when this owner no longer holds it."""
+        return self._finish(job_id, owner, "done", None, nodes, review)
 
-    def fail(self, job_id: int, owner: str, error: str, nodes: Sequence[NodeRow] = ()) -> bool:
+    def fail(
+        self,
+        job_id: int,
+        owner: str,
+        error: str,
+        nodes: Sequence[NodeRow] = (),
+        review: tuple[bool, bool] | None = None,
+    ) -> bool:
         """Mark a job failed with the reason, and the nodes it ran."""
-        return self._finish(job_id, owner, "failed", error, nodes)
+        return self._finish(job_id, owner, "failed", error, nodes, review)
 
     def _finish(
-        self, job_id: int, owner: str, status: str, error: str | None, nodes: Sequence[NodeRow]
+        self,
+        job_id: int,
+        owner: str,
+        status: str,
+        error: str | None,
+        nodes: Sequence[NodeRow],
+        review: tuple[bool, bool] | None = None,
     ) -> bool:
         with self._write() as db:
             cur = db.execute(
@@ -441,6 +472,12 @@ class JobQueue:
             if cur.rowcount != 1:
                 return False
             self._record_nodes(db, job_id, nodes, None)
+            if review is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO reviews (job_id, flow, first, second, at) "
+                    "SELECT id, flow, ?, ?, ? FROM jobs WHERE id = ?",
+                    (int(review[0]), int(review[1]), time.time(), job_id),
+                )
             return True
 
     def release(self, owner: str, ids: Sequence[int] | None = None) -> int:
@@ -549,6 +586,37 @@ class JobQueue:
         ):
             by_agent[agent][status] = n
         return Counts(dict(by_flow), dict(by_agent))
+
+    def window(self, since: float) -> dict[str, Any]:
+        """What happened since ``since`` (epoch seconds): arrivals, finished jobs and their mean
+        service time, and per agent the nodes finished, their mean seconds and pass rate."""
+        arrivals = self._read("SELECT COUNT(*) FROM jobs WHERE created >= ?", (since,))[0][0]
+        finished, service = self._read(
+            "SELECT COUNT(*), AVG(finished - started) FROM jobs "
+            "WHERE finished >= ? AND started IS NOT NULL",
+            (since,),
+        )[0]
+        agents = {
+            agent: {"nodes": n, "mean_s": mean, "passed": ok}
+            for agent, n, mean, ok in self._read(
+                "SELECT agent, COUNT(*), AVG(seconds), SUM(status = 'done') FROM nodes "
+                "WHERE finished >= ? GROUP BY agent",
+                (since,),
+            )
+        }
+        return {
+            "arrivals": arrivals,
+            "finished": finished,
+            "service_s": service,
+            "agents": agents,
+        }
+
+    def review_pairs(self, last: int) -> list[tuple[bool, bool]]:
+        """The verdicts of the two reviewers on the ``last`` most recent reviewed changes."""
+        rows = self._read(
+            "SELECT first, second FROM reviews ORDER BY at DESC, job_id DESC LIMIT ?", (last,)
+        )
+        return [(bool(a), bool(b)) for a, b in rows]
 
     def pending(self) -> int:
         """Jobs queued or running (by any engine)."""

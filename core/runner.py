@@ -46,6 +46,8 @@ class JobOutcome:
     """The nodes this attempt finished, for the queue's per-agent counts."""
     next_agent: str | None = None
     """The agent the job runs next, when it stopped before its end."""
+    review: tuple[bool, bool] | None = None
+    """The verdicts of the run's first two reviewers, when both judged."""
 
 
 @dataclass(slots=True)
@@ -188,6 +190,7 @@ class Runner:
                 remaining = [n for n in remaining if n not in finished]
                 if failure is not None:
                     agent_name = flow.agents[failure.node].name
+                    outcome.review = self._review_pair(flow, outputs)
                     return self._fail_run(
                         run,
                         record,
@@ -204,11 +207,21 @@ class Runner:
         finally:
             self.current.pop(job.id, None)
 
+        outcome.review = self._review_pair(flow, outputs)
         record.status = "done"
         record.output = outputs.get(flow.output_node)
         record.finished_at = now_iso()
         run.write_record(record)
         return outcome
+
+    @staticmethod
+    def _review_pair(flow: Flow, outputs: dict[str, dict[str, Any]]) -> tuple[bool, bool] | None:
+        verdicts = [
+            bool(outputs[n].get("passed"))
+            for n in flow.order
+            if flow.agents[n].reviewer and n in outputs
+        ]
+        return (verdicts[0], verdicts[1]) if len(verdicts) >= 2 else None
 
     def _fail_run(
         self,

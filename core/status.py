@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .control import ControlFile
+from .metrics import read_samples, sample_text
 from .queue import STATUSES, JobQueue
 
 __all__ = ["status_text"]
@@ -56,6 +57,10 @@ def status_text(artifacts: Path) -> str:
         lines.append("")
         lines += _table("agent", counts.by_agent)
         lines.append("(queued/running: jobs by the agent they run next; done/failed: nodes)")
+    samples = read_samples(artifacts, last=1)
+    if samples:
+        lines.append("")
+        lines.append(sample_text(samples[-1]))
     if recent_failures:
         lines.append("")
         lines.append("first failures:")

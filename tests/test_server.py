@@ -176,3 +176,26 @@ def test_serve_detach_status_stop_from_the_command_line(tmp_path, smollm2):
 def test_serve_refuses_a_public_host(tmp_path):
     out = pantheon("serve", "--host", "8.8.8.8", "--artifacts", str(tmp_path))
     assert out.returncode == 1 and "not a loopback or private address" in out.stderr
+
+
+async def test_a_real_servers_metrics_during_a_real_run(server, tmp_path):
+    """The sampler scrapes llama-server's own /metrics while four requests decode."""
+    from pantheon.core.metrics import MetricsSampler
+    from pantheon.core.queue import JobQueue
+
+    async with LLMClient(server.endpoint) as client:
+        with JobQueue(tmp_path / "a") as queue:
+            sampler = MetricsSampler(queue, llm=client)
+            await sampler.poll()
+            msgs = [{"role": "user", "content": "Count from one to thirty in words."}]
+            calls = [asyncio.create_task(client.chat(msgs, max_tokens=64)) for _ in range(4)]
+            while not all(c.done() for c in calls):
+                await sampler.poll()
+                await asyncio.sleep(0.2)
+            await asyncio.gather(*calls)
+            await sampler.poll()
+            sample = sampler.sample(concurrency=4, merges_paused=False)
+    assert sample["tokens"]["source"] == "llama.cpp /metrics"
+    assert sample["tokens"]["generated"] > 0 and sample["tokens"]["prompt"] > 0
+    assert sample["batch"]["value"] >= 1
+    assert sample["batch"]["source"].startswith("llama.cpp /metrics")

@@ -1,0 +1,258 @@
+"""Live metrics: server scrapes, samples, κ that pauses merges, the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from pantheon.core import Agent, Engine, JobQueue, enqueue, parse_flow
+from pantheon.core.control import ControlFile
+from pantheon.core.llm import LLMClient
+from pantheon.core.metrics import MetricsSampler, ServerScraper, read_samples, sample_text
+from pantheon.core.status import status_text
+
+LLAMA = """\
+# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total {prompt}
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total {gen}
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing {running}
+# TYPE llamacpp:n_busy_slots_per_decode gauge
+llamacpp:n_busy_slots_per_decode {busy}
+"""
+
+VLLM = """\
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{{model_name="q"}} {running}
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{{model_name="q"}} {prompt}
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{{model_name="q"}} {gen}
+"""
+
+
+def scraper_over(pages):
+    def handler(request):
+        page = pages.pop(0)
+        if isinstance(page, Exception):
+            raise page
+        if isinstance(page, int):
+            return httpx.Response(page)
+        return httpx.Response(200, text=page)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return ServerScraper("http://127.0.0.1:9", http), http
+
+
+async def test_llama_cpp_batch_and_token_rates():
+    scraper, http = scraper_over(
+        [
+            LLAMA.format(prompt=100, gen=50, running=3, busy=2.5),
+            LLAMA.format(prompt=300, gen=150, running=5, busy=3.5),
+        ]
+    )
+    await scraper.poll()
+    await asyncio.sleep(0.05)
+    await scraper.poll()
+    figures = scraper.figures()
+    await http.aclose()
+    assert figures["batch"]["value"] == 3.5
+    assert "llama.cpp /metrics" in figures["batch"]["source"]
+    tokens = figures["tokens"]
+    assert tokens["generated"] > 0 and tokens["prompt"] == pytest.approx(
+        2 * tokens["generated"], rel=1e-3
+    )
+    assert tokens["source"] == "llama.cpp /metrics"
+
+
+async def test_vllm_batch_is_the_time_averaged_running_gauge():
+    scraper, http = scraper_over(
+        [VLLM.format(running=r, prompt=10 * i, gen=5 * i) for i, r in enumerate((2, 4, 6))]
+    )
+    for _ in range(3):
+        await scraper.poll()
+    figures = scraper.figures()
+    await http.aclose()
+    assert figures["batch"]["value"] == 4.0
+    assert "time-averaged" in figures["batch"]["source"]
+    assert figures["tokens"]["source"] == "vllm /metrics"
+
+
+@pytest.mark.parametrize(
+    ("page", "why"),
+    [
+        (404, "has no http://127.0.0.1:9/metrics"),
+        ("<html>not metrics</html>\n{{{", "is not Prometheus text"),
+        ("# TYPE x gauge\nx 1\n", "none of the llama.cpp or vLLM token counters"),
+        (httpx.ReadTimeout("slow"), "timed out"),
+        (httpx.ConnectError("refused"), "is not answering"),
+    ],
+)
+async def test_a_bad_metrics_endpoint_marks_the_figure_unavailable(page, why):
+    scraper, http = scraper_over([page])
+    await scraper.poll()
+    figures = scraper.figures()
+    await http.aclose()
+    assert figures["batch"]["value"] is None and why in figures["batch"]["why"]
+
+
+async def test_without_server_metrics_the_engine_figures_stand_in(artifacts):
+    def handler(request):
+        if request.url.path == "/metrics":
+            return httpx.Response(404)
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": "{}"}}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 20},
+            },
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    llm = LLMClient("http://127.0.0.1:9", http=http)
+    with JobQueue(artifacts) as q:
+        sampler = MetricsSampler(q, llm=llm)
+        await llm.chat([{"role": "user", "content": "x"}])
+        await sampler.poll()
+        sample = sampler.sample(concurrency=4, merges_paused=False)
+    await http.aclose()
+    assert sample["tokens"]["source"].startswith("engine")
+    assert sample["tokens"]["generated"] > 0
+    assert "has no" in sample["tokens"]["server"]
+    assert sample["batch"]["source"].startswith("engine")
+
+
+def _fake_jobs(artifacts, n_done, service_s, arrivals):
+    with JobQueue(artifacts) as q:
+        ids = q.enqueue(
+            flow="f",
+            flow_sha="s",
+            flow_source="x",
+            flow_text="t",
+            first_agent="a",
+            inputs=[{}] * arrivals,
+        )
+        now = time.time()
+        q._db.executemany(
+            "UPDATE jobs SET status='done', started=?, finished=? WHERE id=?",
+            [(now - service_s, now, i) for i in ids[:n_done]],
+        )
+    return ids
+
+
+def test_a_sample_has_the_queue_math(artifacts):
+    _fake_jobs(artifacts, n_done=10, service_s=4.0, arrivals=60)
+    with JobQueue(artifacts) as q:
+        sample = MetricsSampler(q, window_s=60.0).sample(concurrency=2, merges_paused=False)
+    assert sample["depth"] == 50 and sample["done"] == 10
+    assert sample["lambda"] == pytest.approx(1.0)  # 60 arrivals in 60 s
+    assert sample["mu"] == pytest.approx(0.25, rel=1e-3)  # 4 s per job
+    assert sample["rho"] == pytest.approx(2.0, rel=1e-3) and sample["stable"] is False
+    assert sample["p_wait"] == 1.0 and sample["wait_s"] is None
+    assert sample["recommended_c"] >= 5
+    assert sample["drain_s"] == pytest.approx(100.0, rel=1e-3)  # 50 jobs / (2 x 0.25/s)
+    assert sample["kappa"] is None and sample["kappa_pairs"] == 0
+    json.dumps(sample, allow_nan=False)
+    assert "ρ 2.00" in sample_text(sample)
+
+
+def test_corrupt_lines_are_skipped_with_a_warning(artifacts, caplog):
+    path = artifacts / "metrics" / "engine.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"depth": 1}\n{"depth": 2, "trunc\n[1, 2]\n{"depth": 3}\n')
+    assert [s["depth"] for s in read_samples(artifacts)] == [1, 3]
+    assert "skipped 2 corrupt line(s) (2, 3)" in caplog.text
+
+
+class Reviewer(Agent):
+    name = "t.reviewer"
+    description = "passes when its input says so"
+    gate = True
+    reviewer = True
+
+    class Input(BaseModel):
+        verdict: bool
+
+    class Output(BaseModel):
+        passed: bool
+        reasons: list[str]
+
+    async def run(self, input, ctx):
+        return self.Output(passed=input.verdict, reasons=[] if input.verdict else ["no"])
+
+
+REVIEWED = """\
+name: reviewed
+input: {a: bool, b: bool}
+nodes:
+  - {id: r1, agent: t.reviewer, inputs: {verdict: $input.a}}
+  - {id: r2, agent: t.reviewer, inputs: {verdict: $input.b}}
+"""
+
+
+def test_low_reviewer_agreement_pauses_merges_with_the_reason(artifacts, registry):
+    registry.register(Reviewer, origin="tests")
+    flow = parse_flow(REVIEWED, registry)
+    # 24 pairs, reviewers agree on half: κ = 0
+    inputs = [{"a": True, "b": True}] * 6 + [{"a": False, "b": False}] * 6
+    inputs += [{"a": True, "b": False}] * 6 + [{"a": False, "b": True}] * 6
+    with JobQueue(artifacts) as q:
+        enqueue(q, flow, inputs)
+    engine = Engine(
+        artifacts,
+        registry,
+        until_empty=True,
+        tick_s=0.01,
+        metrics_every_s=0.05,
+        kappa_min_pairs=20,
+    )
+    asyncio.run(engine.run())
+    control = ControlFile(artifacts).read()
+    assert control.merges_paused is True
+    assert control.merges_paused_reason == "κ 0.00 over the last 24 pairs"
+    assert control.updated_by == "engine"
+    samples = read_samples(artifacts)
+    assert samples[-1]["kappa"] == 0.0 and samples[-1]["kappa_pairs"] == 24
+    assert samples[-1]["merges_paused"] is True
+    assert "κ 0.00 over 24 pairs  MERGES PAUSED" in status_text(artifacts)
+
+
+def test_agreeing_reviewers_keep_merges_going_and_a_pause_stays(artifacts, registry):
+    registry.register(Reviewer, origin="tests")
+    flow = parse_flow(REVIEWED, registry)
+    with JobQueue(artifacts) as q:
+        enqueue(q, flow, [{"a": True, "b": True}] * 22 + [{"a": False, "b": False}] * 3)
+    ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="by hand")
+    asyncio.run(Engine(artifacts, registry, until_empty=True, metrics_every_s=0.05).run())
+    control = ControlFile(artifacts).read()
+    assert control.merges_paused and control.merges_paused_reason == "by hand"
+    assert read_samples(artifacts)[-1]["kappa"] == 1.0
+    ControlFile(artifacts).update(by="op", merges_paused=False)
+    asyncio.run(Engine(artifacts, registry, until_empty=True, metrics_every_s=0.05).run())
+    assert ControlFile(artifacts).read().merges_paused is False
+
+
+async def test_the_engine_serves_its_figures_to_prometheus(artifacts, registry):
+    flow = parse_flow(
+        "name: e\nnodes:\n  - {id: a, agent: util.echo, params: {delay_s: 0.3}}\n", registry
+    )
+    with JobQueue(artifacts) as q:
+        enqueue(q, flow, [{}] * 6)
+    engine = Engine(artifacts, registry, until_empty=True, metrics_every_s=0.05, metrics_port=0)
+    task = asyncio.create_task(engine.run())
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if engine.exporter is not None and engine.last_sample is not None:
+            break
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{engine.exporter.port}/metrics")).text
+    await task
+    assert "pantheon_queue_depth" in text and "pantheon_concurrency 4.0" in text
+    assert "pantheon_reviewer_kappa" in text
