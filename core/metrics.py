@@ -28,6 +28,7 @@ from .queue import JobQueue
 from .queuemath import (
     cohen_kappa,
     erlang_c,
+    expected_accepted,
     expected_wait,
     recommended_concurrency,
     utilization,
@@ -267,6 +268,9 @@ class MetricsSampler:
             }
         pairs = self.queue.review_pairs(self.kappa_window)
         kappa = cohen_kappa(pairs)
+        # one review's pass rate p; with two reviewers a change is accepted with p² (E ≈ T c μ p²)
+        p_pass = sum(a + b for a, b in pairs) / (2 * len(pairs)) if pairs else None
+        accepted = expected_accepted(1.0, [(c * mu, p_pass)]) if p_pass is not None and mu else None
         sample: dict[str, Any] = {
             "t": datetime.fromtimestamp(now, UTC).isoformat(),
             "ts": round(now, 3),
@@ -288,6 +292,8 @@ class MetricsSampler:
             "drain_s": _r(drain, 1),
             "kappa": _r(kappa.value),
             "kappa_pairs": kappa.pairs,
+            "review_pass_rate": _r(p_pass),
+            "accepted_per_hour": _r(accepted, 1),
             "merges_paused": merges_paused,
             "agents": agents,
         }
@@ -386,6 +392,11 @@ def sample_text(sample: dict[str, Any]) -> str:
         f"reviews    κ {_fmt(sample.get('kappa'))} over {sample.get('kappa_pairs', 0)} pairs"
         + ("  MERGES PAUSED" if sample.get("merges_paused") else "")
     )
+    if sample.get("accepted_per_hour") is not None:
+        lines.append(
+            f"accepted   ≈ {sample['accepted_per_hour']:.1f} changes/hour "
+            f"(review pass rate {sample.get('review_pass_rate'):.2f}, both must pass)"
+        )
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import httpx
@@ -216,11 +217,15 @@ def test_low_reviewer_agreement_pauses_merges_with_the_reason(artifacts, registr
     asyncio.run(engine.run())
     control = ControlFile(artifacts).read()
     assert control.merges_paused is True
-    assert control.merges_paused_reason == "κ 0.00 over the last 24 pairs"
+    # paused at the first sample with 20 or more pairs: κ was under 0.6 from then on
+    reason = re.fullmatch(r"κ (-?[0-9.]+) over the last (\d+) pairs", control.merges_paused_reason)
+    assert reason and float(reason[1]) < 0.6 and 20 <= int(reason[2]) <= 24
     assert control.updated_by == "engine"
     samples = read_samples(artifacts)
     assert samples[-1]["kappa"] == 0.0 and samples[-1]["kappa_pairs"] == 24
     assert samples[-1]["merges_paused"] is True
+    assert samples[-1]["review_pass_rate"] == 0.5
+    assert samples[-1]["accepted_per_hour"] > 0
     assert "κ 0.00 over 24 pairs  MERGES PAUSED" in status_text(artifacts)
 
 
