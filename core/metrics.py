@@ -250,7 +250,10 @@ class MetricsSampler:
         counts = self.queue.counts()
         total = counts.total
         win = self.queue.window(now - self.window_s)
-        lam = win["arrivals"] / self.window_s
+        # a night younger than the window is measured over its own age, not the whole window
+        first = win["first_arrival"]
+        span = self.window_s if first is None else min(self.window_s, max(now - first, 1.0))
+        lam = win["arrivals"] / span
         service = win["service_s"]
         mu = 1.0 / service if service else 0.0
         c = concurrency
@@ -262,7 +265,7 @@ class MetricsSampler:
         for agent, row in win["agents"].items():
             agents[agent] = {
                 "nodes": row["nodes"],
-                "lambda": _r(row["nodes"] / self.window_s),
+                "lambda": _r(row["nodes"] / span),
                 "mu": _r(1.0 / row["mean_s"]) if row["mean_s"] else None,
                 "pass_rate": _r(row["passed"] / row["nodes"]) if row["nodes"] else None,
             }
@@ -278,7 +281,7 @@ class MetricsSampler:
             "running": total["running"],
             "done": total["done"],
             "failed": total["failed"],
-            "window_s": self.window_s,
+            "window_s": round(span, 1),
             "lambda": _r(lam),
             "mu": _r(mu),
             "c": c,

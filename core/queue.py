@@ -590,7 +590,9 @@ class JobQueue:
     def window(self, since: float) -> dict[str, Any]:
         """What happened since ``since`` (epoch seconds): arrivals, finished jobs and their mean
         service time, and per agent the nodes finished, their mean seconds and pass rate."""
-        arrivals = self._read("SELECT COUNT(*) FROM jobs WHERE created >= ?", (since,))[0][0]
+        arrivals, first = self._read(
+            "SELECT COUNT(*), MIN(created) FROM jobs WHERE created >= ?", (since,)
+        )[0]
         finished, service = self._read(
             "SELECT COUNT(*), AVG(finished - started) FROM jobs "
             "WHERE finished >= ? AND started IS NOT NULL",
@@ -606,6 +608,7 @@ class JobQueue:
         }
         return {
             "arrivals": arrivals,
+            "first_arrival": first,
             "finished": finished,
             "service_s": service,
             "agents": agents,

@@ -141,6 +141,11 @@ def _fake_jobs(artifacts, n_done, service_s, arrivals):
             inputs=[{}] * arrivals,
         )
         now = time.time()
+        # arrivals spread over the last minute
+        q._db.executemany(
+            "UPDATE jobs SET created=? WHERE id=?",
+            [(now - 60 + k * 60 / arrivals, i) for k, i in enumerate(ids)],
+        )
         q._db.executemany(
             "UPDATE jobs SET status='done', started=?, finished=? WHERE id=?",
             [(now - service_s, now, i) for i in ids[:n_done]],
@@ -153,7 +158,7 @@ def test_a_sample_has_the_queue_math(artifacts):
     with JobQueue(artifacts) as q:
         sample = MetricsSampler(q, window_s=60.0).sample(concurrency=2, merges_paused=False)
     assert sample["depth"] == 50 and sample["done"] == 10
-    assert sample["lambda"] == pytest.approx(1.0)  # 60 arrivals in 60 s
+    assert sample["lambda"] == pytest.approx(1.0, rel=1e-3)  # 60 arrivals in 60 s
     assert sample["mu"] == pytest.approx(0.25, rel=1e-3)  # 4 s per job
     assert sample["rho"] == pytest.approx(2.0, rel=1e-3) and sample["stable"] is False
     assert sample["p_wait"] == 1.0 and sample["wait_s"] is None
@@ -162,6 +167,23 @@ def test_a_sample_has_the_queue_math(artifacts):
     assert sample["kappa"] is None and sample["kappa_pairs"] == 0
     json.dumps(sample, allow_nan=False)
     assert "ρ 2.00" in sample_text(sample)
+
+
+def test_a_young_night_is_measured_over_its_own_age(artifacts):
+    """Twelve jobs enqueued ten seconds ago: λ is 1.2/s, not 12 / 300 s."""
+    with JobQueue(artifacts) as q:
+        q.enqueue(
+            flow="f",
+            flow_sha="s",
+            flow_source="x",
+            flow_text="t",
+            first_agent="a",
+            inputs=[{}] * 12,
+        )
+        q._db.execute("UPDATE jobs SET created = ?", (time.time() - 10,))
+        sample = MetricsSampler(q, window_s=300.0).sample(concurrency=4, merges_paused=False)
+    assert sample["lambda"] == pytest.approx(1.2, rel=0.02)
+    assert sample["window_s"] == pytest.approx(10, abs=0.5)
 
 
 def test_corrupt_lines_are_skipped_with_a_warning(artifacts, caplog):
