@@ -12,14 +12,16 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from pantheon.core import (
+    ConfigError,
     Engine,
     FlowError,
     JobQueue,
@@ -88,6 +90,7 @@ def _model_endpoint_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pantheon",
+        allow_abbrev=False,
         description="Run fleets of small LLM agent flows overnight against a local model server.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -295,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     _artifacts_arg(p)
     # -v / -q work after the command too
     for command in sub.choices.values():
+        command.allow_abbrev = False
         command.add_argument(
             "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
@@ -579,33 +583,52 @@ def cmd_night(args: argparse.Namespace) -> int:
         from pantheon.core.server import ModelServer, ServerConfig
 
         server = None
-        if args.endpoint:
-            llm = _llm_for(args, required=True)
-        else:
-            server = ModelServer(
-                args.artifacts,
-                ServerConfig(model=args.model, port=0, parallel=max(concurrency, 1)),
-            )
-            log.info("starting the embedded model server (%s)", args.model)
-            state = await asyncio.to_thread(server.ensure)
-            log.info("model server ready at %s", state.endpoint)
-            llm = LLMClient(state.endpoint, model=state.alias, adapters=state.adapters)
+        llm = None
+        starting = None
+        engine = Engine(args.artifacts, registry, until_empty=True)
+        failed = []
 
         async def supervise() -> None:
             while server is not None:
                 await asyncio.sleep(2.0)
-                await asyncio.to_thread(server.restart_if_dead)
+                try:
+                    await asyncio.to_thread(server.restart_if_dead)
+                except PantheonError as exc:
+                    log.error("the model server cannot be kept running: %s", exc)
+                    failed.append(exc)
+                    engine.request_stop()
+                    return
 
-        watch = asyncio.create_task(supervise())
-        engine = Engine(args.artifacts, registry, until_empty=True, llm=llm)
+        watch = None
         try:
-            return await _drive(engine)
+            if args.endpoint:
+                llm = _llm_for(args, required=True)
+            else:
+                server = ModelServer(
+                    args.artifacts,
+                    ServerConfig(model=args.model, port=0, parallel=max(concurrency, 1)),
+                )
+                log.info("starting the embedded model server (%s)", args.model)
+                starting = asyncio.ensure_future(asyncio.to_thread(server.ensure))
+                state = await asyncio.shield(starting)
+                log.info("model server ready at %s", state.endpoint)
+                llm = LLMClient(state.endpoint, model=state.alias, adapters=state.adapters)
+            engine.llm = llm
+            watch = asyncio.create_task(supervise())
+            code = await _drive(engine)
+            return 1 if failed else code
         finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
-            await llm.aclose()
-            if server is not None and not args.keep_server:
-                await asyncio.to_thread(server.stop)
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+            if llm is not None:
+                await llm.aclose()
+            if server is not None:
+                server.abort_start()
+                if starting is not None:
+                    await asyncio.gather(starting, return_exceptions=True)
+                if server.started_here and not args.keep_server:
+                    await asyncio.to_thread(server.stop)
 
     code = asyncio.run(main())
     print(status_text(args.artifacts))
@@ -690,16 +713,23 @@ def _server_config(args: argparse.Namespace):
             f"--host {args.host} is not a loopback or private address; the model server stays "
             "on the operator's machines"
         )
-    return ServerConfig(
-        backend=args.backend,
-        model=args.model,
-        host=args.host,
-        port=args.port,
-        parallel=args.parallel,
-        ctx_per_slot=args.ctx,
-        threads=args.threads,
-        adapters=[str(Path(a).resolve()) for a in args.adapter],
-    )
+    try:
+        return ServerConfig(
+            backend=args.backend,
+            model=args.model,
+            host=args.host,
+            port=args.port,
+            parallel=args.parallel,
+            ctx_per_slot=args.ctx,
+            threads=args.threads,
+            adapters=[str(Path(a).resolve()) for a in args.adapter],
+        )
+    except ValidationError as exc:
+        names = {"ctx_per_slot": "ctx"}
+        problems = "; ".join(
+            f"--{names.get(str(e['loc'][0]), str(e['loc'][0]))}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"serve: {problems}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -750,48 +780,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_argv(args: argparse.Namespace) -> list[str]:
+    """The foreground `pantheon serve` command for these options."""
+    argv = [
+        "serve",
+        "--artifacts",
+        str(args.artifacts),
+        "--backend",
+        args.backend,
+        "--model",
+        args.model,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--parallel",
+        str(args.parallel),
+        "--ctx",
+        str(args.ctx),
+        "--timeout",
+        str(args.timeout),
+    ]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    for adapter in args.adapter:
+        argv += ["--adapter", str(Path(adapter).resolve())]
+    return argv
+
+
 def _serve_detached(args: argparse.Namespace, server) -> int:
-    argv = [a for a in sys.argv[1:] if a != "--detach"] if sys.argv[1:] else ["serve"]
-    if "serve" not in argv:
-        argv = [
-            "serve",
-            "--artifacts",
-            str(args.artifacts),
-            "--model",
-            args.model,
-            "--port",
-            str(args.port),
-            "--parallel",
-            str(args.parallel),
-        ]
     existing = server.state()
     if existing is not None and server.healthy(existing):
         print(f"model server already running at {existing.endpoint} (pid {existing.pid})")
         return 0
     server.dir.mkdir(parents=True, exist_ok=True)
     sup_log = server.dir / "supervisor.log"
-    with open(sup_log, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "pantheon.console", *argv],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+    argv = [sys.executable, "-m", "pantheon.console", *_serve_argv(args)]
+    out = os.open(sup_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        # posix_spawn, not Popen: the supervisor outlives this command and is nobody's child
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, out, 2),
+            ],
+            setsid=True,
         )
+    finally:
+        os.close(out)
     deadline = time.monotonic() + args.timeout + 10
     while time.monotonic() < deadline:
-        if child.poll() is not None:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
             tail = "\n".join(sup_log.read_text(errors="replace").strip().splitlines()[-6:])
             raise ModelServerError(f"the model server did not start:\n{tail}")
         state = server.state()
-        if state is not None and state.supervisor_pid == child.pid and server.healthy(state):
+        if state is not None and state.supervisor_pid == pid and server.healthy(state):
             print(
                 f"model server ready at {state.endpoint} (model {state.model}, "
                 f"{state.parallel} slots, pid {state.pid}); `pantheon serve --stop` stops it"
             )
             return 0
         time.sleep(0.2)
-    child.terminate()
+    os.kill(pid, signal.SIGTERM)
     raise ModelServerError(
         f"the model server was not ready after {args.timeout:.0f} s; see {sup_log}"
     )

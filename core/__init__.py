@@ -19,6 +19,7 @@ from .errors import (
     PantheonError,
     QueueError,
     ReplyError,
+    ServerUnavailable,
 )
 from .flows import Flow, load_flow, locate_flow, parse_flow
 from .queue import Job, JobQueue
@@ -50,6 +51,7 @@ __all__ = [
     "QueueError",
     "ReplyError",
     "Runner",
+    "ServerUnavailable",
     "default_registry",
     "enqueue",
     "load_flow",

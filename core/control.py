@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .atomic import atomic_write_json, read_json
+from .atomic import atomic_write_json, locked, read_json
 from .errors import ArtifactError, ConfigError
 
 __all__ = ["Control", "ControlFile"]
@@ -121,18 +121,21 @@ class ControlFile:
 
     def update(self, *, by: str, **changes: object) -> Control:
         """Apply changes to what is on disk and write it back; ConfigError if they do not fit."""
-        try:
-            control = self.load_strict().with_changes(by=by, **changes)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"control change refused: {problems}") from None
-        self.write(control)
+        with locked(self.path.with_name(".control.lock")):
+            try:
+                control = self.load_strict().with_changes(by=by, **changes)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                )
+                raise ConfigError(f"control change refused: {problems}") from None
+            self.write(control)
         return control
 
     def ensure(self) -> Control:
         """Create the file with the defaults when it does not exist."""
         if not self.path.exists():
-            self.write(Control().with_changes(by="engine"))
+            with locked(self.path.with_name(".control.lock")):
+                if not self.path.exists():
+                    self.write(Control().with_changes(by="engine"))
         return self.read()

@@ -21,7 +21,7 @@ from typing import Any
 
 from .agents import AgentRegistry, default_registry
 from .control import ControlFile
-from .errors import PantheonError
+from .errors import PantheonError, QueueError
 from .llm import LLMClient
 from .metrics import MetricsSampler, PrometheusExporter, write_sample
 from .queue import Job, JobQueue, new_owner
@@ -67,6 +67,7 @@ class Engine:
         progress_every_s: float = 10.0,
         llm: LLMClient | None = None,
         health_every_s: float = 2.0,
+        queue_timeout_s: float = 10.0,
         metrics_every_s: float | None = 2.0,
         metrics_port: int | None = None,
         kappa_threshold: float = 0.6,
@@ -86,6 +87,8 @@ class Engine:
         self.health_every_s = health_every_s
         self._model_ok = False
         self._last_health = -1e9
+        self.queue_timeout_s = queue_timeout_s
+        """How long a queue write waits for a lock held elsewhere before this tick gives up."""
         self.metrics_every_s = metrics_every_s
         """Seconds between samples in metrics/engine.jsonl (None: no samples)."""
         self.metrics_port = metrics_port
@@ -93,6 +96,11 @@ class Engine:
         self.kappa_min_pairs = kappa_min_pairs
         self.kappa_window = kappa_window
         self.last_sample: dict[str, Any] | None = None
+        self.max_waits = 20
+        """A job the model server leaves unanswered this many times fails with the reason."""
+        self._waits: dict[int, int] = {}
+        self._unrecorded: list[tuple[Job, JobOutcome]] = []
+        self._queue_warned = -1e9
         self.exporter: PrometheusExporter | None = None
         self.owner = new_owner()
         self.stats = EngineStats()
@@ -128,12 +136,17 @@ class Engine:
 
     async def run(self) -> EngineStats:
         self._wake = asyncio.Event()
-        queue = self.queue = JobQueue(self.artifacts)
+        queue = self.queue = JobQueue(self.artifacts, timeout_s=self.queue_timeout_s)
         self.runner = Runner(self.artifacts, self.registry, queue, fsync=self.fsync, llm=self.llm)
         self.runner.stop_between_nodes = self._stopping
+        sampler: MetricsSampler | None = None
         try:
             self.control.ensure()
-            requeued, abandoned = queue.requeue_orphans(max_attempts=self.max_attempts)
+            try:
+                requeued, abandoned = queue.requeue_orphans(max_attempts=self.max_attempts)
+            except QueueError as exc:  # a lock held elsewhere: the loop tries again later
+                self._queue_trouble(exc)
+                requeued = abandoned = 0
             self.stats.requeued_at_start = requeued
             if requeued or abandoned:
                 log.info(
@@ -142,7 +155,6 @@ class Engine:
                     abandoned,
                     self.max_attempts,
                 )
-            sampler = None
             if self.metrics_every_s:
                 sampler = MetricsSampler(queue, llm=self.llm, kappa_window=self.kappa_window)
                 if self.metrics_port is not None:
@@ -212,34 +224,36 @@ class Engine:
         paused_logged = False
         while not self._stopping:
             control = self.control.read()
-            if control.queue_paused:
-                if not paused_logged:
-                    log.info(
-                        "queue paused%s",
-                        f": {control.queue_paused_reason}" if control.queue_paused_reason else "",
-                    )
-                    paused_logged = True
-            else:
-                paused_logged = False
-                free = control.concurrency - len(self._tasks)
-                if free > 0 and await self._model_ready():
-                    busy = Counter(self.runner.current.values())
-                    prefer = [agent for agent, _ in busy.most_common()]
-                    for job in queue.claim(free, self.owner, lease_s=self.lease_s, prefer=prefer):
-                        self.runner.current[job.id] = job.next_agent
-                        task = asyncio.create_task(self.runner.run(job), name=f"job-{job.id}")
-                        self._tasks[task] = job
-            now = time.monotonic()
-            if now - last_renew > self.lease_s / 3:
-                queue.renew(self.owner, [j.id for j in self._tasks.values()], lease_s=self.lease_s)
-                queue.requeue_orphans(max_attempts=self.max_attempts)
-                last_renew = now
-            if now - last_progress > self.progress_every_s:
-                self._log_progress(queue)
-                last_progress = now
-            idle = not self._tasks and not control.queue_paused
-            if self.until_empty and idle and queue.pending() == 0:
-                break
+            try:
+                self._record(queue)
+                if control.queue_paused:
+                    if not paused_logged:
+                        log.info(
+                            "queue paused%s",
+                            f": {control.queue_paused_reason}"
+                            if control.queue_paused_reason
+                            else "",
+                        )
+                        paused_logged = True
+                else:
+                    paused_logged = False
+                    free = control.concurrency - len(self._tasks)
+                    if free > 0 and await self._model_ready():
+                        self._claim(queue, free)
+                now = time.monotonic()
+                if now - last_renew > self.lease_s / 3:
+                    ids = [j.id for j in self._tasks.values()]
+                    queue.renew(self.owner, ids, lease_s=self.lease_s)
+                    queue.requeue_orphans(max_attempts=self.max_attempts)
+                    last_renew = now
+                if now - last_progress > self.progress_every_s:
+                    self._log_progress(queue)
+                    last_progress = now
+                idle = not self._tasks and not self._unrecorded
+                if self.until_empty and idle and queue.pending() == 0:
+                    break
+            except QueueError as exc:
+                self._queue_trouble(exc)
             if self._tasks:
                 done, _ = await asyncio.wait(
                     self._tasks, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED
@@ -250,6 +264,15 @@ class Engine:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick_s)
+
+    def _claim(self, queue: JobQueue, free: int) -> None:
+        assert self.runner is not None
+        busy = Counter(self.runner.current.values())
+        prefer = [agent for agent, _ in busy.most_common()]
+        for job in queue.claim(free, self.owner, lease_s=self.lease_s, prefer=prefer):
+            self.runner.current[job.id] = job.next_agent
+            task = asyncio.create_task(self.runner.run(job), name=f"job-{job.id}")
+            self._tasks[task] = job
 
     async def _model_ready(self) -> bool:
         """Health check before sending work; while the server is down, wait for it."""
@@ -290,26 +313,61 @@ class Engine:
             outcome = JobOutcome("failed", error=f"runner error: {type(exc).__name__}: {exc}")
         self.stats.nodes_run += outcome.ran
         self.stats.nodes_skipped += outcome.skipped
-        if outcome.status == "done":
-            queue.complete(job.id, self.owner, outcome.nodes, outcome.review)
-            self.stats.done += 1
-            log.debug("job %d %s done", job.id, job.run_name)
-        elif outcome.status == "failed":
-            queue.fail(job.id, self.owner, outcome.error or "failed", outcome.nodes, outcome.review)
-            self.stats.failed += 1
-            log.warning(
-                "job %d failed: %s (see %s)",
-                job.id,
-                outcome.error,
-                self.artifacts / "runs" / job.run_name / "FAILED.json",
-            )
-        else:
-            queue.advance(job.id, outcome.nodes, next_agent=outcome.next_agent)
-            queue.release(self.owner, [job.id])
-            self.stats.stopped += 1
-            if outcome.error:
-                self._model_ok = False
+        if outcome.status == "stopped" and outcome.error:
+            # the model server did not answer: the job waits — unless it never gets an answer
+            self._model_ok = False
+            self._waits[job.id] = self._waits.get(job.id, 0) + 1
+            if self._waits[job.id] >= self.max_waits:
+                outcome.status = "failed"
+                outcome.error = (
+                    f"the model server did not answer this job in {self.max_waits} tries: "
+                    f"{outcome.error.splitlines()[0]}"
+                )
+            else:
                 log.warning("job %d waits: %s", job.id, outcome.error.splitlines()[0])
+        self._unrecorded.append((job, outcome))
+        self._record(queue)
+
+    def _record(self, queue: JobQueue) -> None:
+        """Write finished jobs to the queue; a locked or full database keeps them for the next
+        tick instead of stopping the night."""
+        while self._unrecorded:
+            job, outcome = self._unrecorded[0]
+            try:
+                if outcome.status == "done":
+                    queue.complete(job.id, self.owner, outcome.nodes, outcome.review)
+                elif outcome.status == "failed":
+                    queue.fail(
+                        job.id, self.owner, outcome.error or "failed", outcome.nodes, outcome.review
+                    )
+                else:
+                    queue.advance(job.id, outcome.nodes, next_agent=outcome.next_agent)
+                    queue.release(self.owner, [job.id])
+            except QueueError as exc:
+                self._queue_trouble(exc)
+                return
+            self._unrecorded.pop(0)
+            if outcome.status != "stopped":
+                self._waits.pop(job.id, None)
+            if outcome.status == "done":
+                self.stats.done += 1
+                log.debug("job %d %s done", job.id, job.run_name)
+            elif outcome.status == "failed":
+                self.stats.failed += 1
+                log.warning(
+                    "job %d failed: %s (see %s)",
+                    job.id,
+                    outcome.error,
+                    self.artifacts / "runs" / job.run_name / "FAILED.json",
+                )
+            else:
+                self.stats.stopped += 1
+
+    def _queue_trouble(self, exc: QueueError) -> None:
+        now = time.monotonic()
+        if now - self._queue_warned > 30:
+            log.warning("the queue is not usable right now (%s); trying again", exc.message)
+            self._queue_warned = now
 
     def _log_progress(self, queue: JobQueue) -> None:
         total = queue.counts().total
@@ -330,6 +388,21 @@ class Engine:
             done, _ = await asyncio.wait(self._tasks)
             for task in done:
                 self._finish(queue, task)
-        released = queue.release(self.owner)
+        try:
+            self._record(queue)
+            released = queue.release(self.owner)
+        except QueueError as exc:
+            log.warning(
+                "could not give the unfinished jobs back (%s); the next engine takes them back "
+                "when their lease runs out",
+                exc.message,
+            )
+            return
+        if self._unrecorded:
+            log.warning(
+                "%d finished job(s) could not be recorded; they run again from their last "
+                "node next time",
+                len(self._unrecorded),
+            )
         if released:
             log.info("gave %d unfinished job(s) back to the queue", released)

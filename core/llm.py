@@ -175,11 +175,17 @@ class LLMClient:
         )
 
     async def _request(self, method: str, path: str, **kw: Any) -> tuple[httpx.Response, int]:
-        """Send with retries on connection errors and 5xx; return the response and attempts."""
+        """Send with retries on connection errors and 5xx; return the response and attempts.
+
+        When the retries run out, a server that cannot be reached (or says 503, not ready)
+        raises ServerUnavailable — the work waits for it; one that answers with another error
+        raises ModelServerError — the node fails with the reason.
+        """
         attempt = 0
         delay = self.backoff_s
         while True:
             attempt += 1
+            status = None
             try:
                 resp = await self._http.request(method, self.base_url + path, **kw)
             except httpx.TransportError as exc:
@@ -188,11 +194,16 @@ class LLMClient:
                 if not _retryable_status(resp.status_code):
                     self._down_since = None
                     return resp, attempt
+                status = resp.status_code
                 last = f"HTTP {resp.status_code}: {_snippet(resp.text)}"
-            if self._down_since is None:
+            if (status is None or status == 503) and self._down_since is None:
                 self._down_since = time.time()
             if attempt > self.retries:
-                raise self._not_answering(attempt, last)
+                if status is None or status == 503:
+                    raise self._not_answering(attempt, last)
+                raise ModelServerError(
+                    f"model server at {self.where} failed the request {attempt} time(s): {last}"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
 
@@ -282,8 +293,10 @@ class LLMClient:
 
     async def health(self) -> bool:
         """True when the server says it is ready (no retries)."""
+        # llama-cpp-python's server has no /health; its model list answers once it is up
+        path = "/v1/models" if self.backend is Backend.LLAMA_CPP_PYTHON else "/health"
         try:
-            resp = await self._http.get(self.base_url + "/health", timeout=5.0)
+            resp = await self._http.get(self.base_url + path, timeout=5.0)
         except httpx.TransportError:
             ok = False
         else:

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, locked
 from .errors import ModelStoreError
 
 __all__ = [
@@ -216,6 +216,17 @@ class ModelStore:
             if info.ok:
                 return info.path
         self.root.mkdir(parents=True, exist_ok=True)
+        with locked(self.root / ".pull.lock"):
+            # holding the lock, no other pull is running: what a killed pull left is garbage
+            for stale in self.root.glob(".tmp-*"):
+                stale.unlink(missing_ok=True)
+            if not force:
+                info = self.inspect(name)
+                if info.ok:  # another process pulled it while this one waited
+                    return info.path
+            return self._pull_locked(spec, progress)
+
+    def _pull_locked(self, spec: ModelSpec, progress: Progress | None) -> Path:
         final = self.root / spec.filename
         digest = hashlib.sha256()
         done = 0

@@ -11,6 +11,7 @@ flow file edited during the night does not change jobs already queued.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -245,6 +246,11 @@ class JobQueue:
                 f"the queue database {self.path} is corrupt ({text})",
                 hint="move it aside (the runs/ folder keeps every artifact) and enqueue again",
             )
+        if "disk is full" in text or "database or disk is full" in text:
+            return QueueError(
+                f"the queue database {self.path} cannot grow: the disk is full ({text})",
+                hint="free some space; nothing was lost, the last change was not made",
+            )
         if "readonly" in text or "unable to open" in text or "read-only" in text:
             return QueueError(
                 f"cannot write the queue database {self.path} ({text})",
@@ -261,17 +267,23 @@ class JobQueue:
         try:
             yield self._db
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise self._error(exc) from None
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise self._error(exc) from None
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors (a full disk): then there is nothing to undo
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:

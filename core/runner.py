@@ -9,6 +9,7 @@ with ``FAILED.json``; nothing falls back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -131,7 +132,10 @@ class Runner:
                 out, why = run.read_output(node, agent_cls.Output)
                 if why:
                     log.warning("run %s node %s: %s; running the node again", run.name, node, why)
-                if out is None or (agent_cls.gate and not getattr(out, "passed", True)):
+                stale = out is not None and not flow.deps[node] <= done
+                if stale:
+                    log.info("run %s node %s: an input runs again, so it does too", run.name, node)
+                if out is None or stale or (agent_cls.gate and not getattr(out, "passed", True)):
                     run.clear_error(node)
                     continue
                 outputs[node] = out.model_dump(mode="json")
@@ -252,9 +256,30 @@ class Runner:
     async def _run_node(
         self, flow: Flow, job: Job, run: RunDir, node: str, outputs: dict[str, dict[str, Any]]
     ) -> _NodeResult:
+        """Run one node; every way it can go wrong becomes a recorded result, never an escape."""
+        t0 = time.perf_counter()
+        try:
+            return await self._run_node_inner(flow, job, run, node, outputs, t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the artifacts themselves failed (a full disk, say)
+            error = f"node {node!r} could not be recorded: {type(exc).__name__}: {exc}"
+            path = None
+            with contextlib.suppress(Exception):
+                path = run.write_error(node, error)
+            return _NodeResult(node, False, None, error, path, time.perf_counter() - t0)
+
+    async def _run_node_inner(
+        self,
+        flow: Flow,
+        job: Job,
+        run: RunDir,
+        node: str,
+        outputs: dict[str, dict[str, Any]],
+        t0: float,
+    ) -> _NodeResult:
         agent_cls = flow.agents[node]
         spec = flow.node(node)
-        t0 = time.perf_counter()
 
         def failed(error: str) -> _NodeResult:
             path = run.write_error(node, error)
@@ -307,9 +332,9 @@ class Runner:
                     result.model_dump() if isinstance(result, BaseModel) else result
                 )
             )
-        except ValidationError as exc:
+            data = value.model_dump(mode="json")
+        except (ValidationError, ValueError, TypeError) as exc:
             return failed(f"agent {agent_cls.name!r} returned an output that does not fit:\n{exc}")
-        data = value.model_dump(mode="json")
         run.write_output(node, data)
         seconds = time.perf_counter() - t0
         if agent_cls.gate and not data.get("passed", False):

@@ -11,6 +11,7 @@ Every call, good or bad, is appended to the node's ``calls.jsonl``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from datetime import UTC, datetime
@@ -20,12 +21,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .atomic import append_line
-from .errors import ModelServerError, ReplyError
+from .errors import ArtifactError, ModelServerError, ReplyError
 from .llm import ChatReply, LLMClient, Message
 
 __all__ = ["CallLog", "ask", "call_model", "extract_json_object", "parse_reply"]
 
 T = TypeVar("T", bound=BaseModel)
+
+log = logging.getLogger(__name__)
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -131,8 +134,12 @@ class CallLog:
         self.path = Path(node_dir) / "calls.jsonl"
 
     def record(self, **fields: Any) -> None:
+        """Append one call; a failed write is logged, never raised over the call's own outcome."""
         fields.setdefault("at", datetime.now(UTC).isoformat())
-        append_line(self.path, json.dumps(fields, ensure_ascii=False, default=str))
+        try:
+            append_line(self.path, json.dumps(fields, ensure_ascii=False, default=str))
+        except ArtifactError as exc:
+            log.warning("model call not recorded: %s", exc.message)
 
     def read(self) -> list[dict[str, Any]]:
         """The calls recorded so far; a corrupt line is skipped."""

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +151,9 @@ class ServerState(BaseModel):
     log: str
     started_at: str
     supervisor_pid: int | None = None
+    pid_start: int | None = None
+    """The server process's start time (clock ticks), so a reused pid is never taken for it."""
+    supervisor_start: int | None = None
     restarts: int = 0
     adapters: dict[str, int] = Field(default_factory=dict)
 
@@ -159,7 +163,21 @@ class ServerState(BaseModel):
         return f"http://{host}:{self.port}"
 
 
-def _alive(pid: int | None) -> bool:
+def _proc_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None when unknown or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    if not fields or fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _alive(pid: int | None, start: int | None = None) -> bool:
+    """True when ``pid`` runs and, if ``start`` is given, is the very process we started
+    (a pid reused after a reboot or a crash is not ours)."""
     if not pid:
         return False
     try:
@@ -167,13 +185,11 @@ def _alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    # a zombie child counts as dead
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
+        return start is None
+    now = _proc_start(pid)
+    if Path("/proc").is_dir() and now is None:
+        return False  # gone between the two checks, or a zombie
+    return start is None or now is None or now == start
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -222,6 +238,12 @@ class ModelServer:
         self.state_path = self.dir / "server.json"
         self.log_path = self.dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_here = False
+        self._abort = threading.Event()
+
+    def abort_start(self) -> None:
+        """Make a ``start`` waiting in another thread give up (and stop what it started)."""
+        self._abort.set()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -236,7 +258,7 @@ class ModelServer:
 
     def healthy(self, state: ServerState | None = None, timeout_s: float = 2.0) -> bool:
         state = state or self.state()
-        if state is None or not _alive(state.pid):
+        if state is None or not _alive(state.pid, state.pid_start):
             return False
         try:
             resp = httpx.get(state.endpoint + "/health", timeout=timeout_s)
@@ -248,11 +270,11 @@ class ModelServer:
         state = self.state()
         if state is None:
             return {"running": False, "healthy": False}
-        alive = _alive(state.pid)
+        alive = _alive(state.pid, state.pid_start)
         return {
             "running": alive,
             "healthy": alive and self.healthy(state),
-            "supervised": _alive(state.supervisor_pid),
+            "supervised": _alive(state.supervisor_pid, state.supervisor_start),
             **state.model_dump(mode="json"),
             "endpoint": state.endpoint,
         }
@@ -329,7 +351,7 @@ class ModelServer:
     def start(self, *, timeout_s: float = 180.0, supervisor_pid: int | None = None) -> ServerState:
         """Start the server and wait until it is healthy; raise ModelServerError if it is not."""
         current = self.state()
-        if current is not None and _alive(current.pid):
+        if current is not None and _alive(current.pid, current.pid_start):
             raise ModelServerError(
                 f"a model server is already running for {self.artifacts} (pid {current.pid}, "
                 f"{current.endpoint})",
@@ -373,6 +395,8 @@ class ModelServer:
             log=str(self.log_path),
             started_at=datetime.now(UTC).isoformat(),
             supervisor_pid=supervisor_pid,
+            pid_start=_proc_start(self.proc.pid),
+            supervisor_start=_proc_start(supervisor_pid) if supervisor_pid else None,
             adapters={artifact_name(a): i for i, a in enumerate(cfg.adapters)},
         )
         self._write_state(state)
@@ -382,6 +406,9 @@ class ModelServer:
     def _wait_healthy(self, state: ServerState, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self._abort.is_set():
+                self.stop()
+                raise ModelServerError("the model server's start was cancelled")
             if self.proc is not None and self.proc.poll() is not None:
                 tail = _log_tail(self.log_path)
                 if "couldn't bind" in tail or "address already in use" in tail.lower():
@@ -406,26 +433,35 @@ class ModelServer:
             f"the model server did not become healthy within {timeout_s:.0f} s; see {self.log_path}"
         )
 
+    def _running(self, pid: int, start: int | None) -> bool:
+        if self.proc is not None and self.proc.pid == pid:
+            return self.proc.poll() is None
+        return _alive(pid, start)
+
     def stop(self, *, timeout_s: float = 15.0) -> bool:
-        """Stop the server (and its supervisor); True when one was running."""
+        """Stop the server (and its supervisor); True when one was running.
+
+        Only processes this server started are signalled: a pid whose start time differs from
+        the recorded one belongs to someone else now and is left alone.
+        """
         state = self.state()
         stopped = False
-        pids = []
+        targets: list[tuple[int, int | None]] = []
         if state is not None:
             if state.supervisor_pid and state.supervisor_pid != os.getpid():
-                pids.append(state.supervisor_pid)
-            pids.append(state.pid)
-        for pid in pids:
-            if not _alive(pid):
+                targets.append((state.supervisor_pid, state.supervisor_start))
+            targets.append((state.pid, state.pid_start))
+        for pid, start in targets:
+            if not self._running(pid, start):
                 continue
             stopped = True
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
-            while _alive(pid) and time.monotonic() < deadline:
+            while self._running(pid, start) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
+            if self._running(pid, start):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -435,21 +471,36 @@ class ModelServer:
         return stopped
 
     def ensure(self, *, timeout_s: float = 180.0) -> ServerState:
-        """The running, healthy server of this artifacts directory; start one if there is none."""
+        """The running, healthy server of this artifacts directory; start one if there is none.
+
+        ``started_here`` tells whether this call started it (and so whether to stop it after).
+        """
         state = self.state()
+        self.started_here = False
         if state is not None and self.healthy(state):
+            wanted = self.config.model
+            if state.model != wanted and state.model_path != wanted:
+                raise ModelServerError(
+                    f"a model server with {state.model} already runs for {self.artifacts} "
+                    f"({state.endpoint}); this asks for {wanted}",
+                    hint="stop it with `pantheon serve --stop`, or use it with --endpoint",
+                )
             return state
-        if state is not None and _alive(state.pid):
+        if state is not None and _alive(state.pid, state.pid_start):
             self.stop()
         else:
             self.state_path.unlink(missing_ok=True)
+        self.started_here = True
         return self.start(timeout_s=timeout_s)
 
     def restart_if_dead(self, *, max_restarts: int = 5) -> ServerState | None:
         """Supervision: start the server again when it died; None when it is fine."""
         state = self.state()
-        if state is not None and _alive(state.pid):
+        if state is not None and self._running(state.pid, state.pid_start):
             return None
+        if self.proc is not None:
+            self.proc.wait()  # reap the dead child
+            self.proc = None
         restarts = (state.restarts if state else 0) + 1
         if restarts > max_restarts:
             raise ModelServerError(

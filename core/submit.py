@@ -64,7 +64,13 @@ def read_inputs_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     except OSError as exc:
         raise FlowError(f"{path}: cannot read the inputs file: {exc.strerror or exc}") from None
     with handle:
-        for lineno, line in enumerate(handle, start=1):
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError as exc:
+            raise FlowError(
+                f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); nothing was enqueued"
+            ) from None
+        for lineno, line in enumerate(lines, start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
