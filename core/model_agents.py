@@ -17,7 +17,7 @@ from .safecall import ask
 
 __all__ = ["AGENTS", "DocDescribe"]
 
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=30)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=24)]
 
 
 class DocDescribe(Agent):
@@ -32,13 +32,14 @@ class DocDescribe(Agent):
         text: str = Field(min_length=1)
 
     class Output(BaseModel):
-        title: str = Field(min_length=1, max_length=100)
-        description: str = Field(min_length=10, max_length=300)
-        tags: list[Tag] = Field(min_length=1, max_length=6)
+        title: str = Field(min_length=1, max_length=80)
+        description: str = Field(min_length=10, max_length=200)
+        tags: list[Tag] = Field(min_length=1, max_length=5)
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        max_tokens: int = Field(default=200, ge=16, le=4096)
+        max_tokens: int = Field(default=512, ge=16, le=4096)
+        """Room for the longest object the schema allows (the grammar then always closes it)."""
         adapter: str | None = None
         """A LoRA adapter the server has loaded, by name."""
         max_chars: int = Field(default=6000, ge=100)
