@@ -378,7 +378,12 @@ def sample_text(sample: dict[str, Any]) -> str:
         f"queue      depth {sample.get('depth')}  running {sample.get('running')}  "
         f"c {sample.get('c')}  λ {_fmt(sample.get('lambda'), '/s', 3)}  "
         f"μ {_fmt(sample.get('mu'), '/s', 3)}  ρ {_fmt(sample.get('rho'))}  "
-        f"P(wait) {_fmt(sample.get('p_wait'))}  wait {_fmt(sample.get('wait_s'), ' s', 1)}",
+        f"P(wait) {_fmt(sample.get('p_wait'))}  wait "
+        + (
+            "∞ (ρ ≥ 1: the queue grows)"
+            if sample.get("stable") is False
+            else _fmt(sample.get("wait_s"), " s", 1)
+        ),
         f"advice     c for ρ ≤ 0.8: {_fmt(sample.get('recommended_c'))}  "
         f"drain in {_fmt(sample.get('drain_s'), ' s', 0)}",
     ]
