@@ -1,0 +1,217 @@
+"""The target repository: one branch and one git worktree per job, and real merges.
+
+Each job works on its own branch ``pantheon/<flow>/<job>`` in its own worktree, so concurrent jobs
+never share files. A merge into the target branch is a real git merge: in the worktree where the
+target is checked out, when there is one, or else written straight into the branch (git merge-tree,
+then an atomic ref update) without touching any working tree. A conflict merges nothing and says
+which files; the branch waits for the morning review. Merges into one repository are serialized.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import locked
+from .errors import PantheonError
+
+__all__ = ["GitError", "GitRepo", "MergeResult"]
+
+
+class GitError(PantheonError):
+    title = "Git error"
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    merged: bool
+    commit: str | None
+    """The merge commit (or the branch tip, when it was already merged)."""
+    conflict: list[str]
+    """Files in conflict when the merge could not be made."""
+    reason: str = ""
+
+
+class GitRepo:
+    """A git repository Pantheon's jobs change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).resolve()
+        top = self._run("rev-parse", "--show-toplevel", check=False)
+        if top.returncode != 0:
+            raise GitError(
+                f"{self.path} is not a git repository",
+                hint="point Pantheon at a clone (git init / git clone first)",
+            )
+        self.common_dir = Path(self.git("rev-parse", "--path-format=absolute", "--git-common-dir"))
+
+    def _run(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = ["git", "-c", "core.hooksPath=/dev/null", *args]
+        done = subprocess.run(
+            cmd,
+            cwd=cwd or self.path,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+        if check and done.returncode != 0:
+            raise GitError(f"git {' '.join(args)} failed: {done.stderr.strip()[:500]}")
+        return done
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        return self._run(*args, cwd=cwd).stdout.strip()
+
+    def has_branch(self, name: str) -> bool:
+        return (
+            self._run(
+                "rev-parse", "--verify", "--quiet", f"refs/heads/{name}", check=False
+            ).returncode
+            == 0
+        )
+
+    def tip(self, branch: str) -> str:
+        return self.git("rev-parse", f"refs/heads/{branch}")
+
+    def worktrees(self) -> dict[str, Path]:
+        """Branch name -> the worktree where it is checked out."""
+        out: dict[str, Path] = {}
+        path: Path | None = None
+        for line in self.git("worktree", "list", "--porcelain").splitlines():
+            if line.startswith("worktree "):
+                path = Path(line.removeprefix("worktree "))
+            elif line.startswith("branch refs/heads/") and path is not None:
+                out[line.removeprefix("branch refs/heads/")] = path
+        return out
+
+    def worktree(self, branch: str, base: str, path: Path) -> Path:
+        """The job's worktree on ``branch`` (made from ``base``); an existing one is reused."""
+        path = Path(path).resolve()
+        if self.worktrees().get(branch) == path and path.is_dir():
+            return path
+        with locked(self.common_dir / "pantheon-worktree.lock"):
+            self._run("worktree", "prune", check=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if self.has_branch(branch):
+                self.git("worktree", "add", str(path), branch)
+            else:
+                if not self.has_branch(base):
+                    raise GitError(f"the target branch {base!r} does not exist in {self.path}")
+                self.git("worktree", "add", "-b", branch, str(path), base)
+        return path
+
+    def commit_all(self, worktree: Path, message: str) -> str | None:
+        """Commit every change in the worktree; None when there is nothing to commit."""
+        self.git("add", "-A", cwd=worktree)
+        if self._run("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0:
+            return None
+        self.git(
+            "-c",
+            "user.name=Pantheon",
+            "-c",
+            "user.email=pantheon@localhost",
+            "commit",
+            "-q",
+            "-m",
+            message,
+            cwd=worktree,
+        )
+        return self.git("rev-parse", "HEAD", cwd=worktree)
+
+    def changed_files(self, branch: str, target: str) -> list[str]:
+        base = self.git("merge-base", f"refs/heads/{target}", f"refs/heads/{branch}")
+        out = self.git("diff", "--name-only", base, f"refs/heads/{branch}")
+        return [line for line in out.splitlines() if line]
+
+    def merge(self, branch: str, into: str, message: str | None = None) -> MergeResult:
+        """Merge ``branch`` into ``into``; on conflict nothing changes and the files are named."""
+        message = message or f"Merge {branch} into {into}"
+        with locked(self.common_dir / "pantheon-merge.lock"):
+            if not self.has_branch(branch) or not self.has_branch(into):
+                raise GitError(f"cannot merge {branch!r} into {into!r}: no such branch")
+            if (
+                self._run(
+                    "merge-base",
+                    "--is-ancestor",
+                    f"refs/heads/{branch}",
+                    f"refs/heads/{into}",
+                    check=False,
+                ).returncode
+                == 0
+            ):
+                return MergeResult(True, self.tip(into), [], "already merged")
+            checked_out = self.worktrees().get(into)
+            if checked_out is not None:
+                return self._merge_in(checked_out, branch, message)
+            return self._merge_refs(branch, into, message)
+
+    def _merge_in(self, worktree: Path, branch: str, message: str) -> MergeResult:
+        status = self.git("status", "--porcelain", "--untracked-files=no", cwd=worktree)
+        if status:
+            return MergeResult(False, None, [], f"{worktree} has uncommitted changes")
+        done = self._run(
+            "-c",
+            "user.name=Pantheon",
+            "-c",
+            "user.email=pantheon@localhost",
+            "merge",
+            "--no-ff",
+            "-m",
+            message,
+            f"refs/heads/{branch}",
+            cwd=worktree,
+            check=False,
+        )
+        if done.returncode != 0:
+            conflict = self.git("diff", "--name-only", "--diff-filter=U", cwd=worktree)
+            self._run("merge", "--abort", cwd=worktree, check=False)
+            files = [f for f in conflict.splitlines() if f]
+            return MergeResult(False, None, files, "conflict" if files else done.stderr.strip())
+        return MergeResult(True, self.git("rev-parse", "HEAD", cwd=worktree), [])
+
+    def _merge_refs(self, branch: str, into: str, message: str) -> MergeResult:
+        old = self.tip(into)
+        done = self._run(
+            "merge-tree",
+            "--write-tree",
+            "--name-only",
+            f"refs/heads/{into}",
+            f"refs/heads/{branch}",
+            check=False,
+        )
+        lines = done.stdout.splitlines()
+        if done.returncode == 1:
+            files = []
+            for line in lines[1:]:
+                if not line.strip():
+                    break
+                files.append(line.strip())
+            return MergeResult(False, None, files, "conflict")
+        if done.returncode != 0:
+            raise GitError(f"git merge-tree failed: {done.stderr.strip()[:500]}")
+        tree = lines[0].strip()
+        commit = self.git(
+            "-c",
+            "user.name=Pantheon",
+            "-c",
+            "user.email=pantheon@localhost",
+            "commit-tree",
+            tree,
+            "-p",
+            old,
+            "-p",
+            self.tip(branch),
+            "-m",
+            message,
+        )
+        self.git("update-ref", f"refs/heads/{into}", commit, old)
+        return MergeResult(True, commit, [])
+
+    def remove_worktree(self, path: Path) -> None:
+        self._run("worktree", "remove", "--force", str(path), check=False)
