@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import AgentError
 
 if TYPE_CHECKING:
+    from .gitrepo import JobWorkspace
     from .llm import LLMClient
     from .safecall import CallLog
 
@@ -67,6 +68,10 @@ class NodeContext:
     """The local model server's client (for agents that use the model)."""
     calls: CallLog | None = None
     """``<node>/calls.jsonl``: where every model call of this node is recorded."""
+    artifacts: Path | None = None
+    """The artifacts directory (for control.json, say)."""
+    workspace: JobWorkspace | None = None
+    """The job's branch and worktree of the target repository (agents that use one)."""
 
 
 class Agent:
@@ -86,6 +91,8 @@ class Agent:
     gate: ClassVar[bool] = False
     uses_model: ClassVar[bool] = False
     """True for agents that call the local model server (through ``ctx.llm``)."""
+    uses_workspace: ClassVar[bool] = False
+    """True for agents that work in the job's git worktree (the job names its ``repo``)."""
     reviewer: ClassVar[bool] = False
     """A gate that judges another node's work; two of them in a run make a review pair (κ)."""
 
@@ -188,10 +195,10 @@ class AgentRegistry:
 
 def default_registry(*, plugins: bool = True) -> AgentRegistry:
     """Pantheon's own agents and, unless ``plugins=False``, the installed plugins."""
-    from . import builtin_agents, model_agents
+    from . import builtin_agents, model_agents, work_agents
 
     registry = AgentRegistry()
-    for agent in (*builtin_agents.AGENTS, *model_agents.AGENTS):
+    for agent in (*builtin_agents.AGENTS, *model_agents.AGENTS, *work_agents.AGENTS):
         registry.register(agent)
     if plugins:
         registry.load_entry_points()

@@ -16,7 +16,7 @@ from pathlib import Path
 from .atomic import locked
 from .errors import PantheonError
 
-__all__ = ["GitError", "GitRepo", "MergeResult"]
+__all__ = ["GitError", "GitRepo", "JobWorkspace", "MergeResult"]
 
 
 class GitError(PantheonError):
@@ -215,3 +215,40 @@ class GitRepo:
 
     def remove_worktree(self, path: Path) -> None:
         self._run("worktree", "remove", "--force", str(path), check=False)
+
+
+@dataclass
+class JobWorkspace:
+    """One job's branch and worktree of the target repository."""
+
+    repo: GitRepo
+    branch: str
+    """``pantheon/<flow>/<job id>``."""
+    target: str
+    """The branch the merge gate merges into."""
+    path: Path
+
+    @classmethod
+    def open(cls, repo_path: Path, *, flow: str, job_id: int, target: str, root: Path):
+        repo = GitRepo(repo_path)
+        branch = f"pantheon/{flow}/{job_id}"
+        path = repo.worktree(branch, target, Path(root) / f"{flow}-{job_id:06d}")
+        return cls(repo, branch, target, path)
+
+    def commit(self, message: str) -> str | None:
+        return self.repo.commit_all(self.path, message)
+
+    def diff(self, limit: int = 12000) -> str:
+        """The job's change against the target, as the reviewers see it."""
+        if self.dirty():
+            self.commit("work in progress")
+        text = self.repo.git(
+            "diff", "--no-color", f"refs/heads/{self.target}...refs/heads/{self.branch}"
+        )
+        return text if len(text) <= limit else text[:limit] + "\n[diff cut]"
+
+    def dirty(self) -> bool:
+        return bool(self.repo.git("status", "--porcelain", cwd=self.path))
+
+    def files(self) -> list[str]:
+        return self.repo.changed_files(self.branch, self.target)

@@ -24,6 +24,7 @@ from .agents import Agent, AgentRegistry, NodeContext
 from .artifacts import FailedRecord, RunDir, RunRecord, now_iso
 from .errors import NodeError, PantheonError, ServerUnavailable
 from .flows import Flow, parse_flow
+from .gitrepo import GitError, JobWorkspace
 from .llm import LLMClient
 from .queue import Job, JobQueue, NodeRow
 from .safecall import CallLog
@@ -96,6 +97,20 @@ class Runner:
             flow = parse_flow(text, self.registry, source=source)
             self._flows[job.flow_sha] = flow
         return flow
+
+    def _workspace(self, flow: Flow, job: Job) -> JobWorkspace:
+        repo = job.input.get("repo")
+        if not repo:
+            raise GitError(
+                f"flow {flow.name!r} works on a git repository; give the job a 'repo' input"
+            )
+        return JobWorkspace.open(
+            Path(repo),
+            flow=flow.name,
+            job_id=job.id,
+            target=str(job.input.get("target") or "main"),
+            root=self.artifacts / "worktrees",
+        )
 
     def _agent(self, cls: type[Agent]) -> Agent:
         agent = self._agents.get(cls)
@@ -298,6 +313,12 @@ class Runner:
             return failed(
                 f"agent {agent_cls.name!r} uses the model, but no model server is configured",
             )
+        workspace = None
+        if agent_cls.uses_workspace:
+            try:
+                workspace = await asyncio.to_thread(self._workspace, flow, job)
+            except PantheonError as exc:
+                return failed(f"node {node!r} has no workspace: {exc}")
         ctx = NodeContext(
             run_id=job.run_id,
             job_id=job.id,
@@ -308,6 +329,8 @@ class Runner:
             job_input=job.input,
             llm=self.llm,
             calls=CallLog(run.node_dir(node)),
+            artifacts=self.artifacts,
+            workspace=workspace,
         )
         try:
             result = await self._agent(agent_cls).run(agent_input, ctx)

@@ -1,0 +1,195 @@
+"""The docops flow on a real git repository: frontmatter written, checked, reviewed, merged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import httpx
+import pytest
+import yaml
+
+from pantheon.core import Engine, JobQueue, enqueue, load_flow
+from pantheon.core.control import ControlFile
+from pantheon.core.demo import demo_inputs
+from pantheon.core.flows import packaged_flows_dir
+from pantheon.core.llm import LLMClient
+from pantheon.core.models import TEST_MODEL, ModelStore
+from pantheon.core.server import ModelServer, ServerConfig
+from pantheon.core.work_agents import split_frontmatter
+
+META = {"title": "A title", "description": "What the reader learns here.", "tags": ["kv"]}
+
+
+def git(cwd, *args):
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "docs-repo"
+    (root / "docs").mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "dev@example.org")
+    git(root, "config", "user.name", "Dev")
+    for i, doc in enumerate(d for d in demo_inputs() if len(d["text"].split()) >= 40):
+        (root / "docs" / f"doc{i}.md").write_text(doc["text"])
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "docs")
+    return root
+
+
+def fake_model(verdicts):
+    """Answers the writer with META and each reviewer with the next verdict."""
+
+    def handler(request):
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok"})
+        body = json.loads(request.content)
+        system = body["messages"][0]["content"]
+        if system.startswith("You review"):
+            ok = verdicts.pop(0)
+            answer = {"passed": ok, "reasons": ["fine" if ok else "wrong title"]}
+        else:
+            answer = META
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": json.dumps(answer)}}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 9},
+            },
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
+
+
+def run_night(artifacts, registry, repo, paths, llm):
+    flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
+    with JobQueue(artifacts) as q:
+        ids = enqueue(q, flow, [{"repo": str(repo), "path": p} for p in paths])
+
+    async def go():
+        await Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run()
+
+    asyncio.run(go())
+    return ids
+
+
+def test_green_jobs_are_merged_into_the_target(artifacts, registry, repo):
+    llm, http = fake_model([True] * 6)
+    ids = run_night(
+        artifacts, registry, repo, ["docs/doc0.md", "docs/doc1.md", "docs/doc2.md"], llm
+    )
+    asyncio.run(http.aclose())
+    for job in ids:
+        run = artifacts / "runs" / f"docops-{job:06d}"
+        merge = json.loads((run / "merge" / "output.json").read_text())
+        assert merge["merged"] is True and merge["branch"] == f"pantheon/docops/{job}"
+        for node in ("plan", "write", "test", "review_a", "review_b"):
+            assert (run / node / "output.json").exists()
+    for i in range(3):
+        meta, body = split_frontmatter(git(repo, "show", f"main:docs/doc{i}.md") + "\n")
+        assert meta == META and body.strip()
+    with JobQueue(artifacts) as q:
+        assert q.review_pairs(10) == [(True, True)] * 3
+
+
+def test_a_rejected_change_waits_on_its_branch(artifacts, registry, repo):
+    llm, http = fake_model([True, False])
+    [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
+    asyncio.run(http.aclose())
+    run = artifacts / "runs" / f"docops-{job:06d}"
+    failed = json.loads((run / "FAILED.json").read_text())
+    assert failed["node"] == "review_b" and "wrong title" in failed["error"]
+    assert not (run / "merge").exists()
+    assert git(repo, "rev-parse", "--verify", f"pantheon/docops/{job}")
+    assert split_frontmatter(git(repo, "show", "main:docs/doc0.md"))[0] is None
+    with JobQueue(artifacts) as q:
+        assert q.review_pairs(10) == [(True, False)]
+
+
+def test_paused_merges_leave_green_changes_waiting(artifacts, registry, repo):
+    ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="κ low")
+    llm, http = fake_model([True, True])
+    [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
+    asyncio.run(http.aclose())
+    merge = json.loads(
+        (artifacts / "runs" / f"docops-{job:06d}" / "merge" / "output.json").read_text()
+    )
+    assert merge == {
+        "merged": False,
+        "waiting": True,
+        "reason": "merges are paused (κ low)",
+        "branch": f"pantheon/docops/{job}",
+        "commit": None,
+        "conflict": [],
+    }
+    assert split_frontmatter(git(repo, "show", "main:docs/doc0.md"))[0] is None
+
+
+def test_a_missing_file_and_a_missing_repo_are_clear(artifacts, registry, repo, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    llm, http = fake_model([])
+    flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
+    with JobQueue(artifacts) as q:
+        a, b = enqueue(
+            q,
+            flow,
+            [
+                {"repo": str(repo), "path": "docs/nope.md"},
+                {"repo": str(plain), "path": "x.md"},
+            ],
+        )
+    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
+    asyncio.run(http.aclose())
+    first = json.loads((artifacts / "runs" / f"docops-{a:06d}" / "FAILED.json").read_text())
+    assert first["node"] == "plan" and "no file 'docs/nope.md'" in first["error"]
+    second = json.loads((artifacts / "runs" / f"docops-{b:06d}" / "FAILED.json").read_text())
+    assert "has no workspace" in second["error"] and "is not a git repository" in second["error"]
+
+
+@pytest.mark.slow
+def test_a_small_docs_night_on_the_real_model(tmp_path, registry, repo):
+    """SmolLM2 writes the frontmatter and reviews it; every run ends with its artifacts."""
+    ModelStore().pull(TEST_MODEL)
+    artifacts = tmp_path / "a"
+    server = ModelServer(artifacts, ServerConfig(model=TEST_MODEL, port=0, parallel=4))
+    state = server.start()
+    try:
+
+        async def go():
+            async with LLMClient(state.endpoint) as llm:
+                flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
+                with JobQueue(artifacts) as q:
+                    ids = enqueue(
+                        q, flow, [{"repo": str(repo), "path": f"docs/doc{i}.md"} for i in range(5)]
+                    )
+                await Engine(artifacts, registry, until_empty=True, llm=llm).run()
+                return ids
+
+        ids = asyncio.run(go())
+    finally:
+        server.stop()
+    merged = 0
+    for job in ids:
+        run = artifacts / "runs" / f"docops-{job:06d}"
+        record = json.loads((run / "run.json").read_text())
+        assert record["status"] in ("done", "failed")
+        meta, _ = split_frontmatter(
+            git(repo, "show", f"pantheon/docops/{job}:docs/doc{job - 1}.md") + "\n"
+        )
+        assert meta and meta["title"], "the writer's frontmatter is on the job's branch"
+        if record["status"] == "done":
+            merged += json.loads((run / "merge" / "output.json").read_text())["merged"]
+        else:
+            assert (run / "FAILED.json").exists()
+    main_meta = [
+        split_frontmatter(git(repo, "show", f"main:docs/doc{i}.md") + "\n")[0] for i in range(5)
+    ]
+    assert sum(m is not None for m in main_meta) == merged
+    assert yaml.safe_load  # the frontmatter on main parsed above
