@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
+
+import yaml
 
 from .agents import AgentRegistry
 from .flows import load_flow, packaged_flows_dir
 from .queue import JobQueue
 from .submit import enqueue
 
-__all__ = ["demo_inputs", "enqueue_demo", "night_figures"]
+__all__ = [
+    "code_tasks",
+    "demo_inputs",
+    "enqueue_demo",
+    "night_figures",
+    "prepare_demo_repo",
+    "repo_jobs",
+]
 
 
 def demo_inputs(corpus: Path | None = None) -> list[dict[str, str]]:
@@ -61,3 +72,63 @@ def night_figures(artifacts: Path) -> str:
         f"model      {calls} calls ({failed} unusable), {prompt} prompt + {completion} "
         f"generated tokens, mean latency {latency / calls:.2f} s{rate}"
     )
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=Pantheon", "-c", "user.email=pantheon@localhost", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def prepare_demo_repo(folder: Path) -> Path:
+    """The demo's target repository: the corpus docs and code tasks, committed on ``main``.
+
+    An existing demo repository is reused as it is (the night resumes on it).
+    """
+    folder = Path(folder)
+    if (folder / ".git").exists():
+        return folder
+    corpus = packaged_flows_dir() / "corpus"
+    (folder / "docs").mkdir(parents=True)
+    for doc in sorted((corpus / "repo" / "docs").glob("*.md")):
+        shutil.copyfile(doc, folder / "docs" / doc.name)
+    for task in code_tasks():
+        pkg = folder / "code" / task["id"]
+        pkg.mkdir(parents=True)
+        (pkg / f"{task['module']}.py").write_text(task["source"])
+        (pkg / f"test_{task['module']}.py").write_text(task["test"])
+    (folder / "README.md").write_text(
+        "# kvlite\n\nThe demo repository of Pantheon's night: documentation pages that need "
+        "frontmatter and small functions whose tests fail.\n"
+    )
+    _git(folder, "init", "-q", "-b", "main")
+    _git(folder, "add", "-A")
+    _git(folder, "commit", "-q", "-m", "The demo repository")
+    return folder
+
+
+def code_tasks() -> list[dict[str, str]]:
+    path = packaged_flows_dir() / "corpus" / "code" / "tasks.yaml"
+    return list(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def repo_jobs(repo: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The docops and codefix inputs for every doc and code task of a demo repository."""
+    docs = [
+        {"repo": str(repo), "path": f"docs/{p.name}"}
+        for p in sorted((Path(repo) / "docs").glob("*.md"))
+    ]
+    code = [
+        {
+            "repo": str(repo),
+            "path": f"code/{t['id']}/{t['module']}.py",
+            "test": f"code/{t['id']}/test_{t['module']}.py",
+            "task": t["task"],
+        }
+        for t in code_tasks()
+    ]
+    return docs, code

@@ -278,4 +278,72 @@ class MergeGate(Agent):
         )
 
 
-AGENTS: list[type[Agent]] = [PlanValidate, DocFrontmatter, Test, ReviewPeer, MergeGate]
+class Codegen(Agent):
+    name = "codegen"
+    description = "Makes a small code change with the workspace tools (the tool loop)."
+    uses_model = True
+    uses_workspace = True
+
+    class Input(_Strict):
+        task: str
+        files: list[str] = []
+        """Files to show the model up front (the code and its test, say)."""
+
+    class Output(_Strict):
+        summary: str
+        commit: str | None
+        files: list[str]
+        steps: int
+
+    class Answer(BaseModel):
+        summary: str = Field(min_length=1, max_length=300)
+
+    class Params(_Strict):
+        max_steps: int = Field(default=6, ge=1, le=50)
+        max_tokens: int = Field(default=1024, ge=64, le=8192)
+        test_timeout_s: float = Field(default=60.0, gt=0)
+        adapter: str | None = None
+
+    SYSTEM = (
+        "You fix small bugs in Python code. Change only what the task needs: prefer edit_file "
+        "with a short unique old text; run_tests to check; then give the final answer with a "
+        "one-sentence summary of the change."
+    )
+
+    async def run(self, input: Input, ctx: NodeContext) -> Output:
+        from .toolloop import run_tool_loop
+
+        params: Codegen.Params = ctx.params  # type: ignore[assignment]
+        job = _workspace(ctx)
+        if ctx.llm is None:
+            raise NodeError(ctx.node, "codegen needs the model server")
+        ws = Workspace(job.path)
+        shown = []
+        for rel in input.files:
+            try:
+                text = ws.resolve(rel).read_text(encoding="utf-8")
+            except (ToolError, OSError) as exc:
+                raise NodeError(ctx.node, f"cannot show {rel!r} to the model: {exc}") from None
+            shown.append(f"--- {rel}\n{text}")
+        task = input.task + ("\n\n" + "\n".join(shown) if shown else "")
+        result = await run_tool_loop(
+            ctx.llm,
+            system=self.SYSTEM,
+            task=task,
+            tools=TOOLS,
+            output=self.Answer,
+            workspace=ws,
+            log=ctx.calls,
+            node=ctx.node,
+            max_steps=params.max_steps,
+            max_tokens=params.max_tokens,
+            adapter=params.adapter,
+            test_timeout_s=params.test_timeout_s,
+        )
+        summary = result.answer.summary  # type: ignore[attr-defined]
+        commit = await asyncio.to_thread(job.commit, f"codegen: {summary[:72]}")
+        files = await asyncio.to_thread(job.files) if commit else []
+        return self.Output(summary=summary, commit=commit, files=files, steps=result.steps)
+
+
+AGENTS: list[type[Agent]] = [PlanValidate, DocFrontmatter, Codegen, Test, ReviewPeer, MergeGate]
