@@ -106,7 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a whole night: enqueue, drain, report",
         description="Run a whole night: enqueue the work, drain the queue, print where it stands.",
     )
-    p.add_argument("--demo", action="store_true", help="the demo night on the shipped corpus")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="the demo night: prepares the demo repository (docs and code tasks) in ARTIFACTS",
+    )
+    p.add_argument("--repo", metavar="PATH", help="run the night on your repository instead")
+    p.add_argument("--docs", type=int, metavar="N", help="only the first N docs jobs")
+    p.add_argument("--code", type=int, metavar="N", help="only the first N code jobs")
     p.add_argument("--concurrency", type=int, metavar="C", help="jobs at once (default: 4)")
     p.add_argument(
         "--model",
@@ -560,13 +567,15 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_night(args: argparse.Namespace) -> int:
-    if not args.demo:
+    if not args.demo and not args.repo:
         raise FlowError(
-            "pantheon night needs --demo for now",
-            hint="or enqueue your own jobs with `pantheon enqueue` and run `pantheon engine`",
+            "pantheon night needs --demo or --repo PATH",
+            hint="--demo prepares the demo repository; --repo runs docops on your docs/*.md",
         )
-    from pantheon.core.demo import enqueue_demo, night_figures
+    from pantheon.core.demo import agent_figures, enqueue_night, night_figures, prepare_demo_repo
     from pantheon.core.models import CATALOG, ModelStore
+
+    started = time.monotonic()
 
     registry = default_registry()
     if not args.endpoint and args.model in CATALOG:
@@ -574,9 +583,14 @@ def cmd_night(args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon night", concurrency=args.concurrency)
     concurrency = ControlFile(args.artifacts).read().concurrency
+    repo = Path(args.repo) if args.repo else prepare_demo_repo(args.artifacts / "demo-repo")
     with JobQueue(args.artifacts) as queue:
-        n = enqueue_demo(queue, registry)
-    log.info("demo night: %d job(s) queued in %s", n, args.artifacts)
+        n_docs, n_code = enqueue_night(queue, registry, repo, docs=args.docs, code=args.code)
+        left = queue.pending()
+    if n_docs or n_code:
+        log.info("night on %s: %d docs and %d code job(s) queued", repo, n_docs, n_code)
+    else:
+        log.info("resuming the night on %s: %d job(s) left", repo, left)
 
     async def main() -> int:
         from pantheon.core.llm import LLMClient
@@ -633,6 +647,9 @@ def cmd_night(args: argparse.Namespace) -> int:
     code = asyncio.run(main())
     print(status_text(args.artifacts))
     print(night_figures(args.artifacts))
+    with JobQueue(args.artifacts) as queue:
+        print(agent_figures(queue))
+    print(f"wall time  {time.monotonic() - started:.0f} s; the repository: {repo}")
     return code
 
 

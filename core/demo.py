@@ -16,9 +16,11 @@ from .queue import JobQueue
 from .submit import enqueue
 
 __all__ = [
+    "agent_figures",
     "code_tasks",
     "demo_inputs",
     "enqueue_demo",
+    "enqueue_night",
     "night_figures",
     "prepare_demo_repo",
     "repo_jobs",
@@ -132,3 +134,39 @@ def repo_jobs(repo: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         for t in code_tasks()
     ]
     return docs, code
+
+
+def enqueue_night(
+    queue: JobQueue,
+    registry: AgentRegistry,
+    repo: Path,
+    *,
+    docs: int | None = None,
+    code: int | None = None,
+) -> tuple[int, int]:
+    """Enqueue a night on ``repo``: docops for its docs, codefix for its code tasks.
+
+    A night already in the queue is resumed, not enqueued twice. Returns (docs, code) enqueued.
+    """
+    known = {row for row in queue.counts().by_flow}
+    if {"docops", "codefix"} & known:
+        return 0, 0
+    doc_inputs, code_inputs = repo_jobs(repo)
+    if not (Path(repo) / "code").is_dir():
+        code_inputs = []
+    doc_inputs = doc_inputs[:docs] if docs is not None else doc_inputs
+    code_inputs = code_inputs[:code] if code is not None else code_inputs
+    flows = packaged_flows_dir()
+    n_docs = len(enqueue(queue, load_flow(flows / "docops.yaml", registry), doc_inputs))
+    n_code = len(enqueue(queue, load_flow(flows / "codefix.yaml", registry), code_inputs))
+    return n_docs, n_code
+
+
+def agent_figures(queue: JobQueue) -> str:
+    """Pass rate per agent, from the nodes the night finished."""
+    rows = []
+    for agent, counts in sorted(queue.counts().by_agent.items()):
+        done, failed = counts["done"], counts["failed"]
+        if done + failed:
+            rows.append(f"{agent} {done}/{done + failed} ({done / (done + failed):.0%})")
+    return "pass rate  " + ", ".join(rows) if rows else "pass rate  -"

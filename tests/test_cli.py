@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 
 import pytest
 from conftest import pantheon
@@ -30,27 +31,52 @@ def test_no_command_prints_help_and_exits_2(capsys):
 
 
 @pytest.mark.slow
-def test_demo_night_runs_on_the_embedded_model(tmp_path):
+def test_a_small_demo_night_on_the_embedded_model(tmp_path):
+    """5 docs and 2 code jobs on SmolLM2, in the demo repository, to the end."""
     artifacts = tmp_path / "night"
-    out = pantheon("night", "--demo", "--model", "smollm2-135m", "--artifacts", str(artifacts))
+    out = pantheon(
+        "night",
+        "--demo",
+        "--model",
+        "smollm2-135m",
+        "--docs",
+        "5",
+        "--code",
+        "2",
+        "--artifacts",
+        str(artifacts),
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr
-    assert "done 10  failed 2" in out.stdout
-    assert "model      10 calls" in out.stdout
+    assert "docs and 2 code job(s) queued" in out.stderr
+    assert "pass rate  " in out.stdout and "wall time" in out.stdout
+    repo = artifacts / "demo-repo"
     runs = sorted((artifacts / "runs").iterdir())
-    assert len(runs) == 12
-    failed = [r for r in runs if (r / "FAILED.json").exists()]
-    assert len(failed) == 2
-    assert "fewer than 40" in json.loads((failed[0] / "FAILED.json").read_text())["error"]
-    described = [r for r in runs if (r / "describe" / "output.json").exists()]
-    assert len(described) == 10
-    for run in described:
-        meta = json.loads((run / "describe" / "output.json").read_text())
-        assert meta["title"] and meta["description"] and meta["tags"]
-        [call] = [
-            json.loads(x) for x in (run / "describe" / "calls.jsonl").read_text().splitlines()
-        ]
-        assert call["parsed"] == meta and call["completion_tokens"] > 0
+    assert len(runs) == 7
+    branches = subprocess.run(
+        ["git", "branch", "--list", "pantheon/*"], cwd=repo, capture_output=True, text=True
+    ).stdout
+    for run in runs:
+        record = json.loads((run / "run.json").read_text())
+        assert record["status"] in ("done", "failed"), run
+        assert (run / "plan" / "output.json").exists()
+        if record["status"] == "failed":
+            assert (run / "FAILED.json").exists()
+        flow, job = run.name.rsplit("-", 1)
+        if (run / "write").exists() or (run / "code").exists():
+            assert f"pantheon/{flow}/{int(job)}" in branches
+        merge = run / "merge" / "output.json"
+        if merge.exists() and json.loads(merge.read_text())["merged"]:
+            merged = subprocess.run(
+                ["git", "branch", "--merged", "main", f"pantheon/{flow}/{int(job)}"],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+            ).stdout
+            assert merged.strip(), f"{run.name} says merged but main does not hold it"
     assert not (artifacts / "server" / "server.json").exists(), "the night stops its server"
+    again = pantheon("night", "--demo", "--model", "smollm2-135m", "--artifacts", str(artifacts))
+    assert again.returncode == 0 and "resuming the night" in again.stderr
 
 
 def test_enqueue_then_engine_then_status(tmp_path):

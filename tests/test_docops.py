@@ -43,7 +43,8 @@ def repo(tmp_path):
 
 
 def fake_model(verdicts):
-    """Answers the writer with META and each reviewer with the next verdict."""
+    """Answers the writer with META, and each reviewer by its instructions: ``verdicts`` maps
+    "a" (correctness) and "b" (scope) to a verdict."""
 
     def handler(request):
         if request.url.path == "/health":
@@ -51,7 +52,7 @@ def fake_model(verdicts):
         body = json.loads(request.content)
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
-            ok = verdicts.pop(0)
+            ok = verdicts["b" if "limited to adding" in system else "a"]
             answer = {"passed": ok, "reasons": ["fine" if ok else "wrong title"]}
         else:
             answer = META
@@ -80,7 +81,7 @@ def run_night(artifacts, registry, repo, paths, llm):
 
 
 def test_green_jobs_are_merged_into_the_target(artifacts, registry, repo):
-    llm, http = fake_model([True] * 6)
+    llm, http = fake_model({"a": True, "b": True})
     ids = run_night(
         artifacts, registry, repo, ["docs/doc0.md", "docs/doc1.md", "docs/doc2.md"], llm
     )
@@ -99,7 +100,7 @@ def test_green_jobs_are_merged_into_the_target(artifacts, registry, repo):
 
 
 def test_a_rejected_change_waits_on_its_branch(artifacts, registry, repo):
-    llm, http = fake_model([True, False])
+    llm, http = fake_model({"a": True, "b": False})
     [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
     asyncio.run(http.aclose())
     run = artifacts / "runs" / f"docops-{job:06d}"
@@ -114,7 +115,7 @@ def test_a_rejected_change_waits_on_its_branch(artifacts, registry, repo):
 
 def test_paused_merges_leave_green_changes_waiting(artifacts, registry, repo):
     ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="κ low")
-    llm, http = fake_model([True, True])
+    llm, http = fake_model({"a": True, "b": True})
     [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
     asyncio.run(http.aclose())
     merge = json.loads(
@@ -134,7 +135,7 @@ def test_paused_merges_leave_green_changes_waiting(artifacts, registry, repo):
 def test_a_missing_file_and_a_missing_repo_are_clear(artifacts, registry, repo, tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
-    llm, http = fake_model([])
+    llm, http = fake_model({})
     flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
     with JobQueue(artifacts) as q:
         a, b = enqueue(
