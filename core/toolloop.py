@@ -90,6 +90,7 @@ async def run_tool_loop(
     max_tokens: int = 1024,
     adapter: str | None = None,
     test_timeout_s: float = 60.0,
+    require_change: bool = False,
 ) -> LoopResult:
     """Run the loop to a final answer; NodeError with the reason when it cannot get there."""
     Step = step_model(tools, output)
@@ -105,7 +106,18 @@ async def run_tool_loop(
             raise
         value = reply.root
         if value.action == "final":
-            return LoopResult(value.answer, step, calls)
+            changed = any(c["tool"] in ("write_file", "edit_file") for c in calls)
+            if not require_change or changed:
+                return LoopResult(value.answer, step, calls)
+            messages.append({"role": "assistant", "content": reply.model_dump_json()})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": "You have not changed any file yet. Make the change with "
+                    "edit_file or write_file first, then give the final answer.",
+                }
+            )
+            continue
         tool = tools[value.tool]
         t0 = time.perf_counter()
         try:
@@ -138,6 +150,8 @@ async def run_tool_loop(
         messages.append(
             {"role": "user", "content": f"Result of {tool.name}: {json.dumps(result)[:8000]}"}
         )
+    if not calls:
+        raise NodeError(node, f"no change after {max_steps} steps: the model never used a tool")
     raise NodeError(
         node,
         f"no final answer after {max_steps} steps (the model kept calling tools: "

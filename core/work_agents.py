@@ -339,6 +339,7 @@ class Codegen(Agent):
             max_tokens=params.max_tokens,
             adapter=params.adapter,
             test_timeout_s=params.test_timeout_s,
+            require_change=True,
         )
         summary = result.answer.summary  # type: ignore[attr-defined]
         commit = await asyncio.to_thread(job.commit, f"codegen: {summary[:72]}")

@@ -175,3 +175,21 @@ def test_the_step_schema_names_every_tool():
     schema = json.dumps(step_model(TOOLS, Answer).model_json_schema())
     for name in TOOLS:
         assert f'"{name}"' in schema
+
+
+async def test_a_change_is_required_before_the_final_answer(ws, tmp_path):
+    llm, requests, http = scripted(
+        [
+            {"action": "final", "answer": {"summary": "done already"}},
+            {
+                "action": "tool",
+                "tool": "edit_file",
+                "args": {"path": "calc.py", "old": "a - b", "new": "a + b"},
+            },
+            {"action": "final", "answer": {"summary": "fixed"}},
+        ]
+    )
+    result = await loop(llm, ws, tmp_path, require_change=True)
+    await http.aclose()
+    assert result.answer.summary == "fixed" and result.steps == 3
+    assert "You have not changed any file yet" in requests[1]["messages"][-1]["content"]
