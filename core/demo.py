@@ -19,7 +19,6 @@ __all__ = [
     "agent_figures",
     "code_tasks",
     "demo_inputs",
-    "enqueue_demo",
     "enqueue_night",
     "night_figures",
     "prepare_demo_repo",
@@ -36,12 +35,6 @@ def demo_inputs(corpus: Path | None = None) -> list[dict[str, str]]:
         first = text.splitlines()[0] if text else path.stem
         out.append({"title": first.lstrip("# ").strip(), "text": text})
     return out
-
-
-def enqueue_demo(queue: JobQueue, registry: AgentRegistry, flow_name: str = "docmeta") -> int:
-    """Enqueue the demo corpus through a shipped flow; returns how many jobs."""
-    flow = load_flow(packaged_flows_dir() / f"{flow_name}.yaml", registry)
-    return len(enqueue(queue, flow, demo_inputs()))
 
 
 def night_figures(artifacts: Path) -> str:
