@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import AgentError
+from .errors import AgentError, NodeError
 
 if TYPE_CHECKING:
     from .gitrepo import JobWorkspace
@@ -72,6 +72,12 @@ class NodeContext:
     """The artifacts directory (for control.json, say)."""
     workspace: JobWorkspace | None = None
     """The job's branch and worktree of the target repository (agents that use one)."""
+
+    def model(self) -> LLMClient:
+        """The model server's client; NodeError when the node has none."""
+        if self.llm is None:
+            raise NodeError(self.node, f"node {self.node!r} needs the model server")
+        return self.llm
 
 
 class Agent:

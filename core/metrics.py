@@ -227,9 +227,9 @@ class MetricsSampler:
         llm, obs = self.llm, self._observed
         assert llm is not None
         now = time.monotonic()
-        dt = max(now - obs.at, 1e-9)
+        dt = now - obs.at
         flights = obs.in_flight or [llm.in_flight]
-        out = {
+        out: dict[str, Any] = {
             "batch": {
                 "value": _r(sum(flights) / len(flights)),
                 "source": "engine (model calls in flight, time-averaged)",
@@ -240,6 +240,8 @@ class MetricsSampler:
                 "source": "engine (usage of finished calls)",
             },
         }
+        if dt < 1.0:  # a rate over a sliver of time (the last sample of a night) means nothing
+            out["tokens"] = {"why": f"interval of {dt:.2f} s is too short for a rate"}
         self._observed = _EngineObserved(
             at=now, prompt=llm.prompt_tokens_total, completion=llm.completion_tokens_total
         )

@@ -12,7 +12,6 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .agents import Agent, NodeContext
-from .errors import NodeError
 from .safecall import ask
 
 __all__ = ["AGENTS", "DocDescribe"]
@@ -53,14 +52,12 @@ class DocDescribe(Agent):
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: DocDescribe.Params = ctx.params  # type: ignore[assignment]
-        if ctx.llm is None:
-            raise NodeError(ctx.node, "doc.describe needs the model server")
         messages = [
             {"role": "system", "content": self.SYSTEM},
             {"role": "user", "content": input.text[: params.max_chars]},
         ]
         return await ask(
-            ctx.llm,
+            ctx.model(),
             messages,
             self.Output,
             log=ctx.calls,

@@ -110,10 +110,8 @@ class DocFrontmatter(Agent):
         job = _workspace(ctx)
         path = Workspace(job.path).resolve(input.path, for_write=True)
         _, body = split_frontmatter(path.read_text(encoding="utf-8"))
-        if ctx.llm is None:
-            raise NodeError(ctx.node, "doc.frontmatter needs the model server")
         meta = await ask(
-            ctx.llm,
+            ctx.model(),
             [
                 {"role": "system", "content": DocDescribe.SYSTEM},
                 {"role": "user", "content": body[:6000]},
@@ -206,12 +204,10 @@ class ReviewPeer(Agent):
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: ReviewPeer.Params = ctx.params  # type: ignore[assignment]
         diff = await asyncio.to_thread(_workspace(ctx).diff)
-        if ctx.llm is None:
-            raise NodeError(ctx.node, "review.peer needs the model server")
         if not diff.strip():
             return self.Output(passed=False, reasons=["the change is empty"])
         return await ask(
-            ctx.llm,
+            ctx.model(),
             [
                 {
                     "role": "system",
@@ -315,8 +311,6 @@ class Codegen(Agent):
 
         params: Codegen.Params = ctx.params  # type: ignore[assignment]
         job = _workspace(ctx)
-        if ctx.llm is None:
-            raise NodeError(ctx.node, "codegen needs the model server")
         ws = Workspace(job.path)
         shown = []
         for rel in input.files:
@@ -327,7 +321,7 @@ class Codegen(Agent):
             shown.append(f"--- {rel}\n{text}")
         task = input.task + ("\n\n" + "\n".join(shown) if shown else "")
         result = await run_tool_loop(
-            ctx.llm,
+            ctx.model(),
             system=self.SYSTEM,
             task=task,
             tools=TOOLS,

@@ -122,6 +122,7 @@ async def test_without_server_metrics_the_engine_figures_stand_in(artifacts):
         sampler = MetricsSampler(q, llm=llm)
         await llm.chat([{"role": "user", "content": "x"}])
         await sampler.poll()
+        sampler._observed.at -= 2.0  # a rate needs an interval of a second or more
         sample = sampler.sample(concurrency=4, merges_paused=False)
     await http.aclose()
     assert sample["tokens"]["source"].startswith("engine")
@@ -283,3 +284,17 @@ async def test_the_engine_serves_its_figures_to_prometheus(artifacts, registry):
     await task
     assert "pantheon_queue_depth" in text and "pantheon_concurrency 4.0" in text
     assert "pantheon_reviewer_kappa" in text
+
+
+async def test_a_rate_over_a_sliver_of_time_is_not_reported(artifacts):
+    def handler(request):
+        return httpx.Response(404)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    llm = LLMClient("http://127.0.0.1:9", http=http)
+    with JobQueue(artifacts) as q:
+        sampler = MetricsSampler(q, llm=llm)
+        await sampler.poll()
+        sample = sampler.sample(concurrency=4, merges_paused=False)
+    await http.aclose()
+    assert "source" not in sample["tokens"] and "too short" in sample["tokens"]["why"]
