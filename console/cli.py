@@ -53,6 +53,7 @@ examples:
   pantheon engine --until-empty               drain the queue headless, then stop
   pantheon control --concurrency 8            change c while the night runs
   pantheon status                             where the night stands
+  pantheon console                            watch and steer the night (attach any time)
 """
 
 
@@ -205,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="set one input field (repeatable; VALUE is parsed as JSON when it can be)",
     )
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default: 0)")
+    _artifacts_arg(p)
+
+    p = sub.add_parser(
+        "console",
+        help="the operator console: watch and steer the night (keyboard, works over SSH)",
+        description="The operator console over the artifacts directory. It only reads the "
+        "night and writes control.json, so it can be closed and opened again at any time "
+        "without touching the engine. Press ? inside for the keys.",
+    )
     _artifacts_arg(p)
 
     p = sub.add_parser("status", help="where the night stands, in plain text")
@@ -461,6 +471,27 @@ def cmd_engine(args: argparse.Namespace) -> int:
                 await llm.aclose()
 
     return asyncio.run(main())
+
+
+def _quiet_logging_for_textual() -> None:
+    """While a screen is drawn, log records go to Textual's log, never over the screen."""
+    from textual.logging import TextualHandler
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            root.removeHandler(handler)
+    root.addHandler(TextualHandler())
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from pantheon.console.app import PantheonConsole
+
+    _quiet_logging_for_textual()
+    PantheonConsole(args.artifacts).run()
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -878,6 +909,7 @@ COMMANDS = {
     "agents": cmd_agents,
     "control": cmd_control,
     "retry": cmd_retry,
+    "console": cmd_console,
     "serve": cmd_serve,
     "models": cmd_models,
 }

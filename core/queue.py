@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import QueueError
 
-__all__ = ["STATUSES", "Counts", "Job", "JobQueue", "NodeRow", "new_owner"]
+__all__ = ["STATUSES", "Counts", "Job", "JobQueue", "JobSummary", "NodeRow", "new_owner"]
 
 DB_FILE = "pantheon.db"
 SCHEMA_VERSION = 2
@@ -144,6 +144,28 @@ class NodeRow:
     status: str
     """``done`` or ``failed``."""
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as a table of runs shows it: no input, cheap to read by the thousand."""
+
+    id: int
+    flow: str
+    status: str
+    next_agent: str
+    """The agent the job runs now (running) or next (queued)."""
+    node: str | None
+    """The last node it finished."""
+    attempts: int
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.flow}-{self.id:06d}"
 
 
 @dataclass
@@ -580,6 +602,29 @@ class JobQueue:
                 (status, limit, offset),
             )
         return [_job(r) for r in rows]
+
+    def summaries(self, *, changed_since: float | None = None) -> list[JobSummary]:
+        """Every job, oldest first, without its input; with ``changed_since`` (epoch seconds)
+        only the jobs queued or running, or created, started or finished since then."""
+        cols = "id, flow, status, next_agent, node, attempts, created, started, finished, error"
+        if changed_since is None:
+            rows = self._read(f"SELECT {cols} FROM jobs ORDER BY id")
+        else:
+            rows = self._read(
+                f"SELECT {cols} FROM jobs WHERE status IN ('queued', 'running') "
+                "OR created >= ?1 OR started >= ?1 OR finished >= ?1 ORDER BY id",
+                (changed_since,),
+            )
+        return [JobSummary(*r) for r in rows]
+
+    def node_agents(self, job_id: int) -> dict[str, tuple[str, str, float]]:
+        """The nodes a job finished: node id -> (agent, status, seconds)."""
+        return {
+            node: (agent, status, seconds)
+            for node, agent, status, seconds in self._read(
+                "SELECT node, agent, status, seconds FROM nodes WHERE job_id = ?", (job_id,)
+            )
+        }
 
     def counts(self) -> Counts:
         by_flow: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))

@@ -1,0 +1,277 @@
+"""The operator console: a Textual app over the artifacts directory.
+
+The app is thin. A watcher thread (:class:`pantheon.core.watch.ArtifactsWatcher`) says what
+changed; the same thread reads the changed parts into a :class:`NightView` and posts one
+:class:`NightChanged` message with a snapshot. Messages that pile up while the UI is busy are
+merged (``can_replace``), so a night writing 50 files a second never floods the screen. The
+screens show snapshots; the only thing the console writes is ``control.json``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.screen import Screen
+
+from pantheon.core.control import Control, ControlFile
+from pantheon.core.errors import PantheonError
+from pantheon.core.nightview import NightView
+from pantheon.core.queue import JobSummary
+from pantheon.core.watch import ArtifactChanges, ArtifactsWatcher
+
+from .dashboard import DashboardScreen
+from .dialogs import ConfirmScreen, HelpScreen
+
+__all__ = ["NightChanged", "NightSnapshot", "PantheonConsole"]
+
+BY_OP = "by the operator"
+
+
+@dataclass(frozen=True)
+class NightSnapshot:
+    """What the screens show, read in the watcher's thread and handed over whole."""
+
+    exists: bool
+    jobs: dict[int, JobSummary]
+    control: Control
+    control_error: str | None
+    queue_error: str | None
+    samples: list[dict[str, Any]]
+    problems: dict[str, str]
+    read_at: float
+
+
+@dataclass
+class NightChanged(Message):
+    """The night changed; ``changes`` says which parts (merged over skipped messages)."""
+
+    snapshot: NightSnapshot
+    changes: ArtifactChanges
+    changed_jobs: set[int] = field(default_factory=set)
+
+    def can_replace(self, message: Message) -> bool:
+        if isinstance(message, NightChanged):
+            message.changes = self.changes.merged(message.changes)
+            message.changed_jobs |= self.changed_jobs
+            return True
+        return False
+
+
+class PantheonConsole(App[None]):
+    """Watch and steer a night."""
+
+    TITLE = "Pantheon"
+    CSS_PATH = "console.tcss"
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("m", "toggle_merges", "Merges"),
+        Binding("p", "toggle_queue", "Queue"),
+        Binding("plus,equals_sign", "concurrency(1)", "c+", key_display="+"),
+        Binding("minus", "concurrency(-1)", "c-", key_display="-"),
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        artifacts: Path,
+        *,
+        watch: bool = True,
+        clock: Callable[[], float] = time.time,
+        debounce_ms: int = 400,
+        on_quit: Callable[[], str | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.artifacts = Path(artifacts)
+        self.clock = clock
+        self.view = NightView(self.artifacts)
+        self.snapshot: NightSnapshot | None = None
+        self._watch = watch
+        self._lock = threading.Lock()
+        self._loaded = False
+        self.watcher = ArtifactsWatcher(
+            self.artifacts, self._changed_in_thread, debounce_ms=debounce_ms
+        )
+        self.on_quit = on_quit
+        self.sub_title = str(self.artifacts)
+
+    # -- reading the night ------------------------------------------------------------------
+
+    def read(self, changes: ArtifactChanges) -> NightChanged:
+        """Read what changed into the view; return the message that carries it (any thread)."""
+        with self._lock:
+            view = self.view
+            first, self._loaded = not self._loaded, True
+            changed: set[int] = set()
+            if first or changes.rescan:
+                changed = view.refresh_all()
+                changes = ArtifactChanges(queue=True, control=True, metrics=True, rescan=True)
+            else:
+                if changes.control:
+                    view.refresh_control()
+                if changes.metrics:
+                    view.refresh_metrics()
+                if changes.queue or changes.runs:
+                    changed = view.refresh_jobs()
+                if changes.runs:
+                    view.check_runs(changes.runs)
+            snapshot = NightSnapshot(
+                exists=view.exists,
+                jobs=dict(view.jobs),
+                control=view.control,
+                control_error=view.control_error,
+                queue_error=view.queue_error,
+                samples=list(view.samples),
+                problems=dict(view.problems),
+                read_at=self.clock(),
+            )
+        return NightChanged(snapshot, changes, changed)
+
+    def _changed_in_thread(self, changes: ArtifactChanges) -> None:
+        self.post_message(self.read(changes))
+
+    def refresh_night(self, changes: ArtifactChanges | None = None) -> None:
+        """Read the night now (from the UI thread), e.g. right after a control was written."""
+        self.post_message(self.read(changes or ArtifactChanges(rescan=True)))
+
+    def on_mount(self) -> None:
+        self.push_screen(DashboardScreen())
+        if self._watch:
+            self.run_worker(self._run_watcher, thread=True, group="watch", exclusive=True)
+        else:
+            self.refresh_night()
+
+    def _run_watcher(self) -> None:
+        self._changed_in_thread(ArtifactChanges(rescan=True))
+        self.watcher.run()
+
+    def on_night_changed(self, message: NightChanged) -> None:
+        self.snapshot = message.snapshot
+        for screen in self.screen_stack:
+            handler = getattr(screen, "night_changed", None)
+            if handler is not None:
+                handler(message)
+
+    async def on_unmount(self) -> None:
+        self.watcher.stop(timeout=2.0)
+        self.view.close()
+
+    def follow_run(self, run: str | None) -> None:
+        """Watch this run's folder too (a detail screen shows it)."""
+        self.watcher.follow_run(run)
+
+    # -- controls ---------------------------------------------------------------------------
+
+    def _control(self) -> Control:
+        return self.snapshot.control if self.snapshot else Control()
+
+    def write_control(self, **changes: object) -> Control | None:
+        """Write ``control.json`` (atomically, under its lock) and show the result."""
+        if not self.artifacts.is_dir():
+            self.notify(
+                f"{self.artifacts} does not exist: there is no night to steer yet",
+                severity="error",
+            )
+            return None
+        try:
+            control = ControlFile(self.artifacts).update(by="console", **changes)
+        except PantheonError as exc:
+            self.notify(exc.message, title="control not changed", severity="error")
+            return None
+        self.refresh_night(ArtifactChanges(control=True))
+        return control
+
+    def action_toggle_merges(self) -> None:
+        if self._control().merges_paused:
+            self.push_screen(
+                ConfirmScreen(
+                    "Resume merges?",
+                    "The merge gate will merge changes whose tests passed and whose two "
+                    "reviewers agreed, from now on.",
+                    yes="Resume merges",
+                ),
+                lambda ok: ok and self.write_control(merges_paused=False),
+            )
+        else:
+            self.push_screen(
+                ConfirmScreen(
+                    "Pause merges?",
+                    "Changes will wait on their branches for the morning review.",
+                    yes="Pause merges",
+                ),
+                lambda ok: ok and self._pause("merges"),
+            )
+
+    def action_toggle_queue(self) -> None:
+        if self._control().queue_paused:
+            self.write_control(queue_paused=False)
+            self.notify("queue resumed: the engine claims jobs again")
+        else:
+            self.push_screen(
+                ConfirmScreen(
+                    "Pause the queue?",
+                    "Running jobs finish; no new job starts until you resume.",
+                    yes="Pause the queue",
+                ),
+                lambda ok: ok and self._pause("queue"),
+            )
+
+    def _pause(self, what: str) -> Control | None:
+        return self.write_control(**{f"{what}_paused": True, f"{what}_paused_reason": BY_OP})
+
+    def action_concurrency(self, step: int) -> None:
+        c = self._control().concurrency + step
+        if c < 1:
+            self.notify("concurrency is already 1", severity="warning")
+            return
+        if self.write_control(concurrency=c) is not None:
+            self.notify(f"concurrency c = {c}")
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        if self.on_quit is not None:
+            question = self.on_quit()
+            if question:
+                self.push_screen(
+                    ConfirmScreen("Quit the console?", question, yes="Quit", no="Stay"),
+                    lambda ok: ok and self.exit(),
+                )
+                return
+        self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Any:
+        yield from super().get_system_commands(screen)
+        c = self._control()
+        yield SystemCommand(
+            "Resume merges" if c.merges_paused else "Pause merges",
+            "Merge gate: merge passing changes, or keep them for the morning review (m)",
+            self.action_toggle_merges,
+        )
+        yield SystemCommand(
+            "Resume the queue" if c.queue_paused else "Pause the queue",
+            "Stop or restart claiming new jobs; running ones finish (p)",
+            self.action_toggle_queue,
+        )
+        yield SystemCommand(
+            "Concurrency up",
+            f"Run one more job at once (c = {c.concurrency}) (+)",
+            lambda: self.action_concurrency(1),
+        )
+        yield SystemCommand(
+            "Concurrency down",
+            f"Run one job fewer at once (c = {c.concurrency}) (-)",
+            lambda: self.action_concurrency(-1),
+        )
+        yield SystemCommand("Help", "Keys and what the figures mean (?)", self.action_help)

@@ -1,0 +1,298 @@
+"""The dashboard: the night's figures, the controls in force, and the live table of runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Static
+
+from pantheon.core.nightview import RunFilter, table_jobs
+from pantheon.widgets.control_banner import ControlBanner
+from pantheon.widgets.metric_tile import MetricTile
+from pantheon.widgets.runs_table import RunRow, RunsTable
+
+from .format import age, figure, job_age, job_note, job_now
+
+if TYPE_CHECKING:
+    from .app import NightChanged, NightSnapshot, PantheonConsole
+
+__all__ = ["DashboardScreen", "tile_figures"]
+
+STATUS_CYCLE = (None, "running", "failed", "done", "queued")
+ROW_LIMIT = 500
+STALE_S = 30.0
+"""A night whose last sample is older than this has no engine sampling it."""
+
+TILES = (
+    ("depth", "queue", "Jobs waiting in the queue (depth)."),
+    ("running", "running", "Jobs running now, and the concurrency c the engine may use."),
+    ("rho", "ρ util", "Utilization ρ = λ / (c μ) over the last minutes, and Erlang-C P(wait)."),
+    ("batch", "batch b", "Average batch size: requests decoded together by the model server."),
+    ("tokens", "tok/s", "Generated tokens per second (and prompt tokens per second)."),
+    ("kappa", "κ review", "Cohen's κ between the two reviewers over the recent review pairs."),
+)
+
+
+def _series(samples: list[dict[str, Any]], get: Any) -> tuple[float, ...]:
+    out = []
+    for s in samples:
+        try:
+            v = get(s)
+        except (KeyError, TypeError, AttributeError):
+            v = None
+        if isinstance(v, int | float):
+            out.append(float(v))
+    return tuple(out)
+
+
+def tile_figures(
+    snapshot: NightSnapshot, now: float
+) -> dict[str, tuple[str, str, str, tuple[float, ...]]]:
+    """Each tile's (value, detail, level, history) from the last hour of samples."""
+    samples = snapshot.samples
+    last = samples[-1] if samples else {}
+    totals = {"queued": 0, "running": 0}
+    for job in snapshot.jobs.values():
+        if job.status in totals:
+            totals[job.status] += 1
+    c = snapshot.control.concurrency
+    out: dict[str, tuple[str, str, str, tuple[float, ...]]] = {}
+    out["depth"] = (
+        figure(totals["queued"]),
+        f"drain {age(last.get('drain_s'))}" if last.get("drain_s") else "",
+        "",
+        _series(samples, lambda s: s["depth"]),
+    )
+    rc = last.get("recommended_c")
+    out["running"] = (
+        figure(totals["running"]),
+        f"c={c}" + (f" (→{rc})" if rc and rc != c else ""),
+        "",
+        _series(samples, lambda s: s["running"]),
+    )
+    rho = last.get("rho")
+    out["rho"] = (
+        figure(rho),
+        f"P(w) {figure(last.get('p_wait'))}" if last else "no samples",
+        "" if rho is None else "bad" if rho >= 1.0 else "warn" if rho > 0.8 else "",
+        _series(samples, lambda s: s["rho"]),
+    )
+    batch = last.get("batch") or {}
+    b = batch.get("value")
+    source = str(batch.get("source", ""))
+    gpu = "vllm" in source
+    out["batch"] = (
+        figure(b),
+        ("server" if "/metrics" in source else "engine") if b is not None else "no figure",
+        "warn" if gpu and b is not None and b < 8 else "",
+        _series(samples, lambda s: s["batch"]["value"]),
+    )
+    tokens = last.get("tokens") or {}
+    out["tokens"] = (
+        figure(tokens.get("generated"), 1),
+        f"prompt {figure(tokens.get('prompt'), 0)}" if "generated" in tokens else "no figure",
+        "",
+        _series(samples, lambda s: s["tokens"]["generated"]),
+    )
+    kappa = last.get("kappa")
+    pairs = last.get("kappa_pairs") or 0
+    out["kappa"] = (
+        figure(kappa),
+        f"{pairs} pairs",
+        "bad" if kappa is not None and kappa < 0.6 else "",
+        _series(samples, lambda s: s["kappa"]),
+    )
+    return out
+
+
+class DashboardScreen(Screen[None]):
+    """Figures on top, the runs below; type to filter, enter to open a run."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "focus_filter", "Filter", key_display="/"),
+        Binding("s", "cycle_status", "Status"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter = RunFilter()
+
+    @property
+    def console(self) -> PantheonConsole:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ControlBanner(id="banner")
+        with Horizontal(id="tiles"):
+            for key, title, tip in TILES:
+                yield MetricTile(title, id=f"tile-{key}", tooltip=tip)
+        yield Static(id="summary")
+        yield Input(
+            placeholder="/ filter: status:failed flow:docops agent:codegen or any words",
+            id="filter",
+        )
+        yield RunsTable(id="runs")
+        yield Static(id="empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(RunsTable).focus()
+        self.set_interval(1.0, self._tick)
+        if self.console.snapshot is not None:
+            self._show_all(self.console.snapshot)
+
+    # -- updates ----------------------------------------------------------------------------
+
+    def night_changed(self, message: NightChanged) -> None:
+        snap = message.snapshot
+        ch = message.changes
+        if ch.control or ch.rescan:
+            self._show_controls(snap)
+        if ch.metrics or ch.control or ch.rescan or message.changed_jobs:
+            self._show_tiles(snap)
+        self._show_summary(snap)
+        if message.changed_jobs or ch.runs or ch.rescan:
+            self._show_runs(snap)
+
+    def _show_all(self, snap: NightSnapshot) -> None:
+        self._show_controls(snap)
+        self._show_tiles(snap)
+        self._show_summary(snap)
+        self._show_runs(snap)
+
+    def _tick(self) -> None:
+        snap = self.console.snapshot
+        if snap is not None:
+            self._show_summary(snap)
+            if any(j.status in ("running", "queued") for j in snap.jobs.values()):
+                self._show_runs(snap)
+
+    def _show_controls(self, snap: NightSnapshot) -> None:
+        banner = self.query_one(ControlBanner)
+        banner.control = snap.control
+        banner.problem = snap.control_error
+
+    def _show_tiles(self, snap: NightSnapshot) -> None:
+        figures = tile_figures(snap, self.console.clock())
+        for key, (value, detail, level, history) in figures.items():
+            tile = self.query_one(f"#tile-{key}", MetricTile)
+            tile.value, tile.detail, tile.level, tile.history = value, detail, level, history
+
+    def _show_summary(self, snap: NightSnapshot) -> None:
+        now = self.console.clock()
+        counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
+        for job in snap.jobs.values():
+            counts[job.status] = counts.get(job.status, 0) + 1
+        text = Text()
+        text.append(f"{len(snap.jobs)} jobs", style="bold")
+        for status, style in (
+            ("queued", ""),
+            ("running", "yellow"),
+            ("done", "green"),
+            ("failed", "red"),
+        ):
+            text.append(" · ")
+            text.append(f"{counts[status]} {status}", style=style if counts[status] else "")
+        if snap.problems:
+            text.append(f" · {len(snap.problems)} unreadable", style="magenta")
+        text.append("  │  ")
+        if snap.samples:
+            ago = now - snap.samples[-1]["ts"]
+            if ago > STALE_S:
+                text.append(f"engine: no sample for {age(ago)}", style="dim")
+            else:
+                text.append(f"engine: live ({age(ago)} ago)", style="green")
+        else:
+            text.append("engine: no samples yet", style="dim")
+        if snap.queue_error:
+            text.append(f"\nqueue: {snap.queue_error}", style="red")
+        self.query_one("#summary", Static).update(text)
+
+    def _show_runs(self, snap: NightSnapshot) -> None:
+        table = self.query_one(RunsTable)
+        empty = self.query_one("#empty", Static)
+        if not snap.exists or not snap.jobs:
+            table.display = False
+            empty.display = True
+            empty.update(self._empty_text(snap))
+            return
+        now = self.console.clock()
+        jobs, matched = table_jobs(snap.jobs, snap.problems, self.filter, limit=ROW_LIMIT)
+        rows = [
+            RunRow(
+                key=j.run_name,
+                job=j.id,
+                flow=j.flow,
+                status=j.status,
+                now=job_now(j),
+                age=job_age(j, now),
+                note=job_note(j, snap.problems.get(j.run_name)),
+            )
+            for j in jobs
+        ]
+        table.display = True
+        table.show(rows)
+        if matched == 0:
+            empty.display = True
+            empty.update(f"No run matches “{self.filter}”. Press escape to clear the filter.")
+        elif matched > len(rows):
+            empty.display = True
+            empty.update(
+                f"showing {len(rows)} of {matched:,} runs (running first, then the latest); "
+                "filter to narrow"
+            )
+        else:
+            empty.display = False
+
+    def _empty_text(self, snap: NightSnapshot) -> Text:
+        text = Text()
+        if not snap.exists:
+            text.append("No night here yet.\n\n", style="bold")
+            text.append(f"{self.console.artifacts} holds no queue. Start one with\n\n")
+        else:
+            text.append("The queue is empty.\n\n", style="bold")
+            text.append("Add work with\n\n")
+        text.append("  pantheon night --demo", style="bold")
+        text.append("          the demo night, on the embedded model\n")
+        text.append("  pantheon enqueue FLOW …", style="bold")
+        text.append("        then  ")
+        text.append("pantheon engine", style="bold")
+        text.append("\n\nThis screen follows the artifacts directory: it fills in by itself.")
+        return text
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def on_runs_table_opened(self, message: RunsTable.Opened) -> None:
+        from .run_detail import RunDetailScreen
+
+        self.app.push_screen(RunDetailScreen(message.run))
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.value:
+            box.value = ""
+        self.query_one(RunsTable).focus()
+
+    def action_cycle_status(self) -> None:
+        i = STATUS_CYCLE.index(self.filter.status) if self.filter.status in STATUS_CYCLE else 0
+        self.query_one("#filter", Input).value = str(
+            self.filter.with_status(STATUS_CYCLE[(i + 1) % len(STATUS_CYCLE)])
+        )
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.filter = RunFilter.parse(event.value)
+        if self.console.snapshot is not None:
+            self._show_runs(self.console.snapshot)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(RunsTable).focus()

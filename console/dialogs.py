@@ -1,0 +1,97 @@
+"""Small modal screens: a yes/no question and the help page."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Markdown, Static
+
+__all__ = ["ConfirmScreen", "HelpScreen"]
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask before a change to the night; y / enter says yes, n / escape says no."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, title: str, body: str, *, yes: str = "Yes", no: str = "Cancel") -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.yes = yes
+        self.no = no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.title_text, id="dialog-title")
+            yield Static(self.body, id="dialog-body")
+            with Horizontal(id="dialog-buttons"):
+                yield Button(f"{self.yes} (y)", variant="warning", id="yes")
+                yield Button(f"{self.no} (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+HELP = """\
+# Pantheon console
+
+The console watches the artifacts directory. Closing it never touches the night:
+`pantheon console` attaches again at any time.
+
+## Keys
+
+| key | does |
+| --- | --- |
+| `enter` | open the run under the cursor (its nodes, files and model calls) |
+| `/` | filter runs: `status:failed`, `flow:docops`, `agent:codegen`, or any words |
+| `s` | cycle the status filter: running, failed, done, queued, all |
+| `escape` | clear the filter; in a run, go back |
+| `m` | pause or resume merges (asks first) |
+| `p` | pause or resume the queue (pausing asks first) |
+| `+` / `-` | run one job more or fewer at once (concurrency c) |
+| `ctrl+p` | the command palette: every action by name |
+| `?` | this page |
+| `q` | quit the console (the night goes on) |
+
+In a run: `o` output, `i` input, `e` error, `c` model calls; arrows pick the node.
+
+## The figures
+
+- **queue**: jobs waiting; *drain* is the time to empty the queue at the present pace.
+- **running**: jobs running now, and c, the jobs the engine may run at once
+  (→ the c the queue math recommends).
+- **ρ util**: utilization λ / (c μ) over the last minutes. Above 0.8 (yellow) jobs wait
+  noticeably; at 1 or more (red) the queue grows without bound. *P(w)* is Erlang C,
+  the chance a new job has to wait.
+- **batch b**: requests the model server decodes together. On a GPU server (vLLM) a batch
+  under 8 (yellow) leaves most of the GPU idle: raise c.
+- **tok/s**: generated tokens per second (and prompt tokens per second).
+- **κ review**: Cohen's κ between the two reviewers over recent review pairs. Under 0.6 (red)
+  the reviewers disagree too often to trust, and the engine pauses merges by itself.
+
+Each tile's sparkline is its last hour.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark", "app.pop_screen", "Close"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help"):
+            yield Markdown(HELP)

@@ -1,0 +1,62 @@
+"""How the console writes figures and times: short, so six tiles fit in 80 columns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pantheon.core.queue import JobSummary
+
+__all__ = ["age", "figure", "job_age", "job_note", "job_now"]
+
+
+def figure(value: Any, nd: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{nd}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def age(seconds: float | None) -> str:
+    """12s, 4m05s, 3h12m, 2d04h."""
+    if seconds is None:
+        return ""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def job_age(job: JobSummary, now: float) -> str:
+    """Running: since it started; finished: how long it ran; queued: how long it has waited."""
+    if job.status == "running":
+        return age(now - (job.started or job.created))
+    if job.status in ("done", "failed") and job.finished:
+        return age(job.finished - (job.started or job.created))
+    return age(now - job.created)
+
+
+def job_now(job: JobSummary) -> str:
+    if job.status == "running":
+        return f"▶ {job.next_agent}"
+    if job.status == "queued":
+        return f"next {job.next_agent}"
+    if job.status == "failed":
+        return f"✗ {job.node or job.next_agent}"
+    return job.node or ""
+
+
+def job_note(job: JobSummary, problem: str | None) -> str:
+    if problem:
+        return problem
+    if job.error:
+        return job.error.splitlines()[0] if job.error.strip() else ""
+    if job.attempts > 1:
+        return f"attempt {job.attempts}"
+    return ""

@@ -1,0 +1,72 @@
+"""A banner that says what the operator paused, why, and since when; hidden when nothing is."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from pantheon.core.control import Control
+
+__all__ = ["ControlBanner"]
+
+
+def _since(when: datetime | None) -> str:
+    return f" since {when.astimezone().strftime('%H:%M:%S')}" if when else ""
+
+
+class ControlBanner(Static):
+    """Shows the paused merges and the paused queue from ``control.json``."""
+
+    DEFAULT_CSS = """
+    ControlBanner {
+        display: none;
+        height: auto;
+        padding: 0 1;
+        background: $warning-muted;
+        color: $text;
+    }
+    ControlBanner.-shown { display: block; }
+    ControlBanner.-error { background: $error-muted; }
+    """
+
+    control: reactive[Control | None] = reactive(None, always_update=True)
+    """The controls in force."""
+    problem: reactive[str | None] = reactive(None)
+    """Why ``control.json`` could not be used, if it could not."""
+
+    def _lines(self) -> Text:
+        text = Text()
+        c = self.control
+        if c is not None and c.merges_paused:
+            text.append("MERGES PAUSED", style="bold")
+            text.append(f" — {c.merges_paused_reason or 'by the operator'}")
+            text.append(_since(c.merges_paused_since))
+            text.append(" · changes wait for the morning review")
+        if c is not None and c.queue_paused:
+            if text:
+                text.append("\n")
+            text.append("QUEUE PAUSED", style="bold")
+            text.append(f" — {c.queue_paused_reason or 'by the operator'}")
+            text.append(_since(c.queue_paused_since))
+            text.append(" · running jobs finish, no new ones start")
+        if self.problem:
+            if text:
+                text.append("\n")
+            text.append("control.json: ", style="bold")
+            text.append(f"{self.problem} (the last good controls stay in force)")
+        return text
+
+    def _show(self) -> None:
+        text = self._lines()
+        self.update(text)
+        self.set_class(bool(text), "-shown")
+        self.set_class(bool(self.problem), "-error")
+
+    def watch_control(self) -> None:
+        self._show()
+
+    def watch_problem(self) -> None:
+        self._show()
