@@ -163,7 +163,6 @@ class PantheonConsole(App[None]):
 
     async def on_unmount(self) -> None:
         self.watcher.stop(timeout=2.0)
-        self.view.close()
 
     def follow_run(self, run: str | None) -> None:
         """Watch this run's folder too (a detail screen shows it)."""

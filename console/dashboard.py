@@ -137,6 +137,7 @@ class DashboardScreen(Screen[None]):
         yield Input(
             placeholder="/ filter: status:failed flow:docops agent:codegen or any words",
             id="filter",
+            select_on_focus=False,
         )
         yield RunsTable(id="runs")
         yield Static(id="empty")
@@ -275,7 +276,9 @@ class DashboardScreen(Screen[None]):
         self.app.push_screen(RunDetailScreen(message.run))
 
     def action_focus_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        box = self.query_one("#filter", Input)
+        box.focus()
+        box.cursor_position = len(box.value)
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)

@@ -124,7 +124,6 @@ class NightView:
         self.artifacts = Path(self.artifacts)
         self._control_file = ControlFile(self.artifacts)
         self.metrics = MetricsTail(self.artifacts)
-        self._queue: JobQueue | None = None
         self._since: float | None = None
 
     # -- reading ----------------------------------------------------------------------------
@@ -150,6 +149,7 @@ class NightView:
     def refresh_all(self) -> set[int]:
         self.refresh_control()
         self.refresh_metrics()
+        self.problems.clear()
         return self.refresh_jobs(full=True)
 
     def refresh_control(self) -> Control:
@@ -164,21 +164,18 @@ class NightView:
             return []
 
     def refresh_jobs(self, *, full: bool = False) -> set[int]:
-        """Read the jobs that may have changed; return the ids whose row changed."""
-        if self._queue is None:
-            if not self.exists:
-                return set()
-            try:
-                self._queue = JobQueue(self.artifacts, create=False, timeout_s=2.0)
-            except PantheonError as exc:
-                self.queue_error = exc.message
-                return set()
+        """Read the jobs that may have changed; return the ids whose row changed.
+
+        The database is opened for each read, so any thread may call this (one at a time).
+        """
+        if not self.exists:
+            return set()
         now = time.time()
         try:
-            rows = self._queue.summaries(changed_since=None if full else self._since)
+            with JobQueue(self.artifacts, create=False, timeout_s=2.0) as queue:
+                rows = queue.summaries(changed_since=None if full else self._since)
         except PantheonError as exc:
             self.queue_error = exc.message
-            self.close()
             return set()
         self.queue_error = None
         # slack for a transaction that committed while we read
@@ -188,6 +185,13 @@ class NightView:
             if self.jobs.get(row.id) != row:
                 self.jobs[row.id] = row
                 changed.add(row.id)
+        started = {
+            self.jobs[i].run_name
+            for i in (self.jobs if full else changed)
+            if self.jobs[i].status != "queued"
+        }
+        for name in self.check_runs(started):
+            changed.add(int(name.rsplit("-", 1)[1]))
         return changed
 
     def check_runs(self, names: set[str] | frozenset[str]) -> set[str]:
@@ -203,11 +207,6 @@ class NightView:
                 else:
                     self.problems[name] = why
         return changed
-
-    def close(self) -> None:
-        if self._queue is not None:
-            self._queue.close()
-            self._queue = None
 
 
 def _run_problem(path: Path) -> str | None:
@@ -415,7 +414,7 @@ class RunFilter:
             return False
         if self.flow and self.flow not in job.flow.lower():
             return False
-        if self.agent and self.agent not in job.next_agent.lower():
+        if self.agent and self.agent not in job.agent.lower():
             return False
         if self.words:
             hay = " ".join(

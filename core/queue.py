@@ -162,10 +162,19 @@ class JobSummary:
     started: float | None
     finished: float | None
     error: str | None
+    node_agent: str | None = None
+    """The agent of ``node``."""
 
     @property
     def run_name(self) -> str:
         return f"{self.flow}-{self.id:06d}"
+
+    @property
+    def agent(self) -> str:
+        """The agent it runs now or next (queued, running), or that it ended on."""
+        if self.status in ("done", "failed") and self.node_agent:
+            return self.node_agent
+        return self.next_agent
 
 
 @dataclass
@@ -606,13 +615,17 @@ class JobQueue:
     def summaries(self, *, changed_since: float | None = None) -> list[JobSummary]:
         """Every job, oldest first, without its input; with ``changed_since`` (epoch seconds)
         only the jobs queued or running, or created, started or finished since then."""
-        cols = "id, flow, status, next_agent, node, attempts, created, started, finished, error"
+        sql = (
+            "SELECT j.id, j.flow, j.status, j.next_agent, j.node, j.attempts, j.created, "
+            "j.started, j.finished, j.error, n.agent "
+            "FROM jobs j LEFT JOIN nodes n ON n.job_id = j.id AND n.node = j.node"
+        )
         if changed_since is None:
-            rows = self._read(f"SELECT {cols} FROM jobs ORDER BY id")
+            rows = self._read(f"{sql} ORDER BY j.id")
         else:
             rows = self._read(
-                f"SELECT {cols} FROM jobs WHERE status IN ('queued', 'running') "
-                "OR created >= ?1 OR started >= ?1 OR finished >= ?1 ORDER BY id",
+                f"{sql} WHERE j.status IN ('queued', 'running') "
+                "OR j.created >= ?1 OR j.started >= ?1 OR j.finished >= ?1 ORDER BY j.id",
                 (changed_since,),
             )
         return [JobSummary(*r) for r in rows]

@@ -39,6 +39,8 @@ class JsonView(VerticalScroll):
     JsonView > Static.json--problem { color: $error; }
     """
 
+    plain: str = ""
+
     def show(
         self,
         parts: list[tuple[str, Any]],
@@ -49,14 +51,19 @@ class JsonView(VerticalScroll):
         """Replace the content with these (title, value) parts."""
         theme = "ansi_dark" if self.app.current_theme.dark else "ansi_light"
         widgets: list[Static] = []
+        plain: list[str] = list(problems or [])
         for problem in problems or []:
             widgets.append(Static(Text(problem), classes="json--problem"))
         for title, value in parts:
             if title:
                 widgets.append(Static(Text(title), classes="json--title"))
             widgets.append(Static(render_json(value, theme=theme)))
+            plain += [title, value if isinstance(value, str) else json.dumps(value, indent=2)]
         if not widgets:
             widgets.append(Static(Text(empty), classes="json--empty"))
+            plain.append(empty)
+        self.plain = "\n".join(plain)
+        """What the view shows, as plain text."""
         self.remove_children()
         self.mount_all(widgets)
         self.scroll_home(animate=False)

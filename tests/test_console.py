@@ -1,0 +1,276 @@
+"""The console, driven with Pilot the way an operator drives it: keys in, widgets and files out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from night_fixture import NOW, make_night
+from textual.widgets import DataTable, OptionList, Static, TabbedContent
+
+from pantheon.console.app import PantheonConsole
+from pantheon.console.dialogs import ConfirmScreen, HelpScreen
+from pantheon.console.run_detail import RunDetailScreen
+from pantheon.core.control import ControlFile
+from pantheon.widgets.control_banner import ControlBanner
+from pantheon.widgets.json_view import JsonView
+from pantheon.widgets.metric_tile import MetricTile
+
+SIZE = (100, 30)
+
+
+@pytest.fixture(scope="module")
+def frozen_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_night(tmp_path_factory.mktemp("night") / "artifacts")
+
+
+@pytest.fixture
+def night(frozen_night: Path, tmp_path: Path) -> Path:
+    """A private copy of the frozen night (tests write control.json)."""
+    dest = tmp_path / "artifacts"
+    shutil.copytree(frozen_night, dest)
+    return dest
+
+
+def console(artifacts: Path) -> PantheonConsole:
+    return PantheonConsole(artifacts, watch=False, clock=lambda: NOW)
+
+
+def rows(app: PantheonConsole) -> list[list[str]]:
+    table = app.screen.query_one(DataTable)
+    if not table.display:
+        return []
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def text_of(app: PantheonConsole, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def control(artifacts: Path):
+    return ControlFile(artifacts).load_strict()
+
+
+async def test_the_dashboard_shows_the_night(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        summary = text_of(app, "#summary")
+        assert "19 jobs · 5 queued · 2 running · 9 done · 3 failed" in summary
+        assert "engine: live" in summary
+        table = rows(app)
+        assert len(table) == 19
+        # running first, then the latest finished, then the queue in the order it drains
+        assert [r[2] for r in table[:3]] == ["running", "running", "failed"]
+        assert table[0][3] == "▶ text.normalize"
+        assert table[0][4] == "8m30s"  # running since BASE + 390
+        assert [r[0] for r in table[-5:]] == ["15", "16", "17", "18", "19"]
+        failed = next(r for r in table if r[2] == "failed")
+        assert "only 12 words, fewer than 40" in failed[5]
+        kappa = app.screen.query_one("#tile-kappa", MetricTile)
+        assert kappa.value == "0.51" and kappa.detail == "49 pairs"
+        assert kappa.level == "bad"  # under 0.6
+        rho = app.screen.query_one("#tile-rho", MetricTile)
+        assert rho.value == "0.86" and rho.level == "warn"  # over 0.8
+        assert len(rho.history) == 40
+        assert not app.screen.query_one(ControlBanner).display
+
+
+async def test_filters_narrow_the_table(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("slash", *"status:failed", "enter")
+        assert [r[2] for r in rows(app)] == ["failed"] * 3
+        await pilot.press("escape")
+        assert len(rows(app)) == 19
+        await pilot.press("s")  # all -> running
+        assert [r[0] for r in rows(app)] == ["13", "14"]
+        await pilot.press("s")  # -> failed
+        assert {r[2] for r in rows(app)} == {"failed"}
+        await pilot.press("slash", *" agent:check", "enter")
+        assert len(rows(app)) == 3
+        await pilot.press("slash", "ctrl+u", *"nothing-matches", "enter")
+        assert rows(app) == []
+        assert "No run matches" in text_of(app, "#empty")
+
+
+async def test_enter_opens_a_failed_run_on_its_failure(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("s", "s")  # failed runs
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, RunDetailScreen)
+        head = text_of(app, "#run-head")
+        assert "textstats-000012  failed" in head
+        assert "FAILED at check (check.min_words)" in head
+        assert app.screen.query_one(TabbedContent).active == "error"
+        nodes = app.screen.query_one("#nodes", OptionList)
+        labels = [str(nodes.get_option_at_index(i).prompt) for i in range(nodes.option_count)]
+        assert labels == [
+            "✓ normalize  text.normalize",
+            "✓ stats  text.stats",
+            "✗ check  check.min_words",
+        ]
+        assert str(nodes.get_option_at_index(nodes.highlighted).prompt).startswith("✗ check")
+        await pilot.press("o")
+        assert app.screen.query_one(TabbedContent).active == "output"
+        await pilot.press("up")  # the stats node: its output is the word counts
+        await pilot.pause()
+        assert '"words": 12' in app.screen.query_one("#view-output", JsonView).plain
+        await pilot.press("c")
+        assert "no model calls" in app.screen.query_one("#view-calls", JsonView).plain
+        await pilot.press("escape")
+        assert not isinstance(app.screen, RunDetailScreen)
+
+
+async def test_a_run_that_has_not_started_says_so(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")  # the first row: a running job with no folder yet
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "has not started" in text_of(app, "#run-head")
+
+
+async def test_pausing_merges_asks_then_writes_control_and_shows_it(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("m")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert not control(night).merges_paused
+        await pilot.press("m", "y")
+        await pilot.pause()
+        c = control(night)
+        assert c.merges_paused and c.updated_by == "console"
+        banner = app.screen.query_one(ControlBanner)
+        assert banner.display
+        assert "MERGES PAUSED" in str(banner.render())
+        await pilot.press("m", "y")
+        await pilot.pause()
+        assert not control(night).merges_paused
+        assert not banner.display
+
+
+async def test_the_queue_pauses_with_confirmation_and_resumes_without(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("p")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await pilot.pause()
+        assert control(night).queue_paused
+        assert "QUEUE PAUSED" in str(app.screen.query_one(ControlBanner).render())
+        await pilot.press("p")
+        await pilot.pause()
+        assert not control(night).queue_paused
+
+
+async def test_concurrency_goes_up_and_down_but_not_under_one(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        start = control(night).concurrency
+        await pilot.press("plus", "plus")
+        await pilot.pause()
+        assert control(night).concurrency == start + 2
+        assert app.screen.query_one("#tile-running", MetricTile).detail.startswith(f"c={start + 2}")
+        await pilot.press(*["minus"] * (start + 5))
+        await pilot.pause()
+        assert control(night).concurrency == 1
+
+
+async def test_the_command_palette_holds_the_controls(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+p", *"pause merges")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await pilot.pause()
+        assert control(night).merges_paused
+
+
+async def test_help_opens_and_closes(night):
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_a_missing_artifacts_directory_gets_an_empty_state_and_no_writes(tmp_path):
+    missing = tmp_path / "nowhere"
+    app = console(missing)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "No night here yet" in text_of(app, "#empty")
+        assert "pantheon night --demo" in text_of(app, "#empty")
+        await pilot.press("plus")
+        await pilot.pause()
+        assert not missing.exists()
+
+
+async def test_corrupt_files_show_as_problems_never_a_crash(night):
+    (night / "control.json").write_text("{not json")
+    run = night / "runs" / "textstats-000004"
+    (run / "run.json").write_text('{"run_id": "000004", "trunc')
+    (run / "stats" / "calls.jsonl").write_text('{"model": "m", "raw": "{}"}\nGARBAGE\n')
+    with open(night / "metrics" / "engine.jsonl", "a") as fh:
+        fh.write("{torn line\n")
+    app = console(night)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        banner = app.screen.query_one(ControlBanner)
+        assert banner.display and "control.json" in str(banner.render())
+        app.refresh_night()  # the watcher would report the changed runs; ask for all of them
+        await pilot.pause()
+        await pilot.press("slash", *"status:unreadable", "enter")
+        assert [r[0] for r in rows(app)] == ["4"]
+        assert "not valid JSON" in rows(app)[0][5] or "run.json" in rows(app)[0][5]
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "unreadable" in text_of(app, "#run-head")
+        # without run.json the nodes come from the folders, in name order: check, normalize, stats
+        await pilot.press("down", "down", "c")
+        await pilot.pause()
+        assert "line 2 is not JSON" in app.screen.query_one("#view-calls", JsonView).plain
+
+
+async def test_the_console_follows_the_night_through_the_watcher(night):
+    app = PantheonConsole(night, clock=lambda: NOW, debounce_ms=100)
+    async with app.run_test(size=SIZE) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.snapshot is not None:
+                break
+        ControlFile(night).update(by="operator", merges_paused=True, merges_paused_reason="κ low")
+        banner = app.screen.query_one(ControlBanner)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if banner.display:
+                break
+        assert "MERGES PAUSED — κ low" in str(banner.render())
+        with open(night / "metrics" / "engine.jsonl", "a") as fh:
+            fh.write(json.dumps({"ts": NOW, "depth": 3, "rho": 0.2, "kappa": 0.95}) + "\n")
+        tile = app.screen.query_one("#tile-kappa", MetricTile)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if tile.value == "0.95":
+                break
+        assert tile.value == "0.95" and tile.level == ""
