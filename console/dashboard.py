@@ -16,7 +16,7 @@ from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable
 
-from .format import age, figure, job_age, job_note, job_now
+from .format import age, figure, job_age, job_note, job_now, short_age
 
 if TYPE_CHECKING:
     from .app import NightChanged, NightSnapshot, PantheonConsole
@@ -64,7 +64,7 @@ def tile_figures(
     out: dict[str, tuple[str, str, str, tuple[float, ...]]] = {}
     out["depth"] = (
         figure(totals["queued"]),
-        f"drain {age(last.get('drain_s'))}" if last.get("drain_s") else "",
+        f"drain {short_age(last.get('drain_s'))}" if last.get("drain_s") else "",
         "",
         _series(samples, lambda s: s["depth"]),
     )

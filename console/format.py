@@ -6,7 +6,7 @@ from typing import Any
 
 from pantheon.core.queue import JobSummary
 
-__all__ = ["age", "figure", "job_age", "job_note", "job_now"]
+__all__ = ["age", "figure", "job_age", "job_note", "job_now", "short_age"]
 
 
 def figure(value: Any, nd: int = 2) -> str:
@@ -31,6 +31,18 @@ def age(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def short_age(seconds: float | None) -> str:
+    """12s, 4m, 3h12m: for a tile's narrow line."""
+    if seconds is None:
+        return ""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def job_age(job: JobSummary, now: float) -> str:

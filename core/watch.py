@@ -185,6 +185,7 @@ class ArtifactsWatcher:
             self._restart.clear()
             targets = self._targets()
             if not targets.paths:
+                first = False  # once it appears, what is there is news
                 self._stop.wait(self.wait_s)  # the artifacts directory does not exist yet
                 continue
             if not first:

@@ -1,0 +1,161 @@
+"""The artifacts watcher on real files: what changed, merged into few batches, no UI."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from pantheon.core.atomic import append_line, atomic_write_json
+from pantheon.core.control import ControlFile
+from pantheon.core.watch import ArtifactChanges, ArtifactsWatcher, classify
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[ArtifactChanges] = []
+        self.event = threading.Event()
+
+    def __call__(self, changes: ArtifactChanges) -> None:
+        self.batches.append(changes)
+        self.event.set()
+
+    def merged(self) -> ArtifactChanges:
+        out = ArtifactChanges()
+        for b in self.batches:
+            out = out.merged(b)
+        return out
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> ArtifactChanges:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.merged()):
+                return self.merged()
+            self.event.wait(0.05)
+            self.event.clear()
+        raise AssertionError(f"not seen in {timeout} s; batches: {self.batches}")
+
+
+def start(artifacts: Path, **kw) -> tuple[ArtifactsWatcher, Recorder]:
+    rec = Recorder()
+    watcher = ArtifactsWatcher(artifacts, rec, debounce_ms=150, step_ms=30, wait_s=0.1, **kw)
+    watcher.start()
+    time.sleep(0.3)  # let the OS watches settle
+    return watcher, rec
+
+
+def test_classify_sorts_paths_into_parts(tmp_path):
+    a = tmp_path
+    changes = classify(
+        a,
+        [
+            str(a / "pantheon.db-wal"),
+            str(a / "control.json"),
+            str(a / ".tmp-control.json.12.ab"),
+            str(a / "metrics" / "engine.jsonl"),
+            str(a / "runs" / "docops-000001" / "run.json"),
+            str(a / "runs" / "docops-000002"),
+            str(a / "summary.json"),
+            "/elsewhere/file",
+        ],
+    )
+    assert changes.queue and changes.control and changes.metrics
+    assert changes.runs == {"docops-000001", "docops-000002"}
+    assert changes.other == {"summary.json"}
+    assert not classify(a, [str(a / "runs" / "x" / ".tmp-run.json.1.2")])
+
+
+def test_the_watcher_reports_each_part_of_the_night(tmp_path):
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "runs").mkdir(parents=True)
+    (artifacts / "metrics").mkdir()
+    watcher, rec = start(artifacts)
+    try:
+        ControlFile(artifacts).update(by="test", concurrency=3)
+        rec.wait_for(lambda c: c.control)
+        append_line(artifacts / "metrics" / "engine.jsonl", '{"ts": 1}')
+        rec.wait_for(lambda c: c.metrics)
+        (artifacts / "runs" / "docops-000007").mkdir()
+        rec.wait_for(lambda c: "docops-000007" in c.runs)
+        (artifacts / "pantheon.db").write_bytes(b"")
+        rec.wait_for(lambda c: c.queue)
+    finally:
+        watcher.stop()
+    assert watcher.error is None
+
+
+def test_a_burst_of_writes_arrives_as_a_few_batches(tmp_path):
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    watcher, rec = start(artifacts)
+    try:
+        for i in range(200):
+            atomic_write_json(artifacts / "control.json", {"concurrency": 1 + i % 5})
+        rec.wait_for(lambda c: c.control)
+        time.sleep(0.5)
+    finally:
+        watcher.stop()
+    assert 1 <= len(rec.batches) <= 20, len(rec.batches)
+
+
+def test_a_directory_that_appears_later_is_watched_then(tmp_path):
+    artifacts = tmp_path / "not-yet"
+    watcher, rec = start(artifacts)
+    try:
+        time.sleep(0.3)
+        assert rec.batches == []
+        (artifacts / "runs").mkdir(parents=True)
+        rec.wait_for(lambda c: c.rescan)  # watching from now on, and read it all once
+        ControlFile(artifacts).update(by="test", concurrency=2)
+        rec.wait_for(lambda c: c.control)
+    finally:
+        watcher.stop()
+
+
+def test_a_followed_run_reports_its_node_files(tmp_path):
+    artifacts = tmp_path / "artifacts"
+    run = artifacts / "runs" / "docops-000003"
+    (run / "plan").mkdir(parents=True)
+    watcher, rec = start(artifacts, run="docops-000003")
+    try:
+        atomic_write_json(run / "plan" / "output.json", {"ok": True})
+        rec.wait_for(lambda c: "docops-000003" in c.runs)
+        rec.batches.clear()
+        (run / "write").mkdir()  # a node that starts later is watched too
+        time.sleep(0.5)
+        rec.batches.clear()
+        atomic_write_json(run / "write" / "output.json", {"ok": True})
+        rec.wait_for(lambda c: "docops-000003" in c.runs)
+        watcher.follow_run(None)
+        time.sleep(0.5)
+        rec.batches.clear()
+        atomic_write_json(run / "write" / "output.json", {"ok": False})
+        time.sleep(0.6)
+        assert "docops-000003" not in rec.merged().runs
+    finally:
+        watcher.stop()
+
+
+def test_a_failing_callback_does_not_end_the_watch(tmp_path):
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    calls = []
+
+    def callback(changes: ArtifactChanges) -> None:
+        calls.append(changes)
+        raise RuntimeError("the UI fell over")
+
+    watcher = ArtifactsWatcher(artifacts, callback, debounce_ms=100, step_ms=20, wait_s=0.1)
+    watcher.start()
+    try:
+        time.sleep(0.3)
+        ControlFile(artifacts).update(by="test", concurrency=2)
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ControlFile(artifacts).update(by="test", concurrency=3)
+        while len(calls) < 2 and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
+    assert len(calls) >= 2
