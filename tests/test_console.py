@@ -274,3 +274,60 @@ async def test_the_console_follows_the_night_through_the_watcher(night):
             if tile.value == "0.95":
                 break
         assert tile.value == "0.95" and tile.level == ""
+
+
+async def _until(pilot, predicate, timeout: float = 60.0) -> None:
+    for _ in range(int(timeout / 0.1)):
+        if predicate():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("timed out waiting for the console")
+
+
+def _done(app: PantheonConsole) -> int:
+    snap = app.snapshot
+    return 0 if snap is None else sum(j.status == "done" for j in snap.jobs.values())
+
+
+@pytest.mark.slow
+async def test_attach_detach_reattach_while_a_real_engine_runs(
+    tmp_path, artifacts, with_plugin, monkeypatch
+):
+    from conftest import pantheon, pantheon_popen, step_flow
+
+    count_file = tmp_path / "executions.log"
+    monkeypatch.setenv("PANTHEON_COUNT_FILE", str(count_file))
+    flow = tmp_path / "steps.yaml"
+    flow.write_text(step_flow(0.15))
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(30)))
+    enq = pantheon("enqueue", str(flow), "--inputs", str(inputs), "--artifacts", str(artifacts))
+    assert enq.returncode == 0, enq.stderr
+    engine = pantheon_popen(
+        "engine", "--until-empty", "--concurrency", "2", "--artifacts", str(artifacts)
+    )
+    try:
+        first = PantheonConsole(artifacts, debounce_ms=100)
+        async with first.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: _done(first) >= 2)
+            seen = _done(first)
+            await _until(pilot, lambda: _done(first) > seen)  # live, not a one-off read
+            assert "running" in text_of(first, "#summary")
+            await pilot.press("q")
+        left_at = _done(first)
+        assert engine.poll() is None, "the night goes on without a console"
+
+        again = PantheonConsole(artifacts, debounce_ms=100)
+        async with again.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: _done(again) >= left_at)
+            assert len(rows(again)) == 30
+            await _until(pilot, lambda: _done(again) == 30, timeout=120)
+            assert "30 done" in text_of(again, "#summary")
+        out, err = engine.communicate(timeout=60)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.communicate()
+    assert engine.returncode == 0, err
+    executions = count_file.read_text().splitlines()
+    assert len(executions) == 90, "every node ran exactly once: the engine never noticed"
