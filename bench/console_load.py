@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=50.0, help="writer events/s (default 50)")
     ap.add_argument("--dir", type=Path, help="where to put the artifacts (default: a temp dir)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)  # not the failed runs, one by one
     queued = min(args.runs // 2, max(args.runs // 10, math.ceil(args.rate * args.seconds / 5)))
     root = Path(tempfile.mkdtemp(prefix="pantheon-bench-", dir=args.dir))
     artifacts = root / "night"

@@ -9,6 +9,7 @@ screens show snapshots; the only thing the console writes is ``control.json``.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ class NightSnapshot:
     queue_error: str | None
     samples: list[dict[str, Any]]
     problems: dict[str, str]
+    in_flight: dict[int, tuple[tuple[str, str], ...]]
     read_at: float
 
 
@@ -88,7 +90,8 @@ class PantheonConsole(App[None]):
         watch: bool = True,
         clock: Callable[[], float] = time.time,
         debounce_ms: int = 400,
-        on_quit: Callable[[], str | None] | None = None,
+        night: subprocess.Popen[bytes] | None = None,
+        night_log: Path | None = None,
     ) -> None:
         super().__init__()
         self.artifacts = Path(artifacts)
@@ -101,7 +104,10 @@ class PantheonConsole(App[None]):
         self.watcher = ArtifactsWatcher(
             self.artifacts, self._changed_in_thread, debounce_ms=debounce_ms
         )
-        self.on_quit = on_quit
+        self.night = night
+        """The night's own process, when this console was opened by ``pantheon night``."""
+        self.night_log = night_log
+        self._night_ended: int | None = None
         self.sub_title = str(self.artifacts)
 
     # -- reading the night ------------------------------------------------------------------
@@ -124,6 +130,8 @@ class PantheonConsole(App[None]):
                     changed = view.refresh_jobs()
                 if changes.runs:
                     view.check_runs(changes.runs)
+                if not (changes.queue or changes.runs):
+                    changed = view.refresh_in_flight()
             snapshot = NightSnapshot(
                 exists=view.exists,
                 jobs=dict(view.jobs),
@@ -132,6 +140,7 @@ class PantheonConsole(App[None]):
                 queue_error=view.queue_error,
                 samples=list(view.samples),
                 problems=dict(view.problems),
+                in_flight=dict(view.in_flight),
                 read_at=self.clock(),
             )
         return NightChanged(snapshot, changes, changed)
@@ -145,6 +154,9 @@ class PantheonConsole(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(DashboardScreen())
+        self.set_interval(1.0, self._poll_in_flight)
+        if self.night is not None:
+            self.set_interval(1.0, self._check_night)
         if self._watch:
             self.run_worker(self._run_watcher, thread=True, group="watch", exclusive=True)
         else:
@@ -160,6 +172,31 @@ class PantheonConsole(App[None]):
             handler = getattr(screen, "night_changed", None)
             if handler is not None:
                 handler(message)
+
+    def _poll_in_flight(self) -> None:
+        """Nodes start inside a run's folder, which is not watched: look once a second."""
+        snap = self.snapshot
+        if self._lock.locked():
+            return  # the watcher is reading; it will post what it found
+        if snap is not None and any(j.status == "running" for j in snap.jobs.values()):
+            self.refresh_night(ArtifactChanges())
+
+    def _check_night(self) -> None:
+        if self.night is None or self._night_ended is not None:
+            return
+        code = self.night.poll()
+        if code is None:
+            return
+        self._night_ended = code
+        self.sub_title = f"{self.artifacts} · the night is over"
+        if code == 0:
+            self.notify("The night is over. Press q to leave and see its figures.", timeout=30)
+        else:
+            self.notify(
+                f"The night stopped with exit status {code}; its log: {self.night_log}",
+                severity="error",
+                timeout=60,
+            )
 
     async def on_unmount(self) -> None:
         self.watcher.stop(timeout=2.0)
@@ -240,14 +277,19 @@ class PantheonConsole(App[None]):
             self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
-        if self.on_quit is not None:
-            question = self.on_quit()
-            if question:
-                self.push_screen(
-                    ConfirmScreen("Quit the console?", question, yes="Quit", no="Stay"),
-                    lambda ok: ok and self.exit(),
-                )
-                return
+        if self.night is not None and self.night.poll() is None:
+            self.push_screen(
+                ConfirmScreen(
+                    "Leave the night running?",
+                    "The night goes on in the background without the console: "
+                    "`pantheon console` watches it again, and pausing the queue (p) stops "
+                    f"new work. Its log: {self.night_log}",
+                    yes="Quit the console",
+                    no="Stay",
+                ),
+                lambda ok: ok and self.exit(),
+            )
+            return
         self.exit()
 
     def get_system_commands(self, screen: Screen) -> Any:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -104,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "night",
-        help="run a whole night: enqueue, drain, report",
-        description="Run a whole night: enqueue the work, drain the queue, print where it stands.",
+        help="run a whole night: enqueue, drain, watch it in the console, report",
+        description="Run a whole night: enqueue the work, start the model server and the engine, "
+        "and open the console to watch it. The night runs in its own process (log: "
+        "ARTIFACTS/night.log), so quitting the console or losing the SSH connection does not "
+        "stop it: `pantheon console` attaches again. Without a terminal, or with --headless, "
+        "the night runs in the foreground and prints where it stands at the end.",
     )
     p.add_argument(
         "--demo",
@@ -125,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_endpoint_args(p)
     p.add_argument(
         "--keep-server", action="store_true", help="leave the model server running afterwards"
+    )
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no console: run the night in the foreground and print the figures at the end",
     )
     _artifacts_arg(p)
 
@@ -598,22 +608,29 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_night(args: argparse.Namespace) -> int:
+    repo = _night_prepare(args)
+    if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
+        if not args.headless:
+            log.info("no terminal: the night runs headless (--headless says so explicitly)")
+        return _night_run(args, repo)
+    return _night_with_console(args)
+
+
+def _night_prepare(args: argparse.Namespace) -> Path:
+    """The model, the repository and the queue, with progress on the terminal."""
     if not args.demo and not args.repo:
         raise FlowError(
             "pantheon night needs --demo or --repo PATH",
             hint="--demo prepares the demo repository; --repo runs docops on your docs/*.md",
         )
-    from pantheon.core.demo import agent_figures, enqueue_night, night_figures, prepare_demo_repo
+    from pantheon.core.demo import enqueue_night, prepare_demo_repo
     from pantheon.core.models import CATALOG, ModelStore
-
-    started = time.monotonic()
 
     registry = default_registry()
     if not args.endpoint and args.model in CATALOG:
         ModelStore().pull(args.model, progress=_progress_printer())
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon night", concurrency=args.concurrency)
-    concurrency = ControlFile(args.artifacts).read().concurrency
     repo = Path(args.repo) if args.repo else prepare_demo_repo(args.artifacts / "demo-repo")
     with JobQueue(args.artifacts) as queue:
         n_docs, n_code = enqueue_night(queue, registry, repo, docs=args.docs, code=args.code)
@@ -622,6 +639,58 @@ def cmd_night(args: argparse.Namespace) -> int:
         log.info("night on %s: %d docs and %d code job(s) queued", repo, n_docs, n_code)
     else:
         log.info("resuming the night on %s: %d job(s) left", repo, left)
+    return repo
+
+
+NIGHT_LOG = "night.log"
+
+
+def _night_with_console(args: argparse.Namespace) -> int:
+    """The night in its own session (it outlives the console), the console in front."""
+    from pantheon.console.app import PantheonConsole
+
+    argv = [a for a in args.argv if a != "--headless"] + ["--headless"]
+    log_path = args.artifacts / NIGHT_LOG
+    with open(log_path, "ab") as out:
+        night = subprocess.Popen(
+            [sys.executable, "-m", "pantheon.console", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _quiet_logging_for_textual()
+    PantheonConsole(args.artifacts, night=night, night_log=log_path).run()
+    code = night.poll()
+    if code is None:
+        print(
+            f"The night goes on in the background (pid {night.pid}; log {log_path}).\n"
+            f"  pantheon console --artifacts {args.artifacts}   watch it again\n"
+            f"  pantheon status --artifacts {args.artifacts}    where it stands\n"
+            f"  kill -INT {night.pid}                         stop it gracefully"
+        )
+        return 0
+    print(_night_log_tail(log_path))
+    return code
+
+
+def _night_log_tail(path: Path) -> str:
+    """The night's closing figures: its log from the last status table on."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    start = text.rfind("artifacts  ")
+    return text[start:].rstrip() if start >= 0 else "\n".join(text.splitlines()[-20:])
+
+
+def _night_run(args: argparse.Namespace, repo: Path) -> int:
+    """Serve the model, drain the queue, print the figures (in the foreground)."""
+    from pantheon.core.demo import agent_figures, night_figures
+
+    started = time.monotonic()
+    registry = default_registry()
+    concurrency = ControlFile(args.artifacts).read().concurrency
 
     async def main() -> int:
         from pantheon.core.llm import LLMClient
@@ -918,6 +987,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.command:
         parser.print_help()
         return 2

@@ -225,14 +225,16 @@ class DashboardScreen(Screen[None]):
             empty.update(self._empty_text(snap))
             return
         now = self.console.clock()
-        jobs, matched = table_jobs(snap.jobs, snap.problems, self.filter, limit=ROW_LIMIT)
+        jobs, matched = table_jobs(
+            snap.jobs, snap.problems, self.filter, in_flight=snap.in_flight, limit=ROW_LIMIT
+        )
         rows = [
             RunRow(
                 key=j.run_name,
                 job=j.id,
                 flow=j.flow,
                 status=j.status,
-                now=job_now(j),
+                now=job_now(j, snap.in_flight.get(j.id, ())),
                 age=job_age(j, now),
                 note=job_note(j, snap.problems.get(j.run_name)),
             )

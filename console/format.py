@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pantheon.core.queue import JobSummary
@@ -54,9 +55,14 @@ def job_age(job: JobSummary, now: float) -> str:
     return age(now - job.created)
 
 
-def job_now(job: JobSummary) -> str:
+def job_now(job: JobSummary, in_flight: Sequence[tuple[str, str]] = ()) -> str:
+    """What the job does now: the nodes in flight, the agent next, or where it ended."""
     if job.status == "running":
-        return f"▶ {job.next_agent}"
+        if not in_flight:
+            return "▶ between nodes"
+        nodes = ", ".join(n for n, _ in in_flight)
+        agents = ", ".join(dict.fromkeys(a for _, a in in_flight))
+        return f"▶ {nodes} ({agents})" if agents and agents != nodes else f"▶ {nodes}"
     if job.status == "queued":
         return f"next {job.next_agent}"
     if job.status == "failed":

@@ -13,7 +13,7 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,12 +119,15 @@ class NightView:
     """Why the queue database could not be read (the last good jobs stay shown)."""
     problems: dict[str, str] = field(default_factory=dict)
     """Run name -> why its folder could not be read (checked for runs that changed)."""
+    in_flight: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    """Running job id -> the (node, agent) pairs it runs now, from its run folder."""
 
     def __post_init__(self) -> None:
         self.artifacts = Path(self.artifacts)
         self._control_file = ControlFile(self.artifacts)
         self.metrics = MetricsTail(self.artifacts)
         self._since: float | None = None
+        self._flow_nodes: dict[str, list[tuple[str, str]]] = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -192,7 +195,36 @@ class NightView:
         }
         for name in self.check_runs(started):
             changed.add(int(name.rsplit("-", 1)[1]))
+        return changed | self.refresh_in_flight()
+
+    def refresh_in_flight(self) -> set[int]:
+        """Find the nodes each running job runs now; return the jobs whose nodes changed.
+
+        The queue knows a job's nodes only when it stops, so this looks in the run's folder: a
+        node that has its ``input.json`` but neither ``output.json`` nor ``error.txt`` runs now.
+        A few stat calls per running job.
+        """
+        changed = set()
+        running = {i: j for i, j in self.jobs.items() if j.status == "running"}
+        for job_id in list(self.in_flight):
+            if job_id not in running:
+                del self.in_flight[job_id]
+                changed.add(job_id)
+        for job_id, job in running.items():
+            now = tuple(
+                (node, agent)
+                for node, agent in self._nodes_of(job.flow_sha)
+                if _node_in_flight(self.artifacts / RUNS / job.run_name / node)
+            )
+            if self.in_flight.get(job_id) != now:
+                self.in_flight[job_id] = now
+                changed.add(job_id)
         return changed
+
+    def _nodes_of(self, flow_sha: str) -> list[tuple[str, str]]:
+        if flow_sha not in self._flow_nodes:
+            self._flow_nodes[flow_sha] = list(_flow_agents(self.artifacts, flow_sha).items())
+        return self._flow_nodes[flow_sha]
 
     def check_runs(self, names: set[str] | frozenset[str]) -> set[str]:
         """Validate the ``run.json`` of these runs; return those whose problem changed."""
@@ -207,6 +239,14 @@ class NightView:
                 else:
                     self.problems[name] = why
         return changed
+
+
+def _node_in_flight(folder: Path) -> bool:
+    return (
+        (folder / "input.json").exists()
+        and not (folder / "output.json").exists()
+        and not (folder / "error.txt").exists()
+    )
 
 
 def _run_problem(path: Path) -> str | None:
@@ -351,14 +391,14 @@ def load_run(artifacts: Path, run_name: str) -> RunView:
         except OSError as exc:
             node_problems.append(f"cannot read {nd / 'error.txt'}: {exc.strerror or exc}")
         status = record.nodes.get(node_id, "unknown") if record else "unknown"
-        if (
-            status == "pending"
-            and record
-            and record.status == "running"
-            and (nd / "input.json").exists()
-            and not (nd / "output.json").exists()
-        ):
-            status = "running"
+        if status == "pending" and record and record.status == "running":
+            # run.json is written when a group of nodes ends; the files say more
+            if (nd / "output.json").exists():
+                status = "done"
+            elif (nd / "error.txt").exists():
+                status = "failed"
+            elif (nd / "input.json").exists():
+                status = "running"
         nodes.append(
             NodeView(
                 id=node_id,
@@ -407,14 +447,18 @@ class RunFilter:
     def with_status(self, status: str | None) -> RunFilter:
         return RunFilter(status, self.flow, self.agent, self.words)
 
-    def matches(self, job: JobSummary, problem: str | None = None) -> bool:
+    def matches(
+        self, job: JobSummary, problem: str | None = None, now: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        """Whether the job passes; ``now`` is the (node, agent) pairs it runs at present."""
+        agents = " ".join(a for _, a in now) if now else job.agent
         if self.status and not (
             job.status.startswith(self.status) or (self.status == "unreadable" and problem)
         ):
             return False
         if self.flow and self.flow not in job.flow.lower():
             return False
-        if self.agent and self.agent not in job.agent.lower():
+        if self.agent and self.agent not in agents.lower():
             return False
         if self.words:
             hay = " ".join(
@@ -436,6 +480,7 @@ def table_jobs(
     problems: Mapping[str, str],
     flt: RunFilter,
     *,
+    in_flight: Mapping[int, Sequence[tuple[str, str]]] | None = None,
     limit: int = 500,
 ) -> tuple[list[JobSummary], int]:
     """The jobs to show, in order, and how many matched in all.
@@ -443,7 +488,12 @@ def table_jobs(
     Running first (longest running on top), then finished ones (latest first), then the queue
     in the order it drains.
     """
-    matched = [j for j in jobs.values() if flt.matches(j, problems.get(j.run_name))]
+    in_flight = in_flight or {}
+    matched = [
+        j
+        for j in jobs.values()
+        if flt.matches(j, problems.get(j.run_name), in_flight.get(j.id, ()))
+    ]
 
     def key(j: JobSummary) -> tuple[int, float]:
         rank = STATUS_RANK.get(j.status, 3)

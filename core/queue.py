@@ -164,6 +164,7 @@ class JobSummary:
     error: str | None
     node_agent: str | None = None
     """The agent of ``node``."""
+    flow_sha: str = ""
 
     @property
     def run_name(self) -> str:
@@ -617,7 +618,7 @@ class JobQueue:
         only the jobs queued or running, or created, started or finished since then."""
         sql = (
             "SELECT j.id, j.flow, j.status, j.next_agent, j.node, j.attempts, j.created, "
-            "j.started, j.finished, j.error, n.agent "
+            "j.started, j.finished, j.error, n.agent, j.flow_sha "
             "FROM jobs j LEFT JOIN nodes n ON n.job_id = j.id AND n.node = j.node"
         )
         if changed_since is None:

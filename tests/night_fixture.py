@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from pantheon.core import Engine, JobQueue, default_registry, enqueue, load_flow
+from pantheon.core.artifacts import RunDir, RunRecord
 from pantheon.core.flows import packaged_flows_dir
 
 BASE = 1_795_000_000.0
@@ -37,8 +38,25 @@ def make_night(artifacts: Path, *, queued: int = 5, running: int = 2) -> Path:
     asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.02).run())
     with JobQueue(artifacts) as queue:
         enqueue(queue, flow, _texts(queued + running))
-        if running:
-            queue.claim(running, "fixture-host:1:fixture", lease_s=10_000_000)
+        claimed = queue.claim(running, "fixture-host:1:fixture", lease_s=10_000_000)
+    if claimed:  # the first one is half way: normalize done, stats in flight
+        job = claimed[0]
+        run = RunDir(artifacts, job.run_name)
+        run.prepare()
+        run.write_record(
+            RunRecord(
+                run_id=job.run_id,
+                job_id=job.id,
+                flow=job.flow,
+                flow_sha256=job.flow_sha,
+                status="running",
+                input=job.input,
+                nodes={"normalize": "pending", "stats": "pending", "check": "pending"},
+            )
+        )
+        run.write_input("normalize", {"text": job.input["text"]})
+        run.write_output("normalize", {"text": job.input["text"]})
+        run.write_input("stats", {"text": job.input["text"]})
     freeze(artifacts)
     write_samples(artifacts)
     return artifacts

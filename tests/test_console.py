@@ -64,7 +64,8 @@ async def test_the_dashboard_shows_the_night(night):
         assert len(table) == 19
         # running first, then the latest finished, then the queue in the order it drains
         assert [r[2] for r in table[:3]] == ["running", "running", "failed"]
-        assert table[0][3] == "▶ text.normalize"
+        assert table[0][3] == "▶ stats (text.stats)"  # from its run folder
+        assert table[1][3] == "▶ between nodes"  # claimed, no node started yet
         assert table[0][4] == "8m30s"  # running since BASE + 390
         assert [r[0] for r in table[-5:]] == ["15", "16", "17", "18", "19"]
         failed = next(r for r in table if r[2] == "failed")
@@ -92,6 +93,8 @@ async def test_filters_narrow_the_table(night):
         assert {r[2] for r in rows(app)} == {"failed"}
         await pilot.press("slash", *" agent:check", "enter")
         assert len(rows(app)) == 3
+        await pilot.press("escape", "slash", *"agent:text.stats", "enter")
+        assert [r[0] for r in rows(app)] == ["13"]  # the node it runs now
         await pilot.press("slash", "ctrl+u", *"nothing-matches", "enter")
         assert rows(app) == []
         assert "No run matches" in text_of(app, "#empty")
@@ -133,7 +136,7 @@ async def test_a_run_that_has_not_started_says_so(night):
     app = console(night)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        await pilot.press("enter")  # the first row: a running job with no folder yet
+        await pilot.press("down", "enter")  # the second row: a running job with no folder yet
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert "has not started" in text_of(app, "#run-head")
@@ -323,7 +326,7 @@ async def test_attach_detach_reattach_while_a_real_engine_runs(
             assert len(rows(again)) == 30
             await _until(pilot, lambda: _done(again) == 30, timeout=120)
             assert "30 done" in text_of(again, "#summary")
-        out, err = engine.communicate(timeout=60)
+        _, err = engine.communicate(timeout=60)
     finally:
         if engine.poll() is None:
             engine.kill()
@@ -331,3 +334,30 @@ async def test_attach_detach_reattach_while_a_real_engine_runs(
     assert engine.returncode == 0, err
     executions = count_file.read_text().splitlines()
     assert len(executions) == 90, "every node ran exactly once: the engine never noticed"
+
+
+async def test_opened_by_a_night_the_console_says_it_goes_on_and_when_it_ends(night):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        app = PantheonConsole(
+            night, watch=False, clock=lambda: NOW, night=proc, night_log=night / "night.log"
+        )
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await pilot.press("q")
+            assert isinstance(app.screen, ConfirmScreen)
+            assert "goes on in the background" in str(app.screen.query_one("#dialog-body").render())
+            await pilot.press("n")
+            assert app.is_running
+            proc.kill()
+            proc.wait()
+            await _until(pilot, lambda: "the night is over" in app.sub_title, timeout=10)
+            await pilot.press("q")  # nothing left to leave running: no question
+            await pilot.pause()
+            assert not app.is_running
+    finally:
+        proc.kill()
+        proc.wait()

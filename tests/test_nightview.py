@@ -73,6 +73,20 @@ def test_the_view_reads_changed_jobs_only(night):
     assert view.totals()["done"] == 10
 
 
+def test_the_nodes_in_flight_come_from_the_run_folder(night):
+    view = NightView(night)
+    view.refresh_all()
+    assert view.in_flight[13] == (("stats", "text.stats"),)
+    assert view.in_flight[14] == ()
+    run = night / "runs" / "textstats-000013"
+    (run / "stats" / "output.json").write_text('{"words": 60}')
+    (run / "check").mkdir()
+    (run / "check" / "input.json").write_text('{"words": 60}')
+    assert view.refresh_in_flight() == {13}
+    assert view.in_flight[13] == (("check", "check.min_words"),)
+    assert view.refresh_in_flight() == set()
+
+
 def test_a_corrupt_run_is_a_problem_not_an_exception(night):
     (night / "runs" / "textstats-000003" / "run.json").write_text("{")
     view = NightView(night)

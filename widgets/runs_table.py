@@ -102,7 +102,7 @@ class RunsTable(DataTable):
                 new_cells, old_cells = row.cells(), old.cells() if old else ()
                 for (col, _), new, prev in zip(COLUMNS, new_cells, old_cells, strict=False):
                     if str(new) != str(prev) or col == "status":
-                        self.update_cell(row.key, col, new)
+                        self.update_cell(row.key, col, new, update_width=True)
                 self._shown[row.key] = row
             return
         current = self.current_run
