@@ -156,7 +156,7 @@ class JobSummary:
     next_agent: str
     """The agent the job runs now (running) or next (queued)."""
     node: str | None
-    """The last node it finished."""
+    """The node that failed it, or else the last node it finished."""
     attempts: int
     created: float
     started: float | None
@@ -616,10 +616,13 @@ class JobQueue:
     def summaries(self, *, changed_since: float | None = None) -> list[JobSummary]:
         """Every job, oldest first, without its input; with ``changed_since`` (epoch seconds)
         only the jobs queued or running, or created, started or finished since then."""
+        # a failed job shows the node that failed, not the last one that ended
         sql = (
-            "SELECT j.id, j.flow, j.status, j.next_agent, j.node, j.attempts, j.created, "
-            "j.started, j.finished, j.error, n.agent, j.flow_sha "
-            "FROM jobs j LEFT JOIN nodes n ON n.job_id = j.id AND n.node = j.node"
+            "SELECT j.id, j.flow, j.status, j.next_agent, COALESCE(f.node, j.node), j.attempts, "
+            "j.created, j.started, j.finished, j.error, COALESCE(f.agent, n.agent), j.flow_sha "
+            "FROM jobs j LEFT JOIN nodes n ON n.job_id = j.id AND n.node = j.node "
+            "LEFT JOIN (SELECT job_id, MIN(node) AS node, agent FROM nodes "
+            "WHERE status = 'failed' GROUP BY job_id) f ON f.job_id = j.id"
         )
         if changed_since is None:
             rows = self._read(f"{sql} ORDER BY j.id")
