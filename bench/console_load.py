@@ -1,21 +1,19 @@
 """The console's cost on a big night: startup, CPU share and frame times while a night runs.
 
     python bench/console_load.py                    # 10 000 runs, 50 events/s for 20 s
-    python bench/console_load.py --runs 2000 --seconds 10 --rate 100
+    python bench/console_load.py --runs 2000 --seconds 10 --rate 100 --dir /dev/shm
 
-Builds a night in a temp dir: a real Engine runs the shipped textstats flow over 90 % of the
-runs (one text in ten is too short, so its run fails), the rest stay queued, and
-metrics/engine.jsonl holds an hour of samples. The console (PantheonConsole, headless, 120x40)
-then starts on it in this process; a writer PROCESS (its CPU is not counted) plays an engine at
---rate events a second: it claims jobs, writes run.json, advances and finishes them through
-JobQueue, appends a metric sample every 2 s and rewrites control.json every 5 s.
-
-Measured in this process over two windows of --seconds each, first with no writer (the idle
-night: the baseline), then with it: the CPU share (time.process_time over wall time, % of one
-core; it includes the watcher thread), the event loop's stalls (a task that sleeps 5 ms and
-records how late it wakes) and Textual's render frames (Screen._on_timer_update, _refresh_layout
-and _compositor_refresh, timed with the headless driver's skipped terminal write put back in:
-the update is rendered to its escape sequences, as for a real terminal).
+Builds a night in a temp dir: a real Engine runs the shipped textstats flow over 90 % of the runs
+(one text in ten is too short: that run fails), the rest stay queued, metrics/engine.jsonl holds
+an hour of samples. The console (PantheonConsole, headless, 120x40) starts on it in this process;
+a writer PROCESS (its CPU is not counted) plays an engine at --rate writes a second: it claims
+jobs, writes run.json, advances and finishes them through JobQueue, appends a metric sample every
+2 s and rewrites control.json every 5 s. Two windows of --seconds are measured, the idle night
+(no writer: the baseline) and then under load: this process's CPU share (process_time over wall
+time, watcher thread included), the event loop's stalls (a task that sleeps 5 ms and records how
+late it wakes) and Textual's render frames (Screen._on_timer_update, _refresh_layout and
+_compositor_refresh, with the terminal write the headless driver skips put back: the update is
+rendered to its escape sequences).
 """
 
 from __future__ import annotations
@@ -207,7 +205,8 @@ async def measure(artifacts: Path, args: argparse.Namespace, writer_proc: tuple)
         await pilot.pause()
         t_full = time.perf_counter() - t0
         rows = app.screen.query_one(RunsTable).row_count
-        await asyncio.to_thread(ready.wait, 60)
+        if not await asyncio.to_thread(ready.wait, 60):
+            raise SystemExit("the writer process did not start")
         await asyncio.sleep(2.0)  # let the first screen's leftovers settle
         idle = await window(frames, asyncio.sleep(args.seconds))
         go.set()
@@ -241,8 +240,13 @@ def main() -> None:
         )
         proc.start()
         r = asyncio.run(measure(artifacts, args, (proc, ready, go, out)))
+        report(args, queued, t_build, r)
+        print(f"removing {root} ...", flush=True)  # 70 000 files: slow on some disks
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, queued: int, t_build: float, r: dict) -> None:
     idle, load = r["idle"], r["loaded"]
     w_s, counts = load["result"]
     events = sum(v for k, v in counts.items() if k != "idle")
@@ -260,10 +264,10 @@ def main() -> None:
         for stat in ("max", "p99"):
             a, b = idle[f"{key}_{stat}"], load[f"{key}_{stat}"]
             print(f"{label + ' ' + stat:<21}{a:>9.1f} ms{b:>11.1f} ms   < 50 ms")
-    print(f"frames rendered      {idle['fps']:>9.1f}/s{load['fps']:>11.1f}/s")
-    print(f"window               {idle['wall']:>10.1f} s{load['wall']:>12.1f} s")
+    print(f"frames rendered      {idle['fps']:>9.1f}/s{load['fps']:>11.1f}/s   "
+          f"(windows {idle['wall']:.1f} s, {load['wall']:.1f} s)")  # fmt: skip
     print(f"the probe's own cost {r['probe']:>10.1f} %   (5 ms sleeps, in both CPU figures)")
-    print(f"runs done at the end {r['done']:,} of {r['jobs']:,}")
+    print(f"runs done at the end {r['done']:,} of {r['jobs']:,}", flush=True)
 
 
 if __name__ == "__main__":

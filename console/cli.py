@@ -55,6 +55,7 @@ examples:
   pantheon control --concurrency 8            change c while the night runs
   pantheon status                             where the night stands
   pantheon console                            watch and steer the night (attach any time)
+  pantheon report                             the morning report: summary.json, report.html
 """
 
 
@@ -225,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
         "night and writes control.json, so it can be closed and opened again at any time "
         "without touching the engine. Press ? inside for the keys.",
     )
+    _artifacts_arg(p)
+
+    p = sub.add_parser(
+        "report",
+        help="the morning report: summary.json and a self-contained report.html",
+        description="Build ARTIFACTS/summary.json (schema pantheon.summary/1: the changes, the "
+        "failures, the night's figures) and ARTIFACTS/report.html, one file that opens offline "
+        "in any browser. Incremental: a second report reads only the runs that changed.",
+    )
+    p.add_argument("--json", action="store_true", help="print summary.json instead of a digest")
     _artifacts_arg(p)
 
     p = sub.add_parser("status", help="where the night stands, in plain text")
@@ -501,6 +512,33 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     _quiet_logging_for_textual()
     PantheonConsole(args.artifacts).run()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pantheon.core.report import REPORT_FILE, SUMMARY_FILE, write_report
+
+    JobQueue(args.artifacts, create=False).close()  # a clear error when there is no night
+    summary, seconds = write_report(args.artifacts)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return 0
+    jobs, fig = summary["jobs"], summary["figures"]
+    kappa = "–" if fig["kappa"] is None else f"{fig['kappa']:.2f}"
+    print(
+        f"jobs      {jobs['total']}: {jobs['done']} done, {jobs['failed']} failed, "
+        f"{jobs['queued']} queued, {jobs['running']} running"
+    )
+    print(f"changes   {fig['merged']} merged, {fig['waiting']} waiting, {fig['rejected']} rejected")
+    print(f"reviews   κ {kappa} over {fig['kappa_pairs']} pairs")
+    if summary["corrupt"]:
+        print(
+            f"corrupt   {len(summary['corrupt'])} run(s) could not be read (listed in the report)"
+        )
+    print(
+        f"wrote     {args.artifacts / SUMMARY_FILE} and {args.artifacts / REPORT_FILE} "
+        f"in {seconds:.2f} s"
+    )
     return 0
 
 
@@ -979,6 +1017,7 @@ COMMANDS = {
     "control": cmd_control,
     "retry": cmd_retry,
     "console": cmd_console,
+    "report": cmd_report,
     "serve": cmd_serve,
     "models": cmd_models,
 }

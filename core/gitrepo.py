@@ -129,6 +129,27 @@ class GitRepo:
         out = self.git("diff", "--name-only", base, f"refs/heads/{branch}")
         return [line for line in out.splitlines() if line]
 
+    def diff_stat(self, branch: str, target: str) -> tuple[list[str], int, int]:
+        """The files ``branch`` changes since it left ``target``, and lines added and removed."""
+        out = self.git("diff", "--numstat", f"refs/heads/{target}...refs/heads/{branch}")
+        files, added, removed = [], 0, 0
+        for line in out.splitlines():
+            parts = line.split("\t", 2)
+            if len(parts) != 3:
+                continue
+            files.append(parts[2])
+            added += int(parts[0]) if parts[0].isdigit() else 0
+            removed += int(parts[1]) if parts[1].isdigit() else 0
+        return files, added, removed
+
+    def diff(self, branch: str, target: str, *, limit: int = 200_000) -> str:
+        """``branch``'s change since it left ``target``, as a unified diff."""
+        text = self.git("diff", "--no-color", f"refs/heads/{target}...refs/heads/{branch}")
+        return text if len(text) <= limit else text[:limit] + "\n[diff cut]"
+
+    def rename_branch(self, old: str, new: str) -> None:
+        self.git("branch", "-m", old, new)
+
     def merge(self, branch: str, into: str, message: str | None = None) -> MergeResult:
         """Merge ``branch`` into ``into``; on conflict nothing changes and the files are named."""
         message = message or f"Merge {branch} into {into}"

@@ -634,6 +634,12 @@ class JobQueue:
             )
         return [JobSummary(*r) for r in rows]
 
+    def node_rows(self) -> list[tuple[int, str, str, str, float]]:
+        """Every finished node: (job id, node, agent, status, seconds)."""
+        return [
+            tuple(r) for r in self._read("SELECT job_id, node, agent, status, seconds FROM nodes")
+        ]
+
     def node_agents(self, job_id: int) -> dict[str, tuple[str, str, float]]:
         """The nodes a job finished: node id -> (agent, status, seconds)."""
         return {

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .agents import Agent, NodeContext
-from .control import ControlFile
+from .control import Control, ControlFile
 from .errors import NodeError
 from .model_agents import DocDescribe
 from .safecall import ask
@@ -240,25 +240,40 @@ class MergeGate(Agent):
         branch: str
         commit: str | None = None
         conflict: list[str] = []
+        repo: str | None = None
+        """The target repository."""
+        target: str | None = None
+        """The branch it merges into."""
+        files: list[str] = []
+        """The files the change touches."""
+        added: int = 0
+        removed: int = 0
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         job = _workspace(ctx)
+        files, added, removed = await asyncio.to_thread(job.repo.diff_stat, job.branch, job.target)
+        where = {
+            "branch": job.branch,
+            "repo": str(job.repo.path),
+            "target": job.target,
+            "files": files,
+            "added": added,
+            "removed": removed,
+        }
 
         def wait(reason: str, conflict: list[str] | None = None) -> MergeGate.Output:
             return self.Output(
-                merged=False,
-                waiting=True,
-                reason=reason,
-                branch=job.branch,
-                conflict=conflict or [],
+                merged=False, waiting=True, reason=reason, conflict=conflict or [], **where
             )
 
-        if not (input.tests_passed and input.review_a and input.review_b):
-            return wait("tests and both reviews must pass")
-        if ctx.artifacts is not None:
-            control = ControlFile(ctx.artifacts).read()
-            if control.merges_paused:
-                return wait(f"merges are paused ({control.merges_paused_reason or 'by hand'})")
+        control = ControlFile(ctx.artifacts).read() if ctx.artifacts is not None else None
+        why_not = merge_refusal(
+            tests_passed=input.tests_passed,
+            reviews=(input.review_a, input.review_b),
+            control=control,
+        )
+        if why_not:
+            return wait(why_not)
         result = await asyncio.to_thread(
             job.repo.merge, job.branch, job.target, f"Merge {job.branch} ({ctx.flow})"
         )
@@ -269,9 +284,23 @@ class MergeGate(Agent):
             merged=True,
             waiting=False,
             reason=result.reason or f"merged into {job.target}",
-            branch=job.branch,
             commit=result.commit,
+            **where,
         )
+
+
+def merge_refusal(
+    *, tests_passed: bool | None, reviews: tuple[bool | None, bool | None], control: Control | None
+) -> str | None:
+    """The one rule the merge gate and the morning review share: why a change may not merge by
+    itself (None: it may). An operator's merge by hand overrides it."""
+    if not tests_passed:
+        return "its tests did not pass"
+    if not all(reviews):
+        return "both reviewers must pass it"
+    if control is not None and control.merges_paused:
+        return f"merges are paused ({control.merges_paused_reason or 'by hand'})"
+    return None
 
 
 class Codegen(Agent):
