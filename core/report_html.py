@@ -47,7 +47,7 @@ def _fmt(value: Any, nd: int = 2) -> str:
 
 
 def _chart(
-    name: str, ts: list[Any], ys: list[Any], *, color: str, y_max: float | None = None
+    cid: str, name: str, ts: list[Any], ys: list[Any], *, color: str, y_max: float | None = None
 ) -> str:
     """A line chart as inline SVG (viewBox units; it scales with the page)."""
     points = [
@@ -55,7 +55,6 @@ def _chart(
         for t, y in zip(ts, ys, strict=False)
         if isinstance(t, int | float) and isinstance(y, int | float)
     ]
-    cid = name.lower().replace(" ", "-").replace("/", "")
     if len(points) < 2:
         return (
             f'<figure id="chart-{cid}"><figcaption>{_e(name)}</figcaption>'
@@ -195,10 +194,10 @@ def render_html(summary: dict[str, Any]) -> str:
     t = series["t"]
     charts = "".join(
         [
-            _chart("Jobs done", t, series["done"], color="#1b7f3b"),
-            _chart("Queue depth", t, series["depth"], color="#0b63c5"),
-            _chart("Tokens/s", t, series["tokens_per_s"], color="#8250df"),
-            _chart("Reviewer agreement κ", t, series["kappa"], color="#b3261e", y_max=1.0),
+            _chart("done", "Jobs done", t, series["done"], color="#1b7f3b"),
+            _chart("depth", "Queue depth", t, series["depth"], color="#0b63c5"),
+            _chart("tokens", "Generated tokens/s", t, series["tokens_per_s"], color="#8250df"),
+            _chart("kappa", "Reviewer agreement κ", t, series["kappa"], color="#b3261e", y_max=1.0),
         ]
     )
     flows = "".join(

@@ -102,6 +102,7 @@ def write_samples(artifacts: Path, n: int = 40) -> None:
                 {
                     "ts": ts,
                     "depth": 40 - i,
+                    "done": i,
                     "running": 2 + i % 3,
                     "rho": round(0.5 + 0.4 * phase, 3),
                     "p_wait": round(0.2 + 0.3 * phase, 3),

@@ -128,6 +128,11 @@ def test_paused_merges_leave_green_changes_waiting(artifacts, registry, repo):
         "branch": f"pantheon/docops/{job}",
         "commit": None,
         "conflict": [],
+        "repo": str(repo.resolve()),
+        "target": "main",
+        "files": ["docs/doc0.md"],
+        "added": 6,  # ---, title, description, tags: and its item, ---
+        "removed": 0,
     }
     assert split_frontmatter(git(repo, "show", "main:docs/doc0.md"))[0] is None
 
