@@ -48,6 +48,9 @@ class NightSnapshot:
     samples: list[dict[str, Any]]
     problems: dict[str, str]
     in_flight: dict[int, tuple[tuple[str, str], ...]]
+    order: tuple[int, ...]
+    """Job ids in table order (running, then the latest finished, then the queue)."""
+    totals: dict[str, int]
     read_at: float
 
 
@@ -141,6 +144,8 @@ class PantheonConsole(App[None]):
                 samples=list(view.samples),
                 problems=dict(view.problems),
                 in_flight=dict(view.in_flight),
+                order=tuple(view.order),
+                totals=dict(view.totals),
                 read_at=self.clock(),
             )
         return NightChanged(snapshot, changes, changed)
@@ -150,7 +155,7 @@ class PantheonConsole(App[None]):
 
     def refresh_night(self, changes: ArtifactChanges | None = None) -> None:
         """Read the night now (from the UI thread), e.g. right after a control was written."""
-        self.post_message(self.read(changes or ArtifactChanges(rescan=True)))
+        self.post_message(self.read(ArtifactChanges(rescan=True) if changes is None else changes))
 
     def on_mount(self) -> None:
         self.push_screen(DashboardScreen())
@@ -170,7 +175,8 @@ class PantheonConsole(App[None]):
         self.snapshot = message.snapshot
         for screen in self.screen_stack:
             handler = getattr(screen, "night_changed", None)
-            if handler is not None:
+            # a screen still composing shows the snapshot from its own on_mount
+            if handler is not None and screen.is_mounted:
                 handler(message)
 
     def _poll_in_flight(self) -> None:
@@ -200,6 +206,8 @@ class PantheonConsole(App[None]):
 
     async def on_unmount(self) -> None:
         self.watcher.stop(timeout=2.0)
+        with self._lock:
+            self.view.close()
 
     def follow_run(self, run: str | None) -> None:
         """Watch this run's folder too (a detail screen shows it)."""

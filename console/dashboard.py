@@ -56,10 +56,7 @@ def tile_figures(
     """Each tile's (value, detail, level, history) from the last hour of samples."""
     samples = snapshot.samples
     last = samples[-1] if samples else {}
-    totals = {"queued": 0, "running": 0}
-    for job in snapshot.jobs.values():
-        if job.status in totals:
-            totals[job.status] += 1
+    totals = snapshot.totals
     c = snapshot.control.concurrency
     out: dict[str, tuple[str, str, str, tuple[float, ...]]] = {}
     out["depth"] = (
@@ -156,8 +153,10 @@ class DashboardScreen(Screen[None]):
         ch = message.changes
         if ch.control or ch.rescan:
             self._show_controls(snap)
-        if ch.metrics or ch.control or ch.rescan or message.changed_jobs:
+        if ch.metrics or ch.control or ch.rescan:
             self._show_tiles(snap)
+        elif message.changed_jobs:
+            self._show_counts(snap)
         self._show_summary(snap)
         if message.changed_jobs or ch.runs or ch.rescan:
             self._show_runs(snap)
@@ -169,16 +168,34 @@ class DashboardScreen(Screen[None]):
         self._show_runs(snap)
 
     def _tick(self) -> None:
+        """Once a second: the clock-driven parts only (ages, the engine's last sample)."""
         snap = self.console.snapshot
-        if snap is not None:
-            self._show_summary(snap)
-            if any(j.status in ("running", "queued") for j in snap.jobs.values()):
-                self._show_runs(snap)
+        if snap is None:
+            return
+        self._show_summary(snap)
+        table = self.query_one(RunsTable)
+        if not table.display:
+            return
+        now = self.console.clock()
+        for key, row in table.shown_rows():
+            if row.status in ("running", "queued"):
+                job = snap.jobs.get(row.job)
+                if job is not None:
+                    table.set_age(key, job_age(job, now))
 
     def _show_controls(self, snap: NightSnapshot) -> None:
         banner = self.query_one(ControlBanner)
         banner.control = snap.control
         banner.problem = snap.control_error
+
+    def _show_counts(self, snap: NightSnapshot) -> None:
+        """The queue and running tiles' values, without recomputing the sparklines."""
+        c = snap.control.concurrency
+        self.query_one("#tile-depth", MetricTile).value = figure(snap.totals["queued"])
+        running = self.query_one("#tile-running", MetricTile)
+        running.value = figure(snap.totals["running"])
+        if not running.detail.startswith(f"c={c}"):
+            running.detail = f"c={c}"
 
     def _show_tiles(self, snap: NightSnapshot) -> None:
         figures = tile_figures(snap, self.console.clock())
@@ -188,9 +205,7 @@ class DashboardScreen(Screen[None]):
 
     def _show_summary(self, snap: NightSnapshot) -> None:
         now = self.console.clock()
-        counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
-        for job in snap.jobs.values():
-            counts[job.status] = counts.get(job.status, 0) + 1
+        counts = snap.totals
         text = Text()
         text.append(f"{len(snap.jobs)} jobs", style="bold")
         for status, style in (
@@ -226,7 +241,12 @@ class DashboardScreen(Screen[None]):
             return
         now = self.console.clock()
         jobs, matched = table_jobs(
-            snap.jobs, snap.problems, self.filter, in_flight=snap.in_flight, limit=ROW_LIMIT
+            snap.jobs,
+            snap.problems,
+            self.filter,
+            order=snap.order,
+            in_flight=snap.in_flight,
+            limit=ROW_LIMIT,
         )
         rows = [
             RunRow(
@@ -245,11 +265,12 @@ class DashboardScreen(Screen[None]):
         if matched == 0:
             empty.display = True
             empty.update(f"No run matches “{self.filter}”. Press escape to clear the filter.")
-        elif matched > len(rows):
+        elif matched is None or matched > len(rows):
             empty.display = True
             empty.update(
-                f"showing {len(rows)} of {matched:,} runs (running first, then the latest); "
-                "filter to narrow"
+                f"showing the first {len(rows)} of "
+                + (f"{matched:,} runs" if matched else "more runs that match")
+                + " (running first, then the latest); filter to narrow"
             )
         else:
             empty.display = False

@@ -9,11 +9,11 @@ over a corrupt file: what cannot be read is returned as a problem to show.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,62 @@ class MetricsTail:
         return new
 
 
+class RunOrder:
+    """The jobs in the order a table shows them, kept up to date one job at a time.
+
+    Running first (longest running on top), then finished ones (latest first), then the queue
+    in the order it drains (by id). Each change is a bisect into a sorted list, so a night of
+    10 000 jobs is never sorted again after it was read.
+    """
+
+    def __init__(self) -> None:
+        self._running: list[tuple[float, int]] = []
+        self._finished: list[tuple[float, int]] = []
+        self._queued: list[int] = []
+        self._where: dict[int, tuple[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def update(self, job: JobSummary) -> None:
+        self.discard(job.id)
+        if job.status == "running":
+            item: Any = (job.started or job.created, job.id)
+            bisect.insort(self._running, item)
+            self._where[job.id] = ("running", item)
+        elif job.status in ("done", "failed"):
+            item = (-(job.finished or 0.0), job.id)
+            bisect.insort(self._finished, item)
+            self._where[job.id] = ("finished", item)
+        else:
+            bisect.insort(self._queued, job.id)
+            self._where[job.id] = ("queued", job.id)
+
+    def discard(self, job_id: int) -> None:
+        old = self._where.pop(job_id, None)
+        if old is None:
+            return
+        bucket = {"running": self._running, "finished": self._finished, "queued": self._queued}
+        items: list[Any] = bucket[old[0]]
+        i = bisect.bisect_left(items, old[1])
+        if i < len(items) and items[i] == old[1]:
+            del items[i]
+
+    def __iter__(self) -> Iterator[int]:
+        for _, job_id in self._running:
+            yield job_id
+        for _, job_id in self._finished:
+            yield job_id
+        yield from self._queued
+
+
 @dataclass
 class NightView:
-    """What the console shows of a night; call the ``refresh_*`` methods when a part changed."""
+    """What the console shows of a night; call the ``refresh_*`` methods when a part changed.
+
+    One thread at a time may call it (the caller serializes); its database connection may
+    move between threads.
+    """
 
     artifacts: Path
     jobs: dict[int, JobSummary] = field(default_factory=dict)
@@ -118,15 +171,21 @@ class NightView:
     queue_error: str | None = None
     """Why the queue database could not be read (the last good jobs stay shown)."""
     problems: dict[str, str] = field(default_factory=dict)
-    """Run name -> why its folder could not be read (checked for runs that changed)."""
+    """Run name -> why its ``run.json`` could not be read (checked when the job changes)."""
     in_flight: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     """Running job id -> the (node, agent) pairs it runs now, from its run folder."""
+    full_every_s: float = 30.0
+    """A full read of the queue this often, for changes no time stamp shows (a retry)."""
 
     def __post_init__(self) -> None:
         self.artifacts = Path(self.artifacts)
         self._control_file = ControlFile(self.artifacts)
         self.metrics = MetricsTail(self.artifacts)
+        self.order = RunOrder()
+        self.totals: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        self._queue: JobQueue | None = None
         self._since: float | None = None
+        self._last_full = 0.0
         self._flow_nodes: dict[str, list[tuple[str, str]]] = {}
 
     # -- reading ----------------------------------------------------------------------------
@@ -139,20 +198,9 @@ class NightView:
     def samples(self) -> list[dict[str, Any]]:
         return self.metrics.samples
 
-    @property
-    def last_sample(self) -> dict[str, Any] | None:
-        return self.metrics.samples[-1] if self.metrics.samples else None
-
-    def totals(self) -> dict[str, int]:
-        out = dict.fromkeys(STATUSES, 0)
-        for job in self.jobs.values():
-            out[job.status] += 1
-        return out
-
     def refresh_all(self) -> set[int]:
         self.refresh_control()
         self.refresh_metrics()
-        self.problems.clear()
         return self.refresh_jobs(full=True)
 
     def refresh_control(self) -> Control:
@@ -166,36 +214,61 @@ class NightView:
         except OSError:
             return []
 
+    def _open(self) -> JobQueue | None:
+        if self._queue is None and self.exists:
+            self._queue = JobQueue(self.artifacts, create=False, timeout_s=2.0, shared=True)
+        return self._queue
+
     def refresh_jobs(self, *, full: bool = False) -> set[int]:
         """Read the jobs that may have changed; return the ids whose row changed.
 
-        The database is opened for each read, so any thread may call this (one at a time).
+        The run.json of each job that changed is checked, so a corrupt one shows as a problem.
         """
-        if not self.exists:
-            return set()
         now = time.time()
+        full = full or self._since is None or now - self._last_full > self.full_every_s
+        running = [i for i, j in self.jobs.items() if j.status == "running"] if not full else []
         try:
-            with JobQueue(self.artifacts, create=False, timeout_s=2.0) as queue:
-                rows = queue.summaries(changed_since=None if full else self._since)
+            queue = self._open()
+            if queue is None:
+                return set()
+            rows = queue.summaries(changed_since=None if full else self._since, also=running)
         except PantheonError as exc:
             self.queue_error = exc.message
+            self.close()
             return set()
         self.queue_error = None
         # slack for a transaction that committed while we read
         self._since = now - 5.0
+        if full:
+            self._last_full = now
         changed = set()
         for row in rows:
-            if self.jobs.get(row.id) != row:
+            old = self.jobs.get(row.id)
+            if old != row:
                 self.jobs[row.id] = row
+                self.order.update(row)
+                if old is not None:
+                    self.totals[old.status] -= 1
+                self.totals[row.status] += 1
                 changed.add(row.id)
-        started = {
-            self.jobs[i].run_name
-            for i in (self.jobs if full else changed)
-            if self.jobs[i].status != "queued"
-        }
+        started = {self.jobs[i].run_name for i in changed if self.jobs[i].status != "queued"}
         for name in self.check_runs(started):
             changed.add(int(name.rsplit("-", 1)[1]))
         return changed | self.refresh_in_flight()
+
+    def check_runs(self, names: set[str] | frozenset[str]) -> set[str]:
+        """Validate the ``run.json`` of these runs; return those whose problem changed."""
+        changed = set()
+        for name in names:
+            path = self.artifacts / RUNS / name / "run.json"
+            why = _run_problem(path)
+            if self.problems.get(name) != why:
+                changed.add(name)
+                if why is None:
+                    self.problems.pop(name, None)
+                else:
+                    self.problems[name] = why
+        return changed
 
     def refresh_in_flight(self) -> set[int]:
         """Find the nodes each running job runs now; return the jobs whose nodes changed.
@@ -226,19 +299,10 @@ class NightView:
             self._flow_nodes[flow_sha] = list(_flow_agents(self.artifacts, flow_sha).items())
         return self._flow_nodes[flow_sha]
 
-    def check_runs(self, names: set[str] | frozenset[str]) -> set[str]:
-        """Validate the ``run.json`` of these runs; return those whose problem changed."""
-        changed = set()
-        for name in names:
-            path = self.artifacts / RUNS / name / "run.json"
-            why = _run_problem(path)
-            if self.problems.get(name) != why:
-                changed.add(name)
-                if why is None:
-                    self.problems.pop(name, None)
-                else:
-                    self.problems[name] = why
-        return changed
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.close()
+            self._queue = None
 
 
 def _node_in_flight(folder: Path) -> bool:
@@ -416,8 +480,6 @@ def load_run(artifacts: Path, run_name: str) -> RunView:
 
 # -- the table of runs -----------------------------------------------------------------------
 
-STATUS_RANK = {"running": 0, "failed": 1, "done": 1, "queued": 2}
-
 
 @dataclass(frozen=True)
 class RunFilter:
@@ -480,31 +542,30 @@ def table_jobs(
     problems: Mapping[str, str],
     flt: RunFilter,
     *,
+    order: Iterable[int] | None = None,
     in_flight: Mapping[int, Sequence[tuple[str, str]]] | None = None,
     limit: int = 500,
-) -> tuple[list[JobSummary], int]:
-    """The jobs to show, in order, and how many matched in all.
+) -> tuple[list[JobSummary], int | None]:
+    """The first ``limit`` jobs that pass the filter, in table order, and how many pass in all
+    (None when there are more than ``limit`` and counting them would mean reading them all).
 
     Running first (longest running on top), then finished ones (latest first), then the queue
-    in the order it drains.
+    in the order it drains; ``order`` is that order when the caller keeps it (:class:`RunOrder`).
     """
     in_flight = in_flight or {}
-    matched = [
-        j
-        for j in jobs.values()
-        if flt.matches(j, problems.get(j.run_name), in_flight.get(j.id, ()))
-    ]
-
-    def key(j: JobSummary) -> tuple[int, float]:
-        rank = STATUS_RANK.get(j.status, 3)
-        if j.status == "running":
-            return rank, j.started or 0.0
-        if j.status in ("done", "failed"):
-            return rank, -(j.finished or 0.0)
-        return rank, float(j.id)
-
-    if len(matched) > limit:
-        shown = heapq.nsmallest(limit, matched, key=key)
-    else:
-        shown = sorted(matched, key=key)
-    return shown, len(matched)
+    if order is None:
+        tmp = RunOrder()
+        for job in jobs.values():
+            tmp.update(job)
+        order = tmp
+    plain = flt == RunFilter()
+    shown: list[JobSummary] = []
+    for job_id in order:
+        job = jobs.get(job_id)
+        if job is None:
+            continue
+        if plain or flt.matches(job, problems.get(job.run_name), in_flight.get(job_id, ())):
+            if len(shown) == limit:
+                return shown, (len(jobs) if plain else None)
+            shown.append(job)
+    return shown, len(shown)

@@ -221,7 +221,16 @@ def _job(row: Sequence[Any]) -> Job:
 class JobQueue:
     """The queue in ``artifacts/pantheon.db``. One instance per thread."""
 
-    def __init__(self, artifacts: Path, *, create: bool = True, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        artifacts: Path,
+        *,
+        create: bool = True,
+        timeout_s: float = 10.0,
+        shared: bool = False,
+    ) -> None:
+        """``shared``: the connection may be used from several threads, one at a time (the
+        caller serializes)."""
         self.artifacts = Path(artifacts)
         self.path = self.artifacts / DB_FILE
         if not create and not self.path.exists():
@@ -239,7 +248,9 @@ class JobQueue:
                     hint="point --artifacts at a folder you can write",
                 ) from None
         try:
-            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=not shared
+            )
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         try:
@@ -613,24 +624,32 @@ class JobQueue:
             )
         return [_job(r) for r in rows]
 
-    def summaries(self, *, changed_since: float | None = None) -> list[JobSummary]:
-        """Every job, oldest first, without its input; with ``changed_since`` (epoch seconds)
-        only the jobs queued or running, or created, started or finished since then."""
-        # a failed job shows the node that failed, not the last one that ended
+    def summaries(
+        self, *, changed_since: float | None = None, also: Iterable[int] = ()
+    ) -> list[JobSummary]:
+        """Every job, oldest first, without its input.
+
+        With ``changed_since`` (epoch seconds): only the jobs created, started, finished or
+        leased since then, and the jobs in ``also`` (those a reader last saw running, which may
+        have gone back to the queue). A failed job names the node that failed.
+        """
+        failed = (
+            "SELECT {} FROM nodes WHERE job_id = j.id AND status = 'failed' ORDER BY node LIMIT 1"
+        )
         sql = (
-            "SELECT j.id, j.flow, j.status, j.next_agent, COALESCE(f.node, j.node), j.attempts, "
-            "j.created, j.started, j.finished, j.error, COALESCE(f.agent, n.agent), j.flow_sha "
-            "FROM jobs j LEFT JOIN nodes n ON n.job_id = j.id AND n.node = j.node "
-            "LEFT JOIN (SELECT job_id, MIN(node) AS node, agent FROM nodes "
-            "WHERE status = 'failed' GROUP BY job_id) f ON f.job_id = j.id"
+            "SELECT j.id, j.flow, j.status, j.next_agent, "
+            f"COALESCE(({failed.format('node')}), j.node), j.attempts, j.created, j.started, "
+            f"j.finished, j.error, COALESCE(({failed.format('agent')}), n.agent), j.flow_sha "
+            "FROM jobs j LEFT JOIN nodes n ON n.job_id = j.id AND n.node = j.node"
         )
         if changed_since is None:
             rows = self._read(f"{sql} ORDER BY j.id")
         else:
             rows = self._read(
-                f"{sql} WHERE j.status IN ('queued', 'running') "
-                "OR j.created >= ?1 OR j.started >= ?1 OR j.finished >= ?1 ORDER BY j.id",
-                (changed_since,),
+                f"{sql} WHERE j.created >= ?1 OR j.started >= ?1 OR j.finished >= ?1 "
+                "OR j.lease_until >= ?1 OR j.id IN (SELECT value FROM json_each(?2)) "
+                "ORDER BY j.id",
+                (changed_since, json.dumps(sorted(also))),
             )
         return [JobSummary(*r) for r in rows]
 

@@ -90,8 +90,8 @@ def classify(artifacts: Path, paths: Iterable[str]) -> ArtifactChanges:
         name = parts[-1]
         if name.startswith(TMP_PREFIX):
             continue  # the temporary half of an atomic write: its rename follows
-        if head.startswith(DB_FILE):
-            queue = True
+        if head in (DB_FILE, f"{DB_FILE}-wal"):
+            queue = True  # not -shm: a reader touches it too, and would wake itself
         elif head == CONTROL_FILE:
             control = True
         elif head == METRICS_FILE.parts[0]:

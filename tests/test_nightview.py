@@ -70,7 +70,7 @@ def test_the_view_reads_changed_jobs_only(night):
     changed = view.refresh_jobs()
     assert changed == {job.id}
     assert view.jobs[job.id].status == "done"
-    assert view.totals()["done"] == 10
+    assert view.totals["done"] == 10
 
 
 def test_the_nodes_in_flight_come_from_the_run_folder(night):

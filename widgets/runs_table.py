@@ -22,13 +22,14 @@ STATUS_STYLE = {
 }
 
 COLUMNS = (
-    ("job", "job"),
-    ("flow", "flow"),
-    ("status", "status"),
-    ("now", "node / agent"),
-    ("age", "age"),
-    ("note", "note"),
+    ("job", "job", 5),
+    ("flow", "flow", 9),
+    ("status", "status", 7),
+    ("now", "node / agent", 26),
+    ("age", "age", 6),
+    ("note", "note", 160),
 )
+"""(key, label, width): fixed widths, so an update never re-measures the table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,13 @@ class RunRow:
 
 
 class RunsTable(DataTable):
-    """A DataTable of :class:`RunRow`; :meth:`show` changes only what changed."""
+    """A DataTable of :class:`RunRow` that changes only the cells that changed.
+
+    Rows are slots: slot *i* shows the *i*-th run given to :meth:`show`. When a run moves (it
+    finished, so it goes from the running group to the top of the finished ones), only the
+    cells whose text changed are rewritten, and columns have fixed widths, so a night that
+    reorders its table twice a second never rebuilds or re-measures it.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select_cursor", "Open run", show=True)
@@ -77,42 +84,52 @@ class RunsTable(DataTable):
         self, *, name: str | None = None, id: str | None = None, classes: str | None = None
     ) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, name=name, id=id, classes=classes)
-        self._shown: dict[str, RunRow] = {}
-        self._order: list[str] = []
+        self._rows: list[RunRow] = []
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
 
     @property
     def current_run(self) -> str | None:
         """The run under the cursor."""
-        if not self._order or self.cursor_row < 0 or self.cursor_row >= len(self._order):
+        if not self._rows or not 0 <= self.cursor_row < len(self._rows):
             return None
-        return self._order[self.cursor_row]
+        return self._rows[self.cursor_row].key
+
+    def shown_rows(self) -> list[tuple[str, RunRow]]:
+        """(slot key, row) of every row shown."""
+        return [(f"slot-{i}", row) for i, row in enumerate(self._rows)]
+
+    def set_age(self, slot: str, age: str) -> None:
+        i = int(slot.removeprefix("slot-"))
+        row = self._rows[i]
+        if row.age != age:
+            self._rows[i] = RunRow(row.key, row.job, row.flow, row.status, row.now, age, row.note)
+            self.update_cell(slot, "age", Text(age, justify="right"))
 
     def show(self, rows: Sequence[RunRow]) -> None:
         """Make the table show ``rows`` in this order, keeping the cursor on its run."""
-        order = [r.key for r in rows]
-        if order == self._order:
-            for row in rows:
-                old = self._shown.get(row.key)
-                if old == row:
-                    continue
-                new_cells, old_cells = row.cells(), old.cells() if old else ()
-                for (col, _), new, prev in zip(COLUMNS, new_cells, old_cells, strict=False):
-                    if str(new) != str(prev) or col == "status":
-                        self.update_cell(row.key, col, new, update_width=True)
-                self._shown[row.key] = row
-            return
         current = self.current_run
-        self.clear()
-        for row in rows:
-            self.add_row(*row.cells(), key=row.key)
-        self._shown = {r.key: r for r in rows}
-        self._order = order
-        if current in self._shown:
-            self.move_cursor(row=order.index(current), animate=False, scroll=False)
+        old = self._rows
+        for i, row in enumerate(rows):
+            slot = f"slot-{i}"
+            if i >= len(old):
+                self.add_row(*row.cells(), key=slot)
+                continue
+            before = old[i]
+            if before == row:
+                continue
+            for (col, _, _), new, prev in zip(COLUMNS, row.cells(), before.cells(), strict=True):
+                if new != prev:
+                    self.update_cell(slot, col, new)
+        for i in range(len(rows), len(old)):
+            self.remove_row(f"slot-{i}")
+        self._rows = list(rows)
+        if current is not None:
+            where = next((i for i, r in enumerate(rows) if r.key == current), None)
+            if where is not None and where != self.cursor_row:
+                self.move_cursor(row=where, animate=False, scroll=False)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
