@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
@@ -149,6 +151,10 @@ class DashboardScreen(Screen[None]):
     # -- updates ----------------------------------------------------------------------------
 
     def night_changed(self, message: NightChanged) -> None:
+        with contextlib.suppress(NoMatches):  # the screen is being taken down
+            self._night_changed(message)
+
+    def _night_changed(self, message: NightChanged) -> None:
         snap = message.snapshot
         ch = message.changes
         if ch.control or ch.rescan:
@@ -168,6 +174,10 @@ class DashboardScreen(Screen[None]):
         self._show_runs(snap)
 
     def _tick(self) -> None:
+        with contextlib.suppress(NoMatches):  # the screen is being taken down
+            self._clock_moved()
+
+    def _clock_moved(self) -> None:
         """Once a second: the clock-driven parts only (ages, the engine's last sample)."""
         snap = self.console.snapshot
         if snap is None:
@@ -177,11 +187,11 @@ class DashboardScreen(Screen[None]):
         if not table.display:
             return
         now = self.console.clock()
-        for key, row in table.shown_rows():
+        for i, row in enumerate(table.rows):
             if row.status in ("running", "queued"):
                 job = snap.jobs.get(row.job)
                 if job is not None:
-                    table.set_age(key, job_age(job, now))
+                    table.set_age(i, job_age(job, now))
 
     def _show_controls(self, snap: NightSnapshot) -> None:
         banner = self.query_one(ControlBanner)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from night_fixture import NOW, make_night
-from textual.widgets import DataTable, OptionList, Static, TabbedContent
+from textual.widgets import OptionList, Static, TabbedContent
 
 from pantheon.console.app import PantheonConsole
 from pantheon.console.dialogs import ConfirmScreen, HelpScreen
@@ -17,6 +17,7 @@ from pantheon.core.control import ControlFile
 from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.json_view import JsonView
 from pantheon.widgets.metric_tile import MetricTile
+from pantheon.widgets.runs_table import RunsTable
 
 SIZE = (100, 30)
 
@@ -39,10 +40,10 @@ def console(artifacts: Path) -> PantheonConsole:
 
 
 def rows(app: PantheonConsole) -> list[list[str]]:
-    table = app.screen.query_one(DataTable)
+    table = app.screen.query_one(RunsTable)
     if not table.display:
         return []
-    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+    return [list(row.cells()) for row in table.rows]
 
 
 def text_of(app: PantheonConsole, selector: str) -> str:

@@ -1,35 +1,41 @@
-"""The live table of runs: flow, job, the node running now, status, age — updated in place."""
+"""The live table of runs: flow, job, the node running now, status, age — a virtual table.
+
+Built on Textual's Line API (a ``ScrollView``) rather than ``DataTable``: only the lines on
+screen are drawn, each row's line is cached under the row's own content, and a row that did not
+change is never drawn again. A night that reorders its table twice a second with 500 rows in it
+costs the few lines that changed.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from rich.text import Text
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
 from textual.binding import Binding, BindingType
+from textual.geometry import Region, Size
 from textual.message import Message
-from textual.widgets import DataTable
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
-__all__ = ["RunRow", "RunsTable"]
-
-STATUS_STYLE = {
-    "running": "bold yellow",
-    "failed": "bold red",
-    "done": "green",
-    "queued": "dim",
-    "unreadable": "bold magenta",
-}
+__all__ = ["COLUMNS", "RunRow", "RunsTable"]
 
 COLUMNS = (
-    ("job", "job", 5),
-    ("flow", "flow", 9),
-    ("status", "status", 7),
-    ("now", "node / agent", 26),
-    ("age", "age", 6),
-    ("note", "note", 160),
+    ("job", "job", 5, "right"),
+    ("flow", "flow", 9, "left"),
+    ("status", "status", 7, "left"),
+    ("now", "node / agent", 26, "left"),
+    ("age", "age", 6, "right"),
+    ("note", "note", 0, "left"),
 )
-"""(key, label, width): fixed widths, so an update never re-measures the table."""
+"""(key, label, width, align); the last column takes the rest of the line."""
+
+STATUSES = ("running", "failed", "done", "queued", "unreadable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,33 +51,59 @@ class RunRow:
     age: str
     note: str
 
-    def cells(self) -> tuple[object, ...]:
-        return (
-            Text(str(self.job), justify="right"),
-            self.flow,
-            Text(self.status, style=STATUS_STYLE.get(self.status, "")),
-            self.now,
-            Text(self.age, justify="right"),
-            Text(self.note, style="red" if self.status in ("failed", "unreadable") else "dim"),
-        )
+    def cells(self) -> tuple[str, ...]:
+        return (str(self.job), self.flow, self.status, self.now, self.age, self.note)
 
 
-class RunsTable(DataTable):
-    """A DataTable of :class:`RunRow` that changes only the cells that changed.
+def _fit(text: str, width: int, align: str) -> str:
+    if len(text) > width:
+        return text[: max(0, width - 1)] + "…" if width > 1 else text[:width]
+    return text.rjust(width) if align == "right" else text.ljust(width)
 
-    Rows are slots: slot *i* shows the *i*-th run given to :meth:`show`. When a run moves (it
-    finished, so it goes from the running group to the top of the finished ones), only the
-    cells whose text changed are rewritten, and columns have fixed widths, so a night that
-    reorders its table twice a second never rebuilds or re-measures it.
-    """
+
+class RunsTable(ScrollView, can_focus=True):
+    """A scrolling table of :class:`RunRow` with a cursor; enter opens the run under it."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "select_cursor", "Open run", show=True)
+        Binding("enter", "open", "Open run"),
+        Binding("up", "cursor(-1)", "Up", show=False),
+        Binding("down", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "cursor(-1000000000)", "First", show=False),
+        Binding("end", "cursor(1000000000)", "Last", show=False),
     ]
 
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "runs-table--header",
+        "runs-table--cursor",
+        "runs-table--odd",
+        *(f"runs-table--{s}" for s in STATUSES),
+        "runs-table--note-bad",
+        "runs-table--note",
+    }
+
     DEFAULT_CSS = """
-    RunsTable { height: 1fr; }
+    RunsTable { height: 1fr; background: $surface; }
+    RunsTable > .runs-table--header { text-style: bold; background: $panel; }
+    RunsTable > .runs-table--cursor {
+        background: $block-cursor-background;
+        color: $block-cursor-foreground;
+        text-style: bold;
+    }
+    RunsTable:blur > .runs-table--cursor { background: $block-cursor-blurred-background; }
+    RunsTable > .runs-table--odd { background: $surface-lighten-1 30%; }
+    RunsTable > .runs-table--running { color: $warning; text-style: bold; }
+    RunsTable > .runs-table--failed { color: $error; text-style: bold; }
+    RunsTable > .runs-table--done { color: $success; }
+    RunsTable > .runs-table--queued { color: $text-muted; }
+    RunsTable > .runs-table--unreadable { color: $accent; text-style: bold; }
+    RunsTable > .runs-table--note-bad { color: $error; }
+    RunsTable > .runs-table--note { color: $text-muted; }
     """
+
+    cursor: reactive[int] = reactive(0)
+    """The index of the row under the cursor."""
 
     class Opened(Message):
         """The operator asked to open a run."""
@@ -83,56 +115,144 @@ class RunsTable(DataTable):
     def __init__(
         self, *, name: str | None = None, id: str | None = None, classes: str | None = None
     ) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, name=name, id=id, classes=classes)
-        self._rows: list[RunRow] = []
+        super().__init__(name=name, id=id, classes=classes)
+        self.rows: list[RunRow] = []
+        """The rows shown, in order."""
+        self._lines: OrderedDict[tuple[object, ...], Strip] = OrderedDict()
 
-    def on_mount(self) -> None:
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
+    # -- the parent's API -------------------------------------------------------------------
 
     @property
     def current_run(self) -> str | None:
         """The run under the cursor."""
-        if not self._rows or not 0 <= self.cursor_row < len(self._rows):
-            return None
-        return self._rows[self.cursor_row].key
-
-    def shown_rows(self) -> list[tuple[str, RunRow]]:
-        """(slot key, row) of every row shown."""
-        return [(f"slot-{i}", row) for i, row in enumerate(self._rows)]
-
-    def set_age(self, slot: str, age: str) -> None:
-        i = int(slot.removeprefix("slot-"))
-        row = self._rows[i]
-        if row.age != age:
-            self._rows[i] = RunRow(row.key, row.job, row.flow, row.status, row.now, age, row.note)
-            self.update_cell(slot, "age", Text(age, justify="right"))
+        return self.rows[self.cursor].key if 0 <= self.cursor < len(self.rows) else None
 
     def show(self, rows: Sequence[RunRow]) -> None:
-        """Make the table show ``rows`` in this order, keeping the cursor on its run."""
+        """Show ``rows`` in this order, keeping the cursor on its run."""
         current = self.current_run
-        old = self._rows
-        for i, row in enumerate(rows):
-            slot = f"slot-{i}"
-            if i >= len(old):
-                self.add_row(*row.cells(), key=slot)
-                continue
-            before = old[i]
-            if before == row:
-                continue
-            for (col, _, _), new, prev in zip(COLUMNS, row.cells(), before.cells(), strict=True):
-                if new != prev:
-                    self.update_cell(slot, col, new)
-        for i in range(len(rows), len(old)):
-            self.remove_row(f"slot-{i}")
-        self._rows = list(rows)
-        if current is not None:
-            where = next((i for i, r in enumerate(rows) if r.key == current), None)
-            if where is not None and where != self.cursor_row:
-                self.move_cursor(row=where, animate=False, scroll=False)
+        changed = [
+            i for i, row in enumerate(rows) if i >= len(self.rows) or self.rows[i] != row
+        ] + list(range(len(rows), len(self.rows)))
+        self.rows = list(rows)
+        self.virtual_size = Size(self.size.width, len(self.rows) + 1)
+        where = next((i for i, r in enumerate(self.rows) if r.key == current), None)
+        if where is not None:
+            self.set_reactive(RunsTable.cursor, where)
+        self.cursor = min(self.cursor, max(0, len(self.rows) - 1))
+        top = int(self.scroll_offset.y)
+        on_screen = [i for i in changed if top <= i < top + self.size.height]
+        if on_screen:
+            self.refresh()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()
+    def set_age(self, index: int, age: str) -> None:
+        """Change one row's age (the clock moved)."""
+        row = self.rows[index]
+        if row.age != age:
+            self.rows[index] = replace(row, age=age)
+            self._refresh_row(index)
+
+    # -- drawing ----------------------------------------------------------------------------
+
+    def _refresh_row(self, index: int) -> None:
+        y = index + 1 - int(self.scroll_offset.y)
+        if 0 < y < self.size.height:
+            self.refresh(Region(0, y, self.size.width, 1))
+
+    def watch_cursor(self, old: int, new: int) -> None:
+        self._refresh_row(old)
+        self._refresh_row(new)
+        self._scroll_to_cursor()
+
+    def _scroll_to_cursor(self) -> None:
+        top = int(self.scroll_offset.y)
+        visible = max(1, self.size.height - 1)
+        if self.cursor < top:
+            self.scroll_to(y=self.cursor, animate=False)
+        elif self.cursor >= top + visible:
+            self.scroll_to(y=self.cursor - visible + 1, animate=False)
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self.size.width, len(self.rows) + 1)
+        self._lines.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._lines.clear()
+
+    def _line(self, cells: tuple[str, ...], styles: list[Style], base: Style, width: int) -> Strip:
+        segments = []
+        used = 0
+        for (_, _, w, align), text, style in zip(COLUMNS, cells, styles, strict=True):
+            w = w or max(0, width - used - 1)
+            segments.append(Segment(" ", base))
+            segments.append(Segment(_fit(text, w, align), base + style))
+            used += w + 1
+        return Strip(segments).adjust_cell_length(width, base)
+
+    def _fg(self, component: str) -> Style:
+        """A component's colour and weight only: the row's background stays the row's."""
+        style = self.get_component_rich_style(component)
+        return Style(color=style.color, bold=style.bold)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        if y == 0:
+            header = self.get_component_rich_style("runs-table--header")
+            key: tuple[object, ...] = ("header", width, header)
+            if key not in self._lines:
+                labels = tuple(label for _, label, _, _ in COLUMNS)
+                self._lines[key] = self._line(labels, [Style()] * len(COLUMNS), header, width)
+            return self._lines[key]
+        index = int(self.scroll_offset.y) + y - 1
+        if index >= len(self.rows):
+            return Strip.blank(width, self.rich_style)
+        row = self.rows[index]
+        cursor = index == self.cursor
+        key = (row, width, cursor, index % 2, self.has_focus)
+        line = self._lines.get(key)
+        if line is None:
+            base = self.rich_style
+            if index % 2:
+                base = base + self.get_component_rich_style("runs-table--odd")
+            if cursor:
+                base = base + self.get_component_rich_style("runs-table--cursor")
+            bad = row.status in ("failed", "unreadable")
+            status = self._fg(f"runs-table--{row.status}") if row.status in STATUSES else Style()
+            note = self._fg("runs-table--note-bad" if bad else "runs-table--note")
+            styles = [Style(), Style(), status, Style(), Style(), note]
+            if cursor:  # the cursor's own colours win, so the row stays readable
+                styles = [Style(bold=s.bold) for s in styles]
+            line = self._line(row.cells(), styles, base, width)
+            self._lines[key] = line
+            if len(self._lines) > 2000:
+                self._lines.popitem(last=False)
+        return line
+
+    # -- keys and mouse ---------------------------------------------------------------------
+
+    def action_cursor(self, step: int) -> None:
+        if self.rows:
+            self.cursor = max(0, min(len(self.rows) - 1, self.cursor + step))
+
+    def action_page(self, direction: int) -> None:
+        self.action_cursor(direction * max(1, self.size.height - 2))
+
+    def action_open(self) -> None:
         run = self.current_run
         if run is not None:
             self.post_message(self.Opened(run))
+
+    def on_click(self, event: events.Click) -> None:
+        index = int(self.scroll_offset.y) + event.y - 1
+        if 0 <= index < len(self.rows) and event.y > 0:
+            if index == self.cursor and event.chain >= 2:
+                self.action_open()
+            self.cursor = index
+
+    def on_focus(self) -> None:
+        self._lines.clear()
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self._lines.clear()
+        self.refresh()
