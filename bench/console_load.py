@@ -167,7 +167,7 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, math.ceil(q * len(values)) - 1)] if values else 0
 
 
-async def window(frames: list[float], until) -> dict[str, float]:
+async def window(frames: list[float], until, app: PantheonConsole | None = None) -> dict:
     """CPU share, loop stalls and frames while ``until`` runs."""
     lags: list[float] = []
     stop = asyncio.Event()
@@ -181,14 +181,17 @@ async def window(frames: list[float], until) -> dict[str, float]:
 
     task = asyncio.create_task(probe())
     n0, c0, w0 = len(frames), time.process_time(), time.perf_counter()
+    r0, rc0 = (app.reads, app.read_cpu_s) if app else (0, 0.0)
     result = await until
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    reads, read_cpu = (app.reads - r0, app.read_cpu_s - rc0) if app else (0, 0.0)
     stop.set()
     await task
     f = frames[n0:]
     return dict(cpu=100 * cpu / wall, wall=wall, lag_max=max(lags) * 1e3,
                 lag_p99=pct(lags, 0.99) * 1e3, frame_max=max(f, default=0) * 1e3,
-                frame_p99=pct(f, 0.99) * 1e3, fps=len(f) / wall, result=result)  # fmt: skip
+                frame_p99=pct(f, 0.99) * 1e3, fps=len(f) / wall, result=result,
+                reads=reads / wall, read_cpu=100 * read_cpu / wall)  # fmt: skip
 
 
 async def measure(artifacts: Path, args: argparse.Namespace, writer_proc: tuple) -> dict:
@@ -204,13 +207,13 @@ async def measure(artifacts: Path, args: argparse.Namespace, writer_proc: tuple)
         t_snap = time.perf_counter() - t0
         await pilot.pause()
         t_full = time.perf_counter() - t0
-        rows = app.screen.query_one(RunsTable).row_count
+        rows = len(app.screen.query_one(RunsTable).rows)
         if not await asyncio.to_thread(ready.wait, 60):
             raise SystemExit("the writer process did not start")
         await asyncio.sleep(2.0)  # let the first screen's leftovers settle
-        idle = await window(frames, asyncio.sleep(args.seconds))
+        idle = await window(frames, asyncio.sleep(args.seconds), app)
         go.set()
-        loaded = await window(frames, asyncio.to_thread(out.get, True, args.seconds + 60))
+        loaded = await window(frames, asyncio.to_thread(out.get, True, args.seconds + 60), app)
         jobs = app.snapshot.jobs
     proc.join()
     done = sum(j.status == "done" for j in jobs.values())
@@ -266,6 +269,10 @@ def report(args: argparse.Namespace, queued: int, t_build: float, r: dict) -> No
             print(f"{label + ' ' + stat:<21}{a:>9.1f} ms{b:>11.1f} ms   < 50 ms")
     print(f"frames rendered      {idle['fps']:>9.1f}/s{load['fps']:>11.1f}/s   "
           f"(windows {idle['wall']:.1f} s, {load['wall']:.1f} s)")  # fmt: skip
+    print(f"night reads          {idle['reads']:>9.1f}/s{load['reads']:>11.1f}/s   "
+          "(each a NightChanged: the watcher's batches, the in-flight poll)")  # fmt: skip
+    print(f"  their CPU          {idle['read_cpu']:>9.1f} %{load['read_cpu']:>11.1f} %   "
+          "(part of the console CPU above)")  # fmt: skip
     print(f"the probe's own cost {r['probe']:>10.1f} %   (5 ms sleeps, in both CPU figures)")
     print(f"runs done at the end {r['done']:,} of {r['jobs']:,}", flush=True)
 

@@ -61,13 +61,20 @@ class NightChanged(Message):
     snapshot: NightSnapshot
     changes: ArtifactChanges
     changed_jobs: set[int] = field(default_factory=set)
+    urgent: bool = False
+    """Show it now (the operator's own change), not at the next redraw."""
 
     def can_replace(self, message: Message) -> bool:
         if isinstance(message, NightChanged):
-            message.changes = self.changes.merged(message.changes)
-            message.changed_jobs |= self.changed_jobs
+            message.absorb(self)
             return True
         return False
+
+    def absorb(self, older: NightChanged) -> None:
+        """Take in what an older message said changed (its snapshot is older than ours)."""
+        self.changes = older.changes.merged(self.changes)
+        self.changed_jobs |= older.changed_jobs
+        self.urgent = self.urgent or older.urgent
 
 
 class PantheonConsole(App[None]):
@@ -82,6 +89,7 @@ class PantheonConsole(App[None]):
         Binding("p", "toggle_queue", "Queue"),
         Binding("plus,equals_sign", "concurrency(1)", "c+", key_display="+"),
         Binding("minus", "concurrency(-1)", "c-", key_display="-"),
+        Binding("r", "review", "Review"),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -92,7 +100,8 @@ class PantheonConsole(App[None]):
         *,
         watch: bool = True,
         clock: Callable[[], float] = time.time,
-        debounce_ms: int = 400,
+        debounce_ms: int = 1000,
+        redraw_every_s: float = 1.0,
         night: subprocess.Popen[bytes] | None = None,
         night_log: Path | None = None,
     ) -> None:
@@ -104,8 +113,18 @@ class PantheonConsole(App[None]):
         self._watch = watch
         self._lock = threading.Lock()
         self._loaded = False
+        self.redraw_every_s = redraw_every_s
+        self._held: NightChanged | None = None
+        self._shown_at = 0.0
+        self._redraw_timer: Any = None
+        self.reads = 0
+        """How many times the night was read (each a NightChanged), and their CPU seconds."""
+        self.read_cpu_s = 0.0
         self.watcher = ArtifactsWatcher(
-            self.artifacts, self._changed_in_thread, debounce_ms=debounce_ms
+            self.artifacts,
+            self._changed_in_thread,
+            debounce_ms=debounce_ms,
+            on_quiet=self._quiet_in_thread,
         )
         self.night = night
         """The night's own process, when this console was opened by ``pantheon night``."""
@@ -117,6 +136,7 @@ class PantheonConsole(App[None]):
 
     def read(self, changes: ArtifactChanges) -> NightChanged:
         """Read what changed into the view; return the message that carries it (any thread)."""
+        cpu = time.thread_time()
         with self._lock:
             view = self.view
             first, self._loaded = not self._loaded, True
@@ -148,18 +168,30 @@ class PantheonConsole(App[None]):
                 totals=dict(view.totals),
                 read_at=self.clock(),
             )
+            self.reads += 1
+            self.read_cpu_s += time.thread_time() - cpu
         return NightChanged(snapshot, changes, changed)
 
     def _changed_in_thread(self, changes: ArtifactChanges) -> None:
         self.post_message(self.read(changes))
 
+    def _quiet_in_thread(self) -> None:
+        """No change for a second: nodes may still have started inside a run's folder, which
+        is not watched (it would cost a watch per run); look, if any job is running."""
+        if self.view.totals.get("running"):
+            message = self.read(ArtifactChanges())
+            if message.changed_jobs:
+                self.post_message(message)
+
     def refresh_night(self, changes: ArtifactChanges | None = None) -> None:
-        """Read the night now (from the UI thread), e.g. right after a control was written."""
-        self.post_message(self.read(ArtifactChanges(rescan=True) if changes is None else changes))
+        """Read the night now (from the UI thread), e.g. right after a control was written,
+        and show it at once."""
+        message = self.read(ArtifactChanges(rescan=True) if changes is None else changes)
+        message.urgent = True
+        self.post_message(message)
 
     def on_mount(self) -> None:
         self.push_screen(DashboardScreen())
-        self.set_interval(1.0, self._poll_in_flight)
         if self.night is not None:
             self.set_interval(1.0, self._check_night)
         if self._watch:
@@ -172,20 +204,33 @@ class PantheonConsole(App[None]):
         self.watcher.run()
 
     def on_night_changed(self, message: NightChanged) -> None:
+        """Show the night at most ``redraw_every_s`` apart: what arrives sooner waits, merged
+        with what follows, so a night writing 50 files a second redraws about once a second."""
+        if self._held is not None:
+            message.absorb(self._held)
+            self._held = None
+        wait = self._shown_at + self.redraw_every_s - time.monotonic()
+        if wait > 0 and not message.urgent:
+            self._held = message
+            if self._redraw_timer is None:
+                self._redraw_timer = self.set_timer(wait, self._show_held)
+            return
+        self._show(message)
+
+    def _show_held(self) -> None:
+        self._redraw_timer = None
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._show(held)
+
+    def _show(self, message: NightChanged) -> None:
+        self._shown_at = time.monotonic()
         self.snapshot = message.snapshot
         for screen in self.screen_stack:
             handler = getattr(screen, "night_changed", None)
             # a screen still composing shows the snapshot from its own on_mount
             if handler is not None and screen.is_mounted:
                 handler(message)
-
-    def _poll_in_flight(self) -> None:
-        """Nodes start inside a run's folder, which is not watched: look once a second."""
-        snap = self.snapshot
-        if self._lock.locked():
-            return  # the watcher is reading; it will post what it found
-        if snap is not None and any(j.status == "running" for j in snap.jobs.values()):
-            self.refresh_night(ArtifactChanges())
 
     def _check_night(self) -> None:
         if self.night is None or self._night_ended is not None:
@@ -280,6 +325,12 @@ class PantheonConsole(App[None]):
         if self.write_control(concurrency=c) is not None:
             self.notify(f"concurrency c = {c}")
 
+    def action_review(self) -> None:
+        from .review_screen import ReviewScreen
+
+        if not isinstance(self.screen, ReviewScreen):
+            self.push_screen(ReviewScreen())
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -322,5 +373,10 @@ class PantheonConsole(App[None]):
             "Concurrency down",
             f"Run one job fewer at once (c = {c.concurrency}) (-)",
             lambda: self.action_concurrency(-1),
+        )
+        yield SystemCommand(
+            "Morning review",
+            "The changes that wait: diffs, tests, reviews; merge or reject them (r)",
+            self.action_review,
         )
         yield SystemCommand("Help", "Keys and what the figures mean (?)", self.action_help)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -14,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
 from pantheon.core.nightview import RunFilter, table_jobs
+from pantheon.core.queue import JobSummary
 from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable
@@ -38,6 +40,18 @@ TILES = (
     ("tokens", "tok/s", "Generated tokens per second (and prompt tokens per second)."),
     ("kappa", "κ review", "Cohen's κ between the two reviewers over the recent review pairs."),
 )
+
+
+def _set(widget: Static, text: Text | str) -> None:
+    """Show ``text`` in ``widget``; nothing when it did not change, and a new layout only when
+    its number of lines did (a one-line change repaints that line, not the screen)."""
+    plain = text.plain if isinstance(text, Text) else text
+    before: str | None = getattr(widget, "_pantheon_plain", None)
+    if before == plain:
+        return
+    lines_changed = before is None or before.count("\n") != plain.count("\n")
+    widget._pantheon_plain = plain  # type: ignore[attr-defined]
+    widget.update(text, layout=lines_changed)
 
 
 def _series(samples: list[dict[str, Any]], get: Any) -> tuple[float, ...]:
@@ -121,6 +135,7 @@ class DashboardScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.filter = RunFilter()
+        self._rows: dict[int, tuple[JobSummary, Any, str | None, RunRow]] = {}
 
     @property
     def console(self) -> PantheonConsole:
@@ -239,7 +254,7 @@ class DashboardScreen(Screen[None]):
             text.append("engine: no samples yet", style="dim")
         if snap.queue_error:
             text.append(f"\nqueue: {snap.queue_error}", style="red")
-        self.query_one("#summary", Static).update(text)
+        _set(self.query_one("#summary", Static), text)
 
     def _show_runs(self, snap: NightSnapshot) -> None:
         table = self.query_one(RunsTable)
@@ -247,7 +262,7 @@ class DashboardScreen(Screen[None]):
         if not snap.exists or not snap.jobs:
             table.display = False
             empty.display = True
-            empty.update(self._empty_text(snap))
+            _set(empty, self._empty_text(snap))
             return
         now = self.console.clock()
         jobs, matched = table_jobs(
@@ -258,32 +273,50 @@ class DashboardScreen(Screen[None]):
             in_flight=snap.in_flight,
             limit=ROW_LIMIT,
         )
-        rows = [
-            RunRow(
-                key=j.run_name,
-                job=j.id,
-                flow=j.flow,
-                status=j.status,
-                now=job_now(j, snap.in_flight.get(j.id, ())),
-                age=job_age(j, now),
-                note=job_note(j, snap.problems.get(j.run_name)),
-            )
-            for j in jobs
-        ]
+        rows = [self._row(j, snap, now) for j in jobs]
+        if len(self._rows) > 4 * ROW_LIMIT:
+            self._rows = {j.id: self._rows[j.id] for j in jobs if j.id in self._rows}
         table.display = True
         table.show(rows)
         if matched == 0:
             empty.display = True
-            empty.update(f"No run matches “{self.filter}”. Press escape to clear the filter.")
+            _set(empty, f"No run matches “{self.filter}”. Press escape to clear the filter.")
         elif matched is None or matched > len(rows):
             empty.display = True
-            empty.update(
+            _set(
+                empty,
                 f"showing the first {len(rows)} of "
                 + (f"{matched:,} runs" if matched else "more runs that match")
-                + " (running first, then the latest); filter to narrow"
+                + " (running first, then the latest); filter to narrow",
             )
         else:
             empty.display = False
+
+    def _row(self, job: JobSummary, snap: NightSnapshot, now: float) -> RunRow:
+        """The job's row, reused while the job, its nodes in flight and its problem are the
+        same objects as last time; only the age of a waiting or running job is new."""
+        flight = snap.in_flight.get(job.id, ())
+        problem = snap.problems.get(job.run_name)
+        cached = self._rows.get(job.id)
+        if cached is not None and cached[0] is job and cached[1] == flight and cached[2] == problem:
+            row = cached[3]
+            if job.status in ("running", "queued"):
+                age = job_age(job, now)
+                if age != row.age:
+                    row = replace(row, age=age)
+                    self._rows[job.id] = (job, flight, problem, row)
+            return row
+        row = RunRow(
+            key=job.run_name,
+            job=job.id,
+            flow=job.flow,
+            status=job.status,
+            now=job_now(job, flight),
+            age=job_age(job, now),
+            note=job_note(job, problem),
+        )
+        self._rows[job.id] = (job, flight, problem, row)
+        return row
 
     def _empty_text(self, snap: NightSnapshot) -> Text:
         text = Text()

@@ -63,11 +63,18 @@ The console watches the artifacts directory. Closing it never touches the night:
 | `m` | pause or resume merges (asks first) |
 | `p` | pause or resume the queue (pausing asks first) |
 | `+` / `-` | run one job more or fewer at once (concurrency c) |
+| `r` | the morning review: the changes that wait, with their diff, tests and reviews |
 | `ctrl+p` | the command palette: every action by name |
 | `?` | this page |
 | `q` | quit the console (the night goes on) |
 
 In a run: `o` output, `i` input, `e` error, `c` model calls; arrows pick the node.
+
+In the review: `a` merges the change (a real git merge into its target branch; a conflict is
+refused with its files), `x` rejects it (its branch is kept as `pantheon/rejected/...`), `o`
+opens its run, `w` shows all changes or only the waiting ones, `f` the failed runs. Both ask
+first, and every decision is written to `decisions.jsonl`, which the report and the trainer
+read: a rejected change never becomes training data.
 
 ## The figures
 

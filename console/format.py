@@ -52,7 +52,7 @@ def job_age(job: JobSummary, now: float) -> str:
         return age(now - (job.started or job.created))
     if job.status in ("done", "failed") and job.finished:
         return age(job.finished - (job.started or job.created))
-    return age(now - job.created)
+    return short_age(now - job.created)  # a wait: minutes are enough, and redraw less
 
 
 def job_now(job: JobSummary, in_flight: Sequence[tuple[str, str]] = ()) -> str:

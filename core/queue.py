@@ -30,7 +30,7 @@ from .errors import QueueError
 __all__ = ["STATUSES", "Counts", "Job", "JobQueue", "JobSummary", "NodeRow", "new_owner"]
 
 DB_FILE = "pantheon.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("queued", "running", "done", "failed")
 
 _SCHEMA = """
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created     REAL NOT NULL,
     started     REAL,
     finished    REAL,
-    error       TEXT
+    error       TEXT,
+    touched     REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs (status, next_agent, priority DESC, id);
 CREATE INDEX IF NOT EXISTS jobs_by_age ON jobs (status, priority DESC, id);
@@ -83,6 +84,20 @@ CREATE TABLE IF NOT EXISTS reviews (
     at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reviews_by_time ON reviews (at);
+"""
+
+# v3: ``jobs.touched``, when a job's row last changed in a way a reader can see (not a lease
+# renewal), kept by triggers so that no writer can forget it; a reader asks for what changed
+# since its last look through an index instead of scanning every job.
+_TOUCHED = """
+CREATE INDEX IF NOT EXISTS jobs_by_touched ON jobs (touched);
+CREATE TRIGGER IF NOT EXISTS jobs_touch_insert AFTER INSERT ON jobs BEGIN
+    UPDATE jobs SET touched = NEW.created WHERE id = NEW.id;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_touch_update
+AFTER UPDATE OF status, node, next_agent, owner, started, finished, error, attempts ON jobs BEGIN
+    UPDATE jobs SET touched = (julianday('now') - 2440587.5) * 86400.0 WHERE id = NEW.id;
+END;
 """
 
 
@@ -265,8 +280,18 @@ class JobQueue:
                     hint="upgrade Pantheon, or use another --artifacts directory",
                 )
             if version < SCHEMA_VERSION:
+                add_touched = ""
+                if version == 2:  # the jobs table is there, without its touched column
+                    add_touched = (
+                        "ALTER TABLE jobs ADD COLUMN touched REAL;"
+                        "UPDATE jobs SET touched = COALESCE(finished, started, created);"
+                    )
                 self._db.executescript(
-                    "BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN IMMEDIATE;"
+                    + _SCHEMA
+                    + add_touched
+                    + _TOUCHED
+                    + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
                 )
         except sqlite3.Error as exc:
             self._db.close()
@@ -629,9 +654,9 @@ class JobQueue:
     ) -> list[JobSummary]:
         """Every job, oldest first, without its input.
 
-        With ``changed_since`` (epoch seconds): only the jobs created, started, finished or
-        leased since then, and the jobs in ``also`` (those a reader last saw running, which may
-        have gone back to the queue). A failed job names the node that failed.
+        With ``changed_since`` (epoch seconds): only the jobs whose row changed since then
+        (``touched``, an index), and the jobs in ``also``. A failed job names the node that
+        failed.
         """
         failed = (
             "SELECT {} FROM nodes WHERE job_id = j.id AND status = 'failed' ORDER BY node LIMIT 1"
@@ -646,9 +671,8 @@ class JobQueue:
             rows = self._read(f"{sql} ORDER BY j.id")
         else:
             rows = self._read(
-                f"{sql} WHERE j.created >= ?1 OR j.started >= ?1 OR j.finished >= ?1 "
-                "OR j.lease_until >= ?1 OR j.id IN (SELECT value FROM json_each(?2)) "
-                "ORDER BY j.id",
+                f"{sql} WHERE j.id IN (SELECT id FROM jobs WHERE touched >= ?1 "
+                "UNION SELECT value FROM json_each(?2)) ORDER BY j.id",
                 (changed_since, json.dumps(sorted(also))),
             )
         return [JobSummary(*r) for r in rows]

@@ -169,8 +169,11 @@ def _spread(values: list[Any]) -> dict[str, float | None]:
     return {"mean": round(statistics.fmean(xs), 3), "max": round(max(xs), 3)}
 
 
-def build_summary(artifacts: Path) -> dict[str, Any]:
-    """The night as one JSON object (see the module's docstring for the schema)."""
+def build_summary(artifacts: Path, *, write_cache: bool = True) -> dict[str, Any]:
+    """The night as one JSON object (see the module's docstring for the schema).
+
+    ``write_cache=False`` reads the cache but leaves it as it is (for a reader, the console,
+    that writes nothing but the operator's controls and decisions)."""
     artifacts = Path(artifacts)
     with JobQueue(artifacts, create=False) as queue:
         jobs = queue.summaries()
@@ -220,9 +223,10 @@ def build_summary(artifacts: Path) -> dict[str, Any]:
                     branch=d.kept_as or change.get("branch"),
                 )
             changes.append(change)
-    # a read-only artifacts directory still gets its report, only slower next time
-    with contextlib.suppress(OSError):
-        atomic_write_json(artifacts / CACHE_FILE, {"version": CACHE_VERSION, "runs": fresh})
+    if write_cache:
+        # a read-only artifacts directory still gets its report, only slower next time
+        with contextlib.suppress(OSError):
+            atomic_write_json(artifacts / CACHE_FILE, {"version": CACHE_VERSION, "runs": fresh})
 
     samples = read_samples(artifacts)
     started = min((j.started for j in jobs if j.started), default=None)

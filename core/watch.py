@@ -120,7 +120,8 @@ class ArtifactsWatcher:
     """Calls ``callback(changes)`` from its own thread whenever the artifacts directory changes.
 
     ``run`` names one run whose folder (and node folders) is watched too, for a screen that
-    shows it; :meth:`follow_run` changes it while watching.
+    shows it; :meth:`follow_run` changes it while watching. Batches are at most
+    ``debounce_ms`` apart while files keep changing, so a busy night gives about one a second.
     """
 
     def __init__(
@@ -129,15 +130,18 @@ class ArtifactsWatcher:
         callback: Callable[[ArtifactChanges], None],
         *,
         run: str | None = None,
-        debounce_ms: int = 400,
-        step_ms: int = 80,
+        debounce_ms: int = 1000,
+        step_ms: int = 100,
         wait_s: float = 1.0,
+        on_quiet: Callable[[], None] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.callback = callback
         self.debounce_ms = debounce_ms
         self.step_ms = step_ms
         self.wait_s = wait_s
+        self.on_quiet = on_quiet
+        """Called from the watcher's thread after ``wait_s`` without a change (for polls)."""
         self._run = run
         self._stop = threading.Event()
         self._restart = threading.Event()
@@ -213,6 +217,11 @@ class ArtifactsWatcher:
             raise_interrupt=False,
         ):
             self.error = None
+            if not batch and self.on_quiet is not None:
+                try:
+                    self.on_quiet()
+                except Exception:
+                    log.exception("the artifacts watcher's quiet callback failed")
             if batch:
                 paths = [p for _, p in batch]
                 changes = classify(self.artifacts, paths)

@@ -437,3 +437,31 @@ def test_queue_from_a_newer_pantheon_is_refused(art: Path) -> None:
     raw(art, "PRAGMA user_version = 99")
     with pytest.raises(QueueError, match="newer Pantheon"):
         JobQueue(art)
+
+
+def test_a_version_2_queue_gains_touched_times_and_readers_see_only_what_changed(
+    art: Path,
+) -> None:
+    with JobQueue(art) as q:
+        ids = q.enqueue(
+            flow="f", flow_sha="s", flow_source="f.yaml", flow_text="t", first_agent="a",
+            inputs=[{"n": i} for i in range(3)],
+        )  # fmt: skip
+    # the same queue as version 2 wrote it: no touched column, no triggers
+    with closing(sqlite3.connect(art / DB_FILE, isolation_level=None)) as db:
+        db.executescript(
+            "DROP TRIGGER jobs_touch_insert; DROP TRIGGER jobs_touch_update;"
+            "DROP INDEX jobs_by_touched; ALTER TABLE jobs DROP COLUMN touched;"
+            "PRAGMA user_version = 2;"
+        )
+    with JobQueue(art) as q:
+        assert raw(art, "PRAGMA user_version")[0][0] == 3
+        assert all(t is not None for (t,) in raw(art, "SELECT touched FROM jobs"))
+        later = time.time() + 0.5
+        time.sleep(0.6)
+        assert q.summaries(changed_since=later) == []
+        [job] = q.claim(1, "host:1:x")
+        assert [j.id for j in q.summaries(changed_since=later)] == [job.id]
+        q.renew("host:1:x", [job.id])  # a lease renewal is nobody's news
+        assert [j.id for j in q.summaries(changed_since=later)] == [job.id]
+        assert len(q.summaries()) == len(ids)

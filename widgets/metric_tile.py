@@ -64,11 +64,11 @@ class MetricTile(Widget):
 
     def watch_value(self, value: str) -> None:
         if self.is_mounted:
-            self.query_one(".tile--value", Static).update(value)
+            self.query_one(".tile--value", Static).update(value, layout=False)
 
     def watch_detail(self, detail: str) -> None:
         if self.is_mounted:
-            self.query_one(".tile--detail", Static).update(detail)
+            self.query_one(".tile--detail", Static).update(detail, layout=False)
 
     def watch_level(self, old: str, new: str) -> None:
         if old:
