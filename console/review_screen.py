@@ -51,6 +51,7 @@ class ReviewScreen(Screen[None]):
         self.showing = "changes"
         self.only_waiting = True
         self._selected: str | None = None
+        self.shown_text = ""
 
     @property
     def console(self) -> PantheonConsole:
@@ -175,8 +176,11 @@ class ReviewScreen(Screen[None]):
 
     def _show_item(self, item: dict[str, Any], run: Any, diff: str | Exception) -> None:
         view = self.query_one("#review-diff", Static)
+        self.shown_text = diff if isinstance(diff, str) else str(diff)
+        """What the diff pane shows, as plain text."""
         if self.showing == "failures":
             failed = run.failed
+            self.shown_text = f"FAILED at {item.get('node')}: {item.get('error')}"
             view.update(
                 Text.assemble(
                     ("FAILED ", "bold red"),
