@@ -279,6 +279,18 @@ class PantheonConsole(App[None]):
         self.refresh_night(ArtifactChanges(control=True))
         return control
 
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: Any = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Notifications hold file names and git's words: never read them as markup."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
     def action_toggle_merges(self) -> None:
         if self._control().merges_paused:
             self.push_screen(

@@ -689,6 +689,7 @@ def _night_with_console(args: argparse.Namespace) -> int:
 
     argv = [a for a in args.argv if a != "--headless"] + ["--headless"]
     log_path = args.artifacts / NIGHT_LOG
+    start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         night = subprocess.Popen(
             [sys.executable, "-m", "pantheon.console", *argv],
@@ -708,14 +709,17 @@ def _night_with_console(args: argparse.Namespace) -> int:
             f"  kill -INT {night.pid}                         stop it gracefully"
         )
         return 0
-    print(_night_log_tail(log_path))
+    print(_night_log_tail(log_path, start))
     return code
 
 
-def _night_log_tail(path: Path) -> str:
-    """The night's closing figures: its log from the last status table on."""
+def _night_log_tail(path: Path, start: int = 0) -> str:
+    """The night's closing figures: this night's log (from ``start``), from its status table
+    on, or its last lines when it stopped before printing one."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
     start = text.rfind("artifacts  ")

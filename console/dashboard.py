@@ -37,7 +37,7 @@ TILES = (
     ("running", "running", "Jobs running now, and the concurrency c the engine may use."),
     ("rho", "ρ util", "Utilization ρ = λ / (c μ) over the last minutes, and Erlang-C P(wait)."),
     ("batch", "batch b", "Average batch size: requests decoded together by the model server."),
-    ("tokens", "tok/s", "Generated tokens per second (and prompt tokens per second)."),
+    ("tokens", "tok/s", "Generated tokens per second over the last 30 s (and prompt tokens)."),
     ("kappa", "κ review", "Cohen's κ between the two reviewers over the recent review pairs."),
 )
 
@@ -105,10 +105,13 @@ def tile_figures(
         "warn" if gpu and b is not None and b < 8 else "",
         _series(samples, lambda s: s["batch"]["value"]),
     )
-    tokens = last.get("tokens") or {}
+    # a server's counters move when requests end: over 2 s they jump; say the last 30 s
+    recent = [s for s in samples[-30:] if s.get("ts", 0) >= last.get("ts", 0) - 30]
+    gen = _series(recent, lambda s: s["tokens"]["generated"])
+    prompt = _series(recent, lambda s: s["tokens"]["prompt"])
     out["tokens"] = (
-        figure(tokens.get("generated"), 1),
-        f"prompt {figure(tokens.get('prompt'), 0)}" if "generated" in tokens else "no figure",
+        figure(sum(gen) / len(gen), 1) if gen else "–",
+        f"prompt {figure(sum(prompt) / len(prompt), 0)}" if prompt else "no figure",
         "",
         _series(samples, lambda s: s["tokens"]["generated"]),
     )

@@ -30,8 +30,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.title_text, id="dialog-title")
-            yield Static(self.body, id="dialog-body")
+            yield Static(self.title_text, id="dialog-title", markup=False)
+            yield Static(self.body, id="dialog-body", markup=False)
             with Horizontal(id="dialog-buttons"):
                 yield Button(f"{self.yes} (y)", variant="warning", id="yes")
                 yield Button(f"{self.no} (n)", id="no")

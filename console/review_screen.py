@@ -52,6 +52,8 @@ class ReviewScreen(Screen[None]):
         self.only_waiting = True
         self._selected: str | None = None
         self.shown_text = ""
+        self._memo: dict[str, Any] = {}
+        self._shown_key: tuple[str, str] | None = None
 
     @property
     def console(self) -> PantheonConsole:
@@ -77,7 +79,11 @@ class ReviewScreen(Screen[None]):
         self.load()
 
     def night_changed(self, message: NightChanged) -> None:
-        if message.changed_jobs or "decisions.jsonl" in message.changes.other:
+        jobs = message.snapshot.jobs
+        finished = any(
+            jobs[i].status in ("done", "failed") for i in message.changed_jobs if i in jobs
+        )
+        if finished or "decisions.jsonl" in message.changes.other:
             self.load()
 
     # -- loading ----------------------------------------------------------------------------
@@ -85,7 +91,7 @@ class ReviewScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="review-list")
     def load(self) -> None:
         try:
-            summary = build_summary(self.console.artifacts, write_cache=False)
+            summary = build_summary(self.console.artifacts, write_cache=False, memo=self._memo)
         except PantheonError as exc:
             self.app.call_from_thread(self._show_problem, exc.message)
             return
@@ -146,7 +152,10 @@ class ReviewScreen(Screen[None]):
         index = ids.index(self._selected) if self._selected in ids else 0
         options.highlighted = index
         self._selected = ids[index]
-        self.show_item()
+        key = (self._selected, str(items[index].get("state")))
+        if key != self._shown_key:  # a reload that changed nothing keeps the panes as they are
+            self._shown_key = key
+            self.show_item()
 
     def _show_empty(self) -> None:
         what = "failed run" if self.showing == "failures" else "change waiting for a decision"
@@ -219,6 +228,8 @@ class ReviewScreen(Screen[None]):
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option.id and event.option.id != self._selected:
             self._selected = event.option.id
+            item = self._current()
+            self._shown_key = (self._selected, str(item.get("state") if item else ""))
             self.show_item()
 
     def _waiting_change(self) -> Change | None:
@@ -264,20 +275,23 @@ class ReviewScreen(Screen[None]):
             lambda ok: ok and self._decide("reject", change),
         )
 
+    @work(thread=True, group="review-decide")
     def _decide(self, what: str, change: Change) -> None:
+        """A real git merge or branch rename: in a thread, so the screen never freezes."""
         try:
             if what == "merge":
                 d = merge_by_hand(self.console.artifacts, change, by="operator")
-                self.notify(
-                    f"merged {change.branch} into {change.target} ({(d.commit or '')[:10]})"
-                )
+                done = f"merged {change.branch} into {change.target} ({(d.commit or '')[:10]})"
             else:
                 d = reject(self.console.artifacts, change, by="operator")
-                self.notify(f"rejected {change.run}; its branch is kept as {d.kept_as}")
+                done = f"rejected {change.run}; its branch is kept as {d.kept_as}"
         except PantheonError as exc:
-            self.notify(exc.message, title=f"not {what}d", severity="error", timeout=15)
+            self.app.call_from_thread(
+                self.notify, exc.message, title=f"not {what}d", severity="error", timeout=15
+            )
             return
-        self.load()
+        self.app.call_from_thread(self.notify, done)
+        self.app.call_from_thread(self.load)
 
     def action_open_run(self) -> None:
         from .run_detail import RunDetailScreen

@@ -112,7 +112,9 @@ def code_tasks() -> list[dict[str, str]]:
 
 
 def repo_jobs(repo: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """The docops and codefix inputs for every doc and code task of a demo repository."""
+    """The docops and codefix inputs for every doc and code task of a demo repository (its
+    path absolute, so that whoever reads the runs later finds it from any folder)."""
+    repo = Path(repo).resolve()
     docs = [
         {"repo": str(repo), "path": f"docs/{p.name}"}
         for p in sorted((Path(repo) / "docs").glob("*.md"))

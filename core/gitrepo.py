@@ -53,14 +53,20 @@ class GitRepo:
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         cmd = ["git", "-c", "core.hooksPath=/dev/null", *args]
-        done = subprocess.run(
-            cmd,
-            cwd=cwd or self.path,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=120,
-        )
+        where = cwd or self.path
+        try:
+            done = subprocess.run(
+                cmd,
+                cwd=where,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            raise GitError(f"git {' '.join(args)} took more than 120 s in {where}") from None
+        except OSError as exc:
+            raise GitError(f"cannot run git in {where}: {exc.strerror or exc}") from None
         if check and done.returncode != 0:
             raise GitError(f"git {' '.join(args)} failed: {done.stderr.strip()[:500]}")
         return done

@@ -295,9 +295,12 @@ class NightView:
         return changed
 
     def _nodes_of(self, flow_sha: str) -> list[tuple[str, str]]:
-        if flow_sha not in self._flow_nodes:
-            self._flow_nodes[flow_sha] = list(_flow_agents(self.artifacts, flow_sha).items())
-        return self._flow_nodes[flow_sha]
+        nodes = self._flow_nodes.get(flow_sha)
+        if not nodes:  # an empty answer (the database was busy) is asked again next time
+            nodes = list(_flow_agents(self.artifacts, flow_sha).items())
+            if nodes:
+                self._flow_nodes[flow_sha] = nodes
+        return nodes
 
     def close(self) -> None:
         if self._queue is not None:

@@ -101,6 +101,17 @@ END;
 """
 
 
+def _statements(script: str) -> list[str]:
+    """The complete SQL statements of a script (a trigger's body holds semicolons too)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return out
+
+
 def new_owner() -> str:
     """A lease owner id for this process: host, pid and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -280,24 +291,33 @@ class JobQueue:
                     hint="upgrade Pantheon, or use another --artifacts directory",
                 )
             if version < SCHEMA_VERSION:
-                add_touched = ""
-                if version == 2:  # the jobs table is there, without its touched column
-                    add_touched = (
-                        "ALTER TABLE jobs ADD COLUMN touched REAL;"
-                        "UPDATE jobs SET touched = COALESCE(finished, started, created);"
-                    )
-                self._db.executescript(
-                    "BEGIN IMMEDIATE;"
-                    + _SCHEMA
-                    + add_touched
-                    + _TOUCHED
-                    + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-                )
+                self._migrate()
         except sqlite3.Error as exc:
             self._db.close()
             raise self._error(exc) from None
         except BaseException:
             self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Bring an older (or new, empty) database to this schema, under the write lock, so
+        that two processes opening it at once do it once."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                for statement in _statements(_SCHEMA):
+                    db.execute(statement)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+                if "touched" not in columns:  # a version 1 or 2 database
+                    db.execute("ALTER TABLE jobs ADD COLUMN touched REAL")
+                    db.execute("UPDATE jobs SET touched = COALESCE(finished, started, created)")
+                for statement in _statements(_TOUCHED):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
             raise
 
     # -- plumbing ---------------------------------------------------------------------------

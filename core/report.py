@@ -66,7 +66,7 @@ SCHEMA = "pantheon.summary/1"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 CACHE_FILE = ".report-cache.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_POINTS = 400
 
 
@@ -169,11 +169,14 @@ def _spread(values: list[Any]) -> dict[str, float | None]:
     return {"mean": round(statistics.fmean(xs), 3), "max": round(max(xs), 3)}
 
 
-def build_summary(artifacts: Path, *, write_cache: bool = True) -> dict[str, Any]:
+def build_summary(
+    artifacts: Path, *, write_cache: bool = True, memo: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The night as one JSON object (see the module's docstring for the schema).
 
     ``write_cache=False`` reads the cache but leaves it as it is (for a reader, the console,
-    that writes nothing but the operator's controls and decisions)."""
+    that writes nothing but the operator's controls and decisions). ``memo``: a reader's own
+    cache in memory, used instead of the file and brought up to date."""
     artifacts = Path(artifacts)
     with JobQueue(artifacts, create=False) as queue:
         jobs = queue.summaries()
@@ -186,7 +189,7 @@ def build_summary(artifacts: Path, *, write_cache: bool = True) -> dict[str, Any
         agents[agent][status] += 1
         agents[agent]["s"].append(seconds)
 
-    cache = _load_cache(artifacts)
+    cache = memo if memo is not None and memo else _load_cache(artifacts)
     fresh: dict[str, Any] = {}
     decisions, bad_decisions = read_decisions(artifacts)
     changes, failures, corrupt = [], [], []
@@ -196,20 +199,32 @@ def build_summary(artifacts: Path, *, write_cache: bool = True) -> dict[str, Any
         if job.status in ("queued",):
             continue
         name = job.run_name
-        key = _stat_key(artifacts / RUNS / name / "run.json")
+        stat = _stat_key(artifacts / RUNS / name / "run.json")
+        # the queue's side goes into the key too: its nodes are written after run.json
+        key = None if stat is None else [*stat, job.status, job.node]
         cached = cache.get(name)
         if key is not None and cached is not None and cached.get("key") == key:
             entry = cached["entry"]
         else:
             failed_node = job.node if job.status == "failed" else None
             entry = _run_entry(artifacts, name, nodes_of.get(job.id, {}), failed_node)
-        if key is not None:
+        if key is not None and job.status in ("done", "failed"):
             fresh[name] = {"key": key, "entry": entry}
         if "corrupt" in entry and job.status != "running":
             corrupt.append({"run": name, "problem": entry["corrupt"]})
             continue
-        if entry.get("failure"):
-            failures.append({"run": name, "job": job.id, "flow": job.flow, **entry["failure"]})
+        failure = entry.get("failure")
+        if failure is None and job.status == "failed":
+            # failed in the queue while run.json says otherwise (the model server never
+            # answered, the job was abandoned after its engine died)
+            failure = {
+                "node": job.node,
+                "agent": job.node_agent,
+                "error": job.error or "failed",
+                "artifact": f"runs/{name}/run.json",
+            }
+        if failure:
+            failures.append({"run": name, "job": job.id, "flow": job.flow, **failure})
         if entry.get("change"):
             change = dict(entry["change"])
             d = decisions.get(name)
@@ -223,9 +238,12 @@ def build_summary(artifacts: Path, *, write_cache: bool = True) -> dict[str, Any
                     branch=d.kept_as or change.get("branch"),
                 )
             changes.append(change)
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     if write_cache:
         # a read-only artifacts directory still gets its report, only slower next time
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ArtifactError):
             atomic_write_json(artifacts / CACHE_FILE, {"version": CACHE_VERSION, "runs": fresh})
 
     samples = read_samples(artifacts)

@@ -113,9 +113,9 @@ def _changes(changes: list[dict[str, Any]]) -> str:
             "–" if r is None else ("pass" if r else "fail") for r in c.get("reviews") or []
         )
         tests = "–" if c.get("tests") is None else ("pass" if c["tests"] else "fail")
-        lines = "–" if c.get("added") is None else f"+{c['added']} −{c['removed']}"
+        lines = "–" if c.get("added") is None else f"+{_e(c['added'])} −{_e(c['removed'])}"
         rows.append(
-            f'<tr><td class="num">{c["job"]}</td><td>{_e(c["flow"])}</td>'
+            f'<tr><td class="num">{_e(c["job"])}</td><td>{_e(c["flow"])}</td>'
             f"<td><code>{_e(c['branch'])}</code></td>"
             f'<td>{_e(", ".join(c.get("files") or [])) or "–"}</td><td class="num">{lines}</td>'
             f"<td>{tests}</td><td>{reviews}</td>"

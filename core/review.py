@@ -288,5 +288,9 @@ def reject(artifacts: Path, change: Change, *, by: str = "operator", why: str = 
             repo=change.repo,
             kept_as=kept,
         )
-        _record(artifacts, decision)
+        try:
+            _record(artifacts, decision)
+        except (OSError, PantheonError) as exc:
+            repo.rename_branch(kept, change.branch)  # unrecorded: as if nothing happened
+            raise ReviewError(f"cannot record the rejection of {change.run}: {exc}") from None
     return decision
