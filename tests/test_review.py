@@ -190,3 +190,23 @@ def test_the_report_command(night):
     assert "changes   3 merged, 4 waiting, 0 rejected" in done.stdout
     with JobQueue(night) as q:
         assert q.pending() == 0
+
+
+def test_a_job_the_queue_failed_behind_its_run_json_is_still_a_failure(tmp_path):
+    import sqlite3
+
+    from night_fixture import make_night
+
+    night = make_night(tmp_path / "artifacts")
+    db = sqlite3.connect(night / "pantheon.db")
+    with db:  # the engine gave up on it: the model server never answered
+        db.execute(
+            "UPDATE jobs SET status = 'failed', error = ? WHERE id = 1",
+            ("the model server did not answer this job in 20 tries",),
+        )
+    db.close()
+    run_json = night / "runs" / "textstats-000001" / "run.json"
+    run_json.write_text(run_json.read_text().replace('"status": "done"', '"status": "stopped"'))
+    failures = {f["run"]: f for f in build_summary(night)["failures"]}
+    assert "did not answer" in failures["textstats-000001"]["error"]
+    assert failures["textstats-000001"]["artifact"] == "runs/textstats-000001/run.json"
