@@ -174,8 +174,9 @@ class NightView:
     """Run name -> why its ``run.json`` could not be read (checked when the job changes)."""
     in_flight: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     """Running job id -> the (node, agent) pairs it runs now, from its run folder."""
-    full_every_s: float = 30.0
-    """A full read of the queue this often, for changes no time stamp shows (a retry)."""
+    full_every_s: float = 600.0
+    """A full read of the queue this often: a safety net, as every change a reader can see is
+    stamped (``touched``); only a clock stepping back could hide one."""
 
     def __post_init__(self) -> None:
         self.artifacts = Path(self.artifacts)
