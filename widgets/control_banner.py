@@ -37,6 +37,8 @@ class ControlBanner(Static):
     problem: reactive[str | None] = reactive(None)
     """Why ``control.json`` could not be used, if it could not."""
 
+    _shown = ""
+
     def _lines(self) -> Text:
         text = Text()
         c = self.control
@@ -61,7 +63,11 @@ class ControlBanner(Static):
 
     def _show(self) -> None:
         text = self._lines()
-        self.update(text)
+        if text.plain == self._shown:
+            return  # the controls were rewritten, nothing to see changed: no redraw
+        lines_changed = text.plain.count("\n") != self._shown.count("\n") or not self._shown
+        self._shown = text.plain
+        self.update(text, layout=lines_changed)
         self.set_class(bool(text), "-shown")
         self.set_class(bool(self.problem), "-error")
 
