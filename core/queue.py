@@ -87,18 +87,15 @@ CREATE INDEX IF NOT EXISTS reviews_by_time ON reviews (at);
 """
 
 # v3: ``jobs.touched``, when a job's row last changed in a way a reader can see (not a lease
-# renewal), kept by triggers so that no writer can forget it; a reader asks for what changed
-# since its last look through an index instead of scanning every job.
+# renewal); every statement here that changes such a column sets it. A reader asks for what
+# changed since its last look through an index instead of scanning every job.
 _TOUCHED = """
 CREATE INDEX IF NOT EXISTS jobs_by_touched ON jobs (touched);
-CREATE TRIGGER IF NOT EXISTS jobs_touch_insert AFTER INSERT ON jobs BEGIN
-    UPDATE jobs SET touched = NEW.created WHERE id = NEW.id;
-END;
-CREATE TRIGGER IF NOT EXISTS jobs_touch_update
-AFTER UPDATE OF status, node, next_agent, owner, started, finished, error, attempts ON jobs BEGIN
-    UPDATE jobs SET touched = (julianday('now') - 2440587.5) * 86400.0 WHERE id = NEW.id;
-END;
+DROP TRIGGER IF EXISTS jobs_touch_insert;
+DROP TRIGGER IF EXISTS jobs_touch_update;
 """
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+"""Now, in epoch seconds, as SQLite computes it."""
 
 
 def _statements(script: str) -> list[str]:
@@ -413,7 +410,7 @@ class JobQueue:
         """Add one job per input, in one transaction; return their ids."""
         now = time.time()
         rows = [
-            (flow, flow_sha, json.dumps(inp, ensure_ascii=False), first_agent, priority, now)
+            (flow, flow_sha, json.dumps(inp, ensure_ascii=False), first_agent, priority, now, now)
             for inp in inputs
         ]
         with self._write() as db:
@@ -424,8 +421,8 @@ class JobQueue:
             )
             first = db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
             db.executemany(
-                "INSERT INTO jobs (flow, flow_sha, input, next_agent, priority, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (flow, flow_sha, input, next_agent, priority, created, touched) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             ids = [
@@ -489,7 +486,8 @@ class JobQueue:
                         ids.append(r[0])
             marks = ",".join("?" * len(ids))
             db.execute(
-                f"UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, "
+                f"UPDATE jobs SET touched = {_NOW}, "
+                "status = 'running', owner = ?, lease_until = ?, "
                 f"attempts = attempts + 1, started = COALESCE(started, ?), error = NULL "
                 f"WHERE id IN ({marks})",
                 (owner, now + lease_s, now, *ids),
@@ -520,7 +518,8 @@ class JobQueue:
         )
         if nodes or next_agent:
             db.execute(
-                "UPDATE jobs SET node = COALESCE(?, node), next_agent = COALESCE(?, next_agent) "
+                f"UPDATE jobs SET touched = {_NOW}, "
+                "node = COALESCE(?, node), next_agent = COALESCE(?, next_agent) "
                 "WHERE id = ?",
                 (nodes[-1].node if nodes else None, next_agent, job_id),
             )
@@ -565,7 +564,8 @@ class JobQueue:
     ) -> bool:
         with self._write() as db:
             cur = db.execute(
-                "UPDATE jobs SET status = ?, finished = ?, error = ?, owner = NULL, "
+                f"UPDATE jobs SET touched = {_NOW}, "
+                "status = ?, finished = ?, error = ?, owner = NULL, "
                 "lease_until = NULL WHERE id = ? AND owner = ? AND status = 'running'",
                 (status, time.time(), error, job_id, owner),
             )
@@ -585,13 +585,15 @@ class JobQueue:
         with self._write() as db:
             if ids is None:
                 cur = db.execute(
-                    "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, "
+                    f"UPDATE jobs SET touched = {_NOW}, "
+                    "status = 'queued', owner = NULL, lease_until = NULL, "
                     "attempts = MAX(attempts - 1, 0) WHERE owner = ? AND status = 'running'",
                     (owner,),
                 )
             else:
                 cur = db.executemany(
-                    "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, "
+                    f"UPDATE jobs SET touched = {_NOW}, "
+                    "status = 'queued', owner = NULL, lease_until = NULL, "
                     "attempts = MAX(attempts - 1, 0) WHERE id = ? AND owner = ? "
                     "AND status = 'running'",
                     [(i, owner) for i in ids],
@@ -625,11 +627,13 @@ class JobQueue:
                 if attempts >= max_attempts
             ]
             db.executemany(
-                "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL WHERE id = ?",
+                f"UPDATE jobs SET touched = {_NOW}, "
+                "status = 'queued', owner = NULL, lease_until = NULL WHERE id = ?",
                 again,
             )
             db.executemany(
-                "UPDATE jobs SET status = 'failed', finished = ?, error = ?, owner = NULL, "
+                f"UPDATE jobs SET touched = {_NOW}, "
+                "status = 'failed', finished = ?, error = ?, owner = NULL, "
                 "lease_until = NULL WHERE id = ?",
                 dead,
             )
@@ -638,7 +642,8 @@ class JobQueue:
     def retry_failed(self, ids: Sequence[int] | None = None) -> int:
         """Put failed jobs back in the queue (their finished nodes are not run again)."""
         sql = (
-            "UPDATE jobs SET status = 'queued', attempts = 0, finished = NULL, error = NULL, "
+            f"UPDATE jobs SET touched = {_NOW}, "
+            "status = 'queued', attempts = 0, finished = NULL, error = NULL, "
             "next_agent = COALESCE((SELECT agent FROM nodes WHERE nodes.job_id = jobs.id "
             "AND nodes.status = 'failed' LIMIT 1), next_agent) WHERE status = 'failed'"
         )

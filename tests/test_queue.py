@@ -447,10 +447,9 @@ def test_a_version_2_queue_gains_touched_times_and_readers_see_only_what_changed
             flow="f", flow_sha="s", flow_source="f.yaml", flow_text="t", first_agent="a",
             inputs=[{"n": i} for i in range(3)],
         )  # fmt: skip
-    # the same queue as version 2 wrote it: no touched column, no triggers
+    # the same queue as version 2 wrote it: no touched column
     with closing(sqlite3.connect(art / DB_FILE, isolation_level=None)) as db:
         db.executescript(
-            "DROP TRIGGER jobs_touch_insert; DROP TRIGGER jobs_touch_update;"
             "DROP INDEX jobs_by_touched; ALTER TABLE jobs DROP COLUMN touched;"
             "PRAGMA user_version = 2;"
         )
