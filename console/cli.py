@@ -518,7 +518,6 @@ def cmd_console(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pantheon.core.report import REPORT_FILE, SUMMARY_FILE, write_report
 
-    JobQueue(args.artifacts, create=False).close()  # a clear error when there is no night
     summary, seconds = write_report(args.artifacts)
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

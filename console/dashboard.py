@@ -20,7 +20,7 @@ from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable
 
-from .format import age, figure, job_age, job_note, job_now, short_age
+from .format import age, figure, job_age, job_note, job_now
 
 if TYPE_CHECKING:
     from .app import NightChanged, NightSnapshot, PantheonConsole
@@ -66,9 +66,7 @@ def _series(samples: list[dict[str, Any]], get: Any) -> tuple[float, ...]:
     return tuple(out)
 
 
-def tile_figures(
-    snapshot: NightSnapshot, now: float
-) -> dict[str, tuple[str, str, str, tuple[float, ...]]]:
+def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tuple[float, ...]]]:
     """Each tile's (value, detail, level, history) from the last hour of samples."""
     samples = snapshot.samples
     last = samples[-1] if samples else {}
@@ -77,7 +75,7 @@ def tile_figures(
     out: dict[str, tuple[str, str, str, tuple[float, ...]]] = {}
     out["depth"] = (
         figure(totals["queued"]),
-        f"drain {short_age(last.get('drain_s'))}" if last.get("drain_s") else "",
+        f"drain {age(last.get('drain_s'), short=True)}" if last.get("drain_s") else "",
         "",
         _series(samples, lambda s: s["depth"]),
     )
@@ -226,7 +224,7 @@ class DashboardScreen(Screen[None]):
             running.detail = f"c={c}"
 
     def _show_tiles(self, snap: NightSnapshot) -> None:
-        figures = tile_figures(snap, self.console.clock())
+        figures = tile_figures(snap)
         for key, (value, detail, level, history) in figures.items():
             tile = self.query_one(f"#tile-{key}", MetricTile)
             tile.value, tile.detail, tile.level, tile.history = value, detail, level, history

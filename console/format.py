@@ -7,7 +7,7 @@ from typing import Any
 
 from pantheon.core.queue import JobSummary
 
-__all__ = ["age", "figure", "job_age", "job_note", "job_now", "short_age"]
+__all__ = ["age", "figure", "job_age", "job_note", "job_now"]
 
 
 def figure(value: Any, nd: int = 2) -> str:
@@ -20,30 +20,19 @@ def figure(value: Any, nd: int = 2) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def age(seconds: float | None) -> str:
-    """12s, 4m05s, 3h12m, 2d04h."""
+def age(seconds: float | None, *, short: bool = False) -> str:
+    """12s, 4m05s, 3h12m, 2d04h; ``short`` drops the seconds past a minute (4m), for a
+    narrow line or a figure that need not move every second."""
     if seconds is None:
         return ""
     s = max(0, int(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
+        return f"{s // 60}m" if short else f"{s // 60}m{s % 60:02d}s"
+    if s < 86400 or short:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def short_age(seconds: float | None) -> str:
-    """12s, 4m, 3h12m: for a tile's narrow line."""
-    if seconds is None:
-        return ""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def job_age(job: JobSummary, now: float) -> str:
@@ -52,7 +41,7 @@ def job_age(job: JobSummary, now: float) -> str:
         return age(now - (job.started or job.created))
     if job.status in ("done", "failed") and job.finished:
         return age(job.finished - (job.started or job.created))
-    return short_age(now - job.created)  # a wait: minutes are enough, and redraw less
+    return age(now - job.created, short=True)  # a wait: minutes are enough, and redraw less
 
 
 def job_now(job: JobSummary, in_flight: Sequence[tuple[str, str]] = ()) -> str:

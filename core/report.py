@@ -51,7 +51,7 @@ from .errors import ArtifactError
 from .metrics import read_samples
 from .queue import STATUSES, JobQueue
 from .queuemath import cohen_kappa
-from .review import change_of, read_decisions
+from .review import apply_decision, change_of, read_decisions
 
 __all__ = [
     "CACHE_FILE",
@@ -226,17 +226,9 @@ def build_summary(
         if failure:
             failures.append({"run": name, "job": job.id, "flow": job.flow, **failure})
         if entry.get("change"):
-            change = dict(entry["change"])
-            d = decisions.get(name)
-            if d is not None:
-                change.update(
-                    state=d.action,
-                    decided_by=d.by,
-                    decided_at=d.at,
-                    reason=d.why or f"{d.action} by {d.by}",
-                    commit=d.commit or change.get("commit"),
-                    branch=d.kept_as or change.get("branch"),
-                )
+            change = entry["change"]
+            if (d := decisions.get(name)) is not None:
+                change = apply_decision(change, d)
             changes.append(change)
     if memo is not None:
         memo.clear()

@@ -29,6 +29,7 @@ __all__ = [
     "Change",
     "Decision",
     "ReviewError",
+    "apply_decision",
     "change_of",
     "merge_by_hand",
     "read_decisions",
@@ -128,7 +129,6 @@ def change_of(
     artifacts: Path,
     record: RunRecord,
     node_agents: dict[str, str],
-    decision: Decision | None = None,
     *,
     failed_node: str | None = None,
     error: str | None = None,
@@ -187,15 +187,20 @@ def change_of(
             change.state = "merged"
             change.commit = merge.get("commit")
             change.decided_at = record.finished_at
-    if decision is not None:
-        change.state = decision.action
-        change.decided_by = decision.by
-        change.decided_at = decision.at
-        change.reason = decision.why or f"{decision.action} by {decision.by}"
-        change.commit = decision.commit or change.commit
-        if decision.kept_as:
-            change.branch = decision.kept_as
     return change
+
+
+def apply_decision(change: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """A change (as JSON) as the operator's decision left it."""
+    return {
+        **change,
+        "state": decision.action,
+        "decided_by": decision.by,
+        "decided_at": decision.at,
+        "reason": decision.why or f"{decision.action} by {decision.by}",
+        "commit": decision.commit or change.get("commit"),
+        "branch": decision.kept_as or change.get("branch"),
+    }
 
 
 def _record(artifacts: Path, decision: Decision) -> None:
@@ -205,7 +210,7 @@ def _record(artifacts: Path, decision: Decision) -> None:
     )
 
 
-def _decide(artifacts: Path, change: Change, by: str) -> tuple[GitRepo, Decision | None]:
+def _decide(artifacts: Path, change: Change) -> GitRepo:
     if change.state != "waiting":
         raise ReviewError(
             f"{change.run} is already {change.state}"
@@ -224,14 +229,14 @@ def _decide(artifacts: Path, change: Change, by: str) -> tuple[GitRepo, Decision
             f"the branch {change.branch} is not in {change.repo} any more",
             hint="it was deleted or renamed by hand; nothing was recorded",
         )
-    return repo, None
+    return repo
 
 
 def merge_by_hand(artifacts: Path, change: Change, *, by: str = "operator") -> Decision:
     """Merge a waiting change into its target branch; ReviewError (nothing recorded) on a
     conflict or when it was already decided."""
     with locked(Path(artifacts) / ".decisions.lock"):
-        repo, _ = _decide(artifacts, change, by)
+        repo = _decide(artifacts, change)
         try:
             result = repo.merge(
                 change.branch, change.target, f"Merge {change.branch} (merged by {by})"
@@ -265,7 +270,7 @@ def merge_by_hand(artifacts: Path, change: Change, *, by: str = "operator") -> D
 def reject(artifacts: Path, change: Change, *, by: str = "operator", why: str = "") -> Decision:
     """Reject a waiting change: the branch is kept as ``pantheon/rejected/<flow>/<job>``."""
     with locked(Path(artifacts) / ".decisions.lock"):
-        repo, _ = _decide(artifacts, change, by)
+        repo = _decide(artifacts, change)
         kept = change.branch.replace("pantheon/", "pantheon/rejected/", 1)
         if repo.has_branch(kept):
             raise ReviewError(f"a branch {kept} exists already in {change.repo}")

@@ -133,3 +133,44 @@ def pantheon_popen(*args: str, **kwargs) -> subprocess.Popen[str]:
     kwargs.setdefault("stderr", subprocess.PIPE)
     kwargs.setdefault("text", True)
     return subprocess.Popen([sys.executable, "-m", "pantheon.console", *args], **kwargs)
+
+
+@pytest.fixture(scope="session")
+def frozen_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The frozen textstats night of ``night_fixture``, built once."""
+    from night_fixture import make_night
+
+    return make_night(tmp_path_factory.mktemp("night") / "artifacts")
+
+
+@pytest.fixture
+def night(frozen_night: Path, tmp_path: Path) -> Path:
+    """A private copy of the frozen night (tests write control.json and break files). Modules
+    with a night of their own (a docops night on a real repository) define their own."""
+    import shutil
+
+    dest = tmp_path / "artifacts"
+    shutil.copytree(frozen_night, dest)
+    return dest
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository of documentation pages on ``main`` (the docs of the demo corpus that
+    are long enough to publish), for the docops flow and the morning review."""
+    from pantheon.core.demo import demo_inputs
+
+    root = tmp_path / "docs-repo"
+    (root / "docs").mkdir(parents=True)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "dev@example.org")
+    git("config", "user.name", "Dev")
+    for i, doc in enumerate(d for d in demo_inputs() if len(d["text"].split()) >= 40):
+        (root / "docs" / f"doc{i}.md").write_text(doc["text"])
+    git("add", "-A")
+    git("commit", "-qm", "docs")
+    return root

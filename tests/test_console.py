@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from night_fixture import NOW, make_night
+from night_fixture import NOW
 from textual.widgets import OptionList, Static, TabbedContent
 
 from pantheon.console.app import PantheonConsole
@@ -20,19 +19,6 @@ from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunsTable
 
 SIZE = (100, 30)
-
-
-@pytest.fixture(scope="module")
-def frozen_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_night(tmp_path_factory.mktemp("night") / "artifacts")
-
-
-@pytest.fixture
-def night(frozen_night: Path, tmp_path: Path) -> Path:
-    """A private copy of the frozen night (tests write control.json)."""
-    dest = tmp_path / "artifacts"
-    shutil.copytree(frozen_night, dest)
-    return dest
 
 
 def console(artifacts: Path) -> PantheonConsole:

@@ -12,7 +12,6 @@ import yaml
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.control import ControlFile
-from pantheon.core.demo import demo_inputs
 from pantheon.core.flows import packaged_flows_dir
 from pantheon.core.llm import LLMClient
 from pantheon.core.models import TEST_MODEL, ModelStore
@@ -26,20 +25,6 @@ def git(cwd, *args):
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
     ).stdout.strip()
-
-
-@pytest.fixture
-def repo(tmp_path):
-    root = tmp_path / "docs-repo"
-    (root / "docs").mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "dev@example.org")
-    git(root, "config", "user.name", "Dev")
-    for i, doc in enumerate(d for d in demo_inputs() if len(d["text"].split()) >= 40):
-        (root / "docs" / f"doc{i}.md").write_text(doc["text"])
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "docs")
-    return root
 
 
 def fake_model(verdicts):

@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
-
-import pytest
-from night_fixture import make_night
 
 from pantheon.core import JobQueue
 from pantheon.core.nightview import MetricsTail, NightView, RunFilter, load_run, table_jobs
 from pantheon.core.queue import JobSummary
-
-
-@pytest.fixture(scope="module")
-def frozen_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_night(tmp_path_factory.mktemp("night") / "artifacts")
-
-
-@pytest.fixture
-def night(frozen_night: Path, tmp_path: Path) -> Path:
-    dest = tmp_path / "artifacts"
-    shutil.copytree(frozen_night, dest)
-    return dest
 
 
 def sample(ts: float, **kw) -> str:

@@ -12,24 +12,9 @@ from test_docops import fake_model, git, run_night
 
 from pantheon.core import JobQueue
 from pantheon.core.control import ControlFile
-from pantheon.core.demo import demo_inputs
 from pantheon.core.report import SCHEMA, build_summary, write_report
 from pantheon.core.review import DECISIONS_FILE, ReviewError, merge_by_hand, reject
 from pantheon.core.work_agents import split_frontmatter
-
-
-@pytest.fixture
-def repo(tmp_path):
-    root = tmp_path / "docs-repo"
-    (root / "docs").mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "config", "user.email", "dev@example.org")
-    git(root, "config", "user.name", "Dev")
-    for i, doc in enumerate(d for d in demo_inputs() if len(d["text"].split()) >= 40):
-        (root / "docs" / f"doc{i}.md").write_text(doc["text"])
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "docs")
-    return root
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from test_docops import fake_model, git, run_night
-from test_review import repo  # noqa: F401  (the fixture)
 
 from pantheon.console.app import PantheonConsole
 from pantheon.console.dialogs import ConfirmScreen
@@ -23,7 +22,7 @@ SIZE = (110, 32)
 
 
 @pytest.fixture
-def night(tmp_path, registry, repo, monkeypatch):  # noqa: F811
+def night(tmp_path, registry, repo, monkeypatch):
     """Merges paused: four changes wait (three green, one a reviewer failed), run from the
     test's folder so that every path on screen is the same on every machine."""
     monkeypatch.chdir(tmp_path)
@@ -76,7 +75,7 @@ async def test_the_waiting_changes_with_diff_tests_and_reviews(night):
         assert "passed" in screen.query_one("#review-tests", JsonView).plain
 
 
-async def test_merge_and_reject_for_real_from_the_screen(night, repo):  # noqa: F811
+async def test_merge_and_reject_for_real_from_the_screen(night, repo):
     app = PantheonConsole(night, watch=False)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_review(pilot)
@@ -99,7 +98,7 @@ async def test_merge_and_reject_for_real_from_the_screen(night, repo):  # noqa: 
         assert len(listed(screen)) == 4
 
 
-async def test_a_conflict_is_refused_on_screen_and_nothing_is_recorded(night, repo):  # noqa: F811
+async def test_a_conflict_is_refused_on_screen_and_nothing_is_recorded(night, repo):
     doc = repo / "docs" / "doc0.md"
     doc.write_text("---\ntitle: Someone else's\n---\n" + doc.read_text())
     git(repo, "commit", "-qam", "a colleague's frontmatter")
