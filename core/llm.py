@@ -142,7 +142,10 @@ class LLMClient:
                     "type": "json_schema",
                     "json_schema": {"name": schema_name, "schema": schema, "strict": True},
                 }
-        if adapter is not None:
+        if adapter is None and self.backend is Backend.LLAMA_CPP and self.adapters:
+            # the server's own scales are not to be trusted to be zero: say so on every request
+            body["lora"] = [{"id": i, "scale": 0.0} for i in sorted(self.adapters.values())]
+        elif adapter is not None:
             if self.backend is Backend.VLLM:
                 body["model"] = adapter  # vLLM serves each LoRA module under its own name
             elif self.backend is Backend.LLAMA_CPP:

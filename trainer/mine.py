@@ -1,0 +1,322 @@
+"""Trace mining: the night's green work becomes per-agent chat data sets.
+
+A job's trace is **green** when its run finished, every test gate passed, both reviewers passed it
+and the operator did not reject it in the morning review. Each model call a worker agent made in a
+green run (its reply parsed and accepted) becomes one chat example: the messages the agent saw, and
+the reply it gave as the last, assistant, message — a tool call is a reply like any other.
+Reviewers are not trained on their own verdicts.
+
+Each job falls on one side of a deterministic split (a hash of its run's name): its examples train
+the adapter or stay held out, and a held-out job, green or not, is a task to judge the adapter on.
+Examples are deduplicated on their full text. Nothing here needs torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pantheon.core.agents import AgentRegistry, default_registry
+from pantheon.core.artifacts import RUNS, RunRecord
+from pantheon.core.atomic import atomic_write_json, atomic_write_text, read_json
+from pantheon.core.errors import ArtifactError, PantheonError
+from pantheon.core.flows import Flow, parse_flow
+from pantheon.core.queue import Job, JobQueue
+from pantheon.core.review import read_decisions
+from pantheon.core.training import MineStats, training_root
+
+__all__ = ["MineResult", "heldout", "mine"]
+
+log = logging.getLogger(__name__)
+
+DATA = "data.jsonl"
+TASKS = "tasks.jsonl"
+STATS = "mine.json"
+
+
+def heldout(run_name: str, fraction: float) -> bool:
+    """Whether a job is held out: the same answer on every machine and every night."""
+    digest = hashlib.sha256(run_name.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+@dataclass
+class _Agent:
+    stats: MineStats
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    jobs: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class MineResult:
+    agents: dict[str, MineStats]
+    runs: int
+    """Jobs looked at."""
+    skipped: Counter[str]
+    """Jobs that gave no example to any agent, by reason."""
+
+
+def _calls(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The calls a node made, and how many lines were corrupt."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    calls, bad = [], 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            call = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            bad += 1
+            continue
+        if not isinstance(call, dict) or not isinstance(call.get("messages"), list):
+            bad += 1
+            continue
+        calls.append(call)
+    return calls, bad
+
+
+def _output(folder: Path, node: str) -> dict[str, Any] | None:
+    try:
+        value = read_json(folder / node / "output.json")
+    except (FileNotFoundError, ArtifactError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _verdict(flow: Flow, folder: Path) -> str:
+    """green, failed or disagreed, from the gates' outputs on disk."""
+    reviews: list[bool] = []
+    for node in flow.order:
+        cls = flow.agents[node]
+        if not cls.gate:
+            continue
+        out = _output(folder, node)
+        if out is None:
+            return "failed"
+        if cls.reviewer:
+            reviews.append(bool(out.get("passed")))
+        elif not out.get("passed"):
+            return "failed"
+    if len(reviews) >= 2 and len(set(reviews)) > 1:
+        return "disagreed"
+    if len(reviews) < 2 or not all(reviews):
+        return "failed"
+    return "green"
+
+
+def mine(
+    artifacts: Path,
+    *,
+    fraction: float = 0.2,
+    registry: AgentRegistry | None = None,
+    only: set[str] | None = None,
+) -> MineResult:
+    """Mine every job of the artifacts directory; write ``training/<agent>/`` for each agent."""
+    artifacts = Path(artifacts)
+    if not (0.0 < fraction < 1.0):
+        raise PantheonError(f"the held-out fraction must be between 0 and 1, not {fraction}")
+    registry = registry or default_registry()
+    db = artifacts / "pantheon.db"
+    if not db.exists():
+        raise ArtifactError(
+            f"{artifacts} holds no night to mine (no pantheon.db)",
+            hint="run a night first (pantheon night), or point --artifacts at one",
+        )
+    decisions, _ = read_decisions(artifacts)
+    flows: dict[str, Flow | None] = {}
+    agents: dict[str, _Agent] = {}
+    skipped: Counter[str] = Counter()
+    with JobQueue(artifacts, create=False) as queue:
+        jobs = queue.jobs(limit=10**9)
+
+        def flow_of(job: Job) -> Flow | None:
+            if job.flow_sha not in flows:
+                try:
+                    source, text = queue.flow_text(job.flow_sha)
+                    flows[job.flow_sha] = parse_flow(text, registry, source=source)
+                except PantheonError as exc:
+                    log.warning("flow of %s cannot be read: %s", job.run_name, exc)
+                    flows[job.flow_sha] = None
+            return flows[job.flow_sha]
+
+        for job in jobs:
+            flow = flow_of(job)
+            if flow is None:
+                skipped["flow unreadable"] += 1
+                continue
+            workers = [
+                n
+                for n in flow.order
+                if flow.agents[n].uses_model
+                and not flow.agents[n].reviewer
+                and (only is None or flow.agents[n].name in only)
+            ]
+            if not workers:
+                continue
+            for n in workers:
+                name = flow.agents[n].name
+                agents.setdefault(name, _Agent(MineStats(agent=name)))
+            reason = _mine_job(artifacts, job, flow, workers, decisions, agents, fraction)
+            if reason:
+                skipped[reason] += 1
+    now = datetime.now(UTC)
+    for state in agents.values():
+        _write(artifacts, state, now)
+    return MineResult({k: v.stats for k, v in sorted(agents.items())}, len(jobs), skipped)
+
+
+def _mine_job(
+    artifacts: Path,
+    job: Job,
+    flow: Flow,
+    workers: list[str],
+    decisions: dict[str, Any],
+    agents: dict[str, _Agent],
+    fraction: float,
+) -> str | None:
+    """Add one job's examples and task; returns why it gave no example (None: it gave some)."""
+    folder = artifacts / RUNS / job.run_name
+    names = {flow.agents[n].name for n in workers}
+    held = heldout(job.run_name, fraction)
+
+    def leave(reason: str) -> str:
+        for name in names:
+            agents[name].stats.left_out[reason] = agents[name].stats.left_out.get(reason, 0) + 1
+        return reason
+
+    if job.status not in ("done", "failed"):
+        return leave("unfinished")
+    try:
+        record = RunRecord.model_validate(read_json(folder / "run.json"))
+    except FileNotFoundError:
+        return leave("corrupt")
+    except (ArtifactError, ValidationError):
+        return leave("corrupt")
+    if held:
+        task = {
+            "run": job.run_name,
+            "job": job.id,
+            "flow": flow.name,
+            "flow_sha256": job.flow_sha,
+            "input": record.input,
+            "status": record.status,
+        }
+        for name in names:
+            agents[name].tasks.append(task)
+    verdict = _verdict(flow, folder) if record.status == "done" else "failed"
+    decision = decisions.get(job.run_name)
+    if verdict == "green" and decision is not None and decision.action == "rejected":
+        verdict = "rejected"
+    if verdict != "green":
+        return leave(verdict)
+    gave = False
+    for node in workers:
+        state = agents[flow.agents[node].name]
+        state.stats.green_jobs += 1
+        calls, bad = _calls(folder / node / "calls.jsonl")
+        if bad:
+            state.stats.left_out["corrupt"] = state.stats.left_out.get("corrupt", 0) + bad
+        for call in calls:
+            raw = call.get("raw")
+            if call.get("error") or not isinstance(raw, str) or not raw.strip():
+                state.stats.left_out["unusable call"] = (
+                    state.stats.left_out.get("unusable call", 0) + 1
+                )
+                continue
+            messages = [
+                {"role": str(m.get("role")), "content": str(m.get("content") or "")}
+                for m in call["messages"]
+                if isinstance(m, dict)
+            ]
+            messages.append({"role": "assistant", "content": raw})
+            key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+            if key in state.seen:
+                state.stats.duplicates += 1
+                continue
+            state.seen.add(key)
+            state.examples.append(
+                {
+                    "messages": messages,
+                    "split": "heldout" if held else "train",
+                    "run": job.run_name,
+                    "node": node,
+                    "step": call.get("step"),
+                }
+            )
+            gave = True
+    return None if gave else "no usable call"
+
+
+def _write(artifacts: Path, state: _Agent, now: datetime) -> None:
+    folder = training_root(artifacts) / state.stats.agent
+    stats = state.stats
+    stats.examples = len(state.examples)
+    stats.train = sum(1 for e in state.examples if e["split"] == "train")
+    stats.heldout = stats.examples - stats.train
+    stats.tasks = len(state.tasks)
+    stats.at = now
+    atomic_write_text(
+        folder / DATA, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in state.examples)
+    )
+    atomic_write_text(
+        folder / TASKS, "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in state.tasks)
+    )
+    atomic_write_json(folder / STATS, stats.model_dump(mode="json"))
+
+
+def read_examples(artifacts: Path, agent: str) -> tuple[list[dict[str, Any]], int]:
+    """An agent's mined examples, and how many lines were corrupt."""
+    path = training_root(artifacts) / agent / DATA
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"no mined data for agent {agent!r} ({path} is missing)",
+            hint=f"run: pantheon traces mine --artifacts {artifacts}",
+        ) from None
+    out, bad = [], 0
+    for line in raw.splitlines():
+        try:
+            item = json.loads(line)
+            msgs = item["messages"]
+            if not (
+                isinstance(msgs, list)
+                and len(msgs) >= 2
+                and msgs[-1].get("role") == "assistant"
+                and item.get("split") in ("train", "heldout")
+            ):
+                raise ValueError("not a chat example")
+            out.append(item)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            bad += 1
+    return out, bad
+
+
+def read_tasks(artifacts: Path, agent: str) -> list[dict[str, Any]]:
+    path = training_root(artifacts) / agent / TASKS
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in raw.splitlines():
+        try:
+            task = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(task, dict) and "input" in task and "flow_sha256" in task:
+            out.append(task)
+    return out
