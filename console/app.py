@@ -4,12 +4,14 @@ The app is thin. A watcher thread (:class:`pantheon.core.watch.ArtifactsWatcher`
 changed; the same thread reads the changed parts into a :class:`NightView` and posts one
 :class:`NightChanged` message with a snapshot. Messages that pile up while the UI is busy are
 merged (``can_replace``), so a night writing 50 files a second never floods the screen. The
-screens show snapshots; the only thing the console writes is ``control.json``.
+screens show snapshots; the only thing the console writes is ``control.json`` (and the log of a
+training the operator starts from the training screen).
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,10 +28,12 @@ from pantheon.core.control import Control, ControlFile
 from pantheon.core.errors import PantheonError
 from pantheon.core.nightview import NightView
 from pantheon.core.queue import JobSummary
+from pantheon.core.training import list_trainings, training_root
 from pantheon.core.watch import ArtifactChanges, ArtifactsWatcher
 
 from .dashboard import DashboardScreen
 from .dialogs import ConfirmScreen, HelpScreen
+from .training_screen import TrainingScreen, launch_training
 
 __all__ = ["NightChanged", "NightSnapshot", "PantheonConsole"]
 
@@ -90,6 +94,7 @@ class PantheonConsole(App[None]):
         Binding("plus,equals_sign", "concurrency(1)", "c+", key_display="+"),
         Binding("minus", "concurrency(-1)", "c-", key_display="-"),
         Binding("r", "review", "Review"),
+        Binding("t", "training", "Training"),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -130,6 +135,9 @@ class PantheonConsole(App[None]):
         """The night's own process, when this console was opened by ``pantheon night``."""
         self.night_log = night_log
         self._night_ended: int | None = None
+        self.training_launcher: Callable[[list[str], Path], object] = launch_training
+        """Starts a training's command (argv) with its output in a log file; tests replace it."""
+        self._launched: dict[str, subprocess.Popen[bytes]] = {}
         self.sub_title = str(self.artifacts)
 
     # -- reading the night ------------------------------------------------------------------
@@ -343,6 +351,30 @@ class PantheonConsole(App[None]):
         if not isinstance(self.screen, ReviewScreen):
             self.push_screen(ReviewScreen())
 
+    def action_training(self) -> None:
+        if not isinstance(self.screen, TrainingScreen):
+            self.push_screen(TrainingScreen())
+
+    def start_training(self, agent: str) -> None:
+        """Train ``agent``'s adapter in a process of its own, evaluated and promoted if it does
+        better; the night and the console go on. Refused while the agent trains already."""
+        trainings = list_trainings(self.artifacts, agent)
+        launched = self._launched.get(agent)
+        if (trainings and trainings[-1].alive) or (launched and launched.returncode is None):
+            self.notify(f"{agent} is training already: wait for it to end", severity="warning")
+            return
+        log = training_root(self.artifacts) / agent / "launch.log"
+        argv = [sys.executable, "-m", "pantheon.console", "train", agent]
+        argv += ["--artifacts", str(self.artifacts), "--promote"]
+        try:
+            started = self.training_launcher(argv, log)
+        except OSError as exc:
+            self.notify(f"cannot start the training: {exc}", severity="error")
+            return
+        if isinstance(started, subprocess.Popen):
+            self._launched[agent] = started
+        self.notify(f"training {agent} in the background; its output: {log}")
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -390,5 +422,10 @@ class PantheonConsole(App[None]):
             "Morning review",
             "The changes that wait: diffs, tests, reviews; merge or reject them (r)",
             self.action_review,
+        )
+        yield SystemCommand(
+            "Training",
+            "Each agent's mined data, promoted adapter and latest training; train one (t)",
+            self.action_training,
         )
         yield SystemCommand("Help", "Keys and what the figures mean (?)", self.action_help)

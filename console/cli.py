@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pantheon.console import learn_cli
 from pantheon.core import (
     ConfigError,
     Engine,
@@ -56,6 +57,8 @@ examples:
   pantheon status                             where the night stands
   pantheon console                            watch and steer the night (attach any time)
   pantheon report                             the morning report: summary.json, report.html
+  pantheon traces mine                        the night's green work -> training data
+  pantheon train doc.frontmatter --promote    train an adapter; promote it if it helps
 """
 
 
@@ -307,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="a LoRA adapter to load (repeatable)",
+        help="a LoRA adapter to load (repeatable), beside the promoted ones",
+    )
+    p.add_argument(
+        "--no-registry-adapters",
+        dest="registry_adapters",
+        action="store_false",
+        help="do not load the adapters promoted in ARTIFACTS/adapters/registry.json",
     )
     p.add_argument(
         "--timeout", type=float, default=180.0, metavar="SECONDS", help="wait this long for health"
@@ -334,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids (default: all failed)")
     _artifacts_arg(p)
+
+    learn_cli.add_parsers(sub, _artifacts_arg)
     # -v / -q work after the command too
     for command in sub.choices.values():
         command.allow_abbrev = False
@@ -463,6 +474,39 @@ def _llm_for(args: argparse.Namespace, *, required: bool = False):
     return None
 
 
+async def _agent_adapters(artifacts: Path, llm) -> dict[str, str]:
+    """Agent -> the promoted adapter its calls use, among those the model server loaded."""
+    from pantheon.core.llm import Backend
+    from pantheon.core.training import agent_adapters
+
+    if llm is None:
+        return {}
+    loaded = None
+    if llm.backend is Backend.LLAMA_CPP:
+        try:
+            loaded = set(await llm.load_adapter_ids())
+        except PantheonError as exc:
+            log.warning("cannot ask the model server which adapters it loaded: %s", exc)
+            loaded = set(llm.adapters)
+    elif llm.backend is not Backend.VLLM:
+        loaded = set()
+    adapters, problems = agent_adapters(artifacts, loaded)
+    for problem in problems:
+        log.warning("%s", problem)
+    for agent, name in sorted(adapters.items()):
+        log.info("agent %s uses its promoted adapter %s", agent, name)
+    return adapters
+
+
+def _registry_adapter_files(artifacts: Path, backend: str) -> list[str]:
+    from pantheon.core.training import served_adapters
+
+    files, problems = served_adapters(artifacts, backend)
+    for problem in problems:
+        log.warning("%s", problem)
+    return [str(path) for path in files.values()]
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon engine", concurrency=args.concurrency)
@@ -484,6 +528,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             kappa_threshold=args.kappa_threshold,
             kappa_min_pairs=args.kappa_min_pairs,
+            adapters=await _agent_adapters(args.artifacts, llm),
         )
         try:
             return await _drive(engine)
@@ -761,7 +806,12 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
             else:
                 server = ModelServer(
                     args.artifacts,
-                    ServerConfig(model=args.model, port=0, parallel=max(concurrency, 1)),
+                    ServerConfig(
+                        model=args.model,
+                        port=0,
+                        parallel=max(concurrency, 1),
+                        adapters=_registry_adapter_files(args.artifacts, "llama.cpp"),
+                    ),
                 )
                 log.info("starting the embedded model server (%s)", args.model)
                 starting = asyncio.ensure_future(asyncio.to_thread(server.ensure))
@@ -769,6 +819,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                 log.info("model server ready at %s", state.endpoint)
                 llm = LLMClient(state.endpoint, model=state.alias, adapters=state.adapters)
             engine.llm = llm
+            engine.adapters = await _agent_adapters(args.artifacts, llm)
             watch = asyncio.create_task(supervise())
             code = await _drive(engine)
             return 1 if failed else code
@@ -880,7 +931,12 @@ def _server_config(args: argparse.Namespace):
             parallel=args.parallel,
             ctx_per_slot=args.ctx,
             threads=args.threads,
-            adapters=[str(Path(a).resolve()) for a in args.adapter],
+            adapters=[str(Path(a).resolve()) for a in args.adapter]
+            + [
+                f
+                for f in _registry_adapter_files(args.artifacts, args.backend)
+                if args.registry_adapters
+            ],
         )
     except ValidationError as exc:
         names = {"ctx_per_slot": "ctx"}
@@ -963,6 +1019,8 @@ def _serve_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--threads", str(args.threads)]
     for adapter in args.adapter:
         argv += ["--adapter", str(Path(adapter).resolve())]
+    if not args.registry_adapters:
+        argv.append("--no-registry-adapters")
     return argv
 
 
@@ -1023,6 +1081,9 @@ COMMANDS = {
     "report": cmd_report,
     "serve": cmd_serve,
     "models": cmd_models,
+    "traces": learn_cli.cmd_traces,
+    "train": learn_cli.cmd_train,
+    "promote": learn_cli.cmd_promote,
 }
 
 

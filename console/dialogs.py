@@ -64,6 +64,7 @@ The console watches the artifacts directory. Closing it never touches the night:
 | `p` | pause or resume the queue (pausing asks first) |
 | `+` / `-` | run one job more or fewer at once (concurrency c) |
 | `r` | the morning review: the changes that wait, with their diff, tests and reviews |
+| `t` | training: each agent's mined data, promoted adapter and latest training |
 | `ctrl+p` | the command palette: every action by name |
 | `?` | this page |
 | `q` | quit the console (the night goes on) |
@@ -75,6 +76,12 @@ refused with its files), `x` rejects it (its branch is kept as `pantheon/rejecte
 opens its run, `w` shows all changes or only the waiting ones, `f` the failed runs. Both ask
 first, and every decision is written to `decisions.jsonl`, which the report and the trainer
 read: a rejected change never becomes training data.
+
+In training: arrows pick the agent; below it, its latest training's progress, loss curve and
+evaluation. `s` (or `enter`) trains an adapter for it in the background, after asking: the night
+keeps running, and the console can be closed. The adapter is judged on held-out tasks against
+the base model (McNemar's exact test: *b* tasks only the base passed, *c* only the adapter) and
+promoted only when it does better. Mine the examples first with `pantheon traces mine`.
 
 ## The figures
 

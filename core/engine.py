@@ -73,6 +73,7 @@ class Engine:
         kappa_threshold: float = 0.6,
         kappa_min_pairs: int = 20,
         kappa_window: int = 50,
+        adapters: dict[str, str] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -95,6 +96,8 @@ class Engine:
         self.kappa_threshold = kappa_threshold
         self.kappa_min_pairs = kappa_min_pairs
         self.kappa_window = kappa_window
+        self.adapters: dict[str, str] = dict(adapters or {})
+        """Agent name -> the promoted LoRA adapter its model calls use."""
         self.last_sample: dict[str, Any] | None = None
         self.max_waits = 20
         """A job the model server leaves unanswered this many times fails with the reason."""
@@ -137,7 +140,14 @@ class Engine:
     async def run(self) -> EngineStats:
         self._wake = asyncio.Event()
         queue = self.queue = JobQueue(self.artifacts, timeout_s=self.queue_timeout_s)
-        self.runner = Runner(self.artifacts, self.registry, queue, fsync=self.fsync, llm=self.llm)
+        self.runner = Runner(
+            self.artifacts,
+            self.registry,
+            queue,
+            fsync=self.fsync,
+            llm=self.llm,
+            adapters=self.adapters,
+        )
         self.runner.stop_between_nodes = self._stopping
         sampler: MetricsSampler | None = None
         try:

@@ -76,6 +76,7 @@ class Runner:
         fsync: bool = False,
         llm: LLMClient | None = None,
         on_node: Callable[[Job, str, str, bool, float], None] | None = None,
+        adapters: dict[str, str] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry
@@ -83,6 +84,8 @@ class Runner:
         self.fsync = fsync
         self.llm = llm
         self.on_node = on_node
+        self.adapters: dict[str, str] = dict(adapters or {})
+        """Agent name -> the LoRA adapter its model calls use, unless its node names one."""
         self.stop_between_nodes = False
         """Set by a graceful stop: finish the nodes in flight, start no new ones."""
         self.current: dict[int, str] = {}
@@ -302,8 +305,12 @@ class Runner:
 
         raw = flow.resolve_inputs(node, job.input, outputs)
         run.write_input(node, raw)
+        given = spec.params
+        adapter = self.adapters.get(agent_cls.name)
+        if adapter and "adapter" in agent_cls.Params.model_fields and not given.get("adapter"):
+            given = {**given, "adapter": adapter}
         try:
-            params = agent_cls.Params.model_validate(spec.params)
+            params = agent_cls.Params.model_validate(given)
             agent_input = agent_cls.Input.model_validate(raw)
         except ValidationError as exc:
             return failed(

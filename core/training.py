@@ -3,7 +3,7 @@
 ``pantheon.trainer`` writes them; the console and ``pantheon status`` read them::
 
     training/
-      <agent>/data.jsonl        one chat example per line (messages, the reply last), split train/heldout
+      <agent>/data.jsonl        one chat example per line (the reply last), train or held out
       <agent>/tasks.jsonl       the held-out jobs, re-run through the real flow to judge an adapter
       <agent>/mine.json         what mining found: counts, and why traces were left out
       <id>/state.json           one training: agent, options, status, step, result, evaluation
@@ -42,11 +42,14 @@ __all__ = [
     "RegistryEntry",
     "TaskResult",
     "TrainingState",
+    "agent_adapters",
     "agent_overview",
     "list_trainings",
     "read_progress",
     "read_registry",
     "read_state",
+    "registry_path",
+    "served_adapters",
     "training_id",
     "update_registry",
 ]
@@ -213,6 +216,10 @@ class Registry(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def registry_path(artifacts: Path) -> Path:
+    return Path(artifacts) / ADAPTERS / REGISTRY
+
+
 def read_registry(artifacts: Path) -> Registry:
     """The registry; missing means no adapter promoted. A corrupt one raises ArtifactError."""
     path = Path(artifacts) / ADAPTERS / REGISTRY
@@ -244,7 +251,9 @@ def read_state(folder: Path) -> TrainingState:
     try:
         return TrainingState.model_validate(read_json(path))
     except ValidationError as exc:
-        raise ArtifactError(f"{path} does not fit a training state: {exc.errors()[0]['msg']}")
+        raise ArtifactError(
+            f"{path} does not fit a training state: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
 def list_trainings(artifacts: Path, agent: str | None = None) -> list[TrainingState]:
@@ -314,7 +323,7 @@ def agent_overview(artifacts: Path) -> tuple[list[AgentTraining], list[str]]:
             try:
                 stats = MineStats.model_validate(read_json(Path(mine)))
             except (ArtifactError, ValidationError) as exc:
-                problems.append(f"{mine}: {exc}")
+                problems.append(exc.message if isinstance(exc, ArtifactError) else f"{mine}: {exc}")
                 continue
             rows.setdefault(stats.agent, AgentTraining(agent=stats.agent)).mined = stats
     for state in list_trainings(artifacts):
@@ -327,3 +336,47 @@ def agent_overview(artifacts: Path) -> tuple[list[AgentTraining], list[str]]:
     for name, entry in registry.agents.items():
         rows.setdefault(name, AgentTraining(agent=name)).adapter = entry
     return [rows[k] for k in sorted(rows)], problems
+
+
+def served_adapters(
+    artifacts: Path, backend: str = "llama.cpp"
+) -> tuple[dict[str, Path], list[str]]:
+    """The promoted adapters' files for a model server to load (adapter name -> file or folder),
+    and what is wrong with the registry (an adapter whose file is gone is left out, said so)."""
+    problems: list[str] = []
+    try:
+        registry = read_registry(artifacts)
+    except ArtifactError as exc:
+        return {}, [exc.message]
+    files: dict[str, Path] = {}
+    for agent, entry in sorted(registry.agents.items()):
+        rel = entry.peft if backend == "vllm" else entry.gguf
+        if rel is None:
+            problems.append(f"{agent}: adapter {entry.adapter} has no {backend} file")
+            continue
+        path = Path(artifacts) / rel
+        if not path.exists():
+            problems.append(f"{agent}: adapter file {path} is gone; {agent} uses the base model")
+            continue
+        files[entry.adapter] = path.resolve()
+    return files, problems
+
+
+def agent_adapters(artifacts: Path, loaded: set[str] | None) -> tuple[dict[str, str], list[str]]:
+    """Agent -> the promoted adapter its calls name, for the adapters the server has loaded
+    (``loaded`` None: trust the registry), and the agents left on the base model, with why."""
+    try:
+        registry = read_registry(artifacts)
+    except ArtifactError as exc:
+        return {}, [exc.message]
+    out: dict[str, str] = {}
+    problems: list[str] = []
+    for agent, entry in sorted(registry.agents.items()):
+        if loaded is not None and entry.adapter not in loaded:
+            problems.append(
+                f"{agent}: its promoted adapter {entry.adapter} is not loaded by the model "
+                "server, so it uses the base model (restart the server to load it)"
+            )
+            continue
+        out[agent] = entry.adapter
+    return out, problems

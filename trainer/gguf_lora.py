@@ -61,7 +61,8 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def peft_to_gguf(adapter_dir: Path, base_model: Path, out: Path) -> int:
-    """Convert the peft adapter in ``adapter_dir`` for the base GGUF model; returns tensors written."""
+    """Convert the peft adapter in ``adapter_dir`` for the base GGUF model; returns the tensors
+    written."""
     import gguf
     from safetensors.numpy import load_file
 

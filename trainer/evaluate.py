@@ -1,0 +1,398 @@
+"""Judge an adapter the way the night judges work, then promote it only on a measured gain.
+
+Each held-out job runs again through its real flow — the agent, the real tests, both reviewers —
+once with the base model and once with the adapter, on a model server started for the purpose
+(the base model, the adapter loaded beside it, each request choosing). A job starts from the
+commit its original run started from, in a scratch clone of its repository, with merges paused:
+the operator's repositories are never touched. A job is accepted when its run ends green.
+
+The paired outcomes go through McNemar's exact test: of the jobs where the two disagree, ``c``
+passed only with the adapter and ``b`` only without; the adapter is promoted when ``c > b`` and the
+one-sided p-value of at least ``c`` of ``b + c`` by chance is under ``alpha``. Anything else —
+no gain, a loss, a gain chance explains — keeps the registry as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import binomtest
+
+from pantheon.core.agents import AgentRegistry, default_registry
+from pantheon.core.atomic import atomic_write_json
+from pantheon.core.control import Control, ControlFile
+from pantheon.core.errors import PantheonError
+from pantheon.core.flows import parse_flow
+from pantheon.core.gitrepo import GitError, GitRepo
+from pantheon.core.llm import LLMClient
+from pantheon.core.queue import JobQueue
+from pantheon.core.review import read_decisions
+from pantheon.core.runner import Runner
+from pantheon.core.server import ModelServer, ServerConfig, artifact_name
+from pantheon.core.training import (
+    ADAPTERS,
+    Evaluation,
+    Registry,
+    RegistryEntry,
+    TaskResult,
+    TrainingState,
+    read_registry,
+    read_state,
+    update_registry,
+)
+
+from .mine import read_tasks
+
+__all__ = ["EvaluationError", "evaluate", "mcnemar", "promote", "rollback"]
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(PantheonError):
+    title = "Evaluation"
+
+
+def mcnemar(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value: the chance of c or more of b + c pairs going its way."""
+    if b + c == 0:
+        return 1.0
+    return float(binomtest(c, b + c, 0.5, alternative="greater").pvalue)
+
+
+def decide(b: int, c: int, alpha: float) -> tuple[bool, float, str]:
+    p = mcnemar(b, c)
+    if b + c == 0:
+        return False, p, "the adapter and the base model passed and failed the same tasks"
+    if c <= b:
+        return False, p, f"no gain: the adapter won {c} task(s) and lost {b}"
+    if p >= alpha:
+        return False, p, f"a gain chance explains: won {c}, lost {b}, p = {p:.3g} ≥ {alpha}"
+    return True, p, f"a gain beyond chance: won {c}, lost {b}, p = {p:.3g} < {alpha}"
+
+
+def _repo_path(raw: str, artifacts: Path) -> Path | None:
+    path = Path(raw)
+    candidates = [path] if path.is_absolute() else [artifacts.parent / path, Path.cwd() / path]
+    for candidate in candidates:
+        if (candidate / ".git").exists():
+            return candidate.resolve()
+    return None
+
+
+def _base_commit(repo: GitRepo, branch: str, target: str) -> str | None:
+    """The commit a job's branch started from: its first commit on the target's own history."""
+    try:
+        trunk = set(repo.git("rev-list", "--first-parent", f"refs/heads/{target}").split())
+        for commit in repo.git("rev-list", "--first-parent", f"refs/heads/{branch}").split():
+            if commit in trunk:
+                return commit
+    except GitError:
+        return None
+    return None
+
+
+class _Variant:
+    """One side of the comparison: its own artifacts, queue and scratch clones."""
+
+    def __init__(self, root: Path, llm: LLMClient, registry: AgentRegistry, adapters: dict):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        ControlFile(root).write(
+            Control(merges_paused=True, merges_paused_reason="evaluation", concurrency=1)
+        )
+        self.queue = JobQueue(root)
+        self.runner = Runner(root, registry, self.queue, llm=llm, adapters=adapters)
+        self.clones: dict[Path, Path] = {}
+
+    def clone(self, repo: Path) -> Path:
+        if repo not in self.clones:
+            dst = self.root / "repos" / f"{len(self.clones)}-{repo.name}"
+            subprocess.run(
+                ["git", "clone", "--quiet", "--no-checkout", str(repo), str(dst)],
+                check=True,
+                capture_output=True,
+            )
+            self.clones[repo] = dst
+        return self.clones[repo]
+
+
+def evaluate(
+    artifacts: Path,
+    folder: Path,
+    *,
+    alpha: float = 0.05,
+    limit: int | None = None,
+    parallel: int = 4,
+    registry: AgentRegistry | None = None,
+    on_task: Callable[[TaskResult, int, int], None] | None = None,
+    endpoint_timeout_s: float = 300.0,
+) -> Evaluation:
+    """Run the held-out tasks with and without the adapter; write ``evaluation.json``."""
+    artifacts, folder = Path(artifacts), Path(folder)
+    state = read_state(folder)
+    if state.status not in ("done", "evaluating") or not state.gguf:
+        raise EvaluationError(
+            f"training {state.id} has no finished adapter to judge (status {state.status})"
+        )
+    tasks = read_tasks(artifacts, state.agent)
+    if limit is not None:
+        tasks = tasks[:limit]
+    if not tasks:
+        raise EvaluationError(
+            f"{state.agent} has no held-out tasks to judge an adapter on",
+            hint="mine a night in which this agent ran more jobs",
+        )
+    registry = registry or default_registry()
+    decisions, _ = read_decisions(artifacts)
+    work = folder / "eval"
+    shutil.rmtree(work, ignore_errors=True)
+    gguf = artifacts / state.gguf
+    name = artifact_name(gguf)
+    t0 = time.monotonic()
+    server = ModelServer(
+        work,
+        ServerConfig(model=state.base_model, port=0, parallel=parallel, adapters=[str(gguf)]),
+    )
+    sstate = server.start(timeout_s=endpoint_timeout_s)
+    try:
+        results = asyncio.run(
+            _run_all(
+                artifacts, work, state, tasks, sstate, name, registry, decisions, parallel, on_task
+            )
+        )
+    finally:
+        server.stop()
+    b = sum(1 for r in results if r.base and not r.adapter)
+    c = sum(1 for r in results if r.adapter and not r.base)
+    promoted, p, reason = decide(b, c, alpha)
+    evaluation = Evaluation(
+        training=state.id,
+        agent=state.agent,
+        adapter=name,
+        tasks=len(results),
+        base_passed=sum(r.base for r in results),
+        adapter_passed=sum(r.adapter for r in results),
+        b=b,
+        c=c,
+        p_value=p,
+        alpha=alpha,
+        promoted=promoted,
+        reason=reason,
+        results=results,
+        seconds=round(time.monotonic() - t0, 1),
+        at=datetime.now(UTC),
+    )
+    atomic_write_json(folder / "evaluation.json", evaluation.model_dump(mode="json"))
+    return evaluation
+
+
+async def _run_all(
+    artifacts: Path,
+    work: Path,
+    state: TrainingState,
+    tasks: list[dict[str, Any]],
+    sstate: Any,
+    adapter: str,
+    registry: AgentRegistry,
+    decisions: dict[str, Any],
+    parallel: int,
+    on_task: Callable[[TaskResult, int, int], None] | None,
+) -> list[TaskResult]:
+    llm = LLMClient(sstate.endpoint, model=sstate.alias, adapters=sstate.adapters)
+    variants = {
+        "base": _Variant(work / "base", llm, registry, {}),
+        "adapter": _Variant(work / "adapter", llm, registry, {state.agent: adapter}),
+    }
+    with JobQueue(artifacts, create=False) as source:
+        prepared = []
+        for task in tasks:
+            try:
+                prepared.append(
+                    (task, _prepare(artifacts, source, task, variants, decisions, registry))
+                )
+            except EvaluationError as exc:
+                log.warning("held-out task %s left out: %s", task.get("run"), exc)
+    if not prepared:
+        raise EvaluationError(
+            f"none of {state.agent}'s {len(tasks)} held-out tasks could be set up again "
+            "(their repositories or branches are gone)"
+        )
+    gate = asyncio.Semaphore(parallel)
+    done = 0
+
+    async def one(variant: str, job_id: int) -> tuple[bool, str | None]:
+        v = variants[variant]
+        async with gate:
+            outcome = await v.runner.run(v.queue.get(job_id))
+        return outcome.status == "done", outcome.error
+
+    async def pair(task: dict[str, Any], ids: dict[str, int]) -> TaskResult:
+        nonlocal done
+        (base_ok, base_err), (ad_ok, ad_err) = await asyncio.gather(
+            one("base", ids["base"]), one("adapter", ids["adapter"])
+        )
+        result = TaskResult(
+            run=task["run"], base=base_ok, adapter=ad_ok, base_error=base_err, adapter_error=ad_err
+        )
+        done += 1
+        if on_task is not None:
+            on_task(result, done, len(prepared))
+        return result
+
+    try:
+        return list(await asyncio.gather(*(pair(t, ids) for t, ids in prepared)))
+    finally:
+        await llm.aclose()
+        for v in variants.values():
+            v.queue.close()
+
+
+def _prepare(
+    artifacts: Path,
+    source: JobQueue,
+    task: dict[str, Any],
+    variants: dict[str, _Variant],
+    decisions: dict[str, Any],
+    registry: AgentRegistry,
+) -> dict[str, int]:
+    """Enqueue one held-out job in each variant, on a scratch clone at its original start."""
+    raw_repo = task["input"].get("repo")
+    if not raw_repo:
+        raise EvaluationError("its flow works on no repository")
+    repo_path = _repo_path(str(raw_repo), artifacts)
+    if repo_path is None:
+        raise EvaluationError(f"its repository {raw_repo} is gone")
+    repo = GitRepo(repo_path)
+    target = str(task["input"].get("target") or "main")
+    branch = f"pantheon/{task['flow']}/{task['job']}"
+    decision = decisions.get(task["run"])
+    if decision is not None and decision.kept_as:
+        branch = decision.kept_as
+    base = _base_commit(repo, branch, target)
+    if base is None:
+        raise EvaluationError(f"its branch {branch} (or {target}) is gone from {repo_path}")
+    flow_source, flow_text = source.flow_text(task["flow_sha256"])
+    try:
+        first_agent = parse_flow(flow_text, registry, source=flow_source).first_agent()
+    except PantheonError as exc:
+        raise EvaluationError(f"its flow cannot be read: {exc}") from exc
+    ids = {}
+    for key, variant in variants.items():
+        clone = variant.clone(repo_path)
+        start = f"eval/{task['run']}"
+        subprocess.run(
+            ["git", "-C", str(clone), "branch", "--force", start, base],
+            check=True,
+            capture_output=True,
+        )
+        inputs = {**task["input"], "repo": str(clone), "target": start}
+        (ids[key],) = variant.queue.enqueue(
+            flow=task["flow"],
+            flow_sha=task["flow_sha256"],
+            flow_source=flow_source,
+            flow_text=flow_text,
+            first_agent=first_agent,
+            inputs=[inputs],
+        )
+    return ids
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+def promote(artifacts: Path, folder: Path, evaluation: Evaluation, *, force: bool = False) -> bool:
+    """Record the adapter as its agent's in ``adapters/registry.json`` when the evidence says so.
+
+    Returns whether it was promoted. The adapter's files are copied under ``adapters/`` so the
+    training folder can be cleaned up without breaking the night.
+    """
+    if not evaluation.promoted and not force:
+        return False
+    artifacts = Path(artifacts)
+    state = read_state(folder)
+    dest = artifacts / ADAPTERS
+    dest.mkdir(parents=True, exist_ok=True)
+    gguf = peft = None
+    if state.gguf:
+        gguf = dest / Path(state.gguf).name
+        tmp = dest / f".tmp-{gguf.name}"
+        shutil.copyfile(artifacts / state.gguf, tmp)
+        os.replace(tmp, gguf)
+    if state.peft:
+        peft = dest / state.id
+        shutil.rmtree(peft, ignore_errors=True)
+        shutil.copytree(artifacts / state.peft, peft)
+    entry = RegistryEntry(
+        agent=state.agent,
+        adapter=evaluation.adapter,
+        gguf=os.path.relpath(gguf, artifacts) if gguf else None,
+        peft=os.path.relpath(peft, artifacts) if peft else None,
+        training=state.id,
+        base_model=state.base_model,
+        evidence=evaluation.model_dump(mode="json", exclude={"results"}),
+        promoted_at=datetime.now(UTC),
+    )
+
+    def change(reg: Registry) -> None:
+        previous = reg.agents.get(state.agent)
+        reg.agents[state.agent] = entry
+        reg.history.append(
+            {
+                "at": entry.promoted_at.isoformat() if entry.promoted_at else None,
+                "agent": state.agent,
+                "action": "promoted" if evaluation.promoted else "promoted by hand",
+                "adapter": entry.adapter,
+                "entry": entry.model_dump(mode="json"),
+                "previous": previous.adapter if previous else None,
+            }
+        )
+
+    update_registry(artifacts, change)
+    return True
+
+
+def rollback(artifacts: Path, agent: str) -> RegistryEntry | None:
+    """Give the agent its previous promoted adapter back (or none); returns what it now uses."""
+    artifacts = Path(artifacts)
+    if agent not in read_registry(artifacts).agents:
+        raise EvaluationError(f"{agent} has no promoted adapter to roll back")
+    now: list[RegistryEntry | None] = [None]
+
+    def change(reg: Registry) -> None:
+        current = reg.agents.pop(agent)
+        # the promotions of this agent, newest first, before the current one
+        earlier = [
+            h
+            for h in reversed(reg.history)
+            if h.get("agent") == agent and h.get("entry") and h.get("adapter") != current.adapter
+        ]
+        rolled_back = {h.get("adapter") for h in reg.history if h.get("action") == "rolled back"}
+        for h in earlier:
+            if h["adapter"] in rolled_back:
+                continue
+            entry = RegistryEntry.model_validate(h["entry"])
+            if entry.gguf is None or (artifacts / entry.gguf).exists():
+                reg.agents[agent] = entry
+                now[0] = entry
+                break
+        reg.history.append(
+            {
+                "at": datetime.now(UTC).isoformat(),
+                "agent": agent,
+                "action": "rolled back",
+                "adapter": current.adapter,
+                "previous": now[0].adapter if now[0] else None,
+            }
+        )
+
+    update_registry(artifacts, change)
+    return now[0]
