@@ -91,8 +91,8 @@ class PantheonConsole(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("m", "toggle_merges", "Merges"),
         Binding("p", "toggle_queue", "Queue"),
-        Binding("plus,equals_sign", "concurrency(1)", "c+", key_display="+"),
-        Binding("minus", "concurrency(-1)", "c-", key_display="-"),
+        Binding("plus,equals_sign", "concurrency(1)", "c±", key_display="+/-"),
+        Binding("minus", "concurrency(-1)", "c-", key_display="-", show=False),
         Binding("r", "review", "Review"),
         Binding("t", "training", "Training"),
         Binding("question_mark,f1", "help", "Help", key_display="?"),

@@ -260,11 +260,17 @@ class DashboardScreen(Screen[None]):
     def _show_runs(self, snap: NightSnapshot) -> None:
         table = self.query_one(RunsTable)
         empty = self.query_one("#empty", Static)
+        box = self.query_one("#filter", Input)
         if not snap.exists or not snap.jobs:
-            table.display = False
+            # nothing to filter: with no focusable widget left, every key reaches the bindings
+            table.display = box.display = False
             empty.display = True
             _set(empty, self._empty_text(snap))
             return
+        if not table.display:
+            table.display = box.display = True
+            if self.focused is None:
+                table.focus()
         now = self.console.clock()
         jobs, matched = table_jobs(
             snap.jobs,
@@ -277,7 +283,6 @@ class DashboardScreen(Screen[None]):
         rows = [self._row(j, snap, now) for j in jobs]
         if len(self._rows) > 4 * ROW_LIMIT:
             self._rows = {j.id: self._rows[j.id] for j in jobs if j.id in self._rows}
-        table.display = True
         table.show(rows)
         if matched == 0:
             empty.display = True

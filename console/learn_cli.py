@@ -309,8 +309,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.agent:
             raise PantheonError("name the agent to train (or --resume ID, --abandon ID, --list)")
+        options = _options(args)
+        trainer.check_data(args.artifacts, args.agent, options)
         folder = trainer.start(
-            args.artifacts, args.agent, _base_model(args), _options(args), promote=args.promote
+            args.artifacts, args.agent, _base_model(args), options, promote=args.promote
         )
     state = read_state(folder)
     print(

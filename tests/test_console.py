@@ -213,6 +213,8 @@ async def test_a_missing_artifacts_directory_gets_an_empty_state_and_no_writes(t
         await pilot.press("plus")
         await pilot.pause()
         assert not missing.exists()
+        await pilot.press("question_mark")  # keys reach the bindings, not a hidden filter box
+        assert isinstance(app.screen, HelpScreen)
 
 
 async def test_corrupt_files_show_as_problems_never_a_crash(night):

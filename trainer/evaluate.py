@@ -265,9 +265,24 @@ def _prepare(
     registry: AgentRegistry,
 ) -> dict[str, int]:
     """Enqueue one held-out job in each variant, on a scratch clone at its original start."""
+    flow_source, flow_text = source.flow_text(task["flow_sha256"])
+    try:
+        first_agent = parse_flow(flow_text, registry, source=flow_source).first_agent()
+    except PantheonError as exc:
+        raise EvaluationError(f"its flow cannot be read: {exc}") from exc
     raw_repo = task["input"].get("repo")
-    if not raw_repo:
-        raise EvaluationError("its flow works on no repository")
+    if not raw_repo:  # a flow without a repository: the same input again
+        return {
+            key: variant.queue.enqueue(
+                flow=task["flow"],
+                flow_sha=task["flow_sha256"],
+                flow_source=flow_source,
+                flow_text=flow_text,
+                first_agent=first_agent,
+                inputs=[task["input"]],
+            )[0]
+            for key, variant in variants.items()
+        }
     repo_path = _repo_path(str(raw_repo), artifacts)
     if repo_path is None:
         raise EvaluationError(f"its repository {raw_repo} is gone")
@@ -280,11 +295,6 @@ def _prepare(
     base = _base_commit(repo, branch, target)
     if base is None:
         raise EvaluationError(f"its branch {branch} (or {target}) is gone from {repo_path}")
-    flow_source, flow_text = source.flow_text(task["flow_sha256"])
-    try:
-        first_agent = parse_flow(flow_text, registry, source=flow_source).first_agent()
-    except PantheonError as exc:
-        raise EvaluationError(f"its flow cannot be read: {exc}") from exc
     ids = {}
     for key, variant in variants.items():
         clone = variant.clone(repo_path)

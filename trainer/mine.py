@@ -216,7 +216,9 @@ def _mine_job(
         }
         for name in names:
             agents[name].tasks.append(task)
-    verdict = _verdict(flow, folder) if record.status == "done" else "failed"
+    verdict = _verdict(flow, folder)
+    if verdict == "green" and record.status != "done":
+        verdict = "failed"
     decision = decisions.get(job.run_name)
     if verdict == "green" and decision is not None and decision.action == "rejected":
         verdict = "rejected"

@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ __all__ = [
     "TrainingError",
     "TrainingInterrupted",
     "abandon",
+    "check_data",
     "start",
     "train",
 ]
@@ -118,17 +120,9 @@ def _save_state(folder: Path, state: TrainingState) -> None:
     atomic_write_json(folder / "state.json", state.model_dump(mode="json"))
 
 
-def start(
-    artifacts: Path,
-    agent: str,
-    model_path: Path,
-    options: TrainOptions | None = None,
-    *,
-    promote: bool = False,
-) -> Path:
-    """Check the agent's data and make its training folder; returns the folder. Raises
-    ``NotEnoughData`` with the counts when the agent has too few training examples."""
-    options = options or TrainOptions()
+def check_data(artifacts: Path, agent: str, options: TrainOptions) -> tuple[int, int]:
+    """(training, held-out) examples of the agent; ``NotEnoughData`` with the counts when too
+    few green examples were mined to train on."""
     options.check()
     examples, bad = read_examples(artifacts, agent)
     n_train = sum(1 for e in examples if e["split"] == "train")
@@ -140,6 +134,21 @@ def start(
             hint="run more nights and mine again, or lower --min-examples (a small data set "
             "makes an adapter that rarely helps)",
         )
+    return n_train, len(examples) - n_train
+
+
+def start(
+    artifacts: Path,
+    agent: str,
+    model_path: Path,
+    options: TrainOptions | None = None,
+    *,
+    promote: bool = False,
+) -> Path:
+    """Check the agent's data and make its training folder; returns the folder. Raises
+    ``NotEnoughData`` with the counts when the agent has too few training examples."""
+    options = options or TrainOptions()
+    n_train, n_heldout = check_data(artifacts, agent, options)
     tid = training_id(agent)
     folder = training_root(artifacts) / tid
     n = 0
@@ -155,7 +164,7 @@ def start(
         options=asdict(options),
         pid=os.getpid(),
         examples=n_train,
-        heldout=len(examples) - n_train,
+        heldout=n_heldout,
         started_at=_now(),
         promote=promote,
     )
@@ -286,7 +295,7 @@ def _save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, step: int, 
     tmp = folder / ".tmp-checkpoint"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save(get_peft_model_state_dict(model), tmp / "adapter.pt")
+    torch.save(get_peft_model_state_dict(model, save_embedding_layers=False), tmp / "adapter.pt")
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optim.pt")
     (tmp / "step.json").write_text(json.dumps({"step": step, "tokens": tokens}))
     old = folder / ".old-checkpoint"
@@ -375,16 +384,18 @@ def _train(
     train_items, held_items = encode("train"), encode("heldout")[:32]
     if not train_items:
         raise TrainingError(f"none of {state.agent}'s examples has a reply to learn from")
-    model = get_peft_model(
-        base,
-        LoraConfig(
-            r=options.rank,
-            lora_alpha=options.alpha,
-            lora_dropout=options.dropout,
-            target_modules=list(options.targets),
-            task_type="CAUSAL_LM",
-        ),
-    )
+    with warnings.catch_warnings():  # peft's use of a renamed transformers call
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(
+            base,
+            LoraConfig(
+                r=options.rank,
+                lora_alpha=options.alpha,
+                lora_dropout=options.dropout,
+                target_modules=list(options.targets),
+                task_type="CAUSAL_LM",
+            ),
+        )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
@@ -394,6 +405,8 @@ def _train(
     pad = tok.pad_token_id
 
     step, tokens = 0, 0
+    state.steps = total
+    _save_state(folder, state)
     checkpoint = folder / "checkpoint"
     if checkpoint.exists():
         set_peft_model_state_dict(model, torch.load(checkpoint / "adapter.pt"))
@@ -404,6 +417,7 @@ def _train(
         step, tokens = int(marks["step"]), int(marks["tokens"])
         log.info("training %s resumes at step %d of %d", state.id, step, total)
     elif state.heldout_loss_before is None:
+        log.info("held-out loss before training (%d examples)...", len(held_items))
         state.heldout_loss_before = _heldout_loss(model, held_items, pad, device)
 
     state.steps, state.step = total, step
@@ -429,7 +443,7 @@ def _train(
             step=step,
             steps=total,
             epoch=round(step / per_epoch, 3),
-            loss=round(float(loss), 5),
+            loss=round(float(loss.detach()), 5),
             lr=sched.get_last_lr()[0],
             tokens=tokens,
             elapsed_s=round(elapsed, 2),
@@ -450,8 +464,9 @@ def _train(
         if step % options.checkpoint_every == 0 and step < total:
             _save_checkpoint(folder, model, opt, sched, step, tokens)
 
+    log.info("held-out loss after training...")
     state.heldout_loss_after = _heldout_loss(model, held_items, pad, device)
-    model.save_pretrained(folder / "adapter", safe_serialization=True)
+    model.save_pretrained(folder / "adapter", safe_serialization=True, save_embedding_layers=False)
     gguf = folder / f"{state.id}.gguf"
     peft_to_gguf(folder / "adapter", model_path, gguf)
     shutil.rmtree(checkpoint, ignore_errors=True)

@@ -1,0 +1,493 @@
+"""The learn loop on real things: mining real docops runs in a real git repository, training
+SmolLM2 adapters with torch and peft, the GGUF LoRA loaded by the real llama-server, and the
+McNemar-judged promotion through the real flow runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import BaseModel, Field
+from test_docops import fake_model, git, run_night
+
+from pantheon.core import Agent, JobQueue, NodeContext, default_registry, enqueue
+from pantheon.core.errors import ArtifactError
+from pantheon.core.flows import parse_flow
+from pantheon.core.models import TEST_MODEL, ModelStore
+from pantheon.core.review import Change, reject
+from pantheon.core.safecall import ask
+from pantheon.core.server import ModelServer, ServerConfig
+from pantheon.core.training import (
+    agent_adapters,
+    read_progress,
+    read_registry,
+    read_state,
+    registry_path,
+    served_adapters,
+    training_root,
+)
+from pantheon.trainer.mine import heldout, mine, read_examples
+
+# -- mining -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mined(artifacts, registry, repo):
+    """Seven docs all agree on (the seventh a copy of the first), one rejected in the morning, one
+    the reviewers disagree on; one run.json corrupt, and a corrupt line in one calls.jsonl."""
+    from pantheon.core.control import ControlFile
+    from pantheon.core.report import build_summary
+
+    shutil.copy(repo / "docs" / "doc0.md", repo / "docs" / "same0.md")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a copy")
+    llm, http = fake_model({"a": True, "b": True})
+    paths = [f"docs/doc{i}.md" for i in range(6)]
+    run_night(artifacts, registry, repo, [*paths, "docs/same0.md"], llm)
+    ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="review")
+    run_night(artifacts, registry, repo, ["docs/doc7.md"], llm)  # job 8: waits, then rejected
+    asyncio.run(http.aclose())
+    llm, http = fake_model({"a": True, "b": False})
+    run_night(artifacts, registry, repo, ["docs/doc8.md"], llm)  # job 9: the reviewers disagree
+    asyncio.run(http.aclose())
+    change = next(c for c in build_summary(artifacts)["changes"] if c["job"] == 8)
+    reject(artifacts, Change(**{**change, "reviews": (True, True)}), by="ana", why="wrong tags")
+    runs = artifacts / "runs"
+    (runs / "docops-000006" / "run.json").write_text('{"run_id": "000006", "fl')
+    with open(runs / "docops-000005" / "write" / "calls.jsonl", "a") as fh:
+        fh.write('{"messages": [truncated\n')
+    return artifacts
+
+
+def test_mining_keeps_only_green_work_and_says_why_the_rest_was_left_out(mined):
+    result = mine(mined, fraction=0.4)  # holds out jobs 5, 8 and 9
+    stats = result.agents["doc.frontmatter"]
+    # jobs 1-5 and 7 are green; 7 repeats job 1's document, so its example is a duplicate
+    assert stats.green_jobs == 6
+    assert stats.duplicates == 1 and stats.examples == 5
+    assert (stats.train, stats.heldout, stats.tasks) == (4, 1, 3)
+    assert stats.left_out == {"corrupt": 2, "rejected": 1, "disagreed": 1}
+    assert set(result.agents) == {"doc.frontmatter"}  # reviewers learn nothing from themselves
+
+    examples, bad = read_examples(mined, "doc.frontmatter")
+    assert bad == 0 and len(examples) == 5
+    runs = {e["run"] for e in examples}
+    assert runs == {f"docops-{i:06d}" for i in (1, 2, 3, 4, 5)}
+    for e in examples:
+        assert e["split"] == ("heldout" if e["run"] == "docops-000005" else "train")
+        assert e["split"] == ("heldout" if heldout(e["run"], 0.4) else "train")
+        roles = [m["role"] for m in e["messages"]]
+        assert roles == ["system", "user", "assistant"]
+        assert json.loads(e["messages"][-1]["content"])["title"] == "A title"
+    # held-out tasks are every finished held-out job, green or not
+    tasks = [
+        json.loads(x)
+        for x in (training_root(mined) / "doc.frontmatter" / "tasks.jsonl").read_text().splitlines()
+    ]
+    assert {t["run"] for t in tasks} == {"docops-000005", "docops-000008", "docops-000009"}
+    assert all(Path(t["input"]["repo"]).is_absolute() for t in tasks)
+
+
+def test_the_split_is_the_same_on_every_run(mined):
+    mine(mined, fraction=0.4)
+    first = (training_root(mined) / "doc.frontmatter" / "data.jsonl").read_bytes()
+    mine(mined, fraction=0.4)
+    assert (training_root(mined) / "doc.frontmatter" / "data.jsonl").read_bytes() == first
+
+
+def test_traces_mine_from_the_command_line(mined):
+    from conftest import pantheon
+
+    out = pantheon("traces", "mine", "--artifacts", str(mined))
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("doc.frontmatter"))
+    assert line.split()[1] == "5"
+    assert "1 disagreed" in line and "1 rejected" in line and "2 corrupt" in line
+    js = json.loads(pantheon("traces", "mine", "--json", "--artifacts", str(mined)).stdout)
+    assert js["agents"]["doc.frontmatter"]["examples"] == 5
+
+
+def test_too_little_data_is_refused_clearly(mined):
+    from conftest import pantheon
+
+    mine(mined)
+    out = pantheon("train", "doc.frontmatter", "--artifacts", str(mined))
+    assert out.returncode == 1
+    assert "not enough data for doc.frontmatter (" in out.stderr and "< 50" in out.stderr
+    assert not any(p.name.startswith("doc.frontmatter-") for p in training_root(mined).iterdir())
+
+
+def test_mining_a_folder_without_a_night_is_a_clear_error(tmp_path):
+    with pytest.raises(ArtifactError, match="no night to mine"):
+        mine(tmp_path)
+
+
+# -- a task an adapter can learn, to train and judge on for real ------------------------------
+
+HOUSE_TAG = "pantheon-house"
+SYSTEM = "Reply with one JSON object: tag (the house tag of this note)."
+NOTES = [
+    f"Note {i}: the {what} of the {where} was {how} on day {i}."
+    for i, (what, where, how) in enumerate(
+        (w, p, h)
+        for w in ("backup", "index", "cache", "log", "lock")
+        for p in ("store", "server", "queue", "client")
+        for h in ("checked", "moved", "rebuilt", "cleared")
+    )
+]
+
+
+class HouseTag(Agent):
+    name = "house.tag"
+    description = "Asks the model for a note's house tag."
+    uses_model = True
+
+    class Input(BaseModel):
+        text: str
+
+    class Output(BaseModel):
+        tag: str = Field(min_length=1, max_length=40)
+
+    class Params(BaseModel):
+        max_tokens: int = 40
+        adapter: str | None = None
+
+    async def run(self, input, ctx: NodeContext):
+        return await ask(
+            ctx.model(),
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": input.text}],
+            self.Output,
+            log=ctx.calls,
+            max_tokens=ctx.params.max_tokens,
+            adapter=ctx.params.adapter,
+        )
+
+
+class HouseCheck(Agent):
+    name = "house.check"
+    description = "Gate: the tag is the house's."
+    gate = True
+
+    class Input(BaseModel):
+        tag: str
+
+    class Output(BaseModel):
+        passed: bool
+        reasons: list[str]
+
+    async def run(self, input, ctx: NodeContext):
+        ok = input.tag == HOUSE_TAG
+        return self.Output(passed=ok, reasons=[f"tag {input.tag!r}"])
+
+
+HOUSE_FLOW = """\
+name: house
+description: tag a note, check the tag
+input:
+  text: str
+nodes:
+  - id: tag
+    agent: house.tag
+    inputs: {text: $input.text}
+  - id: check
+    agent: house.check
+    inputs: {tag: $tag.tag}
+output: check
+"""
+
+
+def house_registry():
+    reg = default_registry(plugins=False)
+    reg.register(HouseTag)
+    reg.register(HouseCheck)
+    return reg
+
+
+def house_artifacts(root: Path, reply_tag: str, n_train: int = 48, n_tasks: int = 10) -> Path:
+    """Mined data for house.tag whose replies all give ``reply_tag``, and held-out jobs."""
+    reg = house_registry()
+    flow = parse_flow(HOUSE_FLOW, reg, source="house.yaml")
+    notes_train, notes_held = NOTES[:n_train], NOTES[n_train : n_train + n_tasks]
+    with JobQueue(root) as q:
+        ids = enqueue(q, flow, [{"text": t} for t in notes_held])
+        sha = q.get(ids[0]).flow_sha
+    folder = training_root(root) / "house.tag"
+    folder.mkdir(parents=True)
+    lines = []
+    for i, text in enumerate(notes_train + notes_held):
+        msgs = [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": json.dumps({"tag": reply_tag})},
+        ]
+        split = "train" if i < n_train else "heldout"
+        lines.append(json.dumps({"messages": msgs, "split": split, "run": f"house-{i:06d}"}))
+    (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
+    tasks = [
+        {
+            "run": f"house-{j:06d}",
+            "job": j,
+            "flow": "house",
+            "flow_sha256": sha,
+            "input": {"text": t},
+            "status": "failed",
+        }
+        for j, t in zip(ids, notes_held, strict=True)
+    ]
+    (folder / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return root
+
+
+def quick_options(**kw):
+    from pantheon.trainer.train import TrainOptions
+
+    base = dict(
+        rank=8,
+        alpha=16,
+        lr=3e-3,
+        batch=8,
+        max_steps=14,
+        min_examples=20,
+        checkpoint_every=5,
+        max_tokens=128,
+        warmup=0.0,
+    )
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def smollm2_path() -> Path:
+    pytest.importorskip("peft")
+    return ModelStore().pull(TEST_MODEL)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, smollm2_path):
+    """An adapter trained on the house's tag: the base model never says it."""
+    from pantheon.trainer.train import start, train
+
+    root = house_artifacts(tmp_path_factory.mktemp("house"), HOUSE_TAG)
+    folder = start(root, "house.tag", smollm2_path, quick_options())
+    rows = []
+    state = train(root, folder, on_step=rows.append)
+    return root, folder, state, rows
+
+
+def test_training_lowers_the_loss_and_writes_both_adapter_formats(trained):
+    root, folder, state, rows = trained
+    assert state.status == "done" and state.step == state.steps == 14
+    assert [r.step for r in rows] == list(range(1, 15))
+    assert rows[-1].loss < rows[0].loss / 2
+    assert state.heldout_loss_after < state.heldout_loss_before / 2
+    assert rows[-1].lr < rows[0].lr  # cosine decay
+    on_disk, _ = read_progress(folder)
+    assert [r.step for r in on_disk] == list(range(1, 15)) and on_disk[-1].eta_s == 0
+    assert (root / state.gguf).stat().st_size > 100_000
+    assert (root / state.peft / "adapter_model.safetensors").exists()
+    assert not (folder / "checkpoint").exists()
+    assert not registry_path(root).exists()  # training alone promotes nothing
+
+
+def test_the_gguf_adapter_is_loaded_by_llama_server_and_changes_the_answer(trained, tmp_path):
+    from pantheon.core.llm import LLMClient
+
+    root, _, state, _ = trained
+    srv = ModelServer(
+        tmp_path,
+        ServerConfig(
+            model=TEST_MODEL,
+            port=0,
+            parallel=2,
+            ctx_per_slot=512,
+            adapters=[str(root / state.gguf)],
+        ),
+    )
+    st = srv.start(timeout_s=120)
+    try:
+        listed = httpx.get(st.endpoint + "/lora-adapters").json()
+        assert [Path(a["path"]).name for a in listed] == [Path(state.gguf).name]
+
+        async def ask_both():
+            async with LLMClient(st.endpoint, model=st.alias, adapters=st.adapters) as llm:
+                msgs = [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": NOTES[-1]},
+                ]
+                base = await llm.chat(msgs, max_tokens=24)
+                tuned = await llm.chat(msgs, max_tokens=24, adapter=state.id)
+                return base.text, tuned.text
+
+        base, tuned = asyncio.run(ask_both())
+    finally:
+        srv.stop()
+    assert HOUSE_TAG in tuned
+    assert HOUSE_TAG not in base
+
+
+def test_an_adapter_that_helps_is_promoted_with_its_evidence(trained):
+    from pantheon.trainer.evaluate import evaluate, promote
+
+    root, folder, state, _ = trained
+    ev = evaluate(root, folder, registry=house_registry(), parallel=4)
+    assert ev.tasks == 10
+    assert ev.base_passed == 0 and ev.adapter_passed >= 8
+    assert ev.c == ev.adapter_passed and ev.b == 0
+    assert ev.p_value == pytest.approx(0.5**ev.c)
+    assert ev.promoted
+    assert promote(root, folder, ev)
+    reg = read_registry(root)
+    entry = reg.agents["house.tag"]
+    assert entry.adapter == state.id and entry.evidence["p_value"] == ev.p_value
+    assert (root / entry.gguf).exists() and (root / entry.peft).is_dir()
+    files, problems = served_adapters(root)
+    assert files == {state.id: (root / entry.gguf).resolve()} and problems == []
+    assert agent_adapters(root, {state.id}) == ({"house.tag": state.id}, [])
+    left, why = agent_adapters(root, set())
+    assert left == {} and "not loaded" in why[0]
+    assert json.loads((folder / "evaluation.json").read_text())["promoted"] is True
+
+
+def test_an_adapter_that_does_not_help_is_never_promoted(tmp_path, smollm2_path):
+    from pantheon.trainer.evaluate import evaluate, promote
+    from pantheon.trainer.train import start, train
+
+    root = house_artifacts(tmp_path / "a", "misc")  # it learns a tag the check refuses
+    folder = start(root, "house.tag", smollm2_path, quick_options(max_steps=6))
+    train(root, folder)
+    ev = evaluate(root, folder, registry=house_registry(), parallel=4)
+    assert ev.adapter_passed == 0 and ev.base_passed == 0
+    assert not ev.promoted and ev.p_value == 1.0
+    assert not promote(root, folder, ev)
+    assert not registry_path(root).exists()
+
+
+def test_an_interrupted_training_resumes_where_it_stopped(tmp_path, smollm2_path):
+    from pantheon.trainer.train import TrainingInterrupted, start, train
+
+    root = house_artifacts(tmp_path / "a", HOUSE_TAG)
+    folder = start(root, "house.tag", smollm2_path, quick_options(max_steps=6))
+    stop = threading.Event()
+
+    def on_step(row):
+        if row.step == 3:
+            stop.set()
+
+    with pytest.raises(TrainingInterrupted, match="step 3 of 6"):
+        train(root, folder, on_step=on_step, stop=stop)
+    state = read_state(folder)
+    assert state.status == "interrupted" and state.step == 3
+    assert (folder / "checkpoint" / "adapter.pt").exists()
+    state = train(root, folder)
+    assert state.status == "done"
+    rows, _ = read_progress(folder)
+    assert [r.step for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[3].lr < rows[2].lr  # the schedule went on, it did not start again
+
+
+def test_a_crash_mid_training_leaves_the_registry_untouched(tmp_path, smollm2_path, monkeypatch):
+    from pantheon.trainer import train as trainer
+
+    root = house_artifacts(tmp_path / "a", HOUSE_TAG)
+    registry_path(root).parent.mkdir(parents=True)
+    before = '{"schema": "pantheon.adapters/1", "agents": {}, "history": []}\n'
+    registry_path(root).write_text(before)
+    folder = trainer.start(root, "house.tag", smollm2_path, quick_options(max_steps=4))
+
+    def boom(*a, **k):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(trainer, "peft_to_gguf", boom)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        trainer.train(root, folder)
+    state = read_state(folder)
+    assert state.status == "failed" and "disk is full" in state.error
+    assert registry_path(root).read_text() == before
+
+
+def test_abandon_gives_up_a_stopped_training(tmp_path, smollm2_path):
+    from pantheon.trainer.train import TrainingError, TrainingInterrupted, abandon, start, train
+
+    root = house_artifacts(tmp_path / "a", HOUSE_TAG)
+    folder = start(root, "house.tag", smollm2_path, quick_options(max_steps=4))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(TrainingInterrupted):
+        train(root, folder, stop=stop)
+    state = abandon(folder)
+    assert state.status == "abandoned" and not (folder / "checkpoint").exists()
+    with pytest.raises(TrainingError, match="abandoned"):
+        train(root, folder)
+
+
+def test_rollback_restores_the_previous_adapter(tmp_path):
+    from pantheon.core.training import Evaluation, TrainingState
+    from pantheon.trainer.evaluate import promote, rollback
+
+    root = tmp_path
+    ids = []
+    for n in (1, 2):
+        tid = f"house.tag-2026112{n}T000000"
+        folder = training_root(root) / tid
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "adapter" / "adapter_config.json").write_text("{}")
+        (folder / f"{tid}.gguf").write_bytes(b"GGUF")
+        state = TrainingState(
+            id=tid,
+            agent="house.tag",
+            status="done",
+            base_model="m.gguf",
+            gguf=f"training/{tid}/{tid}.gguf",
+            peft=f"training/{tid}/adapter",
+        )
+        (folder / "state.json").write_text(state.model_dump_json())
+        ev = Evaluation(
+            training=tid,
+            agent="house.tag",
+            adapter=tid,
+            tasks=10,
+            base_passed=2,
+            adapter_passed=9,
+            b=0,
+            c=7,
+            p_value=0.0078,
+            alpha=0.05,
+            promoted=True,
+            reason="gain",
+        )
+        assert promote(root, folder, ev)
+        ids.append(tid)
+    assert read_registry(root).agents["house.tag"].adapter == ids[1]
+    assert rollback(root, "house.tag").adapter == ids[0]
+    assert read_registry(root).agents["house.tag"].adapter == ids[0]
+    assert rollback(root, "house.tag") is None
+    assert "house.tag" not in read_registry(root).agents
+    actions = [h["action"] for h in read_registry(root).history]
+    assert actions == ["promoted", "promoted", "rolled back", "rolled back"]
+    shutil.rmtree(training_root(root))  # the promoted files live on under adapters/
+    assert all((root / "adapters" / f"{t}.gguf").exists() for t in ids)
+
+
+def test_a_corrupt_registry_is_a_clear_error_and_serves_no_adapter(tmp_path):
+    registry_path(tmp_path).parent.mkdir(parents=True)
+    registry_path(tmp_path).write_text('{"agents": {"x": ')
+    with pytest.raises(ArtifactError, match=r"registry\.json is corrupt"):
+        read_registry(tmp_path)
+    files, problems = served_adapters(tmp_path)
+    assert files == {} and "corrupt" in problems[0]
+
+
+def test_mcnemar_is_one_sided_and_exact():
+    from pantheon.trainer.evaluate import decide, mcnemar
+
+    assert mcnemar(0, 5) == pytest.approx(1 / 32)
+    assert mcnemar(0, 0) == 1.0
+    assert mcnemar(5, 0) == 1.0
+    assert decide(0, 5, 0.05)[0] is True
+    assert decide(0, 4, 0.05)[0] is False  # 1/16: a gain chance explains
+    assert decide(3, 2, 0.05)[0] is False
