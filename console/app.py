@@ -10,6 +10,8 @@ training the operator starts from the training screen).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import sys
 import threading
@@ -28,7 +30,7 @@ from pantheon.core.control import Control, ControlFile
 from pantheon.core.errors import PantheonError
 from pantheon.core.nightview import NightView
 from pantheon.core.queue import JobSummary
-from pantheon.core.training import list_trainings, training_root
+from pantheon.core.training import MIN_EXAMPLES, list_trainings, training_root
 from pantheon.core.watch import ArtifactChanges, ArtifactsWatcher
 
 from .dashboard import DashboardScreen
@@ -363,6 +365,16 @@ class PantheonConsole(App[None]):
         if (trainings and trainings[-1].alive) or (launched and launched.returncode is None):
             self.notify(f"{agent} is training already: wait for it to end", severity="warning")
             return
+        mined = training_root(self.artifacts) / agent / "mine.json"
+        with contextlib.suppress(OSError, ValueError):
+            train = int(json.loads(mined.read_bytes()).get("train", 0))
+            if train < MIN_EXAMPLES:
+                self.notify(
+                    f"not enough data for {agent} ({train} < {MIN_EXAMPLES} green examples): "
+                    "mine more nights first",
+                    severity="warning",
+                )
+                return
         log = training_root(self.artifacts) / agent / "launch.log"
         argv = [sys.executable, "-m", "pantheon.console", "train", agent]
         argv += ["--artifacts", str(self.artifacts), "--promote"]

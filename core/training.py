@@ -34,6 +34,7 @@ from .atomic import atomic_write_json, locked, read_json
 from .errors import ArtifactError
 
 __all__ = [
+    "MIN_EXAMPLES",
     "AgentTraining",
     "Evaluation",
     "MineStats",
@@ -58,6 +59,8 @@ TRAINING = "training"
 ADAPTERS = "adapters"
 REGISTRY = "registry.json"
 REGISTRY_SCHEMA = "pantheon.adapters/1"
+MIN_EXAMPLES = 50
+"""Fewer green training examples than this make an adapter that rarely helps: refused."""
 
 Status = Literal["running", "evaluating", "interrupted", "failed", "done", "abandoned"]
 

@@ -491,3 +491,44 @@ def test_mcnemar_is_one_sided_and_exact():
     assert decide(0, 5, 0.05)[0] is True
     assert decide(0, 4, 0.05)[0] is False  # 1/16: a gain chance explains
     assert decide(3, 2, 0.05)[0] is False
+
+
+def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_path):
+    """What `pantheon night` and `pantheon engine` do: the server loads the registry's adapters,
+    the engine has the agent's calls name its adapter, and calls.jsonl records it."""
+    from pantheon.console.cli import _agent_adapters, _registry_adapter_files
+    from pantheon.core import Engine
+    from pantheon.core.llm import LLMClient
+    from pantheon.core.training import Evaluation
+    from pantheon.trainer.evaluate import promote
+
+    src, _, state, _ = trained
+    root = tmp_path / "night"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("eval"))
+    ev = Evaluation(training=state.id, agent="house.tag", adapter=state.id, tasks=10,
+                    base_passed=0, adapter_passed=10, b=0, c=10, p_value=0.5**10, alpha=0.05,
+                    promoted=True, reason="a gain beyond chance")
+    assert promote(root, root / "training" / state.id, ev)
+    files = _registry_adapter_files(root, "llama.cpp")
+    assert [Path(f).name for f in files] == [f"{state.id}.gguf"]
+    srv = ModelServer(tmp_path / "srv", ServerConfig(model=TEST_MODEL, port=0, parallel=4,
+                                                      ctx_per_slot=512, adapters=files))
+    st = srv.start(timeout_s=120)
+    try:
+
+        async def night():
+            async with LLMClient(st.endpoint, model=st.alias, adapters=st.adapters) as llm:
+                adapters = await _agent_adapters(root, llm)
+                assert adapters == {"house.tag": state.id}
+                await Engine(root, house_registry(), until_empty=True, tick_s=0.05, llm=llm,
+                             adapters=adapters, metrics_every_s=None).run()
+
+        asyncio.run(night())
+    finally:
+        srv.stop()
+    runs = sorted((root / "runs").iterdir())
+    assert len(runs) == 10
+    calls = [json.loads(line) for r in runs for line in (r / "tag" / "calls.jsonl").open()]
+    assert calls and all(c["adapter"] == state.id for c in calls)
+    passed = sum(json.loads((r / "run.json").read_text())["status"] == "done" for r in runs)
+    assert passed >= 8

@@ -297,6 +297,20 @@ async def test_an_agent_training_already_is_not_started_twice(trained):
         assert launched == []
 
 
+async def test_an_agent_with_too_little_data_is_not_started(trained):
+    write(
+        training_root(trained) / "codegen" / "mine.json",
+        MineStats(agent="codegen", examples=14, train=12, heldout=2, tasks=4, at=AT),
+    )
+    app, launched = console(trained)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_training(pilot)
+        app.start_training("codegen")
+        await pilot.pause()
+        assert launched == []
+        assert any("not enough data for codegen (12 < 50" in n for n in notes(app))
+
+
 async def test_a_corrupt_mine_json_is_a_problem_line_not_a_crash(trained):
     broken = training_root(trained) / "broken.agent"
     broken.mkdir()

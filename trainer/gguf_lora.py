@@ -14,6 +14,7 @@ adapter lands on the rows it was trained for.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def peft_to_gguf(adapter_dir: Path, base_model: Path, out: Path) -> int:
     written."""
     import gguf
     from safetensors.numpy import load_file
+
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer narrates every file
 
     adapter_dir = Path(adapter_dir)
     try:

@@ -34,6 +34,7 @@ from typing import Any
 from pantheon.core.atomic import append_line, atomic_write_json
 from pantheon.core.errors import PantheonError
 from pantheon.core.training import (
+    MIN_EXAMPLES,
     ProgressRow,
     TrainingState,
     read_state,
@@ -84,7 +85,7 @@ class TrainOptions:
     max_tokens: int = 1024
     """Longer examples lose the start of their prompt; the reply is always kept."""
     seed: int = 0
-    min_examples: int = 50
+    min_examples: int = MIN_EXAMPLES
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     checkpoint_every: int = 20
     max_steps: int | None = None
