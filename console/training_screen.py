@@ -25,6 +25,7 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
 from pantheon.core.errors import ArtifactError
 from pantheon.core.training import (
+    MIN_EXAMPLES,
     AgentTraining,
     ProgressRow,
     TrainingState,
@@ -409,10 +410,17 @@ class TrainingScreen(Screen[None]):
     def _no_training(self, row: AgentTraining) -> Text:
         text = Text()
         text.append(f"{row.agent} has not been trained yet.", style="bold")
-        if row.mined and row.mined.train:
-            text.append(f" Press s to train an adapter on its {row.mined.train:,} examples.")
+        mined = row.mined
+        if mined is None:
+            text.append(" It has no mined data: run pantheon traces mine first.")
+        elif mined.train < MIN_EXAMPLES:
+            why = ", ".join(f"{n} {k}" for k, n in sorted(mined.left_out.items()))
+            text.append(
+                f" Not enough data to train: {mined.train} < {MIN_EXAMPLES} green examples"
+                + (f" (jobs left out: {why})." if why else ".")
+            )
         else:
-            text.append(" It has no mined examples: run pantheon traces mine first.")
+            text.append(f" Press s to train an adapter on its {mined.train:,} examples.")
         return text
 
     def _about(self, latest: TrainingState, alive: bool) -> Text:
@@ -521,6 +529,13 @@ class TrainingScreen(Screen[None]):
         if mined is None or not mined.train:
             self.notify(
                 f"{row.agent} has no mined examples to train on: run pantheon traces mine first",
+                severity="warning",
+            )
+            return
+        if mined.train < MIN_EXAMPLES:
+            self.notify(
+                f"not enough data for {row.agent} ({mined.train} < {MIN_EXAMPLES} green "
+                "examples): mine more nights first",
                 severity="warning",
             )
             return

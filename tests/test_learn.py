@@ -505,14 +505,27 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
     src, _, state, _ = trained
     root = tmp_path / "night"
     shutil.copytree(src, root, ignore=shutil.ignore_patterns("eval"))
-    ev = Evaluation(training=state.id, agent="house.tag", adapter=state.id, tasks=10,
-                    base_passed=0, adapter_passed=10, b=0, c=10, p_value=0.5**10, alpha=0.05,
-                    promoted=True, reason="a gain beyond chance")
+    ev = Evaluation(
+        training=state.id,
+        agent="house.tag",
+        adapter=state.id,
+        tasks=10,
+        base_passed=0,
+        adapter_passed=10,
+        b=0,
+        c=10,
+        p_value=0.5**10,
+        alpha=0.05,
+        promoted=True,
+        reason="a gain beyond chance",
+    )
     assert promote(root, root / "training" / state.id, ev)
     files = _registry_adapter_files(root, "llama.cpp")
     assert [Path(f).name for f in files] == [f"{state.id}.gguf"]
-    srv = ModelServer(tmp_path / "srv", ServerConfig(model=TEST_MODEL, port=0, parallel=4,
-                                                      ctx_per_slot=512, adapters=files))
+    srv = ModelServer(
+        tmp_path / "srv",
+        ServerConfig(model=TEST_MODEL, port=0, parallel=4, ctx_per_slot=512, adapters=files),
+    )
     st = srv.start(timeout_s=120)
     try:
 
@@ -520,8 +533,15 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
             async with LLMClient(st.endpoint, model=st.alias, adapters=st.adapters) as llm:
                 adapters = await _agent_adapters(root, llm)
                 assert adapters == {"house.tag": state.id}
-                await Engine(root, house_registry(), until_empty=True, tick_s=0.05, llm=llm,
-                             adapters=adapters, metrics_every_s=None).run()
+                await Engine(
+                    root,
+                    house_registry(),
+                    until_empty=True,
+                    tick_s=0.05,
+                    llm=llm,
+                    adapters=adapters,
+                    metrics_every_s=None,
+                ).run()
 
         asyncio.run(night())
     finally:
@@ -532,3 +552,25 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
     assert calls and all(c["adapter"] == state.id for c in calls)
     passed = sum(json.loads((r / "run.json").read_text())["status"] == "done" for r in runs)
     assert passed >= 8
+
+
+def test_the_learn_commands_explain_themselves(tmp_path):
+    from conftest import pantheon
+
+    a = str(tmp_path)
+    out = pantheon("promote", "--list", "--artifacts", a)
+    assert out.returncode == 0 and "every agent uses the base model" in out.stdout
+    out = pantheon("promote", "--rollback", "doc.frontmatter", "--artifacts", a)
+    assert out.returncode == 1 and "has no promoted adapter to roll back" in out.stderr
+    out = pantheon("promote", "doc.frontmatter", "--artifacts", a)
+    assert out.returncode == 1 and "pantheon train doc.frontmatter" in out.stderr
+    out = pantheon("train", "--resume", "nope", "--artifacts", a)
+    assert out.returncode == 1 and "no training 'nope'" in out.stderr
+    out = pantheon("train", "--list", "--artifacts", a)
+    assert out.returncode == 0 and "no training in" in out.stdout
+    out = pantheon("train", "doc.frontmatter", "--artifacts", a)
+    assert out.returncode == 1 and "no mined data for agent 'doc.frontmatter'" in out.stderr
+    assert "pantheon traces mine" in out.stderr
+    for command in ("traces", "train", "promote"):
+        help_text = pantheon(command, "--help").stdout
+        assert "--artifacts" in help_text and "usage: pantheon " + command in help_text

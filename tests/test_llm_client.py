@@ -51,6 +51,13 @@ async def test_llama_cpp_gets_openai_json_schema_and_lora_ids():
     assert (reply.prompt_tokens, reply.completion_tokens, reply.model) == (5, 3, "qwen")
 
 
+def test_a_request_without_an_adapter_turns_every_loaded_one_off():
+    """llama-server applies loaded adapters at their global scale unless the request says not."""
+    client = LLMClient("http://127.0.0.1:8011", adapters={"codegen-v1": 0, "review-v2": 1})
+    assert client.shape(MSGS)["lora"] == [{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.0}]
+    assert "lora" not in LLMClient("http://127.0.0.1:8011").shape(MSGS)
+
+
 def test_vllm_and_llama_cpp_python_shapes():
     client = LLMClient("http://127.0.0.1:8000", backend=Backend.VLLM, model="qwen")
     body = client.shape(MSGS, schema=SCHEMA, adapter="codegen-v1")
