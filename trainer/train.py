@@ -217,6 +217,19 @@ def _load(model_path: Path, qlora: bool):
         ) from exc
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    stat = model_path.stat()
+    key = (str(model_path), stat.st_size, stat.st_mtime_ns)
+    if not qlora and _BASE[0] is not None and _BASE[0][0] == key:
+        # the same base again in this process: its frozen weights are shared, not read again
+        _, tok, config, weights, buffers = _BASE[0]
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(weights, assign=True)
+        for name, buf in buffers.items():  # the ones a state dict leaves out (rotary tables)
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = buf
+        model.tie_weights()
+        return tok, model
     kw: dict[str, Any] = {"gguf_file": model_path.name}
     tok = AutoTokenizer.from_pretrained(model_path.parent, **kw)
     if qlora:
@@ -236,7 +249,14 @@ def _load(model_path: Path, qlora: bool):
         model = prepare_model_for_kbit_training(model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if not qlora:
+        _BASE[0] = (key, tok, model.config, dict(model.state_dict()), dict(model.named_buffers()))
     return tok, model
+
+
+_BASE: list[Any] = [None]
+"""The last base model read in this process: (file key, tokenizer, config, weights, buffers).
+Training never changes the frozen base weights, so a second training shares them."""
 
 
 def _qlora_wanted(option: bool | None) -> bool:
