@@ -548,7 +548,11 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
         srv.stop()
     runs = sorted((root / "runs").iterdir())
     assert len(runs) == 10
-    calls = [json.loads(line) for r in runs for line in (r / "tag" / "calls.jsonl").open()]
+    calls = [
+        json.loads(line)
+        for r in runs
+        for line in (r / "tag" / "calls.jsonl").read_text().splitlines()
+    ]
     assert calls and all(c["adapter"] == state.id for c in calls)
     passed = sum(json.loads((r / "run.json").read_text())["status"] == "done" for r in runs)
     assert passed >= 8
