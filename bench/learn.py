@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from pantheon.core.demo import demo_inputs
@@ -76,10 +77,12 @@ def main() -> int:
             base(**b)
             forward.append(time.perf_counter() - t)
 
-    model = get_peft_model(
-        base,
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-    )
+    with warnings.catch_warnings():  # peft's use of a renamed transformers call
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(
+            base,
+            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4)
