@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import json
 import logging
 import math
@@ -132,6 +133,24 @@ def writer(artifacts: str, seconds: float, rate: float, ready, go, out) -> None:
         out.put((time.monotonic() - t0, counts))
 
 
+GC_PAUSES: list[tuple[float, int]] = []
+"""Each garbage collection's pause and generation."""
+_gc_start = [0.0]
+
+
+def _on_gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_start[0] = time.perf_counter()
+    else:
+        GC_PAUSES.append((time.perf_counter() - _gc_start[0], info["generation"]))
+
+
+gc.callbacks.append(_on_gc)
+
+SLOW: list[tuple[float, str]] = []
+"""Every frame with what drew it, for the slowest-frames line."""
+
+
 def time_frames(frames: list[float]) -> None:
     """Time each outermost render (layout + compositor + terminal sequence) into ``frames``."""
     depth = 0
@@ -148,6 +167,7 @@ def time_frames(frames: list[float]) -> None:
                 depth -= 1
                 if depth == 0:
                     frames.append(time.perf_counter() - t)
+                    SLOW.append((frames[-1], fn.__name__))
 
         return wrapper
 
@@ -274,6 +294,10 @@ def report(args: argparse.Namespace, queued: int, t_build: float, r: dict) -> No
     print(f"  their CPU          {idle['read_cpu']:>9.1f} %{load['read_cpu']:>11.1f} %   "
           "(part of the console CPU above)")  # fmt: skip
     print(f"the probe's own cost {r['probe']:>10.1f} %   (5 ms sleeps, in both CPU figures)")
+    pauses = sorted(GC_PAUSES, reverse=True)[:3]
+    print("longest GC pauses    " + ", ".join(f"{t * 1e3:.0f} ms (gen {g})" for t, g in pauses))
+    worst = sorted(SLOW, reverse=True)[:5]
+    print("slowest frames       " + ", ".join(f"{t * 1e3:.0f} ms ({name})" for t, name in worst))
     print(f"runs done at the end {r['done']:,} of {r['jobs']:,}", flush=True)
 
 

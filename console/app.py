@@ -11,6 +11,7 @@ training the operator starts from the training screen).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import subprocess
 import sys
@@ -83,6 +84,10 @@ class NightChanged(Message):
         self.urgent = self.urgent or older.urgent
 
 
+GC_SETTLE_S = 600.0
+"""How often the console settles the garbage collector (see ``_settle_gc``)."""
+
+
 class PantheonConsole(App[None]):
     """Watch and steer a night."""
 
@@ -140,6 +145,7 @@ class PantheonConsole(App[None]):
         self.training_launcher: Callable[[list[str], Path], object] = launch_training
         """Starts a training's command (argv) with its output in a log file; tests replace it."""
         self._launched: dict[str, subprocess.Popen[bytes]] = {}
+        self._gc_settled_at = -1e9
         self.sub_title = str(self.artifacts)
 
     # -- reading the night ------------------------------------------------------------------
@@ -241,6 +247,17 @@ class PantheonConsole(App[None]):
             # a screen still composing shows the snapshot from its own on_mount
             if handler is not None and screen.is_mounted:
                 handler(message)
+        if self._shown_at - self._gc_settled_at > GC_SETTLE_S:
+            self._settle_gc()
+
+    def _settle_gc(self) -> None:
+        """Collect once, then move what lives (a big night's rows, the widgets) out of the
+        collector's sight: its full passes would otherwise scan them all again and again, a
+        50-100 ms stall of the screen at random moments. Once at the start, then every ten
+        minutes, when a pause is expected."""
+        self._gc_settled_at = time.monotonic()
+        gc.collect()
+        gc.freeze()
 
     def _check_night(self) -> None:
         if self.night is None or self._night_ended is not None:
