@@ -498,10 +498,15 @@ async def _agent_adapters(artifacts: Path, llm) -> dict[str, str]:
     return adapters
 
 
-def _registry_adapter_files(artifacts: Path, backend: str) -> list[str]:
+def _registry_adapter_files(artifacts: Path, backend: str, model: str | None = None) -> list[str]:
+    """The promoted adapters to load beside ``model`` (a catalog name or a file)."""
+    from pantheon.core.models import CATALOG, ModelStore
     from pantheon.core.training import served_adapters
 
-    files, problems = served_adapters(artifacts, backend)
+    path = None
+    if model is not None:
+        path = ModelStore().path(model) if model in CATALOG else Path(model).expanduser()
+    files, problems = served_adapters(artifacts, backend, path)
     for problem in problems:
         log.warning("%s", problem)
     return [str(path) for path in files.values()]
@@ -810,7 +815,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                         model=args.model,
                         port=0,
                         parallel=max(concurrency, 1),
-                        adapters=_registry_adapter_files(args.artifacts, "llama.cpp"),
+                        adapters=_registry_adapter_files(args.artifacts, "llama.cpp", args.model),
                     ),
                 )
                 log.info("starting the embedded model server (%s)", args.model)
@@ -934,7 +939,7 @@ def _server_config(args: argparse.Namespace):
             adapters=[str(Path(a).resolve()) for a in args.adapter]
             + [
                 f
-                for f in _registry_adapter_files(args.artifacts, args.backend)
+                for f in _registry_adapter_files(args.artifacts, args.backend, args.model)
                 if args.registry_adapters
             ],
         )

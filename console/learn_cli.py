@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -306,11 +307,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         folder = training_root(args.artifacts) / args.resume
         if not (folder / "state.json").exists():
             raise PantheonError(f"no training {args.resume!r} in {training_root(args.artifacts)}")
+        trainer.require_libraries()
     else:
         if not args.agent:
             raise PantheonError("name the agent to train (or --resume ID, --abandon ID, --list)")
         options = _options(args)
         trainer.check_data(args.artifacts, args.agent, options)
+        trainer.require_libraries()
         folder = trainer.start(
             args.artifacts, args.agent, _base_model(args), options, promote=args.promote
         )
@@ -337,6 +340,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if before is not None and after is not None:
         print(f"held-out loss {before:.4f} -> {after:.4f}")
     if state.promote or args.promote:
+        print("judging it on the held-out jobs against the base model...", flush=True)
         return _judge(args, folder, bar)
     print(f"judge it with: pantheon promote {state.id} --artifacts {args.artifacts}")
     return 0
@@ -350,7 +354,15 @@ def _judge(args: argparse.Namespace, folder: Path, bar: _Bar) -> int:
     from pantheon.trainer.evaluate import evaluate, promote
 
     state = read_state(folder)
-    state.status = "evaluating"
+    if state.alive and state.pid != os.getpid():
+        raise PantheonError(f"training {state.id} is busy in process {state.pid}")
+
+    def stop_now(signum, frame):
+        raise KeyboardInterrupt  # the evaluation's model server is stopped on the way out
+
+    signal.signal(signal.SIGTERM, stop_now)
+    signal.signal(signal.SIGINT, stop_now)
+    state.status, state.pid = "evaluating", os.getpid()
     atomic_write_json(folder / "state.json", state.model_dump(mode="json"))
     try:
         ev = evaluate(
@@ -361,12 +373,13 @@ def _judge(args: argparse.Namespace, folder: Path, bar: _Bar) -> int:
             parallel=args.parallel,
             on_task=bar.task,
         )
+        promoted = promote(args.artifacts, folder, ev)
     except BaseException as exc:
         state.status = "done"
-        state.error = f"evaluation failed: {exc}"
+        why = str(exc) or "stopped by the operator"
+        state.error = f"evaluation failed: {why}"
         atomic_write_json(folder / "state.json", state.model_dump(mode="json"))
         raise
-    promoted = promote(args.artifacts, folder, ev)
     state.status = "done"
     state.error = None
     state.evaluation = ev

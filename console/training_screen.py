@@ -475,6 +475,8 @@ class TrainingScreen(Screen[None]):
         if latest.status == "failed":
             text.append("FAILED: ", style="bold red")
             text.append(f"{latest.error or 'no error recorded'}\n", style="red")
+        elif latest.error:  # an evaluation that failed, a training stopped at once
+            text.append(f"{latest.error}\n", style="red")
         ev = latest.evaluation
         if ev is not None:
             text.append(f"{ev.tasks} held-out tasks: ")

@@ -342,10 +342,11 @@ def agent_overview(artifacts: Path) -> tuple[list[AgentTraining], list[str]]:
 
 
 def served_adapters(
-    artifacts: Path, backend: str = "llama.cpp"
+    artifacts: Path, backend: str = "llama.cpp", model: Path | None = None
 ) -> tuple[dict[str, Path], list[str]]:
     """The promoted adapters' files for a model server to load (adapter name -> file or folder),
-    and what is wrong with the registry (an adapter whose file is gone is left out, said so)."""
+    and what is wrong with the registry. An adapter whose file is gone, or (llama.cpp, with
+    ``model`` given) that was trained on another base model, is left out, and said so."""
     problems: list[str] = []
     try:
         registry = read_registry(artifacts)
@@ -358,6 +359,16 @@ def served_adapters(
             problems.append(f"{agent}: adapter {entry.adapter} has no {backend} file")
             continue
         path = Path(artifacts) / rel
+        if (
+            model is not None
+            and backend != "vllm"
+            and Path(entry.base_model).resolve() != Path(model).resolve()
+        ):
+            problems.append(
+                f"{agent}: adapter {entry.adapter} was trained on {Path(entry.base_model).name}, "
+                f"not on the served {Path(model).name}; {agent} uses the base model"
+            )
+            continue
         if not path.exists():
             problems.append(f"{agent}: adapter file {path} is gone; {agent} uses the base model")
             continue

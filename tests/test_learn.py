@@ -226,7 +226,7 @@ def house_artifacts(root: Path, reply_tag: str, n_train: int = 48, n_tasks: int 
             {"role": "assistant", "content": json.dumps({"tag": reply_tag})},
         ]
         split = "train" if i < n_train else "heldout"
-        lines.append(json.dumps({"messages": msgs, "split": split, "run": f"house-{i:06d}"}))
+        lines.append(json.dumps({"messages": msgs, "split": split, "run": f"notes-{i:06d}"}))
     (folder / "data.jsonl").write_text("\n".join(lines) + "\n")
     tasks = [
         {
@@ -482,6 +482,36 @@ def test_a_corrupt_registry_is_a_clear_error_and_serves_no_adapter(tmp_path):
     assert files == {} and "corrupt" in problems[0]
 
 
+def test_judging_never_uses_a_job_the_adapter_was_trained_on(trained, tmp_path):
+    from pantheon.trainer.evaluate import EvaluationError, evaluate
+
+    src, folder, state, _ = trained
+    root = tmp_path / "copy"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("eval"))
+    copy = root / "training" / state.id
+    tasks = [json.loads(x) for x in (copy / "tasks.jsonl").read_text().splitlines()]
+    # the held-out jobs turn up among the training examples (mined again with another split)
+    with open(copy / "data.jsonl", "a") as fh:
+        for t in tasks:
+            fh.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": "x"},
+                            {"role": "assistant", "content": "y"},
+                        ],
+                        "split": "train",
+                        "run": t["run"],
+                    }
+                )
+                + "\n"
+            )
+    with pytest.raises(EvaluationError, match="no held-out tasks"):
+        evaluate(root, copy, registry=house_registry())
+    with pytest.raises(EvaluationError, match="between 0 and 1"):
+        evaluate(src, folder, registry=house_registry(), alpha=5)
+
+
 def test_mcnemar_is_one_sided_and_exact():
     from pantheon.trainer.evaluate import decide, mcnemar
 
@@ -520,8 +550,10 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
         reason="a gain beyond chance",
     )
     assert promote(root, root / "training" / state.id, ev)
-    files = _registry_adapter_files(root, "llama.cpp")
+    files = _registry_adapter_files(root, "llama.cpp", TEST_MODEL)
     assert [Path(f).name for f in files] == [f"{state.id}.gguf"]
+    # never loaded beside another base model: llama-server would refuse to start
+    assert _registry_adapter_files(root, "llama.cpp", "qwen2.5-coder-0.5b") == []
     srv = ModelServer(
         tmp_path / "srv",
         ServerConfig(model=TEST_MODEL, port=0, parallel=4, ctx_per_slot=512, adapters=files),

@@ -50,7 +50,7 @@ from pantheon.core.training import (
     update_registry,
 )
 
-from .mine import read_tasks
+from .mine import read_examples, read_tasks
 
 __all__ = ["EvaluationError", "evaluate", "mcnemar", "promote", "rollback"]
 
@@ -143,7 +143,24 @@ def evaluate(
         raise EvaluationError(
             f"training {state.id} has no finished adapter to judge (status {state.status})"
         )
-    tasks = read_tasks(artifacts, state.agent)
+    if state.alive and state.pid != os.getpid():
+        raise EvaluationError(f"training {state.id} is being judged already (pid {state.pid})")
+    if not 0 < alpha < 1 or parallel < 1 or (limit is not None and limit < 1):
+        raise EvaluationError(
+            "the significance must be between 0 and 1 (0.05 is 5 %), and --parallel and "
+            "--limit at least 1"
+        )
+    tasks = read_tasks(
+        artifacts, state.agent, folder if (folder / "tasks.jsonl").exists() else None
+    )
+    trained_on = {
+        e["run"]
+        for e in read_examples(
+            artifacts, state.agent, folder if (folder / "data.jsonl").exists() else None
+        )[0]
+        if e["split"] == "train"
+    }
+    tasks = [t for t in tasks if t.get("run") not in trained_on]  # never judge on its own data
     if limit is not None:
         tasks = tasks[:limit]
     if not tasks:
@@ -171,6 +188,9 @@ def evaluate(
         )
     finally:
         server.stop()
+        for side in ("base", "adapter"):  # the scratch clones and checkouts; the runs stay
+            shutil.rmtree(work / side / "repos", ignore_errors=True)
+            shutil.rmtree(work / side / "worktrees", ignore_errors=True)
     b = sum(1 for r in results if r.base and not r.adapter)
     c = sum(1 for r in results if r.adapter and not r.base)
     promoted, p, reason = decide(b, c, alpha)
@@ -219,7 +239,10 @@ async def _run_all(
                 prepared.append(
                     (task, _prepare(artifacts, source, task, variants, decisions, registry))
                 )
-            except EvaluationError as exc:
+            except subprocess.CalledProcessError as exc:
+                why = (exc.stderr or b"").decode(errors="replace").strip() or str(exc)
+                log.warning("held-out task %s left out: git: %s", task.get("run"), why)
+            except (PantheonError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("held-out task %s left out: %s", task.get("run"), exc)
     if not prepared:
         raise EvaluationError(

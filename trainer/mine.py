@@ -279,9 +279,12 @@ def _write(artifacts: Path, state: _Agent, now: datetime) -> None:
     atomic_write_json(folder / STATS, stats.model_dump(mode="json"))
 
 
-def read_examples(artifacts: Path, agent: str) -> tuple[list[dict[str, Any]], int]:
-    """An agent's mined examples, and how many lines were corrupt."""
-    path = training_root(artifacts) / agent / DATA
+def read_examples(
+    artifacts: Path, agent: str, folder: Path | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """An agent's mined examples (or the copy a training took of them, in ``folder``), and how
+    many lines were corrupt."""
+    path = (folder or training_root(artifacts) / agent) / DATA
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -307,8 +310,8 @@ def read_examples(artifacts: Path, agent: str) -> tuple[list[dict[str, Any]], in
     return out, bad
 
 
-def read_tasks(artifacts: Path, agent: str) -> list[dict[str, Any]]:
-    path = training_root(artifacts) / agent / TASKS
+def read_tasks(artifacts: Path, agent: str, folder: Path | None = None) -> list[dict[str, Any]]:
+    path = (folder or training_root(artifacts) / agent) / TASKS
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -43,7 +43,7 @@ from pantheon.core.training import (
 )
 
 from .gguf_lora import peft_to_gguf
-from .mine import read_examples
+from .mine import DATA, TASKS, read_examples
 
 __all__ = [
     "NotEnoughData",
@@ -52,6 +52,7 @@ __all__ = [
     "TrainingInterrupted",
     "abandon",
     "check_data",
+    "require_libraries",
     "start",
     "train",
 ]
@@ -157,6 +158,11 @@ def start(
         n += 1
         folder = training_root(artifacts) / f"{tid}-{n}"
     folder.mkdir(parents=True)
+    # the data it trains and is judged on, as mined now: mining again never mixes the two
+    mined = training_root(artifacts) / agent
+    for name in (DATA, TASKS):
+        if (mined / name).exists():
+            shutil.copyfile(mined / name, folder / name)
     state = TrainingState(
         id=folder.name,
         agent=agent,
@@ -205,16 +211,26 @@ def _encode(tok: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[
     return ids, n_prompt
 
 
-def _load(model_path: Path, qlora: bool):
+def require_libraries() -> None:
+    """Raise a clear TrainingError when the train extra is not installed."""
     try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        import gguf  # noqa: F401
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         raise TrainingError(
-            f"training needs torch, transformers and peft ({exc.name} is missing)",
+            f"training needs torch, transformers, peft and gguf ({exc.name} is missing)",
             hint="pip install 'pantheon[train]'",
         ) from exc
+
+
+def _load(model_path: Path, qlora: bool):
+    require_libraries()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     stat = model_path.stat()
@@ -345,6 +361,11 @@ def train(
     state = read_state(folder)
     if state.status in ("done", "abandoned"):
         raise TrainingError(f"training {state.id} is {state.status}; start a new one")
+    if state.gguf:
+        raise TrainingError(
+            f"training {state.id} has trained its adapter already",
+            hint=f"judge it with: pantheon promote {state.id}",
+        )
     if state.alive and state.pid != os.getpid():
         raise TrainingError(f"training {state.id} is already running (pid {state.pid})")
     state.status, state.pid, state.error = "running", os.getpid(), None
@@ -353,6 +374,11 @@ def train(
         return _train(artifacts, folder, state, on_step, stop or threading.Event())
     except TrainingInterrupted:
         state.status = "interrupted"
+        _save_state(folder, state)
+        raise
+    except KeyboardInterrupt:  # stopped at once: it resumes from its last checkpoint
+        state.status = "interrupted"
+        state.error = f"stopped at once at step {state.step}; it resumes from its last checkpoint"
         _save_state(folder, state)
         raise
     except BaseException as exc:
@@ -381,7 +407,8 @@ def _train(
     model_path = Path(state.base_model)
     if not model_path.exists():
         raise TrainingError(f"the base model {model_path} is gone")
-    examples, _ = read_examples(artifacts, state.agent)
+    examples, _ = read_examples(artifacts, state.agent, folder)
+    require_libraries()
     qlora = _qlora_wanted(options.qlora)
 
     import torch
