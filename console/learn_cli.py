@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pantheon.console.format import age
 from pantheon.core.errors import PantheonError
 from pantheon.core.training import (
     list_trainings,
@@ -233,7 +234,7 @@ class _Bar:
             return
         self.last = pct // 10
         bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
-        eta = _duration(row.eta_s) if row.eta_s is not None else "?"
+        eta = age(row.eta_s) if row.eta_s is not None else "?"
         line = (
             f"step {row.step}/{row.steps} [{bar}] {pct:3d}%  loss {row.loss:.4f}  "
             f"lr {row.lr:.2e}  {row.tokens:,} tokens  eta {eta}"
@@ -252,11 +253,6 @@ class _Bar:
         if self.tty and done == total:
             self.stream.write("\n")
         self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def _options(args: argparse.Namespace):

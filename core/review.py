@@ -32,6 +32,7 @@ __all__ = [
     "apply_decision",
     "change_of",
     "merge_by_hand",
+    "node_output",
     "read_decisions",
     "reject",
 ]
@@ -117,7 +118,7 @@ class Change:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _node_output(folder: Path, node: str) -> dict[str, Any] | None:
+def node_output(folder: Path, node: str) -> dict[str, Any] | None:
     try:
         data = read_json(folder / node / "output.json")
     except (FileNotFoundError, ArtifactError):
@@ -147,18 +148,18 @@ def change_of(
         by_agent.setdefault(agent, []).append(node)
     merge = None
     for node in by_agent.get("merge.gate", []):
-        merge = _node_output(folder, node) or merge
+        merge = node_output(folder, node) or merge
     failed_agent = node_agents.get(failed_node or "")
     if merge is None and (record.status != "failed" or failed_agent not in AFTER_CHANGE):
         return None
     tests = None
     for node in by_agent.get("test", []):
-        out = _node_output(folder, node)
+        out = node_output(folder, node)
         if out is not None:
             tests = bool(out.get("passed"))
     reviews: list[bool | None] = []
     for node in sorted(by_agent.get("review.peer", [])):
-        out = _node_output(folder, node)
+        out = node_output(folder, node)
         reviews.append(None if out is None else bool(out.get("passed")))
     reviews = [*reviews, None, None][:2]
     target = str(record.input.get("target") or "main")

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -111,18 +110,14 @@ class _Variant:
         )
         self.queue = JobQueue(root)
         self.runner = Runner(root, registry, self.queue, llm=llm, adapters=adapters)
-        self.clones: dict[Path, Path] = {}
+        self.clones: dict[Path, GitRepo] = {}
 
-    def clone(self, repo: Path) -> Path:
-        if repo not in self.clones:
-            dst = self.root / "repos" / f"{len(self.clones)}-{repo.name}"
-            subprocess.run(
-                ["git", "clone", "--quiet", "--no-checkout", str(repo), str(dst)],
-                check=True,
-                capture_output=True,
-            )
-            self.clones[repo] = dst
-        return self.clones[repo]
+    def clone(self, repo: GitRepo) -> GitRepo:
+        if repo.path not in self.clones:
+            dst = self.root / "repos" / f"{len(self.clones)}-{repo.path.name}"
+            repo.git("clone", "--quiet", "--no-checkout", str(repo.path), str(dst))
+            self.clones[repo.path] = GitRepo(dst)
+        return self.clones[repo.path]
 
 
 def evaluate(
@@ -239,9 +234,6 @@ async def _run_all(
                 prepared.append(
                     (task, _prepare(artifacts, source, task, variants, decisions, registry))
                 )
-            except subprocess.CalledProcessError as exc:
-                why = (exc.stderr or b"").decode(errors="replace").strip() or str(exc)
-                log.warning("held-out task %s left out: git: %s", task.get("run"), why)
             except (PantheonError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("held-out task %s left out: %s", task.get("run"), exc)
     if not prepared:
@@ -320,14 +312,10 @@ def _prepare(
         raise EvaluationError(f"its branch {branch} (or {target}) is gone from {repo_path}")
     ids = {}
     for key, variant in variants.items():
-        clone = variant.clone(repo_path)
+        clone = variant.clone(repo)
         start = f"eval/{task['run']}"
-        subprocess.run(
-            ["git", "-C", str(clone), "branch", "--force", start, base],
-            check=True,
-            capture_output=True,
-        )
-        inputs = {**task["input"], "repo": str(clone), "target": start}
+        clone.git("branch", "--force", start, base)
+        inputs = {**task["input"], "repo": str(clone.path), "target": start}
         (ids[key],) = variant.queue.enqueue(
             flow=task["flow"],
             flow_sha=task["flow_sha256"],

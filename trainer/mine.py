@@ -30,7 +30,7 @@ from pantheon.core.atomic import atomic_write_json, atomic_write_text, read_json
 from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.flows import Flow, parse_flow
 from pantheon.core.queue import Job, JobQueue
-from pantheon.core.review import read_decisions
+from pantheon.core.review import node_output, read_decisions
 from pantheon.core.training import MineStats, training_root
 
 __all__ = ["MineResult", "heldout", "mine"]
@@ -88,14 +88,6 @@ def _calls(path: Path) -> tuple[list[dict[str, Any]], int]:
     return calls, bad
 
 
-def _output(folder: Path, node: str) -> dict[str, Any] | None:
-    try:
-        value = read_json(folder / node / "output.json")
-    except (FileNotFoundError, ArtifactError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _verdict(flow: Flow, folder: Path) -> str:
     """green, failed or disagreed, from the gates' outputs on disk."""
     reviews: list[bool] = []
@@ -103,7 +95,7 @@ def _verdict(flow: Flow, folder: Path) -> str:
         cls = flow.agents[node]
         if not cls.gate:
             continue
-        out = _output(folder, node)
+        out = node_output(folder, node)
         if out is None:
             return "failed"
         if cls.reviewer:
