@@ -41,6 +41,8 @@ from pantheon.core.status import status_text
 log = logging.getLogger("pantheon")
 
 DEFAULT_ARTIFACTS = Path("artifacts")
+DEFAULT_CODE_MODEL = "qwen2.5-coder-1.5b"
+"""codegen's model in a night: bench/codefix.py measures it against the 0.5B model."""
 
 EPILOG = """\
 The artifacts directory (default ./artifacts) is where the engine, the console, the report and
@@ -121,15 +123,52 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the demo night: prepares the demo repository (docs and code tasks) in ARTIFACTS",
     )
-    p.add_argument("--repo", metavar="PATH", help="run the night on your repository instead")
+    p.add_argument(
+        "--repo",
+        metavar="PATH",
+        help="run the night on your git repository instead: its docs pages without frontmatter "
+        "and its failing tests",
+    )
     p.add_argument("--docs", type=int, metavar="N", help="only the first N docs jobs")
-    p.add_argument("--code", type=int, metavar="N", help="only the first N code jobs")
+    p.add_argument(
+        "--code",
+        type=int,
+        metavar="N",
+        help="only the first N code jobs (demo: 30, the hand-written tasks; up to 430 with the "
+        "HumanEval bug-fix tasks)",
+    )
+    p.add_argument(
+        "--docs-glob",
+        default="docs/**/*.md",
+        metavar="GLOB",
+        help="--repo: the documentation pages (default: docs/**/*.md)",
+    )
+    p.add_argument(
+        "--tasks",
+        metavar="FILE.jsonl",
+        type=Path,
+        help="--repo: explicit code tasks (path, test, task a line) instead of running the tests",
+    )
+    p.add_argument(
+        "--test-command",
+        metavar="CMD",
+        help="--repo: how the repository runs its tests (default: its pyproject.toml's "
+        "[tool.pantheon] test, else python -m pytest)",
+    )
+    p.add_argument("--no-docs", action="store_true", help="no docs jobs (only the code tasks)")
     p.add_argument("--concurrency", type=int, metavar="C", help="jobs at once (default: 4)")
     p.add_argument(
         "--model",
-        default="qwen2.5-coder-0.5b",
+        default=None,
         help="the model the embedded server runs (default: qwen2.5-coder-0.5b; "
         "smollm2-135m is faster and weaker)",
+    )
+    p.add_argument(
+        "--code-model",
+        default=None,
+        metavar="M",
+        help=f"the model codegen's fixes come from, on a second embedded server (default: "
+        f"{DEFAULT_CODE_MODEL}, or --model's when --model is given; 'same' for --model's)",
     )
     _model_endpoint_args(p)
     p.add_argument(
@@ -695,6 +734,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_night(args: argparse.Namespace) -> int:
+    _night_models(args)
     repo = _night_prepare(args)
     if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
         if not args.headless:
@@ -703,30 +743,119 @@ def cmd_night(args: argparse.Namespace) -> int:
     return _night_with_console(args)
 
 
+def _night_models(args: argparse.Namespace) -> None:
+    """The night's model and codegen's: the defaults, unless --model names one for both."""
+    if args.code_model is None:
+        args.code_model = DEFAULT_CODE_MODEL if args.model is None else "same"
+    if args.model is None:
+        args.model = "qwen2.5-coder-0.5b"
+
+
+def _code_model(args: argparse.Namespace) -> str | None:
+    """The model of codegen's own server, or None when it shares the night's."""
+    model = getattr(args, "code_model", None)
+    if args.endpoint or not model or model == "same" or model == args.model:
+        return None
+    return model
+
+
 def _night_prepare(args: argparse.Namespace) -> Path:
     """The model, the repository and the queue, with progress on the terminal."""
     if not args.demo and not args.repo:
         raise FlowError(
             "pantheon night needs --demo or --repo PATH",
-            hint="--demo prepares the demo repository; --repo runs docops on your docs/*.md",
+            hint="--demo prepares the demo repository; --repo works on your git repository",
         )
-    from pantheon.core.demo import enqueue_night, prepare_demo_repo
+    from pantheon.core.demo import enqueue_night, night_queued, prepare_demo_repo
+    from pantheon.core.discover import check_git_repo
     from pantheon.core.models import CATALOG, ModelStore
 
     registry = default_registry()
-    if not args.endpoint and args.model in CATALOG:
-        ModelStore().pull(args.model, progress=_progress_printer())
+    repo = check_git_repo(Path(args.repo)) if args.repo else None
+    with JobQueue(args.artifacts) as queue:
+        resuming = night_queued(queue)
+    inputs = None
+    if repo is not None and not resuming:
+        inputs = _repo_inputs(args, repo)
+    if not args.endpoint:
+        for model in dict.fromkeys([args.model, _code_model(args)]):
+            if model in CATALOG:
+                ModelStore().pull(model, progress=_progress_printer())
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon night", concurrency=args.concurrency)
-    repo = Path(args.repo) if args.repo else prepare_demo_repo(args.artifacts / "demo-repo")
+    repo = repo or prepare_demo_repo(args.artifacts / "demo-repo")
+    if inputs is None and not resuming:
+        _check_tests_run(repo, None)
+    if args.no_docs and inputs is not None:
+        inputs = ([], inputs[1])
     with JobQueue(args.artifacts) as queue:
-        n_docs, n_code = enqueue_night(queue, registry, repo, docs=args.docs, code=args.code)
+        n_docs, n_code = enqueue_night(
+            queue,
+            registry,
+            repo,
+            docs=0 if args.no_docs else args.docs,
+            code=args.code,
+            inputs=inputs,
+        )
         left = queue.pending()
     if n_docs or n_code:
         log.info("night on %s: %d docs and %d code job(s) queued", repo, n_docs, n_code)
     else:
         log.info("resuming the night on %s: %d job(s) left", repo, left)
     return repo
+
+
+def _check_tests_run(repo: Path, command: str | None):
+    """The repository's test command, checked once before the night: one clear error in place
+    of every code job failing."""
+    from pantheon.core.testcmd import check_runnable, resolve_test_command
+
+    resolved = resolve_test_command(repo, command)
+    check_runnable(resolved, repo)
+    return resolved
+
+
+def _repo_inputs(args: argparse.Namespace, repo: Path):
+    """The docs and code jobs found in the user's repository."""
+    from pantheon.core.discover import docs_jobs, failing_test_jobs, read_tasks
+
+    docs = [] if args.no_docs else docs_jobs(repo, args.docs_glob)
+    extra = {"test_command": args.test_command} if args.test_command else {}
+    if args.tasks is not None:
+        code = [{**extra, **t} for t in read_tasks(args.tasks, repo)]
+        if code:
+            _check_tests_run(repo, args.test_command)
+    elif args.code == 0:
+        code = []
+    else:
+        command = _check_tests_run(repo, args.test_command)
+        print(
+            f"running the tests of {repo} ({command.text}) to find the failing ones ...",
+            file=sys.stderr,
+        )
+        found = failing_test_jobs(repo, command)
+        code = [{**job, **extra} for job in found.jobs]
+        if not found.failed:
+            print(
+                f"{repo}: no failing tests ({found.passed} passed): no code jobs", file=sys.stderr
+            )
+        else:
+            print(
+                f"{repo}: {found.failed} failing test(s) in {len(found.jobs) + len(found.unplaced)}"
+                f" file(s); {len(found.jobs)} code job(s)",
+                file=sys.stderr,
+            )
+        for rel in found.unplaced:
+            print(
+                f"  {rel}: the file under test is not found (give it with --tasks)", file=sys.stderr
+            )
+    if not docs and not code:
+        raise FlowError(
+            f"nothing to do in {repo}: no page of {args.docs_glob} lacks frontmatter and no test "
+            "fails",
+            hint="--docs-glob names other pages; --tasks FILE.jsonl names code tasks",
+        )
+    return docs, code
 
 
 NIGHT_LOG = "night.log"
@@ -788,21 +917,26 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         from pantheon.core.server import ModelServer, ServerConfig
 
         server = None
+        code_server = None
         llm = None
-        starting = None
+        code_llm = None
+        starting = []
         engine = Engine(args.artifacts, registry, until_empty=True)
         failed = []
 
         async def supervise() -> None:
             while server is not None:
                 await asyncio.sleep(2.0)
-                try:
-                    await asyncio.to_thread(server.restart_if_dead)
-                except PantheonError as exc:
-                    log.error("the model server cannot be kept running: %s", exc)
-                    failed.append(exc)
-                    engine.request_stop()
-                    return
+                for each in (server, code_server):
+                    if each is None:
+                        continue
+                    try:
+                        await asyncio.to_thread(each.restart_if_dead)
+                    except PantheonError as exc:
+                        log.error("the model server cannot be kept running: %s", exc)
+                        failed.append(exc)
+                        engine.request_stop()
+                        return
 
         watch = None
         try:
@@ -819,12 +953,29 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                     ),
                 )
                 log.info("starting the embedded model server (%s)", args.model)
-                starting = asyncio.ensure_future(asyncio.to_thread(server.ensure))
-                state = await asyncio.shield(starting)
+                starting.append(asyncio.ensure_future(asyncio.to_thread(server.ensure)))
+                code_model = _code_model(args)
+                if code_model:
+                    code_server = ModelServer(
+                        args.artifacts,
+                        ServerConfig(model=code_model, port=0, parallel=max(concurrency, 1)),
+                        name="code",
+                    )
+                    log.info("starting the code model's server (%s) for codegen", code_model)
+                    starting.append(asyncio.ensure_future(asyncio.to_thread(code_server.ensure)))
+                states = await asyncio.shield(asyncio.gather(*starting))
+                state = states[0]
                 log.info("model server ready at %s", state.endpoint)
                 llm = LLMClient(state.endpoint, model=state.alias, adapters=state.adapters)
+                if code_server is not None:
+                    code_state = states[1]
+                    log.info("code model server ready at %s", code_state.endpoint)
+                    code_llm = LLMClient(code_state.endpoint, model=code_state.alias)
+                    engine.agent_llms = {"codegen": code_llm}
             engine.llm = llm
             engine.adapters = await _agent_adapters(args.artifacts, llm)
+            if code_llm is not None:
+                engine.adapters.pop("codegen", None)  # trained on the other model
             watch = asyncio.create_task(supervise())
             code = await _drive(engine)
             return 1 if failed else code
@@ -832,14 +983,17 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
             if watch is not None:
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
-            if llm is not None:
-                await llm.aclose()
-            if server is not None:
-                server.abort_start()
-                if starting is not None:
-                    await asyncio.gather(starting, return_exceptions=True)
-                if server.started_here and not args.keep_server:
-                    await asyncio.to_thread(server.stop)
+            for client in (llm, code_llm):
+                if client is not None:
+                    await client.aclose()
+            for each in (server, code_server):
+                if each is not None:
+                    each.abort_start()
+            if starting:
+                await asyncio.gather(*starting, return_exceptions=True)
+            for each in (server, code_server):
+                if each is not None and each.started_here and not args.keep_server:
+                    await asyncio.to_thread(each.stop)
 
     code = asyncio.run(main())
     print(status_text(args.artifacts))

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,9 +19,11 @@ from .submit import enqueue
 __all__ = [
     "agent_figures",
     "code_tasks",
+    "corpus_tasks",
     "demo_inputs",
     "enqueue_night",
     "night_figures",
+    "night_queued",
     "prepare_demo_repo",
     "repo_jobs",
 ]
@@ -80,7 +83,8 @@ def _git(cwd: Path, *args: str) -> None:
 
 
 def prepare_demo_repo(folder: Path) -> Path:
-    """The demo's target repository: the corpus docs and code tasks, committed on ``main``.
+    """The demo's target repository: the corpus docs, the 30 hand-written code tasks and the
+    generated HumanEval tasks, committed on ``main``.
 
     An existing demo repository is reused as it is (the night resumes on it).
     """
@@ -91,14 +95,15 @@ def prepare_demo_repo(folder: Path) -> Path:
     (folder / "docs").mkdir(parents=True)
     for doc in sorted((corpus / "repo" / "docs").glob("*.md")):
         shutil.copyfile(doc, folder / "docs" / doc.name)
-    for task in code_tasks():
+    for task in [*code_tasks(), *corpus_tasks()]:
         pkg = folder / "code" / task["id"]
         pkg.mkdir(parents=True)
         (pkg / f"{task['module']}.py").write_text(task["source"])
         (pkg / f"test_{task['module']}.py").write_text(task["test"])
     (folder / "README.md").write_text(
         "# kvlite\n\nThe demo repository of Pantheon's night: documentation pages that need "
-        "frontmatter and small functions whose tests fail.\n"
+        "frontmatter, small functions whose tests fail, and HumanEval's functions with one bug "
+        "each (code/he*; HumanEval is (c) OpenAI, MIT licence).\n"
     )
     _git(folder, "init", "-q", "-b", "main")
     _git(folder, "add", "-A")
@@ -107,13 +112,26 @@ def prepare_demo_repo(folder: Path) -> Path:
 
 
 def code_tasks() -> list[dict[str, str]]:
+    """The demo's 30 hand-written code tasks."""
     path = packaged_flows_dir() / "corpus" / "code" / "tasks.yaml"
     return list(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
+def corpus_tasks() -> list[dict[str, str]]:
+    """The generated code corpus: HumanEval's solutions with one classic bug each
+    (``pantheon.core.codecorpus``), in the same format as :func:`code_tasks`."""
+    path = packaged_flows_dir() / "corpus" / "code" / "humaneval.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+DEMO_CODE_TASKS = 30
+"""Code jobs of a demo night unless ``--code`` says otherwise: the hand-written tasks."""
+
+
 def repo_jobs(repo: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """The docops and codefix inputs for every doc and code task of a demo repository (its
-    path absolute, so that whoever reads the runs later finds it from any folder)."""
+    path absolute, so that whoever reads the runs later finds it from any folder). The code
+    tasks are the hand-written ones first, then the generated corpus (those in the repository)."""
     repo = Path(repo).resolve()
     docs = [
         {"repo": str(repo), "path": f"docs/{p.name}"}
@@ -126,9 +144,15 @@ def repo_jobs(repo: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
             "test": f"code/{t['id']}/test_{t['module']}.py",
             "task": t["task"],
         }
-        for t in code_tasks()
+        for t in [*code_tasks(), *corpus_tasks()]
+        if (repo / "code" / t["id"]).is_dir()
     ]
     return docs, code
+
+
+def night_queued(queue: JobQueue) -> bool:
+    """Whether a night (docops or codefix jobs) is in the queue already: it resumes."""
+    return bool({"docops", "codefix"} & set(queue.counts().by_flow))
 
 
 def enqueue_night(
@@ -138,17 +162,20 @@ def enqueue_night(
     *,
     docs: int | None = None,
     code: int | None = None,
+    inputs: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
 ) -> tuple[int, int]:
-    """Enqueue a night on ``repo``: docops for its docs, codefix for its code tasks.
+    """Enqueue a night on ``repo``: docops for its docs, codefix for its code tasks (the demo's,
+    or ``inputs`` found in a user's repository by :mod:`pantheon.core.discover`).
 
     A night already in the queue is resumed, not enqueued twice. Returns (docs, code) enqueued.
     """
-    known = {row for row in queue.counts().by_flow}
-    if {"docops", "codefix"} & known:
+    if night_queued(queue):
         return 0, 0
-    doc_inputs, code_inputs = repo_jobs(repo)
-    if not (Path(repo) / "code").is_dir():
-        code_inputs = []
+    if inputs is None:
+        doc_inputs, code_inputs = repo_jobs(repo)
+        code = DEMO_CODE_TASKS if code is None else code
+    else:
+        doc_inputs, code_inputs = inputs
     doc_inputs = doc_inputs[:docs] if docs is not None else doc_inputs
     code_inputs = code_inputs[:code] if code is not None else code_inputs
     flows = packaged_flows_dir()

@@ -74,6 +74,7 @@ class Engine:
         kappa_min_pairs: int = 20,
         kappa_window: int = 50,
         adapters: dict[str, str] | None = None,
+        agent_llms: dict[str, LLMClient] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -98,6 +99,9 @@ class Engine:
         self.kappa_window = kappa_window
         self.adapters: dict[str, str] = dict(adapters or {})
         """Agent name -> the promoted LoRA adapter its model calls use."""
+        self.agent_llms: dict[str, LLMClient] = dict(agent_llms or {})
+        """Agent name -> the model server its calls go to, where it is not ``llm``'s (a code
+        model for ``codegen``, say)."""
         self.last_sample: dict[str, Any] | None = None
         self.max_waits = 20
         """A job the model server leaves unanswered this many times fails with the reason."""
@@ -147,6 +151,7 @@ class Engine:
             fsync=self.fsync,
             llm=self.llm,
             adapters=self.adapters,
+            agent_llms=self.agent_llms,
         )
         self.runner.stop_between_nodes = self._stopping
         sampler: MetricsSampler | None = None

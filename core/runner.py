@@ -77,12 +77,15 @@ class Runner:
         llm: LLMClient | None = None,
         on_node: Callable[[Job, str, str, bool, float], None] | None = None,
         adapters: dict[str, str] | None = None,
+        agent_llms: dict[str, LLMClient] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry
         self.queue = queue
         self.fsync = fsync
         self.llm = llm
+        self.agent_llms: dict[str, LLMClient] = dict(agent_llms or {})
+        """Agent name -> the model server its calls go to, where it is not ``llm``'s."""
         self.on_node = on_node
         self.adapters: dict[str, str] = dict(adapters or {})
         """Agent name -> the LoRA adapter its model calls use, unless its node names one."""
@@ -316,7 +319,8 @@ class Runner:
             return failed(
                 f"the input of node {node!r} does not fit agent {agent_cls.name!r}:\n{exc}"
             )
-        if agent_cls.uses_model and self.llm is None:
+        llm = self.agent_llms.get(agent_cls.name, self.llm)
+        if agent_cls.uses_model and llm is None:
             return failed(
                 f"agent {agent_cls.name!r} uses the model, but no model server is configured",
             )
@@ -334,7 +338,7 @@ class Runner:
             node_dir=run.node_dir(node),
             params=params,
             job_input=job.input,
-            llm=self.llm,
+            llm=llm,
             calls=CallLog(run.node_dir(node)),
             artifacts=self.artifacts,
             workspace=workspace,

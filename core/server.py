@@ -230,11 +230,20 @@ def _alias_of(cmd: list[str], fallback: str) -> str:
 class ModelServer:
     """Start, check, stop and supervise the model server of one artifacts directory."""
 
-    def __init__(self, artifacts: Path, config: ServerConfig | None = None, *, store=None):
+    def __init__(
+        self,
+        artifacts: Path,
+        config: ServerConfig | None = None,
+        *,
+        store=None,
+        name: str | None = None,
+    ):
         self.artifacts = Path(artifacts)
         self.config = config or ServerConfig()
         self.store = store or ModelStore()
-        self.dir = self.artifacts / SERVER_DIR
+        self.name = name
+        """A second server of the same night (``code``, say) lives in ``server/<name>/``."""
+        self.dir = self.artifacts / SERVER_DIR / name if name else self.artifacts / SERVER_DIR
         self.state_path = self.dir / "server.json"
         self.log_path = self.dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -136,30 +136,26 @@ class Test(Agent):
     class Input(_Strict):
         kind: Literal["docs", "code"]
         path: str | None = None
+        """The document (docs), or the test file or node id (code)."""
+        test_command: str | None = None
+        """The repository's test command (code; else its pyproject.toml's, else pytest)."""
 
     class Output(_Strict):
         passed: bool
         reasons: list[str]
         output: str = ""
+        checks: dict[str, bool] = {}
+        """Each check by name, and whether it passed."""
 
     class Params(_Strict):
         timeout_s: float = Field(default=120.0, gt=0)
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: Test.Params = ctx.params  # type: ignore[assignment]
-        ws = Workspace(_workspace(ctx).path)
+        job = _workspace(ctx)
+        ws = Workspace(job.path)
         if input.kind == "code":
-            try:
-                result = await asyncio.to_thread(
-                    TOOLS["run_tests"],
-                    ws,
-                    TOOLS["run_tests"].Args(target=input.path or ""),
-                    timeout_s=params.timeout_s,
-                )
-            except ToolError as exc:
-                return self.Output(passed=False, reasons=[exc.message])
-            summary = result["output"].strip().splitlines()[-1:] or ["no output"]
-            return self.Output(passed=result["passed"], reasons=summary, output=result["output"])
+            return await self._code(input, job, params)
         if not input.path:
             return self.Output(passed=False, reasons=["a docs test needs the file's path"])
         text = ws.resolve(input.path).read_text(encoding="utf-8")
@@ -179,6 +175,46 @@ class Test(Agent):
         return self.Output(
             passed=not problems, reasons=problems or ["frontmatter parses and is complete"]
         )
+
+    async def _code(self, input: Input, job: Any, params: Params) -> Output:
+        from .testcmd import TestCommandError, resolve_test_command
+
+        checks: dict[str, bool] = {}
+        reasons: list[str] = []
+        if await asyncio.to_thread(job.dirty):
+            await asyncio.to_thread(job.commit, "work in progress")
+        changed = await asyncio.to_thread(job.files)
+        test_file = (input.path or "").split("::", 1)[0]
+        touched_tests = [f for f in changed if f == test_file or is_test_file(f)]
+        checks["tests unchanged"] = not touched_tests
+        if touched_tests:
+            reasons.append(f"the change edits test file(s): {', '.join(touched_tests)}")
+        try:
+            command = resolve_test_command(job.repo.path, input.test_command)
+            result = await asyncio.to_thread(
+                command.run, job.path, input.path or "", timeout_s=params.timeout_s
+            )
+        except TestCommandError as exc:
+            checks["tests pass"] = False
+            return self.Output(passed=False, reasons=[*reasons, exc.message], checks=checks)
+        checks["tests pass"] = result.passed
+        summary = [line for line in result.output.strip().splitlines() if line.strip()][-1:]
+        reasons.append(summary[0] if summary else "no output")
+        return self.Output(
+            passed=all(checks.values()), reasons=reasons, output=result.output, checks=checks
+        )
+
+
+def is_test_file(path: str) -> bool:
+    """A test file by pytest's naming: test_*.py, *_test.py, conftest.py, or under tests/."""
+    parts = path.split("/")
+    name = parts[-1]
+    return (
+        (name.startswith("test_") and name.endswith(".py"))
+        or name.endswith("_test.py")
+        or name == "conftest.py"
+        or any(p in ("tests", "test") for p in parts[:-1])
+    )
 
 
 class ReviewPeer(Agent):
@@ -305,27 +341,52 @@ def merge_refusal(
 
 class Codegen(Agent):
     name = "codegen"
-    description = "Makes a small code change with the workspace tools (the tool loop)."
+    description = (
+        "Fixes the file under test until its failing tests pass: candidate fixes from the "
+        "model, the real tests pick one (or the bounded tool loop)."
+    )
     uses_model = True
     uses_workspace = True
 
     class Input(_Strict):
         task: str
+        path: str | None = None
+        """The file to fix."""
+        test: str | None = None
+        """Its test file (or node id): the tests that fail now and must pass."""
+        test_command: str | None = None
+        """The repository's test command (else its pyproject.toml's, else ``python -m pytest``)."""
         files: list[str] = []
-        """Files to show the model up front (the code and its test, say)."""
+        """Files to show the model up front (the tool loop)."""
 
     class Output(_Strict):
         summary: str
         commit: str | None
         files: list[str]
         steps: int
+        """Model calls made (candidates, or tool-loop steps)."""
+        form: str = "whole_file"
+        candidates: int = 1
+        """Candidate fixes asked for."""
+        passing: int = 0
+        """Candidates whose tests passed."""
+        chosen: int | None = None
+        """The kept candidate (the smallest passing diff)."""
 
     class Answer(BaseModel):
         summary: str = Field(min_length=1, max_length=300)
 
     class Params(_Strict):
+        form: Literal["whole_file", "search_replace", "tools"] = "whole_file"
+        """How the model gives its fix: the whole corrected file (or function) in a python
+        block, SEARCH/REPLACE blocks, or JSON tool calls (the bounded tool loop)."""
+        k: int = Field(default=4, ge=1, le=32)
+        """Candidates at most: one greedy, then k-1 sampled at once when it fails."""
+        temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+        """Of the sampled candidates (the first is always greedy)."""
         max_steps: int = Field(default=6, ge=1, le=50)
-        max_tokens: int = Field(default=1024, ge=64, le=8192)
+        """The tool loop's steps at most."""
+        max_tokens: int = Field(default=2048, ge=64, le=8192)
         test_timeout_s: float = Field(default=60.0, gt=0)
         adapter: str | None = None
 
@@ -336,13 +397,67 @@ class Codegen(Agent):
     )
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
+        params: Codegen.Params = ctx.params  # type: ignore[assignment]
+        if params.form == "tools":
+            return await self._tool_loop(input, ctx, params)
+        from .codefix import FixForm, run_fix
+        from .testcmd import TestCommandError, resolve_test_command
+
+        job = _workspace(ctx)
+        if not input.path or not input.test:
+            raise NodeError(ctx.node, "codegen needs the file to fix (path) and its test (test)")
+        ws = Workspace(job.path)
+        for rel in (input.path, input.test.split("::", 1)[0]):
+            try:
+                if not ws.resolve(rel).is_file():
+                    raise NodeError(ctx.node, f"no file {rel!r} in the worktree")
+            except ToolError as exc:
+                raise NodeError(ctx.node, exc.message) from None
+        try:
+            command = resolve_test_command(job.repo.path, input.test_command)
+        except TestCommandError as exc:
+            raise NodeError(ctx.node, exc.message) from None
+        result = await run_fix(
+            ctx.model(),
+            root=job.path,
+            path=input.path,
+            test_path=input.test,
+            task=input.task,
+            command=command,
+            form=FixForm(params.form),
+            k=params.k,
+            temperature=params.temperature,
+            max_tokens=params.max_tokens,
+            timeout_s=params.test_timeout_s,
+            adapter=params.adapter,
+            log=ctx.calls,
+            node=ctx.node,
+        )
+        chosen = result.chosen
+        summary = (
+            f"fix {input.path}: candidate {chosen.index + 1} of {len(result.candidates)} "
+            f"({chosen.lines} line(s) changed) passes {input.test}"
+        )
+        commit = await asyncio.to_thread(job.commit, f"codegen: {summary[:72]}")
+        files = await asyncio.to_thread(job.files) if commit else []
+        return self.Output(
+            summary=summary,
+            commit=commit,
+            files=files,
+            steps=len(result.candidates),
+            form=params.form,
+            candidates=len(result.candidates),
+            passing=result.passing,
+            chosen=chosen.index,
+        )
+
+    async def _tool_loop(self, input: Input, ctx: NodeContext, params: Params) -> Output:
         from .toolloop import run_tool_loop
 
-        params: Codegen.Params = ctx.params  # type: ignore[assignment]
         job = _workspace(ctx)
         ws = Workspace(job.path)
         shown = []
-        for rel in input.files:
+        for rel in input.files or [f for f in (input.path, input.test) if f]:
             try:
                 text = ws.resolve(rel).read_text(encoding="utf-8")
             except (ToolError, OSError) as exc:
@@ -367,7 +482,9 @@ class Codegen(Agent):
         summary = result.answer.summary  # type: ignore[attr-defined]
         commit = await asyncio.to_thread(job.commit, f"codegen: {summary[:72]}")
         files = await asyncio.to_thread(job.files) if commit else []
-        return self.Output(summary=summary, commit=commit, files=files, steps=result.steps)
+        return self.Output(
+            summary=summary, commit=commit, files=files, steps=result.steps, form="tools"
+        )
 
 
 AGENTS: list[type[Agent]] = [PlanValidate, DocFrontmatter, Codegen, Test, ReviewPeer, MergeGate]

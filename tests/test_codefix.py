@@ -15,20 +15,49 @@ from pantheon.core.flows import packaged_flows_dir
 from pantheon.core.llm import LLMClient
 
 
-def scripted(codegen_steps, verdicts):
+def scripted(fixes, verdicts):
+    """A model server: codegen replies by seed (``fixes[seed]``), reviewers' verdicts in turn.
+
+    A fix given as a dict is a tool-loop step (the JSON tool loop takes them in order)."""
+    steps = [f for f in fixes if isinstance(f, dict)] if isinstance(fixes, list) else []
+    seen = []
+
     def handler(request):
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok"})
         body = json.loads(request.content)
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
-            answer = {"passed": verdicts.pop(0), "reasons": ["looked at it"]}
+            content = json.dumps({"passed": verdicts.pop(0), "reasons": ["looked at it"]})
+        elif steps:
+            content = json.dumps(steps.pop(0))
         else:
-            answer = codegen_steps.pop(0)
-        return httpx.Response(200, json={"choices": [{"message": {"content": json.dumps(answer)}}]})
+            seen.append((body["seed"], body["temperature"]))
+            content = fixes[body["seed"]]
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 20},
+            },
+        )
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
+    client = LLMClient("http://127.0.0.1:9", http=http, retries=0)
+    client.seen = seen
+    return client, http
+
+
+FIXED_CLAMP = "```python\ndef clamp(x, lo, hi):\n    return max(lo, min(hi, x))\n```"
+WORDY_CLAMP = (
+    "```python\ndef clamp(x, lo, hi):\n    if x < lo:\n        return lo\n"
+    "    if x > hi:\n        return hi\n    return x\n```"
+)
+WRONG_CLAMP = "```python\ndef clamp(x, lo, hi):\n    return x\n```"
+
+
+def calls_of(out, node="code"):
+    return [json.loads(x) for x in (out / node / "calls.jsonl").read_text().splitlines()]
 
 
 def run(artifacts, registry, inputs, llm):
@@ -42,7 +71,8 @@ def run(artifacts, registry, inputs, llm):
 def test_the_demo_repository_and_its_jobs(tmp_path):
     repo = prepare_demo_repo(tmp_path / "demo")
     docs, code = repo_jobs(repo)
-    assert len(docs) >= 100 and len(code) == 30
+    assert len(docs) >= 100 and len(code) == 30 + 400
+    assert code[30]["path"].startswith("code/he000m1/")
     assert prepare_demo_repo(tmp_path / "demo") == repo  # reused
     failing = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", code[0]["test"]],
@@ -58,26 +88,15 @@ def test_a_fixed_function_is_tested_for_real_and_merged(tmp_path, artifacts, reg
     _, code = repo_jobs(repo)
     clamp = code[0]
     assert clamp["path"].endswith("m01_clamp.py")
-    steps = [
-        {
-            "action": "tool",
-            "tool": "edit_file",
-            "args": {
-                "path": clamp["path"],
-                "old": "max(hi, min(lo, x))",
-                "new": "max(lo, min(hi, x))",
-            },
-        },
-        {"action": "tool", "tool": "run_tests", "args": {"target": clamp["test"]}},
-        {"action": "final", "answer": {"summary": "clamp keeps x between lo and hi"}},
-    ]
-    llm, http = scripted(steps, [True, True])
+    llm, http = scripted([FIXED_CLAMP], [True, True])
     [job] = run(artifacts, registry, [clamp], llm)
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
-    assert json.loads((out / "test" / "output.json").read_text())["passed"] is True
+    test = json.loads((out / "test" / "output.json").read_text())
+    assert test["passed"] is True
+    assert test["checks"] == {"tests unchanged": True, "tests pass": True}
     merge = json.loads((out / "merge" / "output.json").read_text())
-    assert merge["merged"] is True
+    assert merge["merged"] is True and merge["files"] == [clamp["path"]]
     check = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", clamp["test"]],
         cwd=repo,
@@ -85,8 +104,91 @@ def test_a_fixed_function_is_tested_for_real_and_merged(tmp_path, artifacts, reg
         text=True,
     )
     assert check.returncode == 0, "main now holds the fix"
-    calls = [json.loads(x) for x in (out / "code" / "calls.jsonl").read_text().splitlines()]
-    assert [c.get("kind", "model") for c in calls] == ["model", "tool", "model", "tool", "model"]
+    [call] = calls_of(out)
+    assert call["kind"] == "candidate" and call["chosen"] is True and call["error"] is None
+    assert call["tests_passed"] is True and call["temperature"] == 0.0
+    # the model was shown the failing output and both files, in one prompt
+    prompt = call["messages"][1]["content"]
+    assert "assert 10 == 5" in prompt or "AssertionError" in prompt
+    assert "def test_clamp" in prompt and "max(hi, min(lo, x))" in prompt
+    assert llm.seen == [(0, 0.0)], "a greedy fix that passes asks for no more candidates"
+    code_out = json.loads((out / "code" / "output.json").read_text())
+    assert code_out["candidates"] == 1 and code_out["chosen"] == 0
+
+
+def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passing_is_kept(
+    tmp_path, artifacts, registry
+):
+    repo = prepare_demo_repo(tmp_path / "demo")
+    _, code = repo_jobs(repo)
+    # seed 0 (greedy) is wrong, 1 garbage, 2 a long right fix, 3 the short right fix
+    fixes = [WRONG_CLAMP, "I think the bug is in line 2.", WORDY_CLAMP, FIXED_CLAMP]
+    llm, http = scripted(fixes, [True, True])
+    [job] = run(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    out = artifacts / "runs" / f"codefix-{job:06d}"
+    assert json.loads((out / "merge" / "output.json").read_text())["merged"] is True
+    assert sorted(llm.seen) == [(0, 0.0), (1, 0.7), (2, 0.7), (3, 0.7)]
+    calls = sorted(calls_of(out), key=lambda c: c["candidate"])
+    assert [c["tests_passed"] for c in calls] == [False, False, True, True]
+    assert [c["chosen"] for c in calls] == [False, False, False, True]
+    assert "its tests fail" in calls[0]["error"]
+    assert "no ```python code block" in calls[1]["error"]
+    assert "not kept: candidate 3 is a smaller change" in calls[2]["error"]
+    assert calls[3]["error"] is None
+    assert "max(lo, min(hi, x))" in (repo / code[0]["path"]).read_text()
+
+
+def test_no_candidate_that_passes_fails_codegen_with_each_reason(tmp_path, artifacts, registry):
+    repo = prepare_demo_repo(tmp_path / "demo")
+    _, code = repo_jobs(repo)
+    llm, http = scripted([WRONG_CLAMP] * 4, [])
+    [job] = run(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    out = artifacts / "runs" / f"codefix-{job:06d}"
+    failed = json.loads((out / "FAILED.json").read_text())
+    assert failed["node"] == "code"
+    assert "none of the 4 candidate fix(es) passes" in failed["error"]
+    assert not (out / "merge").exists()
+    assert all(c["error"] and not c["chosen"] for c in calls_of(out))
+
+
+def tool_loop_flow(tmp_path):
+    text = (packaged_flows_dir() / "codefix.yaml").read_text()
+    text = text.replace("    after: [plan]\n", "    after: [plan]\n    params: {form: tools}\n", 1)
+    path = tmp_path / "codefix-tools.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_tool_loop_form_still_fixes_and_a_fix_that_edits_its_test_never_passes(
+    tmp_path, artifacts, registry
+):
+    repo = prepare_demo_repo(tmp_path / "demo")
+    _, code = repo_jobs(repo)
+    task = code[1]  # is_even
+    cheat = [
+        {
+            "action": "tool",
+            "tool": "write_file",
+            "args": {"path": task["test"], "content": "def test_nothing():\n    assert True\n"},
+        },
+        {"action": "final", "answer": {"summary": "the tests pass now"}},
+    ]
+    llm, http = scripted(cheat, [])
+    flow = load_flow(tool_loop_flow(tmp_path), registry)
+    with JobQueue(artifacts) as q:
+        [job] = enqueue(q, flow, [task])
+    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
+    asyncio.run(http.aclose())
+    out = artifacts / "runs" / f"codefix-{job:06d}"
+    failed = json.loads((out / "FAILED.json").read_text())
+    assert failed["node"] == "test"
+    test = json.loads((out / "test" / "output.json").read_text())
+    assert test["checks"]["tests unchanged"] is False, "the rewritten test itself passes"
+    assert test["checks"]["tests pass"] is True
+    assert any("edits test file" in r for r in test["reasons"])
+    assert not (out / "merge").exists()
 
 
 def test_a_wrong_fix_fails_on_the_real_tests_not_the_models_word(tmp_path, artifacts, registry):
@@ -102,7 +204,10 @@ def test_a_wrong_fix_fails_on_the_real_tests_not_the_models_word(tmp_path, artif
         {"action": "final", "answer": {"summary": "fixed, trust me"}},
     ]
     llm, http = scripted(steps, [])
-    [job] = run(artifacts, registry, [task], llm)
+    flow = load_flow(tool_loop_flow(tmp_path), registry)
+    with JobQueue(artifacts) as q:
+        [job] = enqueue(q, flow, [task])
+    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     failed = json.loads((out / "FAILED.json").read_text())

@@ -1,0 +1,180 @@
+"""How a repository runs its tests: one command per repository, run in its own environment.
+
+The command comes from the job's input, else from the target's ``pyproject.toml``::
+
+    [tool.pantheon]
+    test = "python -m pytest -q"
+
+else it is ``python -m pytest``. A ``python`` at the head of the command is the repository's own
+interpreter — ``.venv/bin/python`` (or ``venv/``) inside the repository when there is one — and
+otherwise the interpreter Pantheon runs on. ``{test}`` in the command is replaced by the test
+file or node id; without it the target is appended. Every run has a time limit, no standard
+input, no proxy variables, and writes no ``__pycache__`` or ``.pytest_cache`` into the worktree.
+:func:`check_runnable` says, before a night starts, when the command cannot run at all (no
+pytest, a missing interpreter) — one clear error in place of every job failing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PantheonError
+
+__all__ = [
+    "DEFAULT_TEST_COMMAND",
+    "TestCommand",
+    "TestCommandError",
+    "TestRun",
+    "check_runnable",
+    "resolve_test_command",
+]
+
+DEFAULT_TEST_COMMAND = "python -m pytest"
+OUTPUT_CAP = 8000
+
+
+class TestCommandError(PantheonError):
+    """The repository's test command cannot run here."""
+
+    title = "Test command error"
+    __test__ = False
+
+
+@dataclass(frozen=True, slots=True)
+class TestRun:
+    passed: bool
+    exit_code: int | None
+    output: str
+    """The end of stdout and stderr together (at most OUTPUT_CAP characters)."""
+    timed_out: bool = False
+    __test__ = False
+
+
+def _repo_python(repo: Path) -> str:
+    for venv in (".venv", "venv"):
+        candidate = repo / venv / "bin" / "python"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return sys.executable
+
+
+@dataclass(frozen=True, slots=True)
+class TestCommand:
+    """A repository's test command, resolved."""
+
+    text: str
+    """The command as configured (``python -m pytest``)."""
+    source: str
+    """Where it came from: ``the job's input``, ``pyproject.toml [tool.pantheon]``, ``default``."""
+    python: str
+    """The interpreter ``python`` stands for."""
+    __test__ = False
+
+    def argv(self, target: str = "") -> list[str]:
+        parts = shlex.split(self.text)
+        if parts and parts[0] in ("python", "python3"):
+            parts[0] = self.python
+        if any("{test}" in p for p in parts):
+            parts = [p.replace("{test}", target) for p in parts]
+            return [p for p in parts if p]
+        return [*parts, target] if target else parts
+
+    @property
+    def is_pytest(self) -> bool:
+        return "pytest" in self.text
+
+    def run(self, cwd: Path, target: str = "", *, timeout_s: float = 60.0) -> TestRun:
+        """Run the tests in ``cwd``; a run past ``timeout_s`` is killed and reported as such."""
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider").strip()
+        try:
+            done = subprocess.run(
+                self.argv(target),
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            out = _text(exc.stdout) + _text(exc.stderr)
+            return TestRun(
+                False,
+                None,
+                (out[-OUTPUT_CAP:] + f"\n[the tests did not finish within {timeout_s:.0f} s]"),
+                timed_out=True,
+            )
+        except OSError as exc:
+            raise TestCommandError(
+                f"the test command {self.text!r} cannot start in {cwd}: {exc.strerror or exc}",
+                hint='set it in the target\'s pyproject.toml: [tool.pantheon] test = "..."',
+            ) from None
+        return TestRun(
+            done.returncode == 0, done.returncode, (done.stdout + done.stderr)[-OUTPUT_CAP:]
+        )
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def resolve_test_command(repo: Path, command: str | None = None) -> TestCommand:
+    """The test command of ``repo``: the given one, its ``[tool.pantheon] test``, or the default."""
+    repo = Path(repo)
+    python = _repo_python(repo)
+    if command and command.strip():
+        return TestCommand(command.strip(), "the job's input", python)
+    pyproject = repo / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise TestCommandError(f"{pyproject} is not valid TOML: {exc}") from None
+        table = data.get("tool", {}).get("pantheon", {})
+        test = table.get("test") if isinstance(table, dict) else None
+        if test is not None:
+            if not isinstance(test, str) or not test.strip():
+                raise TestCommandError(
+                    f"{pyproject}: [tool.pantheon] test must be a command line (a string)"
+                )
+            return TestCommand(test.strip(), "pyproject.toml [tool.pantheon]", python)
+    return TestCommand(DEFAULT_TEST_COMMAND, "default", python)
+
+
+def check_runnable(command: TestCommand, cwd: Path) -> None:
+    """TestCommandError when the command cannot run at all in ``cwd`` (checked once, up front)."""
+    argv = command.argv()
+    if not argv:
+        raise TestCommandError("the test command is empty")
+    exe = argv[0]
+    if shutil.which(exe, path=os.environ.get("PATH")) is None and not Path(exe).is_file():
+        raise TestCommandError(
+            f"the test command {command.text!r} ({command.source}) cannot run: "
+            f"{exe!r} is not installed or not on PATH"
+        )
+    if command.is_pytest and Path(exe).name.startswith("python"):
+        probe = subprocess.run(
+            [exe, "-c", "import pytest"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        if probe.returncode != 0:
+            raise TestCommandError(
+                f"the test command {command.text!r} ({command.source}) cannot run: "
+                f"pytest is not installed for {exe}",
+                hint=f"{exe} -m pip install pytest, or set [tool.pantheon] test in pyproject.toml",
+            )
