@@ -618,7 +618,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{jobs['queued']} queued, {jobs['running']} running"
     )
     print(f"changes   {fig['merged']} merged, {fig['waiting']} waiting, {fig['rejected']} rejected")
-    print(f"reviews   κ {kappa} over {fig['kappa_pairs']} pairs")
+    share = fig.get("review_pass_share")
+    print(
+        f"reviews   κ {kappa} over {fig['kappa_pairs']} pairs"
+        + (f" ({fig['kappa_note']})" if fig.get("kappa_note") else "")
+        + (f", {share:.0%} of verdicts pass" if share is not None else "")
+    )
     if summary["corrupt"]:
         print(
             f"corrupt   {len(summary['corrupt'])} run(s) could not be read (listed in the report)"

@@ -115,10 +115,13 @@ def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tupl
     )
     kappa = last.get("kappa")
     pairs = last.get("kappa_pairs") or 0
+    share = last.get("review_pass_rate")
+    passing = f", {share:.0%} pass" if isinstance(share, int | float) else ""
+    note = last.get("kappa_note")
     out["kappa"] = (
         figure(kappa),
-        f"{pairs} pairs",
-        "bad" if kappa is not None and kappa < 0.6 else "",
+        "no disagreement seen" + passing if note else f"{pairs} pairs{passing}",
+        "warn" if note else ("bad" if kappa is not None and kappa < 0.6 else ""),
         _series(samples, lambda s: s["kappa"]),
     )
     return out

@@ -8,9 +8,10 @@
    (``whole_file``, the default, chosen by ``bench/codefix.py``), or SEARCH/REPLACE blocks
    (``search_replace``). No code inside JSON strings.
 3. **Candidates, and the tests decide.** The first candidate is greedy (temperature 0); when it
-   does not pass, ``k - 1`` more are sampled at once (temperature > 0, distinct seeds: the server
-   batches them). Each is applied in its own scratch copy of the worktree and the real tests run
-   there; a passing one is kept — the smallest diff when several pass. Only the file under test
+   does not pass, ``k - 1`` more are sampled in one request (OpenAI's ``n``: the server evaluates
+   the prompt once and decodes them together). Each is applied in its own scratch copy of the
+   worktree and the real tests run there; a passing one is kept — the smallest diff when several
+   pass. Only the file under test
    is ever written: a fix never edits a test.
 
 Every candidate is one line of the node's ``calls.jsonl``: the messages, the raw reply, the
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelServerError, NodeError
-from .llm import LLMClient, Message
+from .llm import ChatReply, LLMClient, Message
 from .safecall import CallLog
 from .testcmd import TestCommand, TestRun
 
@@ -288,17 +289,15 @@ def _scratch_copy(root: Path, into: Path) -> Path:
     return dest
 
 
-async def _ask(
+def _base_record(
+    cand: Candidate,
     llm: LLMClient,
     messages: list[Message],
-    cand: Candidate,
-    *,
     form: FixForm,
-    original: str,
-    max_tokens: int,
     adapter: str | None,
-) -> None:
-    cand.record = {
+    n: int,
+) -> dict[str, Any]:
+    return {
         "kind": "candidate",
         "step": cand.index + 1,
         "candidate": cand.index,
@@ -309,20 +308,12 @@ async def _ask(
         "messages": messages,
         "seed": cand.seed,
         "temperature": cand.temperature,
+        "request_n": n,
     }
-    t0 = time.perf_counter()
-    try:
-        reply = await llm.chat(
-            messages,
-            temperature=cand.temperature,
-            seed=cand.seed,
-            max_tokens=max_tokens,
-            adapter=adapter,
-        )
-    except ModelServerError as exc:
-        cand.problem = str(exc)
-        cand.record.update(raw=None, error=str(exc), latency_s=round(time.perf_counter() - t0, 4))
-        raise
+
+
+def _take(cand: Candidate, reply: ChatReply, *, form: FixForm, original: str, max_tokens: int):
+    """What one reply gives: the fixed file, or the reason it gives none."""
     cand.record.update(
         model=reply.model,
         raw=reply.text,
@@ -407,30 +398,45 @@ async def run_fix(
             last = [line for line in run.output.strip().splitlines() if line.strip()][-1:]
             cand.problem = "its tests fail" + (f": {last[0][:200]}" if last else "")
 
-    async def round_of(cands: list[Candidate], scratch: Path) -> None:
-        async def one(c: Candidate) -> None:
-            await _ask(
-                llm,
-                messages,
-                c,
-                form=form,
-                original=original,
-                max_tokens=max_tokens,
-                adapter=adapter,
-            )
-            await test_one(c, scratch)
-
-        await asyncio.gather(*(one(c) for c in cands))
+    async def ask(cands: list[Candidate]) -> None:
+        """One request for the candidates: greedy alone, or the sampled ones with ``n``."""
+        for c in cands:
+            c.record = _base_record(c, llm, messages, form, adapter, len(cands))
+        t0 = time.perf_counter()
+        try:
+            if len(cands) == 1 and cands[0].temperature == 0.0:
+                replies = [
+                    await llm.chat(
+                        messages, temperature=0.0, seed=0, max_tokens=max_tokens, adapter=adapter
+                    )
+                ]
+            else:
+                replies = await llm.chat_n(
+                    messages,
+                    n=len(cands),
+                    temperature=cands[0].temperature,
+                    seed=cands[0].seed,
+                    max_tokens=max_tokens,
+                    adapter=adapter,
+                )
+        except ModelServerError as exc:
+            for c in cands:
+                c.problem = str(exc)
+                c.record.update(raw=None, latency_s=round(time.perf_counter() - t0, 4))
+            raise
+        for c, reply in zip(cands, replies, strict=False):
+            _take(c, reply, form=form, original=original, max_tokens=max_tokens)
+        await asyncio.gather(*(test_one(c, scratch) for c in cands))
 
     candidates = [Candidate(0, 0, 0.0)]
     with tempfile.TemporaryDirectory(prefix="pantheon-fix-") as tmp:
         scratch = Path(tmp)
         try:
-            await round_of(candidates, scratch)
+            await ask(candidates)
             if not candidates[0].passed and k > 1:
                 more = [Candidate(i, i, temperature) for i in range(1, k)]
                 candidates += more
-                await round_of(more, scratch)
+                await ask(more)
         except ModelServerError:
             for c in candidates:
                 if c.record:

@@ -239,6 +239,75 @@ class LLMClient:
             max_tokens=max_tokens,
             extra=extra,
         )
+        data, attempts, latency, raw_text = await self._complete(body)
+        return self._reply(data, 0, attempts, latency, adapter, raw_text)
+
+    async def chat_n(
+        self,
+        messages: list[Message],
+        *,
+        n: int,
+        adapter: str | None = None,
+        temperature: float = 0.7,
+        seed: int = 0,
+        max_tokens: int = 512,
+    ) -> list[ChatReply]:
+        """``n`` sampled completions of one prompt in one request: the server evaluates the
+        prompt once (llama-server and vLLM take OpenAI's ``n``). A server that answers with
+        fewer choices is asked for the rest one request at a time, with seeds ``seed + i``.
+
+        llama-server's usage counts the first choice only; the others are counted with its
+        ``/tokenize``, so every reply's ``completion_tokens`` is its own."""
+        if (
+            adapter is not None
+            and self.backend is Backend.LLAMA_CPP
+            and adapter not in self.adapters
+        ):
+            await self.load_adapter_ids()
+        body = self.shape(
+            messages,
+            adapter=adapter,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_tokens,
+            extra={"n": n} if n > 1 else None,
+        )
+        data, attempts, latency, raw_text = await self._complete(body)
+        count = len(data.get("choices") or [])
+        replies = [self._reply(data, i, attempts, latency, adapter, raw_text) for i in range(count)]
+        if len(replies) > 1:
+            usage = data.get("usage") or {}
+            total = int(usage.get("completion_tokens") or 0)
+            if self.backend is Backend.VLLM:
+                for r in replies:  # vLLM's usage is the sum over the choices
+                    r.completion_tokens = round(total / len(replies))
+            else:
+                for r in replies[1:]:
+                    r.completion_tokens = await self.count_tokens(r.text)
+        for i in range(len(replies), n):
+            replies.append(
+                await self.chat(
+                    messages,
+                    adapter=adapter,
+                    temperature=temperature,
+                    seed=seed + i,
+                    max_tokens=max_tokens,
+                )
+            )
+        return replies
+
+    async def count_tokens(self, text: str) -> int:
+        """The server's own token count of ``text`` (llama-server's /tokenize); 0 when it
+        cannot say."""
+        try:
+            resp = await self._http.post(
+                self.base_url + "/tokenize", json={"content": text}, timeout=30.0
+            )
+            return len(resp.json().get("tokens") or []) if resp.status_code == 200 else 0
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return 0
+
+    async def _complete(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, float, str]:
         t0 = time.perf_counter()
         self.in_flight += 1
         try:
@@ -253,8 +322,7 @@ class LLMClient:
             )
         try:
             data = resp.json()
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
+            data["choices"][0]["message"]
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise ModelServerError(
                 f"model server at {self.where} answered something that is not a chat completion: "
@@ -263,10 +331,30 @@ class LLMClient:
         usage = data.get("usage") or {}
         self.prompt_tokens_total += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens_total += int(usage.get("completion_tokens") or 0)
+        return data, attempts, latency, resp.text
+
+    def _reply(
+        self,
+        data: dict[str, Any],
+        index: int,
+        attempts: int,
+        latency: float,
+        adapter: str | None,
+        raw_text: str,
+    ) -> ChatReply:
+        try:
+            choice = data["choices"][index]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ModelServerError(
+                f"model server at {self.where} answered something that is not a chat completion: "
+                f"{_snippet(raw_text)}"
+            ) from None
+        usage = data.get("usage") or {}
         return ChatReply(
             text=text,
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0) if index == 0 else 0,
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=latency,
             model=str(data.get("model") or self.model or ""),

@@ -297,6 +297,7 @@ class MetricsSampler:
             "drain_s": _r(drain, 1),
             "kappa": _r(kappa.value),
             "kappa_pairs": kappa.pairs,
+            "kappa_note": kappa.note,
             "review_pass_rate": _r(p_pass),
             "accepted_per_hour": _r(accepted, 1),
             "merges_paused": merges_paused,
@@ -398,8 +399,11 @@ def sample_text(sample: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"tokens/s   - ({tokens.get('why', 'unavailable')})")
+    share = sample.get("review_pass_rate")
     lines.append(
         f"reviews    κ {_fmt(sample.get('kappa'))} over {sample.get('kappa_pairs', 0)} pairs"
+        + (f" ({sample['kappa_note']})" if sample.get("kappa_note") else "")
+        + (f", {share:.0%} of verdicts pass" if isinstance(share, int | float) else "")
         + ("  MERGES PAUSED" if sample.get("merges_paused") else "")
     )
     if sample.get("accepted_per_hour") is not None:

@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .agents import Agent, NodeContext
+from .doccheck import check_frontmatter, failed_checks
 from .safecall import ask
 
 __all__ = ["AGENTS", "DocDescribe"]
@@ -35,10 +36,18 @@ class DocDescribe(Agent):
         description: str = Field(min_length=10, max_length=200)
         tags: list[Tag] = Field(min_length=1, max_length=5)
 
+    class Reply(BaseModel):
+        """What the model is asked for, typed only: the limits are asked for in the prompt and
+        checked after the reply (``pantheon.core.doccheck``), never cut by a grammar."""
+
+        title: str
+        description: str
+        tags: list[str]
+
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         max_tokens: int = Field(default=512, ge=16, le=4096)
-        """Room for the longest object the schema allows (the grammar then always closes it)."""
+        """Room for the reply; one cut short is refused and asked again, never used."""
         adapter: str | None = None
         """A LoRA adapter the server has loaded, by name."""
         max_chars: int = Field(default=6000, ge=100)
@@ -46,9 +55,16 @@ class DocDescribe(Agent):
 
     SYSTEM = (
         "You write metadata for technical documentation. Read the document and reply with one "
-        "JSON object: title (a short title), description (one sentence, under 200 characters, "
-        "saying what the reader learns) and tags (1 to 5 short lowercase keywords)."
+        "JSON object: title (a short title, at most 80 characters), description (one complete "
+        "sentence of at most 200 characters, in your own words, saying what the reader learns "
+        "from the page; never copy the page's sentences) and tags (1 to 5 lowercase keywords of "
+        "a word or two)."
     )
+
+    @staticmethod
+    def problems(reply: BaseModel, body: str | None) -> list[str]:
+        """What a reply breaks of the asked limits (none: it may be used)."""
+        return failed_checks(check_frontmatter(reply.model_dump(), body))
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: DocDescribe.Params = ctx.params  # type: ignore[assignment]
@@ -56,14 +72,16 @@ class DocDescribe(Agent):
             {"role": "system", "content": self.SYSTEM},
             {"role": "user", "content": input.text[: params.max_chars]},
         ]
-        return await ask(
+        reply = await ask(
             ctx.model(),
             messages,
-            self.Output,
+            self.Reply,
             log=ctx.calls,
             max_tokens=params.max_tokens,
             adapter=params.adapter,
+            check=lambda r: self.problems(r, input.text),
         )
+        return self.Output.model_validate(reply.model_dump())
 
 
 AGENTS: list[type[Agent]] = [DocDescribe]

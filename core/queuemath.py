@@ -97,20 +97,25 @@ def expected_accepted(hours: float, agents: Iterable[tuple[float, float]]) -> fl
 @dataclass(frozen=True, slots=True)
 class Kappa:
     value: float | None
-    """Cohen's κ; None when there are no pairs."""
+    """Cohen's κ; None when there are no pairs, or when it is undefined (p_e = 1)."""
     pairs: int
     observed: float | None
     """p_o: the share of pairs on which both reviewers agree."""
     expected: float | None
     """p_e: the agreement expected by chance from each reviewer's own label frequencies."""
+    pass_share: float | None = None
+    """The share of all verdicts (both reviewers) that passed the change (boolean labels)."""
+    note: str | None = None
+    """Why κ has no value although there are pairs."""
 
 
 def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]]) -> Kappa:
     """Cohen's κ of two raters over the same items.
 
     κ = (p_o - p_e) / (1 - p_e). When p_e = 1 — both reviewers gave one and the same label to
-    every item — κ is 0/0; Pantheon takes it as 1.0 (they agree on everything), the convention
-    that keeps merges going when every change passed both reviews.
+    every item — κ is 0/0: undefined, not 1. Reviewers who passed everything have shown no
+    disagreement, which is not evidence that they agree on anything; ``note`` says so and
+    nothing counts it as agreement.
     """
     n = len(pairs)
     if n == 0:
@@ -120,6 +125,16 @@ def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]]) -> Kappa:
     first = Counter(a for a, _ in pairs)
     second = Counter(b for _, b in pairs)
     p_e = sum(first[k] * second.get(k, 0) for k in first) / (n * n)
+    labels = [x for pair in pairs for x in pair]
+    share = (
+        sum(1 for x in labels if x is True or x == "pass") / len(labels)
+        if all(isinstance(x, bool) or x in ("pass", "fail") for x in labels)
+        else None
+    )
     if math.isclose(p_e, 1.0):
-        return Kappa(1.0, n, p_o, p_e)
-    return Kappa((p_o - p_e) / (1.0 - p_e), n, p_o, p_e)
+        label = labels[0]
+        never = "failed" if label is True or label == "pass" else "passed"
+        return Kappa(
+            None, n, p_o, p_e, share, f"no disagreement seen — reviewers never {never} anything"
+        )
+    return Kappa((p_o - p_e) / (1.0 - p_e), n, p_o, p_e, share)

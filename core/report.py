@@ -13,7 +13,9 @@ run's ``run.json`` and the outputs of its test, review and merge nodes, ``decisi
 ``agents``
     agent -> ``done``, ``failed`` (nodes), ``pass_rate``, ``mean_s``.
 ``figures``
-    ``kappa`` and ``kappa_pairs`` (all review pairs of the night), ``merged``, ``waiting``,
+    ``kappa`` and ``kappa_pairs`` (all review pairs of the night; ``kappa`` is null and
+    ``kappa_note`` says why when both reviewers gave every change the same verdict, p_e = 1),
+    ``review_pass_share`` (the share of verdicts that passed), ``merged``, ``waiting``,
     ``rejected``, ``tokens_per_s`` / ``batch`` / ``rho`` (``mean`` and ``max`` over the samples).
 ``series``
     the samples over time, at most 400 points: ``t`` (epoch s), ``depth``, ``running``, ``done``,
@@ -273,6 +275,8 @@ def build_summary(
         "figures": {
             "kappa": None if kappa.value is None else round(kappa.value, 4),
             "kappa_pairs": kappa.pairs,
+            "kappa_note": kappa.note,
+            "review_pass_share": None if kappa.pass_share is None else round(kappa.pass_share, 4),
             "merged": states["merged"],
             "waiting": states["waiting"],
             "rejected": states["rejected"],

@@ -181,9 +181,16 @@ def render_html(summary: dict[str, Any]) -> str:
             _tile("waiting", _fmt(fig["waiting"]), "warn" if fig["waiting"] else ""),
             _tile("rejected", _fmt(fig["rejected"])),
             _tile(
-                f"κ ({fig['kappa_pairs']} pairs)",
-                _fmt(kappa),
-                "bad" if kappa is not None and kappa < 0.6 else "",
+                f"κ ({fig['kappa_pairs']} pairs"
+                + (
+                    f", {fig['review_pass_share']:.0%} pass)"
+                    if fig.get("review_pass_share") is not None
+                    else ")"
+                ),
+                fig.get("kappa_note") or _fmt(kappa),
+                "warn"
+                if fig.get("kappa_note")
+                else ("bad" if kappa is not None and kappa < 0.6 else ""),
             ),
             _tile("tokens/s (mean)", _fmt(fig["tokens_per_s"]["mean"], 1)),
             _tile("batch (mean)", _fmt(fig["batch"]["mean"])),

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,8 +169,12 @@ async def call_model(
     seed: int = 0,
     constrained: bool = True,
     step: int | None = None,
+    check: Callable[[T], list[str]] | None = None,
 ) -> tuple[T, ChatReply]:
-    """Ask the model for one ``output`` object; record the call; raise on anything else."""
+    """Ask the model for one ``output`` object; record the call; raise on anything else.
+
+    ``check`` names what a valid object still breaks (a limit asked for in the prompt, say):
+    a reply that breaks anything is a ReplyError with those reasons, recorded as such."""
     schema = output.model_json_schema() if constrained else None
     base = {
         "step": step,
@@ -215,6 +220,11 @@ async def call_model(
     }
     try:
         value = parse_reply(reply.text, output)
+        problems = check(value) if check is not None else []
+        if problems:
+            raise ReplyError(
+                "the reply breaks what was asked: " + "; ".join(problems), raw=reply.text
+            )
     except ReplyError as exc:
         if reply.finish_reason == "length":
             exc.message += f" (the reply stopped at max_tokens={max_tokens})"

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .agents import Agent, NodeContext
 from .control import Control, ControlFile
+from .doccheck import check_frontmatter, failed_checks
 from .errors import NodeError
 from .model_agents import DocDescribe
 from .safecall import ask
@@ -110,17 +111,19 @@ class DocFrontmatter(Agent):
         job = _workspace(ctx)
         path = Workspace(job.path).resolve(input.path, for_write=True)
         _, body = split_frontmatter(path.read_text(encoding="utf-8"))
-        meta = await ask(
+        reply = await ask(
             ctx.model(),
             [
                 {"role": "system", "content": DocDescribe.SYSTEM},
                 {"role": "user", "content": body[:6000]},
             ],
-            DocDescribe.Output,
+            DocDescribe.Reply,
             log=ctx.calls,
             max_tokens=params.max_tokens,
             adapter=params.adapter,
+            check=lambda r: DocDescribe.problems(r, body),
         )
+        meta = DocDescribe.Output.model_validate(reply.model_dump())
         front = yaml.safe_dump(meta.model_dump(), sort_keys=False, allow_unicode=True)
         path.write_text(f"---\n{front}---\n{body}", encoding="utf-8")
         commit = await asyncio.to_thread(job.commit, f"docs: frontmatter for {input.path}")
@@ -129,7 +132,10 @@ class DocFrontmatter(Agent):
 
 class Test(Agent):
     name = "test"
-    description = "Gate: the real check — frontmatter that parses and is complete, or pytest."
+    description = (
+        "Gate: the real checks — frontmatter a careful reviewer would pass, or the tests pass "
+        "and no test file changed."
+    )
     gate = True
     uses_workspace = True
 
@@ -160,20 +166,12 @@ class Test(Agent):
             return self.Output(passed=False, reasons=["a docs test needs the file's path"])
         text = ws.resolve(input.path).read_text(encoding="utf-8")
         meta, body = split_frontmatter(text)
-        problems = []
-        if meta is None:
-            problems.append("no YAML frontmatter at the top of the file")
-        else:
-            for key in ("title", "description"):
-                if not isinstance(meta.get(key), str) or not meta[key].strip():
-                    problems.append(f"frontmatter has no {key}")
-            tags = meta.get("tags")
-            if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
-                problems.append("frontmatter has no list of tags")
-        if not body.strip():
-            problems.append("the document's body is gone")
+        checks = check_frontmatter(meta, body)
+        problems = failed_checks(checks)
         return self.Output(
-            passed=not problems, reasons=problems or ["frontmatter parses and is complete"]
+            passed=not problems,
+            reasons=problems or ["the frontmatter passes every check"],
+            checks={c.name: c.passed for c in checks},
         )
 
     async def _code(self, input: Input, job: Any, params: Params) -> Output:

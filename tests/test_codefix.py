@@ -26,18 +26,24 @@ def scripted(fixes, verdicts):
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok"})
         body = json.loads(request.content)
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": body["content"].split()})
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
-            content = json.dumps({"passed": verdicts.pop(0), "reasons": ["looked at it"]})
+            contents = [json.dumps({"passed": verdicts.pop(0), "reasons": ["looked at it"]})]
         elif steps:
-            content = json.dumps(steps.pop(0))
-        else:
-            seen.append((body["seed"], body["temperature"]))
-            content = fixes[body["seed"]]
+            contents = [json.dumps(steps.pop(0))]
+        else:  # n choices in one request, as llama-server answers OpenAI's n
+            seeds = range(body["seed"], body["seed"] + body.get("n", 1))
+            seen.extend((seed, body["temperature"]) for seed in seeds)
+            contents = [fixes[seed] for seed in seeds]
         return httpx.Response(
             200,
             json={
-                "choices": [{"message": {"content": content}, "finish_reason": "stop"}],
+                "choices": [
+                    {"index": i, "message": {"content": c}, "finish_reason": "stop"}
+                    for i, c in enumerate(contents)
+                ],
                 "usage": {"prompt_tokens": 100, "completion_tokens": 20},
             },
         )
@@ -136,6 +142,8 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
     assert "no ```python code block" in calls[1]["error"]
     assert "not kept: candidate 3 is a smaller change" in calls[2]["error"]
     assert calls[3]["error"] is None
+    assert [c["request_n"] for c in calls] == [1, 3, 3, 3], "the sampled ones: one request"
+    assert calls[2]["completion_tokens"] == len(WORDY_CLAMP.split()), "each its own tokens"
     assert "max(lo, min(hi, x))" in (repo / code[0]["path"]).read_text()
 
 

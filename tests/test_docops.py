@@ -171,6 +171,11 @@ def test_a_small_docs_night_on_the_real_model(tmp_path, registry, repo):
         run = artifacts / "runs" / f"docops-{job:06d}"
         record = json.loads((run / "run.json").read_text())
         assert record["status"] in ("done", "failed")
+        if record["status"] == "failed":
+            failed = json.loads((run / "FAILED.json").read_text())
+            if failed["node"] == "write":  # the reply broke a check twice: nothing committed
+                assert "breaks what was asked" in failed["error"] or "JSON" in failed["error"]
+                continue
         meta, _ = split_frontmatter(
             git(repo, "show", f"pantheon/docops/{job}:docs/doc{job - 1}.md") + "\n"
         )

@@ -94,6 +94,11 @@ def test_cohen_kappa_degenerate_cases():
     none = cohen_kappa([])
     assert none.value is None and none.pairs == 0
     all_pass = cohen_kappa([("pass", "pass")] * 12)
-    assert all_pass.value == 1.0 and all_pass.pairs == 12 and all_pass.expected == 1.0
+    # p_e = 1: undefined, never counted as agreement
+    assert all_pass.value is None and all_pass.pairs == 12 and all_pass.expected == 1.0
+    assert all_pass.note == "no disagreement seen — reviewers never failed anything"
+    assert all_pass.pass_share == 1.0
+    never_pass = cohen_kappa([(False, False)] * 5)
+    assert never_pass.value is None and "never passed anything" in never_pass.note
     one_sided = cohen_kappa([("pass", "pass")] * 9 + [("pass", "fail")])
     assert one_sided.value == pytest.approx(0.0)
