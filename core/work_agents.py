@@ -215,9 +215,30 @@ def is_test_file(path: str) -> bool:
     )
 
 
+REVIEW_CHECKLISTS: dict[str, list[str]] = {
+    "docs": [
+        "Does the title name what the page is about?",
+        "Is the description one complete sentence that says what the reader learns from the "
+        "page, in its own words rather than copied from it?",
+        "Are the tags lowercase keywords that fit the page?",
+        "Does the change only add the frontmatter, leaving the page's text as it was?",
+    ],
+    "code": [
+        "Does the change fix what the task asks, for every input and not only the tests' "
+        "inputs (no special cases for the test values)?",
+        "Do the tests pass, and are the test files left unchanged?",
+        "Does the change touch only the code the task names, with nothing unrelated?",
+        "Is the fixed code correct as a careful programmer would write it?",
+    ],
+}
+
+
 class ReviewPeer(Agent):
     name = "review.peer"
-    description = "Gate and reviewer: the model judges the job's change (two of them make κ)."
+    description = (
+        "Gate and reviewer: the model judges the job's change with the test results, against a "
+        "checklist fitted to the flow (two of them make κ)."
+    )
     gate = True
     reviewer = True
     uses_model = True
@@ -225,36 +246,88 @@ class ReviewPeer(Agent):
 
     class Input(_Strict):
         task: str = "the change"
+        kind: Literal["docs", "code"] | None = None
+        """Which checklist to answer (docs or code); none: the instructions alone."""
+        test_passed: bool | None = None
+        """The test gate's verdict on this change."""
+        test_report: list[str] = []
+        """The test gate's reasons (each failed check, or the test summary)."""
+        test_output: str | None = None
+        """The test run's output (code)."""
 
     class Output(BaseModel):
+        reasons: list[str] = Field(min_length=1, max_length=6)
         passed: bool
-        reasons: list[str] = Field(min_length=1, max_length=4)
+
+    class Verdict(BaseModel):
+        """What the model is asked for: its reasons first, then the verdict."""
+
+        reasons: list[str]
+        passed: bool
 
     class Params(_Strict):
         instructions: str = "Judge whether the change does what the task asks, and nothing else."
-        max_tokens: int = Field(default=256, ge=16, le=4096)
+        max_tokens: int = Field(default=512, ge=16, le=4096)
         adapter: str | None = None
+
+    SYSTEM = (
+        "You review changes to a repository as a careful senior engineer would. You are shown "
+        "the task, the change as a diff and the result of its tests. Answer each question of the "
+        "checklist with a short reason (one sentence each), then give your verdict: passed is "
+        "true only when every answer is yes. Reply with one JSON object: reasons (a list of "
+        "short sentences) and then passed (true or false)."
+    )
+
+    @staticmethod
+    def problems(verdict: BaseModel) -> list[str]:
+        reasons = getattr(verdict, "reasons", [])
+        if not reasons:
+            return ["give at least one reason"]
+        if len(reasons) > 6:
+            return [f"give at most 6 reasons, not {len(reasons)}"]
+        long = [r for r in reasons if len(r) > 300]
+        if long:
+            return ["each reason must be one short sentence (under 300 characters)"]
+        return []
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: ReviewPeer.Params = ctx.params  # type: ignore[assignment]
         diff = await asyncio.to_thread(_workspace(ctx).diff)
         if not diff.strip():
             return self.Output(passed=False, reasons=["the change is empty"])
-        return await ask(
+        verdict = await ask(
             ctx.model(),
-            [
-                {
-                    "role": "system",
-                    "content": f"You review changes. {params.instructions} Reply with one JSON "
-                    "object: passed (true or false) and reasons (1 to 4 short sentences).",
-                },
-                {"role": "user", "content": f"Task: {input.task}\n\nChange:\n{diff}"},
-            ],
-            self.Output,
+            review_messages(input, diff, params.instructions),
+            self.Verdict,
             log=ctx.calls,
             max_tokens=params.max_tokens,
             adapter=params.adapter,
+            check=self.problems,
         )
+        return self.Output.model_validate(verdict.model_dump())
+
+
+def review_messages(input: ReviewPeer.Input, diff: str, instructions: str) -> list[dict[str, str]]:
+    """A reviewer's prompt: what both reviewers of a change share comes first (the task, the
+    diff, the test result), this reviewer's own instructions and checklist last, so a server's
+    prefix cache evaluates the shared part once."""
+    if input.test_passed is None:
+        tests = "The tests were not run."
+    else:
+        tests = "The tests passed." if input.test_passed else "The tests FAILED."
+        if input.test_report:
+            tests += "\n" + "\n".join(f"- {r}" for r in input.test_report[:8])
+        if input.test_output and not input.test_passed:
+            tests += f"\nTest output (end):\n```\n{input.test_output.strip()[-1500:]}\n```"
+    checklist = REVIEW_CHECKLISTS.get(input.kind or "", [])
+    questions = "\n".join(f"{i}. {q}" for i, q in enumerate(checklist, 1))
+    user = f"Task: {input.task}\n\nChange:\n```diff\n{diff}\n```\n\n{tests}\n\n{instructions}" + (
+        f"\nChecklist:\n{questions}" if questions else ""
+    )
+    return [
+        {"role": "system", "content": ReviewPeer.SYSTEM},
+        {"role": "user", "content": user},
+    ]
 
 
 class MergeGate(Agent):

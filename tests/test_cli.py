@@ -204,3 +204,68 @@ def test_an_unwritable_artifacts_directory_is_a_clear_error(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert f"cannot write {artifacts / 'control.json'}: Permission denied" in err
     assert "hint: make" in err
+
+
+def test_night_repo_mistakes_exit_non_zero_with_one_clear_line(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    empty = tmp_path / "empty-repo"
+    empty.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=empty, check=True)
+    cases = [
+        (["--repo", str(tmp_path / "nope")], "does not exist"),
+        (["--repo", str(plain)], "is not a git repository"),
+        (["--repo", str(empty)], "nothing to do in"),
+        (["--repo", str(empty), "--test-command", "nosuchtool"], "'nosuchtool' is not installed"),
+    ]
+    for args, message in cases:
+        out = pantheon("night", *args, "--headless", "--artifacts", str(tmp_path / "a"))
+        assert out.returncode == 1, (args, out.stderr)
+        assert message in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert not (tmp_path / "a" / "server").exists(), "no server started for a bad input"
+
+
+def test_a_night_on_a_users_repository_finds_its_failing_tests_and_pages(tmp_path):
+    """A small real project (not the demo): the night runs its tests once, makes one codefix job
+    per failing test file and one docops job per page without frontmatter, and drains them on
+    the real model server."""
+    repo = tmp_path / "proj"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "docs" / "guide").mkdir(parents=True)
+    (repo / "pkg" / "__init__.py").write_text("")
+    (repo / "pkg" / "mathx.py").write_text("def double(x):\n    return x + x + 1\n")
+    (repo / "test_mathx.py").write_text(
+        "from pkg.mathx import double\n\ndef test_double():\n    assert double(2) == 4\n"
+    )
+    (repo / "test_fine.py").write_text("def test_fine():\n    assert 1 + 1 == 2\n")
+    (repo / "docs" / "guide" / "doubling.md").write_text(
+        "# Doubling\n\n" + "The double function returns twice its argument. " * 8 + "\n"
+    )
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True
+        )
+    artifacts = tmp_path / "night"
+    out = pantheon(
+        "night",
+        "--repo",
+        str(repo),
+        "--model",
+        "smollm2-135m",
+        "--headless",
+        "--artifacts",
+        str(artifacts),
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "1 failing test(s) in 1 file(s); 1 code job(s)" in out.stderr
+    assert "1 docs and 1 code job(s) queued" in out.stderr
+    runs = {p.name.rsplit("-", 1)[0]: p for p in (artifacts / "runs").iterdir()}
+    assert set(runs) == {"docops", "codefix"}
+    record = json.loads((runs["codefix"] / "run.json").read_text())
+    assert record["input"]["path"] == "pkg/mathx.py" and record["input"]["test"] == "test_mathx.py"
+    assert record["status"] in ("done", "failed")
+    docs = json.loads((runs["docops"] / "run.json").read_text())
+    assert docs["input"]["path"] == "docs/guide/doubling.md"
+    assert not (artifacts / "server" / "server.json").exists()

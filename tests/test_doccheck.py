@@ -43,7 +43,10 @@ def test_a_careful_description_passes_every_check():
     ("change", "check"),
     [
         # what a grammar's maxLength left in the night's merged pages
-        ({"description": "Strings are encoded as UTF-8 for you. Its"}, "description is one sentence"),
+        (
+            {"description": "Strings are encoded as UTF-8 for you. Its"},
+            "description is one sentence",
+        ),
         ({"description": "Backups are consistent. They are fast."}, "description is one sentence"),
         ({"description": "Backups."}, "description length"),
         ({"description": "A " + "very " * 60 + "long sentence."}, "description length"),

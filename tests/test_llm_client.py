@@ -156,3 +156,47 @@ async def test_an_empty_content_is_an_empty_text_not_a_crash():
     reply = await client.chat(MSGS)
     await http.aclose()
     assert reply.text == "" and reply.finish_reason == "length" and reply.prompt_tokens == 0
+
+
+async def test_n_completions_in_one_request_each_with_its_own_tokens():
+    bodies = []
+
+    def handler(request):
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": json.loads(request.content)["content"]})
+        body = json.loads(request.content)
+        bodies.append(body)
+        n = body.get("n", 1)
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {"index": i, "message": {"content": "x" * (i + 2)}, "finish_reason": "stop"}
+                    for i in range(n)
+                ],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 2},  # the first choice's
+            },
+        )
+
+    client, http = make(handler)
+    replies = await client.chat_n(MSGS, n=3, temperature=0.7, seed=1)
+    await http.aclose()
+    assert len(bodies) == 1 and bodies[0]["n"] == 3 and bodies[0]["seed"] == 1
+    assert [r.text for r in replies] == ["xx", "xxx", "xxxx"]
+    assert [r.completion_tokens for r in replies] == [2, 3, 4]
+    assert [r.prompt_tokens for r in replies] == [50, 0, 0], "the prompt is counted once"
+
+
+async def test_a_server_without_n_is_asked_for_the_rest_one_at_a_time():
+    seeds = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        seeds.append((body["seed"], body.get("n", 1)))
+        return httpx.Response(200, json=completion(f"reply {body['seed']}"))  # always one choice
+
+    client, http = make(handler)
+    replies = await client.chat_n(MSGS, n=3, temperature=0.7, seed=5)
+    await http.aclose()
+    assert seeds == [(5, 3), (6, 1), (7, 1)]
+    assert [r.text for r in replies] == ["reply 5", "reply 6", "reply 7"]

@@ -1,0 +1,43 @@
+"""The reviewer's prompt and reply: what both reviewers share first, the test result shown, a
+checklist fitted to the flow, the reasons before the verdict."""
+
+from __future__ import annotations
+
+from pantheon.core.work_agents import REVIEW_CHECKLISTS, ReviewPeer, review_messages
+
+DIFF = "--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-    return a - b\n+    return a + b\n"
+
+
+def test_both_reviewers_share_the_start_of_their_prompt_and_differ_only_at_the_end():
+    given = ReviewPeer.Input(
+        task="Fix add()", kind="code", test_passed=True, test_report=["1 passed in 0.01s"]
+    )
+    a = review_messages(given, DIFF, "Judge whether the change fixes the function correctly.")
+    b = review_messages(given, DIFF, "Judge only whether the change stays small.")
+    assert a[0] == b[0], "one system prompt for every reviewer"
+    ua, ub = a[1]["content"], b[1]["content"]
+    shared = ua.index("Judge")
+    assert ua[:shared] == ub[:shared]
+    assert "Task: Fix add()" in ua[:shared] and DIFF in ua[:shared]
+    assert "The tests passed." in ua[:shared] and "1 passed in 0.01s" in ua[:shared]
+    for question in REVIEW_CHECKLISTS["code"]:
+        assert question in ua[shared:]
+
+
+def test_a_failed_test_is_shown_with_its_output_and_docs_get_their_own_checklist():
+    failed = ReviewPeer.Input(
+        task="t", kind="code", test_passed=False, test_output="E   assert 5 == 4\n1 failed"
+    )
+    text = review_messages(failed, DIFF, "Judge.")[1]["content"]
+    assert "The tests FAILED." in text and "assert 5 == 4" in text
+    docs = ReviewPeer.Input(task="frontmatter", kind="docs", test_passed=True)
+    text = review_messages(docs, DIFF, "Judge.")[1]["content"]
+    assert REVIEW_CHECKLISTS["docs"][1] in text and REVIEW_CHECKLISTS["code"][0] not in text
+
+
+def test_the_reply_gives_its_reasons_before_its_verdict_and_they_stay_short():
+    assert list(ReviewPeer.Verdict.model_json_schema()["properties"]) == ["reasons", "passed"]
+    ok = ReviewPeer.Verdict(reasons=["It fixes the sum."], passed=True)
+    assert ReviewPeer.problems(ok) == []
+    assert ReviewPeer.problems(ReviewPeer.Verdict(reasons=[], passed=True))
+    assert ReviewPeer.problems(ReviewPeer.Verdict(reasons=["x" * 400], passed=False))
