@@ -33,31 +33,48 @@ NODE_MARK = {
 def call_parts(node: NodeView) -> list[tuple[str, Any]]:
     """A node's model calls as titled parts: the figures, then messages, reply, parsed value."""
     parts: list[tuple[str, Any]] = []
+    previous = None
     for i, call in enumerate(node.calls, start=1):
         if call.data is None:
             parts.append((f"call {i}: unreadable", call.problem or ""))
             continue
         d = call.data
+        candidate = d.get("kind") == "candidate"
+        what = (
+            f"candidate {int(d.get('candidate') or 0) + 1} · T {d.get('temperature')} · "
+            f"seed {d.get('seed')} · tests {'passed' if d.get('tests_passed') else 'failed'}"
+            + (" · KEPT" if d.get("chosen") else "")
+            if candidate
+            else f"call {i}" + (f" · step {d['step']}" if d.get("step") else "")
+        )
         head = (
-            f"call {i}"
-            + (f" · step {d['step']}" if d.get("step") else "")
+            what
             + f" · {d.get('prompt_tokens', '?')}+{d.get('completion_tokens', '?')} tok"
             + (f" · {d['latency_s']:.2f} s" if isinstance(d.get("latency_s"), int | float) else "")
             + f" · {d.get('model') or '?'}"
             + f" · adapter {d.get('adapter') or 'none'}"
         )
-        if d.get("error"):
+        if d.get("error") and not candidate:
             head += " · ERROR"
         parts.append((head, ""))
-        for msg in d.get("messages") or []:
-            if isinstance(msg, dict):
-                content = msg.get("content")
-                parts.append((f"  {msg.get('role', '?')}", content if content is not None else msg))
+        messages = d.get("messages") or []
+        if candidate and messages == previous:
+            parts.append(("  prompt", "the same prompt as the candidate before"))
+        else:
+            for msg in messages:
+                if isinstance(msg, dict):
+                    content = msg.get("content")
+                    parts.append(
+                        (f"  {msg.get('role', '?')}", content if content is not None else msg)
+                    )
+        previous = messages
         parts.append(("  raw reply", d.get("raw") if d.get("raw") is not None else ""))
         if d.get("parsed") is not None:
             parts.append(("  parsed", d.get("parsed")))
         if d.get("error"):
-            parts.append(("  error", d.get("error")))
+            parts.append(("  error" if not candidate else "  why not kept", d.get("error")))
+        if candidate and d.get("test_output"):
+            parts.append(("  test output", d.get("test_output")))
     return parts
 
 

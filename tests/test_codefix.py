@@ -145,6 +145,17 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
     assert [c["request_n"] for c in calls] == [1, 3, 3, 3], "the sampled ones: one request"
     assert calls[2]["completion_tokens"] == len(WORDY_CLAMP.split()), "each its own tokens"
     assert "max(lo, min(hi, x))" in (repo / code[0]["path"]).read_text()
+    # the run detail shows each candidate with its test result, and which one was kept
+    from pantheon.console.run_detail import call_parts
+    from pantheon.core.nightview import load_run
+
+    [node] = [n for n in load_run(artifacts, out.name).nodes if n.id == "code"]
+    titles = [title for title, _ in call_parts(node)]
+    heads = [t for t in titles if t.startswith("candidate ")]
+    assert heads[0].startswith("candidate 1 · T 0.0 · seed 0 · tests failed")
+    assert heads[3].startswith("candidate 4 · T 0.7 · seed 3 · tests passed · KEPT")
+    assert titles.count("  why not kept") == 3 and "  test output" in titles
+    assert titles.count("  user") == 1, "the prompt is shown once, not once per candidate"
 
 
 def test_no_candidate_that_passes_fails_codegen_with_each_reason(tmp_path, artifacts, registry):
