@@ -343,7 +343,7 @@ async def run_fix(
     task: str,
     command: TestCommand,
     form: FixForm = FixForm.WHOLE_FILE,
-    k: int = 4,
+    k: int = 8,
     temperature: float = 0.7,
     max_tokens: int = 2048,
     timeout_s: float = 60.0,

@@ -451,7 +451,7 @@ class Codegen(Agent):
         form: Literal["whole_file", "search_replace", "tools"] = "whole_file"
         """How the model gives its fix: the whole corrected file (or function) in a python
         block, SEARCH/REPLACE blocks, or JSON tool calls (the bounded tool loop)."""
-        k: int = Field(default=4, ge=1, le=32)
+        k: int = Field(default=8, ge=1, le=32)
         """Candidates at most: one greedy, then k-1 sampled at once when it fails."""
         temperature: float = Field(default=0.7, ge=0.0, le=2.0)
         """Of the sampled candidates (the first is always greedy)."""

@@ -36,7 +36,7 @@ def scripted(fixes, verdicts):
         else:  # n choices in one request, as llama-server answers OpenAI's n
             seeds = range(body["seed"], body["seed"] + body.get("n", 1))
             seen.extend((seed, body["temperature"]) for seed in seeds)
-            contents = [fixes[seed] for seed in seeds]
+            contents = [fixes[seed] if seed < len(fixes) else "No idea." for seed in seeds]
         return httpx.Response(
             200,
             json={
@@ -134,15 +134,15 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     assert json.loads((out / "merge" / "output.json").read_text())["merged"] is True
-    assert sorted(llm.seen) == [(0, 0.0), (1, 0.7), (2, 0.7), (3, 0.7)]
+    assert sorted(llm.seen) == [(0, 0.0)] + [(seed, 0.7) for seed in range(1, 8)], "k = 8"
     calls = sorted(calls_of(out), key=lambda c: c["candidate"])
-    assert [c["tests_passed"] for c in calls] == [False, False, True, True]
-    assert [c["chosen"] for c in calls] == [False, False, False, True]
+    assert [c["tests_passed"] for c in calls] == [False, False, True, True] + [False] * 4
+    assert [c["chosen"] for c in calls] == [False, False, False, True] + [False] * 4
     assert "its tests fail" in calls[0]["error"]
     assert "no ```python code block" in calls[1]["error"]
     assert "not kept: candidate 3 is a smaller change" in calls[2]["error"]
     assert calls[3]["error"] is None
-    assert [c["request_n"] for c in calls] == [1, 3, 3, 3], "the sampled ones: one request"
+    assert [c["request_n"] for c in calls] == [1] + [7] * 7, "the sampled ones: one request"
     assert calls[2]["completion_tokens"] == len(WORDY_CLAMP.split()), "each its own tokens"
     assert "max(lo, min(hi, x))" in (repo / code[0]["path"]).read_text()
     # the run detail shows each candidate with its test result, and which one was kept
@@ -154,20 +154,20 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
     heads = [t for t in titles if t.startswith("candidate ")]
     assert heads[0].startswith("candidate 1 · T 0.0 · seed 0 · tests failed")
     assert heads[3].startswith("candidate 4 · T 0.7 · seed 3 · tests passed · KEPT")
-    assert titles.count("  why not kept") == 3 and "  test output" in titles
+    assert titles.count("  why not kept") == 7 and "  test output" in titles
     assert titles.count("  user") == 1, "the prompt is shown once, not once per candidate"
 
 
 def test_no_candidate_that_passes_fails_codegen_with_each_reason(tmp_path, artifacts, registry):
     repo = prepare_demo_repo(tmp_path / "demo")
     _, code = repo_jobs(repo)
-    llm, http = scripted([WRONG_CLAMP] * 4, [])
+    llm, http = scripted([WRONG_CLAMP] * 8, [])
     [job] = run(artifacts, registry, [code[0]], llm)
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     failed = json.loads((out / "FAILED.json").read_text())
     assert failed["node"] == "code"
-    assert "none of the 4 candidate fix(es) passes" in failed["error"]
+    assert "none of the 8 candidate fix(es) passes" in failed["error"]
     assert not (out / "merge").exists()
     assert all(c["error"] and not c["chosen"] for c in calls_of(out))
 
