@@ -42,7 +42,9 @@ log = logging.getLogger("pantheon")
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 DEFAULT_CODE_MODEL = "qwen2.5-coder-1.5b"
-"""codegen's model in a night: bench/codefix.py measures it against the 0.5B model."""
+"""The writers' model in a night (codegen, doc.frontmatter): bench/codefix.py measures it
+against the 0.5B model, which stays the reviewers'."""
+WRITER_AGENTS = ("codegen", "doc.frontmatter")
 
 EPILOG = """\
 The artifacts directory (default ./artifacts) is where the engine, the console, the report and
@@ -167,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--code-model",
         default=None,
         metavar="M",
-        help=f"the model codegen's fixes come from, on a second embedded server (default: "
-        f"{DEFAULT_CODE_MODEL}, or --model's when --model is given; 'same' for --model's)",
+        help=f"the model of the writers (codegen's fixes, doc.frontmatter's pages), on a second "
+        f"embedded server (default: {DEFAULT_CODE_MODEL}, or --model's when --model is given; "
+        "'same' for --model's)",
     )
     _model_endpoint_args(p)
     p.add_argument(
@@ -966,7 +969,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                         ServerConfig(model=code_model, port=0, parallel=max(concurrency, 1)),
                         name="code",
                     )
-                    log.info("starting the code model's server (%s) for codegen", code_model)
+                    log.info("starting the writers' model server (%s)", code_model)
                     starting.append(asyncio.ensure_future(asyncio.to_thread(code_server.ensure)))
                 states = await asyncio.shield(asyncio.gather(*starting))
                 state = states[0]
@@ -976,11 +979,12 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                     code_state = states[1]
                     log.info("code model server ready at %s", code_state.endpoint)
                     code_llm = LLMClient(code_state.endpoint, model=code_state.alias)
-                    engine.agent_llms = {"codegen": code_llm}
+                    engine.agent_llms = {agent: code_llm for agent in WRITER_AGENTS}
             engine.llm = llm
             engine.adapters = await _agent_adapters(args.artifacts, llm)
             if code_llm is not None:
-                engine.adapters.pop("codegen", None)  # trained on the other model
+                for agent in WRITER_AGENTS:  # their adapters were trained on the other model
+                    engine.adapters.pop(agent, None)
             watch = asyncio.create_task(supervise())
             code = await _drive(engine)
             return 1 if failed else code

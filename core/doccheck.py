@@ -11,7 +11,7 @@ in its output so the morning review sees why.
 - **description length**: 20 to 200 characters;
 - **description in its own words**: not copied from the page (no run of 10 or more words, or
   of most of its own words, taken verbatim from the body);
-- **tags**: 1 to 5 distinct lowercase keywords of a word or two (letters, digits, ``+ # . -``);
+- **tags**: 1 to 5 distinct lowercase keywords of a word or two (letters, digits, ``_ + # . -``);
 - **body kept** (the gate): the page's text is still there.
 """
 
@@ -38,7 +38,7 @@ TAG_MAX = 24
 COPY_RUN = 10
 """Words in a row taken from the body that make a description a copy."""
 
-_TAG = re.compile(r"^[a-z0-9][a-z0-9+#.\-]*( [a-z0-9][a-z0-9+#.\-]*)?$")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_+#.\-]*( [a-z0-9][a-z0-9_+#.\-]*)?$")
 _END = re.compile(r"[.!?][\"')\]]*$")
 # a sentence end inside the text: punctuation, space, then a capital or a digit
 _INNER_END = re.compile(r"(?<![A-Z][a-z])(?<!\be\.g)(?<!\bi\.e)(?<!\betc)[.!?]\s+[A-Z0-9]")

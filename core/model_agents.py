@@ -54,12 +54,33 @@ class DocDescribe(Agent):
         """Longer documents are cut to this many characters before they reach the model."""
 
     SYSTEM = (
-        "You write metadata for technical documentation. Read the document and reply with one "
-        "JSON object: title (a short title, at most 80 characters), description (one complete "
-        "sentence of at most 200 characters, in your own words, saying what the reader learns "
-        "from the page; never copy the page's sentences) and tags (1 to 5 lowercase keywords of "
-        "a word or two)."
+        "You write metadata for technical documentation. Read the page and reply with one JSON "
+        "object: title (the page's subject, at most 80 characters), description (ONE short "
+        "sentence of at most 25 words, in your own words, saying what the reader learns; never "
+        "copy the page's sentences) and tags (1 to 5 lowercase keywords, one or two words each)."
     )
+
+    EXAMPLE_PAGE = (
+        "# Retries\n\nThe client retries a request that failed with a connection error or a "
+        "5xx answer. It waits 0.5 s before the first retry and doubles the wait each time, up "
+        "to 8 s. Set retries=0 to turn it off. A request that still fails raises ServerDown "
+        "with the last error."
+    )
+    EXAMPLE_REPLY = (
+        '{"title": "Retries", "description": "Explains when the client retries a failed '
+        'request, how long it waits between tries and how to turn retries off.", "tags": '
+        '["retries", "errors", "client"]}'
+    )
+
+    @classmethod
+    def messages(cls, body: str) -> list[dict[str, str]]:
+        """The prompt: the instructions, one worked example, then the page."""
+        return [
+            {"role": "system", "content": cls.SYSTEM},
+            {"role": "user", "content": cls.EXAMPLE_PAGE},
+            {"role": "assistant", "content": cls.EXAMPLE_REPLY},
+            {"role": "user", "content": body},
+        ]
 
     @staticmethod
     def problems(reply: BaseModel, body: str | None) -> list[str]:
@@ -68,13 +89,9 @@ class DocDescribe(Agent):
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: DocDescribe.Params = ctx.params  # type: ignore[assignment]
-        messages = [
-            {"role": "system", "content": self.SYSTEM},
-            {"role": "user", "content": input.text[: params.max_chars]},
-        ]
         reply = await ask(
             ctx.model(),
-            messages,
+            self.messages(input.text[: params.max_chars]),
             self.Reply,
             log=ctx.calls,
             max_tokens=params.max_tokens,

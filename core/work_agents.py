@@ -113,10 +113,7 @@ class DocFrontmatter(Agent):
         _, body = split_frontmatter(path.read_text(encoding="utf-8"))
         reply = await ask(
             ctx.model(),
-            [
-                {"role": "system", "content": DocDescribe.SYSTEM},
-                {"role": "user", "content": body[:6000]},
-            ],
+            DocDescribe.messages(body[:6000]),
             DocDescribe.Reply,
             log=ctx.calls,
             max_tokens=params.max_tokens,

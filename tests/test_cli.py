@@ -226,6 +226,7 @@ def test_night_repo_mistakes_exit_non_zero_with_one_clear_line(tmp_path):
         assert not (tmp_path / "a" / "server").exists(), "no server started for a bad input"
 
 
+@pytest.mark.slow
 def test_a_night_on_a_users_repository_finds_its_failing_tests_and_pages(tmp_path):
     """A small real project (not the demo): the night runs its tests once, makes one codefix job
     per failing test file and one docops job per page without frontmatter, and drains them on

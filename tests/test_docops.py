@@ -37,7 +37,7 @@ def fake_model(verdicts):
         body = json.loads(request.content)
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
-            ok = verdicts["b" if "limited to adding" in system else "a"]
+            ok = verdicts["b" if "limited to adding" in body["messages"][-1]["content"] else "a"]
             answer = {"passed": ok, "reasons": ["fine" if ok else "wrong title"]}
         else:
             answer = META
