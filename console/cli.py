@@ -984,10 +984,12 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                 state = states[0]
                 log.info("model server ready at %s", state.endpoint)
                 llm = LLMClient(state.endpoint, model=state.alias, adapters=state.adapters)
+                llm.max_choices = state.parallel
                 if code_server is not None:
                     code_state = states[1]
                     log.info("writers' model server ready at %s", code_state.endpoint)
                     code_llm = LLMClient(code_state.endpoint, model=code_state.alias)
+                    code_llm.max_choices = code_state.parallel
                     engine.agent_llms = {agent: code_llm for agent in WRITER_AGENTS}
             engine.llm = llm
             engine.adapters = await _agent_adapters(args.artifacts, llm)

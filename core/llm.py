@@ -10,6 +10,7 @@ then one clear error says which server is down and since when.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -99,6 +100,8 @@ class LLMClient:
         """Chat requests sent and not answered yet (the engine's own view of the batch)."""
         self.prompt_tokens_total = 0
         self.completion_tokens_total = 0
+        self.max_choices: int | None = None
+        """The most choices one request may ask for (llama-server: its slots); None: any."""
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -264,15 +267,31 @@ class LLMClient:
             and adapter not in self.adapters
         ):
             await self.load_adapter_ids()
+        first = min(n, self.max_choices or n)
         body = self.shape(
             messages,
             adapter=adapter,
             temperature=temperature,
             seed=seed,
             max_tokens=max_tokens,
-            extra={"n": n} if n > 1 else None,
+            extra={"n": first} if first > 1 else None,
         )
-        data, attempts, latency, raw_text = await self._complete(body)
+        try:
+            data, attempts, latency, raw_text = await self._complete(body)
+        except ModelServerError as exc:
+            # llama-server refuses more choices than it has slots, and says how many it takes
+            most = re.search(r"'n'.*?<= *(\d+)", exc.message)
+            if first > 1 and most and int(most.group(1)) < first:
+                self.max_choices = max(1, int(most.group(1)))
+                return await self.chat_n(
+                    messages,
+                    n=n,
+                    adapter=adapter,
+                    temperature=temperature,
+                    seed=seed,
+                    max_tokens=max_tokens,
+                )
+            raise
         count = len(data.get("choices") or [])
         replies = [self._reply(data, i, attempts, latency, adapter, raw_text) for i in range(count)]
         if len(replies) > 1:
@@ -284,6 +303,15 @@ class LLMClient:
             else:
                 for r in replies[1:]:
                     r.completion_tokens = await self.count_tokens(r.text)
+        if len(replies) == first and first < n:  # the rest, a server's worth at a time
+            replies += await self.chat_n(
+                messages,
+                n=n - first,
+                adapter=adapter,
+                temperature=temperature,
+                seed=seed + first,
+                max_tokens=max_tokens,
+            )
         for i in range(len(replies), n):
             replies.append(
                 await self.chat(

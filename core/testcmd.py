@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,12 @@ class TestCommand:
         """Run the tests in ``cwd``; a run past ``timeout_s`` is killed and reported as such."""
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider").strip()
+        opts = env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider"
+        if self.is_pytest and not has_pytest_config(cwd):
+            # a worktree under another project (ARTIFACTS/worktrees in a checkout, say) must
+            # not pick up that project's pytest configuration
+            opts += f" -c {shlex.quote(str(_empty_ini()))} --rootdir {shlex.quote(str(cwd))}"
+        env["PYTEST_ADDOPTS"] = opts.strip()
         try:
             done = subprocess.run(
                 self.argv(target),
@@ -121,6 +127,35 @@ class TestCommand:
         return TestRun(
             done.returncode == 0, done.returncode, (done.stdout + done.stderr)[-OUTPUT_CAP:]
         )
+
+
+def has_pytest_config(folder: Path) -> bool:
+    """Whether ``folder`` holds a pytest configuration of its own (pytest.ini, tox.ini's
+    [pytest], setup.cfg's [tool:pytest], pyproject.toml's [tool.pytest.ini_options])."""
+    folder = Path(folder)
+    marks = {
+        "pytest.ini": "",
+        ".pytest.ini": "",
+        "tox.ini": "[pytest]",
+        "setup.cfg": "[tool:pytest]",
+        "pyproject.toml": "[tool.pytest",
+    }
+    for name, mark in marks.items():
+        path = folder / name
+        if path.is_file():
+            try:
+                if mark in path.read_text(encoding="utf-8", errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _empty_ini() -> Path:
+    path = Path(tempfile.gettempdir()) / "pantheon-pytest-empty.ini"
+    if not path.is_file():
+        path.write_text("[pytest]\n", encoding="utf-8")
+    return path
 
 
 def _text(value: bytes | str | None) -> str:

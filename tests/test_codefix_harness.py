@@ -234,3 +234,20 @@ def test_every_shipped_mutant_fails_its_tests_and_every_original_passes():
     results = check_tasks(tasks)
     assert all(original for original, _ in results), "an original fails its tests"
     assert all(mutant_fails for _, mutant_fails in results), "a mutant passes its tests"
+
+
+def test_a_worktree_inside_another_project_does_not_take_its_pytest_configuration(tmp_path):
+    outer = tmp_path / "outer"
+    inner = outer / "artifacts" / "worktrees" / "job"
+    inner.mkdir(parents=True)
+    # the outer project's strict configuration would fail the inner run outright
+    (outer / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nfilterwarnings = ["error"]\nno_such_option = 1\n'
+        'addopts = "--no-such-flag"\n'
+    )
+    (inner / "test_x.py").write_text("def test_x():\n    assert True\n")
+    run = resolve_test_command(inner).run(inner, "test_x.py")
+    assert run.passed, run.output
+    # a repository's own configuration is still used
+    (inner / "pytest.ini").write_text("[pytest]\naddopts = -k nothing_matches\n")
+    assert not resolve_test_command(inner).run(inner, "test_x.py").passed

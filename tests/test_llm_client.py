@@ -200,3 +200,37 @@ async def test_a_server_without_n_is_asked_for_the_rest_one_at_a_time():
     await http.aclose()
     assert seeds == [(5, 3), (6, 1), (7, 1)]
     assert [r.text for r in replies] == ["reply 5", "reply 6", "reply 7"]
+
+
+async def test_more_choices_than_the_server_has_slots_are_asked_for_in_parts():
+    asked = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": [1]})
+        n = body.get("n", 1)
+        asked.append((body["seed"], n))
+        if n > 4:
+            return httpx.Response(
+                400,
+                json={
+                    "error": {
+                        "message": f"Field 'n': Value must be between 1 <= value <= 4, but got {n}"
+                    }
+                },
+            )
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"index": i, "message": {"content": "x"}} for i in range(n)],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+            },
+        )
+
+    client, http = make(handler)
+    replies = await client.chat_n(MSGS, n=7, temperature=0.7, seed=1)
+    await http.aclose()
+    assert len(replies) == 7
+    assert asked == [(1, 7), (1, 4), (5, 3)], "refused, then the server's four, then the rest"
+    assert client.max_choices == 4
