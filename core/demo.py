@@ -42,7 +42,7 @@ def demo_inputs(corpus: Path | None = None) -> list[dict[str, str]]:
 
 def night_figures(artifacts: Path) -> str:
     """The model's share of a night, from the runs' calls.jsonl files."""
-    calls = prompt = completion = failed = 0
+    calls = prompt = completion = failed = candidates = kept = 0
     latency = 0.0
     first = last = None
     for path in (Path(artifacts) / "runs").glob("*/*/calls.jsonl"):
@@ -52,7 +52,11 @@ def night_figures(artifacts: Path) -> str:
             except json.JSONDecodeError:
                 continue
             calls += 1
-            failed += 1 if call.get("error") else 0
+            if call.get("kind") == "candidate":  # a fix not kept is no unusable reply
+                candidates += 1
+                kept += 1 if call.get("chosen") else 0
+            else:
+                failed += 1 if call.get("error") else 0
             prompt += int(call.get("prompt_tokens") or 0)
             completion += int(call.get("completion_tokens") or 0)
             latency += float(call.get("latency_s") or 0.0)
@@ -66,8 +70,9 @@ def night_figures(artifacts: Path) -> str:
     if first and last:
         span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
     rate = f", {completion / span:.1f} generated tok/s over {span:.0f} s" if span > 0 else ""
+    fixes = f", {candidates} of them fix candidates ({kept} kept)" if candidates else ""
     return (
-        f"model      {calls} calls ({failed} unusable), {prompt} prompt + {completion} "
+        f"model      {calls} calls ({failed} unusable{fixes}), {prompt} prompt + {completion} "
         f"generated tokens, mean latency {latency / calls:.2f} s{rate}"
     )
 
