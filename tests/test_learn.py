@@ -82,7 +82,8 @@ def test_mining_keeps_only_green_work_and_says_why_the_rest_was_left_out(mined):
         assert e["split"] == ("heldout" if e["run"] == "docops-000005" else "train")
         assert e["split"] == ("heldout" if heldout(e["run"], 0.4) else "train")
         roles = [m["role"] for m in e["messages"]]
-        assert roles == ["system", "user", "assistant"]
+        # the instructions, the worked example, the page, and the reply learnt from
+        assert roles == ["system", "user", "assistant", "user", "assistant"]
         assert json.loads(e["messages"][-1]["content"])["title"] == "A title"
     # held-out tasks are every finished held-out job, green or not
     tasks = [

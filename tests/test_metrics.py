@@ -249,7 +249,7 @@ def test_low_reviewer_agreement_pauses_merges_with_the_reason(artifacts, registr
     assert samples[-1]["merges_paused"] is True
     assert samples[-1]["review_pass_rate"] == 0.5
     assert samples[-1]["accepted_per_hour"] > 0
-    assert "κ 0.00 over 24 pairs  MERGES PAUSED" in status_text(artifacts)
+    assert "κ 0.00 over 24 pairs, 50% of verdicts pass  MERGES PAUSED" in status_text(artifacts)
 
 
 def test_agreeing_reviewers_keep_merges_going_and_a_pause_stays(artifacts, registry):
