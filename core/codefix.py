@@ -359,7 +359,8 @@ async def run_fix(
     root = Path(root)
     target = root / path
     original = target.read_text(encoding="utf-8")
-    test = (root / test_path).read_text(encoding="utf-8")
+    test_file = root / test_path.split("::", 1)[0]
+    test = test_file.read_text(encoding="utf-8") if show_test else None
     before = before or await asyncio.to_thread(command.run, root, test_path, timeout_s=timeout_s)
     if before.passed:
         raise NodeError(node, f"the tests of {test_path} already pass: there is nothing to fix")
@@ -374,7 +375,7 @@ async def run_fix(
         source=original,
         failure=failure,
         test_path=test_path,
-        test=test if show_test else None,
+        test=test,
     )
     gate = asyncio.Semaphore(max(1, parallel_tests))
     tested: dict[str, TestRun] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlowError, PantheonError
-from .testcmd import TestCommand, TestCommandError
+from .testcmd import TestCommand, TestCommandError, is_test_file
 
 __all__ = [
     "DEFAULT_DOCS_GLOB",
@@ -82,17 +82,6 @@ def docs_jobs(repo: Path, glob: str = DEFAULT_DOCS_GLOB) -> list[dict[str, str]]
     return out
 
 
-def _is_test_file(rel: str) -> bool:
-    parts = rel.split("/")
-    name = parts[-1]
-    return (
-        name.startswith("test_")
-        or name.endswith("_test.py")
-        or name == "conftest.py"
-        or any(p in ("tests", "test") for p in parts[:-1])
-    )
-
-
 _FRAME = re.compile(r"^([^\s:][^:\n]*\.py):(\d+)", re.MULTILINE)
 
 
@@ -105,7 +94,7 @@ def _source_from_traceback(repo: Path, text: str) -> str | None:
             rel = path.resolve().relative_to(repo).as_posix()
         except (ValueError, OSError):
             continue
-        if path.is_file() and not _is_test_file(rel):
+        if path.is_file() and not is_test_file(rel):
             found = rel  # the deepest frame wins
     return found
 
@@ -129,7 +118,7 @@ def _source_from_imports(repo: Path, test_rel: str) -> str | None:
                 for candidate in (base.with_suffix(".py"), base / "__init__.py"):
                     if candidate.is_file():
                         rel = candidate.resolve().relative_to(repo).as_posix()
-                        if not _is_test_file(rel):
+                        if not is_test_file(rel):
                             return rel
     return None
 

@@ -226,12 +226,7 @@ class LLMClient:
         extra: dict[str, Any] | None = None,
     ) -> ChatReply:
         """One chat completion; raises ModelServerError when the server fails or is down."""
-        if (
-            adapter is not None
-            and self.backend is Backend.LLAMA_CPP
-            and adapter not in self.adapters
-        ):
-            await self.load_adapter_ids()
+        await self._know_adapter(adapter)
         body = self.shape(
             messages,
             schema=schema,
@@ -261,12 +256,7 @@ class LLMClient:
 
         llama-server's usage counts the first choice only; the others are counted with its
         ``/tokenize``, so every reply's ``completion_tokens`` is its own."""
-        if (
-            adapter is not None
-            and self.backend is Backend.LLAMA_CPP
-            and adapter not in self.adapters
-        ):
-            await self.load_adapter_ids()
+        await self._know_adapter(adapter)
         first = min(n, self.max_choices or n)
         body = self.shape(
             messages,
@@ -390,6 +380,15 @@ class LLMClient:
             attempts=attempts,
             raw=data,
         )
+
+    async def _know_adapter(self, adapter: str | None) -> None:
+        """llama-server names adapters by id: ask it for the ids of one not seen yet."""
+        if (
+            adapter is not None
+            and self.backend is Backend.LLAMA_CPP
+            and adapter not in self.adapters
+        ):
+            await self.load_adapter_ids()
 
     async def load_adapter_ids(self) -> dict[str, int]:
         """Ask llama-server which LoRA adapters it loaded (name: the file name without .gguf)."""

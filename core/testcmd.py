@@ -34,6 +34,7 @@ __all__ = [
     "TestCommandError",
     "TestRun",
     "check_runnable",
+    "is_test_file",
     "resolve_test_command",
 ]
 
@@ -127,6 +128,18 @@ class TestCommand:
         return TestRun(
             done.returncode == 0, done.returncode, (done.stdout + done.stderr)[-OUTPUT_CAP:]
         )
+
+
+def is_test_file(path: str) -> bool:
+    """A test file by pytest's naming: test_*.py, *_test.py, conftest.py, or under tests/."""
+    parts = path.split("/")
+    name = parts[-1]
+    return (
+        (name.startswith("test_") and name.endswith(".py"))
+        or name.endswith("_test.py")
+        or name == "conftest.py"
+        or any(p in ("tests", "test") for p in parts[:-1])
+    )
 
 
 def has_pytest_config(folder: Path) -> bool:

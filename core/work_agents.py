@@ -172,7 +172,7 @@ class Test(Agent):
         )
 
     async def _code(self, input: Input, job: Any, params: Params) -> Output:
-        from .testcmd import TestCommandError, resolve_test_command
+        from .testcmd import TestCommandError, is_test_file, resolve_test_command
 
         checks: dict[str, bool] = {}
         reasons: list[str] = []
@@ -198,18 +198,6 @@ class Test(Agent):
         return self.Output(
             passed=all(checks.values()), reasons=reasons, output=result.output, checks=checks
         )
-
-
-def is_test_file(path: str) -> bool:
-    """A test file by pytest's naming: test_*.py, *_test.py, conftest.py, or under tests/."""
-    parts = path.split("/")
-    name = parts[-1]
-    return (
-        (name.startswith("test_") and name.endswith(".py"))
-        or name.endswith("_test.py")
-        or name == "conftest.py"
-        or any(p in ("tests", "test") for p in parts[:-1])
-    )
 
 
 REVIEW_CHECKLISTS: dict[str, list[str]] = {
