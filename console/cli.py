@@ -76,6 +76,56 @@ def _artifacts_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _gate_args(p: argparse.ArgumentParser) -> None:
+    """The reviewers' audits: κ and the canaries, and when they pause merges."""
+    p.add_argument(
+        "--kappa-threshold",
+        type=float,
+        default=0.6,
+        metavar="K",
+        help="pause merges when reviewer agreement κ falls under K (default: 0.6)",
+    )
+    p.add_argument(
+        "--kappa-min-pairs",
+        type=int,
+        default=20,
+        metavar="N",
+        help="... over at least N review pairs (default: 20)",
+    )
+    p.add_argument(
+        "--canary-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="plant one in N reviewed changes again with a known defect (a canary, never "
+        "merged) and score the reviewers on it (default: 10; 0: no canaries)",
+    )
+    p.add_argument(
+        "--canary-max-miss",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="pause merges when the reviewers pass more than SHARE of the canaries (default: 0.5)",
+    )
+    p.add_argument(
+        "--canary-min",
+        type=int,
+        default=5,
+        metavar="N",
+        help="... over at least N canaries (default: 5)",
+    )
+
+
+def _gate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "kappa_threshold": args.kappa_threshold,
+        "kappa_min_pairs": args.kappa_min_pairs,
+        "canary_every": max(args.canary_every, 0),
+        "canary_min": args.canary_min,
+        "canary_max_miss": args.canary_max_miss,
+    }
+
+
 def _model_endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--endpoint",
@@ -174,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'same' for --model's)",
     )
     _model_endpoint_args(p)
+    _gate_args(p)
     p.add_argument(
         "--keep-server", action="store_true", help="leave the model server running afterwards"
     )
@@ -226,20 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds between samples in ARTIFACTS/metrics/engine.jsonl (default: 2)",
     )
-    p.add_argument(
-        "--kappa-threshold",
-        type=float,
-        default=0.6,
-        metavar="K",
-        help="pause merges when reviewer agreement κ falls under K (default: 0.6)",
-    )
-    p.add_argument(
-        "--kappa-min-pairs",
-        type=int,
-        default=20,
-        metavar="N",
-        help="... over at least N review pairs (default: 20)",
-    )
+    _gate_args(p)
     _model_endpoint_args(p)
     _artifacts_arg(p)
 
@@ -573,8 +611,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
             llm=llm,
             metrics_every_s=args.sample_every,
             metrics_port=args.metrics_port,
-            kappa_threshold=args.kappa_threshold,
-            kappa_min_pairs=args.kappa_min_pairs,
+            **_gate_kwargs(args),
             adapters=await _agent_adapters(args.artifacts, llm),
         )
         try:
@@ -608,6 +645,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pantheon.core.canary import canary_text
     from pantheon.core.report import REPORT_FILE, SUMMARY_FILE, write_report
 
     summary, seconds = write_report(args.artifacts)
@@ -627,6 +665,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         + (f" ({fig['kappa_note']})" if fig.get("kappa_note") else "")
         + (f", {share:.0%} of verdicts pass" if share is not None else "")
     )
+    print(f"canaries  {canary_text(summary.get('canaries'))}")
     if summary["corrupt"]:
         print(
             f"corrupt   {len(summary['corrupt'])} run(s) could not be read (listed in the report)"
@@ -929,7 +968,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         llm = None
         code_llm = None
         starting = []
-        engine = Engine(args.artifacts, registry, until_empty=True)
+        engine = Engine(args.artifacts, registry, until_empty=True, **_gate_kwargs(args))
         failed = []
 
         async def supervise() -> None:

@@ -34,11 +34,16 @@ STALE_S = 30.0
 
 TILES = (
     ("depth", "queue", "Jobs waiting in the queue (depth)."),
-    ("running", "running", "Jobs running now, and the concurrency c the engine may use."),
-    ("rho", "ρ util", "Utilization ρ = λ / (c μ) over the last minutes, and Erlang-C P(wait)."),
-    ("batch", "batch b", "Average batch size: requests decoded together by the model server."),
+    ("running", "busy", "Jobs running now, and the concurrency c the engine may use."),
+    ("rho", "ρ", "Utilization ρ = λ / (c μ) over the last minutes, and Erlang-C P(wait)."),
+    ("batch", "batch", "Average batch size: requests decoded together by the model server."),
     ("tokens", "tok/s", "Generated tokens per second over the last 30 s (and prompt tokens)."),
-    ("kappa", "κ review", "Cohen's κ between the two reviewers over the recent review pairs."),
+    ("kappa", "κ", "Cohen's κ between the two reviewers over the recent review pairs."),
+    (
+        "canary",
+        "canary",
+        "Planted defects (never merged) the reviewers caught, of those they judged.",
+    ),
 )
 
 
@@ -109,7 +114,7 @@ def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tupl
     prompt = _series(recent, lambda s: s["tokens"]["prompt"])
     out["tokens"] = (
         figure(sum(gen) / len(gen), 1) if gen else "–",
-        f"prompt {figure(sum(prompt) / len(prompt), 0)}" if prompt else "no figure",
+        f"in {figure(sum(prompt) / len(prompt), 0)}" if prompt else "no figure",
         "",
         _series(samples, lambda s: s["tokens"]["generated"]),
     )
@@ -123,6 +128,15 @@ def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tupl
         "no disagreement seen" + passing if note else f"{pairs} pairs{passing}",
         "warn" if note else ("bad" if kappa is not None and kappa < 0.6 else ""),
         _series(samples, lambda s: s["kappa"]),
+    )
+    canaries = last.get("canaries") or {}
+    n, caught = canaries.get("n") or 0, canaries.get("caught") or 0
+    catch = canaries.get("share")
+    out["canary"] = (
+        f"{caught}/{n}" if n else "–",
+        "caught" if n else "none yet",
+        "" if not n else "bad" if catch < 0.5 else "warn" if catch < 0.8 else "",
+        _series(samples, lambda s: s["canaries"]["share"]),
     )
     return out
 

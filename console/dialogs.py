@@ -86,16 +86,23 @@ promoted only when it does better. Mine the examples first with `pantheon traces
 ## The figures
 
 - **queue**: jobs waiting; *drain* is the time to empty the queue at the present pace.
-- **running**: jobs running now, and c, the jobs the engine may run at once
+- **busy**: jobs running now, and c, the jobs the engine may run at once
   (→ the c the queue math recommends).
-- **ρ util**: utilization λ / (c μ) over the last minutes. Above 0.8 (yellow) jobs wait
+- **ρ**: utilization λ / (c μ) over the last minutes. Above 0.8 (yellow) jobs wait
   noticeably; at 1 or more (red) the queue grows without bound. *P(w)* is Erlang C,
   the chance a new job has to wait.
-- **batch b**: requests the model server decodes together. On a GPU server (vLLM) a batch
+- **batch**: requests the model server decodes together. On a GPU server (vLLM) a batch
   under 8 (yellow) leaves most of the GPU idle: raise c.
-- **tok/s**: generated tokens per second (and prompt tokens per second).
-- **κ review**: Cohen's κ between the two reviewers over recent review pairs. Under 0.6 (red)
-  the reviewers disagree too often to trust, and the engine pauses merges by itself.
+- **tok/s**: generated tokens per second (*in*: prompt tokens per second).
+- **κ**: Cohen's κ between the two reviewers over recent review pairs, and the share of
+  verdicts that pass. Under 0.6 (red) the reviewers disagree too often to trust, and the engine
+  pauses merges by itself. When neither reviewer ever failed anything κ is unknown (yellow,
+  "no disagreement seen"): that is no evidence of agreement.
+- **canary**: planted defects the reviewers caught, of those they judged. One in N reviewed
+  changes is also planted again with a known defect (a special-cased test input, an edited
+  test, a wrong fix, a cut or borrowed description) on a branch nothing merges. Under 80 %
+  caught is yellow, under 50 % red; when the reviewers pass more than half (over at least 5)
+  the engine pauses merges.
 
 Each tile's sparkline is its last hour.
 """

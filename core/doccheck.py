@@ -22,12 +22,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 __all__ = [
     "DESCRIPTION_MAX",
     "TITLE_MAX",
     "Check",
     "check_frontmatter",
     "failed_checks",
+    "split_frontmatter",
 ]
 
 TITLE_MAX = 80
@@ -166,3 +169,17 @@ def check_frontmatter(meta: Any, body: str | None = None) -> list[Check]:
 
 def failed_checks(checks: list[Check]) -> list[str]:
     return [c.why for c in checks if not c.passed]
+
+
+def split_frontmatter(text: str) -> tuple[dict[str, Any] | None, str]:
+    """(frontmatter, body) of a Markdown text; (None, text) when it has none."""
+    if not text.startswith("---\n"):
+        return None, text
+    end = text.find("\n---\n", 4)
+    if end < 0:
+        return None, text
+    try:
+        meta = yaml.safe_load(text[4:end])
+    except yaml.YAMLError:
+        return None, text
+    return (meta if isinstance(meta, dict) else None), text[end + 5 :]

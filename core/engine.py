@@ -73,6 +73,9 @@ class Engine:
         kappa_threshold: float = 0.6,
         kappa_min_pairs: int = 20,
         kappa_window: int = 50,
+        canary_every: int = 0,
+        canary_min: int = 5,
+        canary_max_miss: float = 0.5,
         adapters: dict[str, str] | None = None,
         agent_llms: dict[str, LLMClient] | None = None,
     ) -> None:
@@ -97,6 +100,12 @@ class Engine:
         self.kappa_threshold = kappa_threshold
         self.kappa_min_pairs = kappa_min_pairs
         self.kappa_window = kappa_window
+        self.canary_every = canary_every
+        """One in this many reviewed changes is also planted as a canary (0: none)."""
+        self.canary_min = canary_min
+        self.canary_max_miss = canary_max_miss
+        """Merges pause when the reviewers let more than this share of the canaries through
+        (over ``canary_min`` at least)."""
         self.adapters: dict[str, str] = dict(adapters or {})
         """Agent name -> the promoted LoRA adapter its model calls use."""
         self.agent_llms: dict[str, LLMClient] = dict(agent_llms or {})
@@ -152,6 +161,8 @@ class Engine:
             llm=self.llm,
             adapters=self.adapters,
             agent_llms=self.agent_llms,
+            canary_every=self.canary_every,
+            on_canary=self._canary_recorded,
         )
         self.runner.stop_between_nodes = self._stopping
         sampler: MetricsSampler | None = None
@@ -171,7 +182,9 @@ class Engine:
                     self.max_attempts,
                 )
             if self.metrics_every_s:
-                sampler = MetricsSampler(queue, llm=self.llm, kappa_window=self.kappa_window)
+                sampler = MetricsSampler(
+                    queue, llm=self.llm, kappa_window=self.kappa_window, artifacts=self.artifacts
+                )
                 if self.metrics_port is not None:
                     self.exporter = PrometheusExporter(self.metrics_port)
                     log.info("engine metrics at http://127.0.0.1:%d/metrics", self.exporter.port)
@@ -209,6 +222,7 @@ class Engine:
                 concurrency=control.concurrency, merges_paused=control.merges_paused
             )
             self._check_agreement(sample, control.merges_paused)
+            self._check_canaries(sample, bool(sample.get("merges_paused")))
             write_sample(self.artifacts, sample)
         except PantheonError as exc:  # a sample is never worth stopping the night for
             log.warning("metrics sample skipped: %s", exc)
@@ -232,6 +246,35 @@ class Engine:
                 reason,
                 self.kappa_threshold,
             )
+
+    def _canary_recorded(self) -> None:
+        """A canary was judged: check the reviewers' scores now, so that a change whose
+        reviewers let the planted defect through waits rather than merges."""
+        from .canary import canary_scores, read_canaries
+
+        try:
+            control = self.control.read()
+            sample = {"canaries": canary_scores(read_canaries(self.artifacts))}
+            self._check_canaries(sample, control.merges_paused)
+        except PantheonError as exc:
+            log.warning("canary scores not checked: %s", exc)
+
+    def _check_canaries(self, sample: dict[str, Any], paused: bool) -> None:
+        """Pause merges when the reviewers let planted defects through; only the operator
+        resumes them."""
+        canaries = sample.get("canaries") or {}
+        n, missed = canaries.get("n", 0), canaries.get("missed", 0)
+        if paused or n < max(self.canary_min, 1) or missed / n <= self.canary_max_miss:
+            return
+        reason = f"the reviewers passed {missed} of {n} canaries (planted defects)"
+        self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
+        sample["merges_paused"] = True
+        log.warning(
+            "merges paused: %s, more than %.0f%%; changes wait for the morning review "
+            "(`pantheon control --resume-merges` resumes them)",
+            reason,
+            100 * self.canary_max_miss,
+        )
 
     async def _loop(self, queue: JobQueue) -> None:
         assert self._wake is not None and self.runner is not None

@@ -23,6 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from .atomic import append_line
+from .canary import canaries_path, canary_scores, canary_text, read_canaries
 from .llm import LLMClient
 from .queue import JobQueue
 from .queuemath import (
@@ -203,8 +204,12 @@ class MetricsSampler:
         kappa_window: int = 50,
         max_rho: float = 0.8,
         max_p_wait: float = 0.2,
+        artifacts: Path | None = None,
     ) -> None:
         self.queue = queue
+        self.artifacts = artifacts
+        """Where the canaries are read from (None: no canary figures)."""
+        self._canaries: tuple[tuple[int, int], dict[str, Any]] | None = None
         self.llm = llm
         self.window_s = window_s
         self.kappa_window = kappa_window
@@ -299,6 +304,7 @@ class MetricsSampler:
             "kappa_pairs": kappa.pairs,
             "kappa_note": kappa.note,
             "review_pass_rate": _r(p_pass),
+            "canaries": self._canary_figures(),
             "accepted_per_hour": _r(accepted, 1),
             "merges_paused": merges_paused,
             "agents": agents,
@@ -320,6 +326,20 @@ class MetricsSampler:
             sample["batch"] = server["batch"]
             sample["tokens"] = server["tokens"]
         return sample
+
+    def _canary_figures(self) -> dict[str, Any]:
+        """The reviewers' scores on the night's canaries (read again only when the file grew)."""
+        if self.artifacts is None:
+            return {"n": 0}
+        path = canaries_path(self.artifacts)
+        try:
+            st = path.stat()
+            key = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            return {"n": 0}
+        if self._canaries is None or self._canaries[0] != key:
+            self._canaries = (key, canary_scores(read_canaries(self.artifacts)))
+        return self._canaries[1]
 
 
 def metrics_path(artifacts: Path) -> Path:
@@ -406,6 +426,7 @@ def sample_text(sample: dict[str, Any]) -> str:
         + (f", {share:.0%} of verdicts pass" if isinstance(share, int | float) else "")
         + ("  MERGES PAUSED" if sample.get("merges_paused") else "")
     )
+    lines.append(f"canaries   {canary_text(sample.get('canaries'))}")
     if sample.get("accepted_per_hour") is not None:
         lines.append(
             f"accepted   ≈ {sample['accepted_per_hour']:.1f} changes/hour "
@@ -448,6 +469,12 @@ class PrometheusExporter:
             ["kind"],
             registry=self.registry,
         )
+        self._canaries = Gauge(
+            "pantheon_canaries",
+            "Canaries (planted defects) judged, by reviewer ('gate': both) and outcome",
+            ["reviewer", "outcome"],
+            registry=self.registry,
+        )
         self._paused = Gauge(
             "pantheon_merges_paused", "1 while merges are paused", registry=self.registry
         )
@@ -465,6 +492,12 @@ class PrometheusExporter:
             value = tokens.get(kind)
             self._tokens.labels(kind=kind).set(float(value) if value is not None else math.nan)
         self._paused.set(1.0 if sample.get("merges_paused") else 0.0)
+        canaries = sample.get("canaries") or {}
+        scored = [("gate", canaries), *(canaries.get("reviewers") or {}).items()]
+        for reviewer, score in scored:
+            for outcome in ("caught", "missed"):
+                value = float(score.get(outcome, 0) or 0)
+                self._canaries.labels(reviewer=reviewer, outcome=outcome).set(value)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -22,6 +22,7 @@ __all__ = [
     "expected_wait",
     "recommended_concurrency",
     "utilization",
+    "wilson_interval",
 ]
 
 
@@ -138,3 +139,18 @@ def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]]) -> Kappa:
             None, n, p_o, p_e, share, f"no disagreement seen — reviewers never {never} anything"
         )
     return Kappa((p_o - p_e) / (1.0 - p_e), n, p_o, p_e, share)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial share (95 % by default); (0, 1) when n is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and means something at 0 or n
+    successes out of a handful, which is what a night's few canaries give.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -17,6 +17,11 @@ run's ``run.json`` and the outputs of its test, review and merge nodes, ``decisi
     ``kappa_note`` says why when both reviewers gave every change the same verdict, p_e = 1),
     ``review_pass_share`` (the share of verdicts that passed), ``merged``, ``waiting``,
     ``rejected``, ``tokens_per_s`` / ``batch`` / ``rho`` (``mean`` and ``max`` over the samples).
+``canaries``
+    the reviewers' audit: ``n``, ``caught``, ``missed``, ``share`` and ``ci95`` (Wilson 95 %) of
+    the gate (a canary is caught when any reviewer failed it), ``reviewers`` (the same per
+    reviewer node, with ``errors``: no usable verdict), ``by_kind``, and ``planted``: one entry
+    per canary (run, kind, what, gates, verdicts).
 ``series``
     the samples over time, at most 400 points: ``t`` (epoch s), ``depth``, ``running``, ``done``,
     ``rho``, ``kappa``, ``tokens_per_s``, ``batch``.
@@ -49,6 +54,7 @@ from pydantic import ValidationError
 
 from .artifacts import RUNS, FailedRecord, RunRecord
 from .atomic import atomic_write_json, atomic_write_text, read_json
+from .canary import canary_scores, read_canaries
 from .errors import ArtifactError
 from .metrics import read_samples
 from .queue import STATUSES, JobQueue
@@ -241,6 +247,7 @@ def build_summary(
             atomic_write_json(artifacts / CACHE_FILE, {"version": CACHE_VERSION, "runs": fresh})
 
     samples = read_samples(artifacts)
+    canaries = read_canaries(artifacts)
     started = min((j.started for j in jobs if j.started), default=None)
     finished = max((j.finished for j in jobs if j.finished), default=None)
     kappa = cohen_kappa(pairs)
@@ -284,6 +291,13 @@ def build_summary(
             "batch": _spread([(s.get("batch") or {}).get("value") for s in samples]),
             "rho": _spread([s.get("rho") for s in samples]),
             "unreadable_decisions": bad_decisions,
+        },
+        "canaries": {
+            **canary_scores(canaries),
+            "planted": [
+                {k: c.get(k) for k in ("run", "job", "flow", "kind", "what", "gates", "verdicts")}
+                for c in canaries
+            ],
         },
         "series": _series(samples),
         "changes": changes,

@@ -163,6 +163,48 @@ def _agents(agents: dict[str, Any]) -> str:
     )
 
 
+def _canary_tile(canaries: dict[str, Any]) -> str:
+    n = canaries.get("n") or 0
+    if not n:
+        return _tile("canaries caught", "none planted")
+    share = canaries["share"]
+    lo, hi = canaries["ci95"]
+    return _tile(
+        f"canaries caught (95% CI {lo * 100:.0f}–{hi:.0%})",
+        f"{canaries['caught']} / {n}",
+        "bad" if share < 0.5 else "warn" if share < 0.8 else "good",
+    )
+
+
+def _canaries(canaries: dict[str, Any]) -> str:
+    """Each reviewer's score on the planted defects, and each canary with its verdicts."""
+    if not canaries.get("n"):
+        return '<p class="muted" id="canaries">No canary was planted this night.</p>'
+    rows = "".join(
+        f'<tr><td>{_e(node)}</td><td class="num">{r["caught"]}</td>'
+        f'<td class="num">{r["missed"]}</td><td class="num">{r["errors"]}</td>'
+        f'<td class="num">{_fmt(r["share"])}</td></tr>'
+        for node, r in [("gate (both)", {**canaries, "errors": 0}), *canaries["reviewers"].items()]
+    )
+    planted = "".join(
+        f"<tr><td><code>{_e(c.get('run'))}</code></td><td>{_e(c.get('kind'))}</td>"
+        f"<td>{_e(c.get('what'))}</td><td>"
+        + ", ".join(
+            f"{_e(node)}: "
+            + ("no verdict" if v.get("passed") is None else "passed" if v["passed"] else "failed")
+            for node, v in sorted((c.get("verdicts") or {}).items())
+        )
+        + "</td></tr>"
+        for c in canaries.get("planted", [])
+    )
+    return (
+        '<table id="canaries"><thead><tr><th>reviewer</th><th>caught</th><th>missed</th>'
+        f"<th>no verdict</th><th>share</th></tr></thead><tbody>{rows}</tbody></table>"
+        '<table id="planted"><thead><tr><th>run</th><th>kind</th><th>what was planted</th>'
+        f"<th>verdicts</th></tr></thead><tbody>{planted}</tbody></table>"
+    )
+
+
 def render_html(summary: dict[str, Any]) -> str:
     night, jobs, fig, series = (
         summary["night"],
@@ -192,6 +234,7 @@ def render_html(summary: dict[str, Any]) -> str:
                 if fig.get("kappa_note")
                 else ("bad" if kappa is not None and kappa < 0.6 else ""),
             ),
+            _canary_tile(summary.get("canaries") or {}),
             _tile("tokens/s (mean)", _fmt(fig["tokens_per_s"]["mean"], 1)),
             _tile("batch (mean)", _fmt(fig["batch"]["mean"])),
             _tile("ρ (mean / max)", f"{_fmt(fig['rho']['mean'])} / {_fmt(fig['rho']['max'])}"),
@@ -228,6 +271,8 @@ def render_html(summary: dict[str, Any]) -> str:
 <section class="charts">{charts}</section>
 <h2>Changes</h2>
 {_changes(summary["changes"])}
+<h2>Canaries</h2>
+{_canaries(summary.get("canaries") or {})}
 <h2>Failures</h2>
 {_failures(summary["failures"], summary["corrupt"])}
 <h2>Agents</h2>

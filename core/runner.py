@@ -78,6 +78,8 @@ class Runner:
         on_node: Callable[[Job, str, str, bool, float], None] | None = None,
         adapters: dict[str, str] | None = None,
         agent_llms: dict[str, LLMClient] | None = None,
+        canary_every: int = 0,
+        on_canary: Callable[[], None] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry
@@ -93,6 +95,12 @@ class Runner:
         """Set by a graceful stop: finish the nodes in flight, start no new ones."""
         self.current: dict[int, str] = {}
         """Job id -> the agent it is running now."""
+        self.canary_every = canary_every
+        """One in this many reviewed changes is also planted as a canary (0: none)."""
+        self.on_canary = on_canary
+        """Called after each canary is recorded (before the change it came from may merge)."""
+        self._docs_seen: list[dict[str, Any]] = []
+        """Frontmatter of this night's docs changes (for a canary about another page)."""
         self._flows: dict[str, Flow] = {}
         self._agents: dict[type[Agent], Agent] = {}
 
@@ -213,6 +221,9 @@ class Runner:
                         self.on_node(job, res.node, agent_name, res.ok, res.seconds)
                 finished = {r.node for r in results}
                 remaining = [n for n in remaining if n not in finished]
+                reviewers = [n for n in flow.order if flow.agents[n].reviewer]
+                if reviewers and finished & set(reviewers) and all(n in outputs for n in reviewers):
+                    await self._maybe_canary(flow, job, run, outputs, reviewers)
                 if failure is not None:
                     agent_name = flow.agents[failure.node].name
                     outcome.review = self._review_pair(flow, outputs)
@@ -238,6 +249,198 @@ class Runner:
         record.finished_at = now_iso()
         run.write_record(record)
         return outcome
+
+    async def _maybe_canary(
+        self,
+        flow: Flow,
+        job: Job,
+        run: RunDir,
+        outputs: dict[str, dict[str, Any]],
+        reviewers: list[str],
+    ) -> None:
+        """Plant this change as a canary when it is due; never fails the job."""
+        from .canary import is_due
+
+        self._remember_docs(flow, job, outputs)
+        if not self.canary_every or not is_due(job.run_id, self.canary_every):
+            return
+        if (run.path / "canary" / "canary.json").exists():
+            return
+        try:
+            await self._canary(flow, job, run, outputs, reviewers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a canary is an audit, never worth a job
+            log.warning("run %s: no canary planted: %s: %s", run.name, type(exc).__name__, exc)
+
+    def _remember_docs(self, flow: Flow, job: Job, outputs: dict[str, dict[str, Any]]) -> None:
+        for node in flow.order:
+            out = outputs.get(node) or {}
+            if flow.agents[node].uses_model and isinstance(out.get("description"), str):
+                entry = {"path": job.input.get("path"), **out}
+                self._docs_seen = [*self._docs_seen[-49:], entry]
+
+    async def _canary(
+        self,
+        flow: Flow,
+        job: Job,
+        run: RunDir,
+        outputs: dict[str, dict[str, Any]],
+        reviewers: list[str],
+    ) -> None:
+        from .canary import record_canary
+
+        kind = flow.resolve_inputs(reviewers[0], job.input, outputs).get("kind")
+        if kind not in ("docs", "code"):
+            return
+        real = await asyncio.to_thread(self._workspace, flow, job)
+        planted = await asyncio.to_thread(self._plant, kind, job, real)
+        if planted is None:
+            log.info("run %s: no canary fits this change", run.name)
+            return
+        folder = run.path / "canary"
+        folder.mkdir(parents=True, exist_ok=True)
+        ws = await asyncio.to_thread(
+            JobWorkspace.open,
+            real.repo.path,
+            flow=f"canary-{flow.name}",
+            job_id=job.id,
+            target=real.target,
+            root=self.artifacts / "worktrees",
+        )
+        try:
+            for rel, text in planted.files.items():
+                (ws.path / rel).write_text(text, encoding="utf-8")
+            await asyncio.to_thread(ws.commit, f"canary ({planted.kind}): never merged")
+            diff = await asyncio.to_thread(ws.diff)
+            replayed = dict(outputs)
+            verdicts: dict[str, Any] = {}
+            gates: dict[str, Any] = {}
+            last = max(flow.order.index(n) for n in reviewers)
+            for node in flow.order[: last + 1]:
+                cls = flow.agents[node]
+                if cls.uses_model and not cls.reviewer:
+                    continue  # the writer's output is the real change's
+                if cls.reviewer and planted.must_fail_tests and all(gates.values()):
+                    log.info("run %s: the planted mutation passes the tests; no canary", run.name)
+                    return
+                data, error = await self._run_canary_node(flow, job, node, replayed, ws, folder)
+                if cls.reviewer:
+                    verdicts[node] = (
+                        {"passed": data.get("passed"), "reasons": data.get("reasons", [])}
+                        if data is not None
+                        else {"passed": None, "error": error}
+                    )
+                elif data is not None:
+                    replayed[node] = data
+                    gates[node] = data.get("passed")
+                else:
+                    gates[node] = None
+        finally:
+            await asyncio.to_thread(real.repo.remove_worktree, ws.path)
+            await asyncio.to_thread(real.repo.git, "branch", "-D", ws.branch)
+        record = {
+            "run": run.name,
+            "job": job.id,
+            "flow": flow.name,
+            "kind": planted.kind,
+            "what": planted.what,
+            "right": False,
+            "gates": gates,
+            "verdicts": verdicts,
+            "at": now_iso(),
+        }
+        from .atomic import atomic_write_json
+
+        atomic_write_json(folder / "canary.json", {**record, "diff": diff})
+        record_canary(self.artifacts, record)
+        if self.on_canary is not None:
+            self.on_canary()
+        caught = [n for n, v in verdicts.items() if v.get("passed") is False]
+        log.info(
+            "run %s: canary (%s) caught by %s",
+            run.name,
+            planted.kind,
+            ", ".join(caught) if caught else "no reviewer",
+        )
+
+    def _plant(self, kind: str, job: Job, real: JobWorkspace):
+        """The planted defect for this change (None: none of the kinds fits it)."""
+        from .canary import kinds_for, plant_code, plant_docs
+        from .doccheck import split_frontmatter
+
+        repo, path = real.repo, str(job.input.get("path") or "")
+        if real.dirty():
+            real.commit("work in progress")
+        base = repo.git("merge-base", f"refs/heads/{real.target}", f"refs/heads/{real.branch}")
+        seed = job.id
+        for k in kinds_for(kind, job.run_id):
+            if kind == "code":
+                test_path = str(job.input.get("test") or "").split("::", 1)[0]
+                try:
+                    original = repo.git("show", f"{base}:{path}")
+                    planted = plant_code(
+                        k,
+                        path=path,
+                        test_path=test_path,
+                        original=original,
+                        fixed=(real.path / path).read_text(encoding="utf-8"),
+                        test_source=(real.path / test_path).read_text(encoding="utf-8"),
+                        seed=seed,
+                    )
+                except (GitError, OSError, ValueError):
+                    planted = None
+            else:
+                meta, body = split_frontmatter((real.path / path).read_text(encoding="utf-8"))
+                if meta is None:
+                    return None
+                others = [d for d in self._docs_seen if d.get("path") != path]
+                other = others[seed % len(others)] if others else None
+                planted = plant_docs(k, path=path, meta=meta, body=body, other=other)
+            if planted is not None:
+                return planted
+        return None
+
+    async def _run_canary_node(
+        self,
+        flow: Flow,
+        job: Job,
+        node: str,
+        outputs: dict[str, dict[str, Any]],
+        ws: JobWorkspace,
+        folder: Path,
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """One node of the flow on the canary's branch: (its output, or why it has none)."""
+        cls = flow.agents[node]
+        given = flow.node(node).params
+        adapter = self.adapters.get(cls.name)
+        if adapter and "adapter" in cls.Params.model_fields and not given.get("adapter"):
+            given = {**given, "adapter": adapter}
+        node_dir = folder / node
+        node_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            params = cls.Params.model_validate(given)
+            agent_input = cls.Input.model_validate(flow.resolve_inputs(node, job.input, outputs))
+            ctx = NodeContext(
+                run_id=job.run_id,
+                job_id=job.id,
+                flow=flow.name,
+                node=node,
+                node_dir=node_dir,
+                params=params,
+                job_input=job.input,
+                llm=self.agent_llms.get(cls.name, self.llm),
+                calls=CallLog(node_dir),
+                artifacts=self.artifacts,
+                workspace=ws,
+            )
+            result = await self._agent(cls).run(agent_input, ctx)
+            value = result if isinstance(result, BaseModel) else cls.Output.model_validate(result)
+            return value.model_dump(mode="json"), None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {exc}"
 
     @staticmethod
     def _review_pair(flow: Flow, outputs: dict[str, dict[str, Any]]) -> tuple[bool, bool] | None:

@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .agents import Agent, NodeContext
 from .control import Control, ControlFile
-from .doccheck import check_frontmatter, failed_checks
+from .doccheck import check_frontmatter, failed_checks, split_frontmatter
 from .errors import NodeError
 from .model_agents import DocDescribe
 from .safecall import ask
 from .tools import TOOLS, ToolError, Workspace
 
-__all__ = ["AGENTS"]
+__all__ = ["AGENTS", "split_frontmatter"]
 
 
 class _Strict(BaseModel):
@@ -35,20 +35,6 @@ def _workspace(ctx: NodeContext):
     if ctx.workspace is None:
         raise NodeError(ctx.node, f"{ctx.node} needs the job's git worktree")
     return ctx.workspace
-
-
-def split_frontmatter(text: str) -> tuple[dict[str, Any] | None, str]:
-    """(frontmatter, body) of a Markdown text; (None, text) when it has none."""
-    if not text.startswith("---\n"):
-        return None, text
-    end = text.find("\n---\n", 4)
-    if end < 0:
-        return None, text
-    try:
-        meta = yaml.safe_load(text[4:end])
-    except yaml.YAMLError:
-        return None, text
-    return (meta if isinstance(meta, dict) else None), text[end + 5 :]
 
 
 class PlanValidate(Agent):

@@ -89,6 +89,10 @@ def freeze(artifacts: Path) -> None:
         failed.write_text(json.dumps(data, indent=2))
 
 
+def _share(caught: int, n: int) -> float | None:
+    return round(caught / n, 4) if n else None
+
+
 def write_samples(artifacts: Path, n: int = 40) -> None:
     """An hour of metric samples that rise and fall, the last at ``NOW - 1``."""
     path = artifacts / "metrics" / "engine.jsonl"
@@ -113,6 +117,7 @@ def write_samples(artifacts: Path, n: int = 40) -> None:
                     "c": 4,
                     "batch": {"value": 2.0 + phase * 2, "source": "llama.cpp /metrics"},
                     "tokens": {"generated": 20.0 + i, "prompt": 200.0, "source": "engine"},
+                    "canaries": {"n": i // 8, "caught": i // 16, "share": _share(i // 16, i // 8)},
                 }
             )
         )

@@ -60,6 +60,8 @@ async def test_the_dashboard_shows_the_night(night):
         kappa = app.screen.query_one("#tile-kappa", MetricTile)
         assert kappa.value == "0.51" and kappa.detail == "49 pairs"
         assert kappa.level == "bad"  # under 0.6
+        canary = app.screen.query_one("#tile-canary", MetricTile)
+        assert (canary.value, canary.detail, canary.level) == ("2/4", "caught", "warn")
         rho = app.screen.query_one("#tile-rho", MetricTile)
         assert rho.value == "0.86" and rho.level == "warn"  # over 0.8
         assert len(rho.history) == 40

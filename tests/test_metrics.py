@@ -273,6 +273,10 @@ async def test_the_engine_serves_its_figures_to_prometheus(artifacts, registry):
     )
     with JobQueue(artifacts) as q:
         enqueue(q, flow, [{}] * 6)
+    from pantheon.core.canary import record_canary
+
+    verdicts = {"review_a": {"passed": False}, "review_b": {"passed": True}}
+    record_canary(artifacts, {"run": "r", "kind": "cut", "verdicts": verdicts})
     engine = Engine(artifacts, registry, until_empty=True, metrics_every_s=0.05, metrics_port=0)
     task = asyncio.create_task(engine.run())
     for _ in range(100):
@@ -284,6 +288,8 @@ async def test_the_engine_serves_its_figures_to_prometheus(artifacts, registry):
     await task
     assert "pantheon_queue_depth" in text and "pantheon_concurrency 4.0" in text
     assert "pantheon_reviewer_kappa" in text
+    assert 'pantheon_canaries{outcome="caught",reviewer="gate"} 1.0' in text
+    assert 'pantheon_canaries{outcome="missed",reviewer="review_b"} 1.0' in text
 
 
 async def test_a_rate_over_a_sliver_of_time_is_not_reported(artifacts):

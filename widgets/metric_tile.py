@@ -23,7 +23,7 @@ class MetricTile(Widget):
         height: 5;
         border: round $panel-lighten-2;
         border-title-color: $text-muted;
-        padding: 0 0 0 1;
+        padding: 0;
     }
     MetricTile > .tile--value { text-style: bold; height: 1; }
     MetricTile > .tile--detail { color: $text-muted; height: 1; }
