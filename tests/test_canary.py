@@ -97,7 +97,9 @@ def test_mutations_of_the_fix_break_it_and_count_only_when_the_tests_fail(tmp_pa
         assert planted.must_fail_tests and planted.files["m.py"] != fixed
         changed = [
             n
-            for n, (a, b) in enumerate(zip(fixed.splitlines(), planted.files["m.py"].splitlines()))
+            for n, (a, b) in enumerate(
+                zip(fixed.splitlines(), planted.files["m.py"].splitlines(), strict=True)
+            )
             if a != b
         ]
         on_fix = fixed.splitlines().index("    for i in range(1, n + 1):")
