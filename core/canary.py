@@ -172,7 +172,7 @@ def _special_case(original: str, test_source: str, name: str) -> str | None:
         return None
     indent = " " * at.col_offset
     guard = []
-    for args, value in cases[:8]:
+    for args, value in cases[:40]:
         if len(args) != len(params):
             continue
         left = params[0] if len(params) == 1 else "(" + ", ".join(params) + ")"

@@ -247,6 +247,7 @@ def test_concurrent_claims_never_share_a_job(art: Path) -> None:
                     got[k] += [j.id for j in batch]
                     for job in batch:
                         assert q.complete(job.id, owner)
+                    time.sleep(0.002)  # let the others in, even on a machine that is busy
         except BaseException as exc:
             errors.append(exc)
 
