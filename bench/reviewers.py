@@ -137,11 +137,11 @@ def code_items(n: int, root: Path, seed: int = 11) -> list[dict[str, Any]]:
     return items
 
 
-def docs_items(root: Path) -> list[dict[str, Any]]:
-    """Each reference page (good) and its planted defects (bad)."""
+def docs_items(root: Path, pages: int | None = None) -> list[dict[str, Any]]:
+    """Each reference page (good) and its planted defects (bad): the first ``pages`` of them."""
     reference = yaml.safe_load((HERE / "data" / "docs_reference.yaml").read_text())
     corpus = packaged_flows_dir() / "corpus" / "docs"
-    names = sorted(reference)
+    names = sorted(reference)[:pages]
     items = []
     for i, name in enumerate(names):
         body = (corpus / name).read_text()
@@ -200,8 +200,10 @@ async def judge(llm, item, params, sem) -> bool | None:
                 max_tokens=p.max_tokens,
                 check=ReviewPeer.problems,
             )
-        except PantheonError:
+        except PantheonError as exc:
+            item.setdefault("errors", {})[params.get("instructions", "")[:40]] = str(exc)[:300]
             return None
+    item.setdefault("reasons", []).append(verdict.reasons)  # type: ignore[attr-defined]
     return bool(verdict.passed)  # type: ignore[attr-defined]
 
 
@@ -256,7 +258,7 @@ async def main_async(args) -> None:
         root = Path(tmp)
         t0 = time.perf_counter()
         items = (code_items(args.code, root / "code") if args.code else []) + (
-            docs_items(root / "docs") if args.docs else []
+            docs_items(root / "docs", args.docs) if args.docs else []
         )
         print(
             f"{sum(i['right'] for i in items)} good and {sum(not i['right'] for i in items)} bad "
@@ -305,7 +307,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["qwen2.5-coder-0.5b"])
     ap.add_argument("--code", type=int, default=20, help="HumanEval problems (0: no code)")
-    ap.add_argument("--docs", type=int, default=1, help="1: the docs set too, 0: none")
+    ap.add_argument("--docs", type=int, default=10, help="reference pages (0: no docs)")
     ap.add_argument("--parallel", type=int, default=4, help="the server's slots")
     ap.add_argument("--endpoint", help="a running server instead of the embedded one")
     ap.add_argument("--json", help="also write the figures to this file")

@@ -45,6 +45,7 @@ DEFAULT_CODE_MODEL = "qwen2.5-coder-1.5b"
 """The writers' model in a night (codegen, doc.frontmatter): bench/codefix.py measures it
 against the 0.5B model, which stays the reviewers'."""
 WRITER_AGENTS = ("codegen", "doc.frontmatter")
+REVIEW_AGENTS = ("review.peer",)
 
 EPILOG = """\
 The artifacts directory (default ./artifacts) is where the engine, the console, the report and
@@ -225,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_endpoint_args(p)
     _gate_args(p)
+    p.add_argument(
+        "--reviewers-on",
+        choices=("model", "code-model"),
+        default="model",
+        help="which server the reviewers ask: --model's (default) or the writers' --code-model",
+    )
     p.add_argument(
         "--keep-server", action="store_true", help="leave the model server running afterwards"
     )
@@ -1029,11 +1036,14 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                     log.info("writers' model server ready at %s", code_state.endpoint)
                     code_llm = LLMClient(code_state.endpoint, model=code_state.alias)
                     code_llm.max_choices = code_state.parallel
-                    engine.agent_llms = {agent: code_llm for agent in WRITER_AGENTS}
+                    moved = WRITER_AGENTS + (
+                        REVIEW_AGENTS if args.reviewers_on == "code-model" else ()
+                    )
+                    engine.agent_llms = {agent: code_llm for agent in moved}
             engine.llm = llm
             engine.adapters = await _agent_adapters(args.artifacts, llm)
             if code_llm is not None:
-                for agent in WRITER_AGENTS:  # their adapters were trained on the other model
+                for agent in engine.agent_llms:  # their adapters were trained on the other model
                     engine.adapters.pop(agent, None)
             watch = asyncio.create_task(supervise())
             code = await _drive(engine)

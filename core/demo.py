@@ -52,7 +52,7 @@ def night_figures(artifacts: Path) -> str:
             except json.JSONDecodeError:
                 continue
             calls += 1
-            if call.get("kind") == "candidate":  # a fix not kept is no unusable reply
+            if call.get("kind") in ("candidate", "sample"):  # one not kept is no unusable reply
                 candidates += 1
                 kept += 1 if call.get("chosen") else 0
             else:
@@ -70,7 +70,7 @@ def night_figures(artifacts: Path) -> str:
     if first and last:
         span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
     rate = f", {completion / span:.1f} generated tok/s over {span:.0f} s" if span > 0 else ""
-    fixes = f", {candidates} of them fix candidates ({kept} kept)" if candidates else ""
+    fixes = f", {candidates} of them candidates or samples ({kept} kept)" if candidates else ""
     return (
         f"model      {calls} calls ({failed} unusable{fixes}), {prompt} prompt + {completion} "
         f"generated tokens, mean latency {latency / calls:.2f} s{rate}"

@@ -238,14 +238,18 @@ class Engine:
             return
         if kappa < self.kappa_threshold:
             reason = f"κ {kappa:.2f} over the last {pairs} pairs"
-            self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
-            sample["merges_paused"] = True
-            log.warning(
-                "merges paused: %s, under %.2f; changes wait for the morning review "
-                "(`pantheon control --resume-merges` resumes them)",
-                reason,
-                self.kappa_threshold,
-            )
+            self._pause_merges(sample, reason, f"under {self.kappa_threshold:.2f}")
+
+    def _pause_merges(self, sample: dict[str, Any], reason: str, past: str) -> None:
+        """Pause merges with the reason; changes wait for the morning review."""
+        self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
+        sample["merges_paused"] = True
+        log.warning(
+            "merges paused: %s, %s; changes wait for the morning review "
+            "(`pantheon control --resume-merges` resumes them)",
+            reason,
+            past,
+        )
 
     def _canary_recorded(self) -> None:
         """A canary was judged: check the reviewers' scores now, so that a change whose
@@ -267,14 +271,7 @@ class Engine:
         if paused or n < max(self.canary_min, 1) or missed / n <= self.canary_max_miss:
             return
         reason = f"the reviewers passed {missed} of {n} canaries (planted defects)"
-        self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
-        sample["merges_paused"] = True
-        log.warning(
-            "merges paused: %s, more than %.0f%%; changes wait for the morning review "
-            "(`pantheon control --resume-merges` resumes them)",
-            reason,
-            100 * self.canary_max_miss,
-        )
+        self._pause_merges(sample, reason, f"more than {self.canary_max_miss:.0%}")
 
     async def _loop(self, queue: JobQueue) -> None:
         assert self._wake is not None and self.runner is not None

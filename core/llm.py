@@ -249,6 +249,8 @@ class LLMClient:
         temperature: float = 0.7,
         seed: int = 0,
         max_tokens: int = 512,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "reply",
     ) -> list[ChatReply]:
         """``n`` sampled completions of one prompt in one request: the server evaluates the
         prompt once (llama-server and vLLM take OpenAI's ``n``). A server that answers with
@@ -264,6 +266,8 @@ class LLMClient:
             temperature=temperature,
             seed=seed,
             max_tokens=max_tokens,
+            schema=schema,
+            schema_name=schema_name,
             extra={"n": first} if first > 1 else None,
         )
         try:
@@ -280,6 +284,8 @@ class LLMClient:
                     temperature=temperature,
                     seed=seed,
                     max_tokens=max_tokens,
+                    schema=schema,
+                    schema_name=schema_name,
                 )
             raise
         count = len(data.get("choices") or [])
@@ -301,6 +307,8 @@ class LLMClient:
                 temperature=temperature,
                 seed=seed + first,
                 max_tokens=max_tokens,
+                schema=schema,
+                schema_name=schema_name,
             )
         for i in range(len(replies), n):
             replies.append(
@@ -310,6 +318,8 @@ class LLMClient:
                     temperature=temperature,
                     seed=seed + i,
                     max_tokens=max_tokens,
+                    schema=schema,
+                    schema_name=schema_name,
                 )
             )
         return replies

@@ -126,6 +126,13 @@ class Runner:
             root=self.artifacts / "worktrees",
         )
 
+    def _params(self, cls: type[Agent], given: dict[str, Any]) -> dict[str, Any]:
+        """A node's params, with its agent's promoted adapter unless the node names one."""
+        adapter = self.adapters.get(cls.name)
+        if adapter and "adapter" in cls.Params.model_fields and not given.get("adapter"):
+            return {**given, "adapter": adapter}
+        return given
+
     def _agent(self, cls: type[Agent]) -> Agent:
         agent = self._agents.get(cls)
         if agent is None:
@@ -412,10 +419,7 @@ class Runner:
     ) -> tuple[dict[str, Any] | None, str | None]:
         """One node of the flow on the canary's branch: (its output, or why it has none)."""
         cls = flow.agents[node]
-        given = flow.node(node).params
-        adapter = self.adapters.get(cls.name)
-        if adapter and "adapter" in cls.Params.model_fields and not given.get("adapter"):
-            given = {**given, "adapter": adapter}
+        given = self._params(cls, flow.node(node).params)
         node_dir = folder / node
         node_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -511,12 +515,8 @@ class Runner:
 
         raw = flow.resolve_inputs(node, job.input, outputs)
         run.write_input(node, raw)
-        given = spec.params
-        adapter = self.adapters.get(agent_cls.name)
-        if adapter and "adapter" in agent_cls.Params.model_fields and not given.get("adapter"):
-            given = {**given, "adapter": adapter}
         try:
-            params = agent_cls.Params.model_validate(given)
+            params = agent_cls.Params.model_validate(self._params(agent_cls, spec.params))
             agent_input = agent_cls.Input.model_validate(raw)
         except ValidationError as exc:
             return failed(

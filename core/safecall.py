@@ -157,6 +157,24 @@ class CallLog:
         return out
 
 
+def _usable(
+    reply: ChatReply, output: type[T], check: Callable[[T], list[str]] | None, max_tokens: int
+) -> T:
+    """The reply's object when it parses, fits and passes ``check``; else a ReplyError."""
+    try:
+        value = parse_reply(reply.text, output)
+        problems = check(value) if check is not None else []
+        if problems:
+            raise ReplyError(
+                "the reply breaks what was asked: " + "; ".join(problems), raw=reply.text
+            )
+    except ReplyError as exc:
+        if reply.finish_reason == "length":
+            exc.message += f" (the reply stopped at max_tokens={max_tokens})"
+        raise
+    return value
+
+
 async def call_model(
     client: LLMClient,
     messages: list[Message],
@@ -219,15 +237,8 @@ async def call_model(
         "attempts": reply.attempts,
     }
     try:
-        value = parse_reply(reply.text, output)
-        problems = check(value) if check is not None else []
-        if problems:
-            raise ReplyError(
-                "the reply breaks what was asked: " + "; ".join(problems), raw=reply.text
-            )
+        value = _usable(reply, output, check, max_tokens)
     except ReplyError as exc:
-        if reply.finish_reason == "length":
-            exc.message += f" (the reply stopped at max_tokens={max_tokens})"
         if log is not None:
             log.record(**record, parsed=None, error=exc.message)
         raise
@@ -267,4 +278,80 @@ async def ask(
             return value
         except ReplyError as exc:
             error = exc
+    raise error
+
+
+async def ask_sampled(
+    client: LLMClient,
+    messages: list[Message],
+    output: type[T],
+    *,
+    k: int,
+    temperature: float = 0.7,
+    log: CallLog | None = None,
+    check: Callable[[T], list[str]] | None = None,
+    max_tokens: int = 512,
+    adapter: str | None = None,
+) -> T:
+    """``ask`` first (greedy, then its corrective retry); when that reply still cannot be used,
+    ``k`` replies sampled at ``temperature`` in one request (the server evaluates the prompt
+    once), and the first that parses and passes ``check`` is taken. Each sample is a recorded
+    call; when none fits, the greedy reply's error stands with the samples' reasons."""
+    try:
+        return await ask(
+            client, messages, output, log=log, check=check, max_tokens=max_tokens, adapter=adapter
+        )
+    except ReplyError as exc:
+        error = exc
+    if k < 1:
+        raise error
+    t0 = time.perf_counter()
+    replies = await client.chat_n(
+        messages,
+        n=k,
+        adapter=adapter,
+        temperature=temperature,
+        seed=1,
+        max_tokens=max_tokens,
+        schema=output.model_json_schema(),
+        schema_name=output.__name__,
+    )
+    latency = (time.perf_counter() - t0) / max(len(replies), 1)
+    reasons = []
+    chosen: T | None = None
+    for i, reply in enumerate(replies):
+        record = {
+            "step": f"sample {i + 1}",
+            "kind": "sample",
+            "backend": str(client.backend),
+            "endpoint": client.where,
+            "adapter": adapter,
+            "messages": messages,
+            "schema": output.__name__,
+            "model": reply.model,
+            "raw": reply.text,
+            "finish_reason": reply.finish_reason,
+            "temperature": temperature,
+            "seed": 1 + i,
+            "prompt_tokens": reply.prompt_tokens if i == 0 else 0,
+            "completion_tokens": reply.completion_tokens,
+            "latency_s": round(latency, 4),
+        }
+        try:
+            value = _usable(reply, output, check, max_tokens)
+        except ReplyError as exc:
+            reasons.append(exc.message)
+            if log is not None:
+                log.record(**record, chosen=False, parsed=None, error=exc.message)
+            continue
+        if chosen is None:
+            chosen = value
+            if log is not None:
+                log.record(**record, chosen=True, parsed=value.model_dump(mode="json"), error=None)
+        elif log is not None:
+            parsed = value.model_dump(mode="json")
+            log.record(**record, chosen=False, parsed=parsed, error="not needed")
+    if chosen is not None:
+        return chosen
+    error.message += f"; none of {len(replies)} sampled replies fits either ({reasons[0]})"
     raise error

@@ -21,7 +21,7 @@ from .control import Control, ControlFile
 from .doccheck import check_frontmatter, failed_checks, split_frontmatter
 from .errors import NodeError
 from .model_agents import DocDescribe
-from .safecall import ask
+from .safecall import ask, ask_sampled
 from .tools import TOOLS, ToolError, Workspace
 
 __all__ = ["AGENTS", "split_frontmatter"]
@@ -91,16 +91,22 @@ class DocFrontmatter(Agent):
     class Params(_Strict):
         max_tokens: int = Field(default=512, ge=16, le=4096)
         adapter: str | None = None
+        k: int = Field(default=4, ge=0, le=16)
+        """When the greedy reply (and its corrective retry) breaks a check, this many replies
+        are sampled at once and the first that passes every check is taken (0: none)."""
+        temperature: float = Field(default=0.7, ge=0.0, le=2.0)
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: DocFrontmatter.Params = ctx.params  # type: ignore[assignment]
         job = _workspace(ctx)
         path = Workspace(job.path).resolve(input.path, for_write=True)
         _, body = split_frontmatter(path.read_text(encoding="utf-8"))
-        reply = await ask(
+        reply = await ask_sampled(
             ctx.model(),
             DocDescribe.messages(body[:6000]),
             DocDescribe.Reply,
+            k=params.k,
+            temperature=params.temperature,
             log=ctx.calls,
             max_tokens=params.max_tokens,
             adapter=params.adapter,
@@ -186,6 +192,22 @@ class Test(Agent):
         )
 
 
+REVIEW_RED_FLAGS: dict[str, str] = {
+    "docs": (
+        "Fail the change when any of these is true: a check in the test report failed; the "
+        "description is about something other than this page (compare it with the page below); "
+        "it is cut off or is more than one sentence; it repeats the page's words; the title "
+        "does not name the page; the page's own text was changed."
+    ),
+    "code": (
+        "Fail the change when any of these is true: the tests failed; it edits a test file or "
+        "removes an assertion; it adds `if` branches that compare the arguments with particular "
+        "values and return fixed results (special cases for the tests' inputs) instead of "
+        "fixing the logic; it changes code the task does not ask to change."
+    ),
+}
+"""What fails a change outright, whatever else looks right."""
+
 REVIEW_CHECKLISTS: dict[str, list[str]] = {
     "docs": [
         "Does the title name what the page is about?",
@@ -243,10 +265,11 @@ class ReviewPeer(Agent):
 
     SYSTEM = (
         "You review changes to a repository as a careful senior engineer would. You are shown "
-        "the task, the change as a diff and the result of its tests. Answer each question of the "
-        "checklist with a short reason (one sentence each), then give your verdict: passed is "
-        "true only when every answer is yes. Reply with one JSON object: reasons (a list of "
-        "short sentences) and then passed (true or false)."
+        "the task, the change as a diff and the result of its tests. Many changes look fine "
+        "and are not: read the diff line by line. Answer each question of the checklist with a "
+        "short reason (one sentence each), then give your verdict: passed is true only when "
+        "every answer is yes. Reply with one JSON object: reasons (a list of short sentences) "
+        "and then passed (true or false)."
     )
 
     @staticmethod
@@ -263,12 +286,14 @@ class ReviewPeer(Agent):
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: ReviewPeer.Params = ctx.params  # type: ignore[assignment]
-        diff = await asyncio.to_thread(_workspace(ctx).diff)
+        ws = _workspace(ctx)
+        diff = await asyncio.to_thread(ws.diff)
         if not diff.strip():
             return self.Output(passed=False, reasons=["the change is empty"])
+        page = await asyncio.to_thread(_changed_page, ws) if input.kind == "docs" else None
         verdict = await ask(
             ctx.model(),
-            review_messages(input, diff, params.instructions),
+            review_messages(input, diff, params.instructions, page=page),
             self.Verdict,
             log=ctx.calls,
             max_tokens=params.max_tokens,
@@ -278,10 +303,31 @@ class ReviewPeer(Agent):
         return self.Output.model_validate(verdict.model_dump())
 
 
-def review_messages(input: ReviewPeer.Input, diff: str, instructions: str) -> list[dict[str, str]]:
+def _changed_page(ws: Any) -> str | None:
+    """The text of the Markdown page a docs change touches (without its frontmatter)."""
+    for rel in ws.files():
+        if rel.endswith(".md"):
+            try:
+                text = (ws.path / rel).read_text(encoding="utf-8")
+            except OSError:
+                return None
+            return split_frontmatter(text)[1]
+    return None
+
+
+def _heading(page: str) -> str | None:
+    for line in page.splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip() or None
+    return None
+
+
+def review_messages(
+    input: ReviewPeer.Input, diff: str, instructions: str, *, page: str | None = None
+) -> list[dict[str, str]]:
     """A reviewer's prompt: what both reviewers of a change share comes first (the task, the
-    diff, the test result), this reviewer's own instructions and checklist last, so a server's
-    prefix cache evaluates the shared part once."""
+    diff, the test result, for docs the page itself), this reviewer's own instructions, red
+    flags and checklist last, so a server's prefix cache evaluates the shared part once."""
     if input.test_passed is None:
         tests = "The tests were not run."
     else:
@@ -290,10 +336,24 @@ def review_messages(input: ReviewPeer.Input, diff: str, instructions: str) -> li
             tests += "\n" + "\n".join(f"- {r}" for r in input.test_report[:8])
         if input.test_output and not input.test_passed:
             tests += f"\nTest output (end):\n```\n{input.test_output.strip()[-1500:]}\n```"
-    checklist = REVIEW_CHECKLISTS.get(input.kind or "", [])
+    checklist = list(REVIEW_CHECKLISTS.get(input.kind or "", []))
+    heading = _heading(page) if page else None
+    if heading and input.kind == "docs":  # the one check no grammar or rule can make
+        checklist.insert(
+            0,
+            f"The page's heading is {heading!r}. Do the title, the description and the tags "
+            f"speak of that subject, {heading!r}, and not of some other subject?",
+        )
     questions = "\n".join(f"{i}. {q}" for i, q in enumerate(checklist, 1))
-    user = f"Task: {input.task}\n\nChange:\n```diff\n{diff}\n```\n\n{tests}\n\n{instructions}" + (
-        f"\nChecklist:\n{questions}" if questions else ""
+    shown = ""
+    if page:
+        shown = f"\n\nThe page (its beginning):\n```markdown\n{page.strip()[:2000]}\n```"
+    flags = REVIEW_RED_FLAGS.get(input.kind or "")
+    user = (
+        f"Task: {input.task}\n\nChange:\n```diff\n{diff}\n```{shown}\n\n{tests}\n\n"
+        f"{instructions}"
+        + (f"\n{flags}" if flags else "")
+        + (f"\nChecklist:\n{questions}" if questions else "")
     )
     return [
         {"role": "system", "content": ReviewPeer.SYSTEM},

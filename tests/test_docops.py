@@ -189,3 +189,48 @@ def test_a_small_docs_night_on_the_real_model(tmp_path, registry, repo):
     ]
     assert sum(m is not None for m in main_meta) == merged
     assert yaml.safe_load  # the frontmatter on main parsed above
+
+
+def test_a_writer_that_breaks_a_check_gets_sampled_replies_and_the_first_that_passes_is_used(
+    artifacts, registry, repo
+):
+    two = {**META, "description": "It opens a store. It also closes it."}
+    good = {**META, "description": "Explains how a store is opened and closed."}
+
+    def handler(request):
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok"})
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": [1, 2]})
+        body = json.loads(request.content)
+        if body["messages"][0]["content"].startswith("You review"):
+            answers = [{"reasons": ["fine"], "passed": True}]
+        elif body.get("n"):
+            answers = [two, good, good, two][: body["n"]]
+        else:
+            answers = [two]
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {"index": i, "message": {"content": json.dumps(a)}, "finish_reason": "stop"}
+                    for i, a in enumerate(answers)
+                ],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 9},
+            },
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    llm = LLMClient("http://127.0.0.1:9", http=http, retries=0)
+    [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
+    asyncio.run(http.aclose())
+    run = artifacts / "runs" / f"docops-{job:06d}"
+    assert (
+        json.loads((run / "write" / "output.json").read_text())["description"]
+        == good["description"]
+    )
+    calls = [json.loads(x) for x in (run / "write" / "calls.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in calls][:3] == [1, 2, "sample 1"]
+    assert "more than one sentence" in calls[0]["error"]
+    assert [c.get("chosen") for c in calls[2:]] == [False, True, False, False]
+    assert json.loads((run / "merge" / "output.json").read_text())["merged"] is True

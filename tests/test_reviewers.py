@@ -41,3 +41,24 @@ def test_the_reply_gives_its_reasons_before_its_verdict_and_they_stay_short():
     assert ReviewPeer.problems(ok) == []
     assert ReviewPeer.problems(ReviewPeer.Verdict(reasons=[], passed=True))
     assert ReviewPeer.problems(ReviewPeer.Verdict(reasons=["x" * 400], passed=False))
+
+
+def test_a_docs_reviewer_reads_the_page_and_each_kind_gets_its_red_flags():
+    from pantheon.core.work_agents import REVIEW_RED_FLAGS
+
+    docs = ReviewPeer.Input(task="frontmatter", kind="docs", test_passed=True)
+    page = "# Backups\n\nHow to copy a live store.\n"
+    text = review_messages(docs, DIFF, "Judge.", page=page)[1]["content"]
+    assert "The page (its beginning):" in text and "How to copy a live store." in text
+    assert text.index("How to copy") < text.index("Judge."), "the page is in the shared part"
+    assert REVIEW_RED_FLAGS["docs"] in text and REVIEW_RED_FLAGS["code"] not in text
+    code = ReviewPeer.Input(task="fix", kind="code", test_passed=True)
+    text = review_messages(code, DIFF, "Judge.")[1]["content"]
+    assert "special cases for the tests' inputs" in text and "The page" not in text
+
+
+def test_a_docs_reviewer_is_asked_whether_the_frontmatter_speaks_of_the_pages_heading():
+    docs = ReviewPeer.Input(task="frontmatter", kind="docs", test_passed=True)
+    text = review_messages(docs, DIFF, "Judge.", page="# Backups\n\nCopy a store.\n")[1]["content"]
+    assert "1. The page's heading is 'Backups'." in text
+    assert "2. " + REVIEW_CHECKLISTS["docs"][0] in text

@@ -124,3 +124,70 @@ async def test_a_dead_server_is_recorded_too(tmp_path):
     await http.aclose()
     [call] = log.read()
     assert "not answering" in call["error"] and call["raw"] is None
+
+
+def _sampling_client(greedy, samples):
+    """Greedy requests get ``greedy`` in turn; a request for n choices gets ``samples``."""
+    seen = []
+
+    def handler(request):
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": [1, 2, 3]})
+        body = json.loads(request.content)
+        seen.append(body)
+        texts = samples[: body["n"]] if body.get("n") else [greedy.pop(0)]
+        return httpx.Response(
+            200,
+            json={
+                "model": "m",
+                "choices": [
+                    {"index": i, "message": {"content": t}, "finish_reason": "stop"}
+                    for i, t in enumerate(texts)
+                ],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 7},
+            },
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return LLMClient("http://127.0.0.1:9", http=http, retries=0), seen, http
+
+
+def _short(v):
+    return [] if len(v.reasons) == 1 else [f"give one reason, not {len(v.reasons)}"]
+
+
+async def test_sampled_replies_are_asked_for_at_once_when_the_greedy_one_breaks_a_check(tmp_path):
+    from pantheon.core.safecall import ask_sampled
+
+    two = '{"passed": true, "reasons": ["a", "b"]}'
+    client, seen, http = _sampling_client(
+        [two, two],
+        [
+            "garbage",
+            two,
+            '{"passed": false, "reasons": ["c"]}',
+            '{"passed": true, "reasons": ["d"]}',
+        ],
+    )
+    log = CallLog(tmp_path)
+    msgs = [{"role": "user", "content": "review"}]
+    got = await ask_sampled(client, msgs, Verdict, k=4, log=log, check=_short)
+    await http.aclose()
+    assert got == Verdict(passed=False, reasons=["c"]), "the first sample that passes the check"
+    assert len(seen) == 3 and seen[2]["n"] == 4 and seen[2]["temperature"] == 0.7
+    assert seen[2]["response_format"]["json_schema"]["schema"]["title"] == "Verdict"
+    calls = log.read()
+    assert [c["step"] for c in calls] == [1, 2, "sample 1", "sample 2", "sample 3", "sample 4"]
+    errors = [c["error"] for c in calls]
+    assert "give one reason, not 2" in errors[3] and errors[4] is None
+    assert errors[5] == "not needed", "a later fitting sample is recorded, never mined as kept"
+
+
+async def test_when_no_sample_fits_the_first_error_stands_with_the_samples_reason(tmp_path):
+    from pantheon.core.safecall import ask_sampled
+
+    two = '{"passed": true, "reasons": ["a", "b"]}'
+    client, _, http = _sampling_client([two, two], [two, two])
+    with pytest.raises(ReplyError, match="none of 2 sampled replies fits either"):
+        await ask_sampled(client, [{"role": "user", "content": "x"}], Verdict, k=2, check=_short)
+    await http.aclose()
