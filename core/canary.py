@@ -33,6 +33,7 @@ from .queuemath import wilson_interval
 __all__ = [
     "CODE_KINDS",
     "DOCS_KINDS",
+    "LIVE_KINDS",
     "Planted",
     "canaries_path",
     "canary_scores",
@@ -49,6 +50,9 @@ CODE_KINDS = ("special_case", "test_edit", "extra_edit", "wrong_fix")
 """Planted defects of a code change, the ones tests miss first."""
 DOCS_KINDS = ("other_page", "cut", "copied")
 """Planted defects of a docs change: a description about another page, cut, or copied."""
+LIVE_KINDS = {"code": ("special_case", "test_edit"), "docs": ("other_page", "cut", "copied")}
+"""What a night plants, first the kinds only a reviewer can catch (they pass the gates), the
+others when those cannot be planted (the gates stop them: they audit the gates)."""
 
 WHAT = {
     "special_case": "the tests' inputs special-cased, the bug left in place",
@@ -80,10 +84,8 @@ def is_due(run_id: str, every: int) -> bool:
 
 
 def kinds_for(kind: str, run_id: str) -> list[str]:
-    """The defect kinds to try for a change, rotated per run so a night sees all of them."""
-    kinds = list(CODE_KINDS if kind == "code" else DOCS_KINDS)
-    start = zlib.crc32(run_id.encode() + b"/kind") % len(kinds)
-    return kinds[start:] + kinds[:start]
+    """The defect kinds to try for a change, in order (see :data:`LIVE_KINDS`)."""
+    return list(LIVE_KINDS.get(kind, ()))
 
 
 # -- code ------------------------------------------------------------------------------------
@@ -355,11 +357,15 @@ def _share(caught: int, n: int) -> dict[str, Any]:
 
 
 def canary_scores(records: list[dict[str, Any]], *, window: int | None = None) -> dict[str, Any]:
-    """Each reviewer's catch share over the canaries (the right verdict of each is a fail), and
-    the gate's: a canary is caught by the gate when any reviewer failed it (a reviewer that gave
-    no usable verdict stops the change too). Wilson 95 % intervals."""
+    """Each reviewer's catch share over the canaries that passed the deterministic gates (the
+    right verdict of each is a fail), and the gate's: a canary is caught when any reviewer
+    failed it (a reviewer that gave no usable verdict stops the change too). Canaries the gates
+    stopped before any review are counted apart (``stopped``): a reviewer never sees such a
+    change. Wilson 95 % intervals."""
     if window is not None:
         records = records[-window:]
+    stopped = sum(1 for rec in records if not rec["verdicts"])
+    records = [rec for rec in records if rec["verdicts"]]
     reviewers: dict[str, list[int]] = {}
     errors: dict[str, int] = {}
     kinds: dict[str, list[int]] = {}
@@ -389,14 +395,17 @@ def canary_scores(records: list[dict[str, Any]], *, window: int | None = None) -
             for node in sorted({*reviewers, *errors})
         },
         "by_kind": {kind: _share(c, n) for kind, (c, n) in sorted(kinds.items())},
+        "stopped": stopped,
     }
 
 
 def canary_text(scores: dict[str, Any] | None) -> str:
     """The canaries in one line: what the gate caught, with its interval, and each reviewer."""
     n = (scores or {}).get("n") or 0
+    stopped = (scores or {}).get("stopped") or 0
+    gates = f"{stopped} more stopped by the gates before any review" if stopped else ""
     if not n:
-        return "none planted yet"
+        return gates or "none planted yet"
     assert scores is not None
     lo, hi = scores["ci95"]
     each = ", ".join(
@@ -406,4 +415,5 @@ def canary_text(scores: dict[str, Any] | None) -> str:
     return (
         f"{scores['caught']} of {n} caught ({scores['share']:.0%}, 95% CI {lo * 100:.0f}–{hi:.0%})"
         + (f"; {each}" if each else "")
+        + (f"; {gates}" if gates else "")
     )

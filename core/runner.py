@@ -331,6 +331,8 @@ class Runner:
                 if cls.reviewer and planted.must_fail_tests and all(gates.values()):
                     log.info("run %s: the planted mutation passes the tests; no canary", run.name)
                     return
+                if cls.reviewer and not all(gates.values()):
+                    break  # the gates stopped it: no reviewer would ever see this change
                 data, error = await self._run_canary_node(flow, job, node, replayed, ws, folder)
                 if cls.reviewer:
                     verdicts[node] = (
@@ -365,10 +367,14 @@ class Runner:
             self.on_canary()
         caught = [n for n, v in verdicts.items() if v.get("passed") is False]
         log.info(
-            "run %s: canary (%s) caught by %s",
+            "run %s: canary (%s) %s",
             run.name,
             planted.kind,
-            ", ".join(caught) if caught else "no reviewer",
+            "stopped by the gates before any review"
+            if not verdicts
+            else "caught by " + ", ".join(caught)
+            if caught
+            else "passed by every reviewer",
         )
 
     def _plant(self, kind: str, job: Job, real: JobWorkspace):

@@ -137,8 +137,9 @@ def test_one_in_every_n_runs_is_due_and_the_kinds_rotate():
     due = [is_due(f"{i:06d}", 10) for i in range(2000)]
     assert 0.07 < sum(due) / len(due) < 0.13
     assert not any(is_due("000001", 0) for _ in range(3))
-    firsts = {kinds_for("code", f"{i:06d}")[0] for i in range(40)}
-    assert firsts == set(CODE_KINDS)
+    # first what only a reviewer can catch; what the gates stop only when that cannot be made
+    assert kinds_for("code", "000001") == ["special_case", "test_edit"]
+    assert kinds_for("docs", "000001")[0] == "other_page"
 
 
 def test_scores_per_reviewer_and_for_the_gate_with_wilson_intervals():
@@ -146,7 +147,8 @@ def test_scores_per_reviewer_and_for_the_gate_with_wilson_intervals():
         return {"kind": kind, "verdicts": {"review_a": {"passed": a}, "review_b": {"passed": b}}}
 
     records = [rec(False, True), rec(True, True), rec(False, False), rec(True, None, "copied")]
-    scores = canary_scores(records)
+    scores = canary_scores([*records, {"kind": "cut", "verdicts": {}}])
+    assert scores["stopped"] == 1
     assert (scores["n"], scores["caught"], scores["missed"]) == (4, 3, 1)
     assert scores["reviewers"]["review_a"] == {
         **scores["reviewers"]["review_a"],
@@ -160,6 +162,7 @@ def test_scores_per_reviewer_and_for_the_gate_with_wilson_intervals():
     assert scores["ci95"] == pytest.approx([ci.low, ci.high], abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert canary_text(scores).startswith("3 of 4 caught (75%, 95% CI 30–95%)")
+    assert canary_text(scores).endswith("; 1 more stopped by the gates before any review")
     assert canary_text({"n": 0}) == "none planted yet"
 
 
@@ -282,3 +285,21 @@ def test_the_report_status_and_metrics_show_the_canaries(tmp_path, artifacts, re
     last = read_samples(artifacts)[-1]
     assert last["canaries"]["n"] == 1
     assert "canaries   0 of 1 caught (0%, 95% CI 0–79%)" in sample_text(last)
+
+
+def test_a_canary_the_gates_stop_is_never_reviewed_and_counted_apart(
+    tmp_path, artifacts, registry, monkeypatch
+):
+    import pantheon.core.canary as canary
+
+    monkeypatch.setattr(canary, "LIVE_KINDS", {"code": ("test_edit",), "docs": ()})
+    prompts = []
+    _, run = night(tmp_path, artifacts, registry, lambda p: prompts.append(p) or True)
+    record = json.loads((run / "canary" / "canary.json").read_text())
+    assert record["kind"] == "test_edit" and record["gates"]["test"] is False
+    assert record["verdicts"] == {} and not (run / "canary" / "review_a").exists()
+    assert len(prompts) == 2, "only the real change was reviewed"
+    scores = canary_scores(read_canaries(artifacts))
+    assert scores["n"] == 0 and scores["stopped"] == 1
+    assert not ControlFile(artifacts).read().merges_paused
+    assert json.loads((run / "merge" / "output.json").read_text())["merged"] is True
