@@ -29,6 +29,7 @@ from pantheon.core import (
     JobQueue,
     ModelServerError,
     PantheonError,
+    QueueError,
     default_registry,
     enqueue,
     load_flow,
@@ -782,6 +783,14 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     with JobQueue(args.artifacts, create=False) as queue:
+        if args.jobs:
+            jobs = [queue.get(i) for i in args.jobs]  # QueueError names a job that is not there
+            not_failed = [f"job {j.id} is {j.status}" for j in jobs if j.status != "failed"]
+            if not_failed:
+                raise QueueError(
+                    f"nothing retried: {', '.join(not_failed)}; only failed jobs go back in "
+                    "the queue"
+                )
         n = queue.retry_failed(args.jobs or None)
     print(f"{n} failed job(s) back in the queue")
     return 0

@@ -351,31 +351,38 @@ def write_sample(artifacts: Path, sample: dict[str, Any]) -> None:
 
 
 def read_samples(artifacts: Path, *, last: int | None = None) -> list[dict[str, Any]]:
-    """The samples on disk, oldest first; corrupt lines are skipped with one warning."""
+    """The samples on disk, oldest first (``last``: the last that many readable ones); corrupt
+    lines are skipped with one warning that names them."""
     path = metrics_path(artifacts)
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return []
-    if last is not None:
-        lines = lines[-last:]
     out: list[dict[str, Any]] = []
     bad: list[int] = []
-    for i, line in enumerate(lines, start=1):
+    # from the end when only the last few are wanted: a corrupt last line hides nothing
+    order = range(len(lines) - 1, -1, -1) if last is not None else range(len(lines))
+    for i in order:
+        if last is not None and len(out) >= last:
+            break
+        line = lines[i]
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError:
-            bad.append(i)
+            bad.append(i + 1)
             continue
         if isinstance(value, dict):
             out.append(value)
         else:
-            bad.append(i)
+            bad.append(i + 1)
+    if last is not None:
+        out.reverse()
+        bad.sort()
     if bad:
         log.warning(
-            "%s: skipped %d corrupt line(s) (%s)",
+            "%s: skipped %d corrupt line(s) (line %s)",
             path,
             len(bad),
             ", ".join(map(str, bad[:5])) + ("..." if len(bad) > 5 else ""),

@@ -162,6 +162,10 @@ def test_retry_puts_failed_jobs_back(tmp_path):
     assert out.returncode == 0 and "1 failed job(s) back in the queue" in out.stdout
     status = json.loads(pantheon("status", "--json", "--artifacts", a).stdout)
     assert status["total"]["queued"] == 1
+    missing = pantheon("retry", "999", "--artifacts", a)
+    assert missing.returncode == 1 and "no job 999" in missing.stderr
+    queued = pantheon("retry", "1", "--artifacts", a)
+    assert queued.returncode == 1 and "nothing retried: job 1 is queued" in queued.stderr
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")

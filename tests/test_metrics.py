@@ -192,7 +192,21 @@ def test_corrupt_lines_are_skipped_with_a_warning(artifacts, caplog):
     path.parent.mkdir(parents=True)
     path.write_text('{"depth": 1}\n{"depth": 2, "trunc\n[1, 2]\n{"depth": 3}\n')
     assert [s["depth"] for s in read_samples(artifacts)] == [1, 3]
-    assert "skipped 2 corrupt line(s) (2, 3)" in caplog.text
+    assert "skipped 2 corrupt line(s) (line 2, 3)" in caplog.text
+
+
+def test_a_corrupt_last_line_does_not_hide_the_last_good_sample(artifacts, tmp_path):
+    from pantheon.core.status import status_text
+
+    path = artifacts / "metrics" / "engine.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"depth": 1}\n{"depth": 2, "kappa": 0.5}\n{"depth": 3, "tru\n')
+    assert [s["depth"] for s in read_samples(artifacts, last=1)] == [2]
+    assert [s["depth"] for s in read_samples(artifacts, last=5)] == [1, 2]
+    from pantheon.core import JobQueue
+
+    JobQueue(artifacts).close()
+    assert "κ 0.50" in status_text(artifacts)
 
 
 class Reviewer(Agent):
