@@ -84,14 +84,21 @@ def scripted_writer(replies, verdicts):
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok"})
         body = json.loads(request.content)
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json={"tokens": body["content"].split()})
         if body["messages"][0]["content"].startswith("You review"):
-            content = json.dumps({"passed": verdicts.pop(0), "reasons": ["fine"]})
+            contents = [json.dumps({"passed": verdicts.pop(0), "reasons": ["fine"]})]
         else:
             assert "maxLength" not in json.dumps(body.get("response_format")), (
                 "no grammar cuts the model's text"
             )
-            content = json.dumps(replies.pop(0))
-        return httpx.Response(200, json={"choices": [{"message": {"content": content}}]})
+            contents = [json.dumps(replies.pop(0)) for _ in range(body.get("n", 1))]
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"index": i, "message": {"content": c}} for i, c in enumerate(contents)]
+            },
+        )
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
@@ -121,9 +128,10 @@ def test_a_reply_that_breaks_a_limit_is_asked_again_with_the_reason(artifacts, r
 
 def test_two_replies_that_break_a_limit_fail_the_writer(artifacts, registry, repo):
     bad = {**GOOD, "tags": ["Key Value Stores Explained"]}
-    llm, http = scripted_writer([bad, bad], [])
+    llm, http = scripted_writer([bad] * 6, [])  # the greedy reply, its retry, 4 samples
     out = run_docops(artifacts, registry, repo, llm)
     asyncio.run(http.aclose())
     failed = json.loads((out / "FAILED.json").read_text())
     assert failed["node"] == "write" and "lowercase keywords" in failed["error"]
+    assert "none of 4 sampled replies fits either" in failed["error"]
     assert not (out / "merge").exists()
