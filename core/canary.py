@@ -39,7 +39,6 @@ __all__ = [
     "canary_scores",
     "canary_text",
     "is_due",
-    "kinds_for",
     "plant_code",
     "plant_docs",
     "read_canaries",
@@ -81,11 +80,6 @@ def is_due(run_id: str, every: int) -> bool:
     """Whether this run's change is a canary's source: one in ``every``, by a hash of the run
     (so a resumed night plants the same ones and nothing twice)."""
     return every > 0 and zlib.crc32(run_id.encode()) % every == 0
-
-
-def kinds_for(kind: str, run_id: str) -> list[str]:
-    """The defect kinds to try for a change, in order (see :data:`LIVE_KINDS`)."""
-    return list(LIVE_KINDS.get(kind, ()))
 
 
 # -- code ------------------------------------------------------------------------------------

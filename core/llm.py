@@ -259,17 +259,15 @@ class LLMClient:
         llama-server's usage counts the first choice only; the others are counted with its
         ``/tokenize``, so every reply's ``completion_tokens`` is its own."""
         await self._know_adapter(adapter)
+        same: dict[str, Any] = {
+            "adapter": adapter,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "schema": schema,
+            "schema_name": schema_name,
+        }
         first = min(n, self.max_choices or n)
-        body = self.shape(
-            messages,
-            adapter=adapter,
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-            schema=schema,
-            schema_name=schema_name,
-            extra={"n": first} if first > 1 else None,
-        )
+        body = self.shape(messages, seed=seed, extra={"n": first} if first > 1 else None, **same)
         try:
             data, attempts, latency, raw_text = await self._complete(body)
         except ModelServerError as exc:
@@ -277,16 +275,7 @@ class LLMClient:
             most = re.search(r"'n'.*?<= *(\d+)", exc.message)
             if first > 1 and most and int(most.group(1)) < first:
                 self.max_choices = max(1, int(most.group(1)))
-                return await self.chat_n(
-                    messages,
-                    n=n,
-                    adapter=adapter,
-                    temperature=temperature,
-                    seed=seed,
-                    max_tokens=max_tokens,
-                    schema=schema,
-                    schema_name=schema_name,
-                )
+                return await self.chat_n(messages, n=n, seed=seed, **same)
             raise
         count = len(data.get("choices") or [])
         replies = [self._reply(data, i, attempts, latency, adapter, raw_text) for i in range(count)]
@@ -300,28 +289,9 @@ class LLMClient:
                 for r in replies[1:]:
                     r.completion_tokens = await self.count_tokens(r.text)
         if len(replies) == first and first < n:  # the rest, a server's worth at a time
-            replies += await self.chat_n(
-                messages,
-                n=n - first,
-                adapter=adapter,
-                temperature=temperature,
-                seed=seed + first,
-                max_tokens=max_tokens,
-                schema=schema,
-                schema_name=schema_name,
-            )
+            replies += await self.chat_n(messages, n=n - first, seed=seed + first, **same)
         for i in range(len(replies), n):
-            replies.append(
-                await self.chat(
-                    messages,
-                    adapter=adapter,
-                    temperature=temperature,
-                    seed=seed + i,
-                    max_tokens=max_tokens,
-                    schema=schema,
-                    schema_name=schema_name,
-                )
-            )
+            replies.append(await self.chat(messages, seed=seed + i, **same))
         return replies
 
     async def count_tokens(self, text: str) -> int:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from .agents import Agent, AgentRegistry, NodeContext
 from .artifacts import FailedRecord, RunDir, RunRecord, now_iso
+from .atomic import atomic_write_json
 from .errors import NodeError, PantheonError, ServerUnavailable
 from .flows import Flow, parse_flow
 from .gitrepo import GitError, JobWorkspace
@@ -359,8 +360,6 @@ class Runner:
             "verdicts": verdicts,
             "at": now_iso(),
         }
-        from .atomic import atomic_write_json
-
         atomic_write_json(folder / "canary.json", {**record, "diff": diff})
         record_canary(self.artifacts, record)
         if self.on_canary is not None:
@@ -379,7 +378,7 @@ class Runner:
 
     def _plant(self, kind: str, job: Job, real: JobWorkspace):
         """The planted defect for this change (None: none of the kinds fits it)."""
-        from .canary import kinds_for, plant_code, plant_docs
+        from . import canary
         from .doccheck import split_frontmatter
 
         repo, path = real.repo, str(job.input.get("path") or "")
@@ -387,12 +386,12 @@ class Runner:
             real.commit("work in progress")
         base = repo.git("merge-base", f"refs/heads/{real.target}", f"refs/heads/{real.branch}")
         seed = job.id
-        for k in kinds_for(kind, job.run_id):
+        for k in canary.LIVE_KINDS.get(kind, ()):
             if kind == "code":
                 test_path = str(job.input.get("test") or "").split("::", 1)[0]
                 try:
                     original = repo.git("show", f"{base}:{path}")
-                    planted = plant_code(
+                    planted = canary.plant_code(
                         k,
                         path=path,
                         test_path=test_path,
@@ -409,7 +408,7 @@ class Runner:
                     return None
                 others = [d for d in self._docs_seen if d.get("path") != path]
                 other = others[seed % len(others)] if others else None
-                planted = plant_docs(k, path=path, meta=meta, body=body, other=other)
+                planted = canary.plant_docs(k, path=path, meta=meta, body=body, other=other)
             if planted is not None:
                 return planted
         return None
