@@ -400,6 +400,14 @@ def _fmt(value: Any, unit: str = "", nd: int = 2) -> str:
     return f"{value}{unit}"
 
 
+def _untrusted(canaries: dict[str, Any]) -> str:
+    """Why an acceptance rate says little: reviewers that pass most planted defects."""
+    n, share = canaries.get("n") or 0, canaries.get("share")
+    if not n or share is None or share >= 0.5:
+        return ""
+    return f"; the reviewers caught {canaries['caught']} of {n} canaries, so passing means little"
+
+
 def sample_text(sample: dict[str, Any]) -> str:
     """One sample in plain text, for ``pantheon status``."""
     batch, tokens = sample.get("batch") or {}, sample.get("tokens") or {}
@@ -438,6 +446,7 @@ def sample_text(sample: dict[str, Any]) -> str:
         lines.append(
             f"accepted   ≈ {sample['accepted_per_hour']:.1f} changes/hour "
             f"(review pass rate {sample.get('review_pass_rate'):.2f}, both must pass)"
+            + _untrusted(sample.get("canaries") or {})
         )
     return "\n".join(lines)
 

@@ -285,6 +285,8 @@ def test_the_report_status_and_metrics_show_the_canaries(tmp_path, artifacts, re
     last = read_samples(artifacts)[-1]
     assert last["canaries"]["n"] == 1
     assert "canaries   0 of 1 caught (0%, 95% CI 0–79%)" in sample_text(last)
+    shown = sample_text({**last, "accepted_per_hour": 12.0, "review_pass_rate": 1.0})
+    assert "the reviewers caught 0 of 1 canaries, so passing means little" in shown
 
 
 def test_a_canary_the_gates_stop_is_never_reviewed_and_counted_apart(
