@@ -55,6 +55,8 @@ class NightSnapshot:
     samples: list[dict[str, Any]]
     problems: dict[str, str]
     in_flight: dict[int, tuple[tuple[str, str], ...]]
+    waiting: dict[int, float]
+    """Running job id -> since when it waits on a model call (epoch seconds)."""
     order: tuple[int, ...]
     """Job ids in table order (running, then the latest finished, then the queue)."""
     totals: dict[str, int]
@@ -180,6 +182,7 @@ class PantheonConsole(App[None]):
                 samples=list(view.samples),
                 problems=dict(view.problems),
                 in_flight=dict(view.in_flight),
+                waiting=dict(view.waiting),
                 order=tuple(view.order),
                 totals=dict(view.totals),
                 read_at=self.clock(),

@@ -224,7 +224,9 @@ class DashboardScreen(Screen[None]):
             if row.status in ("running", "queued"):
                 job = snap.jobs.get(row.job)
                 if job is not None:
-                    table.set_age(i, job_age(job, now))
+                    waiting = snap.waiting.get(job.id)
+                    note = job_note(job, snap.problems.get(job.run_name), waiting, now)
+                    table.set_age(i, job_age(job, now), note)
 
     def _show_controls(self, snap: NightSnapshot) -> None:
         banner = self.query_one(ControlBanner)
@@ -320,13 +322,15 @@ class DashboardScreen(Screen[None]):
         same objects as last time; only the age of a waiting or running job is new."""
         flight = snap.in_flight.get(job.id, ())
         problem = snap.problems.get(job.run_name)
+        waiting = snap.waiting.get(job.id)
         cached = self._rows.get(job.id)
         if cached is not None and cached[0] is job and cached[1] == flight and cached[2] == problem:
             row = cached[3]
             if job.status in ("running", "queued"):
                 age = job_age(job, now)
-                if age != row.age:
-                    row = replace(row, age=age)
+                note = job_note(job, problem, waiting, now)
+                if age != row.age or note != row.note:
+                    row = replace(row, age=age, note=note)
                     self._rows[job.id] = (job, flight, problem, row)
             return row
         row = RunRow(
@@ -336,7 +340,7 @@ class DashboardScreen(Screen[None]):
             status=job.status,
             now=job_now(job, flight),
             age=job_age(job, now),
-            note=job_note(job, problem),
+            note=job_note(job, problem, waiting, now),
         )
         self._rows[job.id] = (job, flight, problem, row)
         return row

@@ -59,9 +59,22 @@ def job_now(job: JobSummary, in_flight: Sequence[tuple[str, str]] = ()) -> str:
     return job.node or ""
 
 
-def job_note(job: JobSummary, problem: str | None) -> str:
+WAIT_SHOWN_S = 10.0
+"""A model call is named on its job's row once it has waited this long."""
+
+
+def job_note(
+    job: JobSummary,
+    problem: str | None,
+    waiting_since: float | None = None,
+    now: float | None = None,
+) -> str:
     if problem:
         return problem
+    if job.status == "running" and waiting_since is not None and now is not None:
+        waited = now - waiting_since
+        if waited >= WAIT_SHOWN_S:
+            return f"waiting on the model {age(waited)}"
     if job.error:
         return job.error.splitlines()[0] if job.error.strip() else ""
     if job.attempts > 1:

@@ -32,6 +32,8 @@ from .errors import ArtifactError
 __all__ = ["FailedRecord", "RunDir", "RunRecord", "iter_runs"]
 
 RUNS = "runs"
+WAITING_FILE = "waiting.json"
+"""``runs/<run>/<node>/waiting.json``: a model call of the node is in flight (since when)."""
 RunStatus = Literal["running", "done", "failed", "stopped"]
 
 

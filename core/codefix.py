@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import difflib
 import re
 import shutil
@@ -33,7 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelServerError, NodeError
+from .errors import ModelServerError, ModelStalled, NodeError
 from .llm import ChatReply, LLMClient, Message
 from .safecall import CallLog
 from .testcmd import TestCommand, TestRun
@@ -404,26 +405,40 @@ async def run_fix(
         for c in cands:
             c.record = _base_record(c, llm, messages, form, adapter, len(cands))
         t0 = time.perf_counter()
+        label = log.label if log is not None else "model call"
+        waiting = log.waiting(llm.where) if log is not None else contextlib.nullcontext()
         try:
-            if len(cands) == 1 and cands[0].temperature == 0.0:
-                replies = [
-                    await llm.chat(
-                        messages, temperature=0.0, seed=0, max_tokens=max_tokens, adapter=adapter
+            with waiting:
+                if len(cands) == 1 and cands[0].temperature == 0.0:
+                    replies = [
+                        await llm.chat(
+                            messages,
+                            temperature=0.0,
+                            seed=0,
+                            max_tokens=max_tokens,
+                            adapter=adapter,
+                            label=label,
+                        )
+                    ]
+                else:
+                    replies = await llm.chat_n(
+                        messages,
+                        n=len(cands),
+                        temperature=cands[0].temperature,
+                        seed=cands[0].seed,
+                        max_tokens=max_tokens,
+                        adapter=adapter,
+                        label=label,
                     )
-                ]
-            else:
-                replies = await llm.chat_n(
-                    messages,
-                    n=len(cands),
-                    temperature=cands[0].temperature,
-                    seed=cands[0].seed,
-                    max_tokens=max_tokens,
-                    adapter=adapter,
-                )
         except ModelServerError as exc:
+            stall = (
+                {"stalled": True, "waited_s": round(exc.waited_s, 1)}
+                if isinstance(exc, ModelStalled)
+                else {}
+            )
             for c in cands:
                 c.problem = str(exc)
-                c.record.update(raw=None, latency_s=round(time.perf_counter() - t0, 4))
+                c.record.update(raw=None, latency_s=round(time.perf_counter() - t0, 4), **stall)
             raise
         for c, reply in zip(cands, replies, strict=False):
             _take(c, reply, form=form, original=original, max_tokens=max_tokens)

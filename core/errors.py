@@ -18,13 +18,19 @@ The core raises; the command line and the console decide how to show it.
 
 from __future__ import annotations
 
+EXIT_DISK_FULL = 75
+"""The exit code of a night that stopped because its disk stayed full (``EX_TEMPFAIL``: run it
+again when there is room; the jobs left resume where they were)."""
+
 __all__ = [
+    "EXIT_DISK_FULL",
     "AgentError",
     "ArtifactError",
     "ConfigError",
     "EndpointRefused",
     "FlowError",
     "ModelServerError",
+    "ModelStalled",
     "ModelStoreError",
     "NodeError",
     "PantheonError",
@@ -96,6 +102,17 @@ class ServerUnavailable(ModelServerError):
     """The model server is not answering at all: the work waits, it does not fail."""
 
     title = "Model server not answering"
+
+
+class ModelStalled(ModelServerError):
+    """A model call that made no progress for too long (or ran past its deadline): it was
+    cancelled on the server, and the node fails with the wait it saw."""
+
+    title = "Model call stalled"
+
+    def __init__(self, message: str, *, waited_s: float, hint: str | None = None) -> None:
+        self.waited_s = waited_s
+        super().__init__(message, hint=hint)
 
 
 class EndpointRefused(PantheonError):

@@ -3,15 +3,29 @@
 It talks to the embedded llama.cpp server, to vLLM on a GPU host, or to llama-cpp-python's
 server, shaping each request the way that server wants it (JSON-schema output and LoRA adapters
 are named differently by each). The HTTP client is injected, so tests use
-``httpx.MockTransport``. Connection errors and 5xx answers are retried with exponential backoff;
-then one clear error says which server is down and since when.
+``httpx.MockTransport``. Connection errors and 5xx answers are retried with exponential backoff
+and jitter (a 429's ``Retry-After`` is honoured); then one clear error says which server is down
+and since when.
+
+A generation is streamed, so the client sees it progress token by token. No call waits in
+silence: one that has shown no progress for ``stall_s`` — no token of its own, and no movement
+of the server's own token counters (its Prometheus ``/metrics``), which is how a request that
+waits for a slot or reads a long prompt still counts as alive — is cancelled (closing the stream
+makes the server drop it) and posted again once; a second stall, or a call past ``deadline_s``,
+raises ``ModelStalled``. A server that ignores ``stream`` and answers with one JSON body is read
+as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import random
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -19,10 +33,12 @@ from typing import Any
 
 import httpx
 
-from .errors import ModelServerError, ServerUnavailable
+from .errors import ModelServerError, ModelStalled, ServerUnavailable
 from .guard import Resolver, check_endpoint
 
-__all__ = ["Backend", "ChatReply", "LLMClient"]
+__all__ = ["Backend", "CallWatch", "ChatReply", "LLMClient"]
+
+log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 
@@ -59,6 +75,65 @@ def _retryable_status(code: int) -> bool:
     return code >= 500 or code == 429
 
 
+def _retry_after(resp: httpx.Response, cap_s: float) -> float | None:
+    """The seconds a 429 or 503 asks the client to wait (``Retry-After``: seconds or a date)."""
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), cap_s)
+
+
+@dataclass(slots=True)
+class CallWatch:
+    """What one model call has shown so far: the console and the night log read it."""
+
+    label: str
+    """Who waits (a node of a run, as ``docops-000012/write``)."""
+    started: float = field(default_factory=time.time)
+    """When the call was sent (epoch seconds)."""
+    first_token: float | None = None
+    tokens: int = 0
+    """Content chunks received so far (about one token each)."""
+    progress_at: float = field(default_factory=time.monotonic)
+    """The last time the call or the server showed progress (monotonic)."""
+    posts: int = 1
+    warned: bool = False
+
+
+_PROGRESS_COUNTERS = (
+    # llama-server: decode batches run and tokens done; vLLM: tokens done
+    "llamacpp:n_decode_total",
+    "llamacpp:prompt_tokens_total",
+    "llamacpp:tokens_predicted_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+)
+
+
+def _progress_value(text: str) -> float | None:
+    """The sum of the server's work counters in its /metrics text; None when it has none."""
+    total = None
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in _PROGRESS_COUNTERS:
+            try:
+                total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+            except (ValueError, IndexError):
+                continue
+    return total
+
+
 class LLMClient:
     """An OpenAI-compatible chat client for one local model server."""
 
@@ -76,6 +151,11 @@ class LLMClient:
         allow_hosts: tuple[str, ...] | list[str] = (),
         adapters: dict[str, int] | None = None,
         resolver: Resolver | None = None,
+        stream: bool = True,
+        stall_s: float = 120.0,
+        deadline_s: float = 1800.0,
+        warn_s: float = 60.0,
+        retry_after_cap_s: float = 60.0,
     ) -> None:
         self.backend = Backend(backend)
         base = endpoint.rstrip("/")
@@ -102,6 +182,20 @@ class LLMClient:
         self.completion_tokens_total = 0
         self.max_choices: int | None = None
         """The most choices one request may ask for (llama-server: its slots); None: any."""
+        self.stream = stream
+        """Stream generations (progress token by token); False asks for one JSON body."""
+        self.stall_s = stall_s
+        """A call with no progress (its own, or the server's) for this long is stalled."""
+        self.deadline_s = deadline_s
+        """No call runs longer than this, progress or not."""
+        self.warn_s = warn_s
+        """A call silent this long is named once in the log (``waiting on the model``)."""
+        self.retry_after_cap_s = retry_after_cap_s
+        self.watches: dict[int, CallWatch] = {}
+        """The calls in flight now, by id: what each has shown so far."""
+        self._marks: deque[tuple[float, float | None]] = deque(maxlen=256)
+        """(monotonic time, the server's work counters then), read while a call is silent."""
+        self._timeout_s = timeout_s
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -210,8 +304,15 @@ class LLMClient:
                 raise ModelServerError(
                     f"model server at {self.where} failed the request {attempt} time(s): {last}"
                 )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._pause(delay, resp if status is not None else None))
             delay = min(delay * 2, self.max_backoff_s)
+
+    def _pause(self, delay: float, resp: httpx.Response | None) -> float:
+        """The wait before the next try: the server's ``Retry-After`` when it gave one, else
+        the backoff; with up to 25 % jitter, so many waiting calls do not return at once."""
+        asked = _retry_after(resp, self.retry_after_cap_s) if resp is not None else None
+        base = asked if asked is not None else delay
+        return base * (1.0 + 0.25 * random.random())
 
     async def chat(
         self,
@@ -224,8 +325,10 @@ class LLMClient:
         seed: int = 0,
         max_tokens: int = 512,
         extra: dict[str, Any] | None = None,
+        label: str = "model call",
     ) -> ChatReply:
-        """One chat completion; raises ModelServerError when the server fails or is down."""
+        """One chat completion; raises ModelServerError when the server fails or is down, and
+        ModelStalled when the call stalls (``label`` names the caller in the log)."""
         await self._know_adapter(adapter)
         body = self.shape(
             messages,
@@ -237,7 +340,7 @@ class LLMClient:
             max_tokens=max_tokens,
             extra=extra,
         )
-        data, attempts, latency, raw_text = await self._complete(body)
+        data, attempts, latency, raw_text = await self._complete(body, label)
         return self._reply(data, 0, attempts, latency, adapter, raw_text)
 
     async def chat_n(
@@ -251,6 +354,7 @@ class LLMClient:
         max_tokens: int = 512,
         schema: dict[str, Any] | None = None,
         schema_name: str = "reply",
+        label: str = "model call",
     ) -> list[ChatReply]:
         """``n`` sampled completions of one prompt in one request: the server evaluates the
         prompt once (llama-server and vLLM take OpenAI's ``n``). A server that answers with
@@ -268,8 +372,9 @@ class LLMClient:
         }
         first = min(n, self.max_choices or n)
         body = self.shape(messages, seed=seed, extra={"n": first} if first > 1 else None, **same)
+        same["label"] = label
         try:
-            data, attempts, latency, raw_text = await self._complete(body)
+            data, attempts, latency, raw_text = await self._complete(body, label)
         except ModelServerError as exc:
             # llama-server refuses more choices than it has slots, and says how many it takes
             most = re.search(r"'n'.*?<= *(\d+)", exc.message)
@@ -282,7 +387,11 @@ class LLMClient:
         if len(replies) > 1:
             usage = data.get("usage") or {}
             total = int(usage.get("completion_tokens") or 0)
-            if self.backend is Backend.VLLM:
+            own = data.get("choice_usage")
+            if own and len(own) == len(replies):  # a stream said each choice's own count
+                for r, tokens in zip(replies, own, strict=True):
+                    r.completion_tokens = tokens
+            elif self.backend is Backend.VLLM:
                 for r in replies:  # vLLM's usage is the sum over the choices
                     r.completion_tokens = round(total / len(replies))
             else:
@@ -305,31 +414,253 @@ class LLMClient:
         except (httpx.HTTPError, ValueError, AttributeError):
             return 0
 
-    async def _complete(self, body: dict[str, Any]) -> tuple[dict[str, Any], int, float, str]:
+    async def _complete(
+        self, body: dict[str, Any], label: str = "model call"
+    ) -> tuple[dict[str, Any], int, float, str]:
+        """Post one generation and wait for it, watched: see the module's docstring."""
         t0 = time.perf_counter()
+        watch = CallWatch(label=label)
+        key = id(watch)
+        self.watches[key] = watch
         self.in_flight += 1
+        attempts = 0
         try:
-            resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
+            while True:
+                try:
+                    resp, tries, data = await self._watched(body, watch)
+                except ModelStalled as exc:
+                    if watch.posts > 1:
+                        log.error("%s: %s", label, exc.message)
+                        raise
+                    watch.posts += 1
+                    log.warning("%s: posted again after a stall", label)
+                    # the closed stream has to reach the server first: never two at once
+                    await asyncio.sleep(self._pause(1.0, None))
+                    watch.progress_at = time.monotonic()
+                    continue
+                attempts += tries
+                break
         finally:
             self.in_flight -= 1
+            self.watches.pop(key, None)
         latency = time.perf_counter() - t0
         if resp.status_code >= 400:
             raise ModelServerError(
                 f"model server at {self.where} refused the request: HTTP {resp.status_code}: "
                 f"{_error_message(resp)}"
             )
+        raw_text = json.dumps(data, ensure_ascii=False) if data is not None else resp.text
+        if data is None:
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
         try:
-            data = resp.json()
-            data["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            data["choices"][0]["message"]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError, AttributeError):
             raise ModelServerError(
                 f"model server at {self.where} answered something that is not a chat completion: "
-                f"{_snippet(resp.text)}"
+                f"{_snippet(raw_text)}"
             ) from None
+        assert data is not None
         usage = data.get("usage") or {}
         self.prompt_tokens_total += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens_total += int(usage.get("completion_tokens") or 0)
-        return data, attempts, latency, resp.text
+        return data, attempts + watch.posts - 1, latency, raw_text
+
+    async def _watched(
+        self, body: dict[str, Any], watch: CallWatch
+    ) -> tuple[httpx.Response, int, dict[str, Any] | None]:
+        """One post of a generation under the stall watch; raise ModelStalled when it stalls."""
+        task = asyncio.ensure_future(self._post_generation(body, watch))
+        tick = min(5.0, max(self.stall_s / 4, 0.05))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=tick)
+                if done:
+                    return task.result()
+                now = time.monotonic()
+                silent = now - watch.progress_at
+                waited = time.time() - watch.started
+                if waited > self.deadline_s:
+                    why = f"it ran past its deadline of {self.deadline_s:.3g} s"
+                    raise self._stalled(watch, why)
+                if silent >= self.warn_s and not watch.warned:
+                    watch.warned = True
+                    log.warning(
+                        "%s: waiting on the model for %s (%d token(s) so far, at %s)",
+                        watch.label,
+                        _clock(waited),
+                        watch.tokens,
+                        self.where,
+                    )
+                if silent >= self.stall_s / 2:
+                    await self._server_value()  # the baseline, then the check
+                if silent >= self.stall_s:
+                    if self._moved_since(watch.progress_at):
+                        watch.progress_at = now
+                        continue
+                    raise self._stalled(
+                        watch,
+                        f"no progress for {silent:.3g} s (no token from the call, and the "
+                        "server's counters did not move)",
+                    )
+        finally:
+            if not task.done():
+                task.cancel()  # closes the connection: the server drops the request
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _stalled(self, watch: CallWatch, why: str) -> ModelStalled:
+        waited = time.time() - watch.started
+        again = " (posted twice)" if watch.posts > 1 else ""
+        return ModelStalled(
+            f"the model call stalled at {self.where}{again}: {why}; cancelled after "
+            f"{_clock(waited)}, {watch.tokens} token(s) received",
+            waited_s=waited,
+            hint="is the server hung? `pantheon serve --status` tells; its log is in "
+            "ARTIFACTS/server/server.log",
+        )
+
+    async def _server_value(self) -> float | None:
+        """The server's work counters now (read at most once a second, however many calls
+        ask, and a few times within one stall); None when it has none or does not answer."""
+        now = time.monotonic()
+        if self._marks and now - self._marks[-1][0] < min(1.0, self.stall_s / 4):
+            return self._marks[-1][1]
+        text = ""
+        with contextlib.suppress(asyncio.TimeoutError):
+            text = await asyncio.wait_for(self.metrics_text(), timeout=5.0)
+        value = _progress_value(text)
+        self._marks.append((time.monotonic(), value))
+        return value
+
+    def _moved_since(self, since: float) -> bool:
+        """True when the server's counters changed after ``since`` (monotonic)."""
+        seen = [v for at, v in self._marks if at >= since]
+        if len(seen) < 2 or seen[0] is None or seen[-1] is None:
+            return False
+        return seen[-1] != seen[0]
+
+    async def _post_generation(
+        self, body: dict[str, Any], watch: CallWatch
+    ) -> tuple[httpx.Response, int, dict[str, Any] | None]:
+        """Post with retries on connection errors and 5xx (as ``_request``); a streamed
+        answer is assembled into the body a non-streamed one would have had."""
+        if not self.stream:
+            resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
+            return resp, attempts, None
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        url = self.base_url + "/v1/chat/completions"
+        attempt = 0
+        delay = self.backoff_s
+        # the stall watch bounds the wait between chunks; httpx's own read timeout is a net
+        timeout = httpx.Timeout(max(self._timeout_s, self.stall_s * 2), connect=5.0)
+        while True:
+            attempt += 1
+            status = None
+            try:
+                async with self._http.stream("POST", url, json=body, timeout=timeout) as resp:
+                    watch.progress_at = time.monotonic()
+                    if not _retryable_status(resp.status_code):
+                        self._down_since = None
+                        if resp.status_code >= 400 or not _is_event_stream(resp):
+                            await resp.aread()
+                            return resp, attempt, None
+                        return resp, attempt, await self._read_stream(resp, watch)
+                    await resp.aread()
+                    status = resp.status_code
+                    last = f"HTTP {resp.status_code}: {_snippet(resp.text)}"
+                    retry = resp
+            except httpx.TransportError as exc:
+                if isinstance(exc, httpx.ReadTimeout):
+                    raise self._stalled(watch, f"no byte for {timeout.read:.0f} s") from None
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                retry = None
+            if (status is None or status == 503) and self._down_since is None:
+                self._down_since = time.time()
+            if attempt > self.retries:
+                if status is None or status == 503:
+                    raise self._not_answering(attempt, last)
+                raise ModelServerError(
+                    f"model server at {self.where} failed the request {attempt} time(s): {last}"
+                )
+            await asyncio.sleep(self._pause(delay, retry))
+            delay = min(delay * 2, self.max_backoff_s)
+            watch.progress_at = time.monotonic()
+
+    async def _read_stream(self, resp: httpx.Response, watch: CallWatch) -> dict[str, Any]:
+        """The server-sent events of one streamed completion, as one completion body.
+
+        Each choice's usage is its own where the server says so per choice (llama-server
+        sends one usage chunk per choice); the body's ``usage`` is the first choice's, as a
+        non-streamed llama-server answer has it."""
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str | None] = {}
+        usages: list[dict[str, Any]] = []
+        owner: list[int | None] = []
+        """The choice each usage chunk belongs to: the last one finished before it."""
+        finished: list[int] = []
+        extra: dict[str, Any] = {}
+        model = ""
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                raise ModelServerError(
+                    f"model server at {self.where} streamed something that is not JSON: "
+                    f"{_snippet(payload)}"
+                ) from None
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk:
+                err = chunk["error"]
+                message = err.get("message") if isinstance(err, dict) else err
+                raise ModelServerError(
+                    f"model server at {self.where} failed the request while streaming: {message}"
+                )
+            watch.progress_at = time.monotonic()
+            model = str(chunk.get("model") or model)
+            for choice in chunk.get("choices") or []:
+                index = int(choice.get("index") or 0)
+                piece = (choice.get("delta") or {}).get("content")
+                texts.setdefault(index, [])
+                if piece:
+                    if watch.first_token is None:
+                        watch.first_token = time.time()
+                    watch.tokens += 1
+                    texts[index].append(piece)
+                if choice.get("finish_reason") is not None:
+                    finish[index] = choice["finish_reason"]
+                    finished.append(index)
+            if chunk.get("usage"):
+                usages.append(chunk["usage"])
+                owner.append(finished[-1] if finished else None)
+                for key in ("timings",):
+                    if key in chunk:
+                        extra[key] = chunk[key]
+        order = sorted(texts)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": "".join(texts[i])},
+                "finish_reason": finish.get(i),
+            }
+            for i in order
+        ]
+        data: dict[str, Any] = {"model": model, "choices": choices, **extra}
+        if usages:
+            data["usage"] = usages[0]
+            mine = dict(zip(owner, usages, strict=True))
+            if len(choices) > 1 and len(usages) == len(choices) and set(mine) == set(order):
+                data["usage"] = mine[order[0]]
+                data["choice_usage"] = [int(mine[i].get("completion_tokens") or 0) for i in order]
+        return data
 
     def _reply(
         self,
@@ -416,7 +747,19 @@ class LLMClient:
 
 def _snippet(text: str, limit: int = 200) -> str:
     flat = " ".join(text.split())
+    if not flat:
+        return "(an empty body)"
     return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _is_event_stream(resp: httpx.Response) -> bool:
+    return resp.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def _clock(seconds: float) -> str:
+    """``4m12s`` (or ``37s``): how long a wait has lasted."""
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _error_message(resp: httpx.Response) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .artifacts import RUNS, FailedRecord, RunRecord
+from .artifacts import RUNS, WAITING_FILE, FailedRecord, RunRecord
 from .atomic import read_json
 from .control import Control, ControlFile
 from .errors import ArtifactError, PantheonError
@@ -174,6 +174,8 @@ class NightView:
     """Run name -> why its ``run.json`` could not be read (checked when the job changes)."""
     in_flight: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     """Running job id -> the (node, agent) pairs it runs now, from its run folder."""
+    waiting: dict[int, float] = field(default_factory=dict)
+    """Running job id -> since when (epoch seconds) it waits on a model call."""
     full_every_s: float = 600.0
     """A full read of the queue this often: a safety net, as every change a reader can see is
     stamped (``touched``); only a clock stepping back could hide one."""
@@ -283,15 +285,25 @@ class NightView:
         for job_id in list(self.in_flight):
             if job_id not in running:
                 del self.in_flight[job_id]
+                self.waiting.pop(job_id, None)
                 changed.add(job_id)
         for job_id, job in running.items():
+            folder = self.artifacts / RUNS / job.run_name
             now = tuple(
                 (node, agent)
                 for node, agent in self._nodes_of(job.flow_sha)
-                if _node_in_flight(self.artifacts / RUNS / job.run_name / node)
+                if _node_in_flight(folder / node)
             )
-            if self.in_flight.get(job_id) != now:
+            since = min(
+                (t for t in (_waiting_since(folder / node) for node, _ in now) if t is not None),
+                default=None,
+            )
+            if self.in_flight.get(job_id) != now or self.waiting.get(job_id) != since:
                 self.in_flight[job_id] = now
+                if since is None:
+                    self.waiting.pop(job_id, None)
+                else:
+                    self.waiting[job_id] = since
                 changed.add(job_id)
         return changed
 
@@ -315,6 +327,15 @@ def _node_in_flight(folder: Path) -> bool:
         and not (folder / "output.json").exists()
         and not (folder / "error.txt").exists()
     )
+
+
+def _waiting_since(folder: Path) -> float | None:
+    """When the node's model call in flight was sent (its ``waiting.json``), if one is."""
+    try:
+        since = read_json(folder / WAITING_FILE).get("since")
+    except (FileNotFoundError, ArtifactError, AttributeError):
+        return None
+    return float(since) if isinstance(since, int | float) else None
 
 
 def _run_problem(path: Path) -> str | None:

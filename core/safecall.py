@@ -10,19 +10,22 @@ Every call, good or bad, is appended to the node's ``calls.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .atomic import append_line
-from .errors import ArtifactError, ModelServerError, ReplyError
+from .artifacts import WAITING_FILE
+from .atomic import append_line, atomic_write_json
+from .errors import ArtifactError, ModelServerError, ModelStalled, ReplyError
 from .llm import ChatReply, LLMClient, Message
 
 __all__ = ["CallLog", "ask", "call_model", "extract_json_object", "parse_reply"]
@@ -129,10 +132,34 @@ def parse_reply(text: str, model: type[T]) -> T:
 
 
 class CallLog:
-    """``<node>/calls.jsonl``: one line per model call."""
+    """``<node>/calls.jsonl``: one line per model call; ``waiting.json`` while one is out."""
 
     def __init__(self, node_dir: Path) -> None:
-        self.path = Path(node_dir) / "calls.jsonl"
+        node_dir = Path(node_dir)
+        self.path = node_dir / "calls.jsonl"
+        self.waiting_path = node_dir / WAITING_FILE
+        self.label = f"{node_dir.parent.name}/{node_dir.name}"
+        """How the log names the node's calls (``docops-000012/write``)."""
+        self._out = 0
+
+    @contextlib.contextmanager
+    def waiting(self, endpoint: str) -> Iterator[None]:
+        """Mark a call in flight for whoever watches the night (the console's running row),
+        and clear the mark when it returns, however it ends."""
+        self._out += 1
+        if self._out == 1:
+            with contextlib.suppress(ArtifactError, OSError):
+                atomic_write_json(
+                    self.waiting_path,
+                    {"since": time.time(), "endpoint": endpoint, "pid": os.getpid()},
+                )
+        try:
+            yield
+        finally:
+            self._out -= 1
+            if self._out == 0:
+                with contextlib.suppress(OSError):
+                    self.waiting_path.unlink(missing_ok=True)
 
     def record(self, **fields: Any) -> None:
         """Append one call; a failed write is logged, never raised over the call's own outcome."""
@@ -175,6 +202,32 @@ def _usable(
     return value
 
 
+def _waiting(log: CallLog | None, client: LLMClient) -> contextlib.AbstractContextManager[None]:
+    return log.waiting(client.where) if log is not None else contextlib.nullcontext()
+
+
+def _record_failure(
+    log: CallLog, base: dict[str, Any], client: LLMClient, exc: ModelServerError, latency: float
+) -> None:
+    """A call the server failed, or that stalled: recorded with the reason (and the wait)."""
+    stall = (
+        {"stalled": True, "waited_s": round(exc.waited_s, 1)}
+        if isinstance(exc, ModelStalled)
+        else {}
+    )
+    log.record(
+        **base,
+        model=client.model,
+        raw=None,
+        parsed=None,
+        error=str(exc),
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_s=round(latency, 4),
+        **stall,
+    )
+
+
 async def call_model(
     client: LLMClient,
     messages: list[Message],
@@ -204,27 +257,20 @@ async def call_model(
     }
     t0 = time.perf_counter()
     try:
-        reply = await client.chat(
-            messages,
-            schema=schema,
-            schema_name=output.__name__,
-            adapter=adapter,
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-        )
+        with _waiting(log, client):
+            reply = await client.chat(
+                messages,
+                schema=schema,
+                schema_name=output.__name__,
+                adapter=adapter,
+                temperature=temperature,
+                seed=seed,
+                max_tokens=max_tokens,
+                label=log.label if log is not None else "model call",
+            )
     except ModelServerError as exc:
         if log is not None:
-            log.record(
-                **base,
-                model=client.model,
-                raw=None,
-                parsed=None,
-                error=str(exc),
-                prompt_tokens=0,
-                completion_tokens=0,
-                latency_s=time.perf_counter() - t0,
-            )
+            _record_failure(log, base, client, exc, time.perf_counter() - t0)
         raise
     record = {
         **base,
@@ -306,16 +352,32 @@ async def ask_sampled(
     if k < 1:
         raise error
     t0 = time.perf_counter()
-    replies = await client.chat_n(
-        messages,
-        n=k,
-        adapter=adapter,
-        temperature=temperature,
-        seed=1,
-        max_tokens=max_tokens,
-        schema=output.model_json_schema(),
-        schema_name=output.__name__,
-    )
+    try:
+        with _waiting(log, client):
+            replies = await client.chat_n(
+                messages,
+                n=k,
+                adapter=adapter,
+                temperature=temperature,
+                seed=1,
+                max_tokens=max_tokens,
+                schema=output.model_json_schema(),
+                schema_name=output.__name__,
+                label=log.label if log is not None else "model call",
+            )
+    except ModelServerError as exc:
+        if log is not None:
+            base = {
+                "step": "samples",
+                "kind": "sample",
+                "backend": str(client.backend),
+                "endpoint": client.where,
+                "adapter": adapter,
+                "messages": messages,
+                "schema": output.__name__,
+            }
+            _record_failure(log, base, client, exc, time.perf_counter() - t0)
+        raise
     latency = (time.perf_counter() - t0) / max(len(replies), 1)
     reasons = []
     chosen: T | None = None

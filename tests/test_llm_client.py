@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import httpx
 import pytest
 
 from pantheon.core import ModelServerError
+from pantheon.core.errors import ModelStalled
 from pantheon.core.llm import Backend, LLMClient
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -234,3 +237,146 @@ async def test_more_choices_than_the_server_has_slots_are_asked_for_in_parts():
     assert len(replies) == 7
     assert asked == [(1, 7), (1, 4), (5, 3)], "refused, then the server's four, then the rest"
     assert client.max_choices == 4
+
+
+# -- streaming, stalls, deadlines and Retry-After ---------------------------------------------
+
+
+def sse(*chunks):
+    """A text/event-stream body of these chunks, then [DONE]."""
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+def delta(index, content=None, finish=None):
+    return {"choices": [{"index": index, "delta": {"content": content}, "finish_reason": finish}]}
+
+
+async def test_a_streamed_answer_is_read_as_one_completion_with_each_choice_its_own_tokens():
+    bodies = []
+
+    def handler(request):
+        bodies.append(json.loads(request.content))
+        return sse(
+            {"model": "qwen", **delta(1, '{"a"')},
+            delta(0, '{"a": 1}'),
+            delta(1, ": 22}"),
+            delta(0, None, "stop"),
+            {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}},
+            delta(1, None, "length"),
+            {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}},
+        )
+
+    client, http = make(handler)
+    replies = await client.chat_n(MSGS, n=2, schema=SCHEMA, max_tokens=32)
+    await http.aclose()
+    assert bodies[0]["stream"] is True and bodies[0]["n"] == 2
+    assert [r.text for r in replies] == ['{"a": 1}', '{"a": 22}']
+    assert [r.finish_reason for r in replies] == ["stop", "length"]
+    assert [r.completion_tokens for r in replies] == [3, 7]  # each its own, from the stream
+    assert replies[0].prompt_tokens == 9 and replies[0].model == "qwen"
+
+
+async def test_an_error_in_the_stream_is_the_servers_error():
+    client, http = make(lambda r: sse({"error": {"message": "context overflow"}}))
+    with pytest.raises(ModelServerError, match="while streaming: context overflow"):
+        await client.chat(MSGS)
+    await http.aclose()
+
+
+async def test_a_call_that_hangs_is_cancelled_posted_once_more_then_fails_as_a_stall(caplog):
+    """The server takes the request and never answers: no silent wait, no third post, and
+    never two copies of the call on the server at once."""
+    out = {"now": 0, "most": 0, "posts": 0}
+
+    async def handler(request):
+        if request.url.path == "/metrics":
+            return httpx.Response(404)
+        out["posts"] += 1
+        out["now"] += 1
+        out["most"] = max(out["most"], out["now"])
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            out["now"] -= 1  # the client closed the request: the server drops it
+        return httpx.Response(200, json=completion())
+
+    client, http = make(handler, stall_s=0.3, warn_s=0.1)
+    t0 = time.monotonic()
+    with (
+        caplog.at_level("WARNING", logger="pantheon.core.llm"),
+        pytest.raises(ModelStalled) as caught,
+    ):
+        await client.chat(MSGS, label="docops-000001/write")
+    waited = time.monotonic() - t0
+    await http.aclose()
+    assert out["posts"] == 2 and out["most"] == 1 and out["now"] == 0
+    assert 0.6 <= waited < 3.0, "two stalls of 0.3 s, not the read timeout's minutes"
+    assert "no progress for" in caught.value.message and "posted twice" in caught.value.message
+    assert caught.value.waited_s == pytest.approx(waited, abs=0.5)
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("docops-000001/write: waiting on the model for") for m in logged)
+    assert any("posted again after a stall" in m for m in logged)
+    assert client.in_flight == 0 and client.watches == {}
+
+
+async def test_a_silent_call_lives_while_the_servers_counters_move():
+    """A request waiting for a slot, or reading a long prompt, sends nothing: the server's own
+    counters show it works, so the call is not a stall."""
+    ticks = {"n": 0}
+
+    async def handler(request):
+        if request.url.path == "/metrics":
+            ticks["n"] += 1
+            return httpx.Response(200, text=f"llamacpp:n_decode_total {ticks['n']}\n")
+        await asyncio.sleep(1.2)
+        return httpx.Response(200, json=completion())
+
+    client, http = make(handler, stall_s=0.3)
+    reply = await client.chat(MSGS)
+    await http.aclose()
+    assert reply.text == '{"a": 1}' and ticks["n"] >= 2
+
+
+async def test_no_call_runs_past_its_deadline_even_while_the_server_works():
+    ticks = {"n": 0}
+
+    async def handler(request):
+        if request.url.path == "/metrics":
+            ticks["n"] += 1
+            return httpx.Response(200, text=f"llamacpp:n_decode_total {ticks['n']}\n")
+        await asyncio.sleep(3600)
+
+    client, http = make(handler, stall_s=0.2, deadline_s=0.8)
+    t0 = time.monotonic()
+    with pytest.raises(ModelStalled, match="past its deadline of 0.8 s"):
+        await client.chat(MSGS)
+    await http.aclose()
+    assert time.monotonic() - t0 < 4.0
+
+
+async def test_a_429_waits_as_long_as_retry_after_says_with_jitter():
+    calls = []
+
+    def handler(request):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"retry-after": "0.4"}, text="slow down")
+        return httpx.Response(200, json=completion())
+
+    client, http = make(handler, backoff_s=0.001)
+    reply = await client.chat(MSGS)
+    await http.aclose()
+    assert reply.text == '{"a": 1}' and reply.attempts == 2
+    assert 0.4 <= calls[1] - calls[0] < 0.6
+    client = LLMClient("http://127.0.0.1:8011", retry_after_cap_s=5.0)
+    asked = httpx.Response(429, headers={"retry-after": "3600"})
+    waits = {client._pause(1.0, asked) for _ in range(20)}
+    assert all(5.0 <= w <= 6.25 for w in waits) and len(waits) > 1  # capped, and jittered
+
+
+async def test_an_empty_reply_body_says_it_is_empty():
+    client, http = make(lambda r: httpx.Response(200, text=""))
+    with pytest.raises(ModelServerError, match=r"not a chat completion: \(an empty body\)"):
+        await client.chat(MSGS)
+    await http.aclose()

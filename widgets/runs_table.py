@@ -144,11 +144,12 @@ class RunsTable(ScrollView, can_focus=True):
         if on_screen:
             self.refresh()
 
-    def set_age(self, index: int, age: str) -> None:
-        """Change one row's age (the clock moved)."""
+    def set_age(self, index: int, age: str, note: str | None = None) -> None:
+        """Change one row's age, and its note when given (the clock moved)."""
         row = self.rows[index]
-        if row.age != age:
-            self.rows[index] = replace(row, age=age)
+        note = row.note if note is None else note
+        if row.age != age or row.note != note:
+            self.rows[index] = replace(row, age=age, note=note)
             self._refresh_row(index)
 
     # -- drawing ----------------------------------------------------------------------------
