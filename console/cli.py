@@ -1021,7 +1021,8 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                     ),
                 )
                 log.info("starting the embedded model server (%s)", args.model)
-                starting.append(asyncio.ensure_future(asyncio.to_thread(server.ensure)))
+                tied = not args.keep_server
+                starting.append(asyncio.ensure_future(asyncio.to_thread(server.ensure, tied=tied)))
                 if code_model:
                     code_server = ModelServer(
                         args.artifacts,
@@ -1034,7 +1035,9 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                         name="code",
                     )
                     log.info("starting the writers' model server (%s)", code_model)
-                    starting.append(asyncio.ensure_future(asyncio.to_thread(code_server.ensure)))
+                    starting.append(
+                        asyncio.ensure_future(asyncio.to_thread(code_server.ensure, tied=tied))
+                    )
                 states = await asyncio.shield(asyncio.gather(*starting))
                 state = states[0]
                 log.info("model server ready at %s", state.endpoint)
@@ -1188,19 +1191,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     server = ModelServer(args.artifacts)
     if args.status:
-        st = server.status()
-        if not st["running"]:
-            print(f"no model server running for {args.artifacts}")
-            return 1
-        health = "healthy" if st["healthy"] else "NOT answering /health"
-        sup = "supervised" if st["supervised"] else "not supervised"
-        print(f"{st['backend']} server pid {st['pid']} at {st['endpoint']}: {health}, {sup}")
-        print(f"model {st['model']} ({st['model_path']}), {st['parallel']} slots")
-        print(f"log {st['log']}")
-        return 0 if st["healthy"] else 1
+        return _serve_status(args.artifacts)
     if args.stop:
-        if server.stop():
-            print("model server stopped")
+        stopped = [each for each in ModelServer.each_in(args.artifacts) if each.stop()]
+        if stopped:
+            names = ", ".join(each.name or "the night's" for each in stopped)
+            print(f"model server stopped ({names})" if len(stopped) > 1 else "model server stopped")
         else:
             print(f"no model server was running for {args.artifacts}")
         return 0
@@ -1229,6 +1225,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         log.info("model server stopped")
     return 0
+
+
+def _serve_status(artifacts: Path) -> int:
+    """Each model server of the artifacts directory: health, who it works for, orphans."""
+    from pantheon.core.server import ModelServer
+
+    shown = 0
+    healthy = True
+    for server in ModelServer.each_in(artifacts):
+        st = server.status()
+        if not st["running"]:
+            continue
+        shown += 1
+        name = f"{server.name} " if server.name else ""
+        health = "healthy" if st["healthy"] else "NOT answering /health"
+        if st["orphan"]:
+            who = (
+                f"ORPHAN: the process that started it (pid {st.get('owner_pid') or '?'}) is "
+                "gone; the next night adopts it, `pantheon serve --stop` stops it"
+            )
+        elif st["supervised"]:
+            who = f"supervised (pid {st['supervisor_pid']})"
+        else:
+            who = f"works for pid {st['owner_pid']}"
+        print(f"{name}{st['backend']} server pid {st['pid']} at {st['endpoint']}: {health}")
+        print(f"  {who}")
+        print(f"  model {st['model']} ({st['model_path']}), {st['parallel']} slots")
+        print(f"  log {st['log']}")
+        healthy = healthy and st["healthy"]
+    if not shown:
+        print(f"no model server running for {artifacts}")
+        return 1
+    return 0 if healthy else 1
 
 
 def _serve_argv(args: argparse.Namespace) -> list[str]:

@@ -9,6 +9,12 @@ importing the package and keeps the links in a private folder of its own, put fi
 
 The server binds loopback only, with parallel slots (continuous batching) and Prometheus metrics.
 Its pid, port, command and log live in ``artifacts/server/``.
+
+A server never outlives the process that started it: it is started with the kernel's
+parent-death signal (``PR_SET_PDEATHSIG``), from one long-lived launcher thread (the signal
+follows the thread that forked). One left behind all the same (by a night started with
+``--keep-server``, or by an older version) has an owner that is gone: ``status`` names it an
+orphan, and the next night adopts it — uses it and stops it when done.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -156,6 +163,11 @@ class ServerState(BaseModel):
     supervisor_start: int | None = None
     restarts: int = 0
     adapters: dict[str, int] = Field(default_factory=dict)
+    owner_pid: int | None = None
+    """The process the server works for (the night, or ``pantheon serve``); it stops it."""
+    owner_start: int | None = None
+    tied: bool = False
+    """Started with the parent-death signal: it dies with the process that started it."""
 
     @property
     def endpoint(self) -> str:
@@ -190,6 +202,40 @@ def _alive(pid: int | None, start: int | None = None) -> bool:
     if Path("/proc").is_dir() and now is None:
         return False  # gone between the two checks, or a zombie
     return start is None or now is None or now == start
+
+
+_PR_SET_PDEATHSIG = 1
+_launcher: ThreadPoolExecutor | None = None
+_launcher_lock = threading.Lock()
+
+
+def _launch(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
+    """``Popen`` from the one launcher thread, which lives as long as the process: the
+    parent-death signal fires when the forking *thread* ends, so no short-lived thread may
+    fork a server."""
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None:
+            _launcher = ThreadPoolExecutor(1, thread_name_prefix="pantheon-server-launcher")
+    return _launcher.submit(subprocess.Popen, *args, **kw).result()
+
+
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux); the
+    C function is looked up before the fork, so the child only calls it."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return preexec
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -284,9 +330,31 @@ class ModelServer:
             "running": alive,
             "healthy": alive and self.healthy(state),
             "supervised": _alive(state.supervisor_pid, state.supervisor_start),
+            "orphan": alive and self.orphaned(state),
             **state.model_dump(mode="json"),
             "endpoint": state.endpoint,
         }
+
+    @staticmethod
+    def orphaned(state: ServerState) -> bool:
+        """True when nobody the server works for is alive: neither its owner nor its
+        supervisor (a server of an older version, with neither recorded, counts as one)."""
+        owner = _alive(state.owner_pid, state.owner_start)
+        return not owner and not _alive(state.supervisor_pid, state.supervisor_start)
+
+    @classmethod
+    def each_in(cls, artifacts: Path, **kw: Any) -> list[ModelServer]:
+        """Every server recorded for an artifacts directory: the night's, and its named ones
+        (``server/code/``)."""
+        root = Path(artifacts) / SERVER_DIR
+        found = [cls(artifacts, **kw)]
+        if root.is_dir():
+            found += [
+                cls(artifacts, name=d.name, **kw)
+                for d in sorted(root.iterdir())
+                if d.is_dir() and (d / "server.json").exists()
+            ]
+        return found
 
     # -- command ---------------------------------------------------------------------------
 
@@ -357,8 +425,13 @@ class ModelServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self, *, timeout_s: float = 180.0, supervisor_pid: int | None = None) -> ServerState:
-        """Start the server and wait until it is healthy; raise ModelServerError if it is not."""
+    def start(
+        self, *, timeout_s: float = 180.0, supervisor_pid: int | None = None, tied: bool = True
+    ) -> ServerState:
+        """Start the server and wait until it is healthy; raise ModelServerError if it is not.
+
+        ``tied``: the server dies with this process (the parent-death signal); False leaves
+        it running after (``--keep-server``)."""
         current = self.state()
         if current is not None and _alive(current.pid, current.pid_start):
             raise ModelServerError(
@@ -380,14 +453,16 @@ class ModelServer:
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n--- {datetime.now(UTC).isoformat()} {' '.join(cmd)}\n".encode())
             logf.flush()
+            preexec = _die_with_parent(os.getpid()) if tied else None
             try:
-                self.proc = subprocess.Popen(
+                self.proc = _launch(
                     cmd,
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env=env,
                     start_new_session=True,
+                    preexec_fn=preexec,
                 )
             except OSError as exc:
                 raise ModelServerError(f"cannot start {cmd[0]}: {exc.strerror or exc}") from None
@@ -407,6 +482,9 @@ class ModelServer:
             pid_start=_proc_start(self.proc.pid),
             supervisor_start=_proc_start(supervisor_pid) if supervisor_pid else None,
             adapters={artifact_name(a): i for i, a in enumerate(cfg.adapters)},
+            owner_pid=os.getpid(),
+            owner_start=_proc_start(os.getpid()),
+            tied=preexec is not None,
         )
         self._write_state(state)
         self._wait_healthy(state, timeout_s)
@@ -479,11 +557,12 @@ class ModelServer:
         self.state_path.unlink(missing_ok=True)
         return stopped
 
-    def ensure(self, *, timeout_s: float = 180.0) -> ServerState:
+    def ensure(self, *, timeout_s: float = 180.0, tied: bool = True) -> ServerState:
         """The running, healthy server of this artifacts directory; start one if there is none.
 
-        ``started_here`` tells whether this call started it (and so whether to stop it after).
-        """
+        ``started_here`` tells whether this process is to stop it after: it started it, or
+        adopted it from an owner that is gone (an orphan). A server whose owner still runs
+        (another night, ``pantheon serve``) is used and left to it."""
         state = self.state()
         self.started_here = False
         if state is not None and self.healthy(state):
@@ -494,13 +573,26 @@ class ModelServer:
                     f"({state.endpoint}); this asks for {wanted}",
                     hint="stop it with `pantheon serve --stop`, or use it with --endpoint",
                 )
+            if self.orphaned(state):
+                log.warning(
+                    "adopting the model server left running by pid %s (pid %d, %s); this "
+                    "night stops it when it ends",
+                    state.owner_pid or "unknown",
+                    state.pid,
+                    state.endpoint,
+                )
+                state = state.model_copy(
+                    update={"owner_pid": os.getpid(), "owner_start": _proc_start(os.getpid())}
+                )
+                self._write_state(state)
+                self.started_here = True
             return state
         if state is not None and _alive(state.pid, state.pid_start):
             self.stop()
         else:
             self.state_path.unlink(missing_ok=True)
         self.started_here = True
-        return self.start(timeout_s=timeout_s)
+        return self.start(timeout_s=timeout_s, tied=tied)
 
     def restart_if_dead(self, *, max_restarts: int = 5) -> ServerState | None:
         """Supervision: start the server again when it died; None when it is fine."""
@@ -517,7 +609,10 @@ class ModelServer:
             )
         log.warning("the model server is gone; starting it again (restart %d)", restarts)
         self.state_path.unlink(missing_ok=True)
-        new = self.start(supervisor_pid=state.supervisor_pid if state else None)
+        new = self.start(
+            supervisor_pid=state.supervisor_pid if state else None,
+            tied=state.tied if state else True,
+        )
         new.restarts = restarts
         self._write_state(new)
         return new

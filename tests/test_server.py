@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from conftest import pantheon
+from conftest import pantheon, pantheon_popen
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
@@ -199,3 +203,92 @@ async def test_a_real_servers_metrics_during_a_real_run(server, tmp_path):
     assert sample["tokens"]["generated"] > 0 and sample["tokens"]["prompt"] > 0
     assert sample["batch"]["value"] >= 1
     assert sample["batch"]["source"].startswith("llama.cpp /metrics")
+
+
+# -- servers die with their night -------------------------------------------------------------
+
+OWNER = """
+import sys, time
+from pathlib import Path
+from pantheon.core.server import ModelServer, ServerConfig
+tied = sys.argv[2] == "tied"
+srv = ModelServer(Path(sys.argv[1]), ServerConfig(model="{model}", port=0, parallel=1))
+state = srv.start(timeout_s=120, tied=tied)
+print(state.pid, flush=True)
+if tied:
+    time.sleep(3600)
+"""
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    """True when ``pid`` is no running process (gone, or a zombie nobody reaped) in time."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat[stat.rfind(")") + 2] == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _owner(artifacts, smollm2, how: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER.format(model=smollm2), str(artifacts), how],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, int(proc.stdout.readline())
+
+
+def test_a_server_dies_with_the_process_that_started_it_even_on_kill_9(tmp_path, smollm2):
+    owner, pid = _owner(tmp_path, smollm2, "tied")
+    assert not _gone(pid, within_s=0.5), "the server runs while its owner does"
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    owner.stdout.close()
+    assert _gone(pid), f"model server {pid} outlived the process that started it"
+
+
+def test_a_server_left_running_is_named_an_orphan_then_adopted_and_stopped(tmp_path, smollm2):
+    owner, pid = _owner(tmp_path, smollm2, "kept")
+    owner.wait()
+    owner.stdout.close()
+    try:
+        out = pantheon("serve", "--status", "--artifacts", str(tmp_path))
+        assert out.returncode == 0, out.stderr
+        assert f"ORPHAN: the process that started it (pid {owner.pid}) is gone" in out.stdout
+        srv = ModelServer(tmp_path, ServerConfig(model=smollm2, port=0))
+        state = srv.ensure()
+        assert state.pid == pid and srv.started_here, "adopted: this night stops it"
+        assert state.owner_pid == os.getpid()
+        out = pantheon("serve", "--status", "--artifacts", str(tmp_path))
+        assert "ORPHAN" not in out.stdout and f"works for pid {os.getpid()}" in out.stdout
+        assert srv.stop()
+        assert _gone(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_kill_9_of_a_night_leaves_no_model_server_behind(tmp_path, smollm2):
+    artifacts = tmp_path / "a"
+    night = pantheon_popen(
+        "night", "--demo", "--docs", "2", "--code", "0", "--model", smollm2, "--headless",
+        "--artifacts", str(artifacts),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        state = None
+        deadline = time.monotonic() + 180
+        while state is None or not ModelServer(artifacts).healthy(state):
+            assert night.poll() is None, "the night ended before its server was up"
+            assert time.monotonic() < deadline, "the night's server never came up"
+            time.sleep(0.2)
+            state = ModelServer(artifacts).state()
+    finally:
+        night.send_signal(signal.SIGKILL)
+        night.wait()
+    assert _gone(state.pid), f"the night's model server {state.pid} outlived kill -9 of the night"
