@@ -675,9 +675,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     print(f"canaries  {canary_text(summary.get('canaries'))}")
     if summary["corrupt"]:
-        print(
-            f"corrupt   {len(summary['corrupt'])} run(s) could not be read (listed in the report)"
-        )
+        bad = summary["corrupt"]
+        print(f"corrupt   {len(bad)} file(s) of the runs could not be read:")
+        for item in bad[:10]:
+            print(f"  {item['run']}: {item['problem'].splitlines()[0]}")
+        if len(bad) > 10:
+            print(f"  ... and {len(bad) - 10} more (listed in the report)")
     print(
         f"wrote     {args.artifacts / SUMMARY_FILE} and {args.artifacts / REPORT_FILE} "
         f"in {seconds:.2f} s"

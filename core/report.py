@@ -74,7 +74,7 @@ SCHEMA = "pantheon.summary/1"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 CACHE_FILE = ".report-cache.json"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 MAX_POINTS = 400
 
 
@@ -115,6 +115,9 @@ def _run_entry(
     except ValidationError as exc:
         return {"corrupt": f"{folder / 'run.json'} does not fit run.json: {exc.errors()[0]['msg']}"}
     entry: dict[str, Any] = {"status": record.status}
+    unreadable = _unreadable_outputs(folder, record)
+    if unreadable:
+        entry["unreadable"] = unreadable
     failure = None
     if record.status == "failed":
         try:
@@ -144,6 +147,22 @@ def _run_entry(
         entry["change"] = change.to_json()
         entry["record"] = record.model_dump(mode="json", include={"flow", "run_id", "job_id"})
     return entry
+
+
+def _unreadable_outputs(folder: Path, record: RunRecord) -> list[str]:
+    """Why each output of a node the run says is done cannot be read (missing, garbled)."""
+    problems = []
+    for node, status in record.nodes.items():
+        if status not in ("done", "skipped"):
+            continue
+        path = folder / node / "output.json"
+        try:
+            read_json(path)
+        except FileNotFoundError:
+            problems.append(f"{path} is missing, though node {node!r} is done")
+        except ArtifactError as exc:
+            problems.append(exc.message)
+    return problems
 
 
 def _series(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -208,8 +227,13 @@ def build_summary(
             continue
         name = job.run_name
         stat = _stat_key(artifacts / RUNS / name / "run.json")
-        # the queue's side goes into the key too: its nodes are written after run.json
-        key = None if stat is None else [*stat, job.status, job.node]
+        # the queue's side goes into the key too: its nodes are written after run.json; and
+        # each node's output, so one garbled after the run ended is seen
+        outputs = [
+            _stat_key(artifacts / RUNS / name / node / "output.json")
+            for node in sorted(nodes_of.get(job.id, {}))
+        ]
+        key = None if stat is None else [*stat, job.status, job.node, outputs]
         cached = cache.get(name)
         if key is not None and cached is not None and cached.get("key") == key:
             entry = cached["entry"]
@@ -221,6 +245,7 @@ def build_summary(
         if "corrupt" in entry and job.status != "running":
             corrupt.append({"run": name, "problem": entry["corrupt"]})
             continue
+        corrupt += [{"run": name, "problem": why} for why in entry.get("unreadable", ())]
         failure = entry.get("failure")
         if failure is None and job.status == "failed":
             # failed in the queue while run.json says otherwise (the model server never

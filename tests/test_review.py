@@ -137,6 +137,23 @@ def test_the_report_is_incremental_and_lists_a_corrupt_run(night):
     assert "<script" not in html and "http" not in html.replace("http-equiv", "")
 
 
+def test_a_garbled_node_output_is_listed_and_the_change_still_shown(night, capsys):
+    from pantheon.console.cli import main
+
+    summary, _ = write_report(night)
+    change = summary["changes"][0]
+    run = night / "runs" / change["run"]
+    [node] = [d for d in run.iterdir() if (d / "output.json").exists()][:1]
+    (node / "output.json").write_text('{"passed": tr')
+    summary, _ = write_report(night)
+    [bad] = [c for c in summary["corrupt"] if c["run"] == change["run"]]
+    assert str(node / "output.json") in bad["problem"] and "not valid JSON" in bad["problem"]
+    assert change["run"] in {c["run"] for c in summary["changes"]}, "the change is still shown"
+    assert main(["report", "--artifacts", str(night)]) == 0
+    out = capsys.readouterr().out
+    assert f"{change['run']}: {node / 'output.json'} is corrupt" in out
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
