@@ -85,8 +85,17 @@ class GitRepo:
     def tip(self, branch: str) -> str:
         return self.git("rev-parse", f"refs/heads/{branch}")
 
+    def _worktree_lock(self):
+        """Every change to, and every read of, git's worktree list: ``git worktree list``
+        fails when it reads while another job's ``worktree add`` writes."""
+        return locked(self.common_dir / "pantheon-worktree.lock")
+
     def worktrees(self) -> dict[str, Path]:
         """Branch name -> the worktree where it is checked out."""
+        with self._worktree_lock():
+            return self._worktrees()
+
+    def _worktrees(self) -> dict[str, Path]:
         out: dict[str, Path] = {}
         path: Path | None = None
         for line in self.git("worktree", "list", "--porcelain").splitlines():
@@ -99,9 +108,9 @@ class GitRepo:
     def worktree(self, branch: str, base: str, path: Path) -> Path:
         """The job's worktree on ``branch`` (made from ``base``); an existing one is reused."""
         path = Path(path).resolve()
-        if self.worktrees().get(branch) == path and path.is_dir():
-            return path
-        with locked(self.common_dir / "pantheon-worktree.lock"):
+        with self._worktree_lock():
+            if self._worktrees().get(branch) == path and path.is_dir():
+                return path
             self._run("worktree", "prune", check=False)
             path.parent.mkdir(parents=True, exist_ok=True)
             if self.has_branch(branch):
@@ -154,7 +163,13 @@ class GitRepo:
         return text if len(text) <= limit else text[:limit] + "\n[diff cut]"
 
     def rename_branch(self, old: str, new: str) -> None:
-        self.git("branch", "-m", old, new)
+        with self._worktree_lock():  # git reads every worktree's HEAD to rename a branch
+            self.git("branch", "-m", old, new)
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch no worktree has checked out (git reads every worktree to check)."""
+        with self._worktree_lock():
+            self.git("branch", "-D", name)
 
     def merge(self, branch: str, into: str, message: str | None = None) -> MergeResult:
         """Merge ``branch`` into ``into``; on conflict nothing changes and the files are named."""
@@ -241,7 +256,8 @@ class GitRepo:
         return MergeResult(True, commit, [])
 
     def remove_worktree(self, path: Path) -> None:
-        self._run("worktree", "remove", "--force", str(path), check=False)
+        with self._worktree_lock():
+            self._run("worktree", "remove", "--force", str(path), check=False)
 
 
 @dataclass

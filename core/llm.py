@@ -189,7 +189,7 @@ class LLMClient:
         self.deadline_s = deadline_s
         """No call runs longer than this, progress or not."""
         self.warn_s = warn_s
-        """A call silent this long is named once in the log (``waiting on the model``)."""
+        """A call silent this long (or half ``stall_s``) is named once in the log."""
         self.retry_after_cap_s = retry_after_cap_s
         self.watches: dict[int, CallWatch] = {}
         """The calls in flight now, by id: what each has shown so far."""
@@ -485,7 +485,7 @@ class LLMClient:
                 if waited > self.deadline_s:
                     why = f"it ran past its deadline of {self.deadline_s:.3g} s"
                     raise self._stalled(watch, why)
-                if silent >= self.warn_s and not watch.warned:
+                if silent >= min(self.warn_s, self.stall_s / 2) and not watch.warned:
                     watch.warned = True
                     log.warning(
                         "%s: waiting on the model for %s (%d token(s) so far, at %s)",

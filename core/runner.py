@@ -348,7 +348,7 @@ class Runner:
                     gates[node] = None
         finally:
             await asyncio.to_thread(real.repo.remove_worktree, ws.path)
-            await asyncio.to_thread(real.repo.git, "branch", "-D", ws.branch)
+            await asyncio.to_thread(real.repo.delete_branch, ws.branch)
         record = {
             "run": run.name,
             "job": job.id,

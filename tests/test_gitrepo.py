@@ -95,3 +95,21 @@ def test_not_a_repository_and_a_missing_target(tmp_path, repo):
         GitRepo(tmp_path)
     with pytest.raises(GitError, match="target branch 'trunk' does not exist"):
         repo.worktree("pantheon/x/1", "trunk", tmp_path / "wt" / "x")
+
+
+def test_jobs_making_and_dropping_worktrees_at_once_never_trip_over_each_other(repo, tmp_path):
+    """``git worktree list`` fails ("failed to read .git/worktrees/…/commondir") when it reads
+    while another job adds a worktree: every worktree operation takes the same lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> None:
+        for round_ in range(3):
+            name = f"j{i}-{round_}"
+            wt = repo.worktree(f"pantheon/docops/{name}", "main", tmp_path / "wt" / name)
+            assert repo.worktrees()[f"pantheon/docops/{name}"] == wt.resolve()
+            repo.remove_worktree(wt)
+            repo.delete_branch(f"pantheon/docops/{name}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(8)))  # re-raises the first GitError
+    assert set(repo.worktrees()) == {"main"}
