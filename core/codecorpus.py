@@ -21,11 +21,14 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .sandbox import Sandbox, SandboxError
 
 __all__ = ["OPERATORS", "Mutant", "generate", "load_humaneval", "mutants_of", "task_record"]
 
@@ -219,17 +222,25 @@ for line in sys.stdin:
 
 
 def _passes(items: list[dict[str, str]], timeout_s: float = 600.0) -> list[bool]:
-    """Whether each (source, test, entry) passes its tests, in one sandbox-less worker process
-    with a time limit per item and a memory cap (the code is HumanEval's and its mutants)."""
+    """Whether each (source, test, entry) passes its tests, in one worker process with a time
+    limit per item and a memory cap — in the sandbox where there is one (the code is HumanEval's
+    and its mutants, not a model's, so where there is none it runs as it is)."""
     if not items:
         return []
-    done = subprocess.run(
-        [sys.executable, "-c", _RUNNER],
-        input="".join(json.dumps(i) + "\n" for i in items),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    argv = [sys.executable, "-c", _RUNNER]
+    lines = "".join(json.dumps(i) + "\n" for i in items)
+    try:
+        sandbox: Sandbox | None = Sandbox.detect()
+    except SandboxError:
+        sandbox = None
+    if sandbox is not None:
+        cpu_s = max(sandbox.limits.cpu_s, int(timeout_s) + 1)  # one process runs every item
+        with tempfile.TemporaryDirectory(prefix="pantheon-corpus-") as tmp:
+            done = sandbox.with_limits(cpu_s=cpu_s).run(
+                argv, cwd=Path(tmp), input=lines, timeout=timeout_s
+            )
+    else:
+        done = subprocess.run(argv, input=lines, capture_output=True, text=True, timeout=timeout_s)
     results = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     if len(results) != len(items):
         raise RuntimeError(

@@ -20,7 +20,7 @@ import json
 import re
 import tempfile
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,8 @@ class Discovery:
 
 
 def failing_test_jobs(repo: Path, command: TestCommand, *, timeout_s: float = 600.0) -> Discovery:
-    """Run the test command once; one codefix input per test file with a failing test."""
+    """Run the test command once (in its sandbox, with a CPU limit as long as ``timeout_s``: the
+    whole suite runs in one process); one codefix input per test file with a failing test."""
     repo = Path(repo).resolve()
     if not command.is_pytest:
         raise TestCommandError(
@@ -145,12 +146,15 @@ def failing_test_jobs(repo: Path, command: TestCommand, *, timeout_s: float = 60
         )
     with tempfile.TemporaryDirectory(prefix="pantheon-discover-") as tmp:
         xml = Path(tmp) / "junit.xml"
-        probe = TestCommand(
-            f"{command.text} -q -o junit_family=xunit1 --junit-xml={xml}",
-            command.source,
-            command.python,
+        sandbox = command.sandbox
+        if sandbox is not None:
+            sandbox = sandbox.with_limits(cpu_s=max(sandbox.limits.cpu_s, int(timeout_s) + 1))
+        probe = replace(
+            command,
+            text=f"{command.text} -q -o junit_family=xunit1 --junit-xml={xml}",
+            sandbox=sandbox,
         )
-        run = probe.run(repo, timeout_s=timeout_s)
+        run = probe.run(repo, timeout_s=timeout_s, writable=[Path(tmp)])
         found = Discovery(output=run.output)
         if not xml.is_file():
             raise TestCommandError(

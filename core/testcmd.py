@@ -10,8 +10,12 @@ interpreter — ``.venv/bin/python`` (or ``venv/``) inside the repository when t
 otherwise the interpreter Pantheon runs on. ``{test}`` in the command is replaced by the test
 file or node id; without it the target is appended. Every run has a time limit, no standard
 input, no proxy variables, and writes no ``__pycache__`` or ``.pytest_cache`` into the worktree.
+The tests run model-written code, so a resolved command runs them in the sandbox
+(:mod:`pantheon.core.sandbox`: no network, nothing writable but the worktree, CPU and memory
+limits) — or refuses, when it is missing, unless the operator chose unconfined runs.
 :func:`check_runnable` says, before a night starts, when the command cannot run at all (no
-pytest, a missing interpreter) — one clear error in place of every job failing.
+pytest, a missing interpreter, a sandbox it cannot start in) — one clear error in place of every
+job failing.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PantheonError
+from .sandbox import Sandbox, code_sandbox
 
 __all__ = [
     "DEFAULT_TEST_COMMAND",
@@ -77,6 +83,9 @@ class TestCommand:
     """Where it came from: ``the job's input``, ``pyproject.toml [tool.pantheon]``, ``default``."""
     python: str
     """The interpreter ``python`` stands for."""
+    sandbox: Sandbox | None = None
+    """Where the tests run: in this sandbox, or unconfined (None: the operator's
+    ``--no-sandbox``; :func:`resolve_test_command` never leaves it out otherwise)."""
     __test__ = False
 
     def argv(self, target: str = "") -> list[str]:
@@ -92,8 +101,16 @@ class TestCommand:
     def is_pytest(self) -> bool:
         return "pytest" in self.text
 
-    def run(self, cwd: Path, target: str = "", *, timeout_s: float = 60.0) -> TestRun:
-        """Run the tests in ``cwd``; a run past ``timeout_s`` is killed and reported as such."""
+    def run(
+        self,
+        cwd: Path,
+        target: str = "",
+        *,
+        timeout_s: float = 60.0,
+        writable: Sequence[Path] = (),
+    ) -> TestRun:
+        """Run the tests in ``cwd`` (in the sandbox, where ``cwd`` and ``writable`` are the only
+        folders they may write); a run past ``timeout_s`` is killed and reported as such."""
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         opts = env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider"
@@ -102,16 +119,22 @@ class TestCommand:
             # not pick up that project's pytest configuration
             opts += f" -c {shlex.quote(str(_empty_ini()))} --rootdir {shlex.quote(str(cwd))}"
         env["PYTEST_ADDOPTS"] = opts.strip()
+        argv = self.argv(target)
         try:
-            done = subprocess.run(
-                self.argv(target),
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
+            if self.sandbox is not None:
+                done = self.sandbox.run(
+                    argv, cwd=cwd, writable=writable, env=env, timeout=timeout_s
+                )
+            else:
+                done = subprocess.run(
+                    argv,
+                    cwd=cwd,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout_s,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                )
         except subprocess.TimeoutExpired as exc:
             out = _text(exc.stdout) + _text(exc.stderr)
             return TestRun(
@@ -125,9 +148,20 @@ class TestCommand:
                 f"the test command {self.text!r} cannot start in {cwd}: {exc.strerror or exc}",
                 hint='set it in the target\'s pyproject.toml: [tool.pantheon] test = "..."',
             ) from None
-        return TestRun(
-            done.returncode == 0, done.returncode, (done.stdout + done.stderr)[-OUTPUT_CAP:]
-        )
+        output = done.stdout + done.stderr
+        if self.sandbox is not None:
+            head = argv[0] if argv else ""
+            if done.returncode == 1 and done.stderr.startswith(f"bwrap: execvp {head}:"):
+                raise TestCommandError(
+                    f"the test command {self.text!r} cannot start in {cwd}: "
+                    f"{done.stderr.strip().removeprefix('bwrap: ')}",
+                    hint='set it in the target\'s pyproject.toml: [tool.pantheon] test = "..."',
+                )
+            if self.sandbox.cpu_exceeded(done.returncode):
+                output += (
+                    f"\n[killed by the sandbox's CPU time limit ({self.sandbox.limits.cpu_s} s)]"
+                )
+        return TestRun(done.returncode == 0, done.returncode, output[-OUTPUT_CAP:])
 
 
 def is_test_file(path: str) -> bool:
@@ -178,11 +212,14 @@ def _text(value: bytes | str | None) -> str:
 
 
 def resolve_test_command(repo: Path, command: str | None = None) -> TestCommand:
-    """The test command of ``repo``: the given one, its ``[tool.pantheon] test``, or the default."""
+    """The test command of ``repo``: the given one, its ``[tool.pantheon] test``, or the default,
+    with the sandbox it runs in (SandboxError when it is missing and unconfined runs were not
+    chosen)."""
     repo = Path(repo)
     python = _repo_python(repo)
+    sandbox = code_sandbox()
     if command and command.strip():
-        return TestCommand(command.strip(), "the job's input", python)
+        return TestCommand(command.strip(), "the job's input", python, sandbox)
     pyproject = repo / "pyproject.toml"
     if pyproject.is_file():
         try:
@@ -196,8 +233,8 @@ def resolve_test_command(repo: Path, command: str | None = None) -> TestCommand:
                 raise TestCommandError(
                     f"{pyproject}: [tool.pantheon] test must be a command line (a string)"
                 )
-            return TestCommand(test.strip(), "pyproject.toml [tool.pantheon]", python)
-    return TestCommand(DEFAULT_TEST_COMMAND, "default", python)
+            return TestCommand(test.strip(), "pyproject.toml [tool.pantheon]", python, sandbox)
+    return TestCommand(DEFAULT_TEST_COMMAND, "default", python, sandbox)
 
 
 def check_runnable(command: TestCommand, cwd: Path) -> None:
@@ -211,15 +248,23 @@ def check_runnable(command: TestCommand, cwd: Path) -> None:
             f"the test command {command.text!r} ({command.source}) cannot run: "
             f"{exe!r} is not installed or not on PATH"
         )
+    if command.sandbox is not None:
+        started = command.sandbox.run(["true"], cwd=cwd, timeout=60)
+        if started.returncode != 0:
+            said = started.stderr.strip().splitlines()
+            raise TestCommandError(
+                f"the test command {command.text!r} ({command.source}) cannot run in the "
+                f"sandbox: {said[-1] if said else f'exit {started.returncode}'}",
+                hint="pantheon doctor checks the sandbox; --no-sandbox runs code jobs unconfined",
+            )
     if command.is_pytest and Path(exe).name.startswith("python"):
-        probe = subprocess.run(
-            [exe, "-c", "import pytest"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
+        argv = [exe, "-c", "import pytest"]
+        if command.sandbox is not None:
+            probe = command.sandbox.run(argv, cwd=cwd, timeout=60)
+        else:
+            probe = subprocess.run(
+                argv, cwd=cwd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+            )
         if probe.returncode != 0:
             raise TestCommandError(
                 f"the test command {command.text!r} ({command.source}) cannot run: "

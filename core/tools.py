@@ -2,7 +2,9 @@
 
 Every path is resolved inside the workspace: an absolute path, a ``..`` that climbs out, or a
 symlink that points outside is refused with a clear error, and so is anything under ``.git``.
-No tool reaches the network. Tests run in a subprocess with a time limit and an output cap.
+No tool reaches the network. Tests run in a subprocess with a time limit and an output cap, in
+the sandbox for model-written code (:mod:`pantheon.core.sandbox`) unless the operator chose
+unconfined runs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .atomic import atomic_write_text
 from .errors import PantheonError
+from .sandbox import SandboxError, code_sandbox
 
 __all__ = ["TOOLS", "Tool", "ToolError", "Workspace"]
 
@@ -147,15 +150,22 @@ def run_tests(ws: Workspace, args: TestArgs, *, timeout_s: float = 60.0) -> dict
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     try:
-        done = subprocess.run(
-            cmd,
-            cwd=ws.root,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+        sandbox = code_sandbox()
+    except SandboxError as exc:
+        raise ToolError(exc.message) from None
+    try:
+        if sandbox is not None:
+            done = sandbox.run(cmd, cwd=ws.root, env=env, timeout=timeout_s)
+        else:
+            done = subprocess.run(
+                cmd,
+                cwd=ws.root,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
     except subprocess.TimeoutExpired:
         raise ToolError(
             f"the tests did not finish within {timeout_s:.0f} s (a test hangs?)"

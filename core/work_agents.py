@@ -150,7 +150,7 @@ class Test(Agent):
         job = _workspace(ctx)
         ws = Workspace(job.path)
         if input.kind == "code":
-            return await self._code(input, job, params)
+            return await self._code(input, job, params, ctx.node)
         if not input.path:
             return self.Output(passed=False, reasons=["a docs test needs the file's path"])
         text = ws.resolve(input.path).read_text(encoding="utf-8")
@@ -163,7 +163,8 @@ class Test(Agent):
             checks={c.name: c.passed for c in checks},
         )
 
-    async def _code(self, input: Input, job: Any, params: Params) -> Output:
+    async def _code(self, input: Input, job: Any, params: Params, node: str) -> Output:
+        from .sandbox import SandboxError
         from .testcmd import TestCommandError, is_test_file, resolve_test_command
 
         checks: dict[str, bool] = {}
@@ -181,6 +182,8 @@ class Test(Agent):
             result = await asyncio.to_thread(
                 command.run, job.path, input.path or "", timeout_s=params.timeout_s
             )
+        except SandboxError as exc:  # the change is not at fault: the run stops, untested
+            raise NodeError(node, exc.message) from None
         except TestCommandError as exc:
             checks["tests pass"] = False
             return self.Output(passed=False, reasons=[*reasons, exc.message], checks=checks)
@@ -503,6 +506,7 @@ class Codegen(Agent):
         if params.form == "tools":
             return await self._tool_loop(input, ctx, params)
         from .codefix import FixForm, run_fix
+        from .sandbox import SandboxError
         from .testcmd import TestCommandError, resolve_test_command
 
         job = _workspace(ctx)
@@ -517,7 +521,7 @@ class Codegen(Agent):
                 raise NodeError(ctx.node, exc.message) from None
         try:
             command = resolve_test_command(job.repo.path, input.test_command)
-        except TestCommandError as exc:
+        except (TestCommandError, SandboxError) as exc:
             raise NodeError(ctx.node, exc.message) from None
         result = await run_fix(
             ctx.model(),
@@ -554,8 +558,13 @@ class Codegen(Agent):
         )
 
     async def _tool_loop(self, input: Input, ctx: NodeContext, params: Params) -> Output:
+        from .sandbox import SandboxError, code_sandbox
         from .toolloop import run_tool_loop
 
+        try:
+            code_sandbox()  # run_tests runs the model's code: refused before the first call
+        except SandboxError as exc:
+            raise NodeError(ctx.node, exc.message) from None
         job = _workspace(ctx)
         ws = Workspace(job.path)
         shown = []

@@ -81,6 +81,26 @@ def step_flow(delay_s: float = 0.0) -> str:
     return STEP_FLOW.replace("DELAY", str(delay_s))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Where bubblewrap does not work, the tests' code runs unconfined, as ``--no-sandbox``
+    would have it (tests/test_sandbox.py says it skipped the sandbox's own tests)."""
+    from pantheon.core.sandbox import SANDBOX_ENV, Sandbox
+
+    if not Sandbox.probe().active:
+        os.environ.setdefault(SANDBOX_ENV, "off")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from pantheon.core.sandbox import SANDBOX_ENV, Sandbox, unconfined_allowed
+
+    status = Sandbox.probe()
+    if not status.active:
+        return f"sandbox: none ({status.reason}): the code under test runs unconfined"
+    if unconfined_allowed():
+        return f"sandbox: off ({SANDBOX_ENV}=off): the code under test runs unconfined"
+    return f"sandbox: {status.reason}"
+
+
 @pytest.fixture
 def registry() -> AgentRegistry:
     """Pantheon's own agents, no plugins."""
