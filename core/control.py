@@ -1,7 +1,8 @@
 """``control.json``: the operator's controls, read by the engine on every tick.
 
 The console and ``pantheon control`` write it; the engine writes it only to create it and to
-pause merges by itself. Every write is atomic and flushed to disk.
+pause merges by itself. Every write is atomic and flushed to disk. A file that cannot be used
+pauses the queue and merges until it is fixed: an unattended night fails closed.
 """
 
 from __future__ import annotations
@@ -9,17 +10,25 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .atomic import atomic_write_json, locked, read_json
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, PantheonError
+from .ratelog import RepeatLog
 
-__all__ = ["Control", "ControlFile"]
+__all__ = ["UNUSABLE_EFFECT", "Control", "ControlFile", "ValueStore"]
 
 log = logging.getLogger(__name__)
+_repeats = RepeatLog(log)
+"""Each reader (the merge gate makes one per merge) would otherwise say it again."""
 
 CONTROL_FILE = "control.json"
+LAST_GOOD_KEY = "control.last_good"
+"""The queue database's key for the last good controls."""
+UNUSABLE_EFFECT = "the queue and merges are paused until it is fixed"
+"""What a ``control.json`` that cannot be used does."""
 
 
 def _now() -> datetime:
@@ -62,18 +71,40 @@ class Control(BaseModel):
         return Control.model_validate(data)
 
 
-class ControlFile:
-    """Reads ``control.json`` cheaply (only when it changed) and writes it atomically."""
+class ValueStore(Protocol):
+    """Where the last good controls are kept durably (the queue database)."""
 
-    def __init__(self, artifacts: Path) -> None:
+    def get_value(self, key: str) -> str | None: ...
+
+    def set_value(self, key: str, value: str) -> None: ...
+
+
+class ControlFile:
+    """Reads ``control.json`` cheaply (only when it changed) and writes it atomically.
+
+    A file that cannot be used (corrupt, out of range, unreadable) fails closed: the controls
+    in force are the last good ones with the queue and merges paused, the reason naming the
+    file and what is wrong with it, until the file is fixed (or deleted: the defaults). With a
+    ``store`` the last good controls outlive the process: ``remember()`` keeps them there, and a
+    reader that never saw a good file (an engine started on a corrupt one) takes them from it.
+    """
+
+    def __init__(self, artifacts: Path, *, store: ValueStore | None = None) -> None:
         self.path = Path(artifacts) / CONTROL_FILE
+        self.store = store
         self._raw: bytes | None = None
         self._current = Control()
+        self._good: Control | None = None
+        """The last good controls this reader read (or the defaults, for a missing file)."""
+        self._stored: str | None = None
+        self._recalled = False
         self.error: str | None = None
-        """Why the file on disk could not be used (the last good controls stay in force)."""
+        """Why the file on disk cannot be used (the queue and merges are paused until it is
+        fixed); None when it can."""
+        self.error_since: datetime | None = None
 
     def read(self) -> Control:
-        """The controls in force; a corrupt file keeps the last good ones and sets ``error``.
+        """The controls in force; a file that cannot be used sets ``error`` and fails closed.
 
         The file is small: it is read whole every time and parsed only when its bytes changed,
         so a rewrite within one tick of the file system's clock is never missed.
@@ -82,26 +113,79 @@ class ControlFile:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             self._raw = None
-            self.error = None
-            self._current = Control()
+            self._usable()
+            self._current = self._good = Control()
             return self._current
         except OSError as exc:
-            self.error = f"cannot read {self.path}: {exc.strerror or exc}"
-            return self._current
+            self._raw = None
+            return self._unusable(f"cannot read it ({exc.strerror or exc})")
         if raw == self._raw:
             return self._current
         self._raw = raw
         try:
-            self._current = Control.model_validate_json(raw)
-            self.error = None
+            control = Control.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "file"
-            why = f"{where}: {first['msg']}" if raw.strip() else "the file is empty"
-            if self.error is None:
-                log.error("%s is not usable (%s); keeping the last good controls", self.path, why)
-            self.error = f"{self.path} is not usable: {why}"
+            return self._unusable(f"{where}: {first['msg']}" if raw.strip() else "it is empty")
+        self._usable()
+        self._current = self._good = control
+        return control
+
+    def _usable(self) -> None:
+        if self.error is not None:
+            _repeats.forget(str(self.path))
+            log.info("%s is usable again; the controls in it apply", self.path)
+        self.error = self.error_since = None
+
+    def _unusable(self, why: str) -> Control:
+        """The last good controls, the queue and merges paused with the reason."""
+        error = f"{self.path} is not usable: {why}"
+        if self.error_since is None:
+            self.error_since = _now()
+        if error != self.error:
+            _repeats.error(str(self.path), "%s; %s", error, UNUSABLE_EFFECT)
+        self.error = error
+        base = self.last_good() or Control()
+        self._current = base.model_copy(
+            update={
+                "queue_paused": True,
+                "queue_paused_reason": error,
+                "queue_paused_since": self.error_since,
+                "merges_paused": True,
+                "merges_paused_reason": error,
+                "merges_paused_since": self.error_since,
+            }
+        )
         return self._current
+
+    def last_good(self) -> Control | None:
+        """The last good controls: those this reader last read, else those kept in the store."""
+        if self._good is not None:
+            return self._good
+        if self.store is not None and not self._recalled:
+            self._recalled = True
+            try:
+                text = self.store.get_value(LAST_GOOD_KEY)
+                if text is not None:
+                    self._good = Control.model_validate_json(text)
+                    self._stored = text
+            except (PantheonError, ValidationError) as exc:
+                log.warning("the last good controls kept in the queue are not usable: %s", exc)
+        return self._good
+
+    def remember(self) -> bool:
+        """Keep the controls in force in the store as the last good ones, when they changed
+        since they were kept; True when they were written. Raises the store's error (a
+        QueueError) when it cannot keep them; the next call tries again."""
+        if self.store is None or self.error is not None or self._good is None:
+            return False
+        text = self._good.model_dump_json()
+        if text == self._stored:
+            return False
+        self.store.set_value(LAST_GOOD_KEY, text)
+        self._stored = text
+        return True
 
     def load_strict(self) -> Control:
         """The controls on disk; raise ConfigError when the file is corrupt."""

@@ -5,6 +5,11 @@ concurrency — grouped by the agent they run next — and runs them. It renews 
 it works and takes back the jobs of engines that died. A graceful stop lets the nodes in flight
 finish and gives the unfinished jobs back to the queue; a hard stop cancels them, and they resume
 from their last finished node.
+
+It fails safe when left alone: a ``control.json`` that cannot be used pauses the queue and merges
+until it is fixed, and a full disk pauses the night (one ERROR line), stops the running jobs after
+their node in flight with their data kept, and lets it go on by itself when there is room again
+(one INFO line). A trouble that repeats is logged once, then once a minute with a count.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from typing import Any
 
 from .agents import AgentRegistry, default_registry
 from .control import ControlFile
-from .errors import PantheonError, QueueError
+from .diskspace import DEFAULT_MIN_FREE_BYTES, DiskGuard, is_disk_full
+from .errors import EXIT_DISK_FULL, ArtifactError, PantheonError, QueueError
 from .llm import LLMClient
 from .metrics import MetricsSampler, PrometheusExporter, write_sample
 from .queue import Job, JobQueue, new_owner
+from .ratelog import RepeatLog
 from .runner import JobOutcome, Runner
+from .sandbox import code_jobs_pending, code_sandbox
 
 __all__ = ["Engine", "EngineStats"]
 
@@ -44,6 +52,13 @@ class EngineStats:
     requeued_at_start: int = 0
     model_waits: int = 0
     """Ticks the engine held work back because the model server did not answer."""
+    disk_pauses: int = 0
+    """Times the night paused on a full disk."""
+    exit_code: int = 0
+    """What the command that ran the engine exits with: 0, or ``EXIT_DISK_FULL`` when an
+    ``until_empty`` night stopped because its disk stayed full."""
+    exit_reason: str | None = None
+    """Why the engine stopped before the queue was empty, in one line."""
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -78,6 +93,9 @@ class Engine:
         canary_max_miss: float = 0.5,
         adapters: dict[str, str] | None = None,
         agent_llms: dict[str, LLMClient] | None = None,
+        disk_min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        disk_check_every_s: float = 5.0,
+        disk_wait_s: float = 600.0,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -116,7 +134,14 @@ class Engine:
         """A job the model server leaves unanswered this many times fails with the reason."""
         self._waits: dict[int, int] = {}
         self._unrecorded: list[tuple[Job, JobOutcome]] = []
-        self._queue_warned = -1e9
+        self.disk = DiskGuard(
+            self.artifacts, min_free_bytes=disk_min_free_bytes, check_every_s=disk_check_every_s
+        )
+        """Pauses the night on a full disk, resumes it when there is room again."""
+        self.disk_wait_s = disk_wait_s
+        """How long an ``until_empty`` night waits for room on a full disk before it stops
+        with ``EXIT_DISK_FULL``."""
+        self._repeats = RepeatLog(log)
         self.exporter: PrometheusExporter | None = None
         self.owner = new_owner()
         self.stats = EngineStats()
@@ -152,7 +177,11 @@ class Engine:
 
     async def run(self) -> EngineStats:
         self._wake = asyncio.Event()
-        queue = self.queue = JobQueue(self.artifacts, timeout_s=self.queue_timeout_s)
+        opened = await self._open_queue()
+        if opened is None:  # stopped while the disk was full
+            self._repeats.flush()
+            return self.stats
+        queue = self.queue = opened
         self.runner = Runner(
             self.artifacts,
             self.registry,
@@ -165,9 +194,17 @@ class Engine:
             on_canary=self._canary_recorded,
         )
         self.runner.stop_between_nodes = self._stopping
+        self.control.store = queue
         sampler: MetricsSampler | None = None
         try:
-            self.control.ensure()
+            self._disk_check()
+            if code_jobs_pending(queue):
+                code_sandbox()  # one clear line, unless --no-sandbox (PANTHEON_SANDBOX=off)
+            try:
+                self.control.ensure()
+            except ArtifactError as exc:  # a full disk waits for room; anything else is fatal
+                if not self._disk_trouble(exc):
+                    raise
             try:
                 requeued, abandoned = queue.requeue_orphans(max_attempts=self.max_attempts)
             except QueueError as exc:  # a lock held elsewhere: the loop tries again later
@@ -201,8 +238,29 @@ class Engine:
                 self._take_sample(sampler)
             if self.exporter is not None:
                 self.exporter.close()
+            self._repeats.flush()
             queue.close()
         return self.stats
+
+    async def _open_queue(self) -> JobQueue | None:
+        """The queue; on a full disk (SQLite cannot even make its shared-memory file) wait for
+        room. None when the engine was stopped, or an ``until_empty`` night gave up, first."""
+        assert self._wake is not None
+        while True:
+            try:
+                return JobQueue(self.artifacts, timeout_s=self.queue_timeout_s)
+            except QueueError as exc:
+                if not self._disk_trouble(exc):
+                    raise
+            while self._disk_check():
+                if self._stopping:
+                    return None
+                if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
+                    self._give_up_on_the_disk()
+                    return None
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(self.disk.check_every_s, 1.0))
 
     async def _metrics_loop(self, sampler: MetricsSampler) -> None:
         every = float(self.metrics_every_s or 2.0)
@@ -215,7 +273,9 @@ class Engine:
             await asyncio.sleep(min(0.5, every / 4))
 
     def _take_sample(self, sampler: MetricsSampler) -> None:
-        """One sample: written to engine.jsonl, exported, and κ checked."""
+        """One sample: written to engine.jsonl, exported, and κ checked (none on a full disk)."""
+        if self.disk.paused:
+            return
         try:
             control = self.control.read()
             sample = sampler.sample(
@@ -225,8 +285,10 @@ class Engine:
             self._check_canaries(sample, bool(sample.get("merges_paused")))
             write_sample(self.artifacts, sample)
         except PantheonError as exc:  # a sample is never worth stopping the night for
-            log.warning("metrics sample skipped: %s", exc)
+            if not self._disk_trouble(exc):
+                self._repeats.warning("metrics", "metrics sample skipped: %s", exc)
             return
+        self._repeats.done("metrics")
         self.last_sample = sample
         if self.exporter is not None:
             self.exporter.update(sample)
@@ -261,7 +323,7 @@ class Engine:
             sample = {"canaries": canary_scores(read_canaries(self.artifacts))}
             self._check_canaries(sample, control.merges_paused)
         except PantheonError as exc:
-            log.warning("canary scores not checked: %s", exc)
+            self._repeats.warning("canaries", "canary scores not checked: %s", exc)
 
     def _check_canaries(self, sample: dict[str, Any], paused: bool) -> None:
         """Pause merges when the reviewers let planted defects through; only the operator
@@ -279,17 +341,25 @@ class Engine:
         paused_logged = False
         while not self._stopping:
             control = self.control.read()
+            disk_full = self._disk_check()
             try:
                 self._record(queue)
-                if control.queue_paused:
-                    if not paused_logged:
+                if not disk_full:
+                    self.control.remember()  # the last good controls, kept in the queue
+                if disk_full:
+                    if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
+                        self._give_up_on_the_disk()
+                        break
+                elif control.queue_paused:
+                    if not paused_logged and self.control.error is None:
+                        # (a control.json that cannot be used said so itself, as an error)
                         log.info(
                             "queue paused%s",
                             f": {control.queue_paused_reason}"
                             if control.queue_paused_reason
                             else "",
                         )
-                        paused_logged = True
+                    paused_logged = True
                 else:
                     paused_logged = False
                     free = control.concurrency - len(self._tasks)
@@ -301,7 +371,7 @@ class Engine:
                     queue.renew(self.owner, ids, lease_s=self.lease_s)
                     queue.requeue_orphans(max_attempts=self.max_attempts)
                     last_renew = now
-                if now - last_progress > self.progress_every_s:
+                if now - last_progress > self.progress_every_s and not disk_full:
                     self._log_progress(queue)
                     last_progress = now
                 idle = not self._tasks and not self._unrecorded
@@ -309,6 +379,8 @@ class Engine:
                     break
             except QueueError as exc:
                 self._queue_trouble(exc)
+            else:
+                self._repeats.done("queue")
             if self._tasks:
                 done, _ = await asyncio.wait(
                     self._tasks, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED
@@ -319,6 +391,39 @@ class Engine:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick_s)
+
+    # -- a full disk --------------------------------------------------------------------------
+
+    def _disk_check(self) -> bool:
+        """Whether the night is paused on a full disk (the free space looked at now and then).
+        While it is, the running jobs stop after their node in flight."""
+        paused = self.disk.check()
+        if self.disk.pauses > self.stats.disk_pauses:
+            self.stats.disk_pauses = self.disk.pauses
+        if self.runner is not None:
+            self.runner.stop_between_nodes = self._stopping or paused
+        return paused
+
+    def _disk_trouble(self, problem: BaseException | str | None) -> bool:
+        """Pause on a full disk when ``problem`` says the disk is full; True when it does."""
+        if not self.disk.trouble(problem):
+            return False
+        self._disk_check()
+        return True
+
+    def _give_up_on_the_disk(self) -> None:
+        """An ``until_empty`` night that waited long enough for room stops, with its own code."""
+        pause = self.disk.paused
+        assert pause is not None
+        reason = (
+            f"the disk of {self.artifacts} stayed full for {self.disk.paused_for():.0f} s "
+            f"({pause.why}); the night stops with exit code {EXIT_DISK_FULL}: free some space "
+            "and run it again, the jobs left resume where they were"
+        )
+        log.error("%s", reason)
+        self.stats.exit_code = EXIT_DISK_FULL
+        self.stats.exit_reason = reason
+        self.request_stop()
 
     def _claim(self, queue: JobQueue, free: int) -> None:
         assert self.runner is not None
@@ -364,8 +469,11 @@ class Engine:
         except PantheonError as exc:
             outcome = JobOutcome("failed", error=f"{exc.title}: {exc}")
         except Exception as exc:  # one job's bug never stops the night
-            log.exception("job %d (%s) crashed the runner", job.id, job.flow)
+            if not is_disk_full(exc):
+                log.exception("job %d (%s) crashed the runner", job.id, job.flow)
             outcome = JobOutcome("failed", error=f"runner error: {type(exc).__name__}: {exc}")
+        if outcome.status == "failed" and self._disk_trouble(outcome.error):
+            outcome = self._kept_for_the_disk(outcome)
         self.stats.nodes_run += outcome.ran
         self.stats.nodes_skipped += outcome.skipped
         if outcome.status == "stopped" and outcome.error:
@@ -379,9 +487,25 @@ class Engine:
                     f"{outcome.error.splitlines()[0]}"
                 )
             else:
-                log.warning("job %d waits: %s", job.id, outcome.error.splitlines()[0])
+                self._repeats.warning(
+                    "job waits", "job %d waits: %s", job.id, outcome.error.splitlines()[0]
+                )
         self._unrecorded.append((job, outcome))
         self._record(queue)
+
+    @staticmethod
+    def _kept_for_the_disk(outcome: JobOutcome) -> JobOutcome:
+        """A job that failed only because the disk had no room goes back to the queue: the
+        nodes it finished stay finished, the one that could not be written runs again."""
+        kept = [n for n in outcome.nodes if n.status == "done"]
+        failed = next((n for n in outcome.nodes if n.status != "done"), None)
+        return JobOutcome(
+            "stopped",
+            ran=outcome.ran,
+            skipped=outcome.skipped,
+            nodes=kept,
+            next_agent=failed.agent if failed is not None else None,
+        )
 
     def _record(self, queue: JobQueue) -> None:
         """Write finished jobs to the queue; a locked or full database keeps them for the next
@@ -419,10 +543,10 @@ class Engine:
                 self.stats.stopped += 1
 
     def _queue_trouble(self, exc: QueueError) -> None:
-        now = time.monotonic()
-        if now - self._queue_warned > 30:
-            log.warning("the queue is not usable right now (%s); trying again", exc.message)
-            self._queue_warned = now
+        if not self._disk_trouble(exc):
+            self._repeats.warning(
+                "queue", "the queue is not usable right now (%s); trying again", exc.message
+            )
 
     def _log_progress(self, queue: JobQueue) -> None:
         total = queue.counts().total
@@ -443,8 +567,9 @@ class Engine:
             done, _ = await asyncio.wait(self._tasks)
             for task in done:
                 self._finish(queue, task)
+        self._record(queue)
+        released = 0
         try:
-            self._record(queue)
             released = queue.release(self.owner)
         except QueueError as exc:
             log.warning(
@@ -452,7 +577,6 @@ class Engine:
                 "when their lease runs out",
                 exc.message,
             )
-            return
         if self._unrecorded:
             log.warning(
                 "%d finished job(s) could not be recorded; they run again from their last "

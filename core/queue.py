@@ -30,7 +30,7 @@ from .errors import QueueError
 __all__ = ["STATUSES", "Counts", "Job", "JobQueue", "JobSummary", "NodeRow", "new_owner"]
 
 DB_FILE = "pantheon.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = ("queued", "running", "done", "failed")
 
 _SCHEMA = """
@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS reviews (
     at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reviews_by_time ON reviews (at);
+CREATE TABLE IF NOT EXISTS kv (
+    key     TEXT PRIMARY KEY,
+    value   TEXT NOT NULL,
+    at      REAL NOT NULL
+);
 """
 
 # v3: ``jobs.touched``, when a job's row last changed in a way a reader can see (not a lease
@@ -94,6 +99,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_touched ON jobs (touched);
 DROP TRIGGER IF EXISTS jobs_touch_insert;
 DROP TRIGGER IF EXISTS jobs_touch_update;
 """
+# v4: ``kv``, small values the engine keeps durably beside the jobs (the last good controls).
+_NO_ROOM = frozenset({"SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"})
+"""What SQLite says when the disk has no room: the database cannot grow, or the shared-memory
+file beside it cannot be made (opening a WAL database on a full disk)."""
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
 """Now, in epoch seconds, as SQLite computes it."""
 
@@ -331,10 +340,10 @@ class JobQueue:
                 f"the queue database {self.path} is corrupt ({text})",
                 hint="move it aside (the runs/ folder keeps every artifact) and enqueue again",
             )
-        if "disk is full" in text or "database or disk is full" in text:
+        if "disk is full" in text or getattr(exc, "sqlite_errorname", "") in _NO_ROOM:
             return QueueError(
-                f"the queue database {self.path} cannot grow: the disk is full ({text})",
-                hint="free some space; nothing was lost, the last change was not made",
+                f"the queue database {self.path} has no room: the disk is full ({text})",
+                hint="free some space; nothing was lost (a change that did not fit was not made)",
             )
         if "readonly" in text or "unable to open" in text or "read-only" in text:
             return QueueError(
@@ -653,6 +662,21 @@ class JobQueue:
             else:
                 cur = db.executemany(sql + " AND id = ?", [(i,) for i in ids])
             return cur.rowcount
+
+    # -- small durable values ---------------------------------------------------------------
+
+    def set_value(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` (replacing what was there), durably."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO kv (key, value, at) VALUES (?, ?, ?)",
+                (key, value, time.time()),
+            )
+
+    def get_value(self, key: str) -> str | None:
+        """The value kept under ``key``, or None."""
+        rows = self._read("SELECT value FROM kv WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .control import ControlFile
+from .control import UNUSABLE_EFFECT, ControlFile
+from .diskspace import DEFAULT_MIN_FREE_BYTES, free_bytes, human_bytes
 from .metrics import read_samples, sample_text
 from .queue import STATUSES, JobQueue
 
@@ -28,8 +29,8 @@ def status_text(artifacts: Path) -> str:
     with JobQueue(artifacts, create=False) as queue:
         counts = queue.counts()
         recent_failures = queue.jobs(status="failed", limit=5)
-    control_file = ControlFile(artifacts)
-    control = control_file.read()
+        control_file = ControlFile(artifacts, store=queue)
+        control = control_file.read()
     total = counts.total
     lines = [f"artifacts  {artifacts.resolve()}"]
     lines.append(
@@ -38,19 +39,26 @@ def status_text(artifacts: Path) -> str:
         + f"  (total {sum(total.values())})"
     )
     ctl = [f"concurrency {control.concurrency}"]
-    if control.queue_paused:
+    if control_file.error:
+        ctl[0] += " (the last good controls)" if control_file.last_good() else " (the defaults)"
+        ctl.append(f"QUEUE AND MERGES PAUSED: {control_file.error}; {UNUSABLE_EFFECT}")
+    elif control.queue_paused:
         ctl.append(
             "QUEUE PAUSED"
             + (f" ({control.queue_paused_reason})" if control.queue_paused_reason else "")
         )
-    if control.merges_paused:
+    if control.merges_paused and not control_file.error:
         ctl.append(
             "MERGES PAUSED"
             + (f" ({control.merges_paused_reason})" if control.merges_paused_reason else "")
         )
     lines.append("controls   " + ", ".join(ctl))
-    if control_file.error:
-        lines.append(f"warning    {control_file.error}")
+    free = free_bytes(artifacts)
+    if free is not None and free < DEFAULT_MIN_FREE_BYTES:
+        lines.append(
+            f"disk       {human_bytes(free)} free: an engine here pauses under "
+            f"{human_bytes(DEFAULT_MIN_FREE_BYTES)} and goes on by itself when there is room"
+        )
     lines.append("")
     lines += _table("flow", counts.by_flow)
     if counts.by_agent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,19 +126,32 @@ def test_pausing_sets_since_and_reason_and_resuming_clears_them(art: Path) -> No
     assert (resumed.merges_paused_since, resumed.merges_paused_reason) == (None, None)
 
 
+def fails_closed(control: Control, art: Path) -> bool:
+    """The queue and merges paused, each reason naming the file and saying it is not usable."""
+    reasons = (control.queue_paused_reason or "", control.merges_paused_reason or "")
+    return (
+        control.queue_paused
+        and control.merges_paused
+        and all(f"{art / 'control.json'} is not usable" in r for r in reasons)
+        and control.queue_paused_since is not None
+    )
+
+
 @pytest.mark.parametrize(
     "bad",
     ['{"concurrency": 12, "queue_pa', '{"concurrency": 0}', "[1, 2]", ""],
     ids=["truncated", "out of range", "not an object", "empty"],
 )
-def test_a_corrupt_file_keeps_the_last_good_controls(art: Path, bad: str) -> None:
+def test_a_corrupt_file_pauses_the_queue_and_merges_until_it_is_fixed(art: Path, bad: str) -> None:
     cf = ControlFile(art)
-    cf.update(by="console", concurrency=6, queue_paused=True)
-    assert cf.read().concurrency == 6
+    cf.update(by="console", concurrency=6)
+    assert cf.read().queue_paused is False
     (art / "control.json").write_text(bad)
     kept = cf.read()
-    assert (kept.concurrency, kept.queue_paused) == (6, True)
+    assert kept.concurrency == 6  # the last good concurrency
+    assert fails_closed(kept, art)
     assert cf.error is not None and str(art / "control.json") in cf.error
+    assert cf.read() == kept  # read again: the same pause, the same time
     with pytest.raises(ConfigError) as info:
         cf.load_strict()
     assert str(art / "control.json") in str(info.value)
@@ -146,15 +160,65 @@ def test_a_corrupt_file_keeps_the_last_good_controls(art: Path, bad: str) -> Non
     assert (art / "control.json").read_text() == bad
     # Fixed: the error goes away and the new controls apply.
     (art / "control.json").write_text(json.dumps({"concurrency": 9}))
-    assert cf.read().concurrency == 9
+    fixed = cf.read()
+    assert (fixed.concurrency, fixed.queue_paused, fixed.merges_paused) == (9, False, False)
     assert cf.error is None
 
 
-def test_a_corrupt_file_at_start_gives_the_defaults_and_an_error(art: Path) -> None:
+def test_a_corrupt_file_at_start_pauses_with_the_default_concurrency(art: Path) -> None:
     (art / "control.json").write_text("{oops")
     cf = ControlFile(art)
-    assert cf.read() == Control()
+    control = cf.read()
+    assert control.concurrency == Control().concurrency
+    assert fails_closed(control, art)
     assert cf.error is not None and "control.json" in cf.error
+
+
+def test_an_unreadable_file_pauses_too(art: Path) -> None:
+    (art / "control.json").mkdir()  # reading it fails with an OSError, as root too
+    cf = ControlFile(art)
+    control = cf.read()
+    assert fails_closed(control, art)
+    assert "cannot read it" in (cf.error or "")
+    (art / "control.json").rmdir()
+    assert cf.read() == Control() and cf.error is None  # deleted: the defaults
+
+
+def test_the_last_good_controls_are_kept_in_the_queue(art: Path) -> None:
+    from pantheon.core.queue import JobQueue
+
+    with JobQueue(art) as queue:
+        engine = ControlFile(art, store=queue)
+        engine.update(by="console", concurrency=3)
+        engine.read()
+        assert engine.remember() is True
+        assert engine.remember() is False  # unchanged: not written again
+        (art / "control.json").write_text('{"concurrency": "lots"}')
+        engine.read()
+        assert engine.remember() is False  # a corrupt file is never kept as good
+    # another process, started on the corrupt file, never saw a good one
+    with JobQueue(art) as queue:
+        later = ControlFile(art, store=queue)
+        control = later.read()
+        assert control.concurrency == 3
+        assert fails_closed(control, art)
+    assert ControlFile(art).read().concurrency == Control().concurrency  # no store: defaults
+
+
+def test_a_corrupt_file_is_logged_once_however_many_read_it(art: Path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    (art / "control.json").write_text("{oops")
+    engine = ControlFile(art)
+    for _ in range(50):
+        engine.read()
+    for _ in range(20):  # the merge gate reads it afresh for each change
+        ControlFile(art).read()
+    lines = [r for r in caplog.records if "is not usable" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "ERROR"
+    assert "the queue and merges are paused until it is fixed" in lines[0].getMessage()
+    (art / "control.json").write_text("{}")
+    engine.read()
+    assert any("usable again" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("concurrency", [0, -1, 1025, 5000])
@@ -191,6 +255,6 @@ def test_ensure_creates_the_file_only_when_missing(art: Path) -> None:
     # An unreadable file is the operator's to fix: ensure() does not overwrite it.
     cf.path.write_text("{broken")
     other = ControlFile(art)
-    assert other.ensure() == Control()
+    assert fails_closed(other.ensure(), art)
     assert other.error is not None
     assert cf.path.read_text() == "{broken"

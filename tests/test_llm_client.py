@@ -349,7 +349,7 @@ async def test_no_call_runs_past_its_deadline_even_while_the_server_works():
 
     client, http = make(handler, stall_s=0.2, deadline_s=0.8)
     t0 = time.monotonic()
-    with pytest.raises(ModelStalled, match="past its deadline of 0.8 s"):
+    with pytest.raises(ModelStalled, match=r"past its deadline of 0\.8 s"):
         await client.chat(MSGS)
     await http.aclose()
     assert time.monotonic() - t0 < 4.0

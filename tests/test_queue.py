@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pantheon.core.errors import QueueError
-from pantheon.core.queue import DB_FILE, JobQueue, NodeRow, new_owner
+from pantheon.core.queue import DB_FILE, SCHEMA_VERSION, JobQueue, NodeRow, new_owner
 
 
 @pytest.fixture
@@ -455,7 +455,7 @@ def test_a_version_2_queue_gains_touched_times_and_readers_see_only_what_changed
             "PRAGMA user_version = 2;"
         )
     with JobQueue(art) as q:
-        assert raw(art, "PRAGMA user_version")[0][0] == 3
+        assert raw(art, "PRAGMA user_version")[0][0] == SCHEMA_VERSION
         assert all(t is not None for (t,) in raw(art, "SELECT touched FROM jobs"))
         later = time.time() + 0.5
         time.sleep(0.6)
@@ -465,3 +465,17 @@ def test_a_version_2_queue_gains_touched_times_and_readers_see_only_what_changed
         q.renew("host:1:x", [job.id])  # a lease renewal is nobody's news
         assert [j.id for j in q.summaries(changed_since=later)] == [job.id]
         assert len(q.summaries()) == len(ids)
+
+
+def test_a_version_3_queue_gains_the_durable_values(art: Path) -> None:
+    with JobQueue(art):
+        pass
+    with closing(sqlite3.connect(art / DB_FILE, isolation_level=None)) as db:
+        db.executescript("DROP TABLE kv; PRAGMA user_version = 3;")
+    with JobQueue(art) as q:
+        assert q.get_value("control.last_good") is None
+        q.set_value("control.last_good", '{"concurrency": 3}')
+        q.set_value("control.last_good", '{"concurrency": 5}')  # replaced, not added
+    with JobQueue(art, create=False) as q:
+        assert q.get_value("control.last_good") == '{"concurrency": 5}'
+    assert raw(art, "SELECT COUNT(*) FROM kv")[0][0] == 1

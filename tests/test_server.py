@@ -167,7 +167,7 @@ def test_serve_detach_status_stop_from_the_command_line(tmp_path, smollm2):
         assert up.returncode == 0, up.stderr
         assert f"model server ready at http://127.0.0.1:{port}" in up.stdout
         st = pantheon("serve", "--status", "--artifacts", a)
-        assert st.returncode == 0 and "healthy, supervised" in st.stdout
+        assert st.returncode == 0 and ": healthy\n  supervised (pid" in st.stdout
         again = pantheon("serve", "--detach", "--model", smollm2, "--port", port, "--artifacts", a)
         assert "already running" in again.stdout
     finally:

@@ -1,4 +1,8 @@
-"""A banner that says what the operator paused, why, and since when; hidden when nothing is."""
+"""A banner that says what is paused, why, and since when; hidden when nothing is.
+
+A ``control.json`` that cannot be used pauses the queue and merges by itself (they fail closed):
+the banner then says that, and why, in place of the two pauses it makes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from pantheon.core.control import Control
+from pantheon.core.control import UNUSABLE_EFFECT, Control
 
 __all__ = ["ControlBanner"]
 
@@ -41,6 +45,12 @@ class ControlBanner(Static):
 
     def _lines(self) -> Text:
         text = Text()
+        if self.problem:
+            text.append("QUEUE AND MERGES PAUSED", style="bold")
+            text.append(f" — {self.problem}; {UNUSABLE_EFFECT} (or deleted, for the defaults)")
+            if self.control is not None:
+                text.append(_since(self.control.queue_paused_since))
+            return text
         c = self.control
         if c is not None and c.merges_paused:
             text.append("MERGES PAUSED", style="bold")
@@ -54,11 +64,6 @@ class ControlBanner(Static):
             text.append(f" — {c.queue_paused_reason or 'by the operator'}")
             text.append(_since(c.queue_paused_since))
             text.append(" · running jobs finish, no new ones start")
-        if self.problem:
-            if text:
-                text.append("\n")
-            text.append("control.json: ", style="bold")
-            text.append(f"{self.problem} (the last good controls stay in force)")
         return text
 
     def _show(self) -> None:
