@@ -487,7 +487,7 @@ class LLMClient:
                     raise self._stalled(watch, why)
                 if silent >= min(self.warn_s, self.stall_s / 2) and not watch.warned:
                     watch.warned = True
-                    log.warning(
+                    log.info(
                         "%s: waiting on the model for %s (%d token(s) so far, at %s)",
                         watch.label,
                         _clock(waited),
