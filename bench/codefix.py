@@ -2,7 +2,7 @@
 
 For each model it starts the embedded llama-server, and for each task set (the demo's 30
 hand-written tasks, and a fixed sample of the HumanEval mutants) and each form it runs the real
-harness (``pantheon.core.codefix.run_fix``) on every task in its own scratch folder, the real
+harness (``pantheon.core.work.codefix.run_fix``) on every task in its own scratch folder, the real
 tests judging, four tasks at a time as the night runs them. It prints, per row: tasks fixed,
 wall time, generated tokens, and tokens per fixed task. ``tools`` is the bounded JSON tool loop
 (k = 1 only), for comparison.
@@ -21,16 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from pantheon.core.codefix import FixForm, run_fix
-from pantheon.core.demo import code_tasks, corpus_tasks
+from pantheon.core.agents.work import Codegen
 from pantheon.core.errors import NodeError
-from pantheon.core.llm import LLMClient
-from pantheon.core.safecall import CallLog
-from pantheon.core.server import ModelServer, ServerConfig
-from pantheon.core.testcmd import resolve_test_command
-from pantheon.core.toolloop import run_tool_loop
-from pantheon.core.tools import TOOLS, Workspace
-from pantheon.core.work_agents import Codegen
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.safecall import CallLog
+from pantheon.core.model.server import ModelServer, ServerConfig
+from pantheon.core.run.demo import code_tasks, corpus_tasks
+from pantheon.core.work.codefix import FixForm, run_fix
+from pantheon.core.work.testcmd import resolve_test_command
+from pantheon.core.work.toolloop import run_tool_loop
+from pantheon.core.work.tools import TOOLS, Workspace
 
 
 def materialize(tasks: list[dict[str, str]], root: Path) -> list[tuple[dict[str, str], Path]]:

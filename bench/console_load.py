@@ -38,10 +38,10 @@ from textual.screen import Screen
 
 from pantheon.console.app import PantheonConsole
 from pantheon.core import ControlFile, Engine, JobQueue, default_registry, enqueue, load_flow
-from pantheon.core.artifacts import RunDir, RunRecord, now_iso
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.metrics import metrics_path, write_sample
-from pantheon.core.queue import NodeRow
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.observe.metrics import metrics_path, write_sample
+from pantheon.core.store.queue import NodeRow
+from pantheon.core.store.runs import RunDir, RunRecord, now_iso
 from pantheon.widgets.runs_table import RunsTable
 
 NODES = (("normalize", "text.normalize"), ("stats", "text.stats"), ("check", "check.min_words"))

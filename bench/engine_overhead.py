@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from pantheon.core import Engine, JobQueue, NodeContext, default_registry, enqueue, parse_flow
-from pantheon.core.builtin_agents import Echo
-from pantheon.core.control import ControlFile
+from pantheon.core.agents.text import Echo
+from pantheon.core.store.control import ControlFile
 
 FLOW = """\
 name: noop
@@ -55,7 +55,7 @@ async def baseline(jobs: int, concurrency: int) -> float:
 def file_floor(root: Path, jobs: int) -> float:
     """The artifacts' file operations alone: per job a run folder, three node folders, each
     node's input.json and output.json, and run.json twice, written atomically like the engine."""
-    from pantheon.core.atomic import atomic_write_json
+    from pantheon.core.store.atomic import atomic_write_json
 
     base = root / "floor"
     base.mkdir()

@@ -19,9 +19,9 @@ import time
 import warnings
 from pathlib import Path
 
-from pantheon.core.demo import demo_inputs
-from pantheon.core.model_agents import DocDescribe
-from pantheon.core.models import ModelStore
+from pantheon.core.agents.describe import DocDescribe
+from pantheon.core.model.files import ModelStore
+from pantheon.core.run.demo import demo_inputs
 
 
 def examples(n: int) -> list[list[dict[str, str]]]:

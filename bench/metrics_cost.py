@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pantheon.core.metrics import MetricsSampler
-from pantheon.core.queue import JobQueue
+from pantheon.core.observe.metrics import MetricsSampler
+from pantheon.core.store.queue import JobQueue
 
 
 def build(artifacts: Path, jobs: int) -> None:

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from pantheon.core import JobQueue, default_registry, load_flow
-from pantheon.core.artifacts import FailedRecord, RunDir, RunRecord, now_iso
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.queue import NodeRow
-from pantheon.core.report import CACHE_FILE, write_report
-from pantheon.core.review import DECISIONS_FILE
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.morning.report import CACHE_FILE, write_report
+from pantheon.core.morning.review import DECISIONS_FILE
+from pantheon.core.store.queue import NodeRow
+from pantheon.core.store.runs import FailedRecord, RunDir, RunRecord, now_iso
 
 NODES = [
     ("plan", "plan.validate"),

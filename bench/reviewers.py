@@ -1,7 +1,7 @@
 """The reviewers measured: do they fail planted defects and pass good changes?
 
 A set of changes whose right verdict is known, built from the demo corpus with the same planting
-the night's canaries use (``pantheon.core.canary``):
+the night's canaries use (``pantheon.core.work.canary``):
 
 - **code**: HumanEval functions with one bug (the demo corpus). The good change is the real fix;
   the bad ones special-case the tests' inputs, delete the failing assertions, fix it wrongly, or
@@ -34,16 +34,16 @@ from typing import Any
 
 import yaml
 
-from pantheon.core.canary import CODE_KINDS, DOCS_KINDS, plant_code, plant_docs, render_page
-from pantheon.core.demo import corpus_tasks
-from pantheon.core.doccheck import check_frontmatter, failed_checks, split_frontmatter
+from pantheon.core.agents.work import ReviewPeer, review_messages
 from pantheon.core.errors import PantheonError
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.llm import LLMClient
-from pantheon.core.safecall import ask
-from pantheon.core.server import ModelServer, ServerConfig
-from pantheon.core.testcmd import TestCommand
-from pantheon.core.work_agents import ReviewPeer, review_messages
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.safecall import ask
+from pantheon.core.model.server import ModelServer, ServerConfig
+from pantheon.core.run.demo import corpus_tasks
+from pantheon.core.work.canary import CODE_KINDS, DOCS_KINDS, plant_code, plant_docs, render_page
+from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
+from pantheon.core.work.testcmd import TestCommand
 
 HERE = Path(__file__).parent
 

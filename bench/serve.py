@@ -20,9 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from pantheon.core.llm import LLMClient
-from pantheon.core.models import ModelStore
-from pantheon.core.server import ModelServer, ServerConfig, find_llama_binary, llama_environment
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.files import ModelStore
+from pantheon.core.model.server import (
+    ModelServer,
+    ServerConfig,
+    find_llama_binary,
+    llama_environment,
+)
 
 PROMPT = [{"role": "user", "content": "Write a long essay about lighthouses and their keepers."}]
 

@@ -1,6 +1,6 @@
 """The operator console: a Textual app over the artifacts directory.
 
-The app is thin. A watcher thread (:class:`pantheon.core.watch.ArtifactsWatcher`) says what
+The app is thin. A watcher thread (:class:`pantheon.core.observe.watch.ArtifactsWatcher`) says what
 changed; the same thread reads the changed parts into a :class:`NightView` and posts one
 :class:`NightChanged` message with a snapshot. Messages that pile up while the UI is busy are
 merged (``can_replace``), so a night writing 50 files a second never floods the screen. The
@@ -27,12 +27,12 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
 
-from pantheon.core.control import Control, ControlFile
 from pantheon.core.errors import PantheonError
-from pantheon.core.nightview import NightView
-from pantheon.core.queue import JobSummary
-from pantheon.core.training import MIN_EXAMPLES, list_trainings, training_root
-from pantheon.core.watch import ArtifactChanges, ArtifactsWatcher
+from pantheon.core.learn.files import MIN_EXAMPLES, list_trainings, training_root
+from pantheon.core.observe.watch import ArtifactChanges, ArtifactsWatcher
+from pantheon.core.store.control import Control, ControlFile
+from pantheon.core.store.queue import JobSummary
+from pantheon.core.views.night import NightView
 
 from .dashboard import DashboardScreen
 from .dialogs import ConfirmScreen, HelpScreen

@@ -36,8 +36,8 @@ from pantheon.core import (
     locate_flow,
     read_inputs_jsonl,
 )
-from pantheon.core.control import ControlFile
-from pantheon.core.status import status_text
+from pantheon.core.observe.status import status_text
+from pantheon.core.store.control import ControlFile
 
 log = logging.getLogger("pantheon")
 
@@ -576,8 +576,8 @@ def _on_signal(engine: Engine, sig: signal.Signals) -> None:
 
 def _llm_for(args: argparse.Namespace, *, required: bool = False):
     """The model client: --endpoint, or the server `pantheon serve` runs for these artifacts."""
-    from pantheon.core.llm import LLMClient
-    from pantheon.core.server import ModelServer
+    from pantheon.core.model.client import LLMClient
+    from pantheon.core.model.server import ModelServer
 
     if args.endpoint:
         return LLMClient(
@@ -609,8 +609,8 @@ def _llm_for(args: argparse.Namespace, *, required: bool = False):
 
 async def _agent_adapters(artifacts: Path, llm) -> dict[str, str]:
     """Agent -> the promoted adapter its calls use, among those the model server loaded."""
-    from pantheon.core.llm import Backend
-    from pantheon.core.training import agent_adapters
+    from pantheon.core.learn.files import agent_adapters
+    from pantheon.core.model.client import Backend
 
     if llm is None:
         return {}
@@ -633,8 +633,8 @@ async def _agent_adapters(artifacts: Path, llm) -> dict[str, str]:
 
 def _registry_adapter_files(artifacts: Path, backend: str, model: str | None = None) -> list[str]:
     """The promoted adapters to load beside ``model`` (a catalog name or a file)."""
-    from pantheon.core.models import CATALOG, ModelStore
-    from pantheon.core.training import served_adapters
+    from pantheon.core.learn.files import served_adapters
+    from pantheon.core.model.files import CATALOG, ModelStore
 
     path = None
     if model is not None:
@@ -699,8 +699,8 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pantheon.core.canary import canary_text
-    from pantheon.core.report import REPORT_FILE, SUMMARY_FILE, write_report
+    from pantheon.core.morning.report import REPORT_FILE, SUMMARY_FILE, write_report
+    from pantheon.core.observe.canaries import canary_text
 
     summary, seconds = write_report(args.artifacts)
     if args.json:
@@ -752,7 +752,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_flows(args: argparse.Namespace) -> int:
     registry = default_registry()
     if args.flows_command == "list":
-        from pantheon.core.flows import packaged_flows_dir
+        from pantheon.core.flows.flow import packaged_flows_dir
 
         for folder in (Path("flows"), packaged_flows_dir()):
             if not folder.is_dir():
@@ -874,7 +874,7 @@ def _code_model(args: argparse.Namespace) -> str | None:
 def _sandbox_gate(args: argparse.Namespace, code_jobs, none_left: str) -> None:
     """Log whether model-written code runs confined; SandboxError when it cannot be and
     ``code_jobs()`` says some will run, unless --no-sandbox (or PANTHEON_SANDBOX=off)."""
-    from pantheon.core.sandbox import (
+    from pantheon.core.work.sandbox import (
         SANDBOX_ENV,
         Sandbox,
         SandboxError,
@@ -902,8 +902,8 @@ def _sandbox_gate(args: argparse.Namespace, code_jobs, none_left: str) -> None:
 def _night_sandbox(args: argparse.Namespace) -> None:
     """At the night's start: a night with code jobs (or whose queue holds some) does not start
     without the sandbox, unless --no-sandbox."""
-    from pantheon.core.demo import night_queued
-    from pantheon.core.sandbox import code_jobs_pending
+    from pantheon.core.run.demo import night_queued
+    from pantheon.core.work.sandbox import code_jobs_pending
 
     def code_jobs() -> bool:
         with JobQueue(args.artifacts) as queue:
@@ -916,7 +916,7 @@ def _night_sandbox(args: argparse.Namespace) -> None:
 
 def _engine_sandbox(args: argparse.Namespace) -> None:
     """Before the engine drains the queue: no code job runs unconfined unless --no-sandbox."""
-    from pantheon.core.sandbox import code_jobs_pending
+    from pantheon.core.work.sandbox import code_jobs_pending
 
     def code_jobs() -> bool:
         with JobQueue(args.artifacts) as queue:
@@ -934,9 +934,9 @@ def _night_prepare(args: argparse.Namespace) -> Path:
             "pantheon night needs --demo or --repo PATH",
             hint="--demo prepares the demo repository; --repo works on your git repository",
         )
-    from pantheon.core.demo import enqueue_night, night_queued, prepare_demo_repo
-    from pantheon.core.discover import check_git_repo
-    from pantheon.core.models import CATALOG, ModelStore
+    from pantheon.core.model.files import CATALOG, ModelStore
+    from pantheon.core.run.demo import enqueue_night, night_queued, prepare_demo_repo
+    from pantheon.core.work.discover import check_git_repo
 
     registry = default_registry()
     repo = check_git_repo(Path(args.repo)) if args.repo else None
@@ -977,7 +977,7 @@ def _night_prepare(args: argparse.Namespace) -> Path:
 def _check_tests_run(repo: Path, command: str | None):
     """The repository's test command, checked once before the night: one clear error in place
     of every code job failing."""
-    from pantheon.core.testcmd import check_runnable, resolve_test_command
+    from pantheon.core.work.testcmd import check_runnable, resolve_test_command
 
     resolved = resolve_test_command(repo, command)
     check_runnable(resolved, repo)
@@ -986,7 +986,7 @@ def _check_tests_run(repo: Path, command: str | None):
 
 def _repo_inputs(args: argparse.Namespace, repo: Path):
     """The docs and code jobs found in the user's repository."""
-    from pantheon.core.discover import docs_jobs, failing_test_jobs, read_tasks
+    from pantheon.core.work.discover import docs_jobs, failing_test_jobs, read_tasks
 
     docs = [] if args.no_docs else docs_jobs(repo, args.docs_glob)
     extra = {"test_command": args.test_command} if args.test_command else {}
@@ -1075,15 +1075,15 @@ def _night_log_tail(path: Path, start: int = 0) -> str:
 
 def _night_run(args: argparse.Namespace, repo: Path) -> int:
     """Serve the model, drain the queue, print the figures (in the foreground)."""
-    from pantheon.core.demo import agent_figures, night_figures
+    from pantheon.core.run.demo import agent_figures, night_figures
 
     started = time.monotonic()
     registry = default_registry()
     concurrency = ControlFile(args.artifacts).read().concurrency
 
     async def main() -> int:
-        from pantheon.core.llm import LLMClient
-        from pantheon.core.server import ModelServer, ServerConfig
+        from pantheon.core.model.client import LLMClient
+        from pantheon.core.model.server import ModelServer, ServerConfig
 
         server = None
         code_server = None
@@ -1225,7 +1225,7 @@ def _progress_printer(stream=None):
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pantheon.core.models import CATALOG, DEFAULT_MODEL, ModelStore
+    from pantheon.core.model.files import CATALOG, DEFAULT_MODEL, ModelStore
 
     store = ModelStore()
     if args.action == "pull":
@@ -1268,8 +1268,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _server_config(args: argparse.Namespace):
-    from pantheon.core.guard import is_local_address
-    from pantheon.core.server import ServerConfig
+    from pantheon.core.model.guard import is_local_address
+    from pantheon.core.model.server import ServerConfig
 
     try:
         local = is_local_address(socket.gethostbyname(args.host))
@@ -1305,7 +1305,7 @@ def _server_config(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pantheon.core.server import ModelServer
+    from pantheon.core.model.server import ModelServer
 
     server = ModelServer(args.artifacts)
     if args.status:
@@ -1347,7 +1347,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_status(artifacts: Path) -> int:
     """Each model server of the artifacts directory: health, who it works for, orphans."""
-    from pantheon.core.server import ModelServer
+    from pantheon.core.model.server import ModelServer
 
     shown = 0
     healthy = True
@@ -1472,9 +1472,9 @@ def _doctor_checks(artifacts: Path) -> list[tuple[str, str, str]]:
     """(ok / warn / FAIL, what, the line) for each thing a night needs."""
     import shutil
 
-    from pantheon.core.models import CATALOG, DEFAULT_MODEL, ModelStore
-    from pantheon.core.sandbox import SANDBOX_ENV, Sandbox, missing_line, unconfined_allowed
-    from pantheon.core.server import find_llama_binary
+    from pantheon.core.model.files import CATALOG, DEFAULT_MODEL, ModelStore
+    from pantheon.core.model.server import find_llama_binary
+    from pantheon.core.work.sandbox import SANDBOX_ENV, Sandbox, missing_line, unconfined_allowed
 
     checks: list[tuple[str, str, str]] = []
     try:
@@ -1539,7 +1539,7 @@ def _install_bubblewrap() -> None:
     import shlex
     import shutil
 
-    from pantheon.core.sandbox import BWRAP_ENV, Sandbox
+    from pantheon.core.work.sandbox import BWRAP_ENV, Sandbox
 
     status = Sandbox.probe(refresh=True)
     if status.active:

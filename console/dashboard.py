@@ -14,8 +14,8 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
-from pantheon.core.nightview import RunFilter, table_jobs
-from pantheon.core.queue import JobSummary
+from pantheon.core.store.queue import JobSummary
+from pantheon.core.views.night import RunFilter, table_jobs
 from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable

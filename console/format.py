@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pantheon.core.queue import JobSummary
+from pantheon.core.store.queue import JobSummary
 
 __all__ = ["age", "figure", "job_age", "job_note", "job_now"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pantheon.console.format import age
 from pantheon.core.errors import PantheonError
-from pantheon.core.training import (
+from pantheon.core.learn.files import (
     list_trainings,
     read_registry,
     read_state,
@@ -200,8 +200,8 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
 
 def _base_model(args: argparse.Namespace) -> Path:
-    from pantheon.core.models import CATALOG, DEFAULT_MODEL, ModelStore
-    from pantheon.core.server import ModelServer
+    from pantheon.core.model.files import CATALOG, DEFAULT_MODEL, ModelStore
+    from pantheon.core.model.server import ModelServer
 
     name = args.model
     if name is None:
@@ -346,7 +346,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace, folder: Path, bar: _Bar) -> int:
-    from pantheon.core.atomic import atomic_write_json
+    from pantheon.core.store.atomic import atomic_write_json
     from pantheon.trainer.evaluate import evaluate, promote
 
     state = read_state(folder)

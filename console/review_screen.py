@@ -16,10 +16,10 @@ from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, T
 from textual.widgets.option_list import Option
 
 from pantheon.core.errors import PantheonError
-from pantheon.core.gitrepo import GitRepo
-from pantheon.core.nightview import load_run
-from pantheon.core.report import build_summary
-from pantheon.core.review import Change, merge_by_hand, reject
+from pantheon.core.morning.report import build_summary
+from pantheon.core.morning.review import Change, merge_by_hand, reject
+from pantheon.core.views.night import load_run
+from pantheon.core.work.git import GitRepo
 from pantheon.widgets.json_view import JsonView
 
 from .dialogs import ConfirmScreen

@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
-from pantheon.core.nightview import NodeView, RunView, load_run
+from pantheon.core.views.night import NodeView, RunView, load_run
 from pantheon.widgets.json_view import JsonView
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
 from pantheon.core.errors import ArtifactError
-from pantheon.core.training import (
+from pantheon.core.learn.files import (
     MIN_EXAMPLES,
     AgentTraining,
     ProgressRow,

@@ -84,14 +84,14 @@ def step_flow(delay_s: float = 0.0) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     """Where bubblewrap does not work, the tests' code runs unconfined, as ``--no-sandbox``
     would have it (tests/test_sandbox.py says it skipped the sandbox's own tests)."""
-    from pantheon.core.sandbox import SANDBOX_ENV, Sandbox
+    from pantheon.core.work.sandbox import SANDBOX_ENV, Sandbox
 
     if not Sandbox.probe().active:
         os.environ.setdefault(SANDBOX_ENV, "off")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    from pantheon.core.sandbox import SANDBOX_ENV, Sandbox, unconfined_allowed
+    from pantheon.core.work.sandbox import SANDBOX_ENV, Sandbox, unconfined_allowed
 
     status = Sandbox.probe()
     if not status.active:
@@ -178,7 +178,7 @@ def night(frozen_night: Path, tmp_path: Path) -> Path:
 def repo(tmp_path: Path) -> Path:
     """A git repository of documentation pages on ``main`` (the docs of the demo corpus that
     are long enough to publish), for the docops flow and the morning review."""
-    from pantheon.core.demo import demo_inputs
+    from pantheon.core.run.demo import demo_inputs
 
     root = tmp_path / "docs-repo"
     (root / "docs").mkdir(parents=True)

@@ -14,8 +14,8 @@ import sqlite3
 from pathlib import Path
 
 from pantheon.core import Engine, JobQueue, default_registry, enqueue, load_flow
-from pantheon.core.artifacts import RunDir, RunRecord
-from pantheon.core.flows import packaged_flows_dir
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.store.runs import RunDir, RunRecord
 
 BASE = 1_795_000_000.0
 NOW = BASE + 900.0

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pantheon.core import atomic
-from pantheon.core.atomic import (
+from pantheon.core.errors import ArtifactError
+from pantheon.core.store import atomic
+from pantheon.core.store.atomic import (
     TMP_PREFIX,
     append_line,
     atomic_write_bytes,
@@ -21,7 +22,6 @@ from pantheon.core.atomic import (
     read_json,
     remove_stale_temps,
 )
-from pantheon.core.errors import ArtifactError
 
 
 def temps(folder: Path) -> list[str]:

@@ -13,23 +13,21 @@ import pytest
 from scipy.stats import binomtest
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.canary import (
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.model.client import LLMClient
+from pantheon.core.observe.canaries import canary_scores, canary_text, read_canaries
+from pantheon.core.observe.queuemath import wilson_interval
+from pantheon.core.run.demo import code_tasks, prepare_demo_repo, repo_jobs
+from pantheon.core.store.control import ControlFile
+from pantheon.core.work.canary import (
     CODE_KINDS,
     LIVE_KINDS,
-    canary_scores,
-    canary_text,
     first_sentence,
     is_due,
     plant_code,
     plant_docs,
-    read_canaries,
 )
-from pantheon.core.control import ControlFile
-from pantheon.core.demo import code_tasks, prepare_demo_repo, repo_jobs
-from pantheon.core.doccheck import check_frontmatter, failed_checks, split_frontmatter
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.llm import LLMClient
-from pantheon.core.queuemath import wilson_interval
+from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
 
 CLAMP = next(t for t in code_tasks() if t["function"] == "clamp")
 FIXED = "def clamp(x, lo, hi):\n    return max(lo, min(hi, x))\n"
@@ -268,9 +266,9 @@ CLAMP_PATH = f"code/{CLAMP['id']}/{CLAMP['module']}.py"
 
 
 def test_the_report_status_and_metrics_show_the_canaries(tmp_path, artifacts, registry):
-    from pantheon.core.metrics import read_samples, sample_text
-    from pantheon.core.report import build_summary
-    from pantheon.core.report_html import render_html
+    from pantheon.core.morning.report import build_summary
+    from pantheon.core.morning.report_html import render_html
+    from pantheon.core.observe.metrics import read_samples, sample_text
 
     night(tmp_path, artifacts, registry, lambda prompt: True)
     summary = build_summary(artifacts)
@@ -292,7 +290,7 @@ def test_the_report_status_and_metrics_show_the_canaries(tmp_path, artifacts, re
 def test_a_canary_the_gates_stop_is_never_reviewed_and_counted_apart(
     tmp_path, artifacts, registry, monkeypatch
 ):
-    import pantheon.core.canary as canary
+    import pantheon.core.work.canary as canary
 
     monkeypatch.setattr(canary, "LIVE_KINDS", {"code": ("test_edit",), "docs": ()})
     prompts = []

@@ -192,7 +192,7 @@ def test_an_artifacts_path_under_a_file_is_a_clear_error(tmp_path):
 
 def test_an_unwritable_artifacts_directory_is_a_clear_error(tmp_path, monkeypatch, capsys):
     """Read-only for real needs a non-root user; here the file system refuses every write."""
-    import pantheon.core.atomic as atomic
+    import pantheon.core.store.atomic as atomic
 
     real_open = atomic.os.open
 

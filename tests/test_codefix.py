@@ -10,9 +10,9 @@ import sys
 import httpx
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.demo import prepare_demo_repo, repo_jobs
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.llm import LLMClient
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.model.client import LLMClient
+from pantheon.core.run.demo import prepare_demo_repo, repo_jobs
 
 
 def scripted(fixes, verdicts):
@@ -147,7 +147,7 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
     assert "max(lo, min(hi, x))" in (repo / code[0]["path"]).read_text()
     # the run detail shows each candidate with its test result, and which one was kept
     from pantheon.console.run_detail import call_parts
-    from pantheon.core.nightview import load_run
+    from pantheon.core.views.night import load_run
 
     [node] = [n for n in load_run(artifacts, out.name).nodes if n.id == "code"]
     titles = [title for title, _ in call_parts(node)]

@@ -10,18 +10,18 @@ import textwrap
 
 import pytest
 
-from pantheon.core.codecorpus import check_tasks, mutants_of
-from pantheon.core.codefix import CandidateError, FixForm, apply_reply, failure_excerpt
-from pantheon.core.demo import corpus_tasks
-from pantheon.core.discover import (
+from pantheon.core.errors import FlowError
+from pantheon.core.run.demo import corpus_tasks
+from pantheon.core.work.codecorpus import check_tasks, mutants_of
+from pantheon.core.work.codefix import CandidateError, FixForm, apply_reply, failure_excerpt
+from pantheon.core.work.discover import (
     RepoError,
     check_git_repo,
     docs_jobs,
     failing_test_jobs,
     read_tasks,
 )
-from pantheon.core.errors import FlowError
-from pantheon.core.testcmd import TestCommandError, check_runnable, resolve_test_command
+from pantheon.core.work.testcmd import TestCommandError, check_runnable, resolve_test_command
 
 ORIGINAL = textwrap.dedent(
     """\

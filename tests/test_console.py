@@ -12,7 +12,7 @@ from textual.widgets import OptionList, Static, TabbedContent
 from pantheon.console.app import PantheonConsole
 from pantheon.console.dialogs import ConfirmScreen, HelpScreen
 from pantheon.console.run_detail import RunDetailScreen
-from pantheon.core.control import ControlFile
+from pantheon.core.store.control import ControlFile
 from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.json_view import JsonView
 from pantheon.widgets.metric_tile import MetricTile

@@ -15,7 +15,7 @@ import pytest
 from night_fixture import NOW, make_night
 
 from pantheon.console.app import PantheonConsole
-from pantheon.core.control import Control, ControlFile
+from pantheon.core.store.control import Control, ControlFile
 
 
 @pytest.fixture(scope="module")

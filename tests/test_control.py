@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pantheon.core.atomic import TMP_PREFIX
-from pantheon.core.control import Control, ControlFile
 from pantheon.core.errors import ConfigError, PantheonError
+from pantheon.core.store.atomic import TMP_PREFIX
+from pantheon.core.store.control import Control, ControlFile
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_an_unreadable_file_pauses_too(art: Path) -> None:
 
 
 def test_the_last_good_controls_are_kept_in_the_queue(art: Path) -> None:
-    from pantheon.core.queue import JobQueue
+    from pantheon.core.store.queue import JobQueue
 
     with JobQueue(art) as queue:
         engine = ControlFile(art, store=queue)

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.doccheck import check_frontmatter, failed_checks
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.llm import LLMClient
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.model.client import LLMClient
+from pantheon.core.work.doccheck import check_frontmatter, failed_checks
 
 PAGES = packaged_flows_dir() / "corpus" / "repo" / "docs"
 BACKUP = (PAGES / "api-backup.md").read_text()

@@ -19,7 +19,7 @@ from pantheon.core import (
     enqueue,
     parse_flow,
 )
-from pantheon.core.control import ControlFile
+from pantheon.core.store.control import ControlFile
 
 
 class Count(Agent):

@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.demo import demo_inputs
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.llm import LLMClient
-from pantheon.core.models import TEST_MODEL, ModelStore
-from pantheon.core.server import ModelServer, ServerConfig
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.files import TEST_MODEL, ModelStore
+from pantheon.core.model.server import ModelServer, ServerConfig
+from pantheon.core.run.demo import demo_inputs
 
 GOOD = '{"title": "Kvlite", "description": "How to use the store well.", "tags": ["kv"]}'
 

@@ -18,12 +18,12 @@ import pytest
 from pydantic import BaseModel
 
 from pantheon.core import Agent, Engine, JobQueue, NodeContext, enqueue, parse_flow
-from pantheon.core.control import ControlFile
-from pantheon.core.diskspace import DiskGuard, free_bytes, is_disk_full
+from pantheon.core.agents.work import merge_refusal
 from pantheon.core.errors import EXIT_DISK_FULL, ArtifactError, QueueError
+from pantheon.core.observe.status import status_text
 from pantheon.core.ratelog import RepeatLog
-from pantheon.core.status import status_text
-from pantheon.core.work_agents import merge_refusal
+from pantheon.core.store.control import ControlFile
+from pantheon.core.store.diskspace import DiskGuard, free_bytes, is_disk_full
 
 UNUSABLE = "the queue and merges are paused until it is fixed"
 
@@ -389,7 +389,7 @@ def test_a_repeated_message_is_one_line_a_window_with_a_count(caplog):
 
 
 def test_the_engine_logs_a_failing_metrics_sample_once(artifacts, reg, caplog, monkeypatch):
-    import pantheon.core.engine as engine_module
+    import pantheon.core.run.engine as engine_module
 
     def denied(artifacts, sample):
         raise ArtifactError(f"cannot append to {artifacts}/metrics/engine.jsonl: Permission denied")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pantheon.core import FlowError, load_flow, parse_flow
-from pantheon.core.flows import packaged_flows_dir
+from pantheon.core.flows.flow import packaged_flows_dir
 
 GOOD = """\
 name: textstats

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from pantheon.core.gitrepo import GitError, GitRepo
+from pantheon.core.work.git import GitError, GitRepo
 
 
 def git(cwd, *args):

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from pantheon.core import EndpointRefused
-from pantheon.core.guard import check_endpoint, is_local_address
-from pantheon.core.llm import LLMClient
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.guard import check_endpoint, is_local_address
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pantheon.core
 
 
 def test_headless_modules_import_without_textual():
-    mods = [f"pantheon.core.{m.name}" for m in pkgutil.iter_modules(pantheon.core.__path__)]
+    mods = [m.name for m in pkgutil.walk_packages(pantheon.core.__path__, "pantheon.core.")]
     mods += ["pantheon.trainer", "pantheon.console.cli"]
     code = (
         "import importlib, sys\n"
@@ -22,3 +22,18 @@ def test_headless_modules_import_without_textual():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(mods) > 8
+
+
+def test_importing_one_small_module_loads_nothing_else():
+    """``pantheon.core`` is a lazy face: its errors load neither the HTTP client nor SQLite."""
+    code = (
+        "import sys, pantheon.core.errors\n"
+        "heavy = [m for m in ('httpx', 'sqlite3', 'pantheon.core.run.engine')\n"
+        "         if m in sys.modules]\n"
+        "sys.exit(', '.join(heavy) or None)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, f"import pantheon.core.errors loads {done.stderr.strip()}"
+    from pantheon.core import Engine  # the face still names everything it did
+
+    assert Engine.__module__ == "pantheon.core.run.engine"

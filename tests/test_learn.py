@@ -17,12 +17,8 @@ from test_docops import fake_model, git, run_night
 
 from pantheon.core import Agent, JobQueue, NodeContext, default_registry, enqueue
 from pantheon.core.errors import ArtifactError
-from pantheon.core.flows import parse_flow
-from pantheon.core.models import TEST_MODEL, ModelStore
-from pantheon.core.review import Change, reject
-from pantheon.core.safecall import ask
-from pantheon.core.server import ModelServer, ServerConfig
-from pantheon.core.training import (
+from pantheon.core.flows.flow import parse_flow
+from pantheon.core.learn.files import (
     agent_adapters,
     read_progress,
     read_registry,
@@ -31,6 +27,10 @@ from pantheon.core.training import (
     served_adapters,
     training_root,
 )
+from pantheon.core.model.files import TEST_MODEL, ModelStore
+from pantheon.core.model.safecall import ask
+from pantheon.core.model.server import ModelServer, ServerConfig
+from pantheon.core.morning.review import Change, reject
 from pantheon.trainer.mine import heldout, mine, read_examples
 
 # -- mining -------------------------------------------------------------------------------------
@@ -40,8 +40,8 @@ from pantheon.trainer.mine import heldout, mine, read_examples
 def mined(artifacts, registry, repo):
     """Seven docs all agree on (the seventh a copy of the first), one rejected in the morning, one
     the reviewers disagree on; one run.json corrupt, and a corrupt line in one calls.jsonl."""
-    from pantheon.core.control import ControlFile
-    from pantheon.core.report import build_summary
+    from pantheon.core.morning.report import build_summary
+    from pantheon.core.store.control import ControlFile
 
     shutil.copy(repo / "docs" / "doc0.md", repo / "docs" / "same0.md")
     git(repo, "add", "-A")
@@ -296,7 +296,7 @@ def test_training_lowers_the_loss_and_writes_both_adapter_formats(trained):
 
 
 def test_the_gguf_adapter_is_loaded_by_llama_server_and_changes_the_answer(trained, tmp_path):
-    from pantheon.core.llm import LLMClient
+    from pantheon.core.model.client import LLMClient
 
     root, _, state, _ = trained
     srv = ModelServer(
@@ -427,7 +427,7 @@ def test_abandon_gives_up_a_stopped_training(tmp_path, smollm2_path):
 
 
 def test_rollback_restores_the_previous_adapter(tmp_path):
-    from pantheon.core.training import Evaluation, TrainingState
+    from pantheon.core.learn.files import Evaluation, TrainingState
     from pantheon.trainer.evaluate import promote, rollback
 
     root = tmp_path
@@ -529,8 +529,8 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
     the engine has the agent's calls name its adapter, and calls.jsonl records it."""
     from pantheon.console.cli import _agent_adapters, _registry_adapter_files
     from pantheon.core import Engine
-    from pantheon.core.llm import LLMClient
-    from pantheon.core.training import Evaluation
+    from pantheon.core.learn.files import Evaluation
+    from pantheon.core.model.client import LLMClient
     from pantheon.trainer.evaluate import promote
 
     src, _, state, _ = trained

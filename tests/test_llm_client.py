@@ -11,7 +11,7 @@ import pytest
 
 from pantheon.core import ModelServerError
 from pantheon.core.errors import ModelStalled
-from pantheon.core.llm import Backend, LLMClient
+from pantheon.core.model.client import Backend, LLMClient
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 MSGS = [{"role": "user", "content": "hi"}]
@@ -304,7 +304,7 @@ async def test_a_call_that_hangs_is_cancelled_posted_once_more_then_fails_as_a_s
     client, http = make(handler, stall_s=0.3, warn_s=0.1)
     t0 = time.monotonic()
     with (
-        caplog.at_level("INFO", logger="pantheon.core.llm"),
+        caplog.at_level("INFO", logger="pantheon.core.model.client"),
         pytest.raises(ModelStalled) as caught,
     ):
         await client.chat(MSGS, label="docops-000001/write")

@@ -12,10 +12,10 @@ import pytest
 from pydantic import BaseModel
 
 from pantheon.core import Agent, Engine, JobQueue, enqueue, parse_flow
-from pantheon.core.control import ControlFile
-from pantheon.core.llm import LLMClient
-from pantheon.core.metrics import MetricsSampler, ServerScraper, read_samples, sample_text
-from pantheon.core.status import status_text
+from pantheon.core.model.client import LLMClient
+from pantheon.core.observe.metrics import MetricsSampler, ServerScraper, read_samples, sample_text
+from pantheon.core.observe.status import status_text
+from pantheon.core.store.control import ControlFile
 
 LLAMA = """\
 # HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
@@ -196,7 +196,7 @@ def test_corrupt_lines_are_skipped_with_a_warning(artifacts, caplog):
 
 
 def test_a_corrupt_last_line_does_not_hide_the_last_good_sample(artifacts, tmp_path):
-    from pantheon.core.status import status_text
+    from pantheon.core.observe.status import status_text
 
     path = artifacts / "metrics" / "engine.jsonl"
     path.parent.mkdir(parents=True)
@@ -287,7 +287,7 @@ async def test_the_engine_serves_its_figures_to_prometheus(artifacts, registry):
     )
     with JobQueue(artifacts) as q:
         enqueue(q, flow, [{}] * 6)
-    from pantheon.core.canary import record_canary
+    from pantheon.core.observe.canaries import record_canary
 
     verdicts = {"review_a": {"passed": False}, "review_b": {"passed": True}}
     record_canary(artifacts, {"run": "r", "kind": "cut", "verdicts": verdicts})

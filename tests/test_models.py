@@ -8,8 +8,8 @@ import pytest
 from conftest import pantheon
 
 from pantheon.core import ModelStoreError
-from pantheon.core import models as models_mod
-from pantheon.core.models import ModelSpec, ModelStore, Part
+from pantheon.core.model import files as models_mod
+from pantheon.core.model.files import ModelSpec, ModelStore, Part
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from pantheon.core import JobQueue
-from pantheon.core.nightview import MetricsTail, NightView, RunFilter, load_run, table_jobs
-from pantheon.core.queue import JobSummary
+from pantheon.core.store.queue import JobSummary
+from pantheon.core.views.night import MetricsTail, NightView, RunFilter, load_run, table_jobs
 
 
 def sample(ts: float, **kw) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pantheon.core.errors import QueueError
-from pantheon.core.queue import DB_FILE, SCHEMA_VERSION, JobQueue, NodeRow, new_owner
+from pantheon.core.store.queue import DB_FILE, SCHEMA_VERSION, JobQueue, NodeRow, new_owner
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy.special import gammaln
 
-from pantheon.core.queuemath import (
+from pantheon.core.observe.queuemath import (
     cohen_kappa,
     erlang_b,
     erlang_c,

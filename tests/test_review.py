@@ -11,10 +11,10 @@ import pytest
 from test_docops import fake_model, git, run_night
 
 from pantheon.core import JobQueue
-from pantheon.core.control import ControlFile
-from pantheon.core.report import SCHEMA, build_summary, write_report
-from pantheon.core.review import DECISIONS_FILE, ReviewError, merge_by_hand, reject
-from pantheon.core.work_agents import split_frontmatter
+from pantheon.core.agents.work import split_frontmatter
+from pantheon.core.morning.report import SCHEMA, build_summary, write_report
+from pantheon.core.morning.review import DECISIONS_FILE, ReviewError, merge_by_hand, reject
+from pantheon.core.store.control import ControlFile
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_the_summary_lists_every_change_with_its_state(night, repo):
 
 
 def test_the_operator_merges_a_waiting_change_for_real(night, repo):
-    from pantheon.core.review import Change
+    from pantheon.core.morning.review import Change
 
     change = Change(**{**changes_by_job(night)[4], "reviews": (True, True)})
     decision = merge_by_hand(night, change, by="ana")
@@ -72,7 +72,7 @@ def test_the_operator_merges_a_waiting_change_for_real(night, repo):
 
 
 def test_a_change_a_reviewer_failed_can_still_be_merged_by_hand(night, repo):
-    from pantheon.core.review import Change
+    from pantheon.core.morning.review import Change
 
     change = Change(**{**changes_by_job(night)[7], "reviews": (True, False)})
     merge_by_hand(night, change)
@@ -80,7 +80,7 @@ def test_a_change_a_reviewer_failed_can_still_be_merged_by_hand(night, repo):
 
 
 def test_a_rejected_change_keeps_its_branch_under_a_rejected_name(night, repo):
-    from pantheon.core.review import Change
+    from pantheon.core.morning.review import Change
 
     change = Change(**{**changes_by_job(night)[5], "reviews": (True, True)})
     decision = reject(night, change, by="ana", why="tags are wrong")
@@ -96,7 +96,7 @@ def test_a_rejected_change_keeps_its_branch_under_a_rejected_name(night, repo):
 
 
 def test_a_conflict_is_refused_with_the_files_and_nothing_is_recorded(night, repo):
-    from pantheon.core.review import Change
+    from pantheon.core.morning.review import Change
 
     doc = repo / "docs" / "doc3.md"
     doc.write_text("---\ntitle: Someone else's\n---\n" + doc.read_text())
@@ -111,7 +111,7 @@ def test_a_conflict_is_refused_with_the_files_and_nothing_is_recorded(night, rep
 
 
 def test_a_target_that_moved_on_still_merges(night, repo):
-    from pantheon.core.review import Change
+    from pantheon.core.morning.review import Change
 
     (repo / "NOTES.md").write_text("written during the night\n")
     git(repo, "add", "NOTES.md")

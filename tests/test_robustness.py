@@ -24,11 +24,11 @@ from pantheon.core import (
     load_flow,
     parse_flow,
 )
-from pantheon.core.artifacts import RunDir
-from pantheon.core.demo import demo_inputs
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.llm import LLMClient
-from pantheon.core.server import ModelServer, ServerState, _proc_start
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.server import ModelServer, ServerState, _proc_start
+from pantheon.core.run.demo import demo_inputs
+from pantheon.core.store.runs import RunDir
 
 ECHO3 = """\
 name: echo3
@@ -177,7 +177,7 @@ def test_an_upstream_node_run_again_makes_its_dependents_run_again(artifacts, re
 
 
 def test_a_startup_error_is_reported_as_itself(artifacts, registry, monkeypatch):
-    from pantheon.core.control import ControlFile
+    from pantheon.core.store.control import ControlFile
 
     def broken(self):
         raise ArtifactError(f"cannot write {self.path}: Read-only file system")

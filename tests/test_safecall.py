@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from pantheon.core import ModelServerError, ReplyError
-from pantheon.core.llm import LLMClient
-from pantheon.core.safecall import CallLog, call_model, extract_json_object, parse_reply
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.safecall import CallLog, call_model, extract_json_object, parse_reply
 
 
 class Verdict(BaseModel):
@@ -157,7 +157,7 @@ def _short(v):
 
 
 async def test_sampled_replies_are_asked_for_at_once_when_the_greedy_one_breaks_a_check(tmp_path):
-    from pantheon.core.safecall import ask_sampled
+    from pantheon.core.model.safecall import ask_sampled
 
     two = '{"passed": true, "reasons": ["a", "b"]}'
     client, seen, http = _sampling_client(
@@ -184,7 +184,7 @@ async def test_sampled_replies_are_asked_for_at_once_when_the_greedy_one_breaks_
 
 
 async def test_when_no_sample_fits_the_first_error_stands_with_the_samples_reason(tmp_path):
-    from pantheon.core.safecall import ask_sampled
+    from pantheon.core.model.safecall import ask_sampled
 
     two = '{"passed": true, "reasons": ["a", "b"]}'
     client, _, http = _sampling_client([two, two], [two, two])

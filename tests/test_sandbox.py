@@ -20,8 +20,8 @@ from test_codefix import scripted
 
 from pantheon.console.cli import main
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.sandbox import (
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.work.sandbox import (
     BWRAP_ENV,
     SANDBOX_ENV,
     Sandbox,
@@ -29,7 +29,7 @@ from pantheon.core.sandbox import (
     code_jobs_pending,
     code_sandbox,
 )
-from pantheon.core.testcmd import check_runnable, resolve_test_command
+from pantheon.core.work.testcmd import check_runnable, resolve_test_command
 
 STATUS = Sandbox.probe()
 needs_bwrap = pytest.mark.skipif(not STATUS.active, reason=f"no sandbox here: {STATUS.reason}")
@@ -332,7 +332,7 @@ def test_the_engine_refuses_code_jobs_without_the_sandbox_unless_told(
     with JobQueue(artifacts) as q:
         assert [j.status for j in q.jobs()] == ["queued"]
     # a code job that reaches a node all the same (queued after the engine's start) fails there
-    import pantheon.core.engine as engine_module
+    import pantheon.core.run.engine as engine_module
 
     monkeypatch.setattr(engine_module, "code_jobs_pending", lambda queue: 0)
     job = codefix(artifacts, registry, repo, llm)

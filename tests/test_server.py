@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
 from pantheon.core import ModelServerError, ModelStoreError
-from pantheon.core.llm import LLMClient
-from pantheon.core.models import TEST_MODEL, ModelStore
-from pantheon.core.safecall import CallLog, call_model
-from pantheon.core.server import (
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.files import TEST_MODEL, ModelStore
+from pantheon.core.model.safecall import CallLog, call_model
+from pantheon.core.model.server import (
     ModelServer,
     ServerConfig,
     find_llama_binary,
@@ -184,8 +184,8 @@ def test_serve_refuses_a_public_host(tmp_path):
 
 async def test_a_real_servers_metrics_during_a_real_run(server, tmp_path):
     """The sampler scrapes llama-server's own /metrics while four requests decode."""
-    from pantheon.core.metrics import MetricsSampler
-    from pantheon.core.queue import JobQueue
+    from pantheon.core.observe.metrics import MetricsSampler
+    from pantheon.core.store.queue import JobQueue
 
     async with LLMClient(server.endpoint) as client:
         with JobQueue(tmp_path / "a") as queue:
@@ -210,7 +210,7 @@ async def test_a_real_servers_metrics_during_a_real_run(server, tmp_path):
 OWNER = """
 import sys, time
 from pathlib import Path
-from pantheon.core.server import ModelServer, ServerConfig
+from pantheon.core.model.server import ModelServer, ServerConfig
 tied = sys.argv[2] == "tied"
 srv = ModelServer(Path(sys.argv[1]), ServerConfig(model="{model}", port=0, parallel=1))
 state = srv.start(timeout_s=120, tied=tied)

@@ -17,10 +17,10 @@ from night_fixture import NOW
 
 from pantheon.console.app import PantheonConsole
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.demo import demo_inputs
-from pantheon.core.flows import packaged_flows_dir
-from pantheon.core.llm import LLMClient
-from pantheon.core.nightview import NightView
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.model.client import LLMClient
+from pantheon.core.run.demo import demo_inputs
+from pantheon.core.views.night import NightView
 from pantheon.widgets.runs_table import RunsTable
 
 

@@ -10,10 +10,10 @@ import pytest
 from pydantic import BaseModel
 
 from pantheon.core import NodeError, ReplyError
-from pantheon.core.llm import LLMClient
-from pantheon.core.safecall import CallLog
-from pantheon.core.toolloop import run_tool_loop, step_model
-from pantheon.core.tools import TOOLS, ToolError, Workspace
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.safecall import CallLog
+from pantheon.core.work.toolloop import run_tool_loop, step_model
+from pantheon.core.work.tools import TOOLS, ToolError, Workspace
 
 
 class Answer(BaseModel):

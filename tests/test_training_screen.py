@@ -18,8 +18,7 @@ from pantheon.console.app import PantheonConsole
 from pantheon.console.dashboard import DashboardScreen
 from pantheon.console.dialogs import HELP, ConfirmScreen
 from pantheon.console.training_screen import TrainingScreen, launch_training
-from pantheon.core.atomic import atomic_write_json
-from pantheon.core.training import (
+from pantheon.core.learn.files import (
     Evaluation,
     MineStats,
     ProgressRow,
@@ -28,6 +27,7 @@ from pantheon.core.training import (
     training_root,
     update_registry,
 )
+from pantheon.core.store.atomic import atomic_write_json
 from pantheon.widgets.loss_plot import LossPlot
 
 SIZE = (100, 30)

@@ -16,9 +16,9 @@ from conftest import pantheon
 from pydantic import BaseModel
 
 from pantheon.core import ModelServerError
-from pantheon.core.llm import LLMClient
-from pantheon.core.safecall import call_model
-from pantheon.core.server import ModelServer, ServerConfig, free_port
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.safecall import call_model
+from pantheon.core.model.server import ModelServer, ServerConfig, free_port
 
 FAKE_VLLM = textwrap.dedent(
     """\

@@ -6,9 +6,9 @@ import threading
 import time
 from pathlib import Path
 
-from pantheon.core.atomic import append_line, atomic_write_json
-from pantheon.core.control import ControlFile
-from pantheon.core.watch import ArtifactChanges, ArtifactsWatcher, classify
+from pantheon.core.observe.watch import ArtifactChanges, ArtifactsWatcher, classify
+from pantheon.core.store.atomic import append_line, atomic_write_json
+from pantheon.core.store.control import ControlFile
 
 
 class Recorder:

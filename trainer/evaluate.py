@@ -26,18 +26,11 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-from pantheon.core.agents import AgentRegistry, default_registry
-from pantheon.core.atomic import atomic_write_json
-from pantheon.core.control import Control, ControlFile
+from pantheon.core.agents.base import AgentRegistry
+from pantheon.core.agents.builtin import default_registry
 from pantheon.core.errors import PantheonError
-from pantheon.core.flows import parse_flow
-from pantheon.core.gitrepo import GitError, GitRepo
-from pantheon.core.llm import LLMClient
-from pantheon.core.queue import JobQueue
-from pantheon.core.review import read_decisions
-from pantheon.core.runner import Runner
-from pantheon.core.server import ModelServer, ServerConfig, artifact_name
-from pantheon.core.training import (
+from pantheon.core.flows.flow import parse_flow
+from pantheon.core.learn.files import (
     ADAPTERS,
     Evaluation,
     Registry,
@@ -48,6 +41,14 @@ from pantheon.core.training import (
     read_state,
     update_registry,
 )
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.server import ModelServer, ServerConfig, artifact_name
+from pantheon.core.morning.review import read_decisions
+from pantheon.core.run.runner import Runner
+from pantheon.core.store.atomic import atomic_write_json
+from pantheon.core.store.control import Control, ControlFile
+from pantheon.core.store.queue import JobQueue
+from pantheon.core.work.git import GitError, GitRepo
 
 from .mine import read_examples, read_tasks
 

@@ -24,14 +24,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pantheon.core.agents import AgentRegistry, default_registry
-from pantheon.core.artifacts import RUNS, RunRecord
-from pantheon.core.atomic import atomic_write_json, atomic_write_text, read_json
+from pantheon.core.agents.base import AgentRegistry
+from pantheon.core.agents.builtin import default_registry
 from pantheon.core.errors import ArtifactError, PantheonError
-from pantheon.core.flows import Flow, parse_flow
-from pantheon.core.queue import Job, JobQueue
-from pantheon.core.review import node_output, read_decisions
-from pantheon.core.training import MineStats, training_root
+from pantheon.core.flows.flow import Flow, parse_flow
+from pantheon.core.learn.files import MineStats, training_root
+from pantheon.core.morning.review import node_output, read_decisions
+from pantheon.core.store.atomic import atomic_write_json, atomic_write_text, read_json
+from pantheon.core.store.queue import Job, JobQueue
+from pantheon.core.store.runs import RUNS, RunRecord
 
 __all__ = ["MineResult", "heldout", "mine"]
 

@@ -31,9 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pantheon.core.atomic import append_line, atomic_write_json
 from pantheon.core.errors import PantheonError
-from pantheon.core.training import (
+from pantheon.core.learn.files import (
     MIN_EXAMPLES,
     ProgressRow,
     TrainingState,
@@ -41,6 +40,7 @@ from pantheon.core.training import (
     training_id,
     training_root,
 )
+from pantheon.core.store.atomic import append_line, atomic_write_json
 
 from .gguf_lora import peft_to_gguf
 from .mine import DATA, TASKS, read_examples

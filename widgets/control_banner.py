@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from pantheon.core.control import UNUSABLE_EFFECT, Control
+from pantheon.core.store.control import UNUSABLE_EFFECT, Control
 
 __all__ = ["ControlBanner"]
 

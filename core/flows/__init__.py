@@ -1,0 +1,1 @@
+"""Flows: the YAML graph of agents a job runs, parsed and checked before anything runs."""

@@ -1,0 +1,773 @@
+"""The model client: async, OpenAI-compatible, local only.
+
+It talks to the embedded llama.cpp server, to vLLM on a GPU host, or to llama-cpp-python's
+server, shaping each request the way that server wants it (JSON-schema output and LoRA adapters
+are named differently by each). The HTTP client is injected, so tests use
+``httpx.MockTransport``. Connection errors and 5xx answers are retried with exponential backoff
+and jitter (a 429's ``Retry-After`` is honoured); then one clear error says which server is down
+and since when.
+
+A generation is streamed, so the client sees it progress token by token. No call waits in
+silence: one that has shown no progress for ``stall_s`` — no token of its own, and no movement
+of the server's own token counters (its Prometheus ``/metrics``), which is how a request that
+waits for a slot or reads a long prompt still counts as alive — is cancelled (closing the stream
+makes the server drop it) and posted again once; a second stall, or a call past ``deadline_s``,
+raises ``ModelStalled``. A server that ignores ``stream`` and answers with one JSON body is read
+as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from pantheon.core.errors import ModelServerError, ModelStalled, ServerUnavailable
+from pantheon.core.model.guard import Resolver, check_endpoint
+
+__all__ = ["Backend", "CallWatch", "ChatReply", "LLMClient"]
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+
+class Backend(StrEnum):
+    """The model servers Pantheon knows how to talk to."""
+
+    LLAMA_CPP = "llama.cpp"
+    """llama.cpp's own llama-server (the embedded default)."""
+    VLLM = "vllm"
+    """vLLM's OpenAI-compatible server (GPU hosts)."""
+    LLAMA_CPP_PYTHON = "llama-cpp-python"
+    """llama-cpp-python's server."""
+
+
+@dataclass(slots=True)
+class ChatReply:
+    """One answer of the model server."""
+
+    text: str
+    """The message content, as the model wrote it."""
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    model: str
+    adapter: str | None
+    attempts: int = 1
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The whole response body."""
+
+
+def _retryable_status(code: int) -> bool:
+    return code >= 500 or code == 429
+
+
+def _retry_after(resp: httpx.Response, cap_s: float) -> float | None:
+    """The seconds a 429 or 503 asks the client to wait (``Retry-After``: seconds or a date)."""
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), cap_s)
+
+
+@dataclass(slots=True)
+class CallWatch:
+    """What one model call has shown so far: the console and the night log read it."""
+
+    label: str
+    """Who waits (a node of a run, as ``docops-000012/write``)."""
+    started: float = field(default_factory=time.time)
+    """When the call was sent (epoch seconds)."""
+    first_token: float | None = None
+    tokens: int = 0
+    """Content chunks received so far (about one token each)."""
+    progress_at: float = field(default_factory=time.monotonic)
+    """The last time the call or the server showed progress (monotonic)."""
+    posts: int = 1
+    warned: bool = False
+
+
+_PROGRESS_COUNTERS = (
+    # llama-server: decode batches run and tokens done; vLLM: tokens done
+    "llamacpp:n_decode_total",
+    "llamacpp:prompt_tokens_total",
+    "llamacpp:tokens_predicted_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+)
+
+
+def _progress_value(text: str) -> float | None:
+    """The sum of the server's work counters in its /metrics text; None when it has none."""
+    total = None
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in _PROGRESS_COUNTERS:
+            try:
+                total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+            except (ValueError, IndexError):
+                continue
+    return total
+
+
+class LLMClient:
+    """An OpenAI-compatible chat client for one local model server."""
+
+    def __init__(
+        self,
+        endpoint: str = "http://127.0.0.1:8011",
+        *,
+        backend: Backend | str = Backend.LLAMA_CPP,
+        model: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        timeout_s: float = 300.0,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        allow_hosts: tuple[str, ...] | list[str] = (),
+        adapters: dict[str, int] | None = None,
+        resolver: Resolver | None = None,
+        stream: bool = True,
+        stall_s: float = 120.0,
+        deadline_s: float = 1800.0,
+        warn_s: float = 60.0,
+        retry_after_cap_s: float = 60.0,
+    ) -> None:
+        self.backend = Backend(backend)
+        base = endpoint.rstrip("/")
+        if base.endswith("/v1"):
+            base = base[: -len("/v1")]
+        self.base_url = base
+        # the guard runs before anything can be sent
+        self.where = check_endpoint(base, allow=allow_hosts, resolver=resolver)
+        self.model = model
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.adapters: dict[str, int] = dict(adapters or {})
+        """Adapter name -> llama.cpp adapter id (filled from the server when asked)."""
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self._down_since: float | None = None
+        self.in_flight = 0
+        """Chat requests sent and not answered yet (the engine's own view of the batch)."""
+        self.prompt_tokens_total = 0
+        self.completion_tokens_total = 0
+        self.max_choices: int | None = None
+        """The most choices one request may ask for (llama-server: its slots); None: any."""
+        self.stream = stream
+        """Stream generations (progress token by token); False asks for one JSON body."""
+        self.stall_s = stall_s
+        """A call with no progress (its own, or the server's) for this long is stalled."""
+        self.deadline_s = deadline_s
+        """No call runs longer than this, progress or not."""
+        self.warn_s = warn_s
+        """A call silent this long (or half ``stall_s``) is named once in the log."""
+        self.retry_after_cap_s = retry_after_cap_s
+        self.watches: dict[int, CallWatch] = {}
+        """The calls in flight now, by id: what each has shown so far."""
+        self._marks: deque[tuple[float, float | None]] = deque(maxlen=256)
+        """(monotonic time, the server's work counters then), read while a call is silent."""
+        self._timeout_s = timeout_s
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- request shaping ---------------------------------------------------------------------
+
+    def shape(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "reply",
+        adapter: str | None = None,
+        temperature: float = 0.0,
+        seed: int = 0,
+        max_tokens: int = 512,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The request body for this backend; ``extra`` adds the server's own fields."""
+        body: dict[str, Any] = {
+            "model": self.model or "default",
+            "messages": messages,
+            "temperature": temperature,
+            "seed": seed,
+            "max_tokens": max_tokens,
+        }
+        if schema is not None:
+            if self.backend is Backend.LLAMA_CPP_PYTHON:
+                body["response_format"] = {"type": "json_object", "schema": schema}
+            elif self.backend is Backend.VLLM:
+                body["structured_outputs"] = {"json": schema}
+            else:
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+                }
+        if adapter is None and self.backend is Backend.LLAMA_CPP and self.adapters:
+            # the server's own scales are not to be trusted to be zero: say so on every request
+            body["lora"] = [{"id": i, "scale": 0.0} for i in sorted(self.adapters.values())]
+        elif adapter is not None:
+            if self.backend is Backend.VLLM:
+                body["model"] = adapter  # vLLM serves each LoRA module under its own name
+            elif self.backend is Backend.LLAMA_CPP:
+                if adapter not in self.adapters:
+                    raise ModelServerError(
+                        f"adapter {adapter!r} is not loaded by the model server at {self.where}",
+                        hint=f"loaded: {', '.join(self.adapters) or 'none'}",
+                    )
+                body["lora"] = [
+                    {"id": i, "scale": 1.0 if name == adapter else 0.0}
+                    for name, i in sorted(self.adapters.items(), key=lambda kv: kv[1])
+                ]
+            else:
+                raise ModelServerError(
+                    f"{self.backend} does not choose a LoRA adapter per request",
+                    hint="serve adapters with llama.cpp's llama-server or vLLM",
+                )
+        if extra:
+            body.update(extra)
+        return body
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _not_answering(self, attempts: int, last: str) -> ServerUnavailable:
+        since = datetime.fromtimestamp(self._down_since or time.time()).strftime("%H:%M:%S")
+        return ServerUnavailable(
+            f"model server at {self.where} is not answering since {since} "
+            f"({attempts} attempt(s); last: {last})",
+            hint="is it running? `pantheon serve --status` tells; `pantheon serve` starts it",
+        )
+
+    async def _request(self, method: str, path: str, **kw: Any) -> tuple[httpx.Response, int]:
+        """Send with retries on connection errors and 5xx; return the response and attempts.
+
+        When the retries run out, a server that cannot be reached (or says 503, not ready)
+        raises ServerUnavailable — the work waits for it; one that answers with another error
+        raises ModelServerError — the node fails with the reason.
+        """
+        attempt = 0
+        delay = self.backoff_s
+        while True:
+            attempt += 1
+            status = None
+            try:
+                resp = await self._http.request(method, self.base_url + path, **kw)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if not _retryable_status(resp.status_code):
+                    self._down_since = None
+                    return resp, attempt
+                status = resp.status_code
+                last = f"HTTP {resp.status_code}: {_snippet(resp.text)}"
+            if (status is None or status == 503) and self._down_since is None:
+                self._down_since = time.time()
+            if attempt > self.retries:
+                if status is None or status == 503:
+                    raise self._not_answering(attempt, last)
+                raise ModelServerError(
+                    f"model server at {self.where} failed the request {attempt} time(s): {last}"
+                )
+            await asyncio.sleep(self._pause(delay, resp if status is not None else None))
+            delay = min(delay * 2, self.max_backoff_s)
+
+    def _pause(self, delay: float, resp: httpx.Response | None) -> float:
+        """The wait before the next try: the server's ``Retry-After`` when it gave one, else
+        the backoff; with up to 25 % jitter, so many waiting calls do not return at once."""
+        asked = _retry_after(resp, self.retry_after_cap_s) if resp is not None else None
+        base = asked if asked is not None else delay
+        return base * (1.0 + 0.25 * random.random())
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "reply",
+        adapter: str | None = None,
+        temperature: float = 0.0,
+        seed: int = 0,
+        max_tokens: int = 512,
+        extra: dict[str, Any] | None = None,
+        label: str = "model call",
+    ) -> ChatReply:
+        """One chat completion; raises ModelServerError when the server fails or is down, and
+        ModelStalled when the call stalls (``label`` names the caller in the log)."""
+        await self._know_adapter(adapter)
+        body = self.shape(
+            messages,
+            schema=schema,
+            schema_name=schema_name,
+            adapter=adapter,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_tokens,
+            extra=extra,
+        )
+        data, attempts, latency, raw_text = await self._complete(body, label)
+        return self._reply(data, 0, attempts, latency, adapter, raw_text)
+
+    async def chat_n(
+        self,
+        messages: list[Message],
+        *,
+        n: int,
+        adapter: str | None = None,
+        temperature: float = 0.7,
+        seed: int = 0,
+        max_tokens: int = 512,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "reply",
+        label: str = "model call",
+    ) -> list[ChatReply]:
+        """``n`` sampled completions of one prompt in one request: the server evaluates the
+        prompt once (llama-server and vLLM take OpenAI's ``n``). A server that answers with
+        fewer choices is asked for the rest one request at a time, with seeds ``seed + i``.
+
+        llama-server's usage counts the first choice only; the others are counted with its
+        ``/tokenize``, so every reply's ``completion_tokens`` is its own."""
+        await self._know_adapter(adapter)
+        same: dict[str, Any] = {
+            "adapter": adapter,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "schema": schema,
+            "schema_name": schema_name,
+        }
+        first = min(n, self.max_choices or n)
+        body = self.shape(messages, seed=seed, extra={"n": first} if first > 1 else None, **same)
+        same["label"] = label
+        try:
+            data, attempts, latency, raw_text = await self._complete(body, label)
+        except ModelServerError as exc:
+            # llama-server refuses more choices than it has slots, and says how many it takes
+            most = re.search(r"'n'.*?<= *(\d+)", exc.message)
+            if first > 1 and most and int(most.group(1)) < first:
+                self.max_choices = max(1, int(most.group(1)))
+                return await self.chat_n(messages, n=n, seed=seed, **same)
+            raise
+        count = len(data.get("choices") or [])
+        replies = [self._reply(data, i, attempts, latency, adapter, raw_text) for i in range(count)]
+        if len(replies) > 1:
+            usage = data.get("usage") or {}
+            total = int(usage.get("completion_tokens") or 0)
+            own = data.get("choice_usage")
+            if own and len(own) == len(replies):  # a stream said each choice's own count
+                for r, tokens in zip(replies, own, strict=True):
+                    r.completion_tokens = tokens
+            elif self.backend is Backend.VLLM:
+                for r in replies:  # vLLM's usage is the sum over the choices
+                    r.completion_tokens = round(total / len(replies))
+            else:
+                for r in replies[1:]:
+                    r.completion_tokens = await self.count_tokens(r.text)
+        if len(replies) == first and first < n:  # the rest, a server's worth at a time
+            replies += await self.chat_n(messages, n=n - first, seed=seed + first, **same)
+        for i in range(len(replies), n):
+            replies.append(await self.chat(messages, seed=seed + i, **same))
+        return replies
+
+    async def count_tokens(self, text: str) -> int:
+        """The server's own token count of ``text`` (llama-server's /tokenize); 0 when it
+        cannot say."""
+        try:
+            resp = await self._http.post(
+                self.base_url + "/tokenize", json={"content": text}, timeout=30.0
+            )
+            return len(resp.json().get("tokens") or []) if resp.status_code == 200 else 0
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return 0
+
+    async def _complete(
+        self, body: dict[str, Any], label: str = "model call"
+    ) -> tuple[dict[str, Any], int, float, str]:
+        """Post one generation and wait for it, watched: see the module's docstring."""
+        t0 = time.perf_counter()
+        watch = CallWatch(label=label)
+        key = id(watch)
+        self.watches[key] = watch
+        self.in_flight += 1
+        attempts = 0
+        try:
+            while True:
+                try:
+                    resp, tries, data = await self._watched(body, watch)
+                except ModelStalled as exc:
+                    if watch.posts > 1:
+                        log.error("%s: %s", label, exc.message)
+                        raise
+                    watch.posts += 1
+                    log.warning("%s: posted again after a stall", label)
+                    # the closed stream has to reach the server first: never two at once
+                    await asyncio.sleep(self._pause(1.0, None))
+                    watch.progress_at = time.monotonic()
+                    continue
+                attempts += tries
+                break
+        finally:
+            self.in_flight -= 1
+            self.watches.pop(key, None)
+        latency = time.perf_counter() - t0
+        if resp.status_code >= 400:
+            raise ModelServerError(
+                f"model server at {self.where} refused the request: HTTP {resp.status_code}: "
+                f"{_error_message(resp)}"
+            )
+        raw_text = json.dumps(data, ensure_ascii=False) if data is not None else resp.text
+        if data is None:
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
+        try:
+            data["choices"][0]["message"]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ModelServerError(
+                f"model server at {self.where} answered something that is not a chat completion: "
+                f"{_snippet(raw_text)}"
+            ) from None
+        assert data is not None
+        usage = data.get("usage") or {}
+        self.prompt_tokens_total += int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens_total += int(usage.get("completion_tokens") or 0)
+        return data, attempts + watch.posts - 1, latency, raw_text
+
+    async def _watched(
+        self, body: dict[str, Any], watch: CallWatch
+    ) -> tuple[httpx.Response, int, dict[str, Any] | None]:
+        """One post of a generation under the stall watch; raise ModelStalled when it stalls."""
+        task = asyncio.ensure_future(self._post_generation(body, watch))
+        tick = min(5.0, max(self.stall_s / 4, 0.05))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=tick)
+                if done:
+                    return task.result()
+                now = time.monotonic()
+                silent = now - watch.progress_at
+                waited = time.time() - watch.started
+                if waited > self.deadline_s:
+                    why = f"it ran past its deadline of {self.deadline_s:.3g} s"
+                    raise self._stalled(watch, why)
+                if silent >= min(self.warn_s, self.stall_s / 2) and not watch.warned:
+                    watch.warned = True
+                    log.info(
+                        "%s: waiting on the model for %s (%d token(s) so far, at %s)",
+                        watch.label,
+                        _clock(waited),
+                        watch.tokens,
+                        self.where,
+                    )
+                if silent >= self.stall_s / 2:
+                    await self._server_value()  # the baseline, then the check
+                if silent >= self.stall_s:
+                    if self._moved_since(watch.progress_at):
+                        watch.progress_at = now
+                        continue
+                    raise self._stalled(
+                        watch,
+                        f"no progress for {silent:.3g} s (no token from the call, and the "
+                        "server's counters did not move)",
+                    )
+        finally:
+            if not task.done():
+                task.cancel()  # closes the connection: the server drops the request
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _stalled(self, watch: CallWatch, why: str) -> ModelStalled:
+        waited = time.time() - watch.started
+        again = " (posted twice)" if watch.posts > 1 else ""
+        return ModelStalled(
+            f"the model call stalled at {self.where}{again}: {why}; cancelled after "
+            f"{_clock(waited)}, {watch.tokens} token(s) received",
+            waited_s=waited,
+            hint="is the server hung? `pantheon serve --status` tells; its log is in "
+            "ARTIFACTS/server/server.log",
+        )
+
+    async def _server_value(self) -> float | None:
+        """The server's work counters now (read at most once a second, however many calls
+        ask, and a few times within one stall); None when it has none or does not answer."""
+        now = time.monotonic()
+        if self._marks and now - self._marks[-1][0] < min(1.0, self.stall_s / 4):
+            return self._marks[-1][1]
+        text = ""
+        with contextlib.suppress(asyncio.TimeoutError):
+            text = await asyncio.wait_for(self.metrics_text(), timeout=5.0)
+        value = _progress_value(text)
+        self._marks.append((time.monotonic(), value))
+        return value
+
+    def _moved_since(self, since: float) -> bool:
+        """True when the server's counters changed after ``since`` (monotonic)."""
+        seen = [v for at, v in self._marks if at >= since]
+        if len(seen) < 2 or seen[0] is None or seen[-1] is None:
+            return False
+        return seen[-1] != seen[0]
+
+    async def _post_generation(
+        self, body: dict[str, Any], watch: CallWatch
+    ) -> tuple[httpx.Response, int, dict[str, Any] | None]:
+        """Post with retries on connection errors and 5xx (as ``_request``); a streamed
+        answer is assembled into the body a non-streamed one would have had."""
+        if not self.stream:
+            resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
+            return resp, attempts, None
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        url = self.base_url + "/v1/chat/completions"
+        attempt = 0
+        delay = self.backoff_s
+        # the stall watch bounds the wait between chunks; httpx's own read timeout is a net
+        timeout = httpx.Timeout(max(self._timeout_s, self.stall_s * 2), connect=5.0)
+        while True:
+            attempt += 1
+            status = None
+            try:
+                async with self._http.stream("POST", url, json=body, timeout=timeout) as resp:
+                    watch.progress_at = time.monotonic()
+                    if not _retryable_status(resp.status_code):
+                        self._down_since = None
+                        if resp.status_code >= 400 or not _is_event_stream(resp):
+                            await resp.aread()
+                            return resp, attempt, None
+                        return resp, attempt, await self._read_stream(resp, watch)
+                    await resp.aread()
+                    status = resp.status_code
+                    last = f"HTTP {resp.status_code}: {_snippet(resp.text)}"
+                    retry = resp
+            except httpx.TransportError as exc:
+                if isinstance(exc, httpx.ReadTimeout):
+                    raise self._stalled(watch, f"no byte for {timeout.read:.0f} s") from None
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                retry = None
+            if (status is None or status == 503) and self._down_since is None:
+                self._down_since = time.time()
+            if attempt > self.retries:
+                if status is None or status == 503:
+                    raise self._not_answering(attempt, last)
+                raise ModelServerError(
+                    f"model server at {self.where} failed the request {attempt} time(s): {last}"
+                )
+            await asyncio.sleep(self._pause(delay, retry))
+            delay = min(delay * 2, self.max_backoff_s)
+            watch.progress_at = time.monotonic()
+
+    async def _read_stream(self, resp: httpx.Response, watch: CallWatch) -> dict[str, Any]:
+        """The server-sent events of one streamed completion, as one completion body.
+
+        Each choice's usage is its own where the server says so per choice (llama-server
+        sends one usage chunk per choice); the body's ``usage`` is the first choice's, as a
+        non-streamed llama-server answer has it."""
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str | None] = {}
+        usages: list[dict[str, Any]] = []
+        owner: list[int | None] = []
+        """The choice each usage chunk belongs to: the last one finished before it."""
+        finished: list[int] = []
+        extra: dict[str, Any] = {}
+        model = ""
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                raise ModelServerError(
+                    f"model server at {self.where} streamed something that is not JSON: "
+                    f"{_snippet(payload)}"
+                ) from None
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk:
+                err = chunk["error"]
+                message = err.get("message") if isinstance(err, dict) else err
+                raise ModelServerError(
+                    f"model server at {self.where} failed the request while streaming: {message}"
+                )
+            watch.progress_at = time.monotonic()
+            model = str(chunk.get("model") or model)
+            for choice in chunk.get("choices") or []:
+                index = int(choice.get("index") or 0)
+                piece = (choice.get("delta") or {}).get("content")
+                texts.setdefault(index, [])
+                if piece:
+                    if watch.first_token is None:
+                        watch.first_token = time.time()
+                    watch.tokens += 1
+                    texts[index].append(piece)
+                if choice.get("finish_reason") is not None:
+                    finish[index] = choice["finish_reason"]
+                    finished.append(index)
+            if chunk.get("usage"):
+                usages.append(chunk["usage"])
+                owner.append(finished[-1] if finished else None)
+                for key in ("timings",):
+                    if key in chunk:
+                        extra[key] = chunk[key]
+        order = sorted(texts)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": "".join(texts[i])},
+                "finish_reason": finish.get(i),
+            }
+            for i in order
+        ]
+        data: dict[str, Any] = {"model": model, "choices": choices, **extra}
+        if usages:
+            data["usage"] = usages[0]
+            mine = dict(zip(owner, usages, strict=True))
+            if len(choices) > 1 and len(usages) == len(choices) and set(mine) == set(order):
+                data["usage"] = mine[order[0]]
+                data["choice_usage"] = [int(mine[i].get("completion_tokens") or 0) for i in order]
+        return data
+
+    def _reply(
+        self,
+        data: dict[str, Any],
+        index: int,
+        attempts: int,
+        latency: float,
+        adapter: str | None,
+        raw_text: str,
+    ) -> ChatReply:
+        try:
+            choice = data["choices"][index]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ModelServerError(
+                f"model server at {self.where} answered something that is not a chat completion: "
+                f"{_snippet(raw_text)}"
+            ) from None
+        usage = data.get("usage") or {}
+        return ChatReply(
+            text=text,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0) if index == 0 else 0,
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=latency,
+            model=str(data.get("model") or self.model or ""),
+            adapter=adapter,
+            attempts=attempts,
+            raw=data,
+        )
+
+    async def _know_adapter(self, adapter: str | None) -> None:
+        """llama-server names adapters by id: ask it for the ids of one not seen yet."""
+        if (
+            adapter is not None
+            and self.backend is Backend.LLAMA_CPP
+            and adapter not in self.adapters
+        ):
+            await self.load_adapter_ids()
+
+    async def load_adapter_ids(self) -> dict[str, int]:
+        """Ask llama-server which LoRA adapters it loaded (name: the file name without .gguf)."""
+        resp, _ = await self._request("GET", "/lora-adapters")
+        if resp.status_code >= 400:
+            return self.adapters
+        try:
+            for item in resp.json():
+                path = str(item.get("path", ""))
+                name = path.rsplit("/", 1)[-1].removesuffix(".gguf")
+                self.adapters[name] = int(item["id"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return self.adapters
+
+    @property
+    def down_since(self) -> float | None:
+        """When the server stopped answering (None while it answers)."""
+        return self._down_since
+
+    async def health(self) -> bool:
+        """True when the server says it is ready (no retries)."""
+        # llama-cpp-python's server has no /health; its model list answers once it is up
+        path = "/v1/models" if self.backend is Backend.LLAMA_CPP_PYTHON else "/health"
+        try:
+            resp = await self._http.get(self.base_url + path, timeout=5.0)
+        except httpx.TransportError:
+            ok = False
+        else:
+            ok = resp.status_code == 200
+        if ok:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.time()
+        return ok
+
+    async def metrics_text(self) -> str:
+        """The server's Prometheus /metrics text ("" when it has none)."""
+        try:
+            resp = await self._http.get(self.base_url + "/metrics", timeout=5.0)
+        except httpx.TransportError:
+            return ""
+        return resp.text if resp.status_code == 200 else ""
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    if not flat:
+        return "(an empty body)"
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _is_event_stream(resp: httpx.Response) -> bool:
+    return resp.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def _clock(seconds: float) -> str:
+    """``4m12s`` (or ``37s``): how long a wait has lasted."""
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        return str(err)
+    except ValueError:
+        return _snippet(resp.text)

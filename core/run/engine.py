@@ -1,0 +1,588 @@
+"""The engine: drains the queue with bounded concurrency, headless.
+
+Every tick it reads ``control.json`` (concurrency, queue paused), claims jobs up to the
+concurrency — grouped by the agent they run next — and runs them. It renews its leases while
+it works and takes back the jobs of engines that died. A graceful stop lets the nodes in flight
+finish and gives the unfinished jobs back to the queue; a hard stop cancels them, and they resume
+from their last finished node.
+
+It fails safe when left alone: a ``control.json`` that cannot be used pauses the queue and merges
+until it is fixed, and a full disk pauses the night (one ERROR line), stops the running jobs after
+their node in flight with their data kept, and lets it go on by itself when there is room again
+(one INFO line). A trouble that repeats is logged once, then once a minute with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pantheon.core.agents.base import AgentRegistry
+from pantheon.core.agents.builtin import default_registry
+from pantheon.core.errors import EXIT_DISK_FULL, ArtifactError, PantheonError, QueueError
+from pantheon.core.model.client import LLMClient
+from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter, write_sample
+from pantheon.core.ratelog import RepeatLog
+from pantheon.core.run.runner import JobOutcome, Runner
+from pantheon.core.store.control import ControlFile
+from pantheon.core.store.diskspace import DEFAULT_MIN_FREE_BYTES, DiskGuard, is_disk_full
+from pantheon.core.store.queue import Job, JobQueue, new_owner
+from pantheon.core.work.sandbox import code_jobs_pending, code_sandbox
+
+__all__ = ["Engine", "EngineStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """What one engine did."""
+
+    done: int = 0
+    failed: int = 0
+    stopped: int = 0
+    nodes_run: int = 0
+    nodes_skipped: int = 0
+    requeued_at_start: int = 0
+    model_waits: int = 0
+    """Ticks the engine held work back because the model server did not answer."""
+    disk_pauses: int = 0
+    """Times the night paused on a full disk."""
+    exit_code: int = 0
+    """What the command that ran the engine exits with: 0, or ``EXIT_DISK_FULL`` when an
+    ``until_empty`` night stopped because its disk stayed full."""
+    exit_reason: str | None = None
+    """Why the engine stopped before the queue was empty, in one line."""
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Engine:
+    """Drains the queue of one artifacts directory."""
+
+    def __init__(
+        self,
+        artifacts: Path,
+        registry: AgentRegistry | None = None,
+        *,
+        until_empty: bool = False,
+        tick_s: float = 0.25,
+        lease_s: float = 60.0,
+        max_attempts: int = 3,
+        fsync: bool = False,
+        progress_every_s: float = 10.0,
+        llm: LLMClient | None = None,
+        health_every_s: float = 2.0,
+        queue_timeout_s: float = 10.0,
+        metrics_every_s: float | None = 2.0,
+        metrics_port: int | None = None,
+        kappa_threshold: float = 0.6,
+        kappa_min_pairs: int = 20,
+        kappa_window: int = 50,
+        canary_every: int = 0,
+        canary_min: int = 5,
+        canary_max_miss: float = 0.5,
+        adapters: dict[str, str] | None = None,
+        agent_llms: dict[str, LLMClient] | None = None,
+        disk_min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        disk_check_every_s: float = 5.0,
+        disk_wait_s: float = 600.0,
+    ) -> None:
+        self.artifacts = Path(artifacts)
+        self.registry = registry or default_registry()
+        self.until_empty = until_empty
+        self.tick_s = tick_s
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.fsync = fsync
+        self.progress_every_s = progress_every_s
+        self.llm = llm
+        """The model server's client: the engine sends no work while it does not answer."""
+        self.health_every_s = health_every_s
+        self._model_ok = False
+        self._last_health = -1e9
+        self.queue_timeout_s = queue_timeout_s
+        """How long a queue write waits for a lock held elsewhere before this tick gives up."""
+        self.metrics_every_s = metrics_every_s
+        """Seconds between samples in metrics/engine.jsonl (None: no samples)."""
+        self.metrics_port = metrics_port
+        self.kappa_threshold = kappa_threshold
+        self.kappa_min_pairs = kappa_min_pairs
+        self.kappa_window = kappa_window
+        self.canary_every = canary_every
+        """One in this many reviewed changes is also planted as a canary (0: none)."""
+        self.canary_min = canary_min
+        self.canary_max_miss = canary_max_miss
+        """Merges pause when the reviewers let more than this share of the canaries through
+        (over ``canary_min`` at least)."""
+        self.adapters: dict[str, str] = dict(adapters or {})
+        """Agent name -> the promoted LoRA adapter its model calls use."""
+        self.agent_llms: dict[str, LLMClient] = dict(agent_llms or {})
+        """Agent name -> the model server its calls go to, where it is not ``llm``'s (a code
+        model for ``codegen``, say)."""
+        self.last_sample: dict[str, Any] | None = None
+        self.max_waits = 20
+        """A job the model server leaves unanswered this many times fails with the reason."""
+        self._waits: dict[int, int] = {}
+        self._unrecorded: list[tuple[Job, JobOutcome]] = []
+        self.disk = DiskGuard(
+            self.artifacts, min_free_bytes=disk_min_free_bytes, check_every_s=disk_check_every_s
+        )
+        """Pauses the night on a full disk, resumes it when there is room again."""
+        self.disk_wait_s = disk_wait_s
+        """How long an ``until_empty`` night waits for room on a full disk before it stops
+        with ``EXIT_DISK_FULL``."""
+        self._repeats = RepeatLog(log)
+        self.exporter: PrometheusExporter | None = None
+        self.owner = new_owner()
+        self.stats = EngineStats()
+        self.control = ControlFile(self.artifacts)
+        self._stopping = False
+        self._hard = False
+        self._tasks: dict[asyncio.Task[JobOutcome], Job] = {}
+        self._wake: asyncio.Event | None = None
+        self.queue: JobQueue | None = None
+        self.runner: Runner | None = None
+
+    # -- control from outside -----------------------------------------------------------------
+
+    def request_stop(self, *, hard: bool = False) -> None:
+        """Graceful the first time (finish the nodes in flight), hard the second (cancel them)."""
+        if self._stopping and not hard:
+            hard = True
+        self._stopping = True
+        if self.runner is not None:
+            self.runner.stop_between_nodes = True
+        if hard and not self._hard:
+            self._hard = True
+            for task in self._tasks:
+                task.cancel()
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> EngineStats:
+        self._wake = asyncio.Event()
+        opened = await self._open_queue()
+        if opened is None:  # stopped while the disk was full
+            self._repeats.flush()
+            return self.stats
+        queue = self.queue = opened
+        self.runner = Runner(
+            self.artifacts,
+            self.registry,
+            queue,
+            fsync=self.fsync,
+            llm=self.llm,
+            adapters=self.adapters,
+            agent_llms=self.agent_llms,
+            canary_every=self.canary_every,
+            on_canary=self._canary_recorded,
+        )
+        self.runner.stop_between_nodes = self._stopping
+        self.control.store = queue
+        sampler: MetricsSampler | None = None
+        try:
+            self._disk_check()
+            if code_jobs_pending(queue):
+                code_sandbox()  # one clear line, unless --no-sandbox (PANTHEON_SANDBOX=off)
+            try:
+                self.control.ensure()
+            except ArtifactError as exc:  # a full disk waits for room; anything else is fatal
+                if not self._disk_trouble(exc):
+                    raise
+            try:
+                requeued, abandoned = queue.requeue_orphans(max_attempts=self.max_attempts)
+            except QueueError as exc:  # a lock held elsewhere: the loop tries again later
+                self._queue_trouble(exc)
+                requeued = abandoned = 0
+            self.stats.requeued_at_start = requeued
+            if requeued or abandoned:
+                log.info(
+                    "took back %d job(s) of an engine that stopped; %d abandoned after %d attempts",
+                    requeued,
+                    abandoned,
+                    self.max_attempts,
+                )
+            if self.metrics_every_s:
+                sampler = MetricsSampler(
+                    queue, llm=self.llm, kappa_window=self.kappa_window, artifacts=self.artifacts
+                )
+                if self.metrics_port is not None:
+                    self.exporter = PrometheusExporter(self.metrics_port)
+                    log.info("engine metrics at http://127.0.0.1:%d/metrics", self.exporter.port)
+            metrics = asyncio.create_task(self._metrics_loop(sampler)) if sampler else None
+            try:
+                await self._loop(queue)
+            finally:
+                if metrics is not None:
+                    metrics.cancel()
+                    await asyncio.gather(metrics, return_exceptions=True)
+        finally:
+            await self._shutdown(queue)
+            if sampler is not None:
+                self._take_sample(sampler)
+            if self.exporter is not None:
+                self.exporter.close()
+            self._repeats.flush()
+            queue.close()
+        return self.stats
+
+    async def _open_queue(self) -> JobQueue | None:
+        """The queue; on a full disk (SQLite cannot even make its shared-memory file) wait for
+        room. None when the engine was stopped, or an ``until_empty`` night gave up, first."""
+        assert self._wake is not None
+        while True:
+            try:
+                return JobQueue(self.artifacts, timeout_s=self.queue_timeout_s)
+            except QueueError as exc:
+                if not self._disk_trouble(exc):
+                    raise
+            while self._disk_check():
+                if self._stopping:
+                    return None
+                if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
+                    self._give_up_on_the_disk()
+                    return None
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(self.disk.check_every_s, 1.0))
+
+    async def _metrics_loop(self, sampler: MetricsSampler) -> None:
+        every = float(self.metrics_every_s or 2.0)
+        next_at = time.monotonic() + every
+        while True:
+            await sampler.poll()
+            if time.monotonic() >= next_at:
+                self._take_sample(sampler)
+                next_at = max(next_at + every, time.monotonic())
+            await asyncio.sleep(min(0.5, every / 4))
+
+    def _take_sample(self, sampler: MetricsSampler) -> None:
+        """One sample: written to engine.jsonl, exported, and κ checked (none on a full disk)."""
+        if self.disk.paused:
+            return
+        try:
+            control = self.control.read()
+            sample = sampler.sample(
+                concurrency=control.concurrency, merges_paused=control.merges_paused
+            )
+            self._check_agreement(sample, control.merges_paused)
+            self._check_canaries(sample, bool(sample.get("merges_paused")))
+            write_sample(self.artifacts, sample)
+        except PantheonError as exc:  # a sample is never worth stopping the night for
+            if not self._disk_trouble(exc):
+                self._repeats.warning("metrics", "metrics sample skipped: %s", exc)
+            return
+        self._repeats.done("metrics")
+        self.last_sample = sample
+        if self.exporter is not None:
+            self.exporter.update(sample)
+
+    def _check_agreement(self, sample: dict[str, Any], paused: bool) -> None:
+        """Pause merges when the reviewers stop agreeing; only the operator resumes them."""
+        kappa, pairs = sample.get("kappa"), sample.get("kappa_pairs", 0)
+        if paused or kappa is None or pairs < self.kappa_min_pairs:
+            return
+        if kappa < self.kappa_threshold:
+            reason = f"κ {kappa:.2f} over the last {pairs} pairs"
+            self._pause_merges(sample, reason, f"under {self.kappa_threshold:.2f}")
+
+    def _pause_merges(self, sample: dict[str, Any], reason: str, past: str) -> None:
+        """Pause merges with the reason; changes wait for the morning review."""
+        self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
+        sample["merges_paused"] = True
+        log.warning(
+            "merges paused: %s, %s; changes wait for the morning review "
+            "(`pantheon control --resume-merges` resumes them)",
+            reason,
+            past,
+        )
+
+    def _canary_recorded(self) -> None:
+        """A canary was judged: check the reviewers' scores now, so that a change whose
+        reviewers let the planted defect through waits rather than merges."""
+        from pantheon.core.observe.canaries import canary_scores, read_canaries
+
+        try:
+            control = self.control.read()
+            sample = {"canaries": canary_scores(read_canaries(self.artifacts))}
+            self._check_canaries(sample, control.merges_paused)
+        except PantheonError as exc:
+            self._repeats.warning("canaries", "canary scores not checked: %s", exc)
+
+    def _check_canaries(self, sample: dict[str, Any], paused: bool) -> None:
+        """Pause merges when the reviewers let planted defects through; only the operator
+        resumes them."""
+        canaries = sample.get("canaries") or {}
+        n, missed = canaries.get("n", 0), canaries.get("missed", 0)
+        if paused or n < max(self.canary_min, 1) or missed / n <= self.canary_max_miss:
+            return
+        reason = f"the reviewers passed {missed} of {n} canaries (planted defects)"
+        self._pause_merges(sample, reason, f"more than {self.canary_max_miss:.0%}")
+
+    async def _loop(self, queue: JobQueue) -> None:
+        assert self._wake is not None and self.runner is not None
+        last_renew = last_progress = time.monotonic()
+        paused_logged = False
+        while not self._stopping:
+            control = self.control.read()
+            disk_full = self._disk_check()
+            try:
+                self._record(queue)
+                if not disk_full:
+                    self.control.remember()  # the last good controls, kept in the queue
+                if disk_full:
+                    if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
+                        self._give_up_on_the_disk()
+                        break
+                elif control.queue_paused:
+                    if not paused_logged and self.control.error is None:
+                        # (a control.json that cannot be used said so itself, as an error)
+                        log.info(
+                            "queue paused%s",
+                            f": {control.queue_paused_reason}"
+                            if control.queue_paused_reason
+                            else "",
+                        )
+                    paused_logged = True
+                else:
+                    paused_logged = False
+                    free = control.concurrency - len(self._tasks)
+                    if free > 0 and await self._model_ready():
+                        self._claim(queue, free)
+                now = time.monotonic()
+                if now - last_renew > self.lease_s / 3:
+                    ids = [j.id for j in self._tasks.values()]
+                    queue.renew(self.owner, ids, lease_s=self.lease_s)
+                    queue.requeue_orphans(max_attempts=self.max_attempts)
+                    last_renew = now
+                if now - last_progress > self.progress_every_s and not disk_full:
+                    self._log_progress(queue)
+                    last_progress = now
+                idle = not self._tasks and not self._unrecorded
+                if self.until_empty and idle and queue.pending() == 0:
+                    break
+            except QueueError as exc:
+                self._queue_trouble(exc)
+            else:
+                self._repeats.done("queue")
+            if self._tasks:
+                done, _ = await asyncio.wait(
+                    self._tasks, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    self._finish(queue, task)
+            else:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.tick_s)
+
+    # -- a full disk --------------------------------------------------------------------------
+
+    def _disk_check(self) -> bool:
+        """Whether the night is paused on a full disk (the free space looked at now and then).
+        While it is, the running jobs stop after their node in flight."""
+        paused = self.disk.check()
+        if self.disk.pauses > self.stats.disk_pauses:
+            self.stats.disk_pauses = self.disk.pauses
+        if self.runner is not None:
+            self.runner.stop_between_nodes = self._stopping or paused
+        return paused
+
+    def _disk_trouble(self, problem: BaseException | str | None) -> bool:
+        """Pause on a full disk when ``problem`` says the disk is full; True when it does."""
+        if not self.disk.trouble(problem):
+            return False
+        self._disk_check()
+        return True
+
+    def _give_up_on_the_disk(self) -> None:
+        """An ``until_empty`` night that waited long enough for room stops, with its own code."""
+        pause = self.disk.paused
+        assert pause is not None
+        reason = (
+            f"the disk of {self.artifacts} stayed full for {self.disk.paused_for():.0f} s "
+            f"({pause.why}); the night stops with exit code {EXIT_DISK_FULL}: free some space "
+            "and run it again, the jobs left resume where they were"
+        )
+        log.error("%s", reason)
+        self.stats.exit_code = EXIT_DISK_FULL
+        self.stats.exit_reason = reason
+        self.request_stop()
+
+    def _claim(self, queue: JobQueue, free: int) -> None:
+        assert self.runner is not None
+        busy = Counter(self.runner.current.values())
+        prefer = [agent for agent, _ in busy.most_common()]
+        for job in queue.claim(free, self.owner, lease_s=self.lease_s, prefer=prefer):
+            self.runner.current[job.id] = job.next_agent
+            task = asyncio.create_task(self.runner.run(job), name=f"job-{job.id}")
+            self._tasks[task] = job
+
+    async def _model_ready(self) -> bool:
+        """Health check before sending work; while the server is down, wait for it."""
+        llm = self.llm
+        if llm is None:
+            return True
+        if self._model_ok and llm.down_since is None:
+            return True
+        now = time.monotonic()
+        if now - self._last_health < self.health_every_s:
+            return False
+        self._last_health = now
+        was_ok = self._model_ok
+        self._model_ok = await llm.health()
+        if self._model_ok and not was_ok:
+            log.info("model server at %s answers; sending work", llm.where)
+        elif not self._model_ok and (was_ok or self.stats.model_waits == 0):
+            since = datetime.fromtimestamp(llm.down_since or time.time()).strftime("%H:%M:%S")
+            log.warning(
+                "waiting for the model server at %s (not answering since %s); no work is sent",
+                llm.where,
+                since,
+            )
+        if not self._model_ok:
+            self.stats.model_waits += 1
+        return self._model_ok
+
+    def _finish(self, queue: JobQueue, task: asyncio.Task[JobOutcome]) -> None:
+        job = self._tasks.pop(task)
+        try:
+            outcome = task.result()
+        except asyncio.CancelledError:
+            outcome = JobOutcome("stopped")
+        except PantheonError as exc:
+            outcome = JobOutcome("failed", error=f"{exc.title}: {exc}")
+        except Exception as exc:  # one job's bug never stops the night
+            if not is_disk_full(exc):
+                log.exception("job %d (%s) crashed the runner", job.id, job.flow)
+            outcome = JobOutcome("failed", error=f"runner error: {type(exc).__name__}: {exc}")
+        if outcome.status == "failed" and self._disk_trouble(outcome.error):
+            outcome = self._kept_for_the_disk(outcome)
+        self.stats.nodes_run += outcome.ran
+        self.stats.nodes_skipped += outcome.skipped
+        if outcome.status == "stopped" and outcome.error:
+            # the model server did not answer: the job waits — unless it never gets an answer
+            self._model_ok = False
+            self._waits[job.id] = self._waits.get(job.id, 0) + 1
+            if self._waits[job.id] >= self.max_waits:
+                outcome.status = "failed"
+                outcome.error = (
+                    f"the model server did not answer this job in {self.max_waits} tries: "
+                    f"{outcome.error.splitlines()[0]}"
+                )
+            else:
+                self._repeats.warning(
+                    "job waits", "job %d waits: %s", job.id, outcome.error.splitlines()[0]
+                )
+        self._unrecorded.append((job, outcome))
+        self._record(queue)
+
+    @staticmethod
+    def _kept_for_the_disk(outcome: JobOutcome) -> JobOutcome:
+        """A job that failed only because the disk had no room goes back to the queue: the
+        nodes it finished stay finished, the one that could not be written runs again."""
+        kept = [n for n in outcome.nodes if n.status == "done"]
+        failed = next((n for n in outcome.nodes if n.status != "done"), None)
+        return JobOutcome(
+            "stopped",
+            ran=outcome.ran,
+            skipped=outcome.skipped,
+            nodes=kept,
+            next_agent=failed.agent if failed is not None else None,
+        )
+
+    def _record(self, queue: JobQueue) -> None:
+        """Write finished jobs to the queue; a locked or full database keeps them for the next
+        tick instead of stopping the night."""
+        while self._unrecorded:
+            job, outcome = self._unrecorded[0]
+            try:
+                if outcome.status == "done":
+                    queue.complete(job.id, self.owner, outcome.nodes, outcome.review)
+                elif outcome.status == "failed":
+                    queue.fail(
+                        job.id, self.owner, outcome.error or "failed", outcome.nodes, outcome.review
+                    )
+                else:
+                    queue.advance(job.id, outcome.nodes, next_agent=outcome.next_agent)
+                    queue.release(self.owner, [job.id])
+            except QueueError as exc:
+                self._queue_trouble(exc)
+                return
+            self._unrecorded.pop(0)
+            if outcome.status != "stopped":
+                self._waits.pop(job.id, None)
+            if outcome.status == "done":
+                self.stats.done += 1
+                log.debug("job %d %s done", job.id, job.run_name)
+            elif outcome.status == "failed":
+                self.stats.failed += 1
+                log.warning(
+                    "job %d failed: %s (see %s)",
+                    job.id,
+                    outcome.error,
+                    self.artifacts / "runs" / job.run_name / "FAILED.json",
+                )
+            else:
+                self.stats.stopped += 1
+
+    def _queue_trouble(self, exc: QueueError) -> None:
+        if not self._disk_trouble(exc):
+            self._repeats.warning(
+                "queue", "the queue is not usable right now (%s); trying again", exc.message
+            )
+
+    def _log_progress(self, queue: JobQueue) -> None:
+        total = queue.counts().total
+        rate = (self.stats.done + self.stats.failed) / max(self.stats.elapsed, 1e-9)
+        log.info(
+            "queued %d  running %d  done %d  failed %d  (%.1f jobs/s by this engine)",
+            total["queued"],
+            total["running"],
+            total["done"],
+            total["failed"],
+            rate,
+        )
+
+    async def _shutdown(self, queue: JobQueue) -> None:
+        if self._tasks:
+            if not self._hard:
+                log.info("stopping: letting %d job(s) finish their current node", len(self._tasks))
+            done, _ = await asyncio.wait(self._tasks)
+            for task in done:
+                self._finish(queue, task)
+        self._record(queue)
+        released = 0
+        try:
+            released = queue.release(self.owner)
+        except QueueError as exc:
+            log.warning(
+                "could not give the unfinished jobs back (%s); the next engine takes them back "
+                "when their lease runs out",
+                exc.message,
+            )
+        if self._unrecorded:
+            log.warning(
+                "%d finished job(s) could not be recorded; they run again from their last "
+                "node next time",
+                len(self._unrecorded),
+            )
+        if released:
+            log.info("gave %d unfinished job(s) back to the queue", released)

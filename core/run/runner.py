@@ -1,0 +1,590 @@
+"""Run one job: the nodes of its flow in topological order, each recorded in the artifacts.
+
+Nodes whose inputs are ready run together (two reviewers of the same change, say). A node
+whose valid ``output.json`` is already on disk is never run again, so a run picks up where a
+crash left it. A node that fails, or a gate whose output says ``passed: false``, stops the run
+with ``FAILED.json``; nothing falls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from pantheon.core.agents.base import Agent, AgentRegistry, NodeContext
+from pantheon.core.errors import NodeError, PantheonError, ServerUnavailable
+from pantheon.core.flows.flow import Flow, parse_flow
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.safecall import CallLog
+from pantheon.core.store.atomic import atomic_write_json
+from pantheon.core.store.queue import Job, JobQueue, NodeRow
+from pantheon.core.store.runs import FailedRecord, RunDir, RunRecord, now_iso
+from pantheon.core.work.git import GitError, JobWorkspace
+
+__all__ = ["JobOutcome", "Runner"]
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["done", "failed", "stopped"]
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    status: Outcome
+    error: str | None = None
+    ran: int = 0
+    """Nodes executed in this attempt."""
+    skipped: int = 0
+    """Nodes whose output was already there."""
+    nodes: list[NodeRow] = field(default_factory=list)
+    """The nodes this attempt finished, for the queue's per-agent counts."""
+    next_agent: str | None = None
+    """The agent the job runs next, when it stopped before its end."""
+    review: tuple[bool, bool] | None = None
+    """The verdicts of the run's first two reviewers, when both judged."""
+
+
+@dataclass(slots=True)
+class _NodeResult:
+    node: str
+    ok: bool
+    output: dict[str, Any] | None
+    error: str | None
+    artifact: Path | None
+    seconds: float
+    unavailable: bool = False
+    """The model server did not answer: the node waits for it, it did not fail."""
+
+
+class Runner:
+    """Runs jobs of any flow stored in the queue."""
+
+    def __init__(
+        self,
+        artifacts: Path,
+        registry: AgentRegistry,
+        queue: JobQueue,
+        *,
+        fsync: bool = False,
+        llm: LLMClient | None = None,
+        on_node: Callable[[Job, str, str, bool, float], None] | None = None,
+        adapters: dict[str, str] | None = None,
+        agent_llms: dict[str, LLMClient] | None = None,
+        canary_every: int = 0,
+        on_canary: Callable[[], None] | None = None,
+    ) -> None:
+        self.artifacts = Path(artifacts)
+        self.registry = registry
+        self.queue = queue
+        self.fsync = fsync
+        self.llm = llm
+        self.agent_llms: dict[str, LLMClient] = dict(agent_llms or {})
+        """Agent name -> the model server its calls go to, where it is not ``llm``'s."""
+        self.on_node = on_node
+        self.adapters: dict[str, str] = dict(adapters or {})
+        """Agent name -> the LoRA adapter its model calls use, unless its node names one."""
+        self.stop_between_nodes = False
+        """Set by a graceful stop: finish the nodes in flight, start no new ones."""
+        self.current: dict[int, str] = {}
+        """Job id -> the agent it is running now."""
+        self.canary_every = canary_every
+        """One in this many reviewed changes is also planted as a canary (0: none)."""
+        self.on_canary = on_canary
+        """Called after each canary is recorded (before the change it came from may merge)."""
+        self._docs_seen: list[dict[str, Any]] = []
+        """Frontmatter of this night's docs changes (for a canary about another page)."""
+        self._flows: dict[str, Flow] = {}
+        self._agents: dict[type[Agent], Agent] = {}
+
+    def flow_for(self, job: Job) -> Flow:
+        flow = self._flows.get(job.flow_sha)
+        if flow is None:
+            source, text = self.queue.flow_text(job.flow_sha)
+            flow = parse_flow(text, self.registry, source=source)
+            self._flows[job.flow_sha] = flow
+        return flow
+
+    def _workspace(self, flow: Flow, job: Job) -> JobWorkspace:
+        repo = job.input.get("repo")
+        if not repo:
+            raise GitError(
+                f"flow {flow.name!r} works on a git repository; give the job a 'repo' input"
+            )
+        return JobWorkspace.open(
+            Path(repo),
+            flow=flow.name,
+            job_id=job.id,
+            target=str(job.input.get("target") or "main"),
+            root=self.artifacts / "worktrees",
+        )
+
+    def _params(self, cls: type[Agent], given: dict[str, Any]) -> dict[str, Any]:
+        """A node's params, with its agent's promoted adapter unless the node names one."""
+        adapter = self.adapters.get(cls.name)
+        if adapter and "adapter" in cls.Params.model_fields and not given.get("adapter"):
+            return {**given, "adapter": adapter}
+        return given
+
+    def _agent(self, cls: type[Agent]) -> Agent:
+        agent = self._agents.get(cls)
+        if agent is None:
+            agent = self._agents[cls] = cls()
+        return agent
+
+    async def run(self, job: Job) -> JobOutcome:
+        run = RunDir(self.artifacts, job.run_name, fsync=self.fsync)
+        fresh = run.prepare()
+        earlier = None if fresh else run.read_record()
+        outcome = JobOutcome("done")
+        record = RunRecord(
+            run_id=job.run_id,
+            job_id=job.id,
+            flow=job.flow,
+            flow_sha256=job.flow_sha,
+            status="running",
+            input=job.input,
+            started_at=earlier.started_at if earlier and earlier.started_at else now_iso(),
+            attempts=job.attempts,
+        )
+        try:
+            flow = self.flow_for(job)
+        except PantheonError as exc:
+            return self._fail_run(run, record, "(flow)", "(flow)", str(exc), None, outcome)
+
+        outputs: dict[str, dict[str, Any]] = {}
+        done: set[str] = set()
+        if not fresh:
+            run.clear_failed()
+            for node in flow.order:
+                agent_cls = flow.agents[node]
+                out, why = run.read_output(node, agent_cls.Output)
+                if why:
+                    log.warning("run %s node %s: %s; running the node again", run.name, node, why)
+                stale = out is not None and not flow.deps[node] <= done
+                if stale:
+                    log.info("run %s node %s: an input runs again, so it does too", run.name, node)
+                if out is None or stale or (agent_cls.gate and not getattr(out, "passed", True)):
+                    run.clear_error(node)
+                    continue
+                outputs[node] = out.model_dump(mode="json")
+                done.add(node)
+                record.nodes[node] = "skipped"
+                outcome.skipped += 1
+        for node in flow.order:
+            record.nodes.setdefault(node, "pending")
+        run.write_record(record)
+
+        remaining = [n for n in flow.order if n not in done]
+        try:
+            while remaining:
+                if self.stop_between_nodes:
+                    record.status = "stopped"
+                    run.write_record(record)
+                    outcome.status = "stopped"
+                    outcome.next_agent = flow.agents[remaining[0]].name
+                    return outcome
+                ready = [n for n in remaining if flow.deps[n] <= done]
+                self.current[job.id] = flow.agents[ready[0]].name
+                results = await asyncio.gather(
+                    *(self._run_node(flow, job, run, n, outputs) for n in ready)
+                )
+                waiting = next((r for r in results if r.unavailable), None)
+                if waiting is not None:
+                    for res in results:
+                        if res.ok and res.output is not None:
+                            outputs[res.node] = res.output
+                            done.add(res.node)
+                            record.nodes[res.node] = "done"
+                    record.status = "stopped"
+                    record.error = waiting.error
+                    run.write_record(record)
+                    outcome.status = "stopped"
+                    outcome.error = waiting.error
+                    outcome.next_agent = flow.agents[waiting.node].name
+                    return outcome
+                outcome.ran += len(results)
+                failure: _NodeResult | None = None
+                for res in results:
+                    agent_name = flow.agents[res.node].name
+                    record.nodes[res.node] = "done" if res.ok else "failed"
+                    outcome.nodes.append(
+                        NodeRow(res.node, agent_name, "done" if res.ok else "failed", res.seconds)
+                    )
+                    if res.output is not None:
+                        outputs[res.node] = res.output
+                    if res.ok:
+                        done.add(res.node)
+                    elif failure is None:
+                        failure = res
+                    if self.on_node is not None:
+                        self.on_node(job, res.node, agent_name, res.ok, res.seconds)
+                finished = {r.node for r in results}
+                remaining = [n for n in remaining if n not in finished]
+                reviewers = [n for n in flow.order if flow.agents[n].reviewer]
+                if reviewers and finished & set(reviewers) and all(n in outputs for n in reviewers):
+                    await self._maybe_canary(flow, job, run, outputs, reviewers)
+                if failure is not None:
+                    agent_name = flow.agents[failure.node].name
+                    outcome.review = self._review_pair(flow, outputs)
+                    return self._fail_run(
+                        run,
+                        record,
+                        failure.node,
+                        agent_name,
+                        failure.error or "",
+                        failure.artifact,
+                        outcome,
+                    )
+        except asyncio.CancelledError:
+            record.status = "stopped"
+            run.write_record(record)
+            raise
+        finally:
+            self.current.pop(job.id, None)
+
+        outcome.review = self._review_pair(flow, outputs)
+        record.status = "done"
+        record.output = outputs.get(flow.output_node)
+        record.finished_at = now_iso()
+        run.write_record(record)
+        return outcome
+
+    async def _maybe_canary(
+        self,
+        flow: Flow,
+        job: Job,
+        run: RunDir,
+        outputs: dict[str, dict[str, Any]],
+        reviewers: list[str],
+    ) -> None:
+        """Plant this change as a canary when it is due; never fails the job."""
+        from pantheon.core.work.canary import is_due
+
+        self._remember_docs(flow, job, outputs)
+        if not self.canary_every or not is_due(job.run_id, self.canary_every):
+            return
+        if (run.path / "canary" / "canary.json").exists():
+            return
+        try:
+            await self._canary(flow, job, run, outputs, reviewers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a canary is an audit, never worth a job
+            log.warning("run %s: no canary planted: %s: %s", run.name, type(exc).__name__, exc)
+
+    def _remember_docs(self, flow: Flow, job: Job, outputs: dict[str, dict[str, Any]]) -> None:
+        for node in flow.order:
+            out = outputs.get(node) or {}
+            if flow.agents[node].uses_model and isinstance(out.get("description"), str):
+                entry = {"path": job.input.get("path"), **out}
+                self._docs_seen = [*self._docs_seen[-49:], entry]
+
+    async def _canary(
+        self,
+        flow: Flow,
+        job: Job,
+        run: RunDir,
+        outputs: dict[str, dict[str, Any]],
+        reviewers: list[str],
+    ) -> None:
+        from pantheon.core.observe.canaries import record_canary
+
+        kind = flow.resolve_inputs(reviewers[0], job.input, outputs).get("kind")
+        if kind not in ("docs", "code"):
+            return
+        real = await asyncio.to_thread(self._workspace, flow, job)
+        planted = await asyncio.to_thread(self._plant, kind, job, real)
+        if planted is None:
+            log.info("run %s: no canary fits this change", run.name)
+            return
+        folder = run.path / "canary"
+        folder.mkdir(parents=True, exist_ok=True)
+        ws = await asyncio.to_thread(
+            JobWorkspace.open,
+            real.repo.path,
+            flow=f"canary-{flow.name}",
+            job_id=job.id,
+            target=real.target,
+            root=self.artifacts / "worktrees",
+        )
+        try:
+            for rel, text in planted.files.items():
+                (ws.path / rel).write_text(text, encoding="utf-8")
+            await asyncio.to_thread(ws.commit, f"canary ({planted.kind}): never merged")
+            diff = await asyncio.to_thread(ws.diff)
+            replayed = dict(outputs)
+            verdicts: dict[str, Any] = {}
+            gates: dict[str, Any] = {}
+            last = max(flow.order.index(n) for n in reviewers)
+            for node in flow.order[: last + 1]:
+                cls = flow.agents[node]
+                if cls.uses_model and not cls.reviewer:
+                    continue  # the writer's output is the real change's
+                if cls.reviewer and planted.must_fail_tests and all(gates.values()):
+                    log.info("run %s: the planted mutation passes the tests; no canary", run.name)
+                    return
+                if cls.reviewer and not all(gates.values()):
+                    break  # the gates stopped it: no reviewer would ever see this change
+                data, error = await self._run_canary_node(flow, job, node, replayed, ws, folder)
+                if cls.reviewer:
+                    verdicts[node] = (
+                        {"passed": data.get("passed"), "reasons": data.get("reasons", [])}
+                        if data is not None
+                        else {"passed": None, "error": error}
+                    )
+                elif data is not None:
+                    replayed[node] = data
+                    gates[node] = data.get("passed")
+                else:
+                    gates[node] = None
+        finally:
+            await asyncio.to_thread(real.repo.remove_worktree, ws.path)
+            await asyncio.to_thread(real.repo.delete_branch, ws.branch)
+        record = {
+            "run": run.name,
+            "job": job.id,
+            "flow": flow.name,
+            "kind": planted.kind,
+            "what": planted.what,
+            "right": False,
+            "gates": gates,
+            "verdicts": verdicts,
+            "at": now_iso(),
+        }
+        atomic_write_json(folder / "canary.json", {**record, "diff": diff})
+        record_canary(self.artifacts, record)
+        if self.on_canary is not None:
+            self.on_canary()
+        caught = [n for n, v in verdicts.items() if v.get("passed") is False]
+        log.info(
+            "run %s: canary (%s) %s",
+            run.name,
+            planted.kind,
+            "stopped by the gates before any review"
+            if not verdicts
+            else "caught by " + ", ".join(caught)
+            if caught
+            else "passed by every reviewer",
+        )
+
+    def _plant(self, kind: str, job: Job, real: JobWorkspace):
+        """The planted defect for this change (None: none of the kinds fits it)."""
+        from pantheon.core.work import canary
+        from pantheon.core.work.doccheck import split_frontmatter
+
+        repo, path = real.repo, str(job.input.get("path") or "")
+        if real.dirty():
+            real.commit("work in progress")
+        base = repo.git("merge-base", f"refs/heads/{real.target}", f"refs/heads/{real.branch}")
+        seed = job.id
+        for k in canary.LIVE_KINDS.get(kind, ()):
+            if kind == "code":
+                test_path = str(job.input.get("test") or "").split("::", 1)[0]
+                try:
+                    original = repo.git("show", f"{base}:{path}")
+                    planted = canary.plant_code(
+                        k,
+                        path=path,
+                        test_path=test_path,
+                        original=original,
+                        fixed=(real.path / path).read_text(encoding="utf-8"),
+                        test_source=(real.path / test_path).read_text(encoding="utf-8"),
+                        seed=seed,
+                    )
+                except (GitError, OSError, ValueError):
+                    planted = None
+            else:
+                meta, body = split_frontmatter((real.path / path).read_text(encoding="utf-8"))
+                if meta is None:
+                    return None
+                others = [d for d in self._docs_seen if d.get("path") != path]
+                other = others[seed % len(others)] if others else None
+                planted = canary.plant_docs(k, path=path, meta=meta, body=body, other=other)
+            if planted is not None:
+                return planted
+        return None
+
+    async def _run_canary_node(
+        self,
+        flow: Flow,
+        job: Job,
+        node: str,
+        outputs: dict[str, dict[str, Any]],
+        ws: JobWorkspace,
+        folder: Path,
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """One node of the flow on the canary's branch: (its output, or why it has none)."""
+        cls = flow.agents[node]
+        given = self._params(cls, flow.node(node).params)
+        node_dir = folder / node
+        node_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            params = cls.Params.model_validate(given)
+            agent_input = cls.Input.model_validate(flow.resolve_inputs(node, job.input, outputs))
+            ctx = NodeContext(
+                run_id=job.run_id,
+                job_id=job.id,
+                flow=flow.name,
+                node=node,
+                node_dir=node_dir,
+                params=params,
+                job_input=job.input,
+                llm=self.agent_llms.get(cls.name, self.llm),
+                calls=CallLog(node_dir),
+                artifacts=self.artifacts,
+                workspace=ws,
+            )
+            result = await self._agent(cls).run(agent_input, ctx)
+            value = result if isinstance(result, BaseModel) else cls.Output.model_validate(result)
+            return value.model_dump(mode="json"), None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def _review_pair(flow: Flow, outputs: dict[str, dict[str, Any]]) -> tuple[bool, bool] | None:
+        verdicts = [
+            bool(outputs[n].get("passed"))
+            for n in flow.order
+            if flow.agents[n].reviewer and n in outputs
+        ]
+        return (verdicts[0], verdicts[1]) if len(verdicts) >= 2 else None
+
+    def _fail_run(
+        self,
+        run: RunDir,
+        record: RunRecord,
+        node: str,
+        agent: str,
+        error: str,
+        artifact: Path | None,
+        outcome: JobOutcome,
+    ) -> JobOutcome:
+        first_line = error.strip().splitlines()[0] if error.strip() else "failed"
+        if artifact is None:
+            artifact = run.write_error(node, error) if node != "(flow)" else run.path / "run.json"
+        run.write_failed(
+            FailedRecord(
+                node=node, agent=agent, error=error, artifact=run.rel(artifact), at=now_iso()
+            )
+        )
+        record.status = "failed"
+        record.error = f"{node}: {first_line}"
+        record.finished_at = now_iso()
+        run.write_record(record)
+        outcome.status = "failed"
+        outcome.error = record.error
+        return outcome
+
+    async def _run_node(
+        self, flow: Flow, job: Job, run: RunDir, node: str, outputs: dict[str, dict[str, Any]]
+    ) -> _NodeResult:
+        """Run one node; every way it can go wrong becomes a recorded result, never an escape."""
+        t0 = time.perf_counter()
+        try:
+            return await self._run_node_inner(flow, job, run, node, outputs, t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the artifacts themselves failed (a full disk, say)
+            error = f"node {node!r} could not be recorded: {type(exc).__name__}: {exc}"
+            path = None
+            with contextlib.suppress(Exception):
+                path = run.write_error(node, error)
+            return _NodeResult(node, False, None, error, path, time.perf_counter() - t0)
+
+    async def _run_node_inner(
+        self,
+        flow: Flow,
+        job: Job,
+        run: RunDir,
+        node: str,
+        outputs: dict[str, dict[str, Any]],
+        t0: float,
+    ) -> _NodeResult:
+        agent_cls = flow.agents[node]
+        spec = flow.node(node)
+
+        def failed(error: str) -> _NodeResult:
+            path = run.write_error(node, error)
+            return _NodeResult(node, False, None, error, path, time.perf_counter() - t0)
+
+        raw = flow.resolve_inputs(node, job.input, outputs)
+        run.write_input(node, raw)
+        try:
+            params = agent_cls.Params.model_validate(self._params(agent_cls, spec.params))
+            agent_input = agent_cls.Input.model_validate(raw)
+        except ValidationError as exc:
+            return failed(
+                f"the input of node {node!r} does not fit agent {agent_cls.name!r}:\n{exc}"
+            )
+        llm = self.agent_llms.get(agent_cls.name, self.llm)
+        if agent_cls.uses_model and llm is None:
+            return failed(
+                f"agent {agent_cls.name!r} uses the model, but no model server is configured",
+            )
+        workspace = None
+        if agent_cls.uses_workspace:
+            try:
+                workspace = await asyncio.to_thread(self._workspace, flow, job)
+            except PantheonError as exc:
+                return failed(f"node {node!r} has no workspace: {exc}")
+        ctx = NodeContext(
+            run_id=job.run_id,
+            job_id=job.id,
+            flow=flow.name,
+            node=node,
+            node_dir=run.node_dir(node),
+            params=params,
+            job_input=job.input,
+            llm=llm,
+            calls=CallLog(run.node_dir(node)),
+            artifacts=self.artifacts,
+            workspace=workspace,
+        )
+        try:
+            result = await self._agent(agent_cls).run(agent_input, ctx)
+        except asyncio.CancelledError:
+            raise
+        except ServerUnavailable as exc:
+            return _NodeResult(
+                node, False, None, str(exc), None, time.perf_counter() - t0, unavailable=True
+            )
+        except NodeError as exc:
+            return failed(str(exc))
+        except PantheonError as exc:
+            return failed(f"{exc.title}: {exc}")
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(exc))
+            return failed(f"agent {agent_cls.name!r} raised {type(exc).__name__}: {exc}\n\n{tb}")
+        try:
+            value: BaseModel = (
+                result
+                if isinstance(result, agent_cls.Output)
+                else agent_cls.Output.model_validate(
+                    result.model_dump() if isinstance(result, BaseModel) else result
+                )
+            )
+            data = value.model_dump(mode="json")
+        except (ValidationError, ValueError, TypeError) as exc:
+            return failed(f"agent {agent_cls.name!r} returned an output that does not fit:\n{exc}")
+        run.write_output(node, data)
+        seconds = time.perf_counter() - t0
+        if agent_cls.gate and not data.get("passed", False):
+            reasons = data.get("reasons") or data.get("reason") or ""
+            if isinstance(reasons, list):
+                reasons = "; ".join(str(r) for r in reasons)
+            error = f"{agent_cls.name} did not pass" + (f": {reasons}" if reasons else "")
+            return _NodeResult(
+                node, False, data, error, run.node_dir(node) / "output.json", seconds
+            )
+        return _NodeResult(node, True, data, None, None, seconds)
