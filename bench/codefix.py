@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pantheon.core.agents.work import Codegen
+from pantheon.core.agents.code import Codegen
 from pantheon.core.errors import NodeError
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import CallLog

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from pantheon.core.agents.work import ReviewPeer, review_messages
+from pantheon.core.agents.review import ReviewPeer, review_messages
 from pantheon.core.errors import PantheonError
 from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.model.client import LLMClient

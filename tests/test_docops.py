@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.agents.work import split_frontmatter
 from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.files import TEST_MODEL, ModelStore
 from pantheon.core.model.server import ModelServer, ServerConfig
 from pantheon.core.store.control import ControlFile
+from pantheon.core.work.doccheck import split_frontmatter
 
 META = {"title": "A title", "description": "What the reader learns here.", "tags": ["kv"]}
 

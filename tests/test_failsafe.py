@@ -18,7 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from pantheon.core import Agent, Engine, JobQueue, NodeContext, enqueue, parse_flow
-from pantheon.core.agents.work import merge_refusal
+from pantheon.core.agents.gates import merge_refusal
 from pantheon.core.errors import EXIT_DISK_FULL, ArtifactError, QueueError
 from pantheon.core.observe.status import status_text
 from pantheon.core.ratelog import RepeatLog

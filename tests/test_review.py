@@ -11,10 +11,10 @@ import pytest
 from test_docops import fake_model, git, run_night
 
 from pantheon.core import JobQueue
-from pantheon.core.agents.work import split_frontmatter
 from pantheon.core.morning.report import SCHEMA, build_summary, write_report
 from pantheon.core.morning.review import DECISIONS_FILE, ReviewError, merge_by_hand, reject
 from pantheon.core.store.control import ControlFile
+from pantheon.core.work.doccheck import split_frontmatter
 
 
 @pytest.fixture

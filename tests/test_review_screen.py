@@ -13,9 +13,9 @@ from pantheon.console.app import PantheonConsole
 from pantheon.console.dialogs import ConfirmScreen
 from pantheon.console.review_screen import ReviewScreen
 from pantheon.console.run_detail import RunDetailScreen
-from pantheon.core.agents.work import split_frontmatter
 from pantheon.core.morning.review import DECISIONS_FILE
 from pantheon.core.store.control import ControlFile
+from pantheon.core.work.doccheck import split_frontmatter
 from pantheon.widgets.json_view import JsonView
 
 SIZE = (110, 32)

@@ -3,7 +3,7 @@ checklist fitted to the flow, the reasons before the verdict."""
 
 from __future__ import annotations
 
-from pantheon.core.agents.work import REVIEW_CHECKLISTS, ReviewPeer, review_messages
+from pantheon.core.agents.review import REVIEW_CHECKLISTS, ReviewPeer, review_messages
 
 DIFF = "--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-    return a - b\n+    return a + b\n"
 
@@ -44,7 +44,7 @@ def test_the_reply_gives_its_reasons_before_its_verdict_and_they_stay_short():
 
 
 def test_a_docs_reviewer_reads_the_page_and_each_kind_gets_its_red_flags():
-    from pantheon.core.agents.work import REVIEW_RED_FLAGS
+    from pantheon.core.agents.review import REVIEW_RED_FLAGS
 
     docs = ReviewPeer.Input(task="frontmatter", kind="docs", test_passed=True)
     page = "# Backups\n\nHow to copy a live store.\n"

@@ -32,6 +32,8 @@ __all__ = [
     "AgentRegistry",
     "NoParams",
     "NodeContext",
+    "StrictModel",
+    "require_workspace",
 ]
 
 log = logging.getLogger(__name__)
@@ -196,3 +198,16 @@ class AgentRegistry:
             cast(self)
         else:
             raise AgentError(f"{origin} names {obj!r}, which is neither an Agent nor a function")
+
+
+class StrictModel(BaseModel):
+    """A model that refuses fields it does not name (an agent's params or reply)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def require_workspace(ctx: NodeContext):
+    """The job's git worktree, or a NodeError naming the node that needs one."""
+    if ctx.workspace is None:
+        raise NodeError(ctx.node, f"{ctx.node} needs the job's git worktree")
+    return ctx.workspace

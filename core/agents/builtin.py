@@ -1,9 +1,9 @@
-"""Pantheon's own agents, registered together: the text checks, the model's describe, and the
-work agents. The base module never imports them; this one does."""
+"""Pantheon's own agents, registered together: the text checks, the model's describe, the gates,
+the docs and code writers and the reviewer. The base module never imports them; this one does."""
 
 from __future__ import annotations
 
-from pantheon.core.agents import describe, text, work
+from pantheon.core.agents import code, describe, docs, gates, review, text
 from pantheon.core.agents.base import AgentRegistry
 
 __all__ = ["default_registry"]
@@ -12,7 +12,9 @@ __all__ = ["default_registry"]
 def default_registry(*, plugins: bool = True) -> AgentRegistry:
     """Pantheon's own agents and, unless ``plugins=False``, the installed plugins."""
     registry = AgentRegistry()
-    for agent in (*text.AGENTS, *describe.AGENTS, *work.AGENTS):
+    work = [gates.PlanValidate, docs.DocFrontmatter, code.Codegen, gates.Test]
+    work += [review.ReviewPeer, gates.MergeGate]
+    for agent in (*text.AGENTS, *describe.AGENTS, *work):
         registry.register(agent)
     if plugins:
         registry.load_entry_points()
