@@ -1083,40 +1083,24 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
 
     async def main() -> int:
         from pantheon.core.model.client import LLMClient
+        from pantheon.core.model.lifecycle import served
         from pantheon.core.model.server import ModelServer, ServerConfig
 
-        server = None
-        code_server = None
-        llm = None
-        code_llm = None
-        starting = []
         engine = Engine(args.artifacts, registry, until_empty=True, **_gate_kwargs(args))
-        failed = []
+        failed: list[PantheonError] = []
 
-        async def supervise() -> None:
-            while server is not None:
-                await asyncio.sleep(2.0)
-                for each in (server, code_server):
-                    if each is None:
-                        continue
-                    try:
-                        await asyncio.to_thread(each.restart_if_dead)
-                    except PantheonError as exc:
-                        log.error("the model server cannot be kept running: %s", exc)
-                        failed.append(exc)
-                        engine.request_stop()
-                        return
+        def lost(exc: PantheonError) -> None:
+            failed.append(exc)
+            engine.request_stop()
 
-        watch = None
-        try:
-            if args.endpoint:
-                llm = _llm_for(args, required=True)
-            else:
-                code_model = _code_model(args)
-                # two servers on one CPU share its cores: each takes half, or their spinning
-                # threads thrash (here 0.3 generated tokens/s a stream, against 8 alone)
-                threads = max(1, (os.cpu_count() or 2) // 2) if code_model else None
-                server = ModelServer(
+        servers: list[ModelServer] = []
+        if not args.endpoint:
+            code_model = _code_model(args)
+            # two servers on one CPU share its cores: each takes half, or their spinning
+            # threads thrash (here 0.3 generated tokens/s a stream, against 8 alone)
+            threads = max(1, (os.cpu_count() or 2) // 2) if code_model else None
+            servers.append(
+                ModelServer(
                     args.artifacts,
                     ServerConfig(
                         model=args.model,
@@ -1126,68 +1110,51 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                         adapters=_registry_adapter_files(args.artifacts, "llama.cpp", args.model),
                     ),
                 )
-                log.info("starting the embedded model server (%s)", args.model)
-                tied = not args.keep_server
-                starting.append(asyncio.ensure_future(asyncio.to_thread(server.ensure, tied=tied)))
-                if code_model:
-                    code_server = ModelServer(
+            )
+            log.info("starting the embedded model server (%s)", args.model)
+            if code_model:
+                servers.append(
+                    ModelServer(
                         args.artifacts,
                         ServerConfig(
-                            model=code_model,
-                            port=0,
-                            parallel=max(concurrency, 1),
-                            threads=threads,
+                            model=code_model, port=0, parallel=max(concurrency, 1), threads=threads
                         ),
                         name="code",
                     )
-                    log.info("starting the writers' model server (%s)", code_model)
-                    starting.append(
-                        asyncio.ensure_future(asyncio.to_thread(code_server.ensure, tied=tied))
-                    )
-                states = await asyncio.shield(asyncio.gather(*starting))
-                state = states[0]
-                log.info("model server ready at %s", state.endpoint)
-                llm = LLMClient(
-                    state.endpoint,
-                    model=state.alias,
-                    adapters=state.adapters,
-                    **_client_limits(args),
                 )
-                llm.max_choices = state.parallel
-                if code_server is not None:
-                    code_state = states[1]
-                    log.info("writers' model server ready at %s", code_state.endpoint)
-                    code_llm = LLMClient(
-                        code_state.endpoint, model=code_state.alias, **_client_limits(args)
+                log.info("starting the writers' model server (%s)", code_model)
+        clients: list[LLMClient] = []
+        try:
+            async with served(
+                servers, tied=not args.keep_server, keep=args.keep_server, on_lost=lost
+            ) as states:
+                if args.endpoint:
+                    clients.append(_llm_for(args, required=True))
+                labels = ("model server", "writers' model server")
+                for state, label in zip(states, labels, strict=False):
+                    log.info("%s ready at %s", label, state.endpoint)
+                    client = LLMClient(
+                        state.endpoint,
+                        model=state.alias,
+                        adapters=state.adapters if not clients else None,
+                        **_client_limits(args),
                     )
-                    code_llm.max_choices = code_state.parallel
+                    client.max_choices = state.parallel
+                    clients.append(client)
+                llm = engine.llm = clients[0]
+                if len(clients) > 1:
                     moved = WRITER_AGENTS + (
                         REVIEW_AGENTS if args.reviewers_on == "code-model" else ()
                     )
-                    engine.agent_llms = {agent: code_llm for agent in moved}
-            engine.llm = llm
-            engine.adapters = await _agent_adapters(args.artifacts, llm)
-            if code_llm is not None:
+                    engine.agent_llms = {agent: clients[1] for agent in moved}
+                engine.adapters = await _agent_adapters(args.artifacts, llm)
                 for agent in engine.agent_llms:  # their adapters were trained on the other model
                     engine.adapters.pop(agent, None)
-            watch = asyncio.create_task(supervise())
-            code = await _drive(engine)
-            return 1 if failed else code
+                code = await _drive(engine)
+                return 1 if failed else code
         finally:
-            if watch is not None:
-                watch.cancel()
-                await asyncio.gather(watch, return_exceptions=True)
-            for client in (llm, code_llm):
-                if client is not None:
-                    await client.aclose()
-            for each in (server, code_server):
-                if each is not None:
-                    each.abort_start()
-            if starting:
-                await asyncio.gather(*starting, return_exceptions=True)
-            for each in (server, code_server):
-                if each is not None and each.started_here and not args.keep_server:
-                    await asyncio.to_thread(each.stop)
+            for client in clients:
+                await client.aclose()
 
     code = asyncio.run(main())
     try:
@@ -1328,20 +1295,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    state = server.start(timeout_s=args.timeout, supervisor_pid=os.getpid())
-    print(
-        f"model server ready at {state.endpoint} (model {state.model}, {state.parallel} slots, "
-        f"pid {state.pid}); Ctrl-C stops it",
-        flush=True,
-    )
-    try:
+    from pantheon.core.model.lifecycle import Supervisor, serving
+
+    with serving(server, timeout_s=args.timeout, supervisor_pid=os.getpid()) as state:
+        print(
+            f"model server ready at {state.endpoint} (model {state.model}, {state.parallel} "
+            f"slots, pid {state.pid}); Ctrl-C stops it",
+            flush=True,
+        )
+        supervisor = Supervisor([server])
         while not stop["now"]:
             time.sleep(0.5)
             if not stop["now"]:
-                server.restart_if_dead()
-    finally:
-        server.stop()
-        log.info("model server stopped")
+                supervisor.tick()
+    log.info("model server stopped")
     return 0
 
 

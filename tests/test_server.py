@@ -292,3 +292,21 @@ def test_kill_9_of_a_night_leaves_no_model_server_behind(tmp_path, smollm2):
         night.send_signal(signal.SIGKILL)
         night.wait()
     assert _gone(state.pid), f"the night's model server {state.pid} outlived kill -9 of the night"
+
+
+async def test_served_supervises_the_block_and_stops_what_it_started(tmp_path, smollm2):
+    from pantheon.core.model.lifecycle import served
+
+    srv = ModelServer(tmp_path, ServerConfig(model=smollm2, port=0, parallel=1))
+    async with served([srv], supervise_every_s=0.2) as [state]:
+        assert srv.healthy(state) and srv.started_here
+        os.kill(state.pid, signal.SIGKILL)  # dies mid-block: the supervisor starts it again
+        for _ in range(300):
+            new = srv.state()
+            if new is not None and new.pid != state.pid and srv.healthy(new):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the dead server was not started again")
+        assert new.restarts == 1
+    assert _gone(new.pid) and srv.state() is None, "stopped on the way out"

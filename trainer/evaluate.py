@@ -42,6 +42,7 @@ from pantheon.core.learn.files import (
     update_registry,
 )
 from pantheon.core.model.client import LLMClient
+from pantheon.core.model.lifecycle import serving
 from pantheon.core.model.server import ModelServer, ServerConfig, artifact_name
 from pantheon.core.morning.review import read_decisions
 from pantheon.core.run.runner import Runner
@@ -175,15 +176,23 @@ def evaluate(
         work,
         ServerConfig(model=state.base_model, port=0, parallel=parallel, adapters=[str(gguf)]),
     )
-    sstate = server.start(timeout_s=endpoint_timeout_s)
     try:
-        results = asyncio.run(
-            _run_all(
-                artifacts, work, state, tasks, sstate, name, registry, decisions, parallel, on_task
+        with serving(server, timeout_s=endpoint_timeout_s) as sstate:
+            results = asyncio.run(
+                _run_all(
+                    artifacts,
+                    work,
+                    state,
+                    tasks,
+                    sstate,
+                    name,
+                    registry,
+                    decisions,
+                    parallel,
+                    on_task,
+                )
             )
-        )
     finally:
-        server.stop()
         for side in ("base", "adapter"):  # the scratch clones and checkouts; the runs stay
             shutil.rmtree(work / side / "repos", ignore_errors=True)
             shutil.rmtree(work / side / "worktrees", ignore_errors=True)

@@ -105,7 +105,7 @@ class Test(Agent):
         from pantheon.core.work.sandbox import SandboxError
         from pantheon.core.work.testcmd import TestCommandError, is_test_file, resolve_test_command
 
-        checks: dict[str, bool] = Field(default_factory=dict)
+        checks: dict[str, bool] = {}
         reasons: list[str] = []
         if await asyncio.to_thread(job.dirty):
             await asyncio.to_thread(job.commit, "work in progress")

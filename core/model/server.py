@@ -426,7 +426,12 @@ class ModelServer:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(
-        self, *, timeout_s: float = 180.0, supervisor_pid: int | None = None, tied: bool = True
+        self,
+        *,
+        timeout_s: float = 180.0,
+        supervisor_pid: int | None = None,
+        tied: bool = True,
+        restarts: int = 0,
     ) -> ServerState:
         """Start the server and wait until it is healthy; raise ModelServerError if it is not.
 
@@ -485,6 +490,7 @@ class ModelServer:
             owner_pid=os.getpid(),
             owner_start=_proc_start(os.getpid()),
             tied=preexec is not None,
+            restarts=restarts,
         )
         self._write_state(state)
         self._wait_healthy(state, timeout_s)
@@ -609,10 +615,8 @@ class ModelServer:
             )
         log.warning("the model server is gone; starting it again (restart %d)", restarts)
         self.state_path.unlink(missing_ok=True)
-        new = self.start(
+        return self.start(
             supervisor_pid=state.supervisor_pid if state else None,
             tied=state.tied if state else True,
+            restarts=restarts,
         )
-        new.restarts = restarts
-        self._write_state(new)
-        return new
