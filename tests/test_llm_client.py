@@ -304,7 +304,7 @@ async def test_a_call_that_hangs_is_cancelled_posted_once_more_then_fails_as_a_s
     client, http = make(handler, stall_s=0.3, warn_s=0.1)
     t0 = time.monotonic()
     with (
-        caplog.at_level("INFO", logger="pantheon.core.model.client"),
+        caplog.at_level("INFO", logger="pantheon.core.model"),
         pytest.raises(ModelStalled) as caught,
     ):
         await client.chat(MSGS, label="docops-000001/write")

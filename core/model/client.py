@@ -19,10 +19,7 @@ as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import random
 import re
 import time
 from collections import deque
@@ -33,8 +30,9 @@ from typing import Any
 
 import httpx
 
-from pantheon.core.errors import ModelServerError, ModelStalled, ServerUnavailable
+from pantheon.core.errors import ModelServerError, ServerUnavailable
 from pantheon.core.model.guard import Resolver, check_endpoint
+from pantheon.core.model.stream import CallWatch, StreamedCalls, snippet
 
 __all__ = ["Backend", "CallWatch", "ChatReply", "LLMClient"]
 
@@ -75,66 +73,7 @@ def _retryable_status(code: int) -> bool:
     return code >= 500 or code == 429
 
 
-def _retry_after(resp: httpx.Response, cap_s: float) -> float | None:
-    """The seconds a 429 or 503 asks the client to wait (``Retry-After``: seconds or a date)."""
-    value = resp.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return min(max(seconds, 0.0), cap_s)
-
-
-@dataclass(slots=True)
-class CallWatch:
-    """What one model call has shown so far: the console and the night log read it."""
-
-    label: str
-    """Who waits (a node of a run, as ``docops-000012/write``)."""
-    started: float = field(default_factory=time.time)
-    """When the call was sent (epoch seconds)."""
-    first_token: float | None = None
-    tokens: int = 0
-    """Content chunks received so far (about one token each)."""
-    progress_at: float = field(default_factory=time.monotonic)
-    """The last time the call or the server showed progress (monotonic)."""
-    posts: int = 1
-    warned: bool = False
-
-
-_PROGRESS_COUNTERS = (
-    # llama-server: decode batches run and tokens done; vLLM: tokens done
-    "llamacpp:n_decode_total",
-    "llamacpp:prompt_tokens_total",
-    "llamacpp:tokens_predicted_total",
-    "vllm:prompt_tokens_total",
-    "vllm:generation_tokens_total",
-)
-
-
-def _progress_value(text: str) -> float | None:
-    """The sum of the server's work counters in its /metrics text; None when it has none."""
-    total = None
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in _PROGRESS_COUNTERS:
-            try:
-                total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-            except (ValueError, IndexError):
-                continue
-    return total
-
-
-class LLMClient:
+class LLMClient(StreamedCalls):
     """An OpenAI-compatible chat client for one local model server."""
 
     def __init__(
@@ -295,7 +234,7 @@ class LLMClient:
                     self._down_since = None
                     return resp, attempt
                 status = resp.status_code
-                last = f"HTTP {resp.status_code}: {_snippet(resp.text)}"
+                last = f"HTTP {resp.status_code}: {snippet(resp.text)}"
             if (status is None or status == 503) and self._down_since is None:
                 self._down_since = time.time()
             if attempt > self.retries:
@@ -306,13 +245,6 @@ class LLMClient:
                 )
             await asyncio.sleep(self._pause(delay, resp if status is not None else None))
             delay = min(delay * 2, self.max_backoff_s)
-
-    def _pause(self, delay: float, resp: httpx.Response | None) -> float:
-        """The wait before the next try: the server's ``Retry-After`` when it gave one, else
-        the backoff; with up to 25 % jitter, so many waiting calls do not return at once."""
-        asked = _retry_after(resp, self.retry_after_cap_s) if resp is not None else None
-        base = asked if asked is not None else delay
-        return base * (1.0 + 0.25 * random.random())
 
     async def chat(
         self,
@@ -414,254 +346,6 @@ class LLMClient:
         except (httpx.HTTPError, ValueError, AttributeError):
             return 0
 
-    async def _complete(
-        self, body: dict[str, Any], label: str = "model call"
-    ) -> tuple[dict[str, Any], int, float, str]:
-        """Post one generation and wait for it, watched: see the module's docstring."""
-        t0 = time.perf_counter()
-        watch = CallWatch(label=label)
-        key = id(watch)
-        self.watches[key] = watch
-        self.in_flight += 1
-        attempts = 0
-        try:
-            while True:
-                try:
-                    resp, tries, data = await self._watched(body, watch)
-                except ModelStalled as exc:
-                    if watch.posts > 1:
-                        log.error("%s: %s", label, exc.message)
-                        raise
-                    watch.posts += 1
-                    log.warning("%s: posted again after a stall", label)
-                    # the closed stream has to reach the server first: never two at once
-                    await asyncio.sleep(self._pause(1.0, None))
-                    watch.progress_at = time.monotonic()
-                    continue
-                attempts += tries
-                break
-        finally:
-            self.in_flight -= 1
-            self.watches.pop(key, None)
-        latency = time.perf_counter() - t0
-        if resp.status_code >= 400:
-            raise ModelServerError(
-                f"model server at {self.where} refused the request: HTTP {resp.status_code}: "
-                f"{_error_message(resp)}"
-            )
-        raw_text = json.dumps(data, ensure_ascii=False) if data is not None else resp.text
-        if data is None:
-            try:
-                data = resp.json()
-            except ValueError:
-                data = None
-        try:
-            data["choices"][0]["message"]  # type: ignore[index]
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise ModelServerError(
-                f"model server at {self.where} answered something that is not a chat completion: "
-                f"{_snippet(raw_text)}"
-            ) from None
-        assert data is not None
-        usage = data.get("usage") or {}
-        self.prompt_tokens_total += int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens_total += int(usage.get("completion_tokens") or 0)
-        return data, attempts + watch.posts - 1, latency, raw_text
-
-    async def _watched(
-        self, body: dict[str, Any], watch: CallWatch
-    ) -> tuple[httpx.Response, int, dict[str, Any] | None]:
-        """One post of a generation under the stall watch; raise ModelStalled when it stalls."""
-        task = asyncio.ensure_future(self._post_generation(body, watch))
-        tick = min(5.0, max(self.stall_s / 4, 0.05))
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=tick)
-                if done:
-                    return task.result()
-                now = time.monotonic()
-                silent = now - watch.progress_at
-                waited = time.time() - watch.started
-                if waited > self.deadline_s:
-                    why = f"it ran past its deadline of {self.deadline_s:.3g} s"
-                    raise self._stalled(watch, why)
-                if silent >= min(self.warn_s, self.stall_s / 2) and not watch.warned:
-                    watch.warned = True
-                    log.info(
-                        "%s: waiting on the model for %s (%d token(s) so far, at %s)",
-                        watch.label,
-                        _clock(waited),
-                        watch.tokens,
-                        self.where,
-                    )
-                if silent >= self.stall_s / 2:
-                    await self._server_value()  # the baseline, then the check
-                if silent >= self.stall_s:
-                    if self._moved_since(watch.progress_at):
-                        watch.progress_at = now
-                        continue
-                    raise self._stalled(
-                        watch,
-                        f"no progress for {silent:.3g} s (no token from the call, and the "
-                        "server's counters did not move)",
-                    )
-        finally:
-            if not task.done():
-                task.cancel()  # closes the connection: the server drops the request
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-
-    def _stalled(self, watch: CallWatch, why: str) -> ModelStalled:
-        waited = time.time() - watch.started
-        again = " (posted twice)" if watch.posts > 1 else ""
-        return ModelStalled(
-            f"the model call stalled at {self.where}{again}: {why}; cancelled after "
-            f"{_clock(waited)}, {watch.tokens} token(s) received",
-            waited_s=waited,
-            hint="is the server hung? `pantheon serve --status` tells; its log is in "
-            "ARTIFACTS/server/server.log",
-        )
-
-    async def _server_value(self) -> float | None:
-        """The server's work counters now (read at most once a second, however many calls
-        ask, and a few times within one stall); None when it has none or does not answer."""
-        now = time.monotonic()
-        if self._marks and now - self._marks[-1][0] < min(1.0, self.stall_s / 4):
-            return self._marks[-1][1]
-        text = ""
-        with contextlib.suppress(asyncio.TimeoutError):
-            text = await asyncio.wait_for(self.metrics_text(), timeout=5.0)
-        value = _progress_value(text)
-        self._marks.append((time.monotonic(), value))
-        return value
-
-    def _moved_since(self, since: float) -> bool:
-        """True when the server's counters changed after ``since`` (monotonic)."""
-        seen = [v for at, v in self._marks if at >= since]
-        if len(seen) < 2 or seen[0] is None or seen[-1] is None:
-            return False
-        return seen[-1] != seen[0]
-
-    async def _post_generation(
-        self, body: dict[str, Any], watch: CallWatch
-    ) -> tuple[httpx.Response, int, dict[str, Any] | None]:
-        """Post with retries on connection errors and 5xx (as ``_request``); a streamed
-        answer is assembled into the body a non-streamed one would have had."""
-        if not self.stream:
-            resp, attempts = await self._request("POST", "/v1/chat/completions", json=body)
-            return resp, attempts, None
-        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        url = self.base_url + "/v1/chat/completions"
-        attempt = 0
-        delay = self.backoff_s
-        # the stall watch bounds the wait between chunks; httpx's own read timeout is a net
-        timeout = httpx.Timeout(max(self._timeout_s, self.stall_s * 2), connect=5.0)
-        while True:
-            attempt += 1
-            status = None
-            try:
-                async with self._http.stream("POST", url, json=body, timeout=timeout) as resp:
-                    watch.progress_at = time.monotonic()
-                    if not _retryable_status(resp.status_code):
-                        self._down_since = None
-                        if resp.status_code >= 400 or not _is_event_stream(resp):
-                            await resp.aread()
-                            return resp, attempt, None
-                        return resp, attempt, await self._read_stream(resp, watch)
-                    await resp.aread()
-                    status = resp.status_code
-                    last = f"HTTP {resp.status_code}: {_snippet(resp.text)}"
-                    retry = resp
-            except httpx.TransportError as exc:
-                if isinstance(exc, httpx.ReadTimeout):
-                    raise self._stalled(watch, f"no byte for {timeout.read:.0f} s") from None
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                retry = None
-            if (status is None or status == 503) and self._down_since is None:
-                self._down_since = time.time()
-            if attempt > self.retries:
-                if status is None or status == 503:
-                    raise self._not_answering(attempt, last)
-                raise ModelServerError(
-                    f"model server at {self.where} failed the request {attempt} time(s): {last}"
-                )
-            await asyncio.sleep(self._pause(delay, retry))
-            delay = min(delay * 2, self.max_backoff_s)
-            watch.progress_at = time.monotonic()
-
-    async def _read_stream(self, resp: httpx.Response, watch: CallWatch) -> dict[str, Any]:
-        """The server-sent events of one streamed completion, as one completion body.
-
-        Each choice's usage is its own where the server says so per choice (llama-server
-        sends one usage chunk per choice); the body's ``usage`` is the first choice's, as a
-        non-streamed llama-server answer has it."""
-        texts: dict[int, list[str]] = {}
-        finish: dict[int, str | None] = {}
-        usages: list[dict[str, Any]] = []
-        owner: list[int | None] = []
-        """The choice each usage chunk belongs to: the last one finished before it."""
-        finished: list[int] = []
-        extra: dict[str, Any] = {}
-        model = ""
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                break
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                raise ModelServerError(
-                    f"model server at {self.where} streamed something that is not JSON: "
-                    f"{_snippet(payload)}"
-                ) from None
-            if not isinstance(chunk, dict):
-                continue
-            if "error" in chunk:
-                err = chunk["error"]
-                message = err.get("message") if isinstance(err, dict) else err
-                raise ModelServerError(
-                    f"model server at {self.where} failed the request while streaming: {message}"
-                )
-            watch.progress_at = time.monotonic()
-            model = str(chunk.get("model") or model)
-            for choice in chunk.get("choices") or []:
-                index = int(choice.get("index") or 0)
-                piece = (choice.get("delta") or {}).get("content")
-                texts.setdefault(index, [])
-                if piece:
-                    if watch.first_token is None:
-                        watch.first_token = time.time()
-                    watch.tokens += 1
-                    texts[index].append(piece)
-                if choice.get("finish_reason") is not None:
-                    finish[index] = choice["finish_reason"]
-                    finished.append(index)
-            if chunk.get("usage"):
-                usages.append(chunk["usage"])
-                owner.append(finished[-1] if finished else None)
-                for key in ("timings",):
-                    if key in chunk:
-                        extra[key] = chunk[key]
-        order = sorted(texts)
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": "".join(texts[i])},
-                "finish_reason": finish.get(i),
-            }
-            for i in order
-        ]
-        data: dict[str, Any] = {"model": model, "choices": choices, **extra}
-        if usages:
-            data["usage"] = usages[0]
-            mine = dict(zip(owner, usages, strict=True))
-            if len(choices) > 1 and len(usages) == len(choices) and set(mine) == set(order):
-                data["usage"] = mine[order[0]]
-                data["choice_usage"] = [int(mine[i].get("completion_tokens") or 0) for i in order]
-        return data
-
     def _reply(
         self,
         data: dict[str, Any],
@@ -677,7 +361,7 @@ class LLMClient:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ModelServerError(
                 f"model server at {self.where} answered something that is not a chat completion: "
-                f"{_snippet(raw_text)}"
+                f"{snippet(raw_text)}"
             ) from None
         usage = data.get("usage") or {}
         return ChatReply(
@@ -743,31 +427,3 @@ class LLMClient:
         except httpx.TransportError:
             return ""
         return resp.text if resp.status_code == 200 else ""
-
-
-def _snippet(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split())
-    if not flat:
-        return "(an empty body)"
-    return flat if len(flat) <= limit else flat[:limit] + "..."
-
-
-def _is_event_stream(resp: httpx.Response) -> bool:
-    return resp.headers.get("content-type", "").startswith("text/event-stream")
-
-
-def _clock(seconds: float) -> str:
-    """``4m12s`` (or ``37s``): how long a wait has lasted."""
-    seconds = max(int(seconds), 0)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _error_message(resp: httpx.Response) -> str:
-    try:
-        data = resp.json()
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            return str(err.get("message") or err)
-        return str(err)
-    except ValueError:
-        return _snippet(resp.text)
