@@ -235,14 +235,7 @@ class LLMClient(StreamedCalls):
                     return resp, attempt
                 status = resp.status_code
                 last = f"HTTP {resp.status_code}: {snippet(resp.text)}"
-            if (status is None or status == 503) and self._down_since is None:
-                self._down_since = time.time()
-            if attempt > self.retries:
-                if status is None or status == 503:
-                    raise self._not_answering(attempt, last)
-                raise ModelServerError(
-                    f"model server at {self.where} failed the request {attempt} time(s): {last}"
-                )
+            self._spent(attempt, status, last)
             await asyncio.sleep(self._pause(delay, resp if status is not None else None))
             delay = min(delay * 2, self.max_backoff_s)
 

@@ -141,6 +141,18 @@ class StreamedCalls:
 
         async def metrics_text(self) -> str: ...
 
+    def _spent(self, attempt: int, status: int | None, last: str) -> None:
+        """Note a failed try; when the retries ran out, raise: ServerUnavailable for a server
+        that cannot be reached (or says 503, not ready), ModelServerError for another error."""
+        if (status is None or status == 503) and self._down_since is None:
+            self._down_since = time.time()
+        if attempt > self.retries:
+            if status is None or status == 503:
+                raise self._not_answering(attempt, last)
+            raise ModelServerError(
+                f"model server at {self.where} failed the request {attempt} time(s): {last}"
+            )
+
     def _pause(self, delay: float, resp: httpx.Response | None) -> float:
         """The wait before the next try: the server's ``Retry-After`` when it gave one, else
         the backoff; with up to 25 % jitter, so many waiting calls do not return at once."""
@@ -311,14 +323,7 @@ class StreamedCalls:
                     raise self._stalled(watch, f"no byte for {timeout.read:.0f} s") from None
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 retry = None
-            if (status is None or status == 503) and self._down_since is None:
-                self._down_since = time.time()
-            if attempt > self.retries:
-                if status is None or status == 503:
-                    raise self._not_answering(attempt, last)
-                raise ModelServerError(
-                    f"model server at {self.where} failed the request {attempt} time(s): {last}"
-                )
+            self._spent(attempt, status, last)
             await asyncio.sleep(self._pause(delay, retry))
             delay = min(delay * 2, self.max_backoff_s)
             watch.progress_at = time.monotonic()
