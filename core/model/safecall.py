@@ -206,15 +206,17 @@ def _waiting(log: CallLog | None, client: LLMClient) -> contextlib.AbstractConte
     return log.waiting(client.where) if log is not None else contextlib.nullcontext()
 
 
+def stall_fields(exc: BaseException) -> dict[str, Any]:
+    """What a call record adds for a call that stalled (nothing for another failure)."""
+    if isinstance(exc, ModelStalled):
+        return {"stalled": True, "waited_s": round(exc.waited_s, 1)}
+    return {}
+
+
 def _record_failure(
     log: CallLog, base: dict[str, Any], client: LLMClient, exc: ModelServerError, latency: float
 ) -> None:
     """A call the server failed, or that stalled: recorded with the reason (and the wait)."""
-    stall = (
-        {"stalled": True, "waited_s": round(exc.waited_s, 1)}
-        if isinstance(exc, ModelStalled)
-        else {}
-    )
     log.record(
         **base,
         model=client.model,
@@ -224,7 +226,7 @@ def _record_failure(
         prompt_tokens=0,
         completion_tokens=0,
         latency_s=round(latency, 4),
-        **stall,
+        **stall_fields(exc),
     )
 
 

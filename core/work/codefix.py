@@ -34,9 +34,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pantheon.core.errors import ModelServerError, ModelStalled, NodeError
+from pantheon.core.errors import ModelServerError, NodeError
 from pantheon.core.model.client import ChatReply, LLMClient, Message
-from pantheon.core.model.safecall import CallLog
+from pantheon.core.model.safecall import CallLog, stall_fields
 from pantheon.core.work.testcmd import TestCommand, TestRun
 
 __all__ = [
@@ -431,11 +431,7 @@ async def run_fix(
                         label=label,
                     )
         except ModelServerError as exc:
-            stall = (
-                {"stalled": True, "waited_s": round(exc.waited_s, 1)}
-                if isinstance(exc, ModelStalled)
-                else {}
-            )
+            stall = stall_fields(exc)
             for c in cands:
                 c.problem = str(exc)
                 c.record.update(raw=None, latency_s=round(time.perf_counter() - t0, 4), **stall)
