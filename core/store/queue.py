@@ -11,388 +11,42 @@ flow file edited during the night does not change jobs already queued.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import sqlite3
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pantheon.core.errors import QueueError
-
-__all__ = ["STATUSES", "Counts", "Job", "JobQueue", "JobSummary", "NodeRow", "new_owner"]
-
-DB_FILE = "pantheon.db"
-SCHEMA_VERSION = 4
-STATUSES = ("queued", "running", "done", "failed")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS flows (
-    sha256  TEXT PRIMARY KEY,
-    name    TEXT NOT NULL,
-    source  TEXT NOT NULL,
-    text    TEXT NOT NULL,
-    added   REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    flow        TEXT NOT NULL,
-    flow_sha    TEXT NOT NULL REFERENCES flows(sha256),
-    input       TEXT NOT NULL,
-    status      TEXT NOT NULL DEFAULT 'queued'
-                CHECK (status IN ('queued', 'running', 'done', 'failed')),
-    next_agent  TEXT NOT NULL,
-    node        TEXT,
-    priority    INTEGER NOT NULL DEFAULT 0,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    owner       TEXT,
-    lease_until REAL,
-    created     REAL NOT NULL,
-    started     REAL,
-    finished    REAL,
-    error       TEXT,
-    touched     REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs (status, next_agent, priority DESC, id);
-CREATE INDEX IF NOT EXISTS jobs_by_age ON jobs (status, priority DESC, id);
-CREATE INDEX IF NOT EXISTS jobs_by_flow ON jobs (flow, status);
-CREATE TABLE IF NOT EXISTS nodes (
-    job_id   INTEGER NOT NULL REFERENCES jobs(id),
-    node     TEXT NOT NULL,
-    agent    TEXT NOT NULL,
-    status   TEXT NOT NULL CHECK (status IN ('done', 'failed')),
-    seconds  REAL NOT NULL,
-    finished REAL NOT NULL,
-    PRIMARY KEY (job_id, node)
-);
-CREATE INDEX IF NOT EXISTS nodes_by_agent ON nodes (agent, status);
-CREATE INDEX IF NOT EXISTS nodes_by_time ON nodes (finished);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created);
-CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished);
-CREATE TABLE IF NOT EXISTS reviews (
-    job_id   INTEGER PRIMARY KEY REFERENCES jobs(id),
-    flow     TEXT NOT NULL,
-    first    INTEGER NOT NULL,
-    second   INTEGER NOT NULL,
-    at       REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reviews_by_time ON reviews (at);
-CREATE TABLE IF NOT EXISTS kv (
-    key     TEXT PRIMARY KEY,
-    value   TEXT NOT NULL,
-    at      REAL NOT NULL
-);
-"""
-
-# v3: ``jobs.touched``, when a job's row last changed in a way a reader can see (not a lease
-# renewal); every statement here that changes such a column sets it. A reader asks for what
-# changed since its last look through an index instead of scanning every job.
-_TOUCHED = """
-CREATE INDEX IF NOT EXISTS jobs_by_touched ON jobs (touched);
-DROP TRIGGER IF EXISTS jobs_touch_insert;
-DROP TRIGGER IF EXISTS jobs_touch_update;
-"""
-# v4: ``kv``, small values the engine keeps durably beside the jobs (the last good controls).
-_NO_ROOM = frozenset({"SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"})
-"""What SQLite says when the disk has no room: the database cannot grow, or the shared-memory
-file beside it cannot be made (opening a WAL database on a full disk)."""
-_NOW = "(julianday('now') - 2440587.5) * 86400.0"
-"""Now, in epoch seconds, as SQLite computes it."""
-
-
-def _statements(script: str) -> list[str]:
-    """The complete SQL statements of a script (a trigger's body holds semicolons too)."""
-    out, buf = [], ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            out.append(buf.strip())
-            buf = ""
-    return out
-
-
-def new_owner() -> str:
-    """A lease owner id for this process: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _owner_is_dead(owner: str | None) -> bool:
-    """True when ``owner`` names a process on this host that no longer exists."""
-    if not owner:
-        return True
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A row of the queue."""
-
-    id: int
-    flow: str
-    flow_sha: str
-    input: dict[str, Any]
-    status: str
-    next_agent: str
-    node: str | None
-    attempts: int
-    created: float
-    started: float | None
-    finished: float | None
-    error: str | None
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.id:06d}"
-
-    @property
-    def run_name(self) -> str:
-        """The run's folder name under ``runs/``."""
-        return f"{self.flow}-{self.run_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    """A node a job finished (or failed), for the per-agent counts."""
-
-    node: str
-    agent: str
-    status: str
-    """``done`` or ``failed``."""
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class JobSummary:
-    """A job as a table of runs shows it: no input, cheap to read by the thousand."""
-
-    id: int
-    flow: str
-    status: str
-    next_agent: str
-    """The agent the job runs now (running) or next (queued)."""
-    node: str | None
-    """The node that failed it, or else the last node it finished."""
-    attempts: int
-    created: float
-    started: float | None
-    finished: float | None
-    error: str | None
-    node_agent: str | None = None
-    """The agent of ``node``."""
-    flow_sha: str = ""
-
-    @property
-    def run_name(self) -> str:
-        return f"{self.flow}-{self.id:06d}"
-
-    @property
-    def agent(self) -> str:
-        """The agent it runs now or next (queued, running), or that it ended on."""
-        if self.status in ("done", "failed") and self.node_agent:
-            return self.node_agent
-        return self.next_agent
-
-
-@dataclass
-class Counts:
-    """Jobs by status, per flow and per agent (queued/running by the agent they run next;
-    done/failed by the nodes each agent finished)."""
-
-    by_flow: dict[str, dict[str, int]]
-    by_agent: dict[str, dict[str, int]]
-
-    @property
-    def total(self) -> dict[str, int]:
-        out = dict.fromkeys(STATUSES, 0)
-        for row in self.by_flow.values():
-            for k, v in row.items():
-                out[k] += v
-        return out
-
-
-_JOB_COLS = (
-    "id, flow, flow_sha, input, status, next_agent, node, attempts, created, started, finished, "
-    "error"
+from pantheon.core.store.jobs import (
+    _JOB_COLS,
+    STATUSES,
+    Counts,
+    Job,
+    JobSummary,
+    NodeRow,
+    _job,
+    _owner_is_dead,
+    new_owner,
 )
+from pantheon.core.store.queuedb import _NOW, DB_FILE, SCHEMA_VERSION, QueueDatabase
+
+__all__ = [
+    "DB_FILE",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Counts",
+    "Job",
+    "JobQueue",
+    "JobSummary",
+    "NodeRow",
+    "new_owner",
+]
 
 
-def _job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0],
-        flow=row[1],
-        flow_sha=row[2],
-        input=json.loads(row[3]),
-        status=row[4],
-        next_agent=row[5],
-        node=row[6],
-        attempts=row[7],
-        created=row[8],
-        started=row[9],
-        finished=row[10],
-        error=row[11],
-    )
-
-
-class JobQueue:
+class JobQueue(QueueDatabase):
     """The queue in ``artifacts/pantheon.db``. One instance per thread."""
-
-    def __init__(
-        self,
-        artifacts: Path,
-        *,
-        create: bool = True,
-        timeout_s: float = 10.0,
-        shared: bool = False,
-    ) -> None:
-        """``shared``: the connection may be used from several threads, one at a time (the
-        caller serializes)."""
-        self.artifacts = Path(artifacts)
-        self.path = self.artifacts / DB_FILE
-        if not create and not self.path.exists():
-            raise QueueError(
-                f"there is no queue at {self.path}",
-                hint="enqueue jobs first (`pantheon enqueue FLOW ...`), or pass --artifacts DIR",
-            )
-        if create:
-            try:
-                self.artifacts.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise QueueError(
-                    f"cannot create the artifacts directory {self.artifacts}: "
-                    f"{exc.strerror or exc} ({exc.filename or self.artifacts})",
-                    hint="point --artifacts at a folder you can write",
-                ) from None
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=not shared
-            )
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise QueueError(
-                    f"{self.path} was written by a newer Pantheon (schema {version} > "
-                    f"{SCHEMA_VERSION})",
-                    hint="upgrade Pantheon, or use another --artifacts directory",
-                )
-            if version < SCHEMA_VERSION:
-                self._migrate()
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise self._error(exc) from None
-        except BaseException:
-            self._db.close()
-            raise
-
-    def _migrate(self) -> None:
-        """Bring an older (or new, empty) database to this schema, under the write lock, so
-        that two processes opening it at once do it once."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                for statement in _statements(_SCHEMA):
-                    db.execute(statement)
-                columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-                if "touched" not in columns:  # a version 1 or 2 database
-                    db.execute("ALTER TABLE jobs ADD COLUMN touched REAL")
-                    db.execute("UPDATE jobs SET touched = COALESCE(finished, started, created)")
-                for statement in _statements(_TOUCHED):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _error(self, exc: sqlite3.Error) -> QueueError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return QueueError(
-                f"the queue database {self.path} is locked by another process ({text})",
-                hint="another engine or tool holds a long write; wait and retry, or stop it",
-            )
-        if "not a database" in text or "malformed" in text or "corrupt" in text:
-            return QueueError(
-                f"the queue database {self.path} is corrupt ({text})",
-                hint="move it aside (the runs/ folder keeps every artifact) and enqueue again",
-            )
-        if "disk is full" in text or getattr(exc, "sqlite_errorname", "") in _NO_ROOM:
-            return QueueError(
-                f"the queue database {self.path} has no room: the disk is full ({text})",
-                hint="free some space; nothing was lost (a change that did not fit was not made)",
-            )
-        if "readonly" in text or "unable to open" in text or "read-only" in text:
-            return QueueError(
-                f"cannot write the queue database {self.path} ({text})",
-                hint="make the artifacts directory writable, or pass another --artifacts",
-            )
-        return QueueError(f"the queue database {self.path} failed: {text}")
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-        try:
-            yield self._db
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise self._error(exc) from None
-        except BaseException:
-            self._rollback()
-            raise
-        else:
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise self._error(exc) from None
-
-    def _rollback(self) -> None:
-        # SQLite rolls back by itself on some errors (a full disk): then there is nothing to undo
-        if self._db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> JobQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- flows ------------------------------------------------------------------------------
 
