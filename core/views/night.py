@@ -2,23 +2,21 @@
 
 :class:`NightView` keeps what a console needs — the jobs (from the queue database, the run
 index), the controls, the last hour of metric samples — and updates it piece by piece when the
-watcher (:mod:`pantheon.core.observe.watch`) says a part changed. :func:`load_run` reads one
-run's folder whole for a detail view. Nothing here writes to the artifacts directory, and
-nothing here raises over a corrupt file: what cannot be read is returned as a problem to show.
+watcher (:mod:`pantheon.core.observe.watch`) says a part changed. :func:`load_run` (run.py) reads
+one run's folder whole for a detail view; the table of runs is in table.py. Nothing here
+writes to the artifacts directory, and nothing here raises over a corrupt file: what cannot be
+read is returned as a problem to show.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from pantheon.core.errors import ArtifactError, PantheonError
@@ -26,7 +24,9 @@ from pantheon.core.observe.metrics import metrics_path
 from pantheon.core.store.atomic import read_json
 from pantheon.core.store.control import Control, ControlFile
 from pantheon.core.store.queue import DB_FILE, STATUSES, JobQueue, JobSummary
-from pantheon.core.store.runs import RUNS, WAITING_FILE, FailedRecord, RunRecord
+from pantheon.core.store.runs import RUNS, WAITING_FILE, RunRecord
+from pantheon.core.views.run import CallView, NodeView, RunView, _flow_agents, load_run
+from pantheon.core.views.table import RunFilter, RunOrder, table_jobs
 
 __all__ = [
     "CallView",
@@ -105,55 +105,6 @@ class MetricsTail:
             if self.samples[0]["ts"] < horizon:
                 self.samples = [s for s in self.samples if s["ts"] >= horizon]
         return new
-
-
-class RunOrder:
-    """The jobs in the order a table shows them, kept up to date one job at a time.
-
-    Running first (longest running on top), then finished ones (latest first), then the queue
-    in the order it drains (by id). Each change is a bisect into a sorted list, so a night of
-    10 000 jobs is never sorted again after it was read.
-    """
-
-    def __init__(self) -> None:
-        self._running: list[tuple[float, int]] = []
-        self._finished: list[tuple[float, int]] = []
-        self._queued: list[int] = []
-        self._where: dict[int, tuple[str, Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def update(self, job: JobSummary) -> None:
-        self.discard(job.id)
-        if job.status == "running":
-            item: Any = (job.started or job.created, job.id)
-            bisect.insort(self._running, item)
-            self._where[job.id] = ("running", item)
-        elif job.status in ("done", "failed"):
-            item = (-(job.finished or 0.0), job.id)
-            bisect.insort(self._finished, item)
-            self._where[job.id] = ("finished", item)
-        else:
-            bisect.insort(self._queued, job.id)
-            self._where[job.id] = ("queued", job.id)
-
-    def discard(self, job_id: int) -> None:
-        old = self._where.pop(job_id, None)
-        if old is None:
-            return
-        bucket = {"running": self._running, "finished": self._finished, "queued": self._queued}
-        items: list[Any] = bucket[old[0]]
-        i = bisect.bisect_left(items, old[1])
-        if i < len(items) and items[i] == old[1]:
-            del items[i]
-
-    def __iter__(self) -> Iterator[int]:
-        for _, job_id in self._running:
-            yield job_id
-        for _, job_id in self._finished:
-            yield job_id
-        yield from self._queued
 
 
 @dataclass
@@ -348,249 +299,3 @@ def _run_problem(path: Path) -> str | None:
     except ValidationError as exc:
         return f"{path} does not fit run.json: {exc.errors()[0]['msg']}"
     return None
-
-
-# -- one run, whole --------------------------------------------------------------------------
-
-
-@dataclass
-class CallView:
-    """One line of a node's ``calls.jsonl``."""
-
-    data: dict[str, Any] | None
-    problem: str | None = None
-
-
-@dataclass
-class NodeView:
-    id: str
-    agent: str | None
-    status: str
-    input: Any = None
-    output: Any = None
-    error: str | None = None
-    calls: list[CallView] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    """Files of this node that could not be read."""
-
-
-@dataclass
-class RunView:
-    name: str
-    record: RunRecord | None
-    failed: FailedRecord | None
-    nodes: list[NodeView]
-    problems: list[str]
-    """Why the run's own files could not be read."""
-
-    @property
-    def status(self) -> str:
-        return self.record.status if self.record else "unreadable"
-
-
-def _flow_agents(artifacts: Path, flow_sha: str | None) -> dict[str, str]:
-    """Node id -> agent name, from the flow text stored in the queue."""
-    if not flow_sha or not (Path(artifacts) / DB_FILE).exists():
-        return {}
-    try:
-        with JobQueue(artifacts, create=False, timeout_s=2.0) as queue:
-            _, text = queue.flow_text(flow_sha)
-        spec = yaml.safe_load(text)
-        return {
-            str(n["id"]): str(n["agent"])
-            for n in spec.get("nodes", [])
-            if isinstance(n, dict) and "id" in n and "agent" in n
-        }
-    except (PantheonError, yaml.YAMLError, AttributeError, TypeError):
-        return {}
-
-
-def _read_any(path: Path, problems: list[str]) -> Any:
-    try:
-        return read_json(path)
-    except FileNotFoundError:
-        return None
-    except ArtifactError as exc:
-        problems.append(exc.message)
-        return None
-
-
-def _read_calls(path: Path, problems: list[str]) -> list[CallView]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        problems.append(f"cannot read {path}: {exc.strerror or exc}")
-        return []
-    calls = []
-    for i, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            calls.append(CallView(None, f"{path} line {i} is not JSON ({exc})"))
-            continue
-        if isinstance(value, dict):
-            calls.append(CallView(value))
-        else:
-            calls.append(CallView(None, f"{path} line {i} is not an object"))
-    return calls
-
-
-def load_run(artifacts: Path, run_name: str) -> RunView:
-    """One run's folder, read whole: the record, FAILED.json, and each node's files."""
-    artifacts = Path(artifacts)
-    folder = artifacts / RUNS / run_name
-    problems: list[str] = []
-    record: RunRecord | None = None
-    data = _read_any(folder / "run.json", problems)
-    if data is not None:
-        try:
-            record = RunRecord.model_validate(data)
-        except ValidationError as exc:
-            why = exc.errors()[0]["msg"]
-            problems.append(f"{folder / 'run.json'} does not fit run.json: {why}")
-    elif not problems and not folder.is_dir():
-        problems.append(f"{folder} does not exist (the job has not started)")
-    failed: FailedRecord | None = None
-    fdata = _read_any(folder / "FAILED.json", problems)
-    if fdata is not None:
-        try:
-            failed = FailedRecord.model_validate(fdata)
-        except ValidationError as exc:
-            problems.append(f"{folder / 'FAILED.json'} is not usable: {exc.errors()[0]['msg']}")
-    agents = _flow_agents(artifacts, record.flow_sha256 if record else None)
-    order = list(record.nodes) if record else []
-    try:
-        on_disk = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    except OSError:
-        on_disk = []
-    order += [n for n in on_disk if n not in order]
-    nodes = []
-    for node_id in order:
-        nd = folder / node_id
-        node_problems: list[str] = []
-        error = None
-        try:
-            error = (nd / "error.txt").read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            node_problems.append(f"cannot read {nd / 'error.txt'}: {exc.strerror or exc}")
-        status = record.nodes.get(node_id, "unknown") if record else "unknown"
-        if status == "pending" and record and record.status == "running":
-            # run.json is written when a group of nodes ends; the files say more
-            if (nd / "output.json").exists():
-                status = "done"
-            elif (nd / "error.txt").exists():
-                status = "failed"
-            elif (nd / "input.json").exists():
-                status = "running"
-        nodes.append(
-            NodeView(
-                id=node_id,
-                agent=agents.get(node_id),
-                status=status,
-                input=_read_any(nd / "input.json", node_problems),
-                output=_read_any(nd / "output.json", node_problems),
-                error=error,
-                calls=_read_calls(nd / "calls.jsonl", node_problems),
-                problems=node_problems,
-            )
-        )
-    return RunView(run_name, record, failed, nodes, problems)
-
-
-# -- the table of runs -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunFilter:
-    """Which runs a table shows: ``status:failed flow:docops agent:codegen`` and free words."""
-
-    status: str | None = None
-    flow: str | None = None
-    agent: str | None = None
-    words: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> RunFilter:
-        fields: dict[str, str] = {}
-        words = []
-        for token in text.split():
-            key, sep, value = token.partition(":")
-            if sep and key.lower() in ("status", "flow", "agent") and value:
-                fields[key.lower()] = value.lower()
-            else:
-                words.append(token.lower())
-        return cls(**fields, words=tuple(words))
-
-    def __str__(self) -> str:
-        parts = [f"{k}:{v}" for k in ("status", "flow", "agent") if (v := getattr(self, k))]
-        return " ".join(parts + list(self.words))
-
-    def with_status(self, status: str | None) -> RunFilter:
-        return RunFilter(status, self.flow, self.agent, self.words)
-
-    def matches(
-        self, job: JobSummary, problem: str | None = None, now: Sequence[tuple[str, str]] = ()
-    ) -> bool:
-        """Whether the job passes; ``now`` is the (node, agent) pairs it runs at present."""
-        agents = " ".join(a for _, a in now) if now else job.agent
-        if self.status and not (
-            job.status.startswith(self.status) or (self.status == "unreadable" and problem)
-        ):
-            return False
-        if self.flow and self.flow not in job.flow.lower():
-            return False
-        if self.agent and self.agent not in agents.lower():
-            return False
-        if self.words:
-            hay = " ".join(
-                (
-                    job.run_name,
-                    job.status,
-                    job.next_agent,
-                    job.node or "",
-                    job.error or "",
-                    problem or "",
-                )
-            ).lower()
-            return all(w in hay for w in self.words)
-        return True
-
-
-def table_jobs(
-    jobs: Mapping[int, JobSummary],
-    problems: Mapping[str, str],
-    flt: RunFilter,
-    *,
-    order: Iterable[int] | None = None,
-    in_flight: Mapping[int, Sequence[tuple[str, str]]] | None = None,
-    limit: int = 500,
-) -> tuple[list[JobSummary], int | None]:
-    """The first ``limit`` jobs that pass the filter, in table order, and how many pass in all
-    (None when there are more than ``limit`` and counting them would mean reading them all).
-
-    Running first (longest running on top), then finished ones (latest first), then the queue
-    in the order it drains; ``order`` is that order when the caller keeps it (:class:`RunOrder`).
-    """
-    in_flight = in_flight or {}
-    if order is None:
-        tmp = RunOrder()
-        for job in jobs.values():
-            tmp.update(job)
-        order = tmp
-    plain = flt == RunFilter()
-    shown: list[JobSummary] = []
-    for job_id in order:
-        job = jobs.get(job_id)
-        if job is None:
-            continue
-        if plain or flt.matches(job, problems.get(job.run_name), in_flight.get(job_id, ())):
-            if len(shown) == limit:
-                return shown, (len(jobs) if plain else None)
-            shown.append(job)
-    return shown, len(shown)
