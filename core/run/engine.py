@@ -26,13 +26,15 @@ from typing import Any
 
 from pantheon.core.agents.base import AgentRegistry
 from pantheon.core.agents.builtin import default_registry
-from pantheon.core.errors import EXIT_DISK_FULL, ArtifactError, PantheonError, QueueError
+from pantheon.core.errors import ArtifactError, PantheonError, QueueError
 from pantheon.core.model.client import LLMClient
 from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter, write_sample
 from pantheon.core.ratelog import RepeatLog
+from pantheon.core.run.outcomes import EngineOutcomes
 from pantheon.core.run.runner import JobOutcome, Runner
+from pantheon.core.run.safety import EngineSafety
 from pantheon.core.store.control import ControlFile
-from pantheon.core.store.diskspace import DEFAULT_MIN_FREE_BYTES, DiskGuard, is_disk_full
+from pantheon.core.store.diskspace import DEFAULT_MIN_FREE_BYTES, DiskGuard
 from pantheon.core.store.queue import Job, JobQueue, new_owner
 from pantheon.core.work.sandbox import code_jobs_pending, code_sandbox
 
@@ -67,7 +69,7 @@ class EngineStats:
         return time.monotonic() - self.started
 
 
-class Engine:
+class Engine(EngineSafety, EngineOutcomes):
     """Drains the queue of one artifacts directory."""
 
     def __init__(
@@ -294,48 +296,6 @@ class Engine:
         if self.exporter is not None:
             self.exporter.update(sample)
 
-    def _check_agreement(self, sample: dict[str, Any], paused: bool) -> None:
-        """Pause merges when the reviewers stop agreeing; only the operator resumes them."""
-        kappa, pairs = sample.get("kappa"), sample.get("kappa_pairs", 0)
-        if paused or kappa is None or pairs < self.kappa_min_pairs:
-            return
-        if kappa < self.kappa_threshold:
-            reason = f"κ {kappa:.2f} over the last {pairs} pairs"
-            self._pause_merges(sample, reason, f"under {self.kappa_threshold:.2f}")
-
-    def _pause_merges(self, sample: dict[str, Any], reason: str, past: str) -> None:
-        """Pause merges with the reason; changes wait for the morning review."""
-        self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
-        sample["merges_paused"] = True
-        log.warning(
-            "merges paused: %s, %s; changes wait for the morning review "
-            "(`pantheon control --resume-merges` resumes them)",
-            reason,
-            past,
-        )
-
-    def _canary_recorded(self) -> None:
-        """A canary was judged: check the reviewers' scores now, so that a change whose
-        reviewers let the planted defect through waits rather than merges."""
-        from pantheon.core.observe.canaries import canary_scores, read_canaries
-
-        try:
-            control = self.control.read()
-            sample = {"canaries": canary_scores(read_canaries(self.artifacts))}
-            self._check_canaries(sample, control.merges_paused)
-        except PantheonError as exc:
-            self._repeats.warning("canaries", "canary scores not checked: %s", exc)
-
-    def _check_canaries(self, sample: dict[str, Any], paused: bool) -> None:
-        """Pause merges when the reviewers let planted defects through; only the operator
-        resumes them."""
-        canaries = sample.get("canaries") or {}
-        n, missed = canaries.get("n", 0), canaries.get("missed", 0)
-        if paused or n < max(self.canary_min, 1) or missed / n <= self.canary_max_miss:
-            return
-        reason = f"the reviewers passed {missed} of {n} canaries (planted defects)"
-        self._pause_merges(sample, reason, f"more than {self.canary_max_miss:.0%}")
-
     async def _loop(self, queue: JobQueue) -> None:
         assert self._wake is not None and self.runner is not None
         last_renew = last_progress = time.monotonic()
@@ -393,39 +353,6 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick_s)
 
-    # -- a full disk --------------------------------------------------------------------------
-
-    def _disk_check(self) -> bool:
-        """Whether the night is paused on a full disk (the free space looked at now and then).
-        While it is, the running jobs stop after their node in flight."""
-        paused = self.disk.check()
-        if self.disk.pauses > self.stats.disk_pauses:
-            self.stats.disk_pauses = self.disk.pauses
-        if self.runner is not None:
-            self.runner.stop_between_nodes = self._stopping or paused
-        return paused
-
-    def _disk_trouble(self, problem: BaseException | str | None) -> bool:
-        """Pause on a full disk when ``problem`` says the disk is full; True when it does."""
-        if not self.disk.trouble(problem):
-            return False
-        self._disk_check()
-        return True
-
-    def _give_up_on_the_disk(self) -> None:
-        """An ``until_empty`` night that waited long enough for room stops, with its own code."""
-        pause = self.disk.paused
-        assert pause is not None
-        reason = (
-            f"the disk of {self.artifacts} stayed full for {self.disk.paused_for():.0f} s "
-            f"({pause.why}); the night stops with exit code {EXIT_DISK_FULL}: free some space "
-            "and run it again, the jobs left resume where they were"
-        )
-        log.error("%s", reason)
-        self.stats.exit_code = EXIT_DISK_FULL
-        self.stats.exit_reason = reason
-        self.request_stop()
-
     def _claim(self, queue: JobQueue, free: int) -> None:
         assert self.runner is not None
         busy = Counter(self.runner.current.values())
@@ -460,94 +387,6 @@ class Engine:
         if not self._model_ok:
             self.stats.model_waits += 1
         return self._model_ok
-
-    def _finish(self, queue: JobQueue, task: asyncio.Task[JobOutcome]) -> None:
-        job = self._tasks.pop(task)
-        try:
-            outcome = task.result()
-        except asyncio.CancelledError:
-            outcome = JobOutcome("stopped")
-        except PantheonError as exc:
-            outcome = JobOutcome("failed", error=f"{exc.title}: {exc}")
-        except Exception as exc:  # one job's bug never stops the night
-            if not is_disk_full(exc):
-                log.exception("job %d (%s) crashed the runner", job.id, job.flow)
-            outcome = JobOutcome("failed", error=f"runner error: {type(exc).__name__}: {exc}")
-        if outcome.status == "failed" and self._disk_trouble(outcome.error):
-            outcome = self._kept_for_the_disk(outcome)
-        self.stats.nodes_run += outcome.ran
-        self.stats.nodes_skipped += outcome.skipped
-        if outcome.status == "stopped" and outcome.error:
-            # the model server did not answer: the job waits — unless it never gets an answer
-            self._model_ok = False
-            self._waits[job.id] = self._waits.get(job.id, 0) + 1
-            if self._waits[job.id] >= self.max_waits:
-                outcome.status = "failed"
-                outcome.error = (
-                    f"the model server did not answer this job in {self.max_waits} tries: "
-                    f"{outcome.error.splitlines()[0]}"
-                )
-            else:
-                self._repeats.warning(
-                    "job waits", "job %d waits: %s", job.id, outcome.error.splitlines()[0]
-                )
-        self._unrecorded.append((job, outcome))
-        self._record(queue)
-
-    @staticmethod
-    def _kept_for_the_disk(outcome: JobOutcome) -> JobOutcome:
-        """A job that failed only because the disk had no room goes back to the queue: the
-        nodes it finished stay finished, the one that could not be written runs again."""
-        kept = [n for n in outcome.nodes if n.status == "done"]
-        failed = next((n for n in outcome.nodes if n.status != "done"), None)
-        return JobOutcome(
-            "stopped",
-            ran=outcome.ran,
-            skipped=outcome.skipped,
-            nodes=kept,
-            next_agent=failed.agent if failed is not None else None,
-        )
-
-    def _record(self, queue: JobQueue) -> None:
-        """Write finished jobs to the queue; a locked or full database keeps them for the next
-        tick instead of stopping the night."""
-        while self._unrecorded:
-            job, outcome = self._unrecorded[0]
-            try:
-                if outcome.status == "done":
-                    queue.complete(job.id, self.owner, outcome.nodes, outcome.review)
-                elif outcome.status == "failed":
-                    queue.fail(
-                        job.id, self.owner, outcome.error or "failed", outcome.nodes, outcome.review
-                    )
-                else:
-                    queue.advance(job.id, outcome.nodes, next_agent=outcome.next_agent)
-                    queue.release(self.owner, [job.id])
-            except QueueError as exc:
-                self._queue_trouble(exc)
-                return
-            self._unrecorded.pop(0)
-            if outcome.status != "stopped":
-                self._waits.pop(job.id, None)
-            if outcome.status == "done":
-                self.stats.done += 1
-                log.debug("job %d %s done", job.id, job.run_name)
-            elif outcome.status == "failed":
-                self.stats.failed += 1
-                log.warning(
-                    "job %d failed: %s (see %s)",
-                    job.id,
-                    outcome.error,
-                    self.artifacts / "runs" / job.run_name / "FAILED.json",
-                )
-            else:
-                self.stats.stopped += 1
-
-    def _queue_trouble(self, exc: QueueError) -> None:
-        if not self._disk_trouble(exc):
-            self._repeats.warning(
-                "queue", "the queue is not usable right now (%s); trying again", exc.message
-            )
 
     def _log_progress(self, queue: JobQueue) -> None:
         total = queue.counts().total

@@ -1,0 +1,113 @@
+"""The engine's fail-safes: merges pause when the reviewers stop agreeing (κ) or let the
+planted canaries through, and the night pauses on a full disk and goes on when there is room.
+Only the operator resumes merges.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pantheon.core.errors import EXIT_DISK_FULL, PantheonError
+from pantheon.core.ratelog import RepeatLog
+from pantheon.core.store.control import ControlFile
+from pantheon.core.store.diskspace import DiskGuard
+
+if TYPE_CHECKING:
+    from pantheon.core.run.engine import EngineStats
+    from pantheon.core.run.runner import Runner
+
+__all__ = ["EngineSafety"]
+
+log = logging.getLogger("pantheon.core.run.engine")
+
+
+class EngineSafety:
+    """The fail-safe half of :class:`~pantheon.core.run.engine.Engine` (a mixin)."""
+
+    artifacts: Path
+    control: ControlFile
+    disk: DiskGuard
+    stats: EngineStats
+    runner: Runner | None
+    kappa_threshold: float
+    kappa_min_pairs: int
+    canary_min: int
+    canary_max_miss: float
+    _repeats: RepeatLog
+    _stopping: bool
+    # and the engine's request_stop()
+
+    def _check_agreement(self, sample: dict[str, Any], paused: bool) -> None:
+        """Pause merges when the reviewers stop agreeing; only the operator resumes them."""
+        kappa, pairs = sample.get("kappa"), sample.get("kappa_pairs", 0)
+        if paused or kappa is None or pairs < self.kappa_min_pairs:
+            return
+        if kappa < self.kappa_threshold:
+            reason = f"κ {kappa:.2f} over the last {pairs} pairs"
+            self._pause_merges(sample, reason, f"under {self.kappa_threshold:.2f}")
+
+    def _pause_merges(self, sample: dict[str, Any], reason: str, past: str) -> None:
+        """Pause merges with the reason; changes wait for the morning review."""
+        self.control.update(by="engine", merges_paused=True, merges_paused_reason=reason)
+        sample["merges_paused"] = True
+        log.warning(
+            "merges paused: %s, %s; changes wait for the morning review "
+            "(`pantheon control --resume-merges` resumes them)",
+            reason,
+            past,
+        )
+
+    def _canary_recorded(self) -> None:
+        """A canary was judged: check the reviewers' scores now, so that a change whose
+        reviewers let the planted defect through waits rather than merges."""
+        from pantheon.core.observe.canaries import canary_scores, read_canaries
+
+        try:
+            control = self.control.read()
+            sample = {"canaries": canary_scores(read_canaries(self.artifacts))}
+            self._check_canaries(sample, control.merges_paused)
+        except PantheonError as exc:
+            self._repeats.warning("canaries", "canary scores not checked: %s", exc)
+
+    def _check_canaries(self, sample: dict[str, Any], paused: bool) -> None:
+        """Pause merges when the reviewers let planted defects through; only the operator
+        resumes them."""
+        canaries = sample.get("canaries") or {}
+        n, missed = canaries.get("n", 0), canaries.get("missed", 0)
+        if paused or n < max(self.canary_min, 1) or missed / n <= self.canary_max_miss:
+            return
+        reason = f"the reviewers passed {missed} of {n} canaries (planted defects)"
+        self._pause_merges(sample, reason, f"more than {self.canary_max_miss:.0%}")
+
+    def _disk_check(self) -> bool:
+        """Whether the night is paused on a full disk (the free space looked at now and then).
+        While it is, the running jobs stop after their node in flight."""
+        paused = self.disk.check()
+        if self.disk.pauses > self.stats.disk_pauses:
+            self.stats.disk_pauses = self.disk.pauses
+        if self.runner is not None:
+            self.runner.stop_between_nodes = self._stopping or paused
+        return paused
+
+    def _disk_trouble(self, problem: BaseException | str | None) -> bool:
+        """Pause on a full disk when ``problem`` says the disk is full; True when it does."""
+        if not self.disk.trouble(problem):
+            return False
+        self._disk_check()
+        return True
+
+    def _give_up_on_the_disk(self) -> None:
+        """An ``until_empty`` night that waited long enough for room stops, with its own code."""
+        pause = self.disk.paused
+        assert pause is not None
+        reason = (
+            f"the disk of {self.artifacts} stayed full for {self.disk.paused_for():.0f} s "
+            f"({pause.why}); the night stops with exit code {EXIT_DISK_FULL}: free some space "
+            "and run it again, the jobs left resume where they were"
+        )
+        log.error("%s", reason)
+        self.stats.exit_code = EXIT_DISK_FULL
+        self.stats.exit_reason = reason
+        self.request_stop()
