@@ -5,7 +5,8 @@ Every sample (default every 2 s) holds the queue (depth, running, done, failed),
 model server's average batch size and tokens/s — scraped from its own Prometheus ``/metrics``
 (llama.cpp and vLLM names), or else what the engine itself observed, and each figure says which —
 and reviewer agreement κ over the last review pairs. The console, the report and any other tool
-read the same file; a corrupt line is skipped with a warning, never a crash.
+read the same file; a corrupt line is skipped with a warning, never a crash. The server's
+figures are scraped in scrape.py; the engine's own are exported to Prometheus by exporter.py.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+from typing import Any
 
 from pantheon.core.model.client import LLMClient
 from pantheon.core.observe.canaries import canaries_path, canary_scores, canary_text, read_canaries
+from pantheon.core.observe.exporter import PrometheusExporter
 from pantheon.core.observe.queuemath import (
     cohen_kappa,
     erlang_c,
@@ -32,12 +31,14 @@ from pantheon.core.observe.queuemath import (
     recommended_concurrency,
     utilization,
 )
+from pantheon.core.observe.scrape import ServerScraper, _r
 from pantheon.core.store.atomic import append_line
 from pantheon.core.store.queue import JobQueue
 
 __all__ = [
     "METRICS_FILE",
     "MetricsSampler",
+    "PrometheusExporter",
     "ServerScraper",
     "read_samples",
     "sample_text",
@@ -46,140 +47,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 METRICS_FILE = Path("metrics") / "engine.jsonl"
-
-# what each server calls the figures we need
-SERVER_NAMES: dict[str, dict[str, str]] = {
-    "llama.cpp": {
-        "running": "llamacpp:requests_processing",
-        "batch": "llamacpp:n_busy_slots_per_decode",
-        "prompt": "llamacpp:prompt_tokens_total",
-        "generated": "llamacpp:tokens_predicted_total",
-    },
-    "vllm": {
-        "running": "vllm:num_requests_running",
-        "prompt": "vllm:prompt_tokens_total",
-        "generated": "vllm:generation_tokens_total",
-    },
-}
-
-
-def _r(x: float | None, nd: int = 4) -> float | None:
-    """Rounded, and None for what JSON cannot hold (inf: an unstable queue; nan)."""
-    if x is None or math.isnan(x) or math.isinf(x):
-        return None
-    return round(x, nd)
-
-
-@dataclass
-class _Scrape:
-    at: float
-    values: dict[str, float]
-    dialect: str
-
-
-class ServerScraper:
-    """Scrapes a model server's ``/metrics`` and turns counters into rates.
-
-    ``poll()`` is called often (every ~0.5 s) to time-average the running-requests gauge;
-    ``figures()`` returns the batch size and tokens/s since the previous call.
-    """
-
-    def __init__(self, base_url: str, http: httpx.AsyncClient, *, timeout_s: float = 1.0):
-        self.url = base_url.rstrip("/") + "/metrics"
-        self.http = http
-        self.timeout_s = timeout_s
-        self.error: str | None = None
-        self._last: _Scrape | None = None
-        self._mark: _Scrape | None = None
-        self._running: list[float] = []
-
-    async def scrape(self) -> _Scrape:
-        try:
-            resp = await self.http.get(self.url, timeout=self.timeout_s)
-        except httpx.TimeoutException:
-            raise ValueError(f"{self.url} timed out after {self.timeout_s:.1f} s") from None
-        except httpx.TransportError as exc:
-            raise ValueError(f"{self.url} is not answering ({type(exc).__name__})") from None
-        if resp.status_code == 404 or resp.status_code == 501:
-            raise ValueError(f"the server has no {self.url} (llama-server needs --metrics)")
-        if resp.status_code != 200:
-            raise ValueError(f"{self.url} answered HTTP {resp.status_code}")
-        values: dict[str, float] = {}
-        try:
-            for family in text_string_to_metric_families(resp.text):
-                for sample in family.samples:
-                    values[sample.name] = values.get(sample.name, 0.0) + float(sample.value)
-        except Exception as exc:  # the parser raises bare ValueErrors and worse on garbage
-            raise ValueError(f"{self.url} is not Prometheus text ({exc})") from None
-        dialect = next((d for d, names in SERVER_NAMES.items() if names["generated"] in values), "")
-        if not dialect:
-            raise ValueError(f"{self.url} has none of the llama.cpp or vLLM token counters")
-        return _Scrape(time.monotonic(), values, dialect)
-
-    async def poll(self) -> None:
-        try:
-            s = await self.scrape()
-        except ValueError as exc:
-            self.error = str(exc)
-            return
-        self.error = None
-        self._last = s
-        if self._mark is None:
-            self._mark = s
-        name = SERVER_NAMES[s.dialect]["running"]
-        if name in s.values:
-            self._running.append(s.values[name])
-
-    def figures(self) -> dict[str, Any]:
-        """Batch size and tokens/s since the previous call, each with its source."""
-        last, mark = self._last, self._mark
-        if last is None or self.error is not None:
-            why = self.error or "no scrape yet"
-            return {"batch": {"value": None, "why": why}, "tokens": {"why": why}}
-        names = SERVER_NAMES[last.dialect]
-        source = f"{last.dialect} /metrics"
-        batch: dict[str, Any]
-        if names.get("batch") in last.values and last.values[names["batch"]] > 0:
-            batch = {
-                "value": _r(last.values[names["batch"]]),
-                "source": f"{source} (busy slots per decode)",
-            }
-        elif self._running:
-            batch = {
-                "value": _r(sum(self._running) / len(self._running)),
-                "source": f"{source} (running requests, time-averaged)",
-            }
-        else:
-            batch = {"value": None, "why": "no running-requests gauge"}
-        tokens: dict[str, Any]
-        if mark is not None and last.at > mark.at:
-            dt = last.at - mark.at
-            tokens = {
-                "prompt": _r(
-                    max(
-                        0.0,
-                        last.values.get(names["prompt"], 0.0)
-                        - mark.values.get(names["prompt"], 0.0),
-                    )
-                    / dt,
-                    2,
-                ),
-                "generated": _r(
-                    max(
-                        0.0,
-                        last.values.get(names["generated"], 0.0)
-                        - mark.values.get(names["generated"], 0.0),
-                    )
-                    / dt,
-                    2,
-                ),
-                "source": source,
-            }
-        else:
-            tokens = {"why": "one scrape so far"}
-        self._mark = last
-        self._running = []
-        return {"batch": batch, "tokens": tokens}
 
 
 @dataclass
@@ -449,73 +316,3 @@ def sample_text(sample: dict[str, Any]) -> str:
             + _untrusted(sample.get("canaries") or {})
         )
     return "\n".join(lines)
-
-
-class PrometheusExporter:
-    """The engine's own figures in the Prometheus text format, on loopback."""
-
-    GAUGES: ClassVar[dict[str, tuple[str, str]]] = {
-        "depth": ("pantheon_queue_depth", "Jobs waiting in the queue"),
-        "running": ("pantheon_jobs_running", "Jobs running"),
-        "done": ("pantheon_jobs_done", "Jobs done"),
-        "failed": ("pantheon_jobs_failed", "Jobs failed"),
-        "c": ("pantheon_concurrency", "Jobs the engine runs at once (c)"),
-        "lambda": ("pantheon_arrival_rate", "Jobs arriving per second (lambda)"),
-        "mu": ("pantheon_service_rate", "Jobs one worker finishes per second (mu)"),
-        "rho": ("pantheon_utilization", "rho = lambda / (c mu)"),
-        "p_wait": ("pantheon_wait_probability", "Erlang C probability that a job waits"),
-        "kappa": ("pantheon_reviewer_kappa", "Cohen's kappa over the recent review pairs"),
-        "kappa_pairs": ("pantheon_reviewer_pairs", "Review pairs behind kappa"),
-    }
-
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
-        self.registry = CollectorRegistry()
-        self._gauges = {
-            key: Gauge(name, doc, registry=self.registry)
-            for key, (name, doc) in self.GAUGES.items()
-        }
-        self._batch = Gauge(
-            "pantheon_batch_size", "Average batch size of the model server", registry=self.registry
-        )
-        self._tokens = Gauge(
-            "pantheon_tokens_per_second",
-            "Model server tokens per second",
-            ["kind"],
-            registry=self.registry,
-        )
-        self._canaries = Gauge(
-            "pantheon_canaries",
-            "Canaries (planted defects) judged, by reviewer ('gate': both) and outcome",
-            ["reviewer", "outcome"],
-            registry=self.registry,
-        )
-        self._paused = Gauge(
-            "pantheon_merges_paused", "1 while merges are paused", registry=self.registry
-        )
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        self.port = self._server.server_port
-
-    def update(self, sample: dict[str, Any]) -> None:
-        for key, gauge in self._gauges.items():
-            value = sample.get(key)
-            gauge.set(float(value) if isinstance(value, int | float) else math.nan)
-        batch = (sample.get("batch") or {}).get("value")
-        self._batch.set(float(batch) if batch is not None else math.nan)
-        tokens = sample.get("tokens") or {}
-        for kind in ("prompt", "generated"):
-            value = tokens.get(kind)
-            self._tokens.labels(kind=kind).set(float(value) if value is not None else math.nan)
-        self._paused.set(1.0 if sample.get("merges_paused") else 0.0)
-        canaries = sample.get("canaries") or {}
-        scored = [("gate", canaries), *(canaries.get("reviewers") or {}).items()]
-        for reviewer, score in scored:
-            for outcome in ("caught", "missed"):
-                value = float(score.get(outcome, 0) or 0)
-                self._canaries.labels(reviewer=reviewer, outcome=outcome).set(value)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

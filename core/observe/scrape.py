@@ -1,0 +1,149 @@
+"""The model server's own figures, scraped from its Prometheus ``/metrics`` (llama.cpp and
+vLLM names): the average batch size, and tokens/s from its counters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["SERVER_NAMES", "ServerScraper"]
+
+# what each server calls the figures we need
+SERVER_NAMES: dict[str, dict[str, str]] = {
+    "llama.cpp": {
+        "running": "llamacpp:requests_processing",
+        "batch": "llamacpp:n_busy_slots_per_decode",
+        "prompt": "llamacpp:prompt_tokens_total",
+        "generated": "llamacpp:tokens_predicted_total",
+    },
+    "vllm": {
+        "running": "vllm:num_requests_running",
+        "prompt": "vllm:prompt_tokens_total",
+        "generated": "vllm:generation_tokens_total",
+    },
+}
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    """Rounded, and None for what JSON cannot hold (inf: an unstable queue; nan)."""
+    if x is None or math.isnan(x) or math.isinf(x):
+        return None
+    return round(x, nd)
+
+
+@dataclass
+class _Scrape:
+    at: float
+    values: dict[str, float]
+    dialect: str
+
+
+class ServerScraper:
+    """Scrapes a model server's ``/metrics`` and turns counters into rates.
+
+    ``poll()`` is called often (every ~0.5 s) to time-average the running-requests gauge;
+    ``figures()`` returns the batch size and tokens/s since the previous call.
+    """
+
+    def __init__(self, base_url: str, http: httpx.AsyncClient, *, timeout_s: float = 1.0):
+        self.url = base_url.rstrip("/") + "/metrics"
+        self.http = http
+        self.timeout_s = timeout_s
+        self.error: str | None = None
+        self._last: _Scrape | None = None
+        self._mark: _Scrape | None = None
+        self._running: list[float] = []
+
+    async def scrape(self) -> _Scrape:
+        try:
+            resp = await self.http.get(self.url, timeout=self.timeout_s)
+        except httpx.TimeoutException:
+            raise ValueError(f"{self.url} timed out after {self.timeout_s:.1f} s") from None
+        except httpx.TransportError as exc:
+            raise ValueError(f"{self.url} is not answering ({type(exc).__name__})") from None
+        if resp.status_code == 404 or resp.status_code == 501:
+            raise ValueError(f"the server has no {self.url} (llama-server needs --metrics)")
+        if resp.status_code != 200:
+            raise ValueError(f"{self.url} answered HTTP {resp.status_code}")
+        values: dict[str, float] = {}
+        try:
+            for family in text_string_to_metric_families(resp.text):
+                for sample in family.samples:
+                    values[sample.name] = values.get(sample.name, 0.0) + float(sample.value)
+        except Exception as exc:  # the parser raises bare ValueErrors and worse on garbage
+            raise ValueError(f"{self.url} is not Prometheus text ({exc})") from None
+        dialect = next((d for d, names in SERVER_NAMES.items() if names["generated"] in values), "")
+        if not dialect:
+            raise ValueError(f"{self.url} has none of the llama.cpp or vLLM token counters")
+        return _Scrape(time.monotonic(), values, dialect)
+
+    async def poll(self) -> None:
+        try:
+            s = await self.scrape()
+        except ValueError as exc:
+            self.error = str(exc)
+            return
+        self.error = None
+        self._last = s
+        if self._mark is None:
+            self._mark = s
+        name = SERVER_NAMES[s.dialect]["running"]
+        if name in s.values:
+            self._running.append(s.values[name])
+
+    def figures(self) -> dict[str, Any]:
+        """Batch size and tokens/s since the previous call, each with its source."""
+        last, mark = self._last, self._mark
+        if last is None or self.error is not None:
+            why = self.error or "no scrape yet"
+            return {"batch": {"value": None, "why": why}, "tokens": {"why": why}}
+        names = SERVER_NAMES[last.dialect]
+        source = f"{last.dialect} /metrics"
+        batch: dict[str, Any]
+        if names.get("batch") in last.values and last.values[names["batch"]] > 0:
+            batch = {
+                "value": _r(last.values[names["batch"]]),
+                "source": f"{source} (busy slots per decode)",
+            }
+        elif self._running:
+            batch = {
+                "value": _r(sum(self._running) / len(self._running)),
+                "source": f"{source} (running requests, time-averaged)",
+            }
+        else:
+            batch = {"value": None, "why": "no running-requests gauge"}
+        tokens: dict[str, Any]
+        if mark is not None and last.at > mark.at:
+            dt = last.at - mark.at
+            tokens = {
+                "prompt": _r(
+                    max(
+                        0.0,
+                        last.values.get(names["prompt"], 0.0)
+                        - mark.values.get(names["prompt"], 0.0),
+                    )
+                    / dt,
+                    2,
+                ),
+                "generated": _r(
+                    max(
+                        0.0,
+                        last.values.get(names["generated"], 0.0)
+                        - mark.values.get(names["generated"], 0.0),
+                    )
+                    / dt,
+                    2,
+                ),
+                "source": source,
+            }
+        else:
+            tokens = {"why": "one scrape so far"}
+        self._mark = last
+        self._running = []
+        return {"batch": batch, "tokens": tokens}
