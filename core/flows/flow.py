@@ -24,7 +24,8 @@ An input value that starts with ``$`` is a reference: ``$input.FIELD`` (the job'
 value is a literal (write ``$$`` for a literal dollar). References make the edges of the DAG;
 ``after: [NODE, ...]`` adds an edge that carries no data.
 
-Every problem is reported at once, each naming the file, the line and the node.
+Every problem is reported at once, each naming the file, the line and the node. The file's
+parts are in spec.py, the checks of the whole in checks.py.
 """
 
 from __future__ import annotations
@@ -36,96 +37,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pantheon.core.agents.base import Agent, AgentRegistry
 from pantheon.core.errors import FlowError
+from pantheon.core.flows.checks import (
+    _JSON_TYPES,
+    _check_ref,
+    _compatible,
+    _input_model,
+    _json_type,
+    _nested_refs,
+    _Places,
+    _stable_topo,
+)
+from pantheon.core.flows.spec import FlowSpec, NodeSpec, Ref, _unescape
 
 __all__ = ["Flow", "FlowSpec", "NodeSpec", "Ref", "load_flow", "parse_flow"]
-
-NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]*$"
-ID_RE = r"^[A-Za-z][A-Za-z0-9_-]*$"
-
-_TYPES: dict[str, Any] = {
-    "str": str,
-    "int": int,
-    "float": float,
-    "bool": bool,
-    "list": list,
-    "dict": dict,
-    "any": Any,
-}
-_JSON_TYPES = {
-    "str": "string",
-    "int": "integer",
-    "float": "number",
-    "bool": "boolean",
-    "list": "array",
-    "dict": "object",
-}
-
-
-class NodeSpec(BaseModel):
-    """One node of a flow, as written in the file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(pattern=ID_RE)
-    """Unique within the flow; names the node's artifacts folder."""
-    agent: str = Field(min_length=1)
-    """The registered agent this node runs."""
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    """Agent input field -> literal value or ``$reference``."""
-    params: dict[str, Any] = Field(default_factory=dict)
-    """Settings for the agent, validated against its ``Params``."""
-    after: list[str] = Field(default_factory=list)
-    """Nodes that must finish first, beyond those the inputs refer to."""
-    description: str = ""
-
-
-class FlowSpec(BaseModel):
-    """A flow file, as written."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=NAME_RE)
-    """The flow's name; runs live in ``runs/<name>-<run id>/``."""
-    description: str = ""
-    version: int = 1
-    input: dict[str, str] = Field(default_factory=dict)
-    """The job input's fields and their types (``str``, ``int?``, ...)."""
-    nodes: list[NodeSpec] = Field(min_length=1)
-    output: str | None = None
-    """The node whose output is the run's output (default: the last node)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """A ``$source.field`` reference; ``source`` is ``input`` or a node id."""
-
-    source: str
-    field: str | None
-
-    @classmethod
-    def parse(cls, value: Any) -> Ref | None:
-        if not isinstance(value, str) or not value.startswith("$") or value.startswith("$$"):
-            return None
-        body = value[1:]
-        source, _, fld = body.partition(".")
-        return cls(source, fld or None)
-
-    def __str__(self) -> str:
-        return f"${self.source}" + (f".{self.field}" if self.field else "")
-
-
-def _unescape(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("$$"):
-        return value[1:]
-    if isinstance(value, list):
-        return [_unescape(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _unescape(v) for k, v in value.items()}
-    return value
 
 
 @dataclass
@@ -196,70 +124,6 @@ class Flow:
             return _unescape(value)
 
         return {k: resolve(v) for k, v in self.node(node_id).inputs.items()}
-
-
-class _Places:
-    """Line numbers of the parts of a YAML document, by path of keys and indices."""
-
-    def __init__(self, root: yaml.Node | None, source: str) -> None:
-        self.root = root
-        self.source = source
-
-    def line(self, *path: Any) -> int | None:
-        node = self.root
-        best = node.start_mark.line + 1 if node is not None else None
-        for key in path:
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if isinstance(k, yaml.ScalarNode) and k.value == str(key):
-                        node = v
-                        best = k.start_mark.line + 1
-                        break
-                else:
-                    return best
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                if key >= len(node.value):
-                    return best
-                node = node.value[key]
-                best = node.start_mark.line + 1
-            else:
-                return best
-        return best
-
-    def at(self, *path: Any) -> str:
-        line = self.line(*path)
-        return f"{self.source}:{line}" if line else self.source
-
-
-def _json_type(annotation: Any) -> str | None:
-    try:
-        schema = TypeAdapter(annotation).json_schema()
-    except Exception:
-        return None
-    t = schema.get("type")
-    return t if isinstance(t, str) else None
-
-
-def _compatible(src: str | None, dst: str | None) -> bool:
-    if src is None or dst is None or src == dst:
-        return True
-    return src == "integer" and dst == "number"
-
-
-def _input_model(flow_name: str, spec: dict[str, str], places: _Places, problems: list[str]):
-    fields: dict[str, Any] = {}
-    for name, type_name in spec.items():
-        optional = type_name.endswith("?")
-        base = type_name.rstrip("?").strip()
-        if base not in _TYPES:
-            problems.append(
-                f"{places.at('input', name)}: input {name!r} has unknown type {type_name!r} "
-                f"(use one of {', '.join(_TYPES)}, with ? for optional)"
-            )
-            continue
-        tp = _TYPES[base]
-        fields[name] = (tp | None, None) if optional else (tp, ...)
-    return create_model(f"{flow_name}_input", __config__=ConfigDict(extra="allow"), **fields)
 
 
 def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") -> Flow:
@@ -417,66 +281,6 @@ def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") 
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         input_model=input_model,
     )
-
-
-def _stable_topo(deps: dict[str, set[str]], position: dict[str, int]) -> list[str]:
-    sorter = graphlib.TopologicalSorter(deps)
-    sorter.prepare()
-    order: list[str] = []
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready(), key=position.__getitem__)
-        order.extend(ready)
-        sorter.done(*ready)
-    return order
-
-
-def _nested_refs(value: Any) -> list[Ref]:
-    """References inside a literal list or mapping."""
-    found: list[Ref] = []
-    items = value if isinstance(value, list) else value.values() if isinstance(value, dict) else []
-    for item in items:
-        ref = Ref.parse(item)
-        found.extend([ref] if ref is not None else _nested_refs(item))
-    return found
-
-
-def _check_ref(
-    ref: Ref,
-    node_id: str,
-    at: str,
-    here: str,
-    ids: dict[str, int],
-    agents: dict[str, type[Agent]],
-    spec: FlowSpec,
-    deps: dict[str, set[str]],
-    problems: list[str],
-) -> str | None:
-    """Check one reference, record its edge, and return the JSON type of what it points at."""
-    if ref.source == "input":
-        if ref.field and spec.input and ref.field not in spec.input:
-            problems.append(
-                f"{at}: {here}: unknown input {str(ref)!r}: the flow's input has "
-                f"{', '.join(spec.input) or 'no fields'}"
-            )
-        return None
-    if ref.source not in ids:
-        problems.append(f"{at}: {here}: {ref} refers to unknown node {ref.source!r}")
-        return None
-    if ref.source == node_id:
-        problems.append(f"{at}: {here}: {ref} refers to the node itself")
-        return None
-    deps[node_id].add(ref.source)
-    src_agent = agents.get(ref.source)
-    if src_agent is None or ref.field is None:
-        return "object" if ref.field is None else None
-    out_fields = src_agent.Output.model_fields
-    if ref.field not in out_fields:
-        problems.append(
-            f"{at}: {here}: {ref}: agent {src_agent.name!r} has no output field {ref.field!r} "
-            f"(it returns: {', '.join(out_fields)})"
-        )
-        return None
-    return _json_type(out_fields[ref.field].annotation)
 
 
 def load_flow(path: Path | str, registry: AgentRegistry) -> Flow:
