@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from pantheon.core.errors import ArtifactError, ModelServerError, ModelStalled, ReplyError
 from pantheon.core.model.client import ChatReply, LLMClient, Message
 from pantheon.core.store.atomic import append_line, atomic_write_json
-from pantheon.core.store.runs import WAITING_FILE
+from pantheon.core.store.layout import CALLS_FILE, WAITING_FILE
 
 __all__ = ["CallLog", "ask", "call_model", "extract_json_object", "parse_reply"]
 
@@ -136,7 +136,7 @@ class CallLog:
 
     def __init__(self, node_dir: Path) -> None:
         node_dir = Path(node_dir)
-        self.path = node_dir / "calls.jsonl"
+        self.path = node_dir / CALLS_FILE
         self.waiting_path = node_dir / WAITING_FILE
         self.label = f"{node_dir.parent.name}/{node_dir.name}"
         """How the log names the node's calls (``docops-000012/write``)."""

@@ -50,6 +50,7 @@ from pantheon.core.model.procs import (
     free_port,
 )
 from pantheon.core.store.atomic import atomic_write_json, read_json
+from pantheon.core.store.layout import SERVER_LOG, SERVER_STATE, server_path
 
 __all__ = [
     "ModelServer",
@@ -65,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SERVER_DIR = "server"
 DEFAULT_PORT = 8011
 
 
@@ -142,9 +142,9 @@ class ModelServer:
         self.store = store or ModelStore()
         self.name = name
         """A second server of the same night (``code``, say) lives in ``server/<name>/``."""
-        self.dir = self.artifacts / SERVER_DIR / name if name else self.artifacts / SERVER_DIR
-        self.state_path = self.dir / "server.json"
-        self.log_path = self.dir / "server.log"
+        self.dir = server_path(self.artifacts, name)
+        self.state_path = self.dir / SERVER_STATE
+        self.log_path = self.dir / SERVER_LOG
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_here = False
         self._abort = threading.Event()
@@ -199,13 +199,13 @@ class ModelServer:
     def each_in(cls, artifacts: Path, **kw: Any) -> list[ModelServer]:
         """Every server recorded for an artifacts directory: the night's, and its named ones
         (``server/code/``)."""
-        root = Path(artifacts) / SERVER_DIR
+        root = server_path(artifacts)
         found = [cls(artifacts, **kw)]
         if root.is_dir():
             found += [
                 cls(artifacts, name=d.name, **kw)
                 for d in sorted(root.iterdir())
-                if d.is_dir() and (d / "server.json").exists()
+                if d.is_dir() and (d / SERVER_STATE).exists()
             ]
         return found
 

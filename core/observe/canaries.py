@@ -9,12 +9,9 @@ from typing import Any
 
 from pantheon.core.observe.queuemath import wilson_interval
 from pantheon.core.store.atomic import append_line
+from pantheon.core.store.layout import canaries_path
 
 __all__ = ["canaries_path", "canary_scores", "canary_text", "read_canaries", "record_canary"]
-
-
-def canaries_path(artifacts: Path) -> Path:
-    return Path(artifacts) / "canaries.jsonl"
 
 
 def record_canary(artifacts: Path, record: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from pantheon.core.observe.queuemath import (
 )
 from pantheon.core.observe.scrape import ServerScraper, _r
 from pantheon.core.store.atomic import append_line
+from pantheon.core.store.layout import METRICS_FILE, metrics_path
 from pantheon.core.store.queue import JobQueue
 
 __all__ = [
@@ -40,13 +41,12 @@ __all__ = [
     "MetricsSampler",
     "PrometheusExporter",
     "ServerScraper",
+    "metrics_path",
     "read_samples",
     "sample_text",
 ]
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = Path("metrics") / "engine.jsonl"
 
 
 @dataclass
@@ -207,10 +207,6 @@ class MetricsSampler:
         if self._canaries is None or self._canaries[0] != key:
             self._canaries = (key, canary_scores(read_canaries(self.artifacts)))
         return self._canaries[1]
-
-
-def metrics_path(artifacts: Path) -> Path:
-    return Path(artifacts) / METRICS_FILE
 
 
 def write_sample(artifacts: Path, sample: dict[str, Any]) -> None:

@@ -26,11 +26,8 @@ from pathlib import Path
 
 import watchfiles
 
-from pantheon.core.observe.metrics import METRICS_FILE
 from pantheon.core.store.atomic import TMP_PREFIX
-from pantheon.core.store.control import CONTROL_FILE
-from pantheon.core.store.queue import DB_FILE
-from pantheon.core.store.runs import RUNS
+from pantheon.core.store.layout import CONTROL_FILE, DB_FILE, METRICS_FILE, RUNS
 
 __all__ = ["ArtifactChanges", "ArtifactsWatcher", "classify"]
 

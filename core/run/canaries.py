@@ -18,6 +18,7 @@ from pantheon.core.flows.flow import Flow
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import CallLog
 from pantheon.core.store.atomic import atomic_write_json
+from pantheon.core.store.layout import CANARY_DIR, CANARY_FILE, worktrees_path
 from pantheon.core.store.queue import Job
 from pantheon.core.store.runs import RunDir, now_iso
 from pantheon.core.work.git import GitError, JobWorkspace
@@ -56,7 +57,7 @@ class CanaryPlanting:
         self._remember_docs(flow, job, outputs)
         if not self.canary_every or not is_due(job.run_id, self.canary_every):
             return
-        if (run.path / "canary" / "canary.json").exists():
+        if (run.path / CANARY_DIR / CANARY_FILE).exists():
             return
         try:
             await self._canary(flow, job, run, outputs, reviewers)
@@ -90,7 +91,7 @@ class CanaryPlanting:
         if planted is None:
             log.info("run %s: no canary fits this change", run.name)
             return
-        folder = run.path / "canary"
+        folder = run.path / CANARY_DIR
         folder.mkdir(parents=True, exist_ok=True)
         ws = await asyncio.to_thread(
             JobWorkspace.open,
@@ -98,7 +99,7 @@ class CanaryPlanting:
             flow=f"canary-{flow.name}",
             job_id=job.id,
             target=real.target,
-            root=self.artifacts / "worktrees",
+            root=worktrees_path(self.artifacts),
         )
         try:
             for rel, text in planted.files.items():
@@ -144,7 +145,7 @@ class CanaryPlanting:
             "verdicts": verdicts,
             "at": now_iso(),
         }
-        atomic_write_json(folder / "canary.json", {**record, "diff": diff})
+        atomic_write_json(folder / CANARY_FILE, {**record, "diff": diff})
         record_canary(self.artifacts, record)
         if self.on_canary is not None:
             self.on_canary()

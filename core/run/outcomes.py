@@ -14,6 +14,7 @@ from pantheon.core.errors import PantheonError, QueueError
 from pantheon.core.ratelog import RepeatLog
 from pantheon.core.run.runner import JobOutcome
 from pantheon.core.store.diskspace import is_disk_full
+from pantheon.core.store.layout import FAILED_FILE, run_path
 from pantheon.core.store.queue import Job, JobQueue
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class EngineOutcomes:
                     "job %d failed: %s (see %s)",
                     job.id,
                     outcome.error,
-                    self.artifacts / "runs" / job.run_name / "FAILED.json",
+                    run_path(self.artifacts, job.run_name) / FAILED_FILE,
                 )
             else:
                 self.stats.stopped += 1

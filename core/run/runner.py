@@ -26,6 +26,7 @@ from pantheon.core.flows.flow import Flow, parse_flow
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import CallLog
 from pantheon.core.run.canaries import CanaryPlanting
+from pantheon.core.store.layout import OUTPUT_FILE, RUN_FILE, worktrees_path
 from pantheon.core.store.queue import Job, JobQueue, NodeRow
 from pantheon.core.store.runs import FailedRecord, RunDir, RunRecord, now_iso
 from pantheon.core.work.git import GitError, JobWorkspace
@@ -124,7 +125,7 @@ class Runner(CanaryPlanting):
             flow=flow.name,
             job_id=job.id,
             target=str(job.input.get("target") or "main"),
-            root=self.artifacts / "worktrees",
+            root=worktrees_path(self.artifacts),
         )
 
     def _params(self, cls: type[Agent], given: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +280,7 @@ class Runner(CanaryPlanting):
     ) -> JobOutcome:
         first_line = error.strip().splitlines()[0] if error.strip() else "failed"
         if artifact is None:
-            artifact = run.write_error(node, error) if node != "(flow)" else run.path / "run.json"
+            artifact = run.write_error(node, error) if node != "(flow)" else run.path / RUN_FILE
         run.write_failed(
             FailedRecord(
                 node=node, agent=agent, error=error, artifact=run.rel(artifact), at=now_iso()
@@ -391,7 +392,5 @@ class Runner(CanaryPlanting):
             if isinstance(reasons, list):
                 reasons = "; ".join(str(r) for r in reasons)
             error = f"{agent_cls.name} did not pass" + (f": {reasons}" if reasons else "")
-            return _NodeResult(
-                node, False, data, error, run.node_dir(node) / "output.json", seconds
-            )
+            return _NodeResult(node, False, data, error, run.node_dir(node) / OUTPUT_FILE, seconds)
         return _NodeResult(node, True, data, None, None, seconds)

@@ -17,14 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pantheon.core.errors import ArtifactError, ConfigError, PantheonError
 from pantheon.core.ratelog import RepeatLog
 from pantheon.core.store.atomic import atomic_write_json, locked, read_json
+from pantheon.core.store.layout import CONTROL_FILE
 
-__all__ = ["UNUSABLE_EFFECT", "Control", "ControlFile", "ValueStore"]
+__all__ = ["CONTROL_FILE", "UNUSABLE_EFFECT", "Control", "ControlFile", "ValueStore"]
 
 log = logging.getLogger(__name__)
 _repeats = RepeatLog(log)
 """Each reader (the merge gate makes one per merge) would otherwise say it again."""
 
-CONTROL_FILE = "control.json"
 LAST_GOOD_KEY = "control.last_good"
 """The queue database's key for the last good controls."""
 UNUSABLE_EFFECT = "the queue and merges are paused until it is fixed"

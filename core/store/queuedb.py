@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Self
 
 from pantheon.core.errors import QueueError
+from pantheon.core.store.layout import DB_FILE
 
 __all__ = ["DB_FILE", "SCHEMA_VERSION", "QueueDatabase"]
 
-DB_FILE = "pantheon.db"
 SCHEMA_VERSION = 4
 
 _SCHEMA = """

@@ -1,17 +1,5 @@
-"""The artifacts directory: where engine, console, report and trainer meet.
-
-::
-
-    artifacts/
-      pantheon.db               the durable job queue (see queue.py)
-      control.json              operator controls (see control.py)
-      runs/<flow>-<run id>/
-        run.json                flow, job, status, times, input, output
-        <node>/input.json       what the agent was given
-        <node>/output.json      what it returned (validated)
-        <node>/error.txt        why it failed
-        <node>/calls.jsonl      each model call
-        FAILED.json             the node that stopped the run, the error, the artifact path
+"""The run records: a run's folder under ``runs/`` and what it holds (the layout of the whole
+artifacts directory, where engine, console, report and trainer meet, is in layout.py).
 
 Every file is written atomically. A reader validates what it reads: a truncated or garbled file
 is reported as corrupt and treated as missing, never trusted.
@@ -33,12 +21,20 @@ from pantheon.core.store.atomic import (
     read_json,
     remove_stale_temps,
 )
+from pantheon.core.store.layout import (
+    ERROR_FILE,
+    FAILED_FILE,
+    INPUT_FILE,
+    OUTPUT_FILE,
+    RUN_FILE,
+    RUNS,
+    WAITING_FILE,
+    run_path,
+    runs_path,
+)
 
-__all__ = ["FailedRecord", "RunDir", "RunRecord", "iter_runs"]
+__all__ = ["RUNS", "WAITING_FILE", "FailedRecord", "RunDir", "RunRecord", "iter_runs"]
 
-RUNS = "runs"
-WAITING_FILE = "waiting.json"
-"""``runs/<run>/<node>/waiting.json``: a model call of the node is in flight (since when)."""
 RunStatus = Literal["running", "done", "failed", "stopped"]
 
 
@@ -79,7 +75,7 @@ class RunDir:
     def __init__(self, artifacts: Path, run_name: str, *, fsync: bool = False) -> None:
         self.artifacts = Path(artifacts)
         self.name = run_name
-        self.path = self.artifacts / RUNS / run_name
+        self.path = run_path(self.artifacts, run_name)
         self.fsync = fsync
 
     def node_dir(self, node: str) -> Path:
@@ -120,35 +116,35 @@ class RunDir:
     def read_record(self) -> RunRecord | None:
         """The run's record, or None when it is missing or corrupt."""
         try:
-            return RunRecord.model_validate(read_json(self.path / "run.json"))
+            return RunRecord.model_validate(read_json(self.path / RUN_FILE))
         except (FileNotFoundError, ArtifactError, ValidationError):
             return None
 
     def write_record(self, record: RunRecord) -> None:
-        atomic_write_json(self.path / "run.json", record.model_dump(mode="json"), fsync=self.fsync)
+        atomic_write_json(self.path / RUN_FILE, record.model_dump(mode="json"), fsync=self.fsync)
 
     # -- nodes ------------------------------------------------------------------------------
 
     def write_input(self, node: str, data: dict[str, Any]) -> None:
         folder = self.node_dir(node)
         folder.mkdir(exist_ok=True)
-        atomic_write_json(folder / "input.json", data, fsync=self.fsync)
+        atomic_write_json(folder / INPUT_FILE, data, fsync=self.fsync)
 
     def write_output(self, node: str, data: dict[str, Any]) -> None:
-        atomic_write_json(self.node_dir(node) / "output.json", data, fsync=self.fsync)
+        atomic_write_json(self.node_dir(node) / OUTPUT_FILE, data, fsync=self.fsync)
 
     def clear_error(self, node: str) -> None:
         """Forget an earlier attempt's error of a node about to run again."""
-        (self.node_dir(node) / "error.txt").unlink(missing_ok=True)
+        (self.node_dir(node) / ERROR_FILE).unlink(missing_ok=True)
 
     def write_error(self, node: str, text: str) -> Path:
-        path = self.node_dir(node) / "error.txt"
+        path = self.node_dir(node) / ERROR_FILE
         atomic_write_text(path, text.rstrip("\n") + "\n", fsync=self.fsync)
         return path
 
     def read_output(self, node: str, model: type[BaseModel]) -> tuple[BaseModel | None, str | None]:
         """A node's earlier output, validated; (None, why) when missing, corrupt or invalid."""
-        path = self.node_dir(node) / "output.json"
+        path = self.node_dir(node) / OUTPUT_FILE
         try:
             data = read_json(path)
         except FileNotFoundError:
@@ -163,16 +159,14 @@ class RunDir:
             return None, f"{path} does not fit {model.__name__} ({where}: {first['msg']})"
 
     def write_failed(self, failed: FailedRecord) -> None:
-        atomic_write_json(
-            self.path / "FAILED.json", failed.model_dump(mode="json"), fsync=self.fsync
-        )
+        atomic_write_json(self.path / FAILED_FILE, failed.model_dump(mode="json"), fsync=self.fsync)
 
     def clear_failed(self) -> None:
-        (self.path / "FAILED.json").unlink(missing_ok=True)
+        (self.path / FAILED_FILE).unlink(missing_ok=True)
 
     def read_failed(self) -> FailedRecord | None:
         try:
-            return FailedRecord.model_validate(read_json(self.path / "FAILED.json"))
+            return FailedRecord.model_validate(read_json(self.path / FAILED_FILE))
         except (FileNotFoundError, ArtifactError, ValidationError):
             return None
 
@@ -183,14 +177,14 @@ def now_iso() -> str:
 
 def iter_runs(artifacts: Path) -> list[tuple[str, RunRecord | None, str | None]]:
     """Every run folder as (name, record or None, why it could not be read)."""
-    root = Path(artifacts) / RUNS
+    root = runs_path(artifacts)
     out: list[tuple[str, RunRecord | None, str | None]] = []
     try:
         entries = sorted(e.name for e in os.scandir(root) if e.is_dir())
     except FileNotFoundError:
         return out
     for name in entries:
-        path = root / name / "run.json"
+        path = root / name / RUN_FILE
         try:
             out.append((name, RunRecord.model_validate(read_json(path)), None))
         except FileNotFoundError:

@@ -20,11 +20,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from pantheon.core.errors import ArtifactError, PantheonError
-from pantheon.core.observe.metrics import metrics_path
 from pantheon.core.store.atomic import read_json
 from pantheon.core.store.control import Control, ControlFile
-from pantheon.core.store.queue import DB_FILE, STATUSES, JobQueue, JobSummary
-from pantheon.core.store.runs import RUNS, WAITING_FILE, RunRecord
+from pantheon.core.store.layout import (
+    DB_FILE,
+    ERROR_FILE,
+    INPUT_FILE,
+    OUTPUT_FILE,
+    RUN_FILE,
+    WAITING_FILE,
+    metrics_path,
+    run_path,
+)
+from pantheon.core.store.queue import STATUSES, JobQueue, JobSummary
+from pantheon.core.store.runs import RunRecord
 from pantheon.core.views.run import CallView, NodeView, RunView, _flow_agents, load_run
 from pantheon.core.views.table import RunFilter, RunOrder, table_jobs
 
@@ -214,7 +223,7 @@ class NightView:
         """Validate the ``run.json`` of these runs; return those whose problem changed."""
         changed = set()
         for name in names:
-            path = self.artifacts / RUNS / name / "run.json"
+            path = run_path(self.artifacts, name) / RUN_FILE
             why = _run_problem(path)
             if self.problems.get(name) != why:
                 changed.add(name)
@@ -239,7 +248,7 @@ class NightView:
                 self.waiting.pop(job_id, None)
                 changed.add(job_id)
         for job_id, job in running.items():
-            folder = self.artifacts / RUNS / job.run_name
+            folder = run_path(self.artifacts, job.run_name)
             now = tuple(
                 (node, agent)
                 for node, agent in self._nodes_of(job.flow_sha)
@@ -274,9 +283,9 @@ class NightView:
 
 def _node_in_flight(folder: Path) -> bool:
     return (
-        (folder / "input.json").exists()
-        and not (folder / "output.json").exists()
-        and not (folder / "error.txt").exists()
+        (folder / INPUT_FILE).exists()
+        and not (folder / OUTPUT_FILE).exists()
+        and not (folder / ERROR_FILE).exists()
     )
 
 
@@ -297,5 +306,5 @@ def _run_problem(path: Path) -> str | None:
     except ArtifactError as exc:
         return exc.message
     except ValidationError as exc:
-        return f"{path} does not fit run.json: {exc.errors()[0]['msg']}"
+        return f"{path} does not fit {RUN_FILE}: {exc.errors()[0]['msg']}"
     return None

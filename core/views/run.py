@@ -16,8 +16,17 @@ from pydantic import ValidationError
 
 from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.store.atomic import read_json
+from pantheon.core.store.layout import (
+    CALLS_FILE,
+    ERROR_FILE,
+    FAILED_FILE,
+    INPUT_FILE,
+    OUTPUT_FILE,
+    RUN_FILE,
+    run_path,
+)
 from pantheon.core.store.queue import DB_FILE, JobQueue
-from pantheon.core.store.runs import RUNS, FailedRecord, RunRecord
+from pantheon.core.store.runs import FailedRecord, RunRecord
 
 __all__ = ["CallView", "NodeView", "RunView", "load_run"]
 
@@ -111,25 +120,25 @@ def _read_calls(path: Path, problems: list[str]) -> list[CallView]:
 def load_run(artifacts: Path, run_name: str) -> RunView:
     """One run's folder, read whole: the record, FAILED.json, and each node's files."""
     artifacts = Path(artifacts)
-    folder = artifacts / RUNS / run_name
+    folder = run_path(artifacts, run_name)
     problems: list[str] = []
     record: RunRecord | None = None
-    data = _read_any(folder / "run.json", problems)
+    data = _read_any(folder / RUN_FILE, problems)
     if data is not None:
         try:
             record = RunRecord.model_validate(data)
         except ValidationError as exc:
             why = exc.errors()[0]["msg"]
-            problems.append(f"{folder / 'run.json'} does not fit run.json: {why}")
+            problems.append(f"{folder / RUN_FILE} does not fit {RUN_FILE}: {why}")
     elif not problems and not folder.is_dir():
         problems.append(f"{folder} does not exist (the job has not started)")
     failed: FailedRecord | None = None
-    fdata = _read_any(folder / "FAILED.json", problems)
+    fdata = _read_any(folder / FAILED_FILE, problems)
     if fdata is not None:
         try:
             failed = FailedRecord.model_validate(fdata)
         except ValidationError as exc:
-            problems.append(f"{folder / 'FAILED.json'} is not usable: {exc.errors()[0]['msg']}")
+            problems.append(f"{folder / FAILED_FILE} is not usable: {exc.errors()[0]['msg']}")
     agents = _flow_agents(artifacts, record.flow_sha256 if record else None)
     order = list(record.nodes) if record else []
     try:
@@ -143,29 +152,29 @@ def load_run(artifacts: Path, run_name: str) -> RunView:
         node_problems: list[str] = []
         error = None
         try:
-            error = (nd / "error.txt").read_text(encoding="utf-8", errors="replace")
+            error = (nd / ERROR_FILE).read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             pass
         except OSError as exc:
-            node_problems.append(f"cannot read {nd / 'error.txt'}: {exc.strerror or exc}")
+            node_problems.append(f"cannot read {nd / ERROR_FILE}: {exc.strerror or exc}")
         status = record.nodes.get(node_id, "unknown") if record else "unknown"
         if status == "pending" and record and record.status == "running":
             # run.json is written when a group of nodes ends; the files say more
-            if (nd / "output.json").exists():
+            if (nd / OUTPUT_FILE).exists():
                 status = "done"
-            elif (nd / "error.txt").exists():
+            elif (nd / ERROR_FILE).exists():
                 status = "failed"
-            elif (nd / "input.json").exists():
+            elif (nd / INPUT_FILE).exists():
                 status = "running"
         nodes.append(
             NodeView(
                 id=node_id,
                 agent=agents.get(node_id),
                 status=status,
-                input=_read_any(nd / "input.json", node_problems),
-                output=_read_any(nd / "output.json", node_problems),
+                input=_read_any(nd / INPUT_FILE, node_problems),
+                output=_read_any(nd / OUTPUT_FILE, node_problems),
                 error=error,
-                calls=_read_calls(nd / "calls.jsonl", node_problems),
+                calls=_read_calls(nd / CALLS_FILE, node_problems),
                 problems=node_problems,
             )
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pantheon.core.errors import PantheonError
 from pantheon.core.store.atomic import locked
+from pantheon.core.store.layout import branch_name
 
 __all__ = ["GitError", "GitRepo", "JobWorkspace", "MergeResult"]
 
@@ -274,7 +275,7 @@ class JobWorkspace:
     @classmethod
     def open(cls, repo_path: Path, *, flow: str, job_id: int, target: str, root: Path):
         repo = GitRepo(repo_path)
-        branch = f"pantheon/{flow}/{job_id}"
+        branch = branch_name(flow, job_id)
         path = repo.worktree(branch, target, Path(root) / f"{flow}-{job_id:06d}")
         return cls(repo, branch, target, path)
 
