@@ -26,7 +26,9 @@ from pydantic import BaseModel, ValidationError
 from pantheon.core.errors import ArtifactError, ModelServerError, ModelStalled, ReplyError
 from pantheon.core.model.client import ChatReply, LLMClient, Message
 from pantheon.core.store.atomic import append_line, atomic_write_json
+from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.layout import CALLS_FILE, WAITING_FILE
+from pantheon.core.store.records import CallRecord
 
 __all__ = ["CallLog", "ask", "call_model", "extract_json_object", "parse_reply"]
 
@@ -171,17 +173,7 @@ class CallLog:
 
     def read(self) -> list[dict[str, Any]]:
         """The calls recorded so far; a corrupt line is skipped."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_jsonl(self.path, record=CallRecord)[0]
 
 
 def _usable(

@@ -9,6 +9,7 @@ from typing import Any
 
 from pantheon.core.observe.queuemath import wilson_interval
 from pantheon.core.store.atomic import append_line
+from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.layout import canaries_path
 
 __all__ = ["canaries_path", "canary_scores", "canary_text", "read_canaries", "record_canary"]
@@ -20,20 +21,15 @@ def record_canary(artifacts: Path, record: dict[str, Any]) -> None:
 
 def read_canaries(artifacts: Path) -> list[dict[str, Any]]:
     """Every canary of the artifacts directory; a corrupt line is skipped, never fatal."""
-    path = canaries_path(artifacts)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        records, _ = read_jsonl(canaries_path(artifacts), check=_judged)
     except OSError:
         return []
-    out = []
-    for line in text.splitlines():
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and isinstance(value.get("verdicts"), dict):
-            out.append(value)
-    return out
+    return records
+
+
+def _judged(record: dict[str, Any]) -> str | None:
+    return None if isinstance(record.get("verdicts"), dict) else "has no verdicts"
 
 
 def _share(caught: int, n: int) -> dict[str, Any]:

@@ -33,8 +33,10 @@ from pantheon.core.observe.queuemath import (
 )
 from pantheon.core.observe.scrape import ServerScraper, _r
 from pantheon.core.store.atomic import append_line
+from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.layout import METRICS_FILE, metrics_path
 from pantheon.core.store.queue import JobQueue
+from pantheon.core.store.records import MetricsSample
 
 __all__ = [
     "METRICS_FILE",
@@ -217,38 +219,15 @@ def read_samples(artifacts: Path, *, last: int | None = None) -> list[dict[str, 
     """The samples on disk, oldest first (``last``: the last that many readable ones); corrupt
     lines are skipped with one warning that names them."""
     path = metrics_path(artifacts)
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-    out: list[dict[str, Any]] = []
-    bad: list[int] = []
     # from the end when only the last few are wanted: a corrupt last line hides nothing
-    order = range(len(lines) - 1, -1, -1) if last is not None else range(len(lines))
-    for i in order:
-        if last is not None and len(out) >= last:
-            break
-        line = lines[i]
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(i + 1)
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-        else:
-            bad.append(i + 1)
-    if last is not None:
-        out.reverse()
-        bad.sort()
+    out, bad = read_jsonl(path, record=MetricsSample, last=last)
     if bad:
+        numbers = [b.number for b in bad]
         log.warning(
             "%s: skipped %d corrupt line(s) (line %s)",
             path,
-            len(bad),
-            ", ".join(map(str, bad[:5])) + ("..." if len(bad) > 5 else ""),
+            len(numbers),
+            ", ".join(map(str, numbers[:5])) + ("..." if len(numbers) > 5 else ""),
         )
     return out
 

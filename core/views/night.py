@@ -10,8 +10,6 @@ read is returned as a problem to show.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from pydantic import ValidationError
 from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.store.atomic import read_json
 from pantheon.core.store.control import Control, ControlFile
+from pantheon.core.store.jsonl import JsonlTail
 from pantheon.core.store.layout import (
     DB_FILE,
     ERROR_FILE,
@@ -33,6 +32,7 @@ from pantheon.core.store.layout import (
     run_path,
 )
 from pantheon.core.store.queue import STATUSES, JobQueue, JobSummary
+from pantheon.core.store.records import MetricsSample
 from pantheon.core.store.runs import RunRecord
 from pantheon.core.views.run import CallView, NodeView, RunView, _flow_agents, load_run
 from pantheon.core.views.table import RunFilter, RunOrder, table_jobs
@@ -55,7 +55,8 @@ class MetricsTail:
     """Reads ``metrics/engine.jsonl`` incrementally: the last hour first, then new lines only.
 
     A torn last line is kept until its newline arrives; a corrupt line is counted and skipped; a
-    file that shrank (rotated, rewritten) is read again from its start.
+    file that shrank (rotated, rewritten) is read again from its start (the JSONL rule of
+    :mod:`pantheon.core.store.jsonl`).
     """
 
     def __init__(self, artifacts: Path, *, keep_s: float = HOUR_S, tail_bytes: int = 8 << 20):
@@ -64,56 +65,26 @@ class MetricsTail:
         self.tail_bytes = tail_bytes
         self.samples: list[dict[str, Any]] = []
         self.corrupt = 0
-        self._offset: int | None = None
-        self._rest = b""
-        self._inode: int | None = None
+        self._tail = JsonlTail(
+            self.path, tail_bytes=tail_bytes, record=MetricsSample, check=_has_ts
+        )
 
     def read(self) -> list[dict[str, Any]]:
         """The new samples since the last call (all of the last hour on the first call)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._offset, self._rest = None, b""
-            return []
-        if self._offset is not None and (st.st_size < self._offset or st.st_ino != self._inode):
-            self._offset, self._rest = None, b""
+        new, bad = self._tail.read()
+        if self._tail.restarted:
             self.samples.clear()
-        self._inode = st.st_ino
-        start = self._offset
-        if start is None:
-            start = max(0, st.st_size - self.tail_bytes)
-        if st.st_size == start:
-            self._offset = start
-            return []
-        with open(self.path, "rb") as fh:
-            fh.seek(start)
-            data = fh.read(st.st_size - start)
-        first_read = self._offset is None
-        self._offset = start + len(data)
-        data = self._rest + data
-        lines = data.split(b"\n")
-        self._rest = lines.pop()
-        if first_read and start > 0 and lines:
-            lines = lines[1:]  # began mid-line
-        new: list[dict[str, Any]] = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                self.corrupt += 1
-                continue
-            if isinstance(value, dict) and isinstance(value.get("ts"), int | float):
-                new.append(value)
-            else:
-                self.corrupt += 1
+        self.corrupt += len(bad)
         self.samples.extend(new)
         if self.samples:
             horizon = self.samples[-1]["ts"] - self.keep_s
             if self.samples[0]["ts"] < horizon:
                 self.samples = [s for s in self.samples if s["ts"] >= horizon]
         return new
+
+
+def _has_ts(sample: dict[str, Any]) -> str | None:
+    return None if isinstance(sample.get("ts"), int | float) else "has no time (ts)"
 
 
 @dataclass

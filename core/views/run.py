@@ -5,7 +5,6 @@ corrupt file: what cannot be read is returned as a problem to show.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 
 from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.store.atomic import read_json
+from pantheon.core.store.jsonl import jsonl_lines
 from pantheon.core.store.layout import (
     CALLS_FILE,
     ERROR_FILE,
@@ -26,6 +26,7 @@ from pantheon.core.store.layout import (
     run_path,
 )
 from pantheon.core.store.queue import DB_FILE, JobQueue
+from pantheon.core.store.records import CallRecord
 from pantheon.core.store.runs import FailedRecord, RunRecord
 
 __all__ = ["CallView", "NodeView", "RunView", "load_run"]
@@ -101,20 +102,10 @@ def _read_calls(path: Path, problems: list[str]) -> list[CallView]:
     except OSError as exc:
         problems.append(f"cannot read {path}: {exc.strerror or exc}")
         return []
-    calls = []
-    for i, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            calls.append(CallView(None, f"{path} line {i} is not JSON ({exc})"))
-            continue
-        if isinstance(value, dict):
-            calls.append(CallView(value))
-        else:
-            calls.append(CallView(None, f"{path} line {i} is not an object"))
-    return calls
+    return [
+        CallView(value) if value is not None else CallView(None, f"{path} line {i} {why}")
+        for i, value, why in jsonl_lines(raw, record=CallRecord)
+    ]
 
 
 def load_run(artifacts: Path, run_name: str) -> RunView:
