@@ -11,7 +11,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.css.query import NoMatches
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
 from pantheon.core.store.queue import JobSummary
@@ -21,9 +20,10 @@ from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable
 
 from .format import age, figure, job_age, job_note, job_now
+from .screen import ConsoleScreen
 
 if TYPE_CHECKING:
-    from .app import NightChanged, NightSnapshot, PantheonConsole
+    from .app import NightChanged, NightSnapshot
 
 __all__ = ["DashboardScreen", "tile_figures"]
 
@@ -141,7 +141,7 @@ def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tupl
     return out
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(ConsoleScreen):
     """Figures on top, the runs below; type to filter, enter to open a run."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -154,10 +154,6 @@ class DashboardScreen(Screen[None]):
         super().__init__()
         self.filter = RunFilter()
         self._rows: dict[int, tuple[JobSummary, Any, str | None, RunRow]] = {}
-
-    @property
-    def console(self) -> PantheonConsole:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -11,7 +11,6 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
@@ -23,16 +22,17 @@ from pantheon.core.work.git import GitRepo
 from pantheon.widgets.json_view import JsonView
 
 from .dialogs import ConfirmScreen
+from .screen import ConsoleScreen
 
 if TYPE_CHECKING:
-    from .app import NightChanged, PantheonConsole
+    from .app import NightChanged
 
 __all__ = ["ReviewScreen"]
 
 STATE_MARK = {"waiting": ("●", "yellow"), "merged": ("✓", "green"), "rejected": ("✗", "red")}
 
 
-class ReviewScreen(Screen[None]):
+class ReviewScreen(ConsoleScreen):
     """Waiting changes first; ``a`` merges (for real), ``x`` rejects, ``f`` shows failures."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -54,10 +54,6 @@ class ReviewScreen(Screen[None]):
         self.shown_text = ""
         self._memo: dict[str, Any] = {}
         self._shown_key: tuple[str, str] | None = None
-
-    @property
-    def console(self) -> PantheonConsole:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

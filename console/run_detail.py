@@ -9,15 +9,16 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
 from pantheon.core.views.night import NodeView, RunView, load_run
 from pantheon.widgets.json_view import JsonView
 
+from .screen import ConsoleScreen
+
 if TYPE_CHECKING:
-    from .app import NightChanged, PantheonConsole
+    from .app import NightChanged
 
 __all__ = ["RunDetailScreen", "call_parts"]
 
@@ -78,7 +79,7 @@ def call_parts(node: NodeView) -> list[tuple[str, Any]]:
     return parts
 
 
-class RunDetailScreen(Screen[None]):
+class RunDetailScreen(ConsoleScreen):
     """A run's nodes on the left; the chosen node's files in tabs on the right."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -94,10 +95,6 @@ class RunDetailScreen(Screen[None]):
         self.run = run
         self.view: RunView | None = None
         self._node: str | None = None
-
-    @property
-    def console(self) -> PantheonConsole:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -13,14 +13,13 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
 from pantheon.core.errors import ArtifactError
@@ -39,9 +38,7 @@ from pantheon.widgets.loss_plot import LossPlot
 
 from .dialogs import ConfirmScreen
 from .format import age
-
-if TYPE_CHECKING:
-    from .app import PantheonConsole
+from .screen import ConsoleScreen
 
 __all__ = ["TrainingFiles", "TrainingScreen", "launch_training"]
 
@@ -205,7 +202,7 @@ def _step(state: TrainingState, last: ProgressRow | None) -> tuple[int, int]:
     return step, steps
 
 
-class TrainingScreen(Screen[None]):
+class TrainingScreen(ConsoleScreen):
     """Agents on top; the highlighted agent's latest training below. ``s`` trains one."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -223,10 +220,6 @@ class TrainingScreen(Screen[None]):
         self._cells: dict[str, tuple[Text, ...]] = {}
         self._detail_key: Any = None
         self._head: tuple[Text, str] | None = None
-
-    @property
-    def console(self) -> PantheonConsole:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
