@@ -1,16 +1,22 @@
-"""Shared fixtures: a registry, an artifacts directory, flow files, and a real agent plugin."""
+"""Shared fixtures: a registry, an artifacts directory, flow files, a real agent plugin, and a
+scripted model server."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from pantheon.core import AgentRegistry, default_registry
+from pantheon.core.model.client import LLMClient
 
 PLUGIN_SOURCE = '''
 """A test plugin: agents that count their executions in a file, installed through the
@@ -194,3 +200,59 @@ def repo(tmp_path: Path) -> Path:
     git("add", "-A")
     git("commit", "-qm", "docs")
     return root
+
+
+# -- a scripted model server -----------------------------------------------------------------
+
+
+def chat_response(
+    contents: Sequence[str],
+    *,
+    usage: dict[str, int] | None = None,
+    finish_reason: str | None = None,
+    model: str | None = None,
+) -> httpx.Response:
+    """A chat completion with one choice per text of ``contents``."""
+    choice: dict[str, Any] = {"finish_reason": finish_reason} if finish_reason else {}
+    data: dict[str, Any] = {
+        "choices": [
+            {"index": i, "message": {"content": c}, **choice} for i, c in enumerate(contents)
+        ]
+    }
+    if usage is not None:
+        data["usage"] = usage
+    if model is not None:
+        data["model"] = model
+    return httpx.Response(200, json=data)
+
+
+def scripted_model(
+    answer: Callable[[dict[str, Any]], str | Sequence[str] | httpx.Response],
+    *,
+    usage: dict[str, int] | None = None,
+    finish_reason: str | None = None,
+    model: str | None = None,
+    tokens: Callable[[str], list[Any]] | None = None,
+) -> tuple[LLMClient, httpx.AsyncClient]:
+    """A model server over ``httpx.MockTransport``, and a client of it (no retries).
+
+    ``/health`` answers ok; ``/tokenize`` answers ``tokens(content)`` (the words, unless told);
+    each chat request's JSON body goes to ``answer``, which returns the reply's text, a list of
+    texts (one choice each), or a response of its own. The caller closes the ``httpx`` client.
+    """
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok"})
+        body = json.loads(request.content)
+        if request.url.path == "/tokenize":
+            words = tokens(body["content"]) if tokens else body["content"].split()
+            return httpx.Response(200, json={"tokens": words})
+        out = answer(body)
+        if isinstance(out, httpx.Response):
+            return out
+        contents = [out] if isinstance(out, str) else list(out)
+        return chat_response(contents, usage=usage, finish_reason=finish_reason, model=model)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return LLMClient("http://127.0.0.1:9", http=http, retries=0), http

@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
+from conftest import scripted_model
 from scipy.stats import binomtest
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
-from pantheon.core.model.client import LLMClient
 from pantheon.core.observe.canaries import canary_scores, canary_text, read_canaries
 from pantheon.core.observe.queuemath import wilson_interval
 from pantheon.core.run.demo import code_tasks, prepare_demo_repo, repo_jobs
@@ -171,30 +170,15 @@ def model(judge):
     """A model server: codegen answers the real fix of clamp; each reviewer's verdict is
     ``judge(prompt)``."""
 
-    def handler(request):
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok"})
-        body = json.loads(request.content)
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"tokens": body["content"].split()})
+    def answer(body):
         if body["messages"][0]["content"].startswith("You review"):
             ok = judge(body["messages"][1]["content"])
-            contents = [json.dumps({"reasons": ["read the diff"], "passed": ok})]
-        else:
-            contents = [f"```python\n{FIXED}```"] * body.get("n", 1)
-        return httpx.Response(
-            200,
-            json={
-                "choices": [
-                    {"index": i, "message": {"content": c}, "finish_reason": "stop"}
-                    for i, c in enumerate(contents)
-                ],
-                "usage": {"prompt_tokens": 50, "completion_tokens": 10},
-            },
-        )
+            return [json.dumps({"reasons": ["read the diff"], "passed": ok})]
+        return [f"```python\n{FIXED}```"] * body.get("n", 1)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
+    return scripted_model(
+        answer, usage={"prompt_tokens": 50, "completion_tokens": 10}, finish_reason="stop"
+    )
 
 
 def careful(prompt: str) -> bool:

@@ -7,11 +7,10 @@ import json
 import subprocess
 import sys
 
-import httpx
+from conftest import scripted_model
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
-from pantheon.core.model.client import LLMClient
 from pantheon.core.run.demo import prepare_demo_repo, repo_jobs
 
 
@@ -22,34 +21,20 @@ def scripted(fixes, verdicts):
     steps = [f for f in fixes if isinstance(f, dict)] if isinstance(fixes, list) else []
     seen = []
 
-    def handler(request):
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok"})
-        body = json.loads(request.content)
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"tokens": body["content"].split()})
+    def answer(body):
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
-            contents = [json.dumps({"passed": verdicts.pop(0), "reasons": ["looked at it"]})]
-        elif steps:
-            contents = [json.dumps(steps.pop(0))]
-        else:  # n choices in one request, as llama-server answers OpenAI's n
-            seeds = range(body["seed"], body["seed"] + body.get("n", 1))
-            seen.extend((seed, body["temperature"]) for seed in seeds)
-            contents = [fixes[seed] if seed < len(fixes) else "No idea." for seed in seeds]
-        return httpx.Response(
-            200,
-            json={
-                "choices": [
-                    {"index": i, "message": {"content": c}, "finish_reason": "stop"}
-                    for i, c in enumerate(contents)
-                ],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 20},
-            },
-        )
+            return [json.dumps({"passed": verdicts.pop(0), "reasons": ["looked at it"]})]
+        if steps:
+            return [json.dumps(steps.pop(0))]
+        # n choices in one request, as llama-server answers OpenAI's n
+        seeds = range(body["seed"], body["seed"] + body.get("n", 1))
+        seen.extend((seed, body["temperature"]) for seed in seeds)
+        return [fixes[seed] if seed < len(fixes) else "No idea." for seed in seeds]
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    client = LLMClient("http://127.0.0.1:9", http=http, retries=0)
+    client, http = scripted_model(
+        answer, usage={"prompt_tokens": 100, "completion_tokens": 20}, finish_reason="stop"
+    )
     client.seen = seen
     return client, http
 

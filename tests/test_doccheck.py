@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
+from conftest import scripted_model
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
-from pantheon.core.model.client import LLMClient
 from pantheon.core.work.doccheck import check_frontmatter, failed_checks
 
 PAGES = packaged_flows_dir() / "corpus" / "repo" / "docs"
@@ -80,28 +79,15 @@ def test_every_page_of_the_corpus_has_a_body_and_no_frontmatter_check_crashes():
 
 
 def scripted_writer(replies, verdicts):
-    def handler(request):
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok"})
-        body = json.loads(request.content)
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"tokens": body["content"].split()})
+    def answer(body):
         if body["messages"][0]["content"].startswith("You review"):
-            contents = [json.dumps({"passed": verdicts.pop(0), "reasons": ["fine"]})]
-        else:
-            assert "maxLength" not in json.dumps(body.get("response_format")), (
-                "no grammar cuts the model's text"
-            )
-            contents = [json.dumps(replies.pop(0)) for _ in range(body.get("n", 1))]
-        return httpx.Response(
-            200,
-            json={
-                "choices": [{"index": i, "message": {"content": c}} for i, c in enumerate(contents)]
-            },
+            return [json.dumps({"passed": verdicts.pop(0), "reasons": ["fine"]})]
+        assert "maxLength" not in json.dumps(body.get("response_format")), (
+            "no grammar cuts the model's text"
         )
+        return [json.dumps(replies.pop(0)) for _ in range(body.get("n", 1))]
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
+    return scripted_model(answer)
 
 
 def run_docops(artifacts, registry, repo, llm):

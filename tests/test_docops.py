@@ -6,9 +6,9 @@ import asyncio
 import json
 import subprocess
 
-import httpx
 import pytest
 import yaml
+from conftest import scripted_model
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
@@ -31,26 +31,14 @@ def fake_model(verdicts):
     """Answers the writer with META, and each reviewer by its instructions: ``verdicts`` maps
     "a" (correctness) and "b" (scope) to a verdict."""
 
-    def handler(request):
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok"})
-        body = json.loads(request.content)
+    def answer(body):
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
             ok = verdicts["b" if "limited to adding" in body["messages"][-1]["content"] else "a"]
-            answer = {"passed": ok, "reasons": ["fine" if ok else "wrong title"]}
-        else:
-            answer = META
-        return httpx.Response(
-            200,
-            json={
-                "choices": [{"message": {"content": json.dumps(answer)}}],
-                "usage": {"prompt_tokens": 9, "completion_tokens": 9},
-            },
-        )
+            return json.dumps({"passed": ok, "reasons": ["fine" if ok else "wrong title"]})
+        return json.dumps(META)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
+    return scripted_model(answer, usage={"prompt_tokens": 9, "completion_tokens": 9})
 
 
 def run_night(artifacts, registry, repo, paths, llm):
@@ -197,31 +185,21 @@ def test_a_writer_that_breaks_a_check_gets_sampled_replies_and_the_first_that_pa
     two = {**META, "description": "It opens a store. It also closes it."}
     good = {**META, "description": "Explains how a store is opened and closed."}
 
-    def handler(request):
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok"})
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"tokens": [1, 2]})
-        body = json.loads(request.content)
+    def answer(body):
         if body["messages"][0]["content"].startswith("You review"):
             answers = [{"reasons": ["fine"], "passed": True}]
         elif body.get("n"):
             answers = [two, good, good, two][: body["n"]]
         else:
             answers = [two]
-        return httpx.Response(
-            200,
-            json={
-                "choices": [
-                    {"index": i, "message": {"content": json.dumps(a)}, "finish_reason": "stop"}
-                    for i, a in enumerate(answers)
-                ],
-                "usage": {"prompt_tokens": 9, "completion_tokens": 9},
-            },
-        )
+        return [json.dumps(a) for a in answers]
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    llm = LLMClient("http://127.0.0.1:9", http=http, retries=0)
+    llm, http = scripted_model(
+        answer,
+        usage={"prompt_tokens": 9, "completion_tokens": 9},
+        finish_reason="stop",
+        tokens=lambda content: [1, 2],
+    )
     [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
     asyncio.run(http.aclose())
     run = artifacts / "runs" / f"docops-{job:06d}"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
+from conftest import scripted_model
 from pydantic import BaseModel
 
 from pantheon.core import ModelServerError, ReplyError
@@ -75,20 +74,14 @@ def _client(replies):
     """A client over MockTransport answering each request with the next reply text."""
     seen = []
 
-    def handler(request):
-        seen.append(json.loads(request.content))
-        text = replies.pop(0)
-        return httpx.Response(
-            200,
-            json={
-                "model": "m",
-                "choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 7},
-            },
-        )
+    def answer(body):
+        seen.append(body)
+        return replies.pop(0)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), seen, http
+    client, http = scripted_model(
+        answer, usage={"prompt_tokens": 11, "completion_tokens": 7}, finish_reason="stop", model="m"
+    )
+    return client, seen, http
 
 
 async def test_call_model_records_every_call(tmp_path):
@@ -130,26 +123,18 @@ def _sampling_client(greedy, samples):
     """Greedy requests get ``greedy`` in turn; a request for n choices gets ``samples``."""
     seen = []
 
-    def handler(request):
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json={"tokens": [1, 2, 3]})
-        body = json.loads(request.content)
+    def answer(body):
         seen.append(body)
-        texts = samples[: body["n"]] if body.get("n") else [greedy.pop(0)]
-        return httpx.Response(
-            200,
-            json={
-                "model": "m",
-                "choices": [
-                    {"index": i, "message": {"content": t}, "finish_reason": "stop"}
-                    for i, t in enumerate(texts)
-                ],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 7},
-            },
-        )
+        return samples[: body["n"]] if body.get("n") else [greedy.pop(0)]
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), seen, http
+    client, http = scripted_model(
+        answer,
+        usage={"prompt_tokens": 11, "completion_tokens": 7},
+        finish_reason="stop",
+        model="m",
+        tokens=lambda content: [1, 2, 3],
+    )
+    return client, seen, http
 
 
 def _short(v):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-import httpx
 import pytest
+from conftest import scripted_model
 from pydantic import BaseModel
 
 from pantheon.core import NodeError, ReplyError
-from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import CallLog
 from pantheon.core.work.toolloop import run_tool_loop, step_model
 from pantheon.core.work.tools import TOOLS, ToolError, Workspace
@@ -24,14 +23,13 @@ def scripted(replies):
     """A model server that answers each chat request with the next scripted reply."""
     requests = []
 
-    def handler(request):
-        requests.append(json.loads(request.content))
+    def answer(body):
+        requests.append(body)
         reply = replies.pop(0)
-        text = reply if isinstance(reply, str) else json.dumps(reply)
-        return httpx.Response(200, json={"choices": [{"message": {"content": text}}]})
+        return reply if isinstance(reply, str) else json.dumps(reply)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), requests, http
+    llm, http = scripted_model(answer)
+    return llm, requests, http
 
 
 @pytest.fixture
