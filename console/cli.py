@@ -264,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no console: run the night in the foreground and print the figures at the end",
     )
+    p.add_argument(
+        "--learn",
+        action="store_true",
+        help="when the queue has drained and the servers stopped, run the learn loop: mine the "
+        "night, train each agent with enough new green examples, judge it on held-out tasks "
+        "and promote it when it wins (needs the train extra; see `pantheon learn --help`)",
+    )
+    learn_cli.learn_args(p, prefix="learn-")
     _sandbox_arg(p)
     _artifacts_arg(p)
 
@@ -607,8 +615,11 @@ def _llm_for(args: argparse.Namespace, *, required: bool = False):
     return None
 
 
-async def _agent_adapters(artifacts: Path, llm) -> dict[str, str]:
-    """Agent -> the promoted adapter its calls use, among those the model server loaded."""
+async def _agent_adapters(
+    artifacts: Path, llm, *, only: set[str] | None = None, exclude: set[str] | None = None
+) -> dict[str, str]:
+    """Agent -> the promoted adapter its calls use, among those the model server loaded (of
+    the agents ``only`` names, or all but ``exclude``: the ones this server answers)."""
     from pantheon.core.learn.files import agent_adapters
     from pantheon.core.model.client import Backend
 
@@ -623,7 +634,15 @@ async def _agent_adapters(artifacts: Path, llm) -> dict[str, str]:
             loaded = set(llm.adapters)
     elif llm.backend is not Backend.VLLM:
         loaded = set()
-    adapters, problems = agent_adapters(artifacts, loaded)
+    agents = only
+    if exclude:
+        from pantheon.core.learn.files import read_registry
+
+        try:
+            agents = set(read_registry(artifacts).agents) - exclude
+        except PantheonError:
+            agents = None
+    adapters, problems = agent_adapters(artifacts, loaded, agents)
     for problem in problems:
         log.warning("%s", problem)
     for agent, name in sorted(adapters.items()):
@@ -720,6 +739,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         + (f", {share:.0%} of verdicts pass" if share is not None else "")
     )
     print(f"canaries  {canary_text(summary.get('canaries'))}")
+    for line in _learning_lines(summary.get("learning") or {}):
+        print(line)
     if summary["corrupt"]:
         bad = summary["corrupt"]
         print(f"corrupt   {len(bad)} file(s) of the runs could not be read:")
@@ -732,6 +753,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"in {seconds:.2f} s"
     )
     return 0
+
+
+def _learning_lines(learning: dict[str, Any]) -> list[str]:
+    """The report's learning section, one line per agent with an adapter or a training."""
+    lines = []
+    for a in learning.get("agents") or []:
+        ev = a.get("evidence") or {}
+        used = a.get("adapter") or "the base model"
+        text = f"{a['agent']}: {used}"
+        if ev.get("tasks"):
+            text += (
+                f"; held out ({ev.get('judged_by')}): base {ev['base_passed']}/{ev['tasks']}, "
+                f"adapter {ev['adapter_passed']}/{ev['tasks']}, p = {ev.get('p_value', 1):.3g}"
+            )
+        night = a.get("night") or {}
+        if night:
+            text += "; nights: " + ", ".join(
+                f"{'base' if k == 'base' else 'adapter'} {r['done']}/{r['done'] + r['failed']}"
+                for k, r in night.items()
+            )
+        lines.append(("learning  " if not lines else "          ") + text)
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -1117,7 +1160,13 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                     ModelServer(
                         args.artifacts,
                         ServerConfig(
-                            model=code_model, port=0, parallel=max(concurrency, 1), threads=threads
+                            model=code_model,
+                            port=0,
+                            parallel=max(concurrency, 1),
+                            threads=threads,
+                            adapters=_registry_adapter_files(
+                                args.artifacts, "llama.cpp", code_model
+                            ),
                         ),
                         name="code",
                     )
@@ -1147,9 +1196,13 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
                         REVIEW_AGENTS if args.reviewers_on == "code-model" else ()
                     )
                     engine.agent_llms = {agent: clients[1] for agent in moved}
-                engine.adapters = await _agent_adapters(args.artifacts, llm)
-                for agent in engine.agent_llms:  # their adapters were trained on the other model
-                    engine.adapters.pop(agent, None)
+                # each agent's promoted adapter, from the server that answers it
+                moved_agents = set(engine.agent_llms)
+                engine.adapters = await _agent_adapters(args.artifacts, llm, exclude=moved_agents)
+                if moved_agents:
+                    engine.adapters.update(
+                        await _agent_adapters(args.artifacts, clients[1], only=moved_agents)
+                    )
                 code = await _drive(engine)
                 return 1 if failed else code
         finally:
@@ -1167,7 +1220,33 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
             raise
         print(f"(the night's figures cannot be read now: {exc.message})", file=sys.stderr)
     print(f"wall time  {time.monotonic() - started:.0f} s; the repository: {repo}")
+    if args.learn and code == 0:
+        code = _night_learn(args)
     return code
+
+
+def _night_learn(args: argparse.Namespace) -> int:
+    """The learn loop after a night: its lines go to the night's output (and log)."""
+    from pantheon.trainer.loop import learn
+    from pantheon.trainer.train import TrainingError, TrainOptions, require_libraries
+
+    try:
+        require_libraries()
+    except TrainingError as exc:
+        print(f"learn: {exc.message} ({exc.hint})", file=sys.stderr)
+        return 1
+    bar = learn_cli.progress_bar()
+    print("learn: mining the night, then training what can learn", flush=True)
+    run = learn(
+        args.artifacts,
+        agents=set(args.learn_agent or []) or None,
+        options=TrainOptions(max_minutes=args.learn_minutes),
+        corpus=bool(args.demo),
+        on_line=lambda line: print(f"learn: {line}", flush=True),
+        on_step=bar.step,
+        on_task=bar.task,
+    )
+    return 1 if any(a.action == "failed" for a in run.agents) else 0
 
 
 def _progress_printer(stream=None):
@@ -1584,6 +1663,7 @@ COMMANDS = {
     "traces": learn_cli.cmd_traces,
     "train": learn_cli.cmd_train,
     "promote": learn_cli.cmd_promote,
+    "learn": learn_cli.cmd_learn,
 }
 
 

@@ -1,4 +1,5 @@
-"""The learn loop's commands: ``pantheon traces mine``, ``pantheon train``, ``pantheon promote``.
+"""The learn loop's commands: ``pantheon traces mine``, ``pantheon train``, ``pantheon promote``,
+and ``pantheon learn`` (all of it, for every agent with enough new green examples).
 
 torch, transformers and peft are imported only by the commands that train or judge, so mining
 and the registry work on an install without the ``train`` extra.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import textwrap
@@ -36,6 +36,7 @@ examples:
   pantheon train --resume ID                  go on with an interrupted training
   pantheon promote doc.frontmatter            judge its latest adapter on the held-out jobs
   pantheon promote --rollback doc.frontmatter give it its previous adapter back
+  pantheon learn --max-minutes 60             mine, train, judge, promote every agent it can
 """
 
 
@@ -47,9 +48,12 @@ def add_parsers(sub: Any, artifacts_arg) -> None:
             """\
             Mine the artifacts directory: each model call a worker agent made in a green run
             (tests passed, both reviewers passed, not rejected in the morning review) becomes a
-            chat example in training/<agent>/data.jsonl, deduplicated, each job held out or not
-            by a hash of its run's name. Held-out jobs, green or not, are the tasks `pantheon
-            promote` judges an adapter on (training/<agent>/tasks.jsonl)."""
+            chat example in training/<agent>/data.jsonl, deduplicated; of a code fix, only the
+            candidate that passed. Reviewers learn only from labelled changes: the canaries and
+            the morning review's decisions. Each task is held out or not by a hash of its key
+            (the file it works on), so no task is on both sides. Held-out jobs, green or not,
+            are the tasks `pantheon promote` judges an adapter on
+            (training/<agent>/tasks.jsonl)."""
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -89,34 +93,33 @@ def add_parsers(sub: Any, artifacts_arg) -> None:
         help="the base model, a name of `pantheon models` or a GGUF file (default: the one the "
         "model server of ARTIFACTS runs, else qwen2.5-coder-0.5b)",
     )
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank r (default: 8)")
-    p.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default: 16)")
-    p.add_argument("--epochs", type=float, default=2.0, help="passes over the data (default: 2)")
-    p.add_argument(
-        "--lr", type=float, default=2e-4, help="peak learning rate, cosine decay (default: 2e-4)"
-    )
-    p.add_argument("--batch", type=int, default=4, help="examples per step (default: 4)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps")
-    p.add_argument(
-        "--max-tokens", type=int, default=1024, help="tokens kept per example (default: 1024)"
-    )
-    p.add_argument(
-        "--min-examples",
-        type=int,
-        default=50,
-        metavar="N",
-        help="refuse to train on fewer examples (default: 50)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--qlora", dest="qlora", action="store_true", default=None, help="4-bit NF4")
-    q.add_argument("--no-qlora", dest="qlora", action="store_false", help="full-precision base")
+    _train_args(p)
     p.add_argument(
         "--promote",
         action="store_true",
         help="when trained, judge it on the held-out jobs and promote it if it helps",
     )
     _judge_args(p)
+    artifacts_arg(p)
+
+    p = sub.add_parser(
+        "learn",
+        help="the whole learn loop: mine, train, judge and promote each agent that can learn",
+        description=textwrap.dedent(
+            """\
+            Mine the artifacts directory, then train an adapter for each agent with enough new
+            green examples (on the model that answered its calls, within --max-minutes each,
+            keeping the checkpoint with the lowest held-out loss), judge it on held-out tasks
+            as its kind is judged (a code writer by pass@1 of one greedy fix, a reviewer by its
+            verdicts on labelled changes, any other agent through its whole flow) and promote
+            it when it wins beyond chance. The next night's model server serves it. What
+            happened is training/learn.json, and the morning report shows it.
+            `pantheon night --learn` runs this after the queue drains."""
+        ),
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    learn_args(p)
     artifacts_arg(p)
 
     p = sub.add_parser(
@@ -146,6 +149,76 @@ def add_parsers(sub: Any, artifacts_arg) -> None:
     artifacts_arg(p)
 
 
+def _train_args(p: argparse.ArgumentParser, *, budget_default: float | None = None) -> None:
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank r (default: 8)")
+    p.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default: 16)")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the data (default: 2)")
+    p.add_argument(
+        "--lr", type=float, default=2e-4, help="peak learning rate, cosine decay (default: 2e-4)"
+    )
+    p.add_argument("--batch", type=int, default=4, help="examples per step (default: 4)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="M",
+        default=budget_default,
+        help="stop training after M minutes and keep the best checkpoint (held-out loss)"
+        + (f" (default: {budget_default:g})" if budget_default else ""),
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="measure the held-out loss every N steps and keep the adapter where it was lowest "
+        "(default: four times over the training)",
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=1024, help="tokens kept per example (default: 1024)"
+    )
+    p.add_argument(
+        "--min-examples",
+        type=int,
+        default=50,
+        metavar="N",
+        help="refuse to train on fewer examples (default: 50)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--qlora", dest="qlora", action="store_true", default=None, help="4-bit NF4")
+    q.add_argument("--no-qlora", dest="qlora", action="store_false", help="full-precision base")
+
+
+def learn_args(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    """The learn loop's options (``prefix`` "learn-" for ``pantheon night``)."""
+    if prefix:
+        g = p.add_argument_group("the learn loop (--learn)")
+        g.add_argument(
+            "--learn-minutes",
+            type=float,
+            default=60.0,
+            metavar="M",
+            help="train each agent for M minutes at most (default: 60)",
+        )
+        g.add_argument(
+            "--learn-agent",
+            action="append",
+            metavar="AGENT",
+            help="only this agent learns (repeatable; default: every agent with the data)",
+        )
+        return
+    _train_args(p, budget_default=60.0)
+    p.add_argument("--agent", action="append", metavar="AGENT", help="only this agent (repeatable)")
+    p.add_argument(
+        "--heldout",
+        type=float,
+        default=0.2,
+        metavar="SHARE",
+        help="the share of tasks held out (default: 0.2)",
+    )
+    _judge_args(p)
+
+
 def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--significance",
@@ -157,6 +230,12 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="judge on at most N held-out jobs")
     p.add_argument(
         "--parallel", type=int, default=4, metavar="N", help="jobs judged at once (default: 4)"
+    )
+    p.add_argument(
+        "--corpus",
+        action="store_true",
+        help="judge a code writer on the held-out side of the shipped HumanEval corpus too "
+        "(its problems never trained on), beside the night's held-out code jobs",
     )
 
 
@@ -255,6 +334,11 @@ class _Bar:
         self.stream.flush()
 
 
+def progress_bar(stream=None) -> _Bar:
+    """The training and judging progress lines of the terminal (or of a log)."""
+    return _Bar(stream)
+
+
 def _options(args: argparse.Namespace):
     from pantheon.trainer.train import TrainOptions
 
@@ -268,6 +352,8 @@ def _options(args: argparse.Namespace):
         seed=args.seed,
         min_examples=args.min_examples,
         max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        eval_every=args.eval_every,
         qlora=args.qlora,
     )
 
@@ -346,49 +432,73 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace, folder: Path, bar: _Bar) -> int:
-    from pantheon.core.store.atomic import atomic_write_json
-    from pantheon.trainer.evaluate import evaluate, promote
-
-    state = read_state(folder)
-    if state.alive and state.pid != os.getpid():
-        raise PantheonError(f"training {state.id} is busy in process {state.pid}")
+    from pantheon.trainer.loop import judge_and_promote
 
     def stop_now(signum, frame):
         raise KeyboardInterrupt  # the evaluation's model server is stopped on the way out
 
     signal.signal(signal.SIGTERM, stop_now)
     signal.signal(signal.SIGINT, stop_now)
-    state.status, state.pid = "evaluating", os.getpid()
-    atomic_write_json(folder / "state.json", state.model_dump(mode="json"))
-    try:
-        ev = evaluate(
-            args.artifacts,
-            folder,
-            alpha=args.significance,
-            limit=args.limit,
-            parallel=args.parallel,
-            on_task=bar.task,
-        )
-        promoted = promote(args.artifacts, folder, ev)
-    except BaseException as exc:
-        state.status = "done"
-        why = str(exc) or "stopped by the operator"
-        state.error = f"evaluation failed: {why}"
-        atomic_write_json(folder / "state.json", state.model_dump(mode="json"))
-        raise
-    state.status = "done"
-    state.error = None
-    state.evaluation = ev
-    atomic_write_json(folder / "state.json", state.model_dump(mode="json"))
-    print(
-        f"held-out jobs: base passed {ev.base_passed}/{ev.tasks}, adapter {ev.adapter_passed}/"
-        f"{ev.tasks}; only the base {ev.b}, only the adapter {ev.c}; McNemar p = {ev.p_value:.4g}"
+    ev, promoted = judge_and_promote(
+        args.artifacts,
+        folder,
+        alpha=args.significance,
+        limit=args.limit,
+        parallel=args.parallel,
+        corpus=args.corpus,
+        on_task=bar.task,
     )
+    print(_evidence(ev))
     if promoted:
         print(f"promoted: {ev.adapter} is now {ev.agent}'s adapter ({ev.reason})")
     else:
         print(f"not promoted: {ev.reason}")
     return 0
+
+
+def _evidence(ev) -> str:
+    what = {"pass@1": "held-out code tasks (pass@1)", "labels": "held-out labelled changes"}.get(
+        ev.judged_by, "held-out jobs"
+    )
+    return (
+        f"{what}: base passed {ev.base_passed}/{ev.tasks}, adapter {ev.adapter_passed}/"
+        f"{ev.tasks}; only the base {ev.b}, only the adapter {ev.c}; McNemar p = {ev.p_value:.4g}"
+        + (f" ({ev.left_out} could not be judged)" if ev.left_out else "")
+    )
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from pantheon.trainer import train as trainer
+    from pantheon.trainer.loop import learn
+
+    trainer.require_libraries()
+    options = _options(args)
+    bar = _Bar()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this step (again to stop at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    run = learn(
+        args.artifacts,
+        fraction=args.heldout,
+        agents=set(args.agent or []) or None,
+        options=options,
+        alpha=args.significance,
+        parallel=args.parallel,
+        corpus=args.corpus,
+        on_line=lambda line: print(line, flush=True),
+        on_step=bar.step,
+        on_task=bar.task,
+        stop=stop,
+    )
+    failed = [a for a in run.agents if a.action == "failed"]
+    return 1 if failed else 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

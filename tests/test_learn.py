@@ -65,22 +65,34 @@ def mined(artifacts, registry, repo):
 
 
 def test_mining_keeps_only_green_work_and_says_why_the_rest_was_left_out(mined):
-    result = mine(mined, fraction=0.4)  # holds out jobs 5, 8 and 9
+    # the split is by task (the page): doc0, doc3, doc5, doc7 and same0 are held out
+    result = mine(mined, fraction=0.4)
     stats = result.agents["doc.frontmatter"]
     # jobs 1-5 and 7 are green; 7 repeats job 1's document, so its example is a duplicate
     assert stats.green_jobs == 6
     assert stats.duplicates == 1 and stats.examples == 5
-    assert (stats.train, stats.heldout, stats.tasks) == (4, 1, 3)
+    assert (stats.train, stats.heldout, stats.tasks) == (3, 2, 4)
     assert stats.left_out == {"corrupt": 2, "rejected": 1, "disagreed": 1}
-    assert set(result.agents) == {"doc.frontmatter"}  # reviewers learn nothing from themselves
+    # reviewers learn nothing from their own verdicts: only from the operator's rejection of
+    # job 8 (both had passed it), with the right verdict
+    reviews, _ = read_examples(mined, "review.peer")
+    assert len(reviews) == 2 and {e["run"] for e in reviews} == {"docops-000008"}
+    for e in reviews:
+        assert e["label"] is False and e["label_from"] == "operator (rejected by ana)"
+        assert json.loads(e["messages"][-1]["content"]) == {
+            "reasons": ["The change is wrong: wrong tags."],
+            "passed": False,
+        }
 
     examples, bad = read_examples(mined, "doc.frontmatter")
     assert bad == 0 and len(examples) == 5
     runs = {e["run"] for e in examples}
     assert runs == {f"docops-{i:06d}" for i in (1, 2, 3, 4, 5)}
     for e in examples:
-        assert e["split"] == ("heldout" if e["run"] == "docops-000005" else "train")
-        assert e["split"] == ("heldout" if heldout(e["run"], 0.4) else "train")
+        held = e["run"] in ("docops-000001", "docops-000004")
+        assert e["split"] == ("heldout" if held else "train")
+        assert e["split"] == ("heldout" if heldout(e["key"], 0.4) else "train")
+        assert e["key"] == f"file:doc{int(e['run'][-1]) - 1}.md"
         roles = [m["role"] for m in e["messages"]]
         # the instructions, the worked example, the page, and the reply learnt from
         assert roles == ["system", "user", "assistant", "user", "assistant"]
@@ -90,7 +102,12 @@ def test_mining_keeps_only_green_work_and_says_why_the_rest_was_left_out(mined):
         json.loads(x)
         for x in (training_root(mined) / "doc.frontmatter" / "tasks.jsonl").read_text().splitlines()
     ]
-    assert {t["run"] for t in tasks} == {"docops-000005", "docops-000008", "docops-000009"}
+    assert {t["run"] for t in tasks} == {
+        "docops-000001",
+        "docops-000004",
+        "docops-000007",
+        "docops-000008",
+    }
     assert all(Path(t["input"]["repo"]).is_absolute() for t in tasks)
 
 

@@ -51,7 +51,7 @@ from pantheon.core.store.control import Control, ControlFile
 from pantheon.core.store.queue import JobQueue
 from pantheon.core.work.git import GitError, GitRepo
 
-from .mine import read_examples, read_tasks
+from .mine import STATS, TASKS, read_examples, read_tasks
 
 __all__ = ["EvaluationError", "evaluate", "mcnemar", "promote", "rollback"]
 
@@ -132,8 +132,11 @@ def evaluate(
     registry: AgentRegistry | None = None,
     on_task: Callable[[TaskResult, int, int], None] | None = None,
     endpoint_timeout_s: float = 300.0,
+    corpus: bool = False,
 ) -> Evaluation:
-    """Run the held-out tasks with and without the adapter; write ``evaluation.json``."""
+    """Run the held-out tasks with and without the adapter, as the agent is judged (its
+    ``judged_by``); write ``evaluation.json``. ``corpus``: a code writer is judged on the held-out
+    side of the shipped code corpus too."""
     artifacts, folder = Path(artifacts), Path(folder)
     state = read_state(folder)
     if state.status not in ("done", "evaluating") or not state.gguf:
@@ -147,55 +150,97 @@ def evaluate(
             "the significance must be between 0 and 1 (0.05 is 5 %), and --parallel and "
             "--limit at least 1"
         )
-    tasks = read_tasks(
-        artifacts, state.agent, folder if (folder / "tasks.jsonl").exists() else None
-    )
-    trained_on = {
-        e["run"]
-        for e in read_examples(
-            artifacts, state.agent, folder if (folder / "data.jsonl").exists() else None
-        )[0]
-        if e["split"] == "train"
-    }
-    tasks = [t for t in tasks if t.get("run") not in trained_on]  # never judge on its own data
-    if limit is not None:
-        tasks = tasks[:limit]
-    if not tasks:
-        raise EvaluationError(
-            f"{state.agent} has no held-out tasks to judge an adapter on",
-            hint="mine a night in which this agent ran more jobs",
-        )
+    own = folder if (folder / "data.jsonl").exists() else None
+    examples = read_examples(artifacts, state.agent, own)[0]
+    trained_runs = {e["run"] for e in examples if e["split"] == "train"}
+    trained_keys = {e["key"] for e in examples if e["split"] == "train" and e.get("key")}
     registry = registry or default_registry()
-    decisions, _ = read_decisions(artifacts)
+    mode = _judged_by(registry, state.agent)
     work = folder / "eval"
     shutil.rmtree(work, ignore_errors=True)
     gguf = artifacts / state.gguf
     name = artifact_name(gguf)
+    left_out = 0
     t0 = time.monotonic()
+    if mode == "labels":
+        items: list[Any] = [e for e in examples if e["split"] == "heldout" and "label" in e][
+            : limit or None
+        ]
+        if not items:
+            raise EvaluationError(
+                f"{state.agent} has no held-out labelled example to judge an adapter on",
+                hint="a night with canaries (--canary-every) labels reviewer examples",
+            )
+    elif mode == "pass@1":
+        from .judges import code_tasks
+
+        own_tasks = folder if (folder / TASKS).exists() else None
+        raw = [
+            t
+            for t in read_tasks(artifacts, state.agent, own_tasks)
+            if t.get("run") not in trained_runs
+        ]
+        fraction = _mined_fraction(artifacts, state.agent, folder) if corpus else None
+        items, problems = code_tasks(artifacts, raw, trained_keys, corpus_fraction=fraction)
+        for why in problems:
+            log.warning("held-out task left out: %s", why)
+        left_out = len(problems)
+        items = items[: limit or None]
+        if not items:
+            raise EvaluationError(
+                f"{state.agent} has no held-out code task to judge an adapter on",
+                hint="mine a night in which this agent ran more jobs, or judge on the shipped "
+                "corpus too (--corpus)",
+            )
+    else:
+        tasks = read_tasks(artifacts, state.agent, folder if (folder / TASKS).exists() else None)
+        # never judge on its own data, nor on a task it trained on
+        items = [
+            t
+            for t in tasks
+            if t.get("run") not in trained_runs and t.get("key") not in trained_keys
+        ][: limit or None]
+        if not items:
+            raise EvaluationError(
+                f"{state.agent} has no held-out tasks to judge an adapter on",
+                hint="mine a night in which this agent ran more jobs",
+            )
+        decisions, _ = read_decisions(artifacts)
     server = ModelServer(
         work,
         ServerConfig(model=state.base_model, port=0, parallel=parallel, adapters=[str(gguf)]),
     )
     try:
         with serving(server, timeout_s=endpoint_timeout_s) as sstate:
-            results = asyncio.run(
-                _run_all(
-                    artifacts,
-                    work,
-                    state,
-                    tasks,
-                    sstate,
-                    name,
-                    registry,
-                    decisions,
-                    parallel,
-                    on_task,
+            if mode == "flow":
+                results = asyncio.run(
+                    _run_all(
+                        artifacts,
+                        work,
+                        state,
+                        items,
+                        sstate,
+                        name,
+                        registry,
+                        decisions,
+                        parallel,
+                        on_task,
+                    )
                 )
-            )
+            else:
+                results = asyncio.run(
+                    _run_judge(mode, registry, state.agent, items, sstate, name, parallel, on_task)
+                )
+            left_out += len(items) - len(results)
     finally:
         for side in ("base", "adapter"):  # the scratch clones and checkouts; the runs stay
             shutil.rmtree(work / side / "repos", ignore_errors=True)
             shutil.rmtree(work / side / "worktrees", ignore_errors=True)
+    if not results:
+        raise EvaluationError(
+            f"none of {state.agent}'s {len(items)} held-out tasks could be judged "
+            "(see the log for why)"
+        )
     b = sum(1 for r in results if r.base and not r.adapter)
     c = sum(1 for r in results if r.adapter and not r.base)
     promoted, p, reason = decide(b, c, alpha)
@@ -212,12 +257,55 @@ def evaluate(
         alpha=alpha,
         promoted=promoted,
         reason=reason,
+        judged_by=mode,
+        left_out=left_out,
         results=results,
         seconds=round(time.monotonic() - t0, 1),
         at=datetime.now(UTC),
     )
     atomic_write_json(folder / "evaluation.json", evaluation.model_dump(mode="json"))
     return evaluation
+
+
+def _judged_by(registry: AgentRegistry, agent: str) -> str:
+    try:
+        return str(getattr(registry.get(agent), "judged_by", "flow"))
+    except PantheonError:
+        return "flow"
+
+
+def _mined_fraction(artifacts: Path, agent: str, folder: Path) -> float:
+    from pantheon.core.learn.files import MineStats, training_root
+    from pantheon.core.store.atomic import read_json
+
+    for where in (folder, training_root(artifacts) / agent):
+        try:
+            return MineStats.model_validate(read_json(where / STATS)).fraction
+        except (OSError, PantheonError, ValueError):
+            continue
+    return 0.2
+
+
+async def _run_judge(
+    mode: str,
+    registry: AgentRegistry,
+    agent: str,
+    items: list[Any],
+    sstate: Any,
+    adapter: str,
+    parallel: int,
+    on_task: Callable[[TaskResult, int, int], None] | None,
+) -> list[TaskResult]:
+    from .judges import judge_labels, judge_pass_at_1
+
+    llm = LLMClient(sstate.endpoint, model=sstate.alias, adapters=sstate.adapters)
+    try:
+        if mode == "pass@1":
+            return await judge_pass_at_1(llm, items, adapter, parallel=parallel, on_task=on_task)
+        output = getattr(registry.get(agent), "Verdict", None) or registry.get(agent).Output
+        return await judge_labels(llm, items, adapter, output, parallel=parallel, on_task=on_task)
+    finally:
+        await llm.aclose()
 
 
 async def _run_all(

@@ -6,9 +6,20 @@ green run (its reply parsed and accepted) becomes one chat example: the messages
 the reply it gave as the last, assistant, message — a tool call is a reply like any other.
 Reviewers are not trained on their own verdicts.
 
-Each job falls on one side of a deterministic split (a hash of its run's name): its examples train
-the adapter or stay held out, and a held-out job, green or not, is a task to judge the adapter on.
-Examples are deduplicated on their full text. Nothing here needs torch.
+A code fix's run keeps one line per candidate in its ``calls.jsonl``; only the kept one (it passed
+the real tests, and then both reviews) has no ``error``, so only it becomes an example: a failed
+candidate is never a positive (it is counted as ``failed candidate``).
+
+Reviewers never learn from their own verdicts. Their examples are the **canaries** (planted
+changes whose right verdict is known: a fail) and the real changes the operator merged in the
+morning review (a pass): the messages the reviewer saw, and a reply with the right verdict — its
+own reply when it was right, else the right verdict with the reason the label gives.
+
+Each job falls on one side of a deterministic split by **task**, not by run: a hash of the task's
+key (the file the job works on — every HumanEval mutant of one problem has the same file name —
+or the input's ``task_key``), so that no two sides share a task. Its examples train the adapter
+or stay held out, and a held-out job, green or not, is a task to judge the adapter on. Examples
+are deduplicated on their full text. Nothing here needs torch.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,7 +45,7 @@ from pantheon.core.store.atomic import atomic_write_json, atomic_write_text, rea
 from pantheon.core.store.queue import Job, JobQueue
 from pantheon.core.store.runs import RUNS, RunRecord
 
-__all__ = ["MineResult", "heldout", "mine"]
+__all__ = ["MineResult", "heldout", "mine", "task_key"]
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +54,23 @@ TASKS = "tasks.jsonl"
 STATS = "mine.json"
 
 
-def heldout(run_name: str, fraction: float) -> bool:
-    """Whether a job is held out: the same answer on every machine and every night."""
-    digest = hashlib.sha256(run_name.encode()).digest()
+def heldout(key: str, fraction: float) -> bool:
+    """Whether a task is held out: the same answer on every machine and every night."""
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+def task_key(inputs: dict[str, Any], run_name: str) -> str:
+    """What makes two jobs the same task, for the split: the input's ``task_key``, else the
+    name of the file it works on (``path``: every mutant of one HumanEval problem, and every
+    night's job on one page, share it), else the run."""
+    key = inputs.get("task_key")
+    if isinstance(key, str) and key:
+        return key
+    path = inputs.get("path")
+    if isinstance(path, str) and path.strip():
+        return "file:" + PurePosixPath(path.strip()).name
+    return "run:" + run_name
 
 
 @dataclass
@@ -56,6 +80,7 @@ class _Agent:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     jobs: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -145,8 +170,11 @@ def mine(
                     flows[job.flow_sha] = None
             return flows[job.flow_sha]
 
+        by_run: dict[str, tuple[Job, Flow]] = {}
         for job in jobs:
             flow = flow_of(job)
+            if flow is not None:
+                by_run[job.run_name] = (job, flow)
             if flow is None:
                 skipped["flow unreadable"] += 1
                 continue
@@ -161,10 +189,11 @@ def mine(
                 continue
             for n in workers:
                 name = flow.agents[n].name
-                agents.setdefault(name, _Agent(MineStats(agent=name)))
+                agents.setdefault(name, _Agent(MineStats(agent=name, fraction=fraction)))
             reason = _mine_job(artifacts, job, flow, workers, decisions, agents, fraction)
             if reason:
                 skipped[reason] += 1
+    _mine_reviewers(artifacts, by_run, decisions, agents, fraction, only)
     now = datetime.now(UTC)
     for state in agents.values():
         _write(artifacts, state, now)
@@ -183,7 +212,6 @@ def _mine_job(
     """Add one job's examples and task; returns why it gave no example (None: it gave some)."""
     folder = artifacts / RUNS / job.run_name
     names = {flow.agents[n].name for n in workers}
-    held = heldout(job.run_name, fraction)
 
     def leave(reason: str) -> str:
         for name in names:
@@ -198,9 +226,12 @@ def _mine_job(
         return leave("corrupt")
     except (ArtifactError, ValidationError):
         return leave("corrupt")
+    key = task_key(record.input, job.run_name)
+    held = heldout(key, fraction)
     if held:
         task = {
             "run": job.run_name,
+            "key": key,
             "job": job.id,
             "flow": flow.name,
             "flow_sha256": job.flow_sha,
@@ -227,9 +258,10 @@ def _mine_job(
         for call in calls:
             raw = call.get("raw")
             if call.get("error") or not isinstance(raw, str) or not raw.strip():
-                state.stats.left_out["unusable call"] = (
-                    state.stats.left_out.get("unusable call", 0) + 1
-                )
+                why = "unusable call"
+                if call.get("kind") == "candidate":
+                    why = "candidate not kept" if call.get("tests_passed") else "failed candidate"
+                state.stats.left_out[why] = state.stats.left_out.get(why, 0) + 1
                 continue
             messages = [
                 {"role": str(m.get("role")), "content": str(m.get("content") or "")}
@@ -237,22 +269,166 @@ def _mine_job(
                 if isinstance(m, dict)
             ]
             messages.append({"role": "assistant", "content": raw})
-            key = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-            if key in state.seen:
+            digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+            if digest in state.seen:
                 state.stats.duplicates += 1
                 continue
-            state.seen.add(key)
+            state.seen.add(digest)
+            if isinstance(call.get("model"), str):
+                state.models[call["model"]] += 1
             state.examples.append(
                 {
                     "messages": messages,
                     "split": "heldout" if held else "train",
                     "run": job.run_name,
+                    "key": key,
                     "node": node,
                     "step": call.get("step"),
                 }
             )
             gave = True
     return None if gave else "no usable call"
+
+
+# -- reviewers: the labelled changes --------------------------------------------------------
+
+
+def _reviewers(flow: Flow, only: set[str] | None) -> list[str]:
+    return [
+        n
+        for n in flow.order
+        if flow.agents[n].reviewer
+        and flow.agents[n].uses_model
+        and (only is None or flow.agents[n].name in only)
+    ]
+
+
+def _labelled(
+    state: _Agent,
+    folder: Path,
+    node: str,
+    right: bool,
+    why: str,
+    *,
+    key: str,
+    held: bool,
+    run: str,
+    source: str,
+) -> bool:
+    """One reviewer example from the node's calls: the messages it saw, and a reply with the
+    right verdict (its own reply when it gave that verdict, else the label's)."""
+    calls, bad = _calls(folder / node / "calls.jsonl")
+    if bad:
+        state.stats.left_out["corrupt"] = state.stats.left_out.get("corrupt", 0) + bad
+    if not calls:
+        state.stats.left_out["no review call"] = state.stats.left_out.get("no review call", 0) + 1
+        return False
+    used = [c for c in calls if not c.get("error") and isinstance(c.get("parsed"), dict)]
+    call = used[-1] if used else calls[0]
+    raw = call.get("raw")
+    parsed = call.get("parsed") if used else None
+    if isinstance(parsed, dict) and parsed.get("passed") is right and isinstance(raw, str):
+        reply, own = raw, True
+    else:
+        reply, own = json.dumps({"reasons": [why], "passed": right}, indent=2), False
+    messages = [
+        {"role": str(m.get("role")), "content": str(m.get("content") or "")}
+        for m in call["messages"]
+        if isinstance(m, dict)
+    ]
+    if not messages:
+        state.stats.left_out["unusable call"] = state.stats.left_out.get("unusable call", 0) + 1
+        return False
+    messages.append({"role": "assistant", "content": reply})
+    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+    if digest in state.seen:
+        state.stats.duplicates += 1
+        return False
+    state.seen.add(digest)
+    if isinstance(call.get("model"), str):
+        state.models[call["model"]] += 1
+    state.examples.append(
+        {
+            "messages": messages,
+            "split": "heldout" if held else "train",
+            "run": run,
+            "key": key,
+            "node": node,
+            "label": right,
+            "label_from": source,
+            "own_reply": own,
+        }
+    )
+    name = "pass" if right else "fail"
+    state.stats.labels[name] = state.stats.labels.get(name, 0) + 1
+    state.stats.green_jobs += 1
+    return True
+
+
+def _mine_reviewers(
+    artifacts: Path,
+    by_run: dict[str, tuple[Job, Flow]],
+    decisions: dict[str, Any],
+    agents: dict[str, _Agent],
+    fraction: float,
+    only: set[str] | None,
+) -> None:
+    """The reviewers' labelled examples: every canary (the right verdict is a fail), and every
+    real change the operator merged (a pass) or rejected (a fail) in the morning review. A
+    verdict nobody checked is never learnt from."""
+    from pantheon.core.observe.canaries import read_canaries
+    from pantheon.core.work.canary import WHAT
+
+    def state_of(flow: Flow, node: str) -> _Agent:
+        name = flow.agents[node].name
+        return agents.setdefault(name, _Agent(MineStats(agent=name, fraction=fraction)))
+
+    for record in read_canaries(artifacts):
+        found = by_run.get(str(record.get("run")))
+        if found is None or not record.get("verdicts"):
+            continue  # stopped by the gates before any review: nothing for a reviewer
+        job, flow = found
+        right = bool(record.get("right", False))
+        what = str(record.get("what") or WHAT.get(str(record.get("kind")), "a planted defect"))
+        why = f"The change is wrong: {what.split(': ', 1)[-1]}."
+        key = task_key(job.input, job.run_name)
+        for node in _reviewers(flow, only):
+            if node in record["verdicts"]:
+                _labelled(
+                    state_of(flow, node),
+                    artifacts / RUNS / job.run_name / "canary",
+                    node,
+                    right,
+                    why,
+                    key=key,
+                    held=heldout(key, fraction),
+                    run=job.run_name,
+                    source=f"canary ({record.get('kind')})",
+                )
+    for run, decision in decisions.items():
+        found = by_run.get(run)
+        if found is None:
+            continue
+        job, flow = found
+        right = decision.action == "merged"
+        why = (
+            "The change does what the task asks, and nothing else."
+            if right
+            else f"The change is wrong: {decision.why or 'the operator rejected it'}."
+        )
+        key = task_key(job.input, job.run_name)
+        for node in _reviewers(flow, only):
+            _labelled(
+                state_of(flow, node),
+                artifacts / RUNS / run,
+                node,
+                right,
+                why,
+                key=key,
+                held=heldout(key, fraction),
+                run=run,
+                source=f"operator ({decision.action} by {decision.by})",
+            )
 
 
 def _write(artifacts: Path, state: _Agent, now: datetime) -> None:
@@ -262,6 +438,7 @@ def _write(artifacts: Path, state: _Agent, now: datetime) -> None:
     stats.train = sum(1 for e in state.examples if e["split"] == "train")
     stats.heldout = stats.examples - stats.train
     stats.tasks = len(state.tasks)
+    stats.model = state.models.most_common(1)[0][0] if state.models else None
     stats.at = now
     atomic_write_text(
         folder / DATA, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in state.examples)

@@ -26,10 +26,11 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pantheon.core.errors import PantheonError
 from pantheon.core.learn.files import (
@@ -43,7 +44,7 @@ from pantheon.core.learn.files import (
 from pantheon.core.store.atomic import append_line, atomic_write_json
 
 from .gguf_lora import peft_to_gguf
-from .mine import DATA, TASKS, read_examples
+from .mine import DATA, STATS, TASKS, read_examples
 
 __all__ = [
     "NotEnoughData",
@@ -72,46 +73,55 @@ class TrainingInterrupted(TrainingError):
     title = "Training interrupted"
 
 
-@dataclass
-class TrainOptions:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    epochs: float = 2.0
-    lr: float = 2e-4
+class TrainOptions(BaseModel):
+    """How one adapter is trained; every value is checked, and a bad one is a TrainingError
+    that names it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: int = Field(default=16, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    epochs: float = Field(default=2.0, gt=0)
+    lr: float = Field(default=2e-4, gt=0, lt=1)
     """Peak learning rate; a linear warm-up, then a cosine decay to zero."""
-    warmup: float = 0.1
+    warmup: float = Field(default=0.1, ge=0, lt=1)
     """The share of the steps spent warming up."""
-    batch: int = 4
-    max_tokens: int = 1024
+    batch: int = Field(default=4, ge=1)
+    max_tokens: int = Field(default=1024, ge=32)
     """Longer examples lose the start of their prompt; the reply is always kept."""
     seed: int = 0
-    min_examples: int = MIN_EXAMPLES
+    min_examples: int = Field(default=MIN_EXAMPLES, ge=1)
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    checkpoint_every: int = 20
-    max_steps: int | None = None
+    checkpoint_every: int = Field(default=20, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many steps (default: the epochs' worth)."""
+    max_minutes: float | None = Field(default=None, gt=0)
+    """Stop when the training has run this long (the time budget of a night); the best
+    checkpoint so far is the adapter."""
+    eval_every: int | None = Field(default=None, ge=1)
+    """Measure the held-out loss every N steps and keep the adapter where it was lowest
+    (default: about eight times over the training, and at the end)."""
+    explode: float = Field(default=4.0, gt=1)
+    """A step whose loss is over this many times the first steps' is a diverging training: it
+    stops, with the reason."""
     qlora: bool | None = None
     """4-bit NF4 base weights: None means when CUDA and bitsandbytes are present."""
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(x) for x in e['loc'])} {e.get('input')!r} ({e['msg'].lower()})"
+                for e in exc.errors()
+            ]
+            raise TrainingError(
+                "these training options cannot work: " + ", ".join(problems)
+            ) from None
+
     def check(self) -> None:
-        problems = []
-        if not 1 <= self.rank <= 256:
-            problems.append(f"rank {self.rank} (1 to 256)")
-        if self.alpha <= 0:
-            problems.append(f"alpha {self.alpha} (above 0)")
-        if not 0 < self.lr < 1:
-            problems.append(f"learning rate {self.lr}")
-        if self.epochs <= 0:
-            problems.append(f"epochs {self.epochs}")
-        if self.batch < 1:
-            problems.append(f"batch {self.batch}")
-        if self.max_tokens < 32:
-            problems.append(f"max tokens {self.max_tokens} (at least 32)")
-        if not 0 <= self.warmup < 1:
-            problems.append(f"warm-up share {self.warmup}")
-        if problems:
-            raise TrainingError("these training options cannot work: " + ", ".join(problems))
+        """Checked when made; kept for callers that check before a long step."""
 
 
 def _now() -> datetime:
@@ -128,6 +138,15 @@ def check_data(artifacts: Path, agent: str, options: TrainOptions) -> tuple[int,
     options.check()
     examples, bad = read_examples(artifacts, agent)
     n_train = sum(1 for e in examples if e["split"] == "train")
+    labels = {bool(e["label"]) for e in examples if e["split"] == "train" and "label" in e}
+    if len(labels) == 1:
+        only = "pass" if True in labels else "fail"
+        raise NotEnoughData(
+            f"every labelled example of {agent} says {only} ({n_train} of them): an adapter "
+            f"trained on them would learn to say {only} every time",
+            hint="the canaries label fails; the morning review's merged changes label passes "
+            "(pantheon review)",
+        )
     if n_train < options.min_examples:
         raise NotEnoughData(
             f"not enough data for {agent} ({n_train} < {options.min_examples} green examples"
@@ -160,7 +179,7 @@ def start(
     folder.mkdir(parents=True)
     # the data it trains and is judged on, as mined now: mining again never mixes the two
     mined = training_root(artifacts) / agent
-    for name in (DATA, TASKS):
+    for name in (DATA, TASKS, STATS):
         if (mined / name).exists():
             shutil.copyfile(mined / name, folder / name)
     state = TrainingState(
@@ -168,7 +187,7 @@ def start(
         agent=agent,
         status="running",
         base_model=str(model_path),
-        options=asdict(options),
+        options=options.model_dump(mode="json"),
         pid=os.getpid(),
         examples=n_train,
         heldout=n_heldout,
@@ -344,6 +363,76 @@ def _save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, step: int, 
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_loss(
+    value: float, step: int, earlier: list[float], options: TrainOptions, what: str = "loss"
+) -> None:
+    """Stop a training whose loss is no number, or explodes: over ``options.explode`` times
+    what its first steps measured."""
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"the {what} became {value} at step {step}: the training diverged "
+            f"(learning rate {options.lr:g})",
+            hint="start again with a lower --lr (a tenth of it, say)",
+        )
+    head = sorted(earlier[:5])
+    if len(head) >= 3:
+        reference = head[len(head) // 2]
+        if reference > 0 and value > options.explode * reference:
+            raise TrainingError(
+                f"the {what} exploded at step {step}: {value:.3g}, over {options.explode:g} "
+                f"times the first steps' {reference:.3g} (learning rate {options.lr:g})",
+                hint="start again with a lower --lr (a tenth of it, say)",
+            )
+
+
+class _Best:
+    """The adapter where the held-out loss was lowest: kept in memory, and on disk beside the
+    checkpoint so that a resumed training still knows it."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.loss: float | None = None
+        self.weights: dict[str, Any] | None = None
+
+    def note(self, step: int, loss: float, model: Any) -> None:
+        """Keep the model's adapter when this held-out loss is the lowest yet."""
+        if self.loss is not None and loss >= self.loss:
+            return
+        self.step, self.loss = step, loss
+        from peft import get_peft_model_state_dict
+
+        self.weights = {
+            k: v.detach().clone()
+            for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+        }
+
+    def save(self, folder: Path) -> None:
+        import torch
+
+        if self.weights is None or self.step is None:
+            return
+        tmp = folder / ".tmp-best"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(self.weights, tmp / "adapter.pt")
+        (tmp / "best.json").write_text(json.dumps({"step": self.step, "loss": self.loss}))
+        shutil.rmtree(folder / "best", ignore_errors=True)
+        tmp.rename(folder / "best")
+
+    @classmethod
+    def load(cls, folder: Path) -> _Best:
+        import torch
+
+        best = cls()
+        try:
+            marks = json.loads((folder / "best" / "best.json").read_text())
+            best.weights = torch.load(folder / "best" / "adapter.pt")
+            best.step, best.loss = int(marks["step"]), float(marks["loss"])
+        except (OSError, ValueError, KeyError):
+            return cls()
+        return best
+
+
 def train(
     artifacts: Path,
     folder: Path,
@@ -400,10 +489,7 @@ def _train(
     on_step: Callable[[ProgressRow], None] | None,
     stop: threading.Event,
 ) -> TrainingState:
-    options = TrainOptions(
-        **{k: v for k, v in state.options.items() if k in TrainOptions.__dataclass_fields__}
-    )
-    options.targets = tuple(options.targets)
+    options = TrainOptions(**state.options)
     model_path = Path(state.base_model)
     if not model_path.exists():
         raise TrainingError(f"the base model {model_path} is gone")
@@ -470,8 +556,14 @@ def _train(
 
     state.steps, state.step = total, step
     _save_state(folder, state)
+    every = options.eval_every or max(1, math.ceil(total / 4))
+    curve_items = held_items[:16]
+    best = _Best.load(folder) if checkpoint.exists() else _Best()
+    budget_s = options.max_minutes * 60 if options.max_minutes else None
+    spent_before = state.elapsed_s
     t0 = time.monotonic()
     first = step
+    losses: list[float] = []
     while step < total:
         epoch, i = divmod(step, per_epoch)
         order = list(range(len(train_items)))
@@ -479,6 +571,9 @@ def _train(
         chunk = [train_items[j] for j in order[i * options.batch : (i + 1) * options.batch]]
         batch = _batch(chunk, pad, device)
         loss = model(**batch).loss
+        value = float(loss.detach())
+        check_loss(value, step + 1, losses, options)
+        losses.append(value)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -487,37 +582,61 @@ def _train(
         step += 1
         tokens += int(batch["attention_mask"].sum())
         elapsed = time.monotonic() - t0
+        state.elapsed_s = round(spent_before + elapsed, 2)
+        out_of_time = budget_s is not None and state.elapsed_s >= budget_s and step < total
         row = ProgressRow(
             step=step,
             steps=total,
             epoch=round(step / per_epoch, 3),
-            loss=round(float(loss.detach()), 5),
+            loss=round(value, 5),
             lr=sched.get_last_lr()[0],
             tokens=tokens,
             elapsed_s=round(elapsed, 2),
-            eta_s=round(elapsed / (step - first) * (total - step), 1),
+            eta_s=0.0 if out_of_time else round(elapsed / (step - first) * (total - step), 1),
             at=_now(),
         )
-        append_line(folder / "progress.jsonl", row.model_dump_json())
+        if curve_items and (step % every == 0 or step == total or out_of_time):
+            held = _heldout_loss(model, curve_items, pad, device)
+            check_loss(held, step, [], options, what="held-out loss")
+            state.heldout_curve.append((step, round(held, 5)))
+            row.heldout_loss = round(held, 5)
+            best.note(step, held, model)
+        append_line(folder / "progress.jsonl", row.model_dump_json(exclude_none=True))
         state.step = step
         _save_state(folder, state)
         if on_step is not None:
             on_step(row)
+        if out_of_time:
+            state.stopped = (
+                f"the time budget of {options.max_minutes:g} min ran out at step {step} of {total}"
+            )
+            log.info("training %s: %s", state.id, state.stopped)
+            break
         if stop.is_set() and step < total:
             _save_checkpoint(folder, model, opt, sched, step, tokens)
+            best.save(folder)
+            _save_state(folder, state)
             raise TrainingInterrupted(
                 f"training {state.id} stopped at step {step} of {total}; its checkpoint is kept",
                 hint=f"pantheon train --resume {state.id}   (or --abandon {state.id})",
             )
         if step % options.checkpoint_every == 0 and step < total:
             _save_checkpoint(folder, model, opt, sched, step, tokens)
+            best.save(folder)
 
+    if best.weights is not None and best.step is not None and best.step < step:
+        from peft import set_peft_model_state_dict
+
+        log.info("training %s keeps step %d's adapter (lowest held-out loss)", state.id, best.step)
+        set_peft_model_state_dict(model, best.weights)
+    state.best_step = best.step if best.weights is not None else step
     log.info("held-out loss after training...")
     state.heldout_loss_after = _heldout_loss(model, held_items, pad, device)
     model.save_pretrained(folder / "adapter", safe_serialization=True, save_embedding_layers=False)
     gguf = folder / f"{state.id}.gguf"
     peft_to_gguf(folder / "adapter", model_path, gguf)
     shutil.rmtree(checkpoint, ignore_errors=True)
+    shutil.rmtree(folder / "best", ignore_errors=True)
     state.gguf = os.path.relpath(gguf, artifacts)
     state.peft = os.path.relpath(folder / "adapter", artifacts)
     state.status = "done"

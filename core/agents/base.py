@@ -102,6 +102,10 @@ class Agent:
     """True for agents that work in the job's git worktree (the job names its ``repo``)."""
     reviewer: ClassVar[bool] = False
     """A gate that judges another node's work; two of them in a run make a review pair (κ)."""
+    judged_by: ClassVar[str] = "flow"
+    """How an adapter of this agent is judged on held-out work: ``flow`` (each held-out job
+    again through its whole flow), ``pass@1`` (a code writer's one greedy fix, the real tests
+    judging) or ``labels`` (a reviewer's verdicts against known right ones)."""
 
     async def run(self, input: Any, ctx: NodeContext) -> BaseModel:  # pragma: no cover - abstract
         raise AgentError(f"agent {self.name!r} does not implement run()")

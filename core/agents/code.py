@@ -25,6 +25,7 @@ class Codegen(Agent):
     )
     uses_model = True
     uses_workspace = True
+    judged_by = "pass@1"
 
     class Input(StrictModel):
         task: str

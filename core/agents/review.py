@@ -61,6 +61,7 @@ class ReviewPeer(Agent):
     reviewer = True
     uses_model = True
     uses_workspace = True
+    judged_by = "labels"
 
     class Input(StrictModel):
         task: str = "the change"

@@ -11,6 +11,7 @@
       <id>/adapter/             the peft adapter (safetensors), for vLLM and for resuming
       <id>/<id>.gguf            the same adapter as a GGUF LoRA, for llama.cpp's llama-server
       <id>/evaluation.json      base against adapter on the held-out tasks, and the decision
+      learn.json                the learn loop's last run: per agent, trained or why not
     adapters/
       registry.json             each agent's promoted adapter, with its evidence, and the history
       <name>.gguf, <name>/      the promoted adapters' files
@@ -35,8 +36,10 @@ from pantheon.core.store.atomic import atomic_write_json, locked, read_json
 
 __all__ = [
     "MIN_EXAMPLES",
+    "AgentLearn",
     "AgentTraining",
     "Evaluation",
+    "LearnRun",
     "MineStats",
     "ProgressRow",
     "Registry",
@@ -46,6 +49,7 @@ __all__ = [
     "agent_adapters",
     "agent_overview",
     "list_trainings",
+    "read_learn",
     "read_progress",
     "read_registry",
     "read_state",
@@ -58,6 +62,7 @@ __all__ = [
 TRAINING = "training"
 ADAPTERS = "adapters"
 REGISTRY = "registry.json"
+LEARN = "learn.json"
 REGISTRY_SCHEMA = "pantheon.adapters/1"
 MIN_EXAMPLES = 50
 """Fewer green training examples than this make an adapter that rarely helps: refused."""
@@ -79,6 +84,10 @@ class MineStats(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     agent: str
+    fraction: float = 0.2
+    """The share of the tasks held out."""
+    model: str | None = None
+    """The model that answered most of its examples (an adapter is trained on it)."""
     examples: int = 0
     """Chat examples kept, after deduplication (train + held-out)."""
     train: int = 0
@@ -88,7 +97,11 @@ class MineStats(BaseModel):
     tasks: int = 0
     """Held-out jobs (green or not) kept to judge an adapter."""
     left_out: dict[str, int] = Field(default_factory=dict)
-    """Why jobs gave no example: failed, disagreed, rejected, corrupt, unfinished, unusable call."""
+    """Why jobs gave no example: failed, disagreed, rejected, corrupt, unfinished, unusable
+    call, failed candidate (a code fix's candidate whose tests failed)."""
+    labels: dict[str, int] = Field(default_factory=dict)
+    """A reviewer's labelled examples by right verdict (pass, fail): canaries and the operator's
+    morning decisions."""
     at: datetime | None = None
 
 
@@ -106,6 +119,8 @@ class ProgressRow(BaseModel):
     """Tokens trained on so far."""
     elapsed_s: float = 0.0
     eta_s: float | None = None
+    heldout_loss: float | None = None
+    """Measured at this step (every few steps)."""
     at: datetime | None = None
 
 
@@ -141,6 +156,11 @@ class Evaluation(BaseModel):
     alpha: float
     promoted: bool
     reason: str
+    judged_by: str = "flow"
+    """flow (each held-out job through its whole flow), pass@1 (one greedy code fix, the real
+    tests judging) or labels (a reviewer's verdicts against the known right ones)."""
+    left_out: int = 0
+    """Held-out tasks that could not be judged (a repository gone, a server error)."""
     results: list[TaskResult] = Field(default_factory=list)
     seconds: float = 0.0
     at: datetime | None = None
@@ -166,6 +186,15 @@ class TrainingState(BaseModel):
     error: str | None = None
     heldout_loss_before: float | None = None
     heldout_loss_after: float | None = None
+    """Of the adapter kept: the best checkpoint's."""
+    heldout_curve: list[tuple[int, float]] = Field(default_factory=list)
+    """(step, held-out loss) each time it was measured."""
+    best_step: int | None = None
+    """The step whose adapter is kept: where the held-out loss was lowest."""
+    stopped: str | None = None
+    """Why it stopped before its last step (the time budget), when it did."""
+    elapsed_s: float = 0.0
+    """Training time so far, over every run of it (a resumed one goes on counting)."""
     gguf: str | None = None
     """The GGUF LoRA file, relative to the artifacts directory."""
     peft: str | None = None
@@ -376,9 +405,12 @@ def served_adapters(
     return files, problems
 
 
-def agent_adapters(artifacts: Path, loaded: set[str] | None) -> tuple[dict[str, str], list[str]]:
+def agent_adapters(
+    artifacts: Path, loaded: set[str] | None, agents: set[str] | None = None
+) -> tuple[dict[str, str], list[str]]:
     """Agent -> the promoted adapter its calls name, for the adapters the server has loaded
-    (``loaded`` None: trust the registry), and the agents left on the base model, with why."""
+    (``loaded`` None: trust the registry), and the agents left on the base model, with why;
+    of ``agents`` only, when given (the ones that server answers)."""
     try:
         registry = read_registry(artifacts)
     except ArtifactError as exc:
@@ -386,6 +418,8 @@ def agent_adapters(artifacts: Path, loaded: set[str] | None) -> tuple[dict[str, 
     out: dict[str, str] = {}
     problems: list[str] = []
     for agent, entry in sorted(registry.agents.items()):
+        if agents is not None and agent not in agents:
+            continue
         if loaded is not None and entry.adapter not in loaded:
             problems.append(
                 f"{agent}: its promoted adapter {entry.adapter} is not loaded by the model "
@@ -394,3 +428,42 @@ def agent_adapters(artifacts: Path, loaded: set[str] | None) -> tuple[dict[str, 
             continue
         out[agent] = entry.adapter
     return out, problems
+
+
+class AgentLearn(BaseModel):
+    """One agent in a run of the learn loop."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    agent: str
+    action: Literal["trained", "skipped", "failed"]
+    why: str
+    training: str | None = None
+    examples: int = 0
+    """Training examples mined for it."""
+    new: int = 0
+    """Of them, new since its last training."""
+    steps: int | None = None
+    minutes: float | None = None
+    stopped: str | None = None
+    evaluation: dict[str, Any] | None = None
+    """The evaluation's counts, p-value and decision (without the per-task results)."""
+    promoted: bool = False
+
+
+class LearnRun(BaseModel):
+    """``training/learn.json``: the last run of the learn loop."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    started_at: datetime
+    finished_at: datetime | None = None
+    agents: list[AgentLearn] = Field(default_factory=list)
+
+
+def read_learn(artifacts: Path) -> LearnRun | None:
+    """The learn loop's last run; None when it never ran (or its record cannot be read)."""
+    try:
+        return LearnRun.model_validate(read_json(training_root(artifacts) / LEARN))
+    except (FileNotFoundError, ArtifactError, ValidationError):
+        return None

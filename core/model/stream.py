@@ -300,8 +300,10 @@ class StreamedCalls:
         url = self.base_url + "/v1/chat/completions"
         attempt = 0
         delay = self.backoff_s
-        # the stall watch bounds the wait between chunks; httpx's own read timeout is a net
-        timeout = httpx.Timeout(max(self._timeout_s, self.stall_s * 2), connect=5.0)
+        # the stall watch bounds the wait between chunks (the call's own tokens, and the
+        # server's counters: a request queued behind busy slots waits while the server works,
+        # as a loaded night's do); httpx's own read timeout is only the deadline's net
+        timeout = httpx.Timeout(max(self._timeout_s, self.deadline_s), connect=5.0)
         while True:
             attempt += 1
             status = None

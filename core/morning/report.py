@@ -22,6 +22,15 @@ run's ``run.json`` and the outputs of its test, review and merge nodes, ``decisi
     the gate (a canary is caught when any reviewer failed it), ``reviewers`` (the same per
     reviewer node, with ``errors``: no usable verdict), ``by_kind``, and ``planted``: one entry
     per canary (run, kind, what, gates, verdicts).
+``learning``
+    the learn loop: ``agents``, one per agent with an adapter, a training or a night's nodes
+    that used one: ``adapter`` (in use, or null: the base model), ``promoted_at``, ``evidence``
+    (the held-out judging: ``judged_by``, ``tasks``, ``base_passed``, ``adapter_passed``, ``b``,
+    ``c``, ``p_value``, ``promoted``, ``reason``), ``night`` (the agent's nodes by the adapter
+    their calls used — ``base`` or the adapter's name — each ``done``, ``failed``,
+    ``pass_rate``: the pass rate before and after) and ``last`` (the latest training: id,
+    status, steps, held-out loss before and after); and ``learn``, the learn loop's last run
+    (``training/learn.json``) or null.
 ``series``
     the samples over time, at most 400 points: ``t`` (epoch s), ``depth``, ``running``, ``done``,
     ``rho``, ``kappa``, ``tokens_per_s``, ``batch``.
@@ -53,6 +62,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pantheon.core.errors import ArtifactError
+from pantheon.core.morning.learning import learning_section, node_adapters
 from pantheon.core.morning.review import apply_decision, change_of, read_decisions
 from pantheon.core.observe.canaries import canary_scores, read_canaries
 from pantheon.core.observe.metrics import read_samples
@@ -74,7 +84,7 @@ SCHEMA = "pantheon.summary/1"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 CACHE_FILE = ".report-cache.json"
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 MAX_POINTS = 400
 
 
@@ -115,6 +125,9 @@ def _run_entry(
     except ValidationError as exc:
         return {"corrupt": f"{folder / 'run.json'} does not fit run.json: {exc.errors()[0]['msg']}"}
     entry: dict[str, Any] = {"status": record.status}
+    used = node_adapters(folder, record, node_agents)
+    if used:
+        entry["adapters"] = used
     unreadable = _unreadable_outputs(folder, record)
     if unreadable:
         entry["unreadable"] = unreadable
@@ -220,6 +233,7 @@ def build_summary(
     fresh: dict[str, Any] = {}
     decisions, bad_decisions = read_decisions(artifacts)
     changes, failures, corrupt = [], [], []
+    used: list[list[Any]] = []
     by_flow: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
     for job in jobs:
         by_flow[job.flow][job.status] += 1
@@ -245,6 +259,7 @@ def build_summary(
         if "corrupt" in entry and job.status != "running":
             corrupt.append({"run": name, "problem": entry["corrupt"]})
             continue
+        used += entry.get("adapters", ())
         corrupt += [{"run": name, "problem": why} for why in entry.get("unreadable", ())]
         failure = entry.get("failure")
         if failure is None and job.status == "failed":
@@ -325,6 +340,7 @@ def build_summary(
             ],
         },
         "series": _series(samples),
+        "learning": learning_section(artifacts, used),
         "changes": changes,
         "failures": failures,
         "corrupt": corrupt,

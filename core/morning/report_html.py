@@ -163,6 +163,60 @@ def _agents(agents: dict[str, Any]) -> str:
     )
 
 
+def _pct(rate: Any) -> str:
+    return "–" if rate is None else f"{rate * 100:.0f} %"
+
+
+def _learning(learning: dict[str, Any]) -> str:
+    """Per agent: the adapter in use, its held-out evidence, the pass rate before and after."""
+    agents = learning.get("agents") or []
+    if not agents:
+        return (
+            '<p class="muted" id="learning">No adapter trained or promoted yet: every agent '
+            "uses the base model (<code>pantheon night --learn</code> or "
+            "<code>pantheon learn</code>).</p>"
+        )
+    rows = []
+    for a in agents:
+        ev = a.get("evidence") or {}
+        if ev.get("tasks"):
+            n = ev["tasks"]
+            evidence = (
+                f"{_e(ev.get('judged_by'))}: base {ev['base_passed']}/{n} "
+                f"({_pct(ev['base_passed'] / n)}), adapter {ev['adapter_passed']}/{n} "
+                f"({_pct(ev['adapter_passed'] / n)}); won {ev.get('c')}, lost {ev.get('b')}, "
+                f"p = {_fmt(ev.get('p_value'), 3)}"
+            )
+        else:
+            evidence = "not judged"
+        night = "; ".join(
+            f"{'base model' if k == 'base' else _e(k)}: {_pct(r['pass_rate'])} "
+            f"({r['done']}/{r['done'] + r['failed']})"
+            for k, r in (a.get("night") or {}).items()
+        )
+        last = a.get("last") or {}
+        training = (
+            f"{_e(last.get('id'))} ({_e(last.get('status'))}, {last.get('step')}/"
+            f"{last.get('steps')} steps, {_fmt(last.get('minutes'), 1)} min"
+            + (f"; {_e(last['stopped'])}" if last.get("stopped") else "")
+            + ")"
+            if last
+            else "–"
+        )
+        rows.append(
+            f"<tr><td>{_e(a['agent'])}</td>"
+            f"<td>{_e(a['adapter']) if a.get('adapter') else 'base model'}</td>"
+            f"<td>{evidence}<br><span class='muted'>{_e(ev.get('reason') or '')}</span></td>"
+            f"<td>{night or '–'}</td><td>{training}</td></tr>"
+        )
+    return (
+        '<table id="learning"><thead><tr><th>agent</th><th>in use</th>'
+        "<th>held-out evidence</th><th>pass rate on the nights (before / after)</th>"
+        "<th>latest training</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def _canary_tile(canaries: dict[str, Any]) -> str:
     n = canaries.get("n") or 0
     if not n:
@@ -277,6 +331,8 @@ def render_html(summary: dict[str, Any]) -> str:
 {_failures(summary["failures"], summary["corrupt"])}
 <h2>Agents</h2>
 {_agents(summary["agents"])}
+<h2>Learning</h2>
+{_learning(summary.get("learning") or {})}
 <h2>Flows</h2>
 <table id="flows"><thead><tr><th>flow</th><th>queued</th><th>running</th><th>done</th>
 <th>failed</th></tr></thead><tbody>{flows}</tbody></table>

@@ -1,0 +1,393 @@
+"""The learn loop on code: mining code fixes (the kept candidate only), reviewers' labels from
+canaries and the morning review, the split by task, the pass@1 judge on the real tests, the
+training's time budget and its stop on a diverging loss, the learn loop end to end, and the
+morning report's learning section."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+from test_codefix import FIXED_CLAMP, WORDY_CLAMP, WRONG_CLAMP, scripted
+
+from pantheon.core import Engine, JobQueue, enqueue, load_flow
+from pantheon.core.flows.flow import packaged_flows_dir
+from pantheon.core.learn.files import (
+    Evaluation,
+    RegistryEntry,
+    read_learn,
+    training_root,
+    update_registry,
+)
+from pantheon.core.model.client import LLMClient
+from pantheon.core.morning.report import build_summary
+from pantheon.core.run.demo import corpus_tasks, prepare_demo_repo, repo_jobs
+from pantheon.core.store.control import ControlFile
+from pantheon.trainer.mine import heldout, mine, read_examples, task_key
+
+
+def night(artifacts, registry, inputs, llm, **engine):
+    flow = load_flow(packaged_flows_dir() / "codefix.yaml", registry)
+    with JobQueue(artifacts) as q:
+        ids = enqueue(q, flow, inputs)
+    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm, **engine).run())
+    return ids
+
+
+@pytest.fixture
+def demo(tmp_path):
+    repo = prepare_demo_repo(tmp_path / "demo")
+    return repo, repo_jobs(repo)[1]
+
+
+# -- mining code fixes --------------------------------------------------------------------------
+
+
+def test_only_the_kept_candidate_of_a_green_fix_is_learnt_from(demo, artifacts, registry):
+    _repo, code = demo
+    clamp = code[0]
+    # the greedy fix is wrong, a sampled one is garbage, two pass: the smaller one is kept
+    llm, http = scripted(
+        [WRONG_CLAMP, "I think the bug is in line 2.", WORDY_CLAMP, FIXED_CLAMP], [True, True]
+    )
+    night(artifacts, registry, [clamp], llm)
+    asyncio.run(http.aclose())
+    # a second task no candidate fixes: it fails, and gives nothing
+    llm, http = scripted([WRONG_CLAMP] * 8, [True, True])
+    night(artifacts, registry, [{**code[1]}], llm)
+    asyncio.run(http.aclose())
+
+    result = mine(artifacts, fraction=0.01)
+    stats = result.agents["codegen"]
+    examples, bad = read_examples(artifacts, "codegen")
+    assert bad == 0 and [e["run"] for e in examples] == ["codefix-000001"]
+    [example] = examples
+    assert example["messages"][-1] == {"role": "assistant", "content": FIXED_CLAMP}
+    assert (
+        example["messages"][0]["role"] == "system" and "clamp" in example["messages"][1]["content"]
+    )
+    assert example["key"] == "file:m01_clamp.py"
+    # the failed candidates and the passing one not kept are counted, never positives
+    assert stats.left_out["failed candidate"] == 6 and stats.left_out["candidate not kept"] == 1
+    assert stats.left_out["failed"] == 1  # the second job
+    # the reviewers judged both changes, but nobody checked their verdicts: nothing to learn
+    assert "review.peer" not in result.agents or result.agents["review.peer"].examples == 0
+
+
+def test_the_split_is_by_task_not_by_run():
+    # every mutant of one HumanEval problem is the same task: one side of the split
+    by_problem = defaultdict(set)
+    for t in corpus_tasks():
+        key = task_key({"path": f"code/{t['id']}/{t['module']}.py"}, t["id"])
+        by_problem[t["module"]].add(key)
+    assert len(by_problem) > 100 and all(len(keys) == 1 for keys in by_problem.values())
+    sides = {heldout(next(iter(k)), 0.2) for k in by_problem.values()}
+    assert sides == {True, False}
+    held = sum(heldout(next(iter(k)), 0.2) for k in by_problem.values()) / len(by_problem)
+    assert 0.1 < held < 0.3
+    # an explicit key wins; no path: the run
+    assert task_key({"task_key": "x", "path": "a/b.py"}, "r1") == "x"
+    assert task_key({"text": "hi"}, "r1") == "run:r1"
+    assert task_key({"path": "docs/a.md"}, "r1") == task_key({"path": "other/a.md"}, "r2")
+
+
+def test_two_nights_on_one_task_fall_on_the_same_side(demo, artifacts, registry):
+    repo, code = demo
+    for _ in range(2):  # the same task twice, as two nights would run it
+        llm, http = scripted([FIXED_CLAMP], [True, True])
+        night(artifacts, registry, [code[0]], llm)
+        asyncio.run(http.aclose())
+        (repo / code[0]["path"]).write_text(
+            "def clamp(x, lo, hi):\n    return max(hi, min(lo, x))\n"
+        )
+    for fraction in (0.05, 0.5, 0.95):
+        mine(artifacts, fraction=fraction)
+        examples, _ = read_examples(artifacts, "codegen")
+        assert len({e["split"] for e in examples}) == 1, fraction
+
+
+# -- reviewers learn from labels only ----------------------------------------------------------
+
+
+def test_reviewers_learn_only_from_canaries_and_the_operators_decisions(demo, artifacts, registry):
+    from pantheon.core.morning.review import Change, merge_by_hand
+
+    _repo, code = demo
+    ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="review")
+    # both reviewers pass everything: the real change, and the canary planted from it
+    llm, http = scripted([FIXED_CLAMP], [True] * 8)
+    night(artifacts, registry, [code[0]], llm, canary_every=1)
+    asyncio.run(http.aclose())
+    canaries = (artifacts / "canaries.jsonl").read_text().splitlines()
+    assert len(canaries) == 1 and json.loads(canaries[0])["verdicts"]
+
+    mine(artifacts, fraction=0.01)
+    examples, _ = read_examples(artifacts, "review.peer")
+    # the canary: each reviewer's prompt, and the right verdict (a fail), not its own pass
+    assert len(examples) == 2 and {e["node"] for e in examples} == {"review_a", "review_b"}
+    for e in examples:
+        reply = json.loads(e["messages"][-1]["content"])
+        assert e["label"] is False and reply["passed"] is False and e["own_reply"] is False
+        assert "special-cased" in reply["reasons"][0] or "wrong" in reply["reasons"][0]
+        assert e["label_from"].startswith("canary")
+        assert "Change:" in e["messages"][1]["content"]
+    # training on fails only would teach "always fail": refused
+    from pantheon.trainer.train import NotEnoughData, TrainOptions, check_data
+
+    with pytest.raises(NotEnoughData, match=r"every labelled example of review\.peer says fail"):
+        check_data(artifacts, "review.peer", TrainOptions(min_examples=1))
+
+    # the operator merges the real change in the morning: a pass, for both reviewers
+    change = next(c for c in build_summary(artifacts)["changes"] if c["state"] == "waiting")
+    merge_by_hand(artifacts, Change(**{**change, "reviews": (True, True)}), by="ana")
+    mine(artifacts, fraction=0.01)
+    examples, _ = read_examples(artifacts, "review.peer")
+    labels = sorted((e["label"], e["own_reply"]) for e in examples)
+    assert labels == [(False, False), (False, False), (True, True), (True, True)]
+    assert check_data(artifacts, "review.peer", TrainOptions(min_examples=1))[0] == 4
+
+
+# -- the pass@1 judge on the real tests ---------------------------------------------------------
+
+
+def _answering(fixed_for_adapter: dict[str, str]):
+    """A model server: with the adapter, the right file; without it, the file unchanged."""
+
+    def handler(request):
+        body = json.loads(request.content)
+        prompt = body["messages"][1]["content"]
+        source = prompt.split("```python\n", 1)[1].split("\n```", 1)[0]
+        module = next(m for m in fixed_for_adapter if f"def {m}(" in source)
+        text = (
+            fixed_for_adapter[module]
+            if body.get("lora") and any(x.get("scale") for x in body["lora"])
+            else source
+        )
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"content": f"```python\n{text}\n```"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 20},
+            },
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return LLMClient("http://127.0.0.1:9", http=http, retries=0, adapters={"ad": 0}), http
+
+
+def test_pass_at_1_judges_one_greedy_fix_on_the_real_tests_of_held_out_problems(tmp_path):
+    from pantheon.trainer.judges import code_tasks, judge_pass_at_1
+
+    tasks, problems = code_tasks(tmp_path, [], set(), corpus_fraction=0.2)
+    assert not problems and len(tasks) > 40
+    keys = {t.key for t in tasks}
+    assert all(heldout(k, 0.2) for k in keys)
+    # trained keys are never judged on
+    fewer, _ = code_tasks(tmp_path, [], {tasks[0].key}, corpus_fraction=0.2)
+    assert tasks[0].key not in {t.key for t in fewer}
+
+    from pantheon.core.run.demo import corpus_tasks as shipped
+    from pantheon.core.work.codecorpus import load_humaneval
+
+    canonical = {p["entry_point"]: p["prompt"] + p["canonical_solution"] for p in load_humaneval()}
+    picked = tasks[:3]
+    by_id = {t["id"]: t for t in shipped()}
+    fixes = {by_id[t.run.split(":", 1)[1]]["function"]: None for t in picked}
+    for name in fixes:
+        fixes[name] = canonical[name]
+    llm, http = _answering(fixes)
+    results = asyncio.run(judge_pass_at_1(llm, picked, "ad", parallel=2))
+    asyncio.run(http.aclose())
+    assert [r.run for r in results] == [t.run for t in picked]
+    assert all(r.adapter and not r.base for r in results)
+    assert all("changes nothing" in r.base_error for r in results)
+
+
+def test_a_nights_code_task_is_judged_from_the_commit_it_started_from(demo, artifacts, registry):
+    from pantheon.trainer.judges import code_tasks
+
+    repo, code = demo
+    llm, http = scripted([FIXED_CLAMP], [True, True])
+    night(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    mine(artifacts, fraction=0.99)  # held out
+    tasks = [
+        json.loads(x)
+        for x in (training_root(artifacts) / "codegen" / "tasks.jsonl").read_text().splitlines()
+    ]
+    [task], problems = code_tasks(artifacts, tasks, set())
+    assert not problems and task.path == code[0]["path"]
+    folder = task.materialize(Path(artifacts) / "scratch")
+    # main holds the fix now; the task is set up as it was before it
+    assert "max(hi, min(lo, x))" in (folder / task.path).read_text()
+    assert "max(lo, min(hi, x))" in (repo / task.path).read_text()
+
+
+# -- the training's budget and its stops ---------------------------------------------------------
+
+
+def test_check_loss_stops_on_nan_and_on_an_explosion():
+    from pantheon.trainer.train import TrainingError, TrainOptions, check_loss
+
+    options = TrainOptions(lr=0.01)
+    check_loss(2.0, 1, [], options)
+    check_loss(7.0, 6, [2.0, 2.1, 1.9, 2.2], options)  # under 4x
+    with pytest.raises(TrainingError, match=r"became nan at step 3: the training diverged"):
+        check_loss(float("nan"), 3, [2.0], options)
+    with pytest.raises(TrainingError, match=r"exploded at step 9: 9.*over 4 times"):
+        check_loss(9.0, 9, [2.0, 2.1, 1.9, 2.2], options)
+    with pytest.raises(TrainingError, match="cannot work: rank 0"):
+        TrainOptions(rank=0)
+
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    pytest.importorskip("peft")
+    from pantheon.core.model.files import TEST_MODEL, ModelStore
+
+    return ModelStore().pull(TEST_MODEL)
+
+
+def test_a_time_budget_stops_training_and_keeps_the_best_checkpoint(tmp_path, smollm2_path):
+    from test_learn import HOUSE_TAG, house_artifacts, quick_options
+
+    from pantheon.trainer.train import start, train
+
+    root = house_artifacts(tmp_path, HOUSE_TAG)
+    folder = start(root, "house.tag", smollm2_path, quick_options(max_minutes=0.002, eval_every=1))
+    rows = []
+    state = train(root, folder, on_step=rows.append)
+    assert state.status == "done" and state.step < state.steps
+    assert state.stopped.startswith("the time budget of 0.002 min ran out at step ")
+    assert rows[-1].eta_s == 0 and rows[-1].heldout_loss is not None
+    assert (root / state.gguf).exists(), "what it trained in its budget is the adapter"
+    assert state.best_step == min(state.heldout_curve, key=lambda c: c[1])[0]
+
+
+def test_a_diverging_training_stops_with_the_reason(tmp_path, smollm2_path):
+    from test_learn import HOUSE_TAG, house_artifacts, quick_options
+
+    from pantheon.trainer.train import TrainingError, start, train
+
+    root = house_artifacts(tmp_path, HOUSE_TAG)
+    folder = start(
+        root, "house.tag", smollm2_path, quick_options(lr=0.9, max_steps=10, explode=1.5)
+    )
+    with pytest.raises(TrainingError, match=r"diverged|exploded") as info:
+        train(root, folder)
+    state = json.loads((folder / "state.json").read_text())
+    assert state["status"] == "failed" and "learning rate 0.9" in state["error"]
+    assert str(info.value) in state["error"] and state["gguf"] is None
+
+
+# -- the learn loop, end to end -------------------------------------------------------------
+
+
+def test_the_learn_loop_trains_judges_promotes_and_then_waits_for_new_data(tmp_path, smollm2_path):
+    from test_learn import HOUSE_TAG, house_artifacts, house_registry, quick_options
+
+    from pantheon.core.learn.files import MineStats
+    from pantheon.trainer.loop import learn
+
+    root = house_artifacts(tmp_path, HOUSE_TAG)
+    stats = MineStats(agent="house.tag", examples=58, train=48, heldout=10, tasks=10)
+    (training_root(root) / "house.tag" / "mine.json").write_text(stats.model_dump_json())
+    lines = []
+    kw = dict(options=quick_options(), registry=house_registry(), base=smollm2_path, fresh=False)
+    run = learn(root, on_line=lines.append, **kw)
+    [agent] = run.agents
+    assert agent.action == "trained" and agent.promoted, lines
+    ev = agent.evaluation
+    assert ev["judged_by"] == "flow" and ev["adapter_passed"] > ev["base_passed"]
+    assert agent.steps == 14 and agent.minutes is not None
+    assert read_learn(root).agents[0].training == agent.training
+    assert any("promoted" in line for line in lines)
+    from pantheon.core.learn.files import read_registry
+
+    assert read_registry(root).agents["house.tag"].adapter == agent.training
+    # no new green example since: nothing to train
+    [again] = learn(root, **kw).agents
+    assert again.action == "skipped" and again.why.startswith("nothing new since")
+
+
+def test_learn_on_a_night_without_enough_data_says_so_for_each_agent(demo, artifacts, registry):
+    from conftest import pantheon
+
+    _repo, code = demo
+    llm, http = scripted([FIXED_CLAMP], [True, True])
+    night(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    out = pantheon("learn", "--heldout", "0.01", "--artifacts", str(artifacts))
+    assert out.returncode == 0, out.stderr
+    assert "codegen: not trained: not enough data (1 < 50 green examples)" in out.stdout
+    record = read_learn(artifacts)
+    assert record is not None and record.agents[0].action == "skipped"
+
+
+# -- the morning report's learning section ------------------------------------------------------
+
+
+def test_the_report_shows_the_adapter_its_evidence_and_the_pass_rate_before_and_after(
+    demo, artifacts, registry
+):
+    from conftest import pantheon
+
+    _repo, code = demo
+    llm, http = scripted([WRONG_CLAMP] * 8, [True, True])  # the base model: fails
+    night(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    evidence = Evaluation(
+        training="codegen-20261201T010000",
+        agent="codegen",
+        adapter="codegen-20261201T010000",
+        tasks=80,
+        base_passed=20,
+        adapter_passed=34,
+        b=2,
+        c=16,
+        p_value=0.0007,
+        alpha=0.05,
+        promoted=True,
+        reason="a gain beyond chance: won 16, lost 2, p = 0.0007 < 0.05",
+        judged_by="pass@1",
+    )
+
+    def change(reg):
+        reg.agents["codegen"] = RegistryEntry(
+            agent="codegen",
+            adapter=evidence.adapter,
+            training=evidence.training,
+            base_model="m.gguf",
+            evidence=evidence.model_dump(mode="json", exclude={"results"}),
+        )
+
+    update_registry(artifacts, change)
+    # the next night: the adapter answers codegen's calls, and fixes the task
+    llm, http = scripted([FIXED_CLAMP], [True, True])
+    llm.adapters = {evidence.adapter: 0}
+    night(artifacts, registry, [code[0]], llm, adapters={"codegen": evidence.adapter})
+    asyncio.run(http.aclose())
+
+    learning = build_summary(artifacts)["learning"]
+    [row] = [a for a in learning["agents"] if a["agent"] == "codegen"]
+    assert row["adapter"] == evidence.adapter
+    assert row["evidence"]["judged_by"] == "pass@1" and row["evidence"]["c"] == 16
+    assert row["night"]["base"] == {"done": 0, "failed": 1, "pass_rate": 0.0}
+    assert row["night"][evidence.adapter] == {"done": 1, "failed": 0, "pass_rate": 1.0}
+    out = pantheon("report", "--artifacts", str(artifacts))
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("learning"))
+    assert "codegen: codegen-20261201T010000" in line and "base 20/80, adapter 34/80" in line
+    assert "nights: adapter 1/1, base 0/1" in line or "base 0/1" in line
+    html = (artifacts / "report.html").read_text()
+    assert 'id="learning"' in html and "pass@1: base 20/80 (25 %), adapter 34/80 (42 %)" in html
