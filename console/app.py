@@ -43,6 +43,10 @@ __all__ = ["NightChanged", "NightSnapshot", "PantheonConsole"]
 BY_OP = "by the operator"
 
 
+LEARN_KEY = "(learn)"
+"""The launched learn loop, beside the agents' trainings."""
+
+
 @dataclass(frozen=True)
 class NightSnapshot:
     """What the screens show, read in the watcher's thread and handed over whole."""
@@ -406,6 +410,28 @@ class PantheonConsole(App[None]):
         if isinstance(started, subprocess.Popen):
             self._launched[agent] = started
         self.notify(f"training {agent} in the background; its output: {log}")
+
+    def start_learning(self) -> None:
+        """The whole learn loop (``pantheon learn``) in a process of its own: mine, train each
+        agent with enough new green examples, judge, promote. Refused while one runs."""
+        launched = self._launched.get(LEARN_KEY)
+        if launched is not None and launched.returncode is None:
+            self.notify("the learn loop is running already: wait for it to end", severity="warning")
+            return
+        if any(s.alive for s in list_trainings(self.artifacts)):
+            self.notify("a training is running: wait for it to end", severity="warning")
+            return
+        log = training_root(self.artifacts) / "learn.log"
+        argv = [sys.executable, "-m", "pantheon.console", "learn"]
+        argv += ["--artifacts", str(self.artifacts)]
+        try:
+            started = self.training_launcher(argv, log)
+        except OSError as exc:
+            self.notify(f"cannot start the learn loop: {exc}", severity="error")
+            return
+        if isinstance(started, subprocess.Popen):
+            self._launched[LEARN_KEY] = started
+        self.notify(f"the learn loop runs in the background; its output: {log}")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

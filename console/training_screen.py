@@ -208,6 +208,7 @@ class TrainingScreen(ConsoleScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("s", "train", "Train"),
+        Binding("l", "learn", "Learn all"),
     ]
 
     def __init__(self, *, poll_s: float = 1.0) -> None:
@@ -503,6 +504,19 @@ class TrainingScreen(ConsoleScreen):
         return text
 
     # -- actions ----------------------------------------------------------------------------
+
+    def action_learn(self) -> None:
+        self.app.push_screen(
+            ConfirmScreen(
+                "Run the learn loop?",
+                "The night's traces are mined again, then every agent with enough new green "
+                "examples is trained in the background (an hour at most each), judged against "
+                "the base model on held-out work and promoted only if it does better. The "
+                "night keeps running; the console can be closed.",
+                yes="Learn",
+            ),
+            lambda ok: ok and self.console.start_learning(),
+        )
 
     def action_train(self) -> None:
         row = self._row()
