@@ -391,3 +391,21 @@ def test_the_report_shows_the_adapter_its_evidence_and_the_pass_rate_before_and_
     assert "nights: adapter 1/1, base 0/1" in line or "base 0/1" in line
     html = (artifacts / "report.html").read_text()
     assert 'id="learning"' in html and "pass@1: base 20/80 (25 %), adapter 34/80 (42 %)" in html
+
+
+def test_night_learn_runs_the_loop_after_the_night(demo, artifacts, registry, capsys):
+    from pantheon.console import cli
+
+    _repo, code = demo
+    llm, http = scripted([FIXED_CLAMP], [True, True])
+    night(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    args = cli.build_parser().parse_args(
+        ["night", "--learn", "--learn-minutes", "5", "--artifacts", str(artifacts)]
+    )
+    assert args.learn and args.learn_minutes == 5
+    assert cli._night_learn(args) == 0
+    out = capsys.readouterr().out
+    assert "learn: mined 1 job(s)" in out
+    assert "learn: codegen: not trained: not enough data" in out
+    assert read_learn(artifacts).agents[0].agent == "codegen"
