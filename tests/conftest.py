@@ -3,11 +3,13 @@ scripted model server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,18 @@ def with_plugin(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")]))
     )
     return plugin_dir
+
+
+async def until(
+    check: Callable[[], object], timeout_s: float = 20.0, every_s: float = 0.02
+) -> None:
+    """Wait, in the event loop, until ``check()`` is true (a test waits on a condition, never a
+    fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout_s} s")
+        await asyncio.sleep(every_s)
 
 
 def pantheon(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:

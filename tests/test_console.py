@@ -186,7 +186,8 @@ async def test_the_command_palette_holds_the_controls(night):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("ctrl+p", *"pause merges")
-        await pilot.pause(0.5)
+        await pilot.pause()
+        await app.workers.wait_for_complete()  # the palette's search for what was typed
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmScreen)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from conftest import until
 from pydantic import BaseModel
 
 from pantheon.core import (
@@ -287,7 +288,7 @@ def test_a_graceful_stop_gives_unfinished_jobs_back_and_they_resume(artifacts, r
     async def stop_soon() -> Engine:
         engine = Engine(artifacts, reg, tick_s=0.02)
         task = asyncio.create_task(engine.run())
-        await asyncio.sleep(0.08)
+        await until(lambda: engine.running > 0)  # stopped with jobs in flight
         engine.request_stop()
         await task
         return engine

@@ -9,6 +9,7 @@ import signal
 
 import httpx
 import pytest
+from conftest import until
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
@@ -62,7 +63,7 @@ async def test_no_work_while_the_server_is_down_then_it_drains(artifacts, regist
         artifacts, registry, until_empty=True, tick_s=0.01, llm=llm, health_every_s=0.05
     )
     task = asyncio.create_task(engine.run())
-    await asyncio.sleep(0.06)
+    await until(lambda: health["n"] >= 1)  # the engine asked, and the server is down
     assert _statuses(artifacts) == ["queued"] * 3, "no work is sent to a server that is down"
     stats = await asyncio.wait_for(task, 30)
     await http.aclose()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import until
 from pydantic import BaseModel
 
 from pantheon.core import Agent, Engine, JobQueue, NodeContext, enqueue, parse_flow
@@ -98,14 +99,6 @@ def messages(caplog, text: str, level: str | None = None) -> list[str]:
         for r in caplog.records
         if text in r.getMessage() and (level is None or r.levelname == level)
     ]
-
-
-async def until(check, timeout_s: float = 20.0, every_s: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout_s} s")
-        await asyncio.sleep(every_s)
 
 
 # -- control.json fails closed -----------------------------------------------------------------

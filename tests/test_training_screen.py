@@ -345,7 +345,8 @@ async def test_escape_goes_back_and_the_palette_and_help_know_the_screen(trained
         await pilot.press("escape")
         assert isinstance(app.screen, DashboardScreen)
         await pilot.press("ctrl+p", *"training")
-        await pilot.pause(0.5)
+        await pilot.pause()
+        await app.workers.wait_for_complete()  # the palette's search for what was typed
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, TrainingScreen)
