@@ -310,3 +310,18 @@ async def test_served_supervises_the_block_and_stops_what_it_started(tmp_path, s
             raise AssertionError("the dead server was not started again")
         assert new.restarts == 1
     assert _gone(new.pid) and srv.state() is None, "stopped on the way out"
+
+
+async def test_each_call_records_the_prompt_tokens_the_server_took_from_its_cache(server, tmp_path):
+    """Two reviewers of one change share everything up to their own instructions: the second
+    call's shared prefix comes from llama-server's cache, by its own count (timings.cache_n)."""
+    shared = "Change:\n```diff\n" + "\n".join(f"+line {i} of the diff" for i in range(60)) + "\n```"
+    async with LLMClient(server.endpoint) as client:
+        replies = []
+        for ask in ("Say yes.", "Say no."):
+            msgs = [{"role": "user", "content": f"{shared}\n\n{ask}"}]
+            replies.append(await client.chat(msgs, max_tokens=8, temperature=0.0))
+    first, second = replies
+    assert first.cached_tokens is not None and second.cached_tokens is not None
+    assert second.cached_tokens > 0.6 * second.prompt_tokens, (first, second)
+    assert second.cached_tokens > first.cached_tokens

@@ -67,6 +67,21 @@ class ChatReply:
     attempts: int = 1
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     """The whole response body."""
+    cached_tokens: int | None = None
+    """Prompt tokens the server took from its prefix cache rather than evaluating them, by its
+    own count (llama-server's ``timings.cache_n``; vLLM's and OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``); None when it does not say."""
+
+
+def cached_tokens(data: dict[str, Any]) -> int | None:
+    """The server's own count of prompt tokens served from its cache, when it gives one."""
+    timings = data.get("timings")
+    if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+        return int(timings["cache_n"])
+    details = (data.get("usage") or {}).get("prompt_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        return int(details["cached_tokens"])
+    return None
 
 
 def _retryable_status(code: int) -> bool:
@@ -367,6 +382,7 @@ class LLMClient(StreamedCalls):
             adapter=adapter,
             attempts=attempts,
             raw=data,
+            cached_tokens=cached_tokens(data) if index == 0 else None,
         )
 
     async def _know_adapter(self, adapter: str | None) -> None:

@@ -272,6 +272,7 @@ async def call_model(
         "raw": reply.text,
         "finish_reason": reply.finish_reason,
         "prompt_tokens": reply.prompt_tokens,
+        "cached_tokens": reply.cached_tokens,
         "completion_tokens": reply.completion_tokens,
         "latency_s": round(reply.latency_s, 4),
         "attempts": reply.attempts,
@@ -390,6 +391,7 @@ async def ask_sampled(
             "temperature": temperature,
             "seed": 1 + i,
             "prompt_tokens": reply.prompt_tokens if i == 0 else 0,
+            "cached_tokens": reply.cached_tokens if i == 0 else None,
             "completion_tokens": reply.completion_tokens,
             "latency_s": round(latency, 4),
         }

@@ -382,9 +382,8 @@ class StreamedCalls:
             if chunk.get("usage"):
                 usages.append(chunk["usage"])
                 owner.append(finished[-1] if finished else None)
-                for key in ("timings",):
-                    if key in chunk:
-                        extra[key] = chunk[key]
+            if isinstance(chunk.get("timings"), dict):  # llama-server's: cache_n, prompt_n...
+                extra["timings"] = chunk["timings"]
         order = sorted(texts)
         choices = [
             {

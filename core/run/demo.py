@@ -42,7 +42,7 @@ def demo_inputs(corpus: Path | None = None) -> list[dict[str, str]]:
 
 def night_figures(artifacts: Path) -> str:
     """The model's share of a night, from the runs' calls.jsonl files."""
-    calls = prompt = completion = failed = candidates = kept = 0
+    calls = prompt = completion = failed = candidates = kept = cached = counted = 0
     latency = 0.0
     first = last = None
     for path in (Path(artifacts) / "runs").glob("*/*/calls.jsonl"):
@@ -58,6 +58,9 @@ def night_figures(artifacts: Path) -> str:
             else:
                 failed += 1 if call.get("error") else 0
             prompt += int(call.get("prompt_tokens") or 0)
+            if isinstance(call.get("cached_tokens"), int):  # the server's own count
+                cached += call["cached_tokens"]
+                counted += int(call.get("prompt_tokens") or 0)
             completion += int(call.get("completion_tokens") or 0)
             latency += float(call.get("latency_s") or 0.0)
             at = call.get("at")
@@ -71,9 +74,10 @@ def night_figures(artifacts: Path) -> str:
         span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
     rate = f", {completion / span:.1f} generated tok/s over {span:.0f} s" if span > 0 else ""
     fixes = f", {candidates} of them candidates or samples ({kept} kept)" if candidates else ""
+    cache = f" ({cached / counted:.0%} of them from the server's cache)" if counted else ""
     return (
-        f"model      {calls} calls ({failed} unusable{fixes}), {prompt} prompt + {completion} "
-        f"generated tokens, mean latency {latency / calls:.2f} s{rate}"
+        f"model      {calls} calls ({failed} unusable{fixes}), {prompt} prompt{cache} + "
+        f"{completion} generated tokens, mean latency {latency / calls:.2f} s{rate}"
     )
 
 

@@ -320,6 +320,7 @@ def _take(cand: Candidate, reply: ChatReply, *, form: FixForm, original: str, ma
         raw=reply.text,
         finish_reason=reply.finish_reason,
         prompt_tokens=reply.prompt_tokens,
+        cached_tokens=reply.cached_tokens,
         completion_tokens=reply.completion_tokens,
         latency_s=round(reply.latency_s, 4),
         attempts=reply.attempts,
