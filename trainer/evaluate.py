@@ -48,6 +48,7 @@ from pantheon.core.morning.review import read_decisions
 from pantheon.core.run.runner import Runner
 from pantheon.core.store.atomic import atomic_write_json
 from pantheon.core.store.control import Control, ControlFile
+from pantheon.core.store.layout import branch_name
 from pantheon.core.store.queue import JobQueue
 from pantheon.core.work.git import GitError, GitRepo
 
@@ -401,7 +402,7 @@ def _prepare(
         raise EvaluationError(f"its repository {raw_repo} is gone")
     repo = GitRepo(repo_path)
     target = str(task["input"].get("target") or "main")
-    branch = f"pantheon/{task['flow']}/{task['job']}"
+    branch = branch_name(task["flow"], task["job"])
     decision = decisions.get(task["run"])
     if decision is not None and decision.kept_as:
         branch = decision.kept_as

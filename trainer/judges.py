@@ -27,6 +27,7 @@ from typing import Any
 from pantheon.core.errors import ModelServerError, NodeError, PantheonError, ReplyError
 from pantheon.core.learn.files import TaskResult
 from pantheon.core.model.client import LLMClient
+from pantheon.core.store.layout import branch_name
 from pantheon.core.work.git import GitError, GitRepo
 
 __all__ = ["CodeTask", "code_tasks", "judge_labels", "judge_pass_at_1"]
@@ -129,7 +130,7 @@ def code_tasks(
             problems.append(f"{t.get('run')}: its repository {inp['repo']} is gone")
             continue
         target = str(inp.get("target") or "main")
-        branch = f"pantheon/{t['flow']}/{t['job']}"
+        branch = branch_name(t["flow"], t["job"])
         try:
             commit = _base_commit(GitRepo(repo_path), branch, target)
         except GitError as exc:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.store.atomic import append_line, locked, read_json
+from pantheon.core.store.layout import branch_name
 from pantheon.core.store.runs import RUNS, RunRecord
 from pantheon.core.work.git import GitError, GitRepo
 
@@ -167,7 +168,7 @@ def change_of(
         run=folder.name,
         job=record.job_id,
         flow=record.flow,
-        branch=f"pantheon/{record.flow}/{record.job_id}",
+        branch=branch_name(record.flow, record.job_id),
         target=target,
         repo=str(repo),
         state="waiting",
