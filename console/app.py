@@ -399,17 +399,9 @@ class PantheonConsole(App[None]):
                     severity="warning",
                 )
                 return
+        argv = ["train", agent, "--artifacts", str(self.artifacts), "--promote"]
         log = training_root(self.artifacts) / agent / "launch.log"
-        argv = [sys.executable, "-m", "pantheon.console", "train", agent]
-        argv += ["--artifacts", str(self.artifacts), "--promote"]
-        try:
-            started = self.training_launcher(argv, log)
-        except OSError as exc:
-            self.notify(f"cannot start the training: {exc}", severity="error")
-            return
-        if isinstance(started, subprocess.Popen):
-            self._launched[agent] = started
-        self.notify(f"training {agent} in the background; its output: {log}")
+        self._launch(agent, argv, log, f"training {agent} in the background", "the training")
 
     def start_learning(self) -> None:
         """The whole learn loop (``pantheon learn``) in a process of its own: mine, train each
@@ -421,17 +413,23 @@ class PantheonConsole(App[None]):
         if any(s.alive for s in list_trainings(self.artifacts)):
             self.notify("a training is running: wait for it to end", severity="warning")
             return
+        argv = ["learn", "--artifacts", str(self.artifacts)]
         log = training_root(self.artifacts) / "learn.log"
-        argv = [sys.executable, "-m", "pantheon.console", "learn"]
-        argv += ["--artifacts", str(self.artifacts)]
+        self._launch(
+            LEARN_KEY, argv, log, "the learn loop runs in the background", "the learn loop"
+        )
+
+    def _launch(self, key: str, args: list[str], log: Path, started: str, what: str) -> None:
+        """``pantheon ARGS`` in a process of its own, its output in ``log``."""
+        argv = [sys.executable, "-m", "pantheon.console", *args]
         try:
-            started = self.training_launcher(argv, log)
+            proc = self.training_launcher(argv, log)
         except OSError as exc:
-            self.notify(f"cannot start the learn loop: {exc}", severity="error")
+            self.notify(f"cannot start {what}: {exc}", severity="error")
             return
-        if isinstance(started, subprocess.Popen):
-            self._launched[LEARN_KEY] = started
-        self.notify(f"the learn loop runs in the background; its output: {log}")
+        if isinstance(proc, subprocess.Popen):
+            self._launched[key] = proc
+        self.notify(f"{started}; its output: {log}")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

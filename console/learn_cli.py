@@ -334,6 +334,22 @@ class _Bar:
         self.stream.flush()
 
 
+def _stop_after_step() -> threading.Event:
+    """Ctrl-C or SIGTERM once: the event is set (the training finishes its step and keeps a
+    checkpoint); twice: KeyboardInterrupt, at once."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this step (again to stop at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
 def progress_bar(stream=None) -> _Bar:
     """The training and judging progress lines of the terminal (or of a log)."""
     return _Bar(stream)
@@ -406,16 +422,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     bar = _Bar()
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping after this step (again to stop at once)", file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = _stop_after_step()
     state = trainer.train(args.artifacts, folder, on_step=bar.step, stop=stop)
     before, after = state.heldout_loss_before, state.heldout_loss_after
     print(f"trained: adapter {args.artifacts / state.gguf}")
@@ -474,16 +481,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     trainer.require_libraries()
     options = _options(args)
     bar = _Bar()
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping after this step (again to stop at once)", file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = _stop_after_step()
     run = learn(
         args.artifacts,
         fraction=args.heldout,
