@@ -5,6 +5,8 @@
     artifacts/
       pantheon.db                       the durable job queue (queue.py)
       control.json                      operator controls (control.py)
+      night.log                         the output of a night started with its console
+      night-figures.txt                 the closing figures of the last night (run/night.py)
       canaries.jsonl                    one line per canary judged
       metrics/engine.jsonl              one metrics sample a line
       server/server.json, server.log    the model server (server/<name>/ for a second one)
@@ -37,6 +39,8 @@ __all__ = [
     "FAILED_FILE",
     "INPUT_FILE",
     "METRICS_FILE",
+    "NIGHT_FIGURES_FILE",
+    "NIGHT_LOG",
     "OUTPUT_FILE",
     "RUNS",
     "RUN_FILE",
@@ -60,6 +64,8 @@ DB_FILE = "pantheon.db"
 CONTROL_FILE = "control.json"
 CANARIES_FILE = "canaries.jsonl"
 METRICS_FILE = Path("metrics") / "engine.jsonl"
+NIGHT_LOG = "night.log"
+NIGHT_FIGURES_FILE = "night-figures.txt"
 SERVER_DIR = "server"
 WORKTREES = "worktrees"
 RUNS = "runs"

@@ -1,0 +1,429 @@
+"""A night's process, start to end: serve the model, run the engine until the queue drains, stop.
+
+:func:`run_night` takes the night's settings (:class:`NightSettings`), starts the embedded model
+server (and the writers' second one), supervises them, builds the model clients, gives each agent
+its server and its promoted adapter, drains the queue with Ctrl-C and SIGTERM wired to the
+engine's graceful and hard stops, tears everything down and returns a :class:`NightResult`. The
+closing figures (the queue, the model's share, the pass rate per agent) are in the result and in
+``night-figures.txt`` in the artifacts directory, where a console that started the night in its
+own process reads them when it ends (:func:`read_closing`).
+
+:func:`drive` (the engine under the signals), :func:`connect` (the client of a given endpoint or
+of the server ``pantheon serve`` runs) and the adapter look-ups serve ``pantheon engine`` and
+``pantheon serve`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pantheon.core.agents.builtin import default_registry
+from pantheon.core.errors import ModelServerError, PantheonError
+from pantheon.core.model.client import Backend, LLMClient
+from pantheon.core.model.files import DEFAULT_MODEL
+from pantheon.core.observe.status import status_text
+from pantheon.core.run.demo import agent_figures, night_figures
+from pantheon.core.run.engine import Engine, EngineStats
+from pantheon.core.store.atomic import atomic_write_text
+from pantheon.core.store.control import ControlFile
+from pantheon.core.store.layout import NIGHT_FIGURES_FILE
+from pantheon.core.store.queue import JobQueue
+
+if TYPE_CHECKING:
+    from pantheon.core.model.server import ModelServer
+
+__all__ = [
+    "DEFAULT_CODE_MODEL",
+    "REVIEW_AGENTS",
+    "WRITER_AGENTS",
+    "Endpoint",
+    "Gates",
+    "NightResult",
+    "NightSettings",
+    "Stopper",
+    "adapter_files",
+    "adapters_in_use",
+    "clear_closing",
+    "closing_figures",
+    "closing_path",
+    "connect",
+    "drive",
+    "read_closing",
+    "run_night",
+    "write_closing",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CODE_MODEL = "qwen2.5-coder-1.5b"
+"""The writers' model in a night (codegen, doc.frontmatter): bench/codefix.py measures it
+against the 0.5B model, which stays the reviewers'."""
+WRITER_AGENTS = ("codegen", "doc.frontmatter")
+REVIEW_AGENTS = ("review.peer",)
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The reviewers' audits: κ and the canaries, and when they pause merges."""
+
+    kappa_threshold: float = 0.6
+    kappa_min_pairs: int = 20
+    canary_every: int = 10
+    """One in this many reviewed changes is planted again as a canary (0 or less: none)."""
+    canary_min: int = 5
+    canary_max_miss: float = 0.5
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {
+            "kappa_threshold": self.kappa_threshold,
+            "kappa_min_pairs": self.kappa_min_pairs,
+            "canary_every": max(self.canary_every, 0),
+            "canary_min": self.canary_min,
+            "canary_max_miss": self.canary_max_miss,
+        }
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A model server the operator names (``url``), or none: the one of the artifacts."""
+
+    url: str | None = None
+    backend: str | None = None
+    """What kind of server ``url`` is (None: llama.cpp, or what the served one says)."""
+    allow_hosts: tuple[str, ...] = ()
+    """Model hosts that are the operator's although they are not loopback or private."""
+    stall_s: float | None = 120.0
+    """A call that shows no progress this long is cancelled, posted again, then fails."""
+
+    def limits(self) -> dict[str, float]:
+        return {"stall_s": self.stall_s} if self.stall_s else {}
+
+
+def connect(artifacts: Path, endpoint: Endpoint, *, required: bool = False) -> LLMClient | None:
+    """The model client: ``endpoint.url``, or the server `pantheon serve` runs for these
+    artifacts; None (said in the log) when there is neither, or ModelServerError if
+    ``required``."""
+    from pantheon.core.model.server import ModelServer
+
+    if endpoint.url:
+        return LLMClient(
+            endpoint.url,
+            backend=endpoint.backend or "llama.cpp",
+            allow_hosts=list(endpoint.allow_hosts),
+            **endpoint.limits(),
+        )
+    state = ModelServer(artifacts).state()
+    if state is not None:
+        return LLMClient(
+            state.endpoint,
+            backend=endpoint.backend or state.backend,
+            model=state.alias,
+            adapters=state.adapters,
+            allow_hosts=list(endpoint.allow_hosts),
+            **endpoint.limits(),
+        )
+    if required:
+        raise ModelServerError(
+            "no model server: pass --endpoint URL or start one with `pantheon serve --detach`"
+        )
+    log.info(
+        "no model server configured (--endpoint, or `pantheon serve --detach`): nodes of agents "
+        "that use the model will fail"
+    )
+    return None
+
+
+# -- the promoted adapters --------------------------------------------------------------------
+
+
+async def adapters_in_use(
+    artifacts: Path,
+    llm: LLMClient | None,
+    *,
+    only: set[str] | None = None,
+    exclude: set[str] | None = None,
+) -> dict[str, str]:
+    """Agent -> the promoted adapter its calls use, among those the model server loaded (of
+    the agents ``only`` names, or all but ``exclude``: the ones this server answers)."""
+    from pantheon.core.learn.files import agent_adapters, read_registry
+
+    if llm is None:
+        return {}
+    loaded = None
+    if llm.backend is Backend.LLAMA_CPP:
+        try:
+            loaded = set(await llm.load_adapter_ids())
+        except PantheonError as exc:
+            log.warning("cannot ask the model server which adapters it loaded: %s", exc)
+            loaded = set(llm.adapters)
+    elif llm.backend is not Backend.VLLM:
+        loaded = set()
+    agents = only
+    if exclude:
+        try:
+            agents = set(read_registry(artifacts).agents) - exclude
+        except PantheonError:
+            agents = None
+    adapters, problems = agent_adapters(artifacts, loaded, agents)
+    for problem in problems:
+        log.warning("%s", problem)
+    for agent, name in sorted(adapters.items()):
+        log.info("agent %s uses its promoted adapter %s", agent, name)
+    return adapters
+
+
+def adapter_files(artifacts: Path, backend: str, model: str | None = None) -> list[str]:
+    """The promoted adapters to load beside ``model`` (a catalog name or a file)."""
+    from pantheon.core.learn.files import served_adapters
+    from pantheon.core.model.files import CATALOG, ModelStore
+
+    path = None
+    if model is not None:
+        path = ModelStore().path(model) if model in CATALOG else Path(model).expanduser()
+    files, problems = served_adapters(artifacts, backend, path)
+    for problem in problems:
+        log.warning("%s", problem)
+    return [str(path) for path in files.values()]
+
+
+# -- the engine under the signals -------------------------------------------------------------
+
+
+class Stopper:
+    """Stops one engine: gracefully the first time (the nodes in flight finish), hard the
+    second (they are cancelled, and resume next time)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.requested = False
+        """A stop was asked for already: the next one is hard."""
+
+    def __call__(self) -> None:
+        hard = self.requested
+        self.requested = True
+        self.engine.request_stop(hard=hard)
+
+
+async def drive(engine: Engine, stop: Stopper | None = None) -> EngineStats:
+    """Run the engine with Ctrl-C / SIGTERM wired to ``stop`` (its graceful, then hard stop)."""
+    stop = stop or Stopper(engine)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    try:
+        stats = await engine.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info(
+        "engine stopped: %d done, %d failed, %d given back; %d nodes run, %d resumed "
+        "from disk, in %.1fs",
+        stats.done,
+        stats.failed,
+        stats.stopped,
+        stats.nodes_run,
+        stats.nodes_skipped,
+        stats.elapsed,
+    )
+    return stats
+
+
+def _on_signal(stop: Stopper, sig: signal.Signals) -> None:
+    log.warning(
+        "%s: %s",
+        sig.name,
+        "cancelling the nodes in flight; they resume next time"
+        if stop.requested
+        else "stopping after the nodes in flight (again to cancel them)",
+    )
+    stop()
+
+
+# -- the night ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NightSettings:
+    """What a night runs on; its queue is in ``artifacts`` already."""
+
+    artifacts: Path
+    repo: Path
+    """The repository the night works on (said in its closing line)."""
+    model: str = DEFAULT_MODEL
+    """The embedded server's model (a catalog name or a file)."""
+    code_model: str | None = None
+    """The writers' model, on a second embedded server; None: they share ``model``'s."""
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    """A server of the operator's: with ``endpoint.url``, nothing is served here."""
+    gates: Gates = field(default_factory=Gates)
+    reviewers_on: Literal["model", "code-model"] = "model"
+    """Which server the reviewers ask, when there are two."""
+    keep_server: bool = False
+    """Leave the servers this night started running afterwards."""
+
+
+@dataclass(frozen=True)
+class NightResult:
+    """How a night ended."""
+
+    exit_code: int
+    """0, 1 when a model server was lost, or the engine's own code."""
+    repo: Path
+    wall_s: float
+    figures: str | None
+    """The closing figures: the queue, the model's share and the pass rate per agent; None
+    when they could not be read (``figures_problem`` says why)."""
+    figures_problem: PantheonError | None = None
+    lost: tuple[PantheonError, ...] = ()
+    """Why each model server that could not be kept running was lost."""
+
+    @property
+    def wall_line(self) -> str:
+        return f"wall time  {self.wall_s:.0f} s; the repository: {self.repo}"
+
+
+def run_night(settings: NightSettings) -> NightResult:
+    """Serve the model(s), drain the queue, stop what was started; the figures of the end
+    are in the result and, when they could be read, in ``night-figures.txt``."""
+    started = time.monotonic()
+    lost: list[PantheonError] = []
+    code = asyncio.run(_serve_and_drain(settings, lost))
+    figures: str | None = None
+    problem: PantheonError | None = None
+    try:
+        figures = closing_figures(settings.artifacts)
+    except PantheonError as exc:
+        problem = exc
+    result = NightResult(
+        exit_code=code,
+        repo=settings.repo,
+        wall_s=time.monotonic() - started,
+        figures=figures,
+        figures_problem=problem,
+        lost=tuple(lost),
+    )
+    if figures is not None:
+        try:
+            write_closing(settings.artifacts, f"{figures}\n{result.wall_line}")
+        except OSError as exc:  # a full disk, say: the night's own code says what went wrong
+            log.warning("the closing figures are not saved: %s", exc)
+    return result
+
+
+def closing_figures(artifacts: Path) -> str:
+    """Where the night stands, the model's share of it and the pass rate per agent."""
+    with JobQueue(artifacts) as queue:
+        agents = agent_figures(queue)
+    return "\n".join([status_text(artifacts), night_figures(artifacts), agents])
+
+
+def _servers(settings: NightSettings, concurrency: int) -> list[ModelServer]:
+    """The embedded servers of the night: its model's, and the writers' when they have one."""
+    from pantheon.core.model.server import ModelServer, ServerConfig
+
+    if settings.endpoint.url:
+        return []
+    code_model = settings.code_model
+    # two servers on one CPU share its cores: each takes half, or their spinning threads
+    # thrash (here 0.3 generated tokens/s a stream, against 8 alone)
+    threads = max(1, (os.cpu_count() or 2) // 2) if code_model else None
+
+    def config(model: str) -> ServerConfig:
+        return ServerConfig(
+            model=model,
+            port=0,
+            parallel=max(concurrency, 1),
+            threads=threads,
+            adapters=adapter_files(settings.artifacts, "llama.cpp", model),
+        )
+
+    servers = [ModelServer(settings.artifacts, config(settings.model))]
+    log.info("starting the embedded model server (%s)", settings.model)
+    if code_model:
+        servers.append(ModelServer(settings.artifacts, config(code_model), name="code"))
+        log.info("starting the writers' model server (%s)", code_model)
+    return servers
+
+
+async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -> int:
+    from pantheon.core.model.lifecycle import served
+
+    artifacts = settings.artifacts
+    concurrency = ControlFile(artifacts).read().concurrency
+    engine = Engine(
+        artifacts, default_registry(), until_empty=True, **settings.gates.engine_kwargs()
+    )
+    stop = Stopper(engine)
+
+    def on_lost(exc: PantheonError) -> None:
+        lost.append(exc)
+        stop()
+
+    servers = _servers(settings, concurrency)
+    keep = settings.keep_server
+    clients: list[LLMClient] = []
+    try:
+        async with served(servers, tied=not keep, keep=keep, on_lost=on_lost) as states:
+            if settings.endpoint.url:
+                clients.append(connect(artifacts, settings.endpoint, required=True))
+            labels = ("model server", "writers' model server")
+            for state, label in zip(states, labels, strict=False):
+                log.info("%s ready at %s", label, state.endpoint)
+                client = LLMClient(
+                    state.endpoint,
+                    model=state.alias,
+                    adapters=state.adapters if not clients else None,
+                    **settings.endpoint.limits(),
+                )
+                client.max_choices = state.parallel
+                clients.append(client)
+            llm = engine.llm = clients[0]
+            if len(clients) > 1:
+                moved = WRITER_AGENTS + (
+                    REVIEW_AGENTS if settings.reviewers_on == "code-model" else ()
+                )
+                engine.agent_llms = {agent: clients[1] for agent in moved}
+            # each agent's promoted adapter, from the server that answers it
+            moved_agents = set(engine.agent_llms)
+            engine.adapters = await adapters_in_use(artifacts, llm, exclude=moved_agents)
+            if moved_agents:
+                engine.adapters.update(
+                    await adapters_in_use(artifacts, clients[1], only=moved_agents)
+                )
+            stats = await drive(engine, stop)
+            return 1 if lost else stats.exit_code
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+# -- the closing figures on disk -------------------------------------------------------------
+
+
+def closing_path(artifacts: Path) -> Path:
+    return Path(artifacts) / NIGHT_FIGURES_FILE
+
+
+def write_closing(artifacts: Path, text: str) -> None:
+    """What the night said at its end, for the console that started it."""
+    atomic_write_text(closing_path(artifacts), text.rstrip() + "\n")
+
+
+def read_closing(artifacts: Path) -> str | None:
+    """The last night's closing text; None when it ended before it had one."""
+    try:
+        return closing_path(artifacts).read_text(encoding="utf-8", errors="replace").rstrip()
+    except OSError:
+        return None
+
+
+def clear_closing(artifacts: Path) -> None:
+    """Before a night starts: the previous night's figures never speak for it."""
+    closing_path(artifacts).unlink(missing_ok=True)
