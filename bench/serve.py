@@ -1,8 +1,10 @@
 """Tokens per second of the embedded model through Pantheon's client, at concurrency 1, 4 and 8,
-against llama.cpp's own llama-bench on the same file (and the server's own timings).
+against llama.cpp's own llama-bench on the same file (and the server's own timings); or, with
+``--backend openvino``, OpenVINO's server beside llama-server on the same GGUF file, in one run.
 
     python bench/serve.py                          # the default model
     python bench/serve.py --model smollm2-135m --tokens 64 --rounds 2
+    python bench/serve.py --backend openvino       # qwen2.5-coder-1.5b on both backends
 
 The ratio client/llama-bench at concurrency 1 is what the HTTP server, the client and the
 chat template cost over raw decoding; the aggregate at 4 and 8 shows what continuous batching adds
@@ -61,37 +63,75 @@ async def run_level(client: LLMClient, concurrency: int, rounds: int, tokens: in
     return total / wall, statistics.mean(t for _, t in flat), wall
 
 
-async def main_async(args) -> None:
-    model_path = ModelStore().pull(args.model)
-    base = llama_bench(model_path, args.tokens)
-    print(f"model                 {args.model} ({model_path.stat().st_size / 1e6:.0f} MB)")
-    print(f"llama-bench tg{args.tokens}        {base:.1f} tok/s (raw decoding, one stream)")
+async def serve_levels(args, backend: str, model: str) -> dict[int, float]:
+    """Aggregate generated tokens/s of one backend's server at each concurrency level."""
+    got: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         server = ModelServer(
             Path(tmp),
-            ServerConfig(model=args.model, port=0, parallel=max(args.levels), ctx_per_slot=1024),
+            ServerConfig(
+                backend=backend,
+                model=model,
+                port=0,
+                parallel=max(args.levels),
+                ctx_per_slot=1024,
+                threads=args.threads,
+            ),
         )
-        state = await asyncio.to_thread(server.start)
+        t0 = time.perf_counter()
+        state = await asyncio.to_thread(server.start, timeout_s=300)
+        print(f"{backend:<10} server up in {time.perf_counter() - t0:.1f} s")
         try:
-            async with LLMClient(state.endpoint) as client:
+            async with LLMClient(state.endpoint, model=state.alias, backend=backend) as client:
                 await client.chat(PROMPT, max_tokens=8)  # warm up
                 for c in args.levels:
                     agg, per_req, wall = await run_level(client, c, args.rounds, args.tokens)
+                    got[c] = agg
+                    timed = f", server-timed {per_req:5.1f} tok/s per request" if per_req else ""
                     print(
-                        f"client concurrency {c:<2} {agg:6.1f} tok/s aggregate "
-                        f"({agg / base:.2f}x llama-bench), server-timed {per_req:5.1f} tok/s "
-                        f"per request, {wall:.1f} s"
+                        f"{backend:<10} concurrency {c:<2} {agg:6.1f} tok/s aggregate{timed}, "
+                        f"{wall:.1f} s",
+                        flush=True,
                     )
         finally:
             await asyncio.to_thread(server.stop)
+    return got
+
+
+async def main_async(args) -> None:
+    model = args.model or (
+        "qwen2.5-coder-1.5b" if args.backend == "openvino" else "qwen2.5-coder-0.5b"
+    )
+    model_path = ModelStore().pull(model)
+    print(f"model                 {model} ({model_path.stat().st_size / 1e6:.0f} MB)")
+    if args.backend == "llama.cpp":
+        base = llama_bench(model_path, args.tokens)
+        print(f"llama-bench tg{args.tokens}        {base:.1f} tok/s (raw decoding, one stream)")
+        got = await serve_levels(args, "llama.cpp", model)
+        for c, agg in got.items():
+            print(f"concurrency {c:<2} {agg / base:.2f}x llama-bench")
+        return
+    # OpenVINO beside llama.cpp on the same file, in this run: the ratio is what matters
+    llama = await serve_levels(args, "llama.cpp", model)
+    openvino = await serve_levels(args, "openvino", model)
+    print(f"\n{'concurrency':<12} {'llama.cpp':>10} {'openvino':>10} {'ratio':>7}")
+    for c in args.levels:
+        print(f"{c:<12} {llama[c]:>10.1f} {openvino[c]:>10.1f} {openvino[c] / llama[c]:>6.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument(
+        "--backend",
+        choices=["llama.cpp", "openvino"],
+        default="llama.cpp",
+        help="openvino: OpenVINO's server beside llama-server on the same GGUF file",
+    )
+    ap.add_argument("--model", help="default: qwen2.5-coder-0.5b (1.5b for openvino)")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2, help="requests per worker")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--threads", type=int, help="CPU threads for each server")
     asyncio.run(main_async(ap.parse_args()))
 
 

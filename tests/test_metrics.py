@@ -91,7 +91,7 @@ async def test_vllm_batch_is_the_time_averaged_running_gauge():
     [
         (404, "has no http://127.0.0.1:9/metrics"),
         ("<html>not metrics</html>\n{{{", "is not Prometheus text"),
-        ("# TYPE x gauge\nx 1\n", "none of the llama.cpp or vLLM token counters"),
+        ("# TYPE x gauge\nx 1\n", "none of the llama.cpp, vLLM or OpenVINO token counters"),
         (httpx.ReadTimeout("slow"), "timed out"),
         (httpx.ConnectError("refused"), "is not answering"),
     ],

@@ -50,6 +50,8 @@ class Backend(StrEnum):
     """vLLM's OpenAI-compatible server (GPU hosts)."""
     LLAMA_CPP_PYTHON = "llama-cpp-python"
     """llama-cpp-python's server."""
+    OPENVINO = "openvino"
+    """Pantheon's own server over OpenVINO GenAI (``core/model/ovserve.py``)."""
 
 
 @dataclass(slots=True)

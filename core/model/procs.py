@@ -105,7 +105,7 @@ def _log_tail(path: Path, lines: int = 8) -> str:
 
 
 def _alias_of(cmd: list[str], fallback: str) -> str:
-    for flag in ("-a", "--served-model-name"):
+    for flag in ("-a", "--served-model-name", "--alias"):
         if flag in cmd:
             return cmd[cmd.index(flag) + 1]
     return fallback

@@ -39,6 +39,7 @@ from pantheon.core.model.llamabin import (
     llama_bin_dir,
     llama_environment,
 )
+from pantheon.core.model.ovserve import openvino_command
 from pantheon.core.model.procs import (
     _alias_of,
     _alive,
@@ -75,7 +76,7 @@ DEFAULT_PORT = 8011
 class ServerConfig(BaseModel):
     """How to start the model server."""
 
-    backend: Literal["llama.cpp", "vllm"] = "llama.cpp"
+    backend: Literal["llama.cpp", "vllm", "openvino"] = "llama.cpp"
     model: str = DEFAULT_MODEL
     """A model of the catalog, or a path (a GGUF file; for vLLM, a model folder)."""
     host: str = "127.0.0.1"
@@ -86,7 +87,8 @@ class ServerConfig(BaseModel):
     """Context tokens for each request."""
     threads: int | None = None
     adapters: list[str] = Field(default_factory=list)
-    """LoRA adapter files, loaded without being applied; each request picks its own."""
+    """LoRA adapter files, loaded without being applied; each request picks its own (GGUF
+    files for llama.cpp, peft folders for vLLM; OpenVINO serves none)."""
     alias: str | None = None
     extra_args: list[str] = Field(default_factory=list)
 
@@ -252,6 +254,8 @@ class ModelServer:
                 cmd += ["--enable-lora", "--max-loras", str(len(cfg.adapters)), "--lora-modules"]
                 cmd += [f"{artifact_name(a)}={a}" for a in cfg.adapters]
             return cmd + cfg.extra_args, dict(os.environ)
+        if cfg.backend == "openvino":
+            return openvino_command(cfg, model_path, alias)
         binary = find_llama_binary()
         cmd = [
             str(binary),

@@ -71,6 +71,8 @@ _PROGRESS_COUNTERS = (
     "llamacpp:tokens_predicted_total",
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",
+    "openvino:prompt_tokens_total",
+    "openvino:steps_total",
 )
 
 

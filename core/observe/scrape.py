@@ -27,6 +27,11 @@ SERVER_NAMES: dict[str, dict[str, str]] = {
         "prompt": "vllm:prompt_tokens_total",
         "generated": "vllm:generation_tokens_total",
     },
+    "openvino": {
+        "running": "openvino:num_requests_running",
+        "prompt": "openvino:prompt_tokens_total",
+        "generated": "openvino:generation_tokens_total",
+    },
 }
 
 
@@ -80,7 +85,9 @@ class ServerScraper:
             raise ValueError(f"{self.url} is not Prometheus text ({exc})") from None
         dialect = next((d for d, names in SERVER_NAMES.items() if names["generated"] in values), "")
         if not dialect:
-            raise ValueError(f"{self.url} has none of the llama.cpp or vLLM token counters")
+            raise ValueError(
+                f"{self.url} has none of the llama.cpp, vLLM or OpenVINO token counters"
+            )
         return _Scrape(time.monotonic(), values, dialect)
 
     async def poll(self) -> None:

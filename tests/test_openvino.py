@@ -1,0 +1,271 @@
+"""The OpenVINO backend: Pantheon's own OpenAI-compatible server over OpenVINO GenAI, against the
+real thing on loopback with SmolLM2 (a Q4_1 GGUF file OpenVINO's reader takes)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import struct
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field
+
+from pantheon.core.errors import ModelServerError, ModelStoreError
+from pantheon.core.model.client import LLMClient
+from pantheon.core.model.files import TEST_MODEL, ModelStore
+from pantheon.core.model.ggufinfo import openvino_problem, read_gguf_info
+from pantheon.core.model.safecall import CallLog, call_model
+from pantheon.core.model.server import ModelServer, ServerConfig
+from pantheon.core.observe.scrape import ServerScraper
+
+HAVE_OPENVINO = importlib.util.find_spec("openvino_genai") is not None
+needs_openvino = pytest.mark.skipif(
+    not HAVE_OPENVINO, reason="the openvino extra is not installed (pip install '.[openvino]')"
+)
+
+
+def gguf_file(path: Path, arch: str, tensors: list[tuple[str, int]], *, cut: int = 0) -> Path:
+    """A GGUF header as llama.cpp writes one: the architecture, then each tensor's name, shape
+    and ggml type (no data: only the header is read)."""
+
+    def string(s: str) -> bytes:
+        raw = s.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    body = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), 3)
+    body += string("general.architecture") + struct.pack("<I", 8) + string(arch)
+    body += string("general.name") + struct.pack("<I", 8) + string("tiny")
+    body += string("tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, 3) + b"\0" * 12
+    for name, kind in tensors:
+        body += string(name) + struct.pack("<I", 2) + struct.pack("<QQ", 32, 32)
+        body += struct.pack("<IQ", kind, 0)
+    path.write_bytes(body[: len(body) - cut] if cut else body)
+    return path
+
+
+def test_the_header_says_what_a_real_model_file_holds():
+    path = ModelStore().pull(TEST_MODEL)
+    info = read_gguf_info(path)
+    assert info.architecture == "llama"
+    assert info.tensor_types == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
+    assert openvino_problem(path) is None
+
+
+def test_a_file_openvino_cannot_read_is_named_with_its_tensor_types(tmp_path):
+    path = gguf_file(tmp_path / "m.gguf", "qwen2", [("a", 6), ("b", 6), ("c", 12), ("d", 0)])
+    problem = openvino_problem(path)
+    assert problem is not None
+    assert "2 Q5_0 of 4 tensors" in problem and "Q4_K" in problem
+    phi = gguf_file(tmp_path / "phi.gguf", "phi3", [("a", 2)])
+    assert "architecture is phi3" in openvino_problem(phi)
+
+
+def test_a_cut_or_foreign_file_is_a_clear_error(tmp_path):
+    cut = gguf_file(tmp_path / "cut.gguf", "llama", [("a", 2)], cut=5)
+    with pytest.raises(ModelStoreError, match="ends inside its GGUF header"):
+        read_gguf_info(cut)
+    other = tmp_path / "notes.gguf"
+    other.write_text("hello")
+    assert "not a GGUF model file" in openvino_problem(other)
+
+
+@needs_openvino
+def test_a_model_openvino_cannot_read_is_refused_before_any_server_starts(tmp_path):
+    model = gguf_file(tmp_path / "q5.gguf", "qwen2", [("a", 6), ("b", 12)])
+    srv = ModelServer(tmp_path / "art", ServerConfig(backend="openvino", model=str(model), port=0))
+    with pytest.raises(ModelServerError) as info:
+        srv.start(timeout_s=30)
+    assert f"OpenVINO cannot serve {model}" in info.value.message
+    assert "1 Q5_0 of 2 tensors" in info.value.message
+    assert "llama.cpp" in (info.value.hint or "")
+    assert srv.state() is None and srv.proc is None
+
+
+@needs_openvino
+def test_adapters_are_refused_on_openvino_with_the_reason(tmp_path):
+    path = ModelStore().pull(TEST_MODEL)
+    cfg = ServerConfig(backend="openvino", model=str(path), port=0, adapters=[str(tmp_path)])
+    with pytest.raises(ModelServerError, match="serves no LoRA adapters"):
+        ModelServer(tmp_path / "art", cfg).start(timeout_s=30)
+
+
+# -- the real server ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ov_server(tmp_path_factory):
+    if not HAVE_OPENVINO:
+        pytest.skip("the openvino extra is not installed")
+    ModelStore().pull(TEST_MODEL)
+    artifacts = tmp_path_factory.mktemp("ov")
+    srv = ModelServer(
+        artifacts,
+        ServerConfig(backend="openvino", model=TEST_MODEL, port=0, parallel=4, ctx_per_slot=1024),
+    )
+    state = srv.start(timeout_s=120)
+    yield srv, state
+    srv.stop()
+
+
+def figure(metrics: str, name: str) -> float:
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"no {name} in /metrics")
+
+
+class Person(BaseModel):
+    name: str
+    age: int = Field(ge=0, le=150)
+
+
+pytestmark = pytest.mark.slow
+
+
+async def test_schema_constrained_replies_validate(ov_server, tmp_path):
+    _, state = ov_server
+    log = CallLog(tmp_path)
+    async with LLMClient(state.endpoint, model=state.alias, backend="openvino") as client:
+        for name, age in (("Alice", 30), ("Bob", 41), ("Chloé", 7)):
+            msgs = [{"role": "user", "content": f"Describe {name}, aged {age}, as JSON."}]
+            person, reply = await call_model(client, msgs, Person, log=log, max_tokens=64)
+            assert isinstance(person, Person)
+            assert reply.finish_reason == "stop"
+            assert reply.prompt_tokens > 10 and reply.completion_tokens > 0
+    calls = log.read()
+    assert len(calls) == 3 and all(c["error"] is None and c["parsed"] for c in calls)
+    assert calls[0]["model"] == TEST_MODEL
+
+
+async def test_concurrent_requests_overlap_in_the_servers_own_metrics(ov_server):
+    _, state = ov_server
+    async with LLMClient(state.endpoint, model=state.alias, backend="openvino") as client:
+        before = figure(await client.metrics_text(), "openvino:generation_tokens_total")
+        msgs = [{"role": "user", "content": "Count from one to forty in words."}]
+        extra = {"ignore_eos": True}
+        calls = [
+            asyncio.create_task(client.chat(msgs, max_tokens=48, seed=i, extra=extra))
+            for i in range(4)
+        ]
+        peak = 0.0
+        while not all(c.done() for c in calls):
+            peak = max(peak, figure(await client.metrics_text(), "openvino:num_requests_running"))
+            await asyncio.sleep(0.05)
+        replies = await asyncio.gather(*calls)
+        after = figure(await client.metrics_text(), "openvino:generation_tokens_total")
+    assert [r.completion_tokens for r in replies] == [48] * 4
+    assert all(r.finish_reason == "length" for r in replies)
+    assert peak > 1, f"requests never overlapped (peak num_requests_running {peak})"
+    assert after - before == 4 * 48
+
+
+async def test_the_scraper_reads_batch_and_tokens_from_the_openvino_dialect(ov_server):
+    _, state = ov_server
+    async with (
+        httpx.AsyncClient() as http,
+        LLMClient(state.endpoint, model=state.alias, backend="openvino") as client,
+    ):
+        scraper = ServerScraper(state.endpoint, http)
+        await scraper.poll()
+        msgs = [{"role": "user", "content": "Name three rivers."}]
+        calls = [asyncio.create_task(client.chat(msgs, max_tokens=32, seed=i)) for i in range(3)]
+        while not all(c.done() for c in calls):
+            await scraper.poll()
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*calls)
+        await scraper.poll()
+        figures = scraper.figures()
+    assert figures["tokens"]["source"] == "openvino /metrics"
+    assert figures["tokens"]["generated"] > 0
+    assert figures["batch"]["value"] > 0
+
+
+async def test_sampled_choices_and_a_streamed_answer_agree_with_one_body(ov_server):
+    _, state = ov_server
+    msgs = [{"role": "user", "content": "Name a fruit."}]
+    async with LLMClient(state.endpoint, model=state.alias, backend="openvino") as streamed:
+        replies = await streamed.chat_n(msgs, n=3, max_tokens=16, temperature=0.9, seed=3)
+        greedy = await streamed.chat(msgs, max_tokens=16)
+    assert len(replies) == 3 and all(r.text and r.completion_tokens > 0 for r in replies)
+    async with LLMClient(
+        state.endpoint, model=state.alias, backend="openvino", stream=False
+    ) as plain:
+        whole = await plain.chat(msgs, max_tokens=16)
+    assert whole.text == greedy.text
+    assert whole.completion_tokens == greedy.completion_tokens
+
+
+async def test_bad_requests_get_the_reason_and_the_server_goes_on(ov_server):
+    _, state = ov_server
+    url = state.endpoint + "/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(url, content=b"{not json")
+        assert resp.status_code == 400 and "not JSON" in resp.json()["error"]["message"]
+        resp = await http.post(url, json={"messages": []})
+        assert resp.status_code == 400 and "messages" in resp.json()["error"]["message"]
+        long = [{"role": "user", "content": "lighthouse " * 1500}]
+        resp = await http.post(url, json={"messages": long, "max_tokens": 8})
+        assert resp.status_code == 400
+        assert resp.json()["error"]["type"] == "exceed_context_size_error"
+        resp = await http.post(
+            url, json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        )
+        assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] > 0
+        models = (await http.get(state.endpoint + "/v1/models")).json()
+        assert models["data"][0]["id"] == TEST_MODEL
+
+
+async def test_a_client_that_goes_away_frees_its_slot(ov_server):
+    _, state = ov_server
+    body = {
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 900,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream("POST", state.endpoint + "/v1/chat/completions", json=body) as resp:
+            seen = 0
+            async for line in resp.aiter_lines():
+                seen += line.startswith("data:")
+                if seen > 5:
+                    break
+        for _ in range(100):
+            text = (await http.get(state.endpoint + "/metrics")).text
+            if figure(text, "openvino:num_requests_running") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert figure(text, "openvino:num_requests_running") == 0
+        assert figure(text, "openvino:generation_tokens_total") < 10_000
+
+
+@needs_openvino
+async def test_a_killed_server_is_restarted_and_answers_again(tmp_path):
+    srv = ModelServer(
+        tmp_path,
+        ServerConfig(backend="openvino", model=TEST_MODEL, port=0, parallel=2, ctx_per_slot=512),
+    )
+    state = srv.start(timeout_s=120)
+    try:
+        assert state.backend == "openvino" and "ovserve" in " ".join(state.command)
+        os.kill(state.pid, signal.SIGKILL)
+        srv.proc.wait(timeout=10)
+        assert not srv.healthy()
+        srv.config = srv.config.model_copy(update={"port": state.port})
+        again = srv.restart_if_dead()
+        assert again is not None and again.restarts == 1 and again.pid != state.pid
+        async with LLMClient(again.endpoint, model=again.alias, backend="openvino") as client:
+            reply = await client.chat([{"role": "user", "content": "Say hi."}], max_tokens=8)
+        assert reply.completion_tokens > 0
+        log = Path(again.log).read_text()
+        assert "loaded SmolLM2-135M-Instruct.Q4_1.gguf on CPU" in log
+        assert json.loads(Path(srv.state_path).read_text())["restarts"] == 1
+    finally:
+        srv.stop()
