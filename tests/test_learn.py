@@ -544,10 +544,11 @@ def test_mcnemar_is_one_sided_and_exact():
 def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_path):
     """What `pantheon night` and `pantheon engine` do: the server loads the registry's adapters,
     the engine has the agent's calls name its adapter, and calls.jsonl records it."""
-    from pantheon.console.cli import _agent_adapters, _registry_adapter_files
     from pantheon.core import Engine
     from pantheon.core.learn.files import Evaluation
     from pantheon.core.model.client import LLMClient
+    from pantheon.core.run.night import adapter_files as _registry_adapter_files
+    from pantheon.core.run.night import adapters_in_use as _agent_adapters
     from pantheon.trainer.evaluate import promote
 
     src, _, state, _ = trained

@@ -1,0 +1,188 @@
+"""What several commands share: their common options, the sandbox gate, progress lines."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pantheon.core.run.night import Endpoint, Gates
+
+log = logging.getLogger("pantheon")
+
+DEFAULT_ARTIFACTS = Path("artifacts")
+
+
+def artifacts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        default=DEFAULT_ARTIFACTS,
+        metavar="DIR",
+        help="the artifacts directory (default: ./artifacts)",
+    )
+
+
+def gate_args(p: argparse.ArgumentParser) -> None:
+    """The reviewers' audits: κ and the canaries, and when they pause merges."""
+    p.add_argument(
+        "--kappa-threshold",
+        type=float,
+        default=0.6,
+        metavar="K",
+        help="pause merges when reviewer agreement κ falls under K (default: 0.6)",
+    )
+    p.add_argument(
+        "--kappa-min-pairs",
+        type=int,
+        default=20,
+        metavar="N",
+        help="... over at least N review pairs (default: 20)",
+    )
+    p.add_argument(
+        "--canary-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="plant one in N reviewed changes again with a known defect (a canary, never "
+        "merged) and score the reviewers on it (default: 10; 0: no canaries)",
+    )
+    p.add_argument(
+        "--canary-max-miss",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="pause merges when the reviewers pass more than SHARE of the canaries (default: 0.5)",
+    )
+    p.add_argument(
+        "--canary-min",
+        type=int,
+        default=5,
+        metavar="N",
+        help="... over at least N canaries (default: 5)",
+    )
+
+
+def gates(args: argparse.Namespace) -> Gates:
+    return Gates(
+        kappa_threshold=args.kappa_threshold,
+        kappa_min_pairs=args.kappa_min_pairs,
+        canary_every=args.canary_every,
+        canary_min=args.canary_min,
+        canary_max_miss=args.canary_max_miss,
+    )
+
+
+def model_endpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="the model server to use (default: the one `pantheon serve` runs for ARTIFACTS)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["llama.cpp", "vllm", "llama-cpp-python"],
+        default=None,
+        help="what kind of server --endpoint is (default: llama.cpp)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a model host that is yours although it is not loopback or private (repeatable)",
+    )
+    p.add_argument(
+        "--stall-s",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="a model call that shows no progress for this long (no token, and the server's "
+        "own counters still) is cancelled, posted once more, then fails as a stall "
+        "(default: 120)",
+    )
+
+
+def endpoint(args: argparse.Namespace) -> Endpoint:
+    return Endpoint(
+        url=args.endpoint,
+        backend=args.backend,
+        allow_hosts=tuple(args.allow_host),
+        stall_s=args.stall_s,
+    )
+
+
+def sandbox_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run code jobs unconfined, with the network and every file writable (by default "
+        "model-written code runs in a bubblewrap sandbox, and code jobs refuse to start "
+        "without one: `pantheon doctor` says whether it works here)",
+    )
+
+
+def sandbox_gate(args: argparse.Namespace, code_jobs: Callable[[], bool], none_left: str) -> None:
+    """Log whether model-written code runs confined; SandboxError when it cannot be and
+    ``code_jobs()`` says some will run, unless --no-sandbox (or PANTHEON_SANDBOX=off)."""
+    from pantheon.core.work.sandbox import (
+        SANDBOX_ENV,
+        Sandbox,
+        SandboxError,
+        allow_unconfined,
+        missing_line,
+        unconfined_allowed,
+    )
+
+    if args.no_sandbox or unconfined_allowed():
+        allow_unconfined()  # the night's own process and the engine's see it too
+        log.warning(
+            "no sandbox (%s): code jobs run unconfined, with the network and every file writable",
+            "--no-sandbox" if args.no_sandbox else f"{SANDBOX_ENV}=off",
+        )
+        return
+    status = Sandbox.probe()
+    if status.active:
+        log.info("sandbox for model-written code: %s", status.reason)
+        return
+    if code_jobs():
+        raise SandboxError(missing_line(status))
+    log.warning("%s; %s", missing_line(status), none_left)
+
+
+def quiet_logging_for_textual() -> None:
+    """While a screen is drawn, log records go to Textual's log, never over the screen."""
+    from textual.logging import TextualHandler
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            root.removeHandler(handler)
+    root.addHandler(TextualHandler())
+
+
+def progress_printer(stream=None) -> Callable[[int, int, str], None]:
+    """A download's progress on ``stream`` (stderr): one line redrawn on a terminal, a line
+    each tenth in a log."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    last = [-1]
+
+    def show(done: int, total: int, what: str) -> None:
+        pct = int(done * 100 / total) if total else 100
+        step = pct if tty else pct // 10 * 10
+        if step == last[0]:
+            return
+        last[0] = step
+        bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
+        line = f"{what}: [{bar}] {pct:3d}% {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
+        stream.write(("\r" + line) if tty else line + "\n")
+        if tty and done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show

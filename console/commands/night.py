@@ -1,0 +1,259 @@
+"""``pantheon night``: the whole loop. The night runs in its own process with the console in
+front (it outlives the console), or headless in the foreground; :func:`run_night` in the core
+does the serving and the draining, this module parses, prepares and prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pantheon.console import learn_cli
+from pantheon.console.commands.common import (
+    artifacts_arg,
+    endpoint,
+    gate_args,
+    gates,
+    model_endpoint_args,
+    quiet_logging_for_textual,
+    sandbox_arg,
+)
+from pantheon.console.commands.prepare import code_model, prepare_night
+from pantheon.core.model.files import DEFAULT_MODEL
+from pantheon.core.run.night import (
+    DEFAULT_CODE_MODEL,
+    NightSettings,
+    clear_closing,
+    read_closing,
+    run_night,
+    write_closing,
+)
+from pantheon.core.store.layout import NIGHT_LOG
+
+log = logging.getLogger("pantheon")
+
+
+def add_night(sub: Any) -> None:
+    p = sub.add_parser(
+        "night",
+        help="run a whole night: enqueue, drain, watch it in the console, report",
+        description="Run a whole night: enqueue the work, start the model server and the engine, "
+        "and open the console to watch it. The night runs in its own process (log: "
+        "ARTIFACTS/night.log), so quitting the console or losing the SSH connection does not "
+        "stop it: `pantheon console` attaches again. Without a terminal, or with --headless, "
+        "the night runs in the foreground and prints where it stands at the end.",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="the demo night: prepares the demo repository (docs and code tasks) in ARTIFACTS",
+    )
+    p.add_argument(
+        "--repo",
+        metavar="PATH",
+        help="run the night on your git repository instead: its docs pages without frontmatter "
+        "and its failing tests",
+    )
+    p.add_argument("--docs", type=int, metavar="N", help="only the first N docs jobs")
+    p.add_argument(
+        "--code",
+        type=int,
+        metavar="N",
+        help="only the first N code jobs (demo: 30, the hand-written tasks; up to 430 with the "
+        "HumanEval bug-fix tasks)",
+    )
+    p.add_argument(
+        "--docs-glob",
+        default="docs/**/*.md",
+        metavar="GLOB",
+        help="--repo: the documentation pages (default: docs/**/*.md)",
+    )
+    p.add_argument(
+        "--tasks",
+        metavar="FILE.jsonl",
+        type=Path,
+        help="--repo: explicit code tasks (path, test, task a line) instead of running the tests",
+    )
+    p.add_argument(
+        "--test-command",
+        metavar="CMD",
+        help="--repo: how the repository runs its tests (default: its pyproject.toml's "
+        "[tool.pantheon] test, else python -m pytest)",
+    )
+    p.add_argument("--no-docs", action="store_true", help="no docs jobs (only the code tasks)")
+    p.add_argument("--concurrency", type=int, metavar="C", help="jobs at once (default: 4)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the model the embedded server runs (default: qwen2.5-coder-0.5b; "
+        "smollm2-135m is faster and weaker)",
+    )
+    p.add_argument(
+        "--code-model",
+        default=None,
+        metavar="M",
+        help=f"the model of the writers (codegen's fixes, doc.frontmatter's pages), on a second "
+        f"embedded server (default: {DEFAULT_CODE_MODEL}, or --model's when --model is given; "
+        "'same' for --model's)",
+    )
+    model_endpoint_args(p)
+    gate_args(p)
+    p.add_argument(
+        "--reviewers-on",
+        choices=("model", "code-model"),
+        default="model",
+        help="which server the reviewers ask: --model's (default) or the writers' --code-model",
+    )
+    p.add_argument(
+        "--keep-server", action="store_true", help="leave the model server running afterwards"
+    )
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no console: run the night in the foreground and print the figures at the end",
+    )
+    p.add_argument(
+        "--learn",
+        action="store_true",
+        help="when the queue has drained and the servers stopped, run the learn loop: mine the "
+        "night, train each agent with enough new green examples, judge it on held-out tasks "
+        "and promote it when it wins (needs the train extra; see `pantheon learn --help`)",
+    )
+    learn_cli.learn_args(p, prefix="learn-")
+    sandbox_arg(p)
+    artifacts_arg(p)
+
+
+def cmd_night(args: argparse.Namespace) -> int:
+    _night_models(args)
+    repo = prepare_night(args)
+    if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
+        if not args.headless:
+            log.info("no terminal: the night runs headless (--headless says so explicitly)")
+        return _night_run(args, repo)
+    return _night_with_console(args)
+
+
+def _night_models(args: argparse.Namespace) -> None:
+    """The night's model and codegen's: the defaults, unless --model names one for both."""
+    if args.code_model is None:
+        args.code_model = DEFAULT_CODE_MODEL if args.model is None else "same"
+    if args.model is None:
+        args.model = DEFAULT_MODEL
+
+
+def _night_with_console(args: argparse.Namespace) -> int:
+    """The night in its own session (it outlives the console), the console in front."""
+    from pantheon.console.app import PantheonConsole
+
+    argv = [a for a in args.argv if a != "--headless"] + ["--headless"]
+    log_path = args.artifacts / NIGHT_LOG
+    start = log_path.stat().st_size if log_path.exists() else 0
+    clear_closing(args.artifacts)
+    with open(log_path, "ab") as out:
+        night = subprocess.Popen(
+            [sys.executable, "-m", "pantheon.console", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    quiet_logging_for_textual()
+    PantheonConsole(args.artifacts, night=night, night_log=log_path).run()
+    code = night.poll()
+    if code is None:
+        print(
+            f"The night goes on in the background (pid {night.pid}; log {log_path}).\n"
+            f"  pantheon console --artifacts {args.artifacts}   watch it again\n"
+            f"  pantheon status --artifacts {args.artifacts}    where it stands\n"
+            f"  kill -INT {night.pid}                         stop it gracefully"
+        )
+        return 0
+    print(_night_closing(args.artifacts, log_path, start))
+    return code
+
+
+def _night_closing(artifacts: Path, log_path: Path, start: int = 0) -> str:
+    """What the night said at its end: its closing figures, or the last lines of its log (from
+    ``start``) when it stopped before it had them."""
+    closing = read_closing(artifacts)
+    if closing is not None:
+        return closing
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-20:])
+
+
+def _night_run(args: argparse.Namespace, repo: Path) -> int:
+    """Serve the model, drain the queue, print the figures (in the foreground)."""
+    settings = NightSettings(
+        artifacts=args.artifacts,
+        repo=repo,
+        model=args.model,
+        code_model=code_model(args),
+        endpoint=endpoint(args),
+        gates=gates(args),
+        reviewers_on=args.reviewers_on,
+        keep_server=args.keep_server,
+    )
+    result = run_night(settings)
+    code = result.exit_code
+    if result.figures is not None:
+        print(result.figures)
+    elif result.figures_problem is not None:
+        if not code:
+            raise result.figures_problem
+        print(
+            f"(the night's figures cannot be read now: {result.figures_problem.message})",
+            file=sys.stderr,
+        )
+    print(result.wall_line)
+    if args.learn and code == 0:
+        code = _night_learn(args)
+    return code
+
+
+def _night_learn(args: argparse.Namespace) -> int:
+    """The learn loop after a night: its lines go to the night's output (and log), and after
+    its closing figures."""
+    from pantheon.trainer.loop import learn
+    from pantheon.trainer.train import TrainingError, TrainOptions, require_libraries
+
+    said: list[str] = []
+
+    def say(line: str, *, file: Any = None) -> None:
+        print(line, file=file, flush=True)
+        said.append(line)
+
+    try:
+        try:
+            require_libraries()
+        except TrainingError as exc:
+            say(f"learn: {exc.message} ({exc.hint})", file=sys.stderr)
+            return 1
+        bar = learn_cli.progress_bar()
+        say("learn: mining the night, then training what can learn")
+        run = learn(
+            args.artifacts,
+            agents=set(args.learn_agent or []) or None,
+            options=TrainOptions(max_minutes=args.learn_minutes),
+            corpus=bool(args.demo),
+            on_line=lambda line: say(f"learn: {line}"),
+            on_step=bar.step,
+            on_task=bar.task,
+        )
+        return 1 if any(a.action == "failed" for a in run.agents) else 0
+    finally:
+        if said:
+            closing = read_closing(args.artifacts)
+            try:
+                write_closing(args.artifacts, "\n".join(([closing] if closing else []) + said))
+            except OSError as exc:
+                log.warning("the learn loop's lines are not saved: %s", exc)
