@@ -54,6 +54,8 @@ def test_the_header_says_what_a_real_model_file_holds():
     info = read_gguf_info(path)
     assert info.architecture == "llama"
     assert info.tensor_types == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
+    assert info.shape["block_count"] == 30
+    assert info.kv_bytes_per_token() == 2 * 30 * 3 * (576 // 9) * 2  # k and v, f16, 3 kv heads
     assert openvino_problem(path) is None
 
 
@@ -269,3 +271,84 @@ async def test_a_killed_server_is_restarted_and_answers_again(tmp_path):
         assert json.loads(Path(srv.state_path).read_text())["restarts"] == 1
     finally:
         srv.stop()
+
+
+# -- the night on OpenVINO ----------------------------------------------------------------------
+
+
+@needs_openvino
+def test_a_night_refuses_a_model_openvino_cannot_read_before_it_starts(tmp_path):
+    from conftest import pantheon
+
+    model = gguf_file(tmp_path / "q5.gguf", "qwen2", [("a", 6), ("b", 12)])
+    out = pantheon(
+        "night",
+        "--demo",
+        "--backend",
+        "openvino",
+        "--model",
+        str(model),
+        "--docs",
+        "1",
+        "--code",
+        "0",
+        "--headless",
+        "--artifacts",
+        str(tmp_path / "art"),
+        timeout=300,
+    )
+    assert out.returncode != 0
+    assert f"OpenVINO cannot serve {model}" in out.stderr and "1 Q5_0 of 2 tensors" in out.stderr
+    assert not (tmp_path / "art" / "server" / "server.json").exists()
+    assert not (tmp_path / "art" / "runs").exists() or not any(
+        (tmp_path / "art" / "runs").iterdir()
+    )
+
+
+def test_promoted_adapters_are_said_not_served_on_openvino(tmp_path, monkeypatch, caplog):
+    from pantheon.core.run import night
+
+    monkeypatch.setattr(night, "adapter_files", lambda *a, **k: ["/x/codegen.fix-1.gguf"])
+    settings = night.NightSettings(artifacts=tmp_path, repo=tmp_path, backend="openvino")
+    with caplog.at_level("WARNING"):
+        servers = night._servers(settings, 4)
+    assert [s.config.backend for s in servers] == ["openvino"]
+    assert servers[0].config.adapters == []
+    assert "codegen.fix-1 are not served: the OpenVINO backend serves no LoRA" in caplog.text
+    llama = night._servers(night.NightSettings(artifacts=tmp_path, repo=tmp_path), 4)
+    assert llama[0].config.adapters == ["/x/codegen.fix-1.gguf"]
+
+
+@needs_openvino
+def test_a_demo_night_runs_on_the_openvino_server(tmp_path):
+    from conftest import pantheon
+
+    artifacts = tmp_path / "night"
+    out = pantheon(
+        "night",
+        "--demo",
+        "--backend",
+        "openvino",
+        "--model",
+        TEST_MODEL,
+        "--docs",
+        "2",
+        "--code",
+        "0",
+        "--headless",
+        "--artifacts",
+        str(artifacts),
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "starting the embedded model server (smollm2-135m, openvino)" in out.stderr
+    assert "(openvino /metrics" in out.stdout and "pass rate  " in out.stdout
+    calls = [
+        json.loads(line)
+        for path in (artifacts / "runs").glob("*/*/calls.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert len(calls) >= 2 and all(c["model"] == TEST_MODEL for c in calls)
+    assert sum(c["completion_tokens"] for c in calls) > 0
+    assert "ovserve" in (artifacts / "server" / "server.log").read_text()
+    assert not (artifacts / "server" / "server.json").exists()  # stopped with the night

@@ -83,9 +83,11 @@ def model_endpoint_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=["llama.cpp", "vllm", "llama-cpp-python"],
+        choices=["llama.cpp", "openvino", "vllm", "llama-cpp-python"],
         default=None,
-        help="what kind of server --endpoint is (default: llama.cpp)",
+        help="what kind of server --endpoint is (default: llama.cpp); for a night without "
+        "--endpoint, the kind it serves: llama.cpp (default), openvino (the openvino extra, "
+        "a model `pantheon models` lists for it) or vllm",
     )
     p.add_argument(
         "--allow-host",

@@ -34,8 +34,12 @@ def cmd_models(args: argparse.Namespace) -> int:
             path = store.pull(name, progress=progress_printer())
             print(f"{name}: {path} (verified)")
         return 0
+    from pantheon.core.model.ggufinfo import backends_for
+
     names = args.names or list(CATALOG)
     infos = [store.inspect(n, rehash=args.action == "verify") for n in names]
+    # which CPU backend can serve each installed file (read from its header)
+    serves = {i.spec.name: backends_for(i.path) if i.present else None for i in infos}
     if args.json:
         print(
             json.dumps(
@@ -49,6 +53,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                         "sha256": i.sha256,
                         "problem": i.problem,
                         "description": i.spec.description,
+                        "backends": serves[i.spec.name],
                     }
                     for i in infos
                 ],
@@ -63,5 +68,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             sha = (i.sha256 or i.spec.sha256)[:16]
             print(f"  {i.spec.name:<20} {size:>9}  sha256 {sha}...  {state}")
             print(f"  {'':<20} {i.spec.description}")
+            if serves[i.spec.name] is not None:
+                print(f"  {'':<20} {_backends_line(serves[i.spec.name])}")
     bad = [i for i in infos if i.present and not i.ok]
     return 1 if bad or (args.action == "verify" and not all(i.ok for i in infos)) else 0
+
+
+def _backends_line(backends: dict[str, str | None]) -> str:
+    can = [b for b, why in backends.items() if why is None]
+    cannot = [f"not {b}: {why}" for b, why in backends.items() if why is not None]
+    return "; ".join([f"serves on {', '.join(can)}" if can else "no backend serves it", *cannot])

@@ -22,10 +22,12 @@ from pantheon.console.commands.common import (
     sandbox_arg,
 )
 from pantheon.console.commands.prepare import code_model, prepare_night
+from pantheon.core.errors import ConfigError
 from pantheon.core.model.files import DEFAULT_MODEL
 from pantheon.core.run.night import (
     DEFAULT_CODE_MODEL,
     NightSettings,
+    check_servable,
     clear_closing,
     read_closing,
     run_night,
@@ -127,9 +129,32 @@ def add_night(sub: Any) -> None:
     artifacts_arg(p)
 
 
+def served_backend(args: argparse.Namespace) -> str:
+    """The kind of server the night starts (none with --endpoint: then --backend is its)."""
+    backend = args.backend or "llama.cpp"
+    if args.endpoint or backend not in ("llama.cpp", "openvino", "vllm"):
+        return "llama.cpp"
+    return backend
+
+
 def cmd_night(args: argparse.Namespace) -> int:
     _night_models(args)
+    if not args.endpoint and args.backend == "llama-cpp-python":
+        raise ConfigError(
+            "--backend llama-cpp-python names the kind of server --endpoint is; a night serves "
+            "llama.cpp, openvino or vllm itself"
+        )
     repo = prepare_night(args)
+    if not args.endpoint:  # a model the backend cannot serve is refused before the night starts
+        check_servable(
+            NightSettings(
+                artifacts=args.artifacts,
+                repo=repo,
+                model=args.model,
+                code_model=code_model(args),
+                backend=served_backend(args),
+            )
+        )
     if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
         if not args.headless:
             log.info("no terminal: the night runs headless (--headless says so explicitly)")
@@ -202,6 +227,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         gates=gates(args),
         reviewers_on=args.reviewers_on,
         keep_server=args.keep_server,
+        backend=served_backend(args),
     )
     result = run_night(settings)
     code = result.exit_code

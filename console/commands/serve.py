@@ -30,9 +30,11 @@ def add_serve(sub: Any) -> None:
             """\
             Start the local model server on loopback and supervise it (start it again if it
             dies), until Ctrl-C. The embedded default is llama.cpp's llama-server with parallel
-            slots (continuous batching) and Prometheus metrics; --backend vllm starts `vllm serve`
-            on a GPU host where vLLM is installed. Its pid, port and log live in
-            ARTIFACTS/server/."""
+            slots (continuous batching) and Prometheus metrics; --backend openvino starts
+            Pantheon's own OpenAI-compatible server over OpenVINO GenAI (CPU; pip install
+            '.[openvino]'; a model `pantheon models` lists for openvino, no LoRA adapters);
+            --backend vllm starts `vllm serve` on a GPU host where vLLM is installed. Its pid,
+            port and log live in ARTIFACTS/server/."""
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -42,7 +44,7 @@ def add_serve(sub: Any) -> None:
     )
     what.add_argument("--status", action="store_true", help="is it running and healthy?")
     what.add_argument("--stop", action="store_true", help="stop the running server")
-    p.add_argument("--backend", choices=["llama.cpp", "vllm"], default="llama.cpp")
+    p.add_argument("--backend", choices=["llama.cpp", "openvino", "vllm"], default="llama.cpp")
     p.add_argument(
         "--model",
         default="qwen2.5-coder-0.5b",
@@ -92,6 +94,21 @@ def _server_config(args: argparse.Namespace):
             f"--host {args.host} is not a loopback or private address; the model server stays "
             "on the operator's machines"
         )
+    promoted = (
+        []
+        if not args.registry_adapters
+        else adapter_files(
+            args.artifacts, "vllm" if args.backend == "vllm" else "llama.cpp", args.model
+        )
+    )
+    if args.backend == "openvino" and promoted:
+        log.warning(
+            "the promoted adapter(s) %s are not served: the OpenVINO backend serves no LoRA "
+            "adapters (OpenVINO GenAI leaves a model it reads from a GGUF file unchanged by "
+            "them); the calls use the base model",
+            ", ".join(Path(a).name.removesuffix(".gguf") for a in promoted),
+        )
+        promoted = []
     try:
         return ServerConfig(
             backend=args.backend,
@@ -101,12 +118,7 @@ def _server_config(args: argparse.Namespace):
             parallel=args.parallel,
             ctx_per_slot=args.ctx,
             threads=args.threads,
-            adapters=[str(Path(a).resolve()) for a in args.adapter]
-            + [
-                f
-                for f in adapter_files(args.artifacts, args.backend, args.model)
-                if args.registry_adapters
-            ],
+            adapters=[str(Path(a).resolve()) for a in args.adapter] + promoted,
         )
     except ValidationError as exc:
         names = {"ctx_per_slot": "ctx"}

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from pantheon.core.errors import ModelStoreError
 
-__all__ = ["OPENVINO_ARCHS", "OPENVINO_TYPES", "GGUFInfo", "openvino_problem", "read_gguf_info"]
+__all__ = [
+    "OPENVINO_ARCHS",
+    "OPENVINO_TYPES",
+    "GGUFInfo",
+    "backends_for",
+    "openvino_problem",
+    "read_gguf_info",
+]
 
 MAGIC = b"GGUF"
 
@@ -86,10 +93,25 @@ class GGUFInfo:
     architecture: str
     tensor_types: Counter[str]
     """How many tensors of each type."""
+    shape: dict[str, int] = field(default_factory=dict)
+    """The architecture's sizes: block_count, embedding_length, attention.head_count,
+    attention.head_count_kv (those the file names)."""
 
     @property
     def tensors(self) -> int:
         return sum(self.tensor_types.values())
+
+    def kv_bytes_per_token(self) -> int | None:
+        """The KV cache one token takes in f16 (keys and values of every layer); None when the
+        file does not say its sizes."""
+        try:
+            layers = self.shape["block_count"]
+            heads = self.shape["attention.head_count"]
+            kv_heads = self.shape.get("attention.head_count_kv", heads)
+            width = self.shape["embedding_length"]
+        except KeyError:
+            return None
+        return 2 * layers * kv_heads * (width // max(heads, 1)) * 2
 
 
 class _Reader:
@@ -146,11 +168,14 @@ def read_gguf_info(path: Path) -> GGUFInfo:
             raise ModelStoreError(f"{path} is GGUF version {version}; version 2 or later is read")
         n_tensors, n_kv = int(r.take("Q")), int(r.take("Q"))
         arch = ""
+        meta: dict[str, int] = {}
         for _ in range(n_kv):
             key = r.string()
             value = r.value(int(r.take("I")))
             if key == "general.architecture" and isinstance(value, str):
                 arch = value
+            elif isinstance(value, int) and not isinstance(value, bool):
+                meta[key] = value
         types: Counter[str] = Counter()
         for _ in range(n_tensors):
             r.string()  # the tensor's name
@@ -159,7 +184,9 @@ def read_gguf_info(path: Path) -> GGUFInfo:
             kind = int(r.take("I"))
             r.take("Q")  # offset
             types[TYPE_NAMES.get(kind, f"type {kind}")] += 1
-    return GGUFInfo(path=path, version=version, architecture=arch, tensor_types=types)
+    sizes = ("block_count", "embedding_length", "attention.head_count", "attention.head_count_kv")
+    shape = {k: meta[f"{arch}.{k}"] for k in sizes if f"{arch}.{k}" in meta}
+    return GGUFInfo(path=path, version=version, architecture=arch, tensor_types=types, shape=shape)
 
 
 def openvino_problem(path: Path) -> str | None:
@@ -181,3 +208,12 @@ def openvino_problem(path: Path) -> str | None:
             f"{info.tensors} tensors); it takes {', '.join(sorted(OPENVINO_TYPES))}"
         )
     return None
+
+
+def backends_for(path: Path) -> dict[str, str | None]:
+    """Each CPU backend and why it cannot serve the file (None: it can)."""
+    try:
+        read_gguf_info(path)
+    except ModelStoreError as exc:
+        return {"llama.cpp": exc.message, "openvino": exc.message}
+    return {"llama.cpp": None, "openvino": openvino_problem(path)}

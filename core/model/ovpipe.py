@@ -144,9 +144,9 @@ class OVPipeline:
         sched = og.SchedulerConfig()
         sched.max_num_seqs = self.parallel
         sched.enable_prefix_caching = True
-        # the KV cache, in GB: room for every slot's whole context (as llama-server's -c);
-        # about 28 kB a token for a 1.5B model, so 1 GB a 16 k tokens errs on the safe side
-        sched.cache_size = self.cache_gb or max(1, -(-self.parallel * self.ctx_per_slot // 16384))
+        sched.cache_size = self.cache_gb or kv_cache_gb(
+            self.model_path, self.parallel * self.ctx_per_slot
+        )
         sched.max_num_batched_tokens = max(2048, self.ctx_per_slot)
         properties: dict[str, Any] = {}
         if self.threads:
@@ -327,6 +327,21 @@ class OVPipeline:
         with self._cv:
             self._cancels.append(gen)
             self._cv.notify_all()
+
+
+def kv_cache_gb(model_path: Path, tokens: int) -> int:
+    """The KV cache, in whole GB, that holds ``tokens`` (every slot's whole context, as
+    llama-server's ``-c``), from the model's own sizes; 1 GB a 16 k tokens when the file does
+    not say them (a 1.5B model takes about 28 kB a token)."""
+    from pantheon.core.model.ggufinfo import read_gguf_info
+
+    try:
+        per_token = read_gguf_info(model_path).kv_bytes_per_token()
+    except Exception:
+        per_token = None
+    if not per_token:
+        return max(1, -(-tokens // 16384))
+    return max(1, -(-(per_token * tokens * 11 // 10) // (1 << 30)))
 
 
 def _finish(reason: Any) -> str:

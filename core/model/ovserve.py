@@ -200,8 +200,14 @@ def build_app(pipe: OVPipeline, alias: str):
             schema=schema,
             ignore_eos=req.ignore_eos,
         )
+        if not pipe.ready:
+            return _error(503, pipe.error or "the model is still loading", "unavailable_error")
         try:
-            gen = pipe.submit(pipe.prompt_of(messages), sampling)
+            prompt = pipe.prompt_of(messages)
+        except Exception as exc:  # the model's own template (Jinja) refuses these messages
+            return _error(400, f"the model's chat template refused the messages: {exc}")
+        try:
+            gen = pipe.submit(prompt, sampling)
         except ServerBusy as exc:
             return _error(503, str(exc), "unavailable_error")
         except ValueError as exc:

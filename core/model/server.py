@@ -1,4 +1,5 @@
-"""The model server on this machine: the embedded llama.cpp ``llama-server``, or vLLM on a GPU host.
+"""The model server on this machine: the embedded llama.cpp ``llama-server``, Pantheon's own
+server over OpenVINO GenAI (``ovserve.py``, CPU), or vLLM on a GPU host.
 
 The binary and its libraries are found by llamabin.py; the process helpers (is a pid still
 ours, the parent-death signal, free ports) are in procs.py.

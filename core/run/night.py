@@ -50,6 +50,7 @@ __all__ = [
     "Stopper",
     "adapter_files",
     "adapters_in_use",
+    "check_servable",
     "clear_closing",
     "closing_figures",
     "closing_path",
@@ -267,6 +268,9 @@ class NightSettings:
     """Which server the reviewers ask, when there are two."""
     keep_server: bool = False
     """Leave the servers this night started running afterwards."""
+    backend: Literal["llama.cpp", "openvino", "vllm"] = "llama.cpp"
+    """The embedded servers' kind (without ``endpoint.url``): llama.cpp's llama-server,
+    Pantheon's own server over OpenVINO GenAI, or vLLM on a GPU host."""
 
 
 @dataclass(frozen=True)
@@ -324,32 +328,59 @@ def closing_figures(artifacts: Path) -> str:
     return "\n".join([status_text(artifacts), night_figures(artifacts), agents])
 
 
-def _servers(settings: NightSettings, concurrency: int) -> list[ModelServer]:
+def _servers(
+    settings: NightSettings, concurrency: int, *, announce: bool = True
+) -> list[ModelServer]:
     """The embedded servers of the night: its model's, and the writers' when they have one."""
     from pantheon.core.model.server import ModelServer, ServerConfig
 
     if settings.endpoint.url:
         return []
     code_model = settings.code_model
+    backend = settings.backend
     # two servers on one CPU share its cores: each takes half, or their spinning threads
     # thrash (here 0.3 generated tokens/s a stream, against 8 alone)
     threads = max(1, (os.cpu_count() or 2) // 2) if code_model else None
 
     def config(model: str) -> ServerConfig:
+        adapters = adapter_files(
+            settings.artifacts, "vllm" if backend == "vllm" else "llama.cpp", model
+        )
+        if backend == "openvino" and adapters:
+            if announce:
+                log.warning(
+                    "the promoted adapter(s) %s are not served: the OpenVINO backend serves no "
+                    "LoRA adapters (OpenVINO GenAI leaves a model it reads from a GGUF file "
+                    "unchanged by them), so this night's calls use the base model; serve them "
+                    "with the llama.cpp backend",
+                    ", ".join(Path(a).name.removesuffix(".gguf") for a in adapters),
+                )
+            adapters = []
         return ServerConfig(
+            backend=backend,
             model=model,
             port=0,
             parallel=max(concurrency, 1),
             threads=threads,
-            adapters=adapter_files(settings.artifacts, "llama.cpp", model),
+            adapters=adapters,
         )
 
     servers = [ModelServer(settings.artifacts, config(settings.model))]
-    log.info("starting the embedded model server (%s)", settings.model)
+    if announce:
+        log.info("starting the embedded model server (%s, %s)", settings.model, backend)
     if code_model:
         servers.append(ModelServer(settings.artifacts, config(code_model), name="code"))
-        log.info("starting the writers' model server (%s)", code_model)
+        if announce:
+            log.info("starting the writers' model server (%s, %s)", code_model, backend)
     return servers
+
+
+def check_servable(settings: NightSettings) -> None:
+    """Refuse, before anything starts, a night whose servers could not start: a model file
+    its backend cannot read (OpenVINO's GGUF reader takes fewer tensor types than llama.cpp),
+    a backend that is not installed. Raises ModelServerError with the reason."""
+    for server in _servers(settings, 1, announce=False):
+        server.command(server.model_path())
 
 
 async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -> int:
@@ -378,6 +409,7 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
                 log.info("%s ready at %s", label, state.endpoint)
                 client = LLMClient(
                     state.endpoint,
+                    backend=state.backend,
                     model=state.alias,
                     adapters=state.adapters if not clients else None,
                     **settings.endpoint.limits(),
