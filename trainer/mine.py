@@ -42,6 +42,8 @@ from pantheon.core.flows.flow import Flow, parse_flow
 from pantheon.core.learn.files import MineStats, training_root
 from pantheon.core.morning.review import node_output, read_decisions
 from pantheon.core.store.atomic import atomic_write_json, atomic_write_text, read_json
+from pantheon.core.store.jsonl import read_jsonl
+from pantheon.core.store.layout import CALLS_FILE, RUN_FILE
 from pantheon.core.store.queue import Job, JobQueue
 from pantheon.core.store.runs import RUNS, RunRecord
 
@@ -93,25 +95,12 @@ class MineResult:
 
 
 def _calls(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The calls a node made, and how many lines were corrupt."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    calls, bad = [], 0
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        try:
-            call = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            bad += 1
-            continue
-        if not isinstance(call, dict) or not isinstance(call.get("messages"), list):
-            bad += 1
-            continue
-        calls.append(call)
-    return calls, bad
+    """The calls a node made, and how many lines were corrupt (or hold no messages)."""
+    calls, bad = read_jsonl(
+        path,
+        check=lambda c: None if isinstance(c.get("messages"), list) else "holds no messages",
+    )
+    return calls, len(bad)
 
 
 def _verdict(flow: Flow, folder: Path) -> str:
@@ -221,7 +210,7 @@ def _mine_job(
     if job.status not in ("done", "failed"):
         return leave("unfinished")
     try:
-        record = RunRecord.model_validate(read_json(folder / "run.json"))
+        record = RunRecord.model_validate(read_json(folder / RUN_FILE))
     except FileNotFoundError:
         return leave("corrupt")
     except (ArtifactError, ValidationError):
@@ -252,7 +241,7 @@ def _mine_job(
     for node in workers:
         state = agents[flow.agents[node].name]
         state.stats.green_jobs += 1
-        calls, bad = _calls(folder / node / "calls.jsonl")
+        calls, bad = _calls(folder / node / CALLS_FILE)
         if bad:
             state.stats.left_out["corrupt"] = state.stats.left_out.get("corrupt", 0) + bad
         for call in calls:
@@ -317,7 +306,7 @@ def _labelled(
 ) -> bool:
     """One reviewer example from the node's calls: the messages it saw, and a reply with the
     right verdict (its own reply when it gave that verdict, else the label's)."""
-    calls, bad = _calls(folder / node / "calls.jsonl")
+    calls, bad = _calls(folder / node / CALLS_FILE)
     if bad:
         state.stats.left_out["corrupt"] = state.stats.left_out.get("corrupt", 0) + bad
     if not calls:

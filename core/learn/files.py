@@ -23,7 +23,6 @@ corrupt says so and goes on.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pantheon.core.errors import ArtifactError
 from pantheon.core.store.atomic import atomic_write_json, locked, read_json
+from pantheon.core.store.jsonl import parse_jsonl
 
 __all__ = [
     "MIN_EXAMPLES",
@@ -322,13 +322,8 @@ def read_progress(folder: Path, offset: int = 0) -> tuple[list[ProgressRow], int
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n") + 1
-    rows: list[ProgressRow] = []
-    for line in data[:end].splitlines():
-        try:
-            rows.append(ProgressRow.model_validate(json.loads(line)))
-        except (ValueError, ValidationError):
-            continue
-    return rows, offset + end
+    values, _ = parse_jsonl(data[:end], record=ProgressRow)
+    return [ProgressRow.model_validate(v) for v in values], offset + end
 
 
 class AgentTraining(BaseModel):

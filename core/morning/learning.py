@@ -4,13 +4,14 @@ calls used, which each call records)."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from pantheon.core.errors import ArtifactError
 from pantheon.core.learn.files import list_trainings, read_learn, read_registry
+from pantheon.core.store.jsonl import parse_jsonl
+from pantheon.core.store.layout import CALLS_FILE
 from pantheon.core.store.runs import RunRecord
 
 __all__ = ["learning_section", "node_adapters"]
@@ -22,16 +23,14 @@ _EVIDENCE = ("judged_by", "tasks", "base_passed", "adapter_passed", "b", "c", "p
 
 
 def _first_call(path: Path) -> dict[str, Any] | None:
+    """The node's first model call (None when it has none, or the file cannot be read)."""
     try:
         with open(path, "rb") as fh:
             line = fh.readline()
     except OSError:
         return None
-    try:
-        call = json.loads(line)
-    except ValueError:
-        return None
-    return call if isinstance(call, dict) else None
+    calls, _ = parse_jsonl(line)
+    return calls[0] if calls else None
 
 
 def node_adapters(folder: Path, record: RunRecord, node_agents: dict[str, str]) -> list[list[Any]]:
@@ -41,7 +40,7 @@ def node_adapters(folder: Path, record: RunRecord, node_agents: dict[str, str]) 
     for node, status in sorted(record.nodes.items()):
         if status not in ("done", "failed") or node not in node_agents:
             continue
-        call = _first_call(folder / node / "calls.jsonl")
+        call = _first_call(folder / node / CALLS_FILE)
         if call is None:
             continue
         adapter = call.get("adapter")

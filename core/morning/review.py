@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.store.atomic import append_line, locked, read_json
-from pantheon.core.store.layout import branch_name
+from pantheon.core.store.jsonl import read_jsonl
+from pantheon.core.store.layout import OUTPUT_FILE, branch_name
 from pantheon.core.store.runs import RUNS, RunRecord
 from pantheon.core.work.git import GitError, GitRepo
 
@@ -71,24 +72,14 @@ class Decision(BaseModel):
 def read_decisions(artifacts: Path) -> tuple[dict[str, Decision], int]:
     """The last decision on each run, and how many lines could not be read."""
     path = Path(artifacts) / DECISIONS_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}, 0
+    values, bad = read_jsonl(path, record=Decision)
     out: dict[str, Decision] = {}
-    bad = 0
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        try:
-            d = Decision.model_validate_json(line)
-        except ValidationError:
-            bad += 1
-            continue
+    for value in values:
+        d = Decision.model_validate(value)
         out[d.run] = d
     if bad:
-        log.warning("%s: %d line(s) could not be read and were skipped", path, bad)
-    return out, bad
+        log.warning("%s: %d line(s) could not be read and were skipped", path, len(bad))
+    return out, len(bad)
 
 
 @dataclass
@@ -121,7 +112,7 @@ class Change:
 
 def node_output(folder: Path, node: str) -> dict[str, Any] | None:
     try:
-        data = read_json(folder / node / "output.json")
+        data = read_json(folder / node / OUTPUT_FILE)
     except (FileNotFoundError, ArtifactError):
         return None
     return data if isinstance(data, dict) else None

@@ -14,6 +14,8 @@ import yaml
 from pantheon.core.agents.base import AgentRegistry
 from pantheon.core.flows.flow import load_flow, packaged_flows_dir
 from pantheon.core.flows.submit import enqueue
+from pantheon.core.store.jsonl import read_jsonl
+from pantheon.core.store.layout import CALLS_FILE, runs_path
 from pantheon.core.store.queue import JobQueue
 
 __all__ = [
@@ -45,12 +47,12 @@ def night_figures(artifacts: Path) -> str:
     calls = prompt = completion = failed = candidates = kept = cached = counted = 0
     latency = 0.0
     first = last = None
-    for path in (Path(artifacts) / "runs").glob("*/*/calls.jsonl"):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                call = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    for path in runs_path(artifacts).glob(f"*/*/{CALLS_FILE}"):
+        try:
+            records, _ = read_jsonl(path)
+        except OSError:
+            continue
+        for call in records:
             calls += 1
             if call.get("kind") in ("candidate", "sample"):  # one not kept is no unusable reply
                 candidates += 1
