@@ -37,7 +37,12 @@ TILES = (
     ("running", "busy", "Jobs running now, and the concurrency c the engine may use."),
     ("rho", "ρ", "Utilization ρ = λ / (c μ) over the last minutes, and Erlang-C P(wait)."),
     ("batch", "batch", "Average batch size: requests decoded together by the model server."),
-    ("tokens", "tok/s", "Generated tokens per second over the last 30 s (and prompt tokens)."),
+    (
+        "tokens",
+        "tok/s",
+        "Generated tokens per second over the last 30 s (and prompt tokens, with the share the "
+        "server took from its prefix cache).",
+    ),
     ("kappa", "κ", "Cohen's κ between the two reviewers over the recent review pairs."),
     (
         "canary",
@@ -112,9 +117,12 @@ def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tupl
     recent = [s for s in samples[-30:] if s.get("ts", 0) >= last.get("ts", 0) - 30]
     gen = _series(recent, lambda s: s["tokens"]["generated"])
     prompt = _series(recent, lambda s: s["tokens"]["prompt"])
+    cached = _series(recent, lambda s: s["cache"]["cached"])
+    counted = _series(recent, lambda s: s["cache"]["prompt"])
+    hit = f" ({sum(cached) / sum(counted):.0%} cached)" if sum(counted) > 0 else ""
     out["tokens"] = (
         figure(sum(gen) / len(gen), 1) if gen else "–",
-        f"in {figure(sum(prompt) / len(prompt), 0)}" if prompt else "no figure",
+        f"in {figure(sum(prompt) / len(prompt), 0)}{hit}" if prompt else "no figure",
         "",
         _series(samples, lambda s: s["tokens"]["generated"]),
     )

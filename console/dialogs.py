@@ -93,7 +93,8 @@ promoted only when it does better. Mine the examples first with `pantheon traces
   the chance a new job has to wait.
 - **batch**: requests the model server decodes together. On a GPU server (vLLM) a batch
   under 8 (yellow) leaves most of the GPU idle: raise c.
-- **tok/s**: generated tokens per second (*in*: prompt tokens per second).
+- **tok/s**: generated tokens per second (*in*: prompt tokens per second, and the share of
+  them the server took from its prefix cache, by its own count, where it gives one).
 - **κ**: Cohen's κ between the two reviewers over recent review pairs, and the share of
   verdicts that pass. Under 0.6 (red) the reviewers disagree too often to trust, and the engine
   pauses merges by itself. When neither reviewer ever failed anything κ is unknown (yellow,

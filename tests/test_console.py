@@ -353,3 +353,27 @@ async def test_opened_by_a_night_the_console_says_it_goes_on_and_when_it_ends(ni
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_the_tokens_tile_says_the_share_of_prompt_the_server_took_from_its_cache(night):
+    samples = [
+        {"ts": NOW - 2, "tokens": {"generated": 30.0, "prompt": 200.0, "source": "x"}},
+        {
+            "ts": NOW - 1,
+            "tokens": {"generated": 34.0, "prompt": 220.0, "source": "x"},
+            "cache": {"share": 0.5, "cached": 500, "prompt": 1000},
+        },
+        {
+            "ts": NOW,
+            "tokens": {"generated": 32.0, "prompt": 210.0, "source": "x"},
+            "cache": {"share": 0.7, "cached": 700, "prompt": 1000},
+        },
+    ]
+    with open(night / "metrics" / "engine.jsonl", "a") as fh:
+        fh.writelines(json.dumps(s) + "\n" for s in samples)
+    app = console(night)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause()
+        tile = app.screen.query_one("#tile-tokens", MetricTile)
+        # 1200 of 2000 prompt tokens over the last 30 s (the frozen night's samples say none)
+        assert tile.detail.startswith("in ") and tile.detail.endswith(" (60% cached)")

@@ -129,6 +129,21 @@ async def test_without_server_metrics_the_engine_figures_stand_in(artifacts):
     assert sample["tokens"]["generated"] > 0
     assert "has no" in sample["tokens"]["server"]
     assert sample["batch"]["source"].startswith("engine")
+    # a server that gives no count of its cached prompt tokens has no cache share, and says so
+    assert sample["cache"] == {"why": "the server gives no count of cached prompt tokens"}
+
+
+def test_the_report_sums_the_servers_cache_counts_over_the_night(artifacts):
+    from pantheon.core.morning.report import write_report
+    from pantheon.core.observe.metrics import write_sample
+
+    JobQueue(artifacts).close()
+    for cached, prompt in ((300, 1000), (900, 1000)):
+        write_sample(artifacts, {"ts": time.time(), "cache": {"cached": cached, "prompt": prompt}})
+    write_sample(artifacts, {"ts": time.time(), "cache": {"why": "no call finished"}})
+    summary, _ = write_report(artifacts)
+    assert summary["figures"]["prompt_cache"] == {"cached": 1200, "prompt": 2000, "share": 0.6}
+    assert "prompt from cache" in (artifacts / "report.html").read_text()
 
 
 def _fake_jobs(artifacts, n_done, service_s, arrivals):

@@ -315,13 +315,27 @@ async def test_served_supervises_the_block_and_stops_what_it_started(tmp_path, s
 async def test_each_call_records_the_prompt_tokens_the_server_took_from_its_cache(server, tmp_path):
     """Two reviewers of one change share everything up to their own instructions: the second
     call's shared prefix comes from llama-server's cache, by its own count (timings.cache_n)."""
+    from pantheon.core.observe.metrics import MetricsSampler, sample_text
+    from pantheon.core.store.queue import JobQueue
+
     shared = "Change:\n```diff\n" + "\n".join(f"+line {i} of the diff" for i in range(60)) + "\n```"
     async with LLMClient(server.endpoint) as client:
-        replies = []
-        for ask in ("Say yes.", "Say no."):
-            msgs = [{"role": "user", "content": f"{shared}\n\n{ask}"}]
-            replies.append(await client.chat(msgs, max_tokens=8, temperature=0.0))
+        with JobQueue(tmp_path / "a") as queue:
+            sampler = MetricsSampler(queue, llm=client)
+            replies = []
+            for ask in ("Say yes.", "Say no."):
+                msgs = [{"role": "user", "content": f"{shared}\n\n{ask}"}]
+                replies.append(await client.chat(msgs, max_tokens=8, temperature=0.0))
+            sample = sampler.sample(concurrency=1, merges_paused=False)
     first, second = replies
     assert first.cached_tokens is not None and second.cached_tokens is not None
     assert second.cached_tokens > 0.6 * second.prompt_tokens, (first, second)
     assert second.cached_tokens > first.cached_tokens
+    # the live sample's cache share is the server's own count over those calls
+    cache = sample["cache"]
+    assert cache["cached"] == first.cached_tokens + second.cached_tokens
+    assert cache["prompt"] == first.prompt_tokens + second.prompt_tokens
+    assert cache["share"] == round(cache["cached"] / cache["prompt"], 3) and cache["share"] > 0.3
+    assert f"cache {cache['share']:.0%} of prompt" in sample_text(
+        {**sample, "tokens": {"source": "x"}}
+    )

@@ -51,6 +51,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         + (f", {share:.0%} of verdicts pass" if share is not None else "")
     )
     print(f"canaries  {canary_text(summary.get('canaries'))}")
+    tps, cache = fig.get("tokens_per_s") or {}, fig.get("prompt_cache")
+    if tps.get("mean") is not None or cache:
+        print(
+            "model     "
+            + (
+                f"{tps['mean']:.1f} generated tokens/s (mean)"
+                if tps.get("mean") is not None
+                else ""
+            )
+            + (
+                f"{', ' if tps.get('mean') is not None else ''}{cache['share']:.0%} of "
+                f"{cache['prompt']} prompt tokens from the server's cache"
+                if cache
+                else ""
+            )
+        )
     for line in _learning_lines(summary.get("learning") or {}):
         print(line)
     if summary["corrupt"]:

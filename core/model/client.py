@@ -32,7 +32,7 @@ import httpx
 
 from pantheon.core.errors import ModelServerError, ServerUnavailable
 from pantheon.core.model.guard import Resolver, check_endpoint
-from pantheon.core.model.stream import CallWatch, StreamedCalls, snippet
+from pantheon.core.model.stream import CallWatch, StreamedCalls, cached_tokens, snippet
 
 __all__ = ["Backend", "CallWatch", "ChatReply", "LLMClient"]
 
@@ -73,17 +73,6 @@ class ChatReply:
     """Prompt tokens the server took from its prefix cache rather than evaluating them, by its
     own count (llama-server's ``timings.cache_n``; vLLM's and OpenAI's
     ``usage.prompt_tokens_details.cached_tokens``); None when it does not say."""
-
-
-def cached_tokens(data: dict[str, Any]) -> int | None:
-    """The server's own count of prompt tokens served from its cache, when it gives one."""
-    timings = data.get("timings")
-    if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
-        return int(timings["cache_n"])
-    details = (data.get("usage") or {}).get("prompt_tokens_details")
-    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-        return int(details["cached_tokens"])
-    return None
 
 
 def _retryable_status(code: int) -> bool:
@@ -136,6 +125,10 @@ class LLMClient(StreamedCalls):
         """Chat requests sent and not answered yet (the engine's own view of the batch)."""
         self.prompt_tokens_total = 0
         self.completion_tokens_total = 0
+        self.cached_tokens_total = 0
+        """Prompt tokens the server took from its cache (its own count, where it gives one)."""
+        self.cache_counted_total = 0
+        """Prompt tokens of the calls whose server said how many it took from its cache."""
         self.max_choices: int | None = None
         """The most choices one request may ask for (llama-server: its slots); None: any."""
         self.stream = stream

@@ -25,7 +25,15 @@ import httpx
 
 from pantheon.core.errors import ModelServerError, ModelStalled, ServerUnavailable
 
-__all__ = ["CallWatch", "StreamedCalls", "clock", "progress_value", "retry_after", "snippet"]
+__all__ = [
+    "CallWatch",
+    "StreamedCalls",
+    "cached_tokens",
+    "clock",
+    "progress_value",
+    "retry_after",
+    "snippet",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,18 @@ def progress_value(text: str) -> float | None:
     return total
 
 
+def cached_tokens(data: dict[str, Any]) -> int | None:
+    """The server's own count of prompt tokens served from its cache, when it gives one
+    (llama-server's ``timings.cache_n``, vLLM's ``usage.prompt_tokens_details.cached_tokens``)."""
+    timings = data.get("timings")
+    if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+        return int(timings["cache_n"])
+    details = (data.get("usage") or {}).get("prompt_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        return int(details["cached_tokens"])
+    return None
+
+
 def is_event_stream(resp: httpx.Response) -> bool:
     return resp.headers.get("content-type", "").startswith("text/event-stream")
 
@@ -130,6 +150,8 @@ class StreamedCalls:
         watches: dict[int, CallWatch]
         prompt_tokens_total: int
         completion_tokens_total: int
+        cached_tokens_total: int
+        cache_counted_total: int
         _http: httpx.AsyncClient
         _down_since: float | None
         _timeout_s: float
@@ -214,6 +236,10 @@ class StreamedCalls:
         usage = data.get("usage") or {}
         self.prompt_tokens_total += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens_total += int(usage.get("completion_tokens") or 0)
+        cached = cached_tokens(data)
+        if cached is not None:
+            self.cached_tokens_total += cached
+            self.cache_counted_total += int(usage.get("prompt_tokens") or 0)
         return data, attempts + watch.posts - 1, latency, raw_text
 
     async def _watched(

@@ -16,7 +16,9 @@ run's ``run.json`` and the outputs of its test, review and merge nodes, ``decisi
     ``kappa`` and ``kappa_pairs`` (all review pairs of the night; ``kappa`` is null and
     ``kappa_note`` says why when both reviewers gave every change the same verdict, p_e = 1),
     ``review_pass_share`` (the share of verdicts that passed), ``merged``, ``waiting``,
-    ``rejected``, ``tokens_per_s`` / ``batch`` / ``rho`` (``mean`` and ``max`` over the samples).
+    ``rejected``, ``tokens_per_s`` / ``batch`` / ``rho`` (``mean`` and ``max`` over the samples),
+    ``prompt_cache`` (``cached`` of ``prompt`` tokens the server took from its prefix cache, by
+    its own count, and their ``share``; null where the server gives no count).
 ``canaries``
     the reviewers' audit: ``n``, ``caught``, ``missed``, ``share`` and ``ci95`` (Wilson 95 %) of
     the gate (a canary is caught when any reviewer failed it), ``reviewers`` (the same per
@@ -68,6 +70,7 @@ from pantheon.core.observe.canaries import canary_scores, read_canaries
 from pantheon.core.observe.metrics import read_samples
 from pantheon.core.observe.queuemath import cohen_kappa
 from pantheon.core.store.atomic import atomic_write_json, atomic_write_text, read_json
+from pantheon.core.store.layout import FAILED_FILE, OUTPUT_FILE, RUN_FILE
 from pantheon.core.store.queue import STATUSES, JobQueue
 from pantheon.core.store.runs import RUNS, FailedRecord, RunRecord
 
@@ -117,7 +120,7 @@ def _run_entry(
     """What one run contributes to the report, before the operator's decisions."""
     folder = artifacts / RUNS / name
     try:
-        record = RunRecord.model_validate(read_json(folder / "run.json"))
+        record = RunRecord.model_validate(read_json(folder / RUN_FILE))
     except FileNotFoundError:
         return {"corrupt": f"{folder / 'run.json'} is missing"}
     except ArtifactError as exc:
@@ -134,7 +137,7 @@ def _run_entry(
     failure = None
     if record.status == "failed":
         try:
-            failed = FailedRecord.model_validate(read_json(folder / "FAILED.json"))
+            failed = FailedRecord.model_validate(read_json(folder / FAILED_FILE))
             failure = {
                 "node": failed.node,
                 "agent": failed.agent,
@@ -168,7 +171,7 @@ def _unreadable_outputs(folder: Path, record: RunRecord) -> list[str]:
     for node, status in record.nodes.items():
         if status not in ("done", "skipped"):
             continue
-        path = folder / node / "output.json"
+        path = folder / node / OUTPUT_FILE
         try:
             read_json(path)
         except FileNotFoundError:
@@ -200,6 +203,19 @@ def _series(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
         "tokens_per_s": [get(s, "tokens", "generated") for s in picked],
         "batch": [get(s, "batch", "value") for s in picked],
     }
+
+
+def _prompt_cache(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The prompt tokens the server took from its cache over the night, by its own count."""
+    cached = prompt = 0
+    for s in samples:
+        cache = s.get("cache") or {}
+        if isinstance(cache.get("cached"), int) and isinstance(cache.get("prompt"), int):
+            cached += cache["cached"]
+            prompt += cache["prompt"]
+    if prompt <= 0:
+        return None
+    return {"cached": cached, "prompt": prompt, "share": round(cached / prompt, 4)}
 
 
 def _spread(values: list[Any]) -> dict[str, float | None]:
@@ -240,11 +256,11 @@ def build_summary(
         if job.status in ("queued",):
             continue
         name = job.run_name
-        stat = _stat_key(artifacts / RUNS / name / "run.json")
+        stat = _stat_key(artifacts / RUNS / name / RUN_FILE)
         # the queue's side goes into the key too: its nodes are written after run.json; and
         # each node's output, so one garbled after the run ended is seen
         outputs = [
-            _stat_key(artifacts / RUNS / name / node / "output.json")
+            _stat_key(artifacts / RUNS / name / node / OUTPUT_FILE)
             for node in sorted(nodes_of.get(job.id, {}))
         ]
         key = None if stat is None else [*stat, job.status, job.node, outputs]
@@ -328,6 +344,7 @@ def build_summary(
             "waiting": states["waiting"],
             "rejected": states["rejected"],
             "tokens_per_s": _spread([(s.get("tokens") or {}).get("generated") for s in samples]),
+            "prompt_cache": _prompt_cache(samples),
             "batch": _spread([(s.get("batch") or {}).get("value") for s in samples]),
             "rho": _spread([s.get("rho") for s in samples]),
             "unreadable_decisions": bad_decisions,

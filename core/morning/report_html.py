@@ -290,6 +290,10 @@ def render_html(summary: dict[str, Any]) -> str:
             ),
             _canary_tile(summary.get("canaries") or {}),
             _tile("tokens/s (mean)", _fmt(fig["tokens_per_s"]["mean"], 1)),
+            _tile(
+                "prompt from cache",
+                f"{cache['share']:.0%}" if (cache := fig.get("prompt_cache")) else "–",
+            ),
             _tile("batch (mean)", _fmt(fig["batch"]["mean"])),
             _tile("ρ (mean / max)", f"{_fmt(fig['rho']['mean'])} / {_fmt(fig['rho']['max'])}"),
             _tile("wall time", "–" if wall is None else f"{wall / 60:,.1f} min"),

@@ -86,9 +86,11 @@ class MetricsSampler:
         self.max_p_wait = max_p_wait
         self.scraper = ServerScraper(llm.base_url, llm._http) if llm is not None else None
         self._observed = _EngineObserved()
+        self._cache_mark = (0, 0)
         if llm is not None:
             self._observed.prompt = llm.prompt_tokens_total
             self._observed.completion = llm.completion_tokens_total
+            self._cache_mark = (llm.cached_tokens_total, llm.cache_counted_total)
 
     async def poll(self) -> None:
         """Called between samples: time-average the batch gauges."""
@@ -194,7 +196,28 @@ class MetricsSampler:
                 self._engine_figures()  # keep the engine's own counters in step
             sample["batch"] = server["batch"]
             sample["tokens"] = server["tokens"]
+        sample["cache"] = self._cache_figures()
         return sample
+
+    def _cache_figures(self) -> dict[str, Any]:
+        """The share of prompt tokens the server took from its prefix cache since the last
+        sample, by its own count on each finished call."""
+        llm = self.llm
+        if llm is None:
+            return {"why": "no model server configured"}
+        cached, counted = llm.cached_tokens_total, llm.cache_counted_total
+        d_cached, d_counted = cached - self._cache_mark[0], counted - self._cache_mark[1]
+        self._cache_mark = (cached, counted)
+        if counted == 0:
+            return {"why": "the server gives no count of cached prompt tokens"}
+        if d_counted <= 0:
+            return {"why": "no call finished since the last sample"}
+        return {
+            "share": _r(min(1.0, d_cached / d_counted), 3),
+            "cached": d_cached,
+            "prompt": d_counted,
+            "source": "the server's own count on each call",
+        }
 
     def _canary_figures(self) -> dict[str, Any]:
         """The reviewers' scores on the night's canaries (read again only when the file grew)."""
@@ -269,10 +292,12 @@ def sample_text(sample: dict[str, Any]) -> str:
     ]
     b = batch.get("value")
     lines.append(f"server     batch {_fmt(b)} ({batch.get('source') or batch.get('why', '-')})")
+    cache = sample.get("cache") or {}
     if "source" in tokens:
         lines.append(
             f"tokens/s   prompt {_fmt(tokens.get('prompt'), '', 1)}  generated "
             f"{_fmt(tokens.get('generated'), '', 1)} ({tokens['source']})"
+            + (f"  cache {cache['share']:.0%} of prompt" if "share" in cache else "")
         )
     else:
         lines.append(f"tokens/s   - ({tokens.get('why', 'unavailable')})")

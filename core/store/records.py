@@ -59,6 +59,9 @@ class MetricsSample(BaseModel):
     """The model server's batch size: value and source, or why there is none."""
     tokens: dict[str, Any] | None = None
     """Tokens/s (prompt, generated) and source, or why there are none."""
+    cache: dict[str, Any] | None = None
+    """The share of prompt tokens the server took from its prefix cache since the last sample
+    (share, cached, prompt, source), or why there is none."""
 
 
 class CallRecord(BaseModel):
