@@ -185,6 +185,37 @@ def test_a_sample_has_the_queue_math(artifacts):
     assert "ρ 2.00" in sample_text(sample)
 
 
+def test_the_advice_is_bounded_by_the_servers_slots_and_a_burst_leads_with_the_drain(artifacts):
+    """All 60 jobs enqueued at once, 10 done at 4 s each: the queue math alone asks for c in
+    the tens, which a server of 4 slots only queues."""
+    ids = _fake_jobs(artifacts, n_done=10, service_s=4.0, arrivals=60)
+    with JobQueue(artifacts) as q:
+        q._db.executemany(
+            "UPDATE jobs SET created=? WHERE id=?", [(time.time() - 60, i) for i in ids]
+        )
+        free = MetricsSampler(q, window_s=300.0).sample(concurrency=4, merges_paused=False)
+        sample = MetricsSampler(q, window_s=300.0, slots=4).sample(
+            concurrency=4, merges_paused=False
+        )
+    assert free["recommended_c"] > 4 and free["recommended_by"] is None
+    assert sample["recommended_c"] == 4 and sample["recommended_by"] == "slots"
+    assert sample["burst"] is True
+    text = sample_text(sample)
+    advice = next(line for line in text.splitlines() if line.startswith("advice"))
+    assert advice.startswith("advice     drain in 50 s at c 4 (the jobs arrived at once")
+    assert "c for ρ ≤ 0.8: 4 (the server's 4 slots: more only queues there)" in advice
+
+
+def test_jobs_arriving_over_time_are_no_burst(artifacts):
+    _fake_jobs(artifacts, n_done=10, service_s=4.0, arrivals=60)  # spread over a minute
+    with JobQueue(artifacts) as q:
+        sample = MetricsSampler(q, window_s=60.0, slots=64).sample(
+            concurrency=2, merges_paused=False
+        )
+    assert sample["burst"] is False and sample["recommended_by"] is None
+    assert "advice     c for ρ ≤ 0.8: " in sample_text(sample)
+
+
 def test_a_young_night_is_measured_over_its_own_age(artifacts):
     """Twelve jobs enqueued ten seconds ago: λ is 1.2/s, not 12 / 300 s."""
     with JobQueue(artifacts) as q:

@@ -222,6 +222,8 @@ async def test_bad_requests_get_the_reason_and_the_server_goes_on(ov_server):
         assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] > 0
         models = (await http.get(state.endpoint + "/v1/models")).json()
         assert models["data"][0]["id"] == TEST_MODEL
+    async with LLMClient(state.endpoint, backend="openvino") as client:
+        assert await client.server_slots() == 4
 
 
 async def test_a_client_that_goes_away_frees_its_slot(ov_server):

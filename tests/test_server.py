@@ -201,6 +201,7 @@ async def test_a_real_servers_metrics_during_a_real_run(server, tmp_path):
             sample = sampler.sample(concurrency=4, merges_paused=False)
     assert sample["tokens"]["source"] == "llama.cpp /metrics"
     assert sample["tokens"]["generated"] > 0 and sample["tokens"]["prompt"] > 0
+    assert sample["slots"] == 8  # llama-server's /props: the advice is bounded by them
     assert sample["batch"]["value"] >= 1
     assert sample["batch"]["source"].startswith("llama.cpp /metrics")
 

@@ -408,6 +408,16 @@ class LLMClient(StreamedCalls):
         """When the server stopped answering (None while it answers)."""
         return self._down_since
 
+    async def server_slots(self) -> int | None:
+        """How many requests the server decodes together, where it says (llama-server's and
+        Pantheon's OpenVINO server's ``/props``: ``total_slots``); None when it does not."""
+        try:
+            resp = await self._http.get(self.base_url + "/props", timeout=5.0)
+            slots = resp.json().get("total_slots") if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return slots if isinstance(slots, int) and slots > 0 else None
+
     async def health(self) -> bool:
         """True when the server says it is ready (no retries)."""
         # llama-cpp-python's server has no /health; its model list answers once it is up

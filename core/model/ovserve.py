@@ -9,7 +9,8 @@ bound to loopback and started, supervised and stopped by
   ``top_p``, ``seed``, ``n``, ``stop``, ``response_format`` (a JSON schema, through OpenVINO's
   structured output), streamed as server-sent events or in one body, with ``usage`` and each
   choice's ``finish_reason``;
-- ``GET /v1/models``, ``GET /health`` (503 while the model loads), ``POST /tokenize``;
+- ``GET /v1/models``, ``GET /health`` (503 while the model loads), ``POST /tokenize``,
+  ``GET /props`` (its slots, as llama-server's);
 - ``GET /metrics``: Prometheus text — requests running and waiting, prompt and generated token
   counters, decode steps — so the batch size and tokens/s come from the server itself.
 
@@ -161,6 +162,16 @@ def build_app(pipe: OVPipeline, alias: str):
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def props(_: Request):
+        # as llama-server's: what a client needs to know of the server's capacity
+        return JSONResponse(
+            {
+                "total_slots": pipe.parallel,
+                "n_ctx": pipe.ctx_per_slot,
+                "model_path": str(pipe.model_path),
+            }
+        )
+
     async def metrics(_: Request):
         return PlainTextResponse(metrics_text(pipe), media_type="text/plain; version=0.0.4")
 
@@ -257,6 +268,7 @@ def build_app(pipe: OVPipeline, alias: str):
         Route("/health", health),
         Route("/v1/models", models),
         Route("/metrics", metrics),
+        Route("/props", props),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),

@@ -74,8 +74,14 @@ class MetricsSampler:
         max_rho: float = 0.8,
         max_p_wait: float = 0.2,
         artifacts: Path | None = None,
+        slots: int | None = None,
     ) -> None:
         self.queue = queue
+        self.slots = slots
+        """Requests the model server decodes together (its slots; vLLM's max_num_seqs): more
+        concurrency than that only queues at the server. None: unknown (asked of llama-server's
+        ``/props`` once)."""
+        self._asked_slots = slots is not None
         self.artifacts = artifacts
         """Where the canaries are read from (None: no canary figures)."""
         self._canaries: tuple[tuple[int, int], dict[str, Any]] | None = None
@@ -94,6 +100,9 @@ class MetricsSampler:
 
     async def poll(self) -> None:
         """Called between samples: time-average the batch gauges."""
+        if not self._asked_slots and self.llm is not None:
+            self._asked_slots = True
+            self.slots = self.llm.max_choices or await self.llm.server_slots()
         if self.scraper is not None:
             await self.scraper.poll()
         if self.llm is not None:
@@ -139,6 +148,19 @@ class MetricsSampler:
         p_wait = erlang_c(c, lam / mu) if mu > 0 else None
         wait = expected_wait(lam, mu, c)
         drain = total["queued"] / (c * mu) if mu > 0 else None
+        # jobs that all arrived at once (a night enqueued in one go) are a burst: its λ is no
+        # steady rate, and the time to drain says more than ρ
+        first_at, last_at = win["first_arrival"], win.get("last_arrival")
+        burst = bool(
+            win["arrivals"] >= 2
+            and first_at is not None
+            and last_at is not None
+            and last_at - first_at <= max(5.0, 0.1 * (now - first_at))
+        )
+        advised = recommended_concurrency(lam, mu, max_rho=self.max_rho, max_p_wait=self.max_p_wait)
+        bounded_by = None
+        if advised is not None and self.slots and advised > self.slots:
+            advised, bounded_by = self.slots, "slots"
         agents = {}
         for agent, row in win["agents"].items():
             agents[agent] = {
@@ -167,9 +189,10 @@ class MetricsSampler:
             "p_wait": _r(p_wait),
             "wait_s": _r(wait, 2),
             "stable": None if rho is None else rho < 1.0,
-            "recommended_c": recommended_concurrency(
-                lam, mu, max_rho=self.max_rho, max_p_wait=self.max_p_wait
-            ),
+            "recommended_c": advised,
+            "recommended_by": bounded_by,
+            "slots": self.slots,
+            "burst": burst,
             "drain_s": _r(drain, 1),
             "kappa": _r(kappa.value),
             "kappa_pairs": kappa.pairs,
@@ -273,6 +296,21 @@ def _untrusted(canaries: dict[str, Any]) -> str:
     return f"; the reviewers caught {canaries['caught']} of {n} canaries, so passing means little"
 
 
+def _advice(sample: dict[str, Any]) -> str:
+    """The concurrency advice: bounded by the server's slots, and led by the time to drain
+    when the queue's jobs all arrived at once (ρ of a burst says little)."""
+    rc = _fmt(sample.get("recommended_c"))
+    if sample.get("recommended_by") == "slots":
+        rc += f" (the server's {sample.get('slots')} slots: more only queues there)"
+    drain = _fmt(sample.get("drain_s"), " s", 0)
+    if sample.get("burst"):
+        return (
+            f"advice     drain in {drain} at c {sample.get('c')} (the jobs arrived at once: "
+            f"ρ of a burst says little)  c for ρ ≤ 0.8: {rc}"
+        )
+    return f"advice     c for ρ ≤ 0.8: {rc}  drain in {drain}"
+
+
 def sample_text(sample: dict[str, Any]) -> str:
     """One sample in plain text, for ``pantheon status``."""
     batch, tokens = sample.get("batch") or {}, sample.get("tokens") or {}
@@ -287,8 +325,7 @@ def sample_text(sample: dict[str, Any]) -> str:
             if sample.get("stable") is False
             else _fmt(sample.get("wait_s"), " s", 1)
         ),
-        f"advice     c for ρ ≤ 0.8: {_fmt(sample.get('recommended_c'))}  "
-        f"drain in {_fmt(sample.get('drain_s'), ' s', 0)}",
+        _advice(sample),
     ]
     b = batch.get("value")
     lines.append(f"server     batch {_fmt(b)} ({batch.get('source') or batch.get('why', '-')})")

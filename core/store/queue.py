@@ -416,8 +416,8 @@ class JobQueue(QueueDatabase):
     def window(self, since: float) -> dict[str, Any]:
         """What happened since ``since`` (epoch seconds): arrivals, finished jobs and their mean
         service time, and per agent the nodes finished, their mean seconds and pass rate."""
-        arrivals, first = self._read(
-            "SELECT COUNT(*), MIN(created) FROM jobs WHERE created >= ?", (since,)
+        arrivals, first, last = self._read(
+            "SELECT COUNT(*), MIN(created), MAX(created) FROM jobs WHERE created >= ?", (since,)
         )[0]
         finished, service = self._read(
             "SELECT COUNT(*), AVG(finished - started) FROM jobs "
@@ -435,6 +435,7 @@ class JobQueue(QueueDatabase):
         return {
             "arrivals": arrivals,
             "first_arrival": first,
+            "last_arrival": last,
             "finished": finished,
             "service_s": service,
             "agents": agents,

@@ -44,6 +44,13 @@ class MetricsSample(BaseModel):
     wait_s: float | None = None
     stable: bool | None = None
     recommended_c: int | None = None
+    """The concurrency the queue math advises, bounded by the server's slots."""
+    recommended_by: str | None = None
+    """``slots`` when the server's slots bound the advice."""
+    slots: int | None = None
+    """Requests the model server decodes together, when known."""
+    burst: bool | None = None
+    """The window's jobs all arrived at once (a night enqueued in one go)."""
     drain_s: float | None = None
     kappa: float | None = None
     kappa_pairs: int | None = None
