@@ -54,7 +54,15 @@ from pantheon.core.work.git import GitError, GitRepo
 
 from .mine import STATS, TASKS, read_examples, read_tasks
 
-__all__ = ["EvaluationError", "evaluate", "mcnemar", "promote", "rollback"]
+__all__ = [
+    "EvaluationError",
+    "base_commit",
+    "evaluate",
+    "job_repo",
+    "mcnemar",
+    "promote",
+    "rollback",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +89,9 @@ def decide(b: int, c: int, alpha: float) -> tuple[bool, float, str]:
     return True, p, f"a gain beyond chance: won {c}, lost {b}, p = {p:.3g} < {alpha}"
 
 
-def _repo_path(raw: str, artifacts: Path) -> Path | None:
+def job_repo(raw: str, artifacts: Path) -> Path | None:
+    """The git repository a job's ``repo`` input names (absolute, or relative to the artifacts'
+    parent or the working directory); None when there is none."""
     path = Path(raw)
     candidates = [path] if path.is_absolute() else [artifacts.parent / path, Path.cwd() / path]
     for candidate in candidates:
@@ -90,7 +100,7 @@ def _repo_path(raw: str, artifacts: Path) -> Path | None:
     return None
 
 
-def _base_commit(repo: GitRepo, branch: str, target: str) -> str | None:
+def base_commit(repo: GitRepo, branch: str, target: str) -> str | None:
     """The commit a job's branch started from: its first commit on the target's own history."""
     try:
         trunk = set(repo.git("rev-list", "--first-parent", f"refs/heads/{target}").split())
@@ -397,7 +407,7 @@ def _prepare(
             )[0]
             for key, variant in variants.items()
         }
-    repo_path = _repo_path(str(raw_repo), artifacts)
+    repo_path = job_repo(str(raw_repo), artifacts)
     if repo_path is None:
         raise EvaluationError(f"its repository {raw_repo} is gone")
     repo = GitRepo(repo_path)
@@ -406,7 +416,7 @@ def _prepare(
     decision = decisions.get(task["run"])
     if decision is not None and decision.kept_as:
         branch = decision.kept_as
-    base = _base_commit(repo, branch, target)
+    base = base_commit(repo, branch, target)
     if base is None:
         raise EvaluationError(f"its branch {branch} (or {target}) is gone from {repo_path}")
     ids = {}

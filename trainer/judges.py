@@ -112,7 +112,7 @@ def code_tasks(
     """The code tasks to judge on: the night's held-out code jobs (set up from the commit their
     run started from), then the corpus's held-out side when ``corpus_fraction`` is given; none
     whose key was trained on. Returns them and why any was left out."""
-    from .evaluate import _base_commit, _repo_path
+    from .evaluate import base_commit, job_repo
 
     out: list[CodeTask] = []
     problems: list[str] = []
@@ -125,14 +125,14 @@ def code_tasks(
         if not (inp.get("path") and inp.get("test") and inp.get("repo")):
             problems.append(f"{t.get('run')}: not a code task (no path, test or repo)")
             continue
-        repo_path = _repo_path(str(inp["repo"]), Path(artifacts))
+        repo_path = job_repo(str(inp["repo"]), Path(artifacts))
         if repo_path is None:
             problems.append(f"{t.get('run')}: its repository {inp['repo']} is gone")
             continue
         target = str(inp.get("target") or "main")
         branch = branch_name(t["flow"], t["job"])
         try:
-            commit = _base_commit(GitRepo(repo_path), branch, target)
+            commit = base_commit(GitRepo(repo_path), branch, target)
         except GitError as exc:
             problems.append(f"{t.get('run')}: {exc}")
             continue
