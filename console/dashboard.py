@@ -90,9 +90,11 @@ def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tupl
         _series(samples, lambda s: s["depth"]),
     )
     rc = last.get("recommended_c")
+    tuning = last.get("tuning") or {}
+    auto = tuning.get("phase") in ("measuring", "settled")
     out["running"] = (
         figure(totals["running"]),
-        f"c={c}" + (f" (→{rc})" if rc and rc != c else ""),
+        f"c={c}" + (" auto" if auto else f" (→{rc})" if rc and rc != c else ""),
         "",
         _series(samples, lambda s: s["running"]),
     )

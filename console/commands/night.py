@@ -86,7 +86,14 @@ def add_night(sub: Any) -> None:
         "[tool.pantheon] test, else python -m pytest)",
     )
     p.add_argument("--no-docs", action="store_true", help="no docs jobs (only the code tasks)")
-    p.add_argument("--concurrency", type=int, metavar="C", help="jobs at once (default: 4)")
+    p.add_argument(
+        "--concurrency",
+        type=concurrency_arg,
+        metavar="C",
+        help="jobs at once, or 'auto': start at 2 and double while the measured tokens/s pays, "
+        "up to the server's slots, then hold (the console's +/- still wins; default: auto for "
+        "--demo, else control.json's, 4)",
+    )
     p.add_argument(
         "--model",
         default=None,
@@ -129,6 +136,18 @@ def add_night(sub: Any) -> None:
     artifacts_arg(p)
 
 
+def concurrency_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1 job at once")
+    return value
+
+
 def served_backend(args: argparse.Namespace) -> str:
     """The kind of server the night starts (none with --endpoint: then --backend is its)."""
     backend = args.backend or "llama.cpp"
@@ -139,6 +158,8 @@ def served_backend(args: argparse.Namespace) -> str:
 
 def cmd_night(args: argparse.Namespace) -> int:
     _night_models(args)
+    if args.concurrency is None and args.demo and not args.endpoint:
+        args.concurrency = "auto"
     if not args.endpoint and args.backend == "llama-cpp-python":
         raise ConfigError(
             "--backend llama-cpp-python names the kind of server --endpoint is; a night serves "
@@ -228,6 +249,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         reviewers_on=args.reviewers_on,
         keep_server=args.keep_server,
         backend=served_backend(args),
+        auto_concurrency=args.concurrency == "auto",
     )
     result = run_night(settings)
     code = result.exit_code

@@ -60,7 +60,7 @@ def prepare_night(args: argparse.Namespace) -> Path:
         for model in dict.fromkeys([args.model, code_model(args)]):
             if model in CATALOG:
                 ModelStore().pull(model, progress=progress_printer())
-    if args.concurrency is not None:
+    if isinstance(args.concurrency, int):
         ControlFile(args.artifacts).update(by="pantheon night", concurrency=args.concurrency)
     repo = repo or prepare_demo_repo(args.artifacts / "demo-repo")
     if inputs is None and not resuming and args.code != 0:

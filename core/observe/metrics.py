@@ -327,6 +327,15 @@ def sample_text(sample: dict[str, Any]) -> str:
         ),
         _advice(sample),
     ]
+    tuning = sample.get("tuning")
+    if isinstance(tuning, dict):
+        curve = ", ".join(
+            f"c={lv['c']} {lv['tokens_per_s']:.1f}" for lv in tuning.get("curve") or []
+        )
+        lines.append(
+            f"auto       {tuning.get('note') or tuning.get('phase')}"
+            + (f" (measured tokens/s: {curve})" if curve else "")
+        )
     b = batch.get("value")
     lines.append(f"server     batch {_fmt(b)} ({batch.get('source') or batch.get('why', '-')})")
     cache = sample.get("cache") or {}

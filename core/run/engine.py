@@ -29,6 +29,7 @@ from pantheon.core.agents.builtin import default_registry
 from pantheon.core.errors import ArtifactError, PantheonError, QueueError
 from pantheon.core.model.client import LLMClient
 from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter, write_sample
+from pantheon.core.observe.tuning import ConcurrencyTuner
 from pantheon.core.ratelog import RepeatLog
 from pantheon.core.run.outcomes import EngineOutcomes
 from pantheon.core.run.runner import JobOutcome, Runner
@@ -99,6 +100,7 @@ class Engine(EngineSafety, EngineOutcomes):
         disk_min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         disk_check_every_s: float = 5.0,
         disk_wait_s: float = 600.0,
+        tuner: ConcurrencyTuner | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -144,6 +146,10 @@ class Engine(EngineSafety, EngineOutcomes):
         self.disk_wait_s = disk_wait_s
         """How long an ``until_empty`` night waits for room on a full disk before it stops
         with ``EXIT_DISK_FULL``."""
+        self.tuner = tuner
+        """``--concurrency auto``: sets c from the throughput measured at each c (until the
+        operator sets it)."""
+        self._was_busy = False
         self._repeats = RepeatLog(log)
         self.exporter: PrometheusExporter | None = None
         self.owner = new_owner()
@@ -286,6 +292,8 @@ class Engine(EngineSafety, EngineOutcomes):
             )
             self._check_agreement(sample, control.merges_paused)
             self._check_canaries(sample, bool(sample.get("merges_paused")))
+            if self.tuner is not None:
+                sample["tuning"] = self._tune(sampler, sample, control.concurrency)
             write_sample(self.artifacts, sample)
         except PantheonError as exc:  # a sample is never worth stopping the night for
             if not self._disk_trouble(exc):
@@ -295,6 +303,31 @@ class Engine(EngineSafety, EngineOutcomes):
         self.last_sample = sample
         if self.exporter is not None:
             self.exporter.update(sample)
+
+    def _tune(self, sampler: MetricsSampler, sample: dict[str, Any], c: int) -> dict[str, Any]:
+        """One step of ``--concurrency auto``: the throughput at c while every worker was busy;
+        the c it asks for is written to control.json (by ``auto``)."""
+        tuner = self.tuner
+        assert tuner is not None
+        if tuner.ceiling is None and sampler.slots:
+            tuner.ceiling = sampler.slots
+        busy = len(self._tasks) == c  # (more: the jobs of a higher c still finishing)
+        clients = {id(x): x for x in [self.llm, *self.agent_llms.values()] if x is not None}
+        before = tuner.phase
+        new = tuner.step(
+            time.monotonic(),
+            concurrency=c,
+            tokens=sum(x.completion_tokens_total for x in clients.values()),
+            jobs=int(sample.get("done") or 0) + int(sample.get("failed") or 0),
+            busy=busy and self._was_busy,
+        )
+        self._was_busy = busy
+        if new is not None:
+            self.control.update(by="auto", concurrency=new)
+            log.info("concurrency auto: c=%d (%s)", new, tuner.note)
+        elif tuner.phase != before:
+            log.info("concurrency auto: %s", tuner.note)
+        return tuner.figures()
 
     async def _loop(self, queue: JobQueue) -> None:
         assert self._wake is not None and self.runner is not None

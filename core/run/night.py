@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CODE_MODEL = "qwen2.5-coder-1.5b"
 """The writers' model in a night (codegen, doc.frontmatter): bench/codefix.py measures it
 against the 0.5B model, which stays the reviewers'."""
+AUTO_SLOTS = 8
+"""The slots of a night's embedded servers under ``--concurrency auto``: the most c it tries."""
 WRITER_AGENTS = ("codegen", "doc.frontmatter")
 REVIEW_AGENTS = ("review.peer",)
 
@@ -268,6 +270,9 @@ class NightSettings:
     """Which server the reviewers ask, when there are two."""
     keep_server: bool = False
     """Leave the servers this night started running afterwards."""
+    auto_concurrency: bool = False
+    """``--concurrency auto``: the engine finds c from the throughput it measures at each c,
+    up to the embedded servers' slots (:data:`AUTO_SLOTS`)."""
     backend: Literal["llama.cpp", "openvino", "vllm"] = "llama.cpp"
     """The embedded servers' kind (without ``endpoint.url``): llama.cpp's llama-server,
     Pantheon's own server over OpenVINO GenAI, or vLLM on a GPU host."""
@@ -360,7 +365,7 @@ def _servers(
             backend=backend,
             model=model,
             port=0,
-            parallel=max(concurrency, 1),
+            parallel=max(concurrency, AUTO_SLOTS if settings.auto_concurrency else 1),
             threads=threads,
             adapters=adapters,
         )
@@ -387,9 +392,17 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
     from pantheon.core.model.lifecycle import served
 
     artifacts = settings.artifacts
+    if settings.auto_concurrency:  # the tuner's first c, from the first job on
+        ControlFile(artifacts).update(by="auto", concurrency=2)
     concurrency = ControlFile(artifacts).read().concurrency
+    from pantheon.core.observe.tuning import ConcurrencyTuner
+
     engine = Engine(
-        artifacts, default_registry(), until_empty=True, **settings.gates.engine_kwargs()
+        artifacts,
+        default_registry(),
+        until_empty=True,
+        tuner=ConcurrencyTuner(start=concurrency) if settings.auto_concurrency else None,
+        **settings.gates.engine_kwargs(),
     )
     stop = Stopper(engine)
 

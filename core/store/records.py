@@ -52,6 +52,9 @@ class MetricsSample(BaseModel):
     burst: bool | None = None
     """The window's jobs all arrived at once (a night enqueued in one go)."""
     drain_s: float | None = None
+    tuning: dict[str, Any] | None = None
+    """``--concurrency auto``: its phase, the c it set, its note and the measured curve (c,
+    tokens/s, jobs/s, seconds)."""
     kappa: float | None = None
     kappa_pairs: int | None = None
     kappa_note: str | None = None
