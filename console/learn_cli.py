@@ -11,13 +11,10 @@ import argparse
 import json
 import logging
 import signal
-import sys
-import textwrap
-import threading
 from pathlib import Path
-from typing import Any
 
-from pantheon.console.format import age
+from pantheon.console.learn_parser import TRAIN_EPILOG, add_parsers, learn_args
+from pantheon.console.learn_progress import ProgressLines, progress_bar, stop_after_step
 from pantheon.core.errors import PantheonError
 from pantheon.core.learn.files import (
     list_trainings,
@@ -26,217 +23,18 @@ from pantheon.core.learn.files import (
     training_root,
 )
 
+__all__ = [
+    "TRAIN_EPILOG",
+    "add_parsers",
+    "cmd_learn",
+    "cmd_promote",
+    "cmd_traces",
+    "cmd_train",
+    "learn_args",
+    "progress_bar",
+]
+
 log = logging.getLogger("pantheon")
-
-TRAIN_EPILOG = """\
-examples:
-  pantheon traces mine                        green traces -> training/<agent>/data.jsonl
-  pantheon train doc.frontmatter              train its adapter on the served model's weights
-  pantheon train doc.frontmatter --promote    ... then judge it and promote it if it helps
-  pantheon train --resume ID                  go on with an interrupted training
-  pantheon promote doc.frontmatter            judge its latest adapter on the held-out jobs
-  pantheon promote --rollback doc.frontmatter give it its previous adapter back
-  pantheon learn --max-minutes 60             mine, train, judge, promote every agent it can
-"""
-
-
-def add_parsers(sub: Any, artifacts_arg) -> None:
-    p = sub.add_parser(
-        "traces",
-        help="mine the night's green traces into per-agent training data",
-        description=textwrap.dedent(
-            """\
-            Mine the artifacts directory: each model call a worker agent made in a green run
-            (tests passed, both reviewers passed, not rejected in the morning review) becomes a
-            chat example in training/<agent>/data.jsonl, deduplicated; of a code fix, only the
-            candidate that passed. Reviewers learn only from labelled changes: the canaries and
-            the morning review's decisions. Each task is held out or not by a hash of its key
-            (the file it works on), so no task is on both sides. Held-out jobs, green or not,
-            are the tasks `pantheon promote` judges an adapter on
-            (training/<agent>/tasks.jsonl)."""
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("action", choices=["mine"], help="mine: write the data sets")
-    p.add_argument(
-        "--heldout",
-        type=float,
-        default=0.2,
-        metavar="SHARE",
-        help="the share of jobs held out (default: 0.2)",
-    )
-    p.add_argument("--agent", action="append", metavar="AGENT", help="only this agent (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the counts as JSON")
-    artifacts_arg(p)
-
-    p = sub.add_parser(
-        "train",
-        help="train an agent's LoRA adapter on its mined data",
-        description=textwrap.dedent(
-            """\
-            Train a LoRA adapter for one agent on the weights of the model the server runs
-            (read from its GGUF file), on CPU in float32 or as QLoRA 4-bit on a CUDA GPU with
-            bitsandbytes. Progress goes to training/<id>/progress.jsonl and to the terminal.
-            Ctrl-C finishes the step and keeps a checkpoint: --resume goes on from it,
-            --abandon gives it up. Needs the train extra: pip install 'pantheon[train]'."""
-        ),
-        epilog=TRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("agent", nargs="?", help="the agent (see `pantheon traces mine`)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", metavar="ID", help="go on with an interrupted or failed training")
-    g.add_argument("--abandon", metavar="ID", help="give up a stopped training")
-    g.add_argument("--list", action="store_true", help="list the trainings")
-    p.add_argument(
-        "--model",
-        help="the base model, a name of `pantheon models` or a GGUF file (default: the one the "
-        "model server of ARTIFACTS runs, else qwen2.5-coder-0.5b)",
-    )
-    _train_args(p)
-    p.add_argument(
-        "--promote",
-        action="store_true",
-        help="when trained, judge it on the held-out jobs and promote it if it helps",
-    )
-    _judge_args(p)
-    artifacts_arg(p)
-
-    p = sub.add_parser(
-        "learn",
-        help="the whole learn loop: mine, train, judge and promote each agent that can learn",
-        description=textwrap.dedent(
-            """\
-            Mine the artifacts directory, then train an adapter for each agent with enough new
-            green examples (on the model that answered its calls, within --max-minutes each,
-            keeping the checkpoint with the lowest held-out loss), judge it on held-out tasks
-            as its kind is judged (a code writer by pass@1 of one greedy fix, a reviewer by its
-            verdicts on labelled changes, any other agent through its whole flow) and promote
-            it when it wins beyond chance. The next night's model server serves it. What
-            happened is training/learn.json, and the morning report shows it.
-            `pantheon night --learn` runs this after the queue drains."""
-        ),
-        epilog=TRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    learn_args(p)
-    artifacts_arg(p)
-
-    p = sub.add_parser(
-        "promote",
-        help="judge an adapter on held-out jobs; promote it only on a measured gain",
-        description=textwrap.dedent(
-            """\
-            Run the agent's held-out jobs through their real flows (tests and both reviewers),
-            once with the base model and once with the adapter, on a model server started for
-            the purpose, from each job's original commit in a scratch clone. The adapter is
-            promoted into adapters/registry.json only when it passes more jobs than the base
-            model beyond chance (McNemar's exact test, one-sided, p < --significance). The next
-            model server started for the artifacts loads it, and the agent's calls use it."""
-        ),
-        epilog=TRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "target", nargs="?", metavar="AGENT|ID", help="an agent (its latest training) or a training"
-    )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--rollback", metavar="AGENT", help="give the agent its previous adapter (or none)"
-    )
-    g.add_argument("--list", action="store_true", help="each agent's promoted adapter")
-    _judge_args(p)
-    artifacts_arg(p)
-
-
-def _train_args(p: argparse.ArgumentParser, *, budget_default: float | None = None) -> None:
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank r (default: 8)")
-    p.add_argument("--alpha", type=int, default=16, help="LoRA alpha (default: 16)")
-    p.add_argument("--epochs", type=float, default=2.0, help="passes over the data (default: 2)")
-    p.add_argument(
-        "--lr", type=float, default=2e-4, help="peak learning rate, cosine decay (default: 2e-4)"
-    )
-    p.add_argument("--batch", type=int, default=4, help="examples per step (default: 4)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps")
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        metavar="M",
-        default=budget_default,
-        help="stop training after M minutes and keep the best checkpoint (held-out loss)"
-        + (f" (default: {budget_default:g})" if budget_default else ""),
-    )
-    p.add_argument(
-        "--eval-every",
-        type=int,
-        metavar="N",
-        help="measure the held-out loss every N steps and keep the adapter where it was lowest "
-        "(default: four times over the training)",
-    )
-    p.add_argument(
-        "--max-tokens", type=int, default=1024, help="tokens kept per example (default: 1024)"
-    )
-    p.add_argument(
-        "--min-examples",
-        type=int,
-        default=50,
-        metavar="N",
-        help="refuse to train on fewer examples (default: 50)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--qlora", dest="qlora", action="store_true", default=None, help="4-bit NF4")
-    q.add_argument("--no-qlora", dest="qlora", action="store_false", help="full-precision base")
-
-
-def learn_args(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
-    """The learn loop's options (``prefix`` "learn-" for ``pantheon night``)."""
-    if prefix:
-        g = p.add_argument_group("the learn loop (--learn)")
-        g.add_argument(
-            "--learn-minutes",
-            type=float,
-            default=60.0,
-            metavar="M",
-            help="train each agent for M minutes at most (default: 60)",
-        )
-        g.add_argument(
-            "--learn-agent",
-            action="append",
-            metavar="AGENT",
-            help="only this agent learns (repeatable; default: every agent with the data)",
-        )
-        return
-    _train_args(p, budget_default=60.0)
-    p.add_argument("--agent", action="append", metavar="AGENT", help="only this agent (repeatable)")
-    p.add_argument(
-        "--heldout",
-        type=float,
-        default=0.2,
-        metavar="SHARE",
-        help="the share of tasks held out (default: 0.2)",
-    )
-    _judge_args(p)
-
-
-def _judge_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--significance",
-        type=float,
-        default=0.05,
-        metavar="ALPHA",
-        help="promote only when p is under this (default: 0.05)",
-    )
-    p.add_argument("--limit", type=int, metavar="N", help="judge on at most N held-out jobs")
-    p.add_argument(
-        "--parallel", type=int, default=4, metavar="N", help="jobs judged at once (default: 4)"
-    )
-    p.add_argument(
-        "--corpus",
-        action="store_true",
-        help="judge a code writer on the held-out side of the shipped HumanEval corpus too "
-        "(its problems never trained on), beside the night's held-out code jobs",
-    )
 
 
 # -- traces -------------------------------------------------------------------------------------
@@ -297,62 +95,6 @@ def _base_model(args: argparse.Namespace) -> Path:
             "nor a GGUF file"
         )
     return path.resolve()
-
-
-class _Bar:
-    """A one-line progress bar on a terminal; a line every tenth of the way otherwise."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last = -1
-
-    def step(self, row) -> None:
-        pct = int(row.step * 100 / row.steps) if row.steps else 100
-        if not self.tty and pct // 10 == self.last and row.step != row.steps:
-            return
-        self.last = pct // 10
-        bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
-        eta = age(row.eta_s) if row.eta_s is not None else "?"
-        line = (
-            f"step {row.step}/{row.steps} [{bar}] {pct:3d}%  loss {row.loss:.4f}  "
-            f"lr {row.lr:.2e}  {row.tokens:,} tokens  eta {eta}"
-        )
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        if self.tty and row.step == row.steps:
-            self.stream.write("\n")
-        self.stream.flush()
-
-    def task(self, result, done: int, total: int) -> None:
-        mark = {(True, True): "both", (False, False): "neither"}.get(
-            (result.base, result.adapter), "adapter only" if result.adapter else "base only"
-        )
-        line = f"judged {done}/{total}: {result.run}: {mark} passed"
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        if self.tty and done == total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
-def _stop_after_step() -> threading.Event:
-    """Ctrl-C or SIGTERM once: the event is set (the training finishes its step and keeps a
-    checkpoint); twice: KeyboardInterrupt, at once."""
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping after this step (again to stop at once)", file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    return stop
-
-
-def progress_bar(stream=None) -> _Bar:
-    """The training and judging progress lines of the terminal (or of a log)."""
-    return _Bar(stream)
 
 
 def _options(args: argparse.Namespace):
@@ -421,8 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"base {Path(state.base_model).name}",
         flush=True,
     )
-    bar = _Bar()
-    stop = _stop_after_step()
+    bar = ProgressLines()
+    stop = stop_after_step()
     state = trainer.train(args.artifacts, folder, on_step=bar.step, stop=stop)
     before, after = state.heldout_loss_before, state.heldout_loss_after
     print(f"trained: adapter {args.artifacts / state.gguf}")
@@ -438,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- promote ------------------------------------------------------------------------------------
 
 
-def _judge(args: argparse.Namespace, folder: Path, bar: _Bar) -> int:
+def _judge(args: argparse.Namespace, folder: Path, bar: ProgressLines) -> int:
     from pantheon.trainer.loop import judge_and_promote
 
     def stop_now(signum, frame):
@@ -480,8 +222,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     trainer.require_libraries()
     options = _options(args)
-    bar = _Bar()
-    stop = _stop_after_step()
+    bar = ProgressLines()
+    stop = stop_after_step()
     run = learn(
         args.artifacts,
         fraction=args.heldout,
@@ -536,4 +278,4 @@ def cmd_promote(args: argparse.Namespace) -> int:
                 hint=f"pantheon train {args.target}",
             )
         folder = training_root(args.artifacts) / done[-1].id
-    return _judge(args, folder, _Bar())
+    return _judge(args, folder, ProgressLines())
