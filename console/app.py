@@ -36,7 +36,8 @@ from pantheon.core.views.night import NightView
 
 from .dashboard import DashboardScreen
 from .dialogs import ConfirmScreen, HelpScreen
-from .training_screen import TrainingScreen, launch_training
+from .launch import launch_training
+from .training_screen import TrainingScreen
 
 __all__ = ["NightChanged", "NightSnapshot", "PantheonConsole"]
 
