@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Generation", "OVPipeline", "Sampling", "ServerBusy"]
+__all__ = ["Choices", "Generation", "OVPipeline", "Sampling", "ServerBusy"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Sampling:
 
 @dataclass(eq=False)
 class Generation:
-    """One request in the pipeline, as its HTTP handler sees it."""
+    """One request of the pipeline (one prompt, ``n`` sequences)."""
 
     id: int
     prompt_tokens: int
@@ -63,6 +63,8 @@ class Generation:
     events: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
     """("delta", choice, text), ("done", choice, finish_reason, completion_tokens), ("error",
     message): put by the pipeline's thread, read by the handler."""
+    choice: int = 0
+    """The choice its sequence 0 is, in the HTTP request it serves."""
     ids: dict[int, list[int]] = field(default_factory=dict)
     sent: dict[int, str] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
@@ -72,8 +74,31 @@ class Generation:
 
     def put(self, *event: Any) -> None:
         """From the pipeline's thread."""
+        if event[0] in ("delta", "done"):
+            event = (event[0], event[1] + self.choice, *event[2:])
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+@dataclass(eq=False)
+class Choices:
+    """One HTTP request's generations: one pipeline request, or one a sampled choice.
+
+    OpenVINO's structured output keeps one grammar state a pipeline request, so ``n`` sampled
+    sequences of one request under a JSON schema come out garbled (interleaved, invalid JSON);
+    each sampled choice is a request of its own instead (seeds ``seed + i``; the prefix cache
+    reads the shared prompt once)."""
+
+    parts: list[Generation]
+    events: asyncio.Queue[tuple[Any, ...]]
+
+    @property
+    def n(self) -> int:
+        return sum(p.n for p in self.parts)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.parts[0].prompt_tokens
 
 
 class OVPipeline:
@@ -279,7 +304,7 @@ class OVPipeline:
             int(i) for i in self.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]
         ]
 
-    def submit(self, prompt: str, sampling: Sampling) -> Generation:
+    def submit(self, prompt: str, sampling: Sampling) -> Choices:
         """Queue one generation; raises ValueError for a request that cannot be served (a
         prompt longer than a slot's context) and ServerBusy when the pipeline is not ready."""
         if not self.ready:
@@ -292,40 +317,54 @@ class OVPipeline:
                 f"the request exceeds the available context size: {count} prompt tokens, "
                 f"{self.ctx_per_slot} a request"
             )
-        cfg = og.GenerationConfig()
-        cfg.max_new_tokens = max(1, min(sampling.max_tokens, self.ctx_per_slot - count))
-        if sampling.temperature > 0:
-            cfg.do_sample = True
-            cfg.temperature = sampling.temperature
-            cfg.top_p = sampling.top_p
-            cfg.num_return_sequences = sampling.n
-        if sampling.seed is not None:
-            cfg.rng_seed = sampling.seed & 0xFFFFFFFF
-        if sampling.stop:
-            cfg.stop_strings = set(sampling.stop)
-        if sampling.ignore_eos:
-            cfg.ignore_eos = True
-        if sampling.schema is not None:
-            cfg.structured_output_config = og.StructuredOutputConfig(
-                json_schema=json.dumps(sampling.schema)
-            )
-        gen = Generation(
-            id=next(self._ids),
-            prompt_tokens=count,
-            n=cfg.num_return_sequences if sampling.temperature > 0 else 1,
-            loop=asyncio.get_running_loop(),
-            config=cfg,
-            prompt=tokens,
-        )
-        with self._cv:
-            self._inbox.append(gen)
-            self._cv.notify_all()
-        return gen
 
-    def cancel(self, gen: Generation) -> None:
-        """Drop a generation nobody waits for (its client went away)."""
+        def config(seed: int | None):
+            cfg = og.GenerationConfig()
+            cfg.max_new_tokens = max(1, min(sampling.max_tokens, self.ctx_per_slot - count))
+            if sampling.temperature > 0:
+                cfg.do_sample = True
+                cfg.temperature = sampling.temperature
+                cfg.top_p = sampling.top_p
+            if seed is not None:
+                cfg.rng_seed = seed & 0xFFFFFFFF
+            if sampling.stop:
+                cfg.stop_strings = set(sampling.stop)
+            if sampling.ignore_eos:
+                cfg.ignore_eos = True
+            if sampling.schema is not None:
+                cfg.structured_output_config = og.StructuredOutputConfig(
+                    json_schema=json.dumps(sampling.schema)
+                )
+            return cfg
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        parts = []
+        sampled = sampling.temperature > 0 and sampling.n > 1
+        for i in range(sampling.n if sampled else 1):
+            # a request of its own for each sampled choice (see Choices), seeds seed + i
+            seed = None if sampling.seed is None else sampling.seed + i
+            parts.append(
+                Generation(
+                    id=next(self._ids),
+                    prompt_tokens=count,
+                    n=1,
+                    loop=loop,
+                    events=events,
+                    choice=i,
+                    config=config(seed),
+                    prompt=tokens,
+                )
+            )
         with self._cv:
-            self._cancels.append(gen)
+            self._inbox.extend(parts)
+            self._cv.notify_all()
+        return Choices(parts=parts, events=events)
+
+    def cancel(self, request: Choices) -> None:
+        """Drop a request nobody waits for (its client went away)."""
+        with self._cv:
+            self._cancels.extend(request.parts)
             self._cv.notify_all()
 
 

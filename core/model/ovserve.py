@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pantheon.core.errors import ModelServerError
 from pantheon.core.model.ggufinfo import openvino_problem
-from pantheon.core.model.ovpipe import Generation, OVPipeline, Sampling, ServerBusy
+from pantheon.core.model.ovpipe import Choices, OVPipeline, Sampling, ServerBusy
 
 if TYPE_CHECKING:
     from pantheon.core.model.server import ServerConfig
@@ -276,7 +276,7 @@ def build_app(pipe: OVPipeline, alias: str):
     return Starlette(routes=routes)
 
 
-async def _gather(gen: Generation) -> tuple[dict[int, str], dict[int, str], dict[int, int]]:
+async def _gather(gen: Choices) -> tuple[dict[int, str], dict[int, str], dict[int, int]]:
     texts: dict[int, str] = {}
     finish: dict[int, str] = {}
     tokens: dict[int, int] = {}
@@ -292,7 +292,7 @@ async def _gather(gen: Generation) -> tuple[dict[int, str], dict[int, str], dict
 
 
 async def _stream(
-    pipe: OVPipeline, gen: Generation, head: dict[str, Any], copies: int, usage: bool
+    pipe: OVPipeline, gen: Choices, head: dict[str, Any], copies: int, usage: bool
 ) -> AsyncIterator[str]:
     """Server-sent events: a delta per new piece of text, a finish chunk per choice, and (when
     asked) each choice's usage after its finish, as llama-server streams it."""
