@@ -8,6 +8,7 @@ import sys
 import threading
 
 from pantheon.console.format import age
+from pantheon.console.progress import ProgressLine, bar
 
 __all__ = ["ProgressLines", "progress_bar", "stop_after_step"]
 
@@ -16,35 +17,24 @@ class ProgressLines:
     """A one-line progress bar on a terminal; a line every tenth of the way otherwise."""
 
     def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last = -1
+        self.line = ProgressLine(stream)
+        self.stream = self.line.stream
+        self.tty = self.line.tty
 
     def step(self, row) -> None:
         pct = int(row.step * 100 / row.steps) if row.steps else 100
-        if not self.tty and pct // 10 == self.last and row.step != row.steps:
-            return
-        self.last = pct // 10
-        bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
         eta = age(row.eta_s) if row.eta_s is not None else "?"
-        line = (
-            f"step {row.step}/{row.steps} [{bar}] {pct:3d}%  loss {row.loss:.4f}  "
+        text = (
+            f"step {row.step}/{row.steps} {bar(pct)} {pct:3d}%  loss {row.loss:.4f}  "
             f"lr {row.lr:.2e}  {row.tokens:,} tokens  eta {eta}"
         )
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        if self.tty and row.step == row.steps:
-            self.stream.write("\n")
-        self.stream.flush()
+        self.line.show(text, tenth=pct // 10, final=row.step == row.steps)
 
     def task(self, result, done: int, total: int) -> None:
         mark = {(True, True): "both", (False, False): "neither"}.get(
             (result.base, result.adapter), "adapter only" if result.adapter else "base only"
         )
-        line = f"judged {done}/{total}: {result.run}: {mark} passed"
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        if self.tty and done == total:
-            self.stream.write("\n")
-        self.stream.flush()
+        self.line.show(f"judged {done}/{total}: {result.run}: {mark} passed", final=done == total)
 
 
 def stop_after_step() -> threading.Event:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,21 +169,13 @@ def quiet_logging_for_textual() -> None:
 def progress_printer(stream=None) -> Callable[[int, int, str], None]:
     """A download's progress on ``stream`` (stderr): one line redrawn on a terminal, a line
     each tenth in a log."""
-    stream = stream or sys.stderr
-    tty = stream.isatty()
-    last = [-1]
+    from pantheon.console.progress import ProgressLine, bar
+
+    line = ProgressLine(stream)
 
     def show(done: int, total: int, what: str) -> None:
         pct = int(done * 100 / total) if total else 100
-        step = pct if tty else pct // 10 * 10
-        if step == last[0]:
-            return
-        last[0] = step
-        bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
-        line = f"{what}: [{bar}] {pct:3d}% {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
-        stream.write(("\r" + line) if tty else line + "\n")
-        if tty and done >= total:
-            stream.write("\n")
-        stream.flush()
+        text = f"{what}: {bar(pct)} {pct:3d}% {done / 1e6:,.0f}/{total / 1e6:,.0f} MB"
+        line.show(text, tenth=pct // 10, final=done >= total)
 
     return show
