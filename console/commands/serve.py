@@ -102,12 +102,9 @@ def _server_config(args: argparse.Namespace):
         )
     )
     if args.backend == "openvino" and promoted:
-        log.warning(
-            "the promoted adapter(s) %s are not served: the OpenVINO backend serves no LoRA "
-            "adapters (OpenVINO GenAI leaves a model it reads from a GGUF file unchanged by "
-            "them); the calls use the base model",
-            ", ".join(Path(a).name.removesuffix(".gguf") for a in promoted),
-        )
+        from pantheon.core.model.ovserve import not_served
+
+        log.warning("%s", not_served(promoted))
         promoted = []
     try:
         return ServerConfig(

@@ -46,7 +46,27 @@ from pantheon.core.model.ovpipe import Choices, OVPipeline, Sampling, ServerBusy
 if TYPE_CHECKING:
     from pantheon.core.model.server import ServerConfig
 
-__all__ = ["build_app", "main", "openvino_command"]
+__all__ = [
+    "NO_ADAPTERS_WHY",
+    "build_app",
+    "main",
+    "metrics_registry",
+    "not_served",
+    "openvino_command",
+]
+
+NO_ADAPTERS_WHY = "OpenVINO GenAI leaves a model it reads from a GGUF file unchanged by them"
+
+
+def not_served(adapters: list[str], who: str = "the calls") -> str:
+    """What to say of the promoted adapters a night or ``pantheon serve`` on OpenVINO drops."""
+    names = ", ".join(Path(a).name.removesuffix(".gguf") for a in adapters)
+    return (
+        f"the promoted adapter(s) {names} are not served: the OpenVINO backend serves no LoRA "
+        f"adapters ({NO_ADAPTERS_WHY}), so {who} use the base model; serve them with the "
+        "llama.cpp backend"
+    )
+
 
 log = logging.getLogger("pantheon.ovserve")
 
@@ -104,42 +124,33 @@ def _messages(raw: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-def metrics_text(pipe: OVPipeline) -> str:
-    """The server's counters and gauges as Prometheus text (prometheus_client writes it)."""
-    from prometheus_client import CollectorRegistry, generate_latest
+# (name, kind, help, the pipeline's attribute)
+_FIGURES = (
+    ("openvino:prompt_tokens", "counter", "Prompt tokens read.", "prompt_tokens_total"),
+    ("openvino:generation_tokens", "counter", "Tokens generated.", "generation_tokens_total"),
+    ("openvino:requests", "counter", "Requests finished.", "requests_total"),
+    ("openvino:steps", "counter", "Pipeline steps (batched decodes).", "steps_total"),
+    ("openvino:num_requests_running", "gauge", "Requests scheduled in the last step.", "running"),
+    ("openvino:num_requests_waiting", "gauge", "Requests waiting for room.", "waiting"),
+    ("openvino:kv_cache_usage_ratio", "gauge", "KV cache in use.", "cache_usage"),
+)
+
+
+def metrics_registry(pipe: OVPipeline):
+    """A Prometheus registry that reads the pipeline's counters and gauges at each scrape."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    families = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 
     class _Figures:
         def collect(self):
-            yield CounterMetricFamily(
-                "openvino:prompt_tokens", "Prompt tokens read.", value=pipe.prompt_tokens_total
-            )
-            yield CounterMetricFamily(
-                "openvino:generation_tokens",
-                "Tokens generated.",
-                value=pipe.generation_tokens_total,
-            )
-            yield CounterMetricFamily(
-                "openvino:requests", "Requests finished.", value=pipe.requests_total
-            )
-            yield CounterMetricFamily(
-                "openvino:steps", "Pipeline steps (batched decodes).", value=pipe.steps_total
-            )
-            yield GaugeMetricFamily(
-                "openvino:num_requests_running",
-                "Requests scheduled in the last step.",
-                value=pipe.running,
-            )
-            yield GaugeMetricFamily(
-                "openvino:num_requests_waiting", "Requests waiting for room.", value=pipe.waiting
-            )
-            yield GaugeMetricFamily(
-                "openvino:kv_cache_usage_ratio", "KV cache in use.", value=pipe.cache_usage
-            )
+            for name, kind, text, attr in _FIGURES:
+                yield families[kind](name, text, value=getattr(pipe, attr))
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_Figures())
-    return generate_latest(registry).decode()
+    return registry
 
 
 def build_app(pipe: OVPipeline, alias: str):
@@ -172,8 +183,14 @@ def build_app(pipe: OVPipeline, alias: str):
             }
         )
 
+    from prometheus_client import generate_latest
+
+    registry = metrics_registry(pipe)
+
     async def metrics(_: Request):
-        return PlainTextResponse(metrics_text(pipe), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(
+            generate_latest(registry).decode(), media_type="text/plain; version=0.0.4"
+        )
 
     async def tokenize(request: Request):
         if not pipe.ready:
@@ -359,8 +376,7 @@ def openvino_command(
         )
     if cfg.adapters:
         raise ModelServerError(
-            "the OpenVINO backend serves no LoRA adapters: OpenVINO GenAI leaves a model it "
-            "reads from a GGUF file unchanged by them",
+            f"the OpenVINO backend serves no LoRA adapters: {NO_ADAPTERS_WHY}",
             hint="serve adapters with the llama.cpp backend (the default) or vLLM",
         )
     problem = openvino_problem(model_path)

@@ -353,13 +353,9 @@ def _servers(
         )
         if backend == "openvino" and adapters:
             if announce:
-                log.warning(
-                    "the promoted adapter(s) %s are not served: the OpenVINO backend serves no "
-                    "LoRA adapters (OpenVINO GenAI leaves a model it reads from a GGUF file "
-                    "unchanged by them), so this night's calls use the base model; serve them "
-                    "with the llama.cpp backend",
-                    ", ".join(Path(a).name.removesuffix(".gguf") for a in adapters),
-                )
+                from pantheon.core.model.ovserve import not_served
+
+                log.warning("%s", not_served(adapters, "this night's calls"))
             adapters = []
         return ServerConfig(
             backend=backend,
