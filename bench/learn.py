@@ -56,15 +56,15 @@ def main() -> int:
     from transformers import get_cosine_schedule_with_warmup
 
     from pantheon.trainer.gguf_lora import peft_to_gguf
-    from pantheon.trainer.train import _batch, _encode, _load
+    from pantheon.trainer.steps import encode, load_base, make_batch
 
     path = ModelStore().pull(args.model)
     t0 = time.perf_counter()
-    tok, base = _load(path, False)
+    tok, base = load_base(path, False)
     load_s = time.perf_counter() - t0
-    items = [_encode(tok, m, 1024) for m in examples(args.steps * args.batch)]
+    items = [encode(tok, m, 1024) for m in examples(args.steps * args.batch)]
     batches = [
-        _batch(items[i : i + args.batch], tok.pad_token_id, "cpu")
+        make_batch(items[i : i + args.batch], tok.pad_token_id, "cpu")
         for i in range(0, len(items), args.batch)
     ]
     tokens = [int(b["attention_mask"].sum()) for b in batches]

@@ -242,7 +242,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from pantheon.trainer.evaluate import rollback
+    from pantheon.trainer.registry import rollback
 
     if args.list:
         registry = read_registry(args.artifacts)

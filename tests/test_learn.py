@@ -349,7 +349,8 @@ def test_the_gguf_adapter_is_loaded_by_llama_server_and_changes_the_answer(train
 
 
 def test_an_adapter_that_helps_is_promoted_with_its_evidence(trained):
-    from pantheon.trainer.evaluate import evaluate, promote
+    from pantheon.trainer.evaluate import evaluate
+    from pantheon.trainer.registry import promote
 
     root, folder, state, _ = trained
     ev = evaluate(root, folder, registry=house_registry(), parallel=4)
@@ -372,7 +373,8 @@ def test_an_adapter_that_helps_is_promoted_with_its_evidence(trained):
 
 
 def test_an_adapter_that_does_not_help_is_never_promoted(tmp_path, smollm2_path):
-    from pantheon.trainer.evaluate import evaluate, promote
+    from pantheon.trainer.evaluate import evaluate
+    from pantheon.trainer.registry import promote
     from pantheon.trainer.train import start, train
 
     root = house_artifacts(tmp_path / "a", "misc")  # it learns a tag the check refuses
@@ -445,7 +447,7 @@ def test_abandon_gives_up_a_stopped_training(tmp_path, smollm2_path):
 
 def test_rollback_restores_the_previous_adapter(tmp_path):
     from pantheon.core.learn.files import Evaluation, TrainingState
-    from pantheon.trainer.evaluate import promote, rollback
+    from pantheon.trainer.registry import promote, rollback
 
     root = tmp_path
     ids = []
@@ -549,7 +551,7 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
     from pantheon.core.model.client import LLMClient
     from pantheon.core.run.night import adapter_files as _registry_adapter_files
     from pantheon.core.run.night import adapters_in_use as _agent_adapters
-    from pantheon.trainer.evaluate import promote
+    from pantheon.trainer.registry import promote
 
     src, _, state, _ = trained
     root = tmp_path / "night"

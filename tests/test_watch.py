@@ -26,6 +26,20 @@ class Recorder:
             out = out.merged(b)
         return out
 
+    def settled(self, folder: Path, name: str = "probe") -> None:
+        """Write probe files in ``folder`` until one is reported: the watches are up (watchfiles
+        gives no ready signal), and every batch before it is in. Then forget all batches."""
+        for i in range(200):
+            (folder / f"{name}-{i}").write_text("")
+            try:
+                self.wait_for(lambda c, i=i: f"{name}-{i}" in c.other, timeout=0.25)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError(f"the watcher never reported a file in {folder}")
+        self.batches.clear()
+
     def wait_for(self, predicate, timeout: float = 10.0) -> ArtifactChanges:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -40,7 +54,8 @@ def start(artifacts: Path, **kw) -> tuple[ArtifactsWatcher, Recorder]:
     rec = Recorder()
     watcher = ArtifactsWatcher(artifacts, rec, debounce_ms=150, step_ms=30, wait_s=0.1, **kw)
     watcher.start()
-    time.sleep(0.3)  # let the OS watches settle
+    if artifacts.is_dir():
+        rec.settled(artifacts)
     return watcher, rec
 
 
@@ -92,20 +107,22 @@ def test_a_burst_of_writes_arrives_as_a_few_batches(tmp_path):
         for i in range(200):
             atomic_write_json(artifacts / "control.json", {"concurrency": 1 + i % 5})
         rec.wait_for(lambda c: c.control)
-        time.sleep(0.5)
+        (artifacts / "after-the-burst").write_text("")
+        rec.wait_for(lambda c: "after-the-burst" in c.other)
     finally:
         watcher.stop()
-    assert 1 <= len(rec.batches) <= 20, len(rec.batches)
+    assert 2 <= len(rec.batches) <= 20, len(rec.batches)
 
 
 def test_a_directory_that_appears_later_is_watched_then(tmp_path):
     artifacts = tmp_path / "not-yet"
     watcher, rec = start(artifacts)
     try:
-        time.sleep(0.3)
+        time.sleep(0.3)  # nothing to report while there is nothing: no event to wait on
         assert rec.batches == []
         (artifacts / "runs").mkdir(parents=True)
         rec.wait_for(lambda c: c.rescan)  # watching from now on, and read it all once
+        rec.settled(artifacts)
         ControlFile(artifacts).update(by="test", concurrency=2)
         rec.wait_for(lambda c: c.control)
     finally:
@@ -122,15 +139,24 @@ def test_a_followed_run_reports_its_node_files(tmp_path):
         rec.wait_for(lambda c: "docops-000003" in c.runs)
         rec.batches.clear()
         (run / "write").mkdir()  # a node that starts later is watched too
-        time.sleep(0.5)
+        rec.wait_for(lambda c: c.rescan)  # the watch started over with it
+        for i in range(200):  # until the new node's own watch reports a file
+            rec.batches.clear()
+            (run / "write" / f"probe-{i}").write_text("")
+            try:
+                rec.wait_for(lambda c: "docops-000003" in c.runs, timeout=0.25)
+                break
+            except AssertionError:
+                continue
         rec.batches.clear()
         atomic_write_json(run / "write" / "output.json", {"ok": True})
         rec.wait_for(lambda c: "docops-000003" in c.runs)
         watcher.follow_run(None)
-        time.sleep(0.5)
-        rec.batches.clear()
+        rec.wait_for(lambda c: c.rescan)
+        rec.settled(artifacts)
         atomic_write_json(run / "write" / "output.json", {"ok": False})
-        time.sleep(0.6)
+        (artifacts / "after-the-write").write_text("")
+        rec.wait_for(lambda c: "after-the-write" in c.other)  # every batch before it is in
         assert "docops-000003" not in rec.merged().runs
     finally:
         watcher.stop()
@@ -148,14 +174,14 @@ def test_a_failing_callback_does_not_end_the_watch(tmp_path):
     watcher = ArtifactsWatcher(artifacts, callback, debounce_ms=100, step_ms=20, wait_s=0.1)
     watcher.start()
     try:
-        time.sleep(0.3)
-        ControlFile(artifacts).update(by="test", concurrency=2)
-        deadline = time.monotonic() + 5
-        while not calls and time.monotonic() < deadline:
-            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:  # until the watches are up
+            ControlFile(artifacts).update(by="test", concurrency=2)
+            time.sleep(0.1)
+        seen = len(calls)
         ControlFile(artifacts).update(by="test", concurrency=3)
-        while len(calls) < 2 and time.monotonic() < deadline + 5:
+        while len(calls) == seen and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         watcher.stop()
-    assert len(calls) >= 2
+    assert seen >= 1 and len(calls) > seen

@@ -52,7 +52,8 @@ def judge_and_promote(
     registry: Any = None,
 ) -> tuple[Evaluation, bool]:
     """Judge a finished training's adapter and promote it when it wins; its state says so."""
-    from .evaluate import evaluate, promote
+    from .evaluate import evaluate
+    from .registry import promote
 
     state = read_state(folder)
     if state.alive and state.pid != os.getpid():

@@ -1,0 +1,243 @@
+"""What a training's steps are made of: the base model read once a process, batches whose
+prompt tokens are masked, the held-out loss, checkpoints written whole or not at all, the check
+that stops a diverging loss, and the best adapter so far."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .options import TrainingError, TrainOptions
+
+__all__ = [
+    "Best",
+    "check_loss",
+    "encode",
+    "heldout_loss",
+    "load_base",
+    "make_batch",
+    "qlora_wanted",
+    "require_libraries",
+    "save_checkpoint",
+]
+
+
+def encode(tok: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], int]:
+    """Token ids of the whole chat, and how many of them are prompt."""
+    prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):  # a template that rewrites earlier turns
+        full = prompt + messages[-1]["content"] + (tok.eos_token or "")
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = tok(full, add_special_tokens=False)["input_ids"]
+    n_prompt = len(p_ids)
+    if len(ids) > max_tokens:
+        cut = len(ids) - max_tokens
+        ids, n_prompt = ids[cut:], max(0, n_prompt - cut)
+    return ids, n_prompt
+
+
+def require_libraries() -> None:
+    """Raise a clear TrainingError when the train extra is not installed."""
+    try:
+        import gguf  # noqa: F401
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise TrainingError(
+            f"training needs torch, transformers, peft and gguf ({exc.name} is missing)",
+            hint="pip install 'pantheon[train]'",
+        ) from exc
+
+
+def load_base(model_path: Path, qlora: bool):
+    require_libraries()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    stat = model_path.stat()
+    key = (str(model_path), stat.st_size, stat.st_mtime_ns)
+    if not qlora and _BASE[0] is not None and _BASE[0][0] == key:
+        # the same base again in this process: its frozen weights are shared, not read again
+        _, tok, config, weights, buffers = _BASE[0]
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(weights, assign=True)
+        for name, buf in buffers.items():  # the ones a state dict leaves out (rotary tables)
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = buf
+        model.tie_weights()
+        return tok, model
+    kw: dict[str, Any] = {"gguf_file": model_path.name}
+    tok = AutoTokenizer.from_pretrained(model_path.parent, **kw)
+    if qlora:
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+        kw["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(model_path.parent, dtype=torch.float32, **kw)
+    if qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not qlora:
+        _BASE[0] = (key, tok, model.config, dict(model.state_dict()), dict(model.named_buffers()))
+    return tok, model
+
+
+_BASE: list[Any] = [None]
+"""The last base model read in this process: (file key, tokenizer, config, weights, buffers).
+Training never changes the frozen base weights, so a second training shares them."""
+
+
+def qlora_wanted(option: bool | None) -> bool:
+    import torch
+
+    if option is not None:
+        if option and not torch.cuda.is_available():
+            raise TrainingError("QLoRA 4-bit needs a CUDA GPU, and this machine has none")
+        return option
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_batch(items: list[tuple[list[int], int]], pad: int, device: Any):
+    import torch
+
+    width = max(len(ids) for ids, _ in items)
+    input_ids, labels, mask = [], [], []
+    for ids, n_prompt in items:
+        fill = width - len(ids)
+        input_ids.append(ids + [pad] * fill)
+        labels.append([-100] * n_prompt + ids[n_prompt:] + [-100] * fill)
+        mask.append([1] * len(ids) + [0] * fill)
+    return {
+        "input_ids": torch.tensor(input_ids, device=device),
+        "labels": torch.tensor(labels, device=device),
+        "attention_mask": torch.tensor(mask, device=device),
+    }
+
+
+def heldout_loss(model: Any, items: list[tuple[list[int], int]], pad: int, device: Any) -> float:
+    import torch
+
+    if not items:
+        return float("nan")
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for item in items:
+            out = model(**make_batch([item], pad, device))
+            n = len(item[0]) - item[1]
+            total += float(out.loss) * n
+            count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, step: int, tokens: int):
+    import torch
+    from peft import get_peft_model_state_dict
+
+    tmp = folder / ".tmp-checkpoint"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(get_peft_model_state_dict(model, save_embedding_layers=False), tmp / "adapter.pt")
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optim.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step, "tokens": tokens}))
+    old = folder / ".old-checkpoint"
+    final = folder / "checkpoint"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_loss(
+    value: float, step: int, earlier: list[float], options: TrainOptions, what: str = "loss"
+) -> None:
+    """Stop a training whose loss is no number, or explodes: over ``options.explode`` times
+    what its first steps measured."""
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"the {what} became {value} at step {step}: the training diverged "
+            f"(learning rate {options.lr:g})",
+            hint="start again with a lower --lr (a tenth of it, say)",
+        )
+    head = sorted(earlier[:5])
+    if len(head) >= 3:
+        reference = head[len(head) // 2]
+        if reference > 0 and value > options.explode * reference:
+            raise TrainingError(
+                f"the {what} exploded at step {step}: {value:.3g}, over {options.explode:g} "
+                f"times the first steps' {reference:.3g} (learning rate {options.lr:g})",
+                hint="start again with a lower --lr (a tenth of it, say)",
+            )
+
+
+class Best:
+    """The adapter where the held-out loss was lowest: kept in memory, and on disk beside the
+    checkpoint so that a resumed training still knows it."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.loss: float | None = None
+        self.weights: dict[str, Any] | None = None
+
+    def note(self, step: int, loss: float, model: Any) -> None:
+        """Keep the model's adapter when this held-out loss is the lowest yet."""
+        if self.loss is not None and loss >= self.loss:
+            return
+        self.step, self.loss = step, loss
+        from peft import get_peft_model_state_dict
+
+        self.weights = {
+            k: v.detach().clone()
+            for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+        }
+
+    def save(self, folder: Path) -> None:
+        import torch
+
+        if self.weights is None or self.step is None:
+            return
+        tmp = folder / ".tmp-best"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(self.weights, tmp / "adapter.pt")
+        (tmp / "best.json").write_text(json.dumps({"step": self.step, "loss": self.loss}))
+        shutil.rmtree(folder / "best", ignore_errors=True)
+        tmp.rename(folder / "best")
+
+    @classmethod
+    def load(cls, folder: Path) -> Best:
+        import torch
+
+        best = cls()
+        try:
+            marks = json.loads((folder / "best" / "best.json").read_text())
+            best.weights = torch.load(folder / "best" / "adapter.pt")
+            best.step, best.loss = int(marks["step"]), float(marks["loss"])
+        except (OSError, ValueError, KeyError):
+            return cls()
+        return best
