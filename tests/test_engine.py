@@ -323,3 +323,47 @@ def test_a_paused_queue_claims_nothing(artifacts, reg):
 
     asyncio.run(run_briefly())
     assert statuses(artifacts) == {1: "done"}
+
+
+def test_a_write_lock_held_elsewhere_does_not_stall_the_loop(artifacts, reg):
+    """Another process holds the queue's write lock for 1.5 s while jobs run: the queue's
+    bookkeeping waits, the event loop (every model call in flight) does not."""
+    import sqlite3
+    import threading
+    import time
+
+    Count.delay = 0.05
+    put(artifacts, reg, CHAIN, [{"n": i} for i in range(8)])
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_lock() -> None:
+        db = sqlite3.connect(artifacts / "pantheon.db", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(10)
+        db.execute("COMMIT")
+        db.close()
+
+    async def night() -> tuple[float, Engine]:
+        engine = Engine(artifacts, reg, until_empty=True, tick_s=0.02, queue_timeout_s=5.0)
+        task = asyncio.create_task(engine.run())
+        await until(lambda: Count.calls)  # jobs in flight
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        await asyncio.to_thread(held.wait, 5)
+        worst, last = 0.0, time.monotonic()
+        end = last + 1.5
+        while time.monotonic() < end:  # the loop's own heartbeat while the lock is held
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            worst, last = max(worst, now - last), now
+        release.set()
+        await asyncio.to_thread(holder.join)
+        await task
+        return worst, engine
+
+    worst, engine = asyncio.run(night())
+    assert worst < 0.3, f"the event loop stalled {worst:.2f} s while the lock was held"
+    assert engine.stats.done == 8
+    assert set(statuses(artifacts).values()) == {"done"}

@@ -382,7 +382,7 @@ def test_a_repeated_message_is_one_line_a_window_with_a_count(caplog):
 
 
 def test_the_engine_logs_a_failing_metrics_sample_once(artifacts, reg, caplog, monkeypatch):
-    import pantheon.core.run.engine as engine_module
+    import pantheon.core.run.sampling as engine_module
 
     def denied(artifacts, sample):
         raise ArtifactError(f"cannot append to {artifacts}/metrics/engine.jsonl: Permission denied")

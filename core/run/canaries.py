@@ -7,6 +7,7 @@ reviewers are run on it again, to see whether they catch it. The record goes to
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ class CanaryPlanting:
     llm: LLMClient | None
     agent_llms: dict[str, LLMClient]
     canary_every: int
-    on_canary: Callable[[], None] | None
+    on_canary: Callable[[], object] | None
     _docs_seen: list[dict[str, Any]]
     # and the runner's methods: _workspace(flow, job), _params(cls, given), _agent(cls)
 
@@ -148,7 +149,9 @@ class CanaryPlanting:
         atomic_write_json(folder / CANARY_FILE, {**record, "diff": diff})
         record_canary(self.artifacts, record)
         if self.on_canary is not None:
-            self.on_canary()
+            done = self.on_canary()
+            if inspect.isawaitable(done):
+                await done
         caught = [n for n, v in verdicts.items() if v.get("passed") is False]
         log.info(
             "run %s: canary (%s) %s",

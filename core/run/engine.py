@@ -10,30 +10,38 @@ It fails safe when left alone: a ``control.json`` that cannot be used pauses the
 until it is fixed, and a full disk pauses the night (one ERROR line), stops the running jobs after
 their node in flight with their data kept, and lets it go on by itself when there is room again
 (one INFO line). A trouble that repeats is logged once, then once a minute with a count.
+
+Its loop never waits on SQLite or the disk: every read and write of the queue (and the metrics
+samples) runs on one I/O thread of the engine's, so another process holding the queue's write
+lock, or a slow disk, holds up the queue's bookkeeping and not the model calls in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pantheon.core.agents.base import AgentRegistry
 from pantheon.core.agents.builtin import default_registry
 from pantheon.core.errors import ArtifactError, PantheonError, QueueError
 from pantheon.core.model.client import LLMClient
-from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter, write_sample
+from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter
 from pantheon.core.observe.tuning import ConcurrencyTuner
 from pantheon.core.ratelog import RepeatLog
 from pantheon.core.run.outcomes import EngineOutcomes
 from pantheon.core.run.runner import JobOutcome, Runner
 from pantheon.core.run.safety import EngineSafety
+from pantheon.core.run.sampling import EngineSampling
 from pantheon.core.store.control import ControlFile
 from pantheon.core.store.diskspace import DEFAULT_MIN_FREE_BYTES, DiskGuard
 from pantheon.core.store.queue import Job, JobQueue, new_owner
@@ -42,6 +50,8 @@ from pantheon.core.work.sandbox import code_jobs_pending, code_sandbox
 __all__ = ["Engine", "EngineStats"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,7 +80,7 @@ class EngineStats:
         return time.monotonic() - self.started
 
 
-class Engine(EngineSafety, EngineOutcomes):
+class Engine(EngineSafety, EngineOutcomes, EngineSampling):
     """Drains the queue of one artifacts directory."""
 
     def __init__(
@@ -161,6 +171,8 @@ class Engine(EngineSafety, EngineOutcomes):
         self._wake: asyncio.Event | None = None
         self.queue: JobQueue | None = None
         self.runner: Runner | None = None
+        self._io: ThreadPoolExecutor | None = None
+        self._paused_logged = False
 
     # -- control from outside -----------------------------------------------------------------
 
@@ -184,7 +196,23 @@ class Engine(EngineSafety, EngineOutcomes):
 
     # -- the loop -----------------------------------------------------------------------------
 
+    async def io(self, fn: Callable[..., T], /, *args: Any, **kw: Any) -> T:
+        """``fn(*args, **kw)`` on the engine's I/O thread. One thread, so the queue's connection
+        is used by one caller at a time, in order."""
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="pantheon-engine-io")
+        call = functools.partial(fn, *args, **kw)
+        return await asyncio.get_running_loop().run_in_executor(self._io, call)
+
     async def run(self) -> EngineStats:
+        try:
+            return await self._run()
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+                self._io = None
+
+    async def _run(self) -> EngineStats:
         self._wake = asyncio.Event()
         opened = await self._open_queue()
         if opened is None:  # stopped while the disk was full
@@ -200,22 +228,24 @@ class Engine(EngineSafety, EngineOutcomes):
             adapters=self.adapters,
             agent_llms=self.agent_llms,
             canary_every=self.canary_every,
-            on_canary=self._canary_recorded,
+            on_canary=lambda: self.io(self._canary_recorded),
         )
         self.runner.stop_between_nodes = self._stopping
         self.control.store = queue
         sampler: MetricsSampler | None = None
         try:
-            self._disk_check()
-            if code_jobs_pending(queue):
+            await self.io(self._disk_check)
+            if await self.io(code_jobs_pending, queue):
                 code_sandbox()  # one clear line, unless --no-sandbox (PANTHEON_SANDBOX=off)
             try:
-                self.control.ensure()
+                await self.io(self.control.ensure)
             except ArtifactError as exc:  # a full disk waits for room; anything else is fatal
                 if not self._disk_trouble(exc):
                     raise
             try:
-                requeued, abandoned = queue.requeue_orphans(max_attempts=self.max_attempts)
+                requeued, abandoned = await self.io(
+                    queue.requeue_orphans, max_attempts=self.max_attempts
+                )
             except QueueError as exc:  # a lock held elsewhere: the loop tries again later
                 self._queue_trouble(exc)
                 requeued = abandoned = 0
@@ -244,11 +274,11 @@ class Engine(EngineSafety, EngineOutcomes):
         finally:
             await self._shutdown(queue)
             if sampler is not None:
-                self._take_sample(sampler)
+                await self.io(self._take_sample, sampler)
             if self.exporter is not None:
                 self.exporter.close()
             self._repeats.flush()
-            queue.close()
+            await self.io(queue.close)
         return self.stats
 
     async def _open_queue(self) -> JobQueue | None:
@@ -257,7 +287,9 @@ class Engine(EngineSafety, EngineOutcomes):
         assert self._wake is not None
         while True:
             try:
-                return JobQueue(self.artifacts, timeout_s=self.queue_timeout_s)
+                return await self.io(
+                    JobQueue, self.artifacts, timeout_s=self.queue_timeout_s, shared=True
+                )
             except QueueError as exc:
                 if not self._disk_trouble(exc):
                     raise
@@ -271,129 +303,92 @@ class Engine(EngineSafety, EngineOutcomes):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(self.disk.check_every_s, 1.0))
 
-    async def _metrics_loop(self, sampler: MetricsSampler) -> None:
-        every = float(self.metrics_every_s or 2.0)
-        next_at = time.monotonic() + every
-        while True:
-            await sampler.poll()
-            if time.monotonic() >= next_at:
-                self._take_sample(sampler)
-                next_at = max(next_at + every, time.monotonic())
-            await asyncio.sleep(min(0.5, every / 4))
-
-    def _take_sample(self, sampler: MetricsSampler) -> None:
-        """One sample: written to engine.jsonl, exported, and κ checked (none on a full disk)."""
-        if self.disk.paused:
-            return
-        try:
-            control = self.control.read()
-            sample = sampler.sample(
-                concurrency=control.concurrency, merges_paused=control.merges_paused
-            )
-            self._check_agreement(sample, control.merges_paused)
-            self._check_canaries(sample, bool(sample.get("merges_paused")))
-            if self.tuner is not None:
-                sample["tuning"] = self._tune(sampler, sample, control.concurrency)
-            write_sample(self.artifacts, sample)
-        except PantheonError as exc:  # a sample is never worth stopping the night for
-            if not self._disk_trouble(exc):
-                self._repeats.warning("metrics", "metrics sample skipped: %s", exc)
-            return
-        self._repeats.done("metrics")
-        self.last_sample = sample
-        if self.exporter is not None:
-            self.exporter.update(sample)
-
-    def _tune(self, sampler: MetricsSampler, sample: dict[str, Any], c: int) -> dict[str, Any]:
-        """One step of ``--concurrency auto``: the throughput at c while every worker was busy;
-        the c it asks for is written to control.json (by ``auto``)."""
-        tuner = self.tuner
-        assert tuner is not None
-        if tuner.ceiling is None and sampler.slots:
-            tuner.ceiling = sampler.slots
-        busy = len(self._tasks) == c  # (more: the jobs of a higher c still finishing)
-        clients = {id(x): x for x in [self.llm, *self.agent_llms.values()] if x is not None}
-        before = tuner.phase
-        new = tuner.step(
-            time.monotonic(),
-            concurrency=c,
-            tokens=sum(x.completion_tokens_total for x in clients.values()),
-            jobs=int(sample.get("done") or 0) + int(sample.get("failed") or 0),
-            busy=busy and self._was_busy,
-        )
-        self._was_busy = busy
-        if new is not None:
-            self.control.update(by="auto", concurrency=new)
-            log.info("concurrency auto: c=%d (%s)", new, tuner.note)
-        elif tuner.phase != before:
-            log.info("concurrency auto: %s", tuner.note)
-        return tuner.figures()
-
     async def _loop(self, queue: JobQueue) -> None:
         assert self._wake is not None and self.runner is not None
-        last_renew = last_progress = time.monotonic()
-        paused_logged = False
+        marks = {"renew": time.monotonic(), "progress": time.monotonic()}
         while not self._stopping:
-            control = self.control.read()
-            disk_full = self._disk_check()
-            try:
-                self._record(queue)
-                if not disk_full:
-                    self.control.remember()  # the last good controls, kept in the queue
-                if disk_full:
-                    if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
-                        self._give_up_on_the_disk()
-                        break
-                elif control.queue_paused:
-                    if not paused_logged and self.control.error is None:
-                        # (a control.json that cannot be used said so itself, as an error)
-                        log.info(
-                            "queue paused%s",
-                            f": {control.queue_paused_reason}"
-                            if control.queue_paused_reason
-                            else "",
-                        )
-                    paused_logged = True
-                else:
-                    paused_logged = False
-                    free = control.concurrency - len(self._tasks)
-                    if free > 0 and await self._model_ready():
-                        self._claim(queue, free)
-                now = time.monotonic()
-                if now - last_renew > self.lease_s / 3:
-                    ids = [j.id for j in self._tasks.values()]
-                    queue.renew(self.owner, ids, lease_s=self.lease_s)
-                    queue.requeue_orphans(max_attempts=self.max_attempts)
-                    last_renew = now
-                if now - last_progress > self.progress_every_s and not disk_full:
-                    self._log_progress(queue)
-                    last_progress = now
-                idle = not self._tasks and not self._unrecorded
-                if self.until_empty and idle and queue.pending() == 0:
-                    break
-            except QueueError as exc:
-                self._queue_trouble(exc)
-            else:
-                self._repeats.done("queue")
+            ids = [j.id for j in self._tasks.values()]
+            free = await self.io(self._tick, queue, ids, marks)
+            if free is None:
+                break
+            if free > 0 and await self._model_ready():
+                await self._claim(queue, free)
             if self._tasks:
                 done, _ = await asyncio.wait(
                     self._tasks, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
-                    self._finish(queue, task)
+                    self._finish(task)
+                if done:
+                    await self.io(self._record, queue)
             else:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick_s)
 
-    def _claim(self, queue: JobQueue, free: int) -> None:
+    def _tick(self, queue: JobQueue, running: list[int], marks: dict[str, float]) -> int | None:
+        """The queue's side of one tick, on the I/O thread: the controls, the disk, what
+        finished, the leases. Returns how many jobs to claim now; None ends the loop."""
+        control = self.control.read()
+        disk_full = self._disk_check()
+        free = 0
+        try:
+            self._record(queue)
+            if not disk_full:
+                self.control.remember()  # the last good controls, kept in the queue
+            if disk_full:
+                if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
+                    self._give_up_on_the_disk()
+                    return None
+            elif control.queue_paused:
+                if not self._paused_logged and self.control.error is None:
+                    # (a control.json that cannot be used said so itself, as an error)
+                    log.info(
+                        "queue paused%s",
+                        f": {control.queue_paused_reason}" if control.queue_paused_reason else "",
+                    )
+                self._paused_logged = True
+            else:
+                self._paused_logged = False
+                free = control.concurrency - len(running)
+            now = time.monotonic()
+            if now - marks["renew"] > self.lease_s / 3:
+                queue.renew(self.owner, running, lease_s=self.lease_s)
+                queue.requeue_orphans(max_attempts=self.max_attempts)
+                marks["renew"] = now
+            if now - marks["progress"] > self.progress_every_s and not disk_full:
+                self._log_progress(queue)
+                marks["progress"] = now
+            idle = not running and not self._unrecorded
+            if self.until_empty and idle and queue.pending() == 0:
+                return None
+        except QueueError as exc:
+            self._queue_trouble(exc)
+        else:
+            self._repeats.done("queue")
+        return free
+
+    async def _claim(self, queue: JobQueue, free: int) -> None:
         assert self.runner is not None
         busy = Counter(self.runner.current.values())
         prefer = [agent for agent, _ in busy.most_common()]
-        for job in queue.claim(free, self.owner, lease_s=self.lease_s, prefer=prefer):
+        try:
+            jobs = await self.io(self._claim_jobs, queue, free, prefer)
+        except QueueError as exc:
+            self._queue_trouble(exc)
+            return
+        for job in jobs:
             self.runner.current[job.id] = job.next_agent
             task = asyncio.create_task(self.runner.run(job), name=f"job-{job.id}")
             self._tasks[task] = job
+
+    def _claim_jobs(self, queue: JobQueue, free: int, prefer: list[str]) -> list[Job]:
+        assert self.runner is not None
+        jobs = queue.claim(free, self.owner, lease_s=self.lease_s, prefer=prefer)
+        for job in jobs:  # each job's flow is read here, not on the loop
+            with contextlib.suppress(PantheonError):
+                self.runner.flow_for(job)
+        return jobs
 
     async def _model_ready(self) -> bool:
         """Health check before sending work; while the server is down, wait for it."""
@@ -439,11 +434,11 @@ class Engine(EngineSafety, EngineOutcomes):
                 log.info("stopping: letting %d job(s) finish their current node", len(self._tasks))
             done, _ = await asyncio.wait(self._tasks)
             for task in done:
-                self._finish(queue, task)
-        self._record(queue)
+                self._finish(task)
+        await self.io(self._record, queue)
         released = 0
         try:
-            released = queue.release(self.owner)
+            released = await self.io(queue.release, self.owner)
         except QueueError as exc:
             log.warning(
                 "could not give the unfinished jobs back (%s); the next engine takes them back "

@@ -39,7 +39,8 @@ class EngineOutcomes:
     _repeats: RepeatLog
     # and the fail-safes' _disk_trouble()
 
-    def _finish(self, queue: JobQueue, task: asyncio.Task[JobOutcome]) -> None:
+    def _finish(self, task: asyncio.Task[JobOutcome]) -> None:
+        """Note how a job ended; :meth:`_record` writes it to the queue."""
         job = self._tasks.pop(task)
         try:
             outcome = task.result()
@@ -70,7 +71,6 @@ class EngineOutcomes:
                     "job waits", "job %d waits: %s", job.id, outcome.error.splitlines()[0]
                 )
         self._unrecorded.append((job, outcome))
-        self._record(queue)
 
     @staticmethod
     def _kept_for_the_disk(outcome: JobOutcome) -> JobOutcome:

@@ -1,0 +1,103 @@
+"""The engine's metrics half (a mixin of :class:`~pantheon.core.run.engine.Engine`): a sample
+every few seconds, written to ``metrics/engine.jsonl`` and exported, the reviewers' agreement
+and canary scores checked on it, and ``--concurrency auto`` stepped by it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pantheon.core.errors import PantheonError
+from pantheon.core.model.client import LLMClient
+from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter, write_sample
+from pantheon.core.observe.tuning import ConcurrencyTuner
+from pantheon.core.ratelog import RepeatLog
+from pantheon.core.store.control import ControlFile
+from pantheon.core.store.diskspace import DiskGuard
+
+__all__ = ["EngineSampling"]
+
+log = logging.getLogger("pantheon.core.run.engine")
+
+T = TypeVar("T")
+
+
+class EngineSampling:
+    """The sampling half of the engine."""
+
+    artifacts: Path
+    metrics_every_s: float | None
+    disk: DiskGuard
+    control: ControlFile
+    tuner: ConcurrencyTuner | None
+    exporter: PrometheusExporter | None
+    last_sample: dict[str, Any] | None
+    llm: LLMClient | None
+    agent_llms: dict[str, LLMClient]
+    _tasks: dict[Any, Any]
+    _was_busy: bool
+    _repeats: RepeatLog
+    io: Callable[..., Awaitable[Any]]
+    # and the fail-safes' _check_agreement(), _check_canaries(), _disk_trouble()
+
+    async def _metrics_loop(self, sampler: MetricsSampler) -> None:
+        every = float(self.metrics_every_s or 2.0)
+        next_at = time.monotonic() + every
+        while True:
+            await sampler.poll()
+            if time.monotonic() >= next_at:
+                await self.io(self._take_sample, sampler)
+                next_at = max(next_at + every, time.monotonic())
+            await asyncio.sleep(min(0.5, every / 4))
+
+    def _take_sample(self, sampler: MetricsSampler) -> None:
+        """One sample: written to engine.jsonl, exported, and κ checked (none on a full disk)."""
+        if self.disk.paused:
+            return
+        try:
+            control = self.control.read()
+            sample = sampler.sample(
+                concurrency=control.concurrency, merges_paused=control.merges_paused
+            )
+            self._check_agreement(sample, control.merges_paused)
+            self._check_canaries(sample, bool(sample.get("merges_paused")))
+            if self.tuner is not None:
+                sample["tuning"] = self._tune(sampler, sample, control.concurrency)
+            write_sample(self.artifacts, sample)
+        except PantheonError as exc:  # a sample is never worth stopping the night for
+            if not self._disk_trouble(exc):
+                self._repeats.warning("metrics", "metrics sample skipped: %s", exc)
+            return
+        self._repeats.done("metrics")
+        self.last_sample = sample
+        if self.exporter is not None:
+            self.exporter.update(sample)
+
+    def _tune(self, sampler: MetricsSampler, sample: dict[str, Any], c: int) -> dict[str, Any]:
+        """One step of ``--concurrency auto``: the throughput at c while every worker was busy;
+        the c it asks for is written to control.json (by ``auto``)."""
+        tuner = self.tuner
+        assert tuner is not None
+        if tuner.ceiling is None and sampler.slots:
+            tuner.ceiling = sampler.slots
+        busy = len(self._tasks) == c  # (more: the jobs of a higher c still finishing)
+        clients = {id(x): x for x in [self.llm, *self.agent_llms.values()] if x is not None}
+        before = tuner.phase
+        new = tuner.step(
+            time.monotonic(),
+            concurrency=c,
+            tokens=sum(x.completion_tokens_total for x in clients.values()),
+            jobs=int(sample.get("done") or 0) + int(sample.get("failed") or 0),
+            busy=busy and self._was_busy,
+        )
+        self._was_busy = busy
+        if new is not None:
+            self.control.update(by="auto", concurrency=new)
+            log.info("concurrency auto: c=%d (%s)", new, tuner.note)
+        elif tuner.phase != before:
+            log.info("concurrency auto: %s", tuner.note)
+        return tuner.figures()
