@@ -278,6 +278,21 @@ class DashboardScreen(ConsoleScreen):
                 text.append(f"engine: live ({age(ago)} ago)", style="green")
         else:
             text.append("engine: no samples yet", style="dim")
+        servers = (snap.samples[-1].get("servers") or []) if snap.samples else []
+        if servers:
+            text.append("\nservers: ")
+            for i, row in enumerate(servers):
+                if i:
+                    text.append(" · ")
+                text.append(str(row.get("where", "?")))
+                if row.get("up"):
+                    gen = row.get("generated")
+                    text.append(
+                        f" batch {figure(row.get('batch'))}"
+                        + (f", {gen:.1f} tok/s" if isinstance(gen, int | float) else "")
+                    )
+                else:
+                    text.append(" DOWN", style="bold red")
         if snap.queue_error:
             text.append(f"\nqueue: {snap.queue_error}", style="red")
         _set(self.query_one("#summary", Static), text)

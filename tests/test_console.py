@@ -377,3 +377,20 @@ async def test_the_tokens_tile_says_the_share_of_prompt_the_server_took_from_its
         tile = app.screen.query_one("#tile-tokens", MetricTile)
         # 1200 of 2000 prompt tokens over the last 30 s (the frozen night's samples say none)
         assert tile.detail.startswith("in ") and tile.detail.endswith(" (60% cached)")
+
+
+async def test_with_several_servers_the_summary_names_each_and_a_dead_one(night):
+    path = night / "metrics" / "engine.jsonl"
+    last = json.loads(path.read_text().splitlines()[-1])
+    last["ts"] += 0.5
+    last["servers"] = [
+        {"where": "127.0.0.1:8011", "up": True, "batch": 3.5, "generated": 21.25, "calls": 40},
+        {"where": "127.0.0.1:8012", "up": False, "batch": None, "generated": None, "calls": 9},
+    ]
+    with path.open("a") as f:
+        f.write(json.dumps(last) + "\n")
+    app = console(night)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause()
+        summary = text_of(app, "#summary")
+    assert "servers: 127.0.0.1:8011 batch 3.50, 21.2 tok/s · 127.0.0.1:8012 DOWN" in summary

@@ -364,3 +364,46 @@ async def test_a_rate_over_a_sliver_of_time_is_not_reported(artifacts):
         sample = sampler.sample(concurrency=4, merges_paused=False)
     await http.aclose()
     assert "source" not in sample["tokens"] and "too short" in sample["tokens"]["why"]
+
+
+async def test_a_pool_of_servers_is_sampled_summed_and_each_on_its_own(artifacts):
+    """Two llama-servers: the sample's batch and tokens/s are their sums, and ``servers`` holds
+    each one's figures; a server whose /metrics is gone is named down in `pantheon status`."""
+    from pantheon.core.model.pool import ServerPool
+
+    pages = {
+        8101: [LLAMA.format(prompt=0, gen=0, running=2, busy=2.0)]
+        + [LLAMA.format(prompt=400, gen=100, running=2, busy=2.0)] * 10,
+        8102: [LLAMA.format(prompt=0, gen=0, running=1, busy=1.5)]
+        + [LLAMA.format(prompt=200, gen=50, running=1, busy=1.5)] * 10,
+    }
+
+    def member(port: int) -> LLMClient:
+        def handler(request):
+            if request.url.path == "/props":
+                return httpx.Response(200, json={"total_slots": 4})
+            page = pages[port].pop(0)
+            return httpx.Response(200, text=page)
+
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        return LLMClient(f"http://127.0.0.1:{port}", http=http)
+
+    pool = ServerPool([member(8101), member(8102)])
+    with JobQueue(artifacts) as queue:
+        sampler = MetricsSampler(queue, llm=pool)
+        await sampler.poll()
+        await asyncio.sleep(0.05)
+        await sampler.poll()
+        sample = sampler.sample(concurrency=4, merges_paused=False)
+    await pool.aclose()
+    assert sample["batch"]["value"] == 3.5
+    assert sample["batch"]["source"] == "2 servers' /metrics (summed)"
+    assert sample["tokens"]["generated"] > sample["servers"][1]["generated"] > 0
+    assert sample["slots"] == 8
+    first, second = sample["servers"]
+    assert first["where"] == "127.0.0.1:8101" and first["batch"] == 2.0 and first["up"]
+    assert second["batch"] == 1.5
+    second["up"] = False
+    text = sample_text(sample)
+    assert "127.0.0.1:8101  up  batch 2.00" in text
+    assert "127.0.0.1:8102  DOWN" in text

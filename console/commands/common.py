@@ -78,7 +78,10 @@ def model_endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--endpoint",
         metavar="URL",
-        help="the model server to use (default: the one `pantheon serve` runs for ARTIFACTS)",
+        action="append",
+        help="the model server to use (default: the one `pantheon serve` runs for ARTIFACTS); "
+        "repeat it for several servers of one model: calls go to the least busy, each agent "
+        "kept on one server, and a dead server's calls to the others",
     )
     p.add_argument(
         "--backend",
@@ -107,8 +110,10 @@ def model_endpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def endpoint(args: argparse.Namespace) -> Endpoint:
+    urls = list(args.endpoint or [])
     return Endpoint(
-        url=args.endpoint,
+        url=urls[0] if urls else None,
+        more=tuple(urls[1:]),
         backend=args.backend,
         allow_hosts=tuple(args.allow_host),
         stall_s=args.stall_s,

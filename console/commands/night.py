@@ -109,6 +109,15 @@ def add_night(sub: Any) -> None:
         "'same' for --model's)",
     )
     model_endpoint_args(p)
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="embedded servers of --model (default: 1); more than one share the CPU's cores and "
+        "the night spreads its calls over them, each agent kept on one, a dead one's calls sent "
+        "to the others",
+    )
     gate_args(p)
     p.add_argument(
         "--reviewers-on",
@@ -160,6 +169,11 @@ def cmd_night(args: argparse.Namespace) -> int:
     _night_models(args)
     if args.concurrency is None and args.demo and not args.endpoint:
         args.concurrency = "auto"
+    if args.servers < 1 or (args.servers > 1 and args.endpoint):
+        raise ConfigError(
+            "--servers N starts N embedded servers (N ≥ 1); with --endpoint, name each server "
+            "of yours with an --endpoint of its own"
+        )
     if not args.endpoint and args.backend == "llama-cpp-python":
         raise ConfigError(
             "--backend llama-cpp-python names the kind of server --endpoint is; a night serves "
@@ -250,6 +264,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         keep_server=args.keep_server,
         backend=served_backend(args),
         auto_concurrency=args.concurrency == "auto",
+        servers=args.servers,
     )
     result = run_night(settings)
     code = result.exit_code

@@ -69,6 +69,8 @@ class ChatReply:
     attempts: int = 1
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     """The whole response body."""
+    endpoint: str | None = None
+    """The server that answered (host:port): one of a pool's, or the client's own."""
     cached_tokens: int | None = None
     """Prompt tokens the server took from its prefix cache rather than evaluating them, by its
     own count (llama-server's ``timings.cache_n``; vLLM's and OpenAI's
@@ -145,6 +147,11 @@ class LLMClient(StreamedCalls):
         self._marks: deque[tuple[float, float | None]] = deque(maxlen=256)
         """(monotonic time, the server's work counters then), read while a call is silent."""
         self._timeout_s = timeout_s
+
+    def routed(self, key: str | None) -> LLMClient:
+        """The client one agent's calls use: with one server, this one (a
+        :class:`~pantheon.core.model.pool.ServerPool` routes by ``key``)."""
+        return self
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -261,9 +268,11 @@ class LLMClient(StreamedCalls):
         max_tokens: int = 512,
         extra: dict[str, Any] | None = None,
         label: str = "model call",
+        route: str | None = None,
     ) -> ChatReply:
         """One chat completion; raises ModelServerError when the server fails or is down, and
-        ModelStalled when the call stalls (``label`` names the caller in the log)."""
+        ModelStalled when the call stalls (``label`` names the caller in the log; ``route``
+        is for a pool of servers, and one server has no choice to make)."""
         await self._know_adapter(adapter)
         body = self.shape(
             messages,
@@ -290,6 +299,7 @@ class LLMClient(StreamedCalls):
         schema: dict[str, Any] | None = None,
         schema_name: str = "reply",
         label: str = "model call",
+        route: str | None = None,
     ) -> list[ChatReply]:
         """``n`` sampled completions of one prompt in one request: the server evaluates the
         prompt once (llama-server and vLLM take OpenAI's ``n``). A server that answers with
@@ -377,6 +387,7 @@ class LLMClient(StreamedCalls):
             adapter=adapter,
             attempts=attempts,
             raw=data,
+            endpoint=self.where,
             cached_tokens=cached_tokens(data) if index == 0 else None,
         )
 

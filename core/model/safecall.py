@@ -268,6 +268,7 @@ async def call_model(
         raise
     record = {
         **base,
+        "endpoint": reply.endpoint or base["endpoint"],
         "model": reply.model,
         "raw": reply.text,
         "finish_reason": reply.finish_reason,
@@ -381,7 +382,7 @@ async def ask_sampled(
             "step": f"sample {i + 1}",
             "kind": "sample",
             "backend": str(client.backend),
-            "endpoint": client.where,
+            "endpoint": reply.endpoint or client.where,
             "adapter": adapter,
             "messages": messages,
             "schema": output.__name__,

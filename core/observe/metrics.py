@@ -31,7 +31,7 @@ from pantheon.core.observe.queuemath import (
     recommended_concurrency,
     utilization,
 )
-from pantheon.core.observe.scrape import ServerScraper, _r
+from pantheon.core.observe.scrape import ScraperGroup, ServerScraper, _r
 from pantheon.core.store.atomic import append_line
 from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.layout import METRICS_FILE, metrics_path
@@ -46,6 +46,7 @@ __all__ = [
     "metrics_path",
     "read_samples",
     "sample_text",
+    "server_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,14 @@ class MetricsSampler:
         self.kappa_window = kappa_window
         self.max_rho = max_rho
         self.max_p_wait = max_p_wait
-        self.scraper = ServerScraper(llm.base_url, llm._http) if llm is not None else None
+        self.scraper: ServerScraper | ScraperGroup | None = None
+        members = getattr(llm, "members", None)
+        if members:
+            self.scraper = ScraperGroup(
+                [(m.where, ServerScraper(m.base_url, m._http)) for m in members]
+            )
+        elif llm is not None:
+            self.scraper = ServerScraper(llm.base_url, llm._http)
         self._observed = _EngineObserved()
         self._cache_mark = (0, 0)
         if llm is not None:
@@ -219,8 +227,21 @@ class MetricsSampler:
                 self._engine_figures()  # keep the engine's own counters in step
             sample["batch"] = server["batch"]
             sample["tokens"] = server["tokens"]
+            if "servers" in server:
+                sample["servers"] = self._server_rows(server["servers"])
         sample["cache"] = self._cache_figures()
         return sample
+
+    def _server_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each server's figures, with whether it answers and the calls it answered."""
+        members = {m.where: m for m in getattr(self.llm, "members", [])}
+        calls = getattr(self.llm, "calls", {})
+        for row in rows:
+            m = members.get(row["where"])
+            row["up"] = m is not None and m.down_since is None
+            row["in_flight"] = m.in_flight if m is not None else None
+            row["calls"] = calls.get(row["where"], 0)
+        return rows
 
     def _cache_figures(self) -> dict[str, Any]:
         """The share of prompt tokens the server took from its prefix cache since the last
@@ -311,6 +332,17 @@ def _advice(sample: dict[str, Any]) -> str:
     return f"advice     c for ρ ≤ 0.8: {rc}  drain in {drain}"
 
 
+def server_line(row: dict[str, Any]) -> str:
+    """One server of a pool: where, whether it answers, its batch, tokens/s and calls."""
+    state = "up" if row.get("up") else "DOWN"
+    return (
+        f"{row.get('where', '?')}  {state}  batch {_fmt(row.get('batch'))}  "
+        f"generated {_fmt(row.get('generated'), '/s', 1)}  in flight {row.get('in_flight', '-')}  "
+        f"answered {row.get('calls', 0)}"
+        + (f"  ({row['why']})" if row.get("why") and not row.get("up") else "")
+    )
+
+
 def sample_text(sample: dict[str, Any]) -> str:
     """One sample in plain text, for ``pantheon status``."""
     batch, tokens = sample.get("batch") or {}, sample.get("tokens") or {}
@@ -347,6 +379,8 @@ def sample_text(sample: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"tokens/s   - ({tokens.get('why', 'unavailable')})")
+    for row in sample.get("servers") or []:
+        lines.append(f"  {server_line(row)}")
     share = sample.get("review_pass_rate")
     lines.append(
         f"reviews    κ {_fmt(sample.get('kappa'))} over {sample.get('kappa_pairs', 0)} pairs"

@@ -1,9 +1,11 @@
-"""The model server's own figures, scraped from its Prometheus ``/metrics`` (llama.cpp and
-vLLM names): the average batch size, and tokens/s from its counters.
+"""The model server's own figures, scraped from its Prometheus ``/metrics`` (llama.cpp, vLLM
+and OpenVINO names): the average batch size, and tokens/s from its counters; for several
+servers, their sums and each one's own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["SERVER_NAMES", "ServerScraper"]
+__all__ = ["SERVER_NAMES", "ScraperGroup", "ServerScraper"]
 
 # what each server calls the figures we need
 SERVER_NAMES: dict[str, dict[str, str]] = {
@@ -154,3 +156,51 @@ class ServerScraper:
         self._mark = last
         self._running = []
         return {"batch": batch, "tokens": tokens}
+
+
+class ScraperGroup:
+    """The scrapers of several model servers, read as one: batch sizes and token rates summed
+    over the servers that answer, and each server's own figures beside them."""
+
+    def __init__(self, scrapers: list[tuple[str, ServerScraper]]) -> None:
+        self.scrapers = scrapers
+        """(where, scraper) of each server."""
+
+    @property
+    def error(self) -> str | None:
+        errors = [s.error for _, s in self.scrapers]
+        return errors[0] if errors and all(errors) else None
+
+    async def poll(self) -> None:
+        await asyncio.gather(*(s.poll() for _, s in self.scrapers))
+
+    def figures(self) -> dict[str, Any]:
+        parts = [(where, s.figures()) for where, s in self.scrapers]
+        servers = [
+            {
+                "where": where,
+                "batch": f["batch"].get("value"),
+                "generated": f["tokens"].get("generated"),
+                "prompt": f["tokens"].get("prompt"),
+                "why": f["batch"].get("why") or f["tokens"].get("why"),
+            }
+            for where, f in parts
+        ]
+        n = len(parts)
+        batches = [f["batch"]["value"] for _, f in parts if f["batch"].get("value") is not None]
+        batch: dict[str, Any]
+        if batches:
+            batch = {"value": _r(sum(batches)), "source": f"{n} servers' /metrics (summed)"}
+        else:
+            batch = {"value": None, "why": parts[0][1]["batch"].get("why") if parts else "none"}
+        rated = [f["tokens"] for _, f in parts if "source" in f["tokens"]]
+        tokens: dict[str, Any]
+        if rated:
+            tokens = {
+                "prompt": _r(sum(t.get("prompt") or 0.0 for t in rated), 2),
+                "generated": _r(sum(t.get("generated") or 0.0 for t in rated), 2),
+                "source": f"{n} servers' /metrics (summed)",
+            }
+        else:
+            tokens = {"why": parts[0][1]["tokens"].get("why") if parts else "none"}
+        return {"batch": batch, "tokens": tokens, "servers": servers}

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,7 @@ from pantheon.core.agents.builtin import default_registry
 from pantheon.core.errors import ModelServerError, PantheonError
 from pantheon.core.model.client import Backend, LLMClient
 from pantheon.core.model.files import DEFAULT_MODEL
+from pantheon.core.model.pool import ServerPool
 from pantheon.core.observe.status import status_text
 from pantheon.core.run.demo import agent_figures, night_figures
 from pantheon.core.run.engine import Engine, EngineStats
@@ -56,6 +58,7 @@ __all__ = [
     "closing_path",
     "connect",
     "drive",
+    "pool_of",
     "read_closing",
     "run_night",
     "write_closing",
@@ -98,6 +101,8 @@ class Endpoint:
     """A model server the operator names (``url``), or none: the one of the artifacts."""
 
     url: str | None = None
+    more: tuple[str, ...] = ()
+    """Further servers of the same model: the calls are spread over them all (a pool)."""
     backend: str | None = None
     """What kind of server ``url`` is (None: llama.cpp, or what the served one says)."""
     allow_hosts: tuple[str, ...] = ()
@@ -108,13 +113,31 @@ class Endpoint:
     def limits(self) -> dict[str, float]:
         return {"stall_s": self.stall_s} if self.stall_s else {}
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return ((self.url,) if self.url else ()) + self.more
 
-def connect(artifacts: Path, endpoint: Endpoint, *, required: bool = False) -> LLMClient | None:
+
+def pool_of(urls: Sequence[str], **client: Any) -> ServerPool:
+    """One client over several servers; each retries once before its calls go elsewhere."""
+    return ServerPool([LLMClient(u, retries=1, **client) for u in urls])
+
+
+def connect(
+    artifacts: Path, endpoint: Endpoint, *, required: bool = False
+) -> LLMClient | ServerPool | None:
     """The model client: ``endpoint.url``, or the server `pantheon serve` runs for these
     artifacts; None (said in the log) when there is neither, or ModelServerError if
     ``required``."""
     from pantheon.core.model.server import ModelServer
 
+    if endpoint.url and endpoint.more:
+        return pool_of(
+            endpoint.urls,
+            backend=endpoint.backend or "llama.cpp",
+            allow_hosts=list(endpoint.allow_hosts),
+            **endpoint.limits(),
+        )
     if endpoint.url:
         return LLMClient(
             endpoint.url,
@@ -276,6 +299,9 @@ class NightSettings:
     backend: Literal["llama.cpp", "openvino", "vllm"] = "llama.cpp"
     """The embedded servers' kind (without ``endpoint.url``): llama.cpp's llama-server,
     Pantheon's own server over OpenVINO GenAI, or vLLM on a GPU host."""
+    servers: int = 1
+    """Embedded servers of ``model``: more than one are a pool, the calls spread over them
+    (the CPU's cores shared out between them)."""
 
 
 @dataclass(frozen=True)
@@ -343,9 +369,10 @@ def _servers(
         return []
     code_model = settings.code_model
     backend = settings.backend
-    # two servers on one CPU share its cores: each takes half, or their spinning threads
-    # thrash (here 0.3 generated tokens/s a stream, against 8 alone)
-    threads = max(1, (os.cpu_count() or 2) // 2) if code_model else None
+    # servers on one CPU share its cores: each takes its part, or their spinning threads
+    # thrash (here 0.3 generated tokens/s a stream with two, against 8 alone)
+    count = settings.servers + (1 if code_model else 0)
+    threads = max(1, (os.cpu_count() or 2) // count) if count > 1 else None
 
     def config(model: str) -> ServerConfig:
         adapters = adapter_files(
@@ -367,8 +394,15 @@ def _servers(
         )
 
     servers = [ModelServer(settings.artifacts, config(settings.model))]
+    servers += [
+        ModelServer(settings.artifacts, config(settings.model), name=f"pool-{i}")
+        for i in range(2, settings.servers + 1)
+    ]
     if announce:
-        log.info("starting the embedded model server (%s, %s)", settings.model, backend)
+        many = f"{settings.servers} embedded model servers" if settings.servers > 1 else None
+        log.info(
+            "starting the %s (%s, %s)", many or "embedded model server", settings.model, backend
+        )
     if code_model:
         servers.append(ModelServer(settings.artifacts, config(code_model), name="code"))
         if announce:
@@ -408,12 +442,28 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
 
     servers = _servers(settings, concurrency)
     keep = settings.keep_server
-    clients: list[LLMClient] = []
+    clients: list[LLMClient | ServerPool] = []
     try:
         async with served(servers, tied=not keep, keep=keep, on_lost=on_lost) as states:
             if settings.endpoint.url:
                 clients.append(connect(artifacts, settings.endpoint, required=True))
+            if settings.servers > 1:
+                for state in states[: settings.servers]:
+                    log.info("model server ready at %s", state.endpoint)
+                pool = pool_of(
+                    [st.endpoint for st in states[: settings.servers]],
+                    backend=states[0].backend,
+                    model=states[0].alias,
+                    **settings.endpoint.limits(),
+                )
+                for member, state in zip(pool.members, states, strict=False):
+                    member.adapters = dict(state.adapters)
+                    member.max_choices = state.parallel
+                clients.append(pool)
+                states = states[settings.servers :]
             labels = ("model server", "writers' model server")
+            if len(clients) == 1:
+                labels = labels[1:]
             for state, label in zip(states, labels, strict=False):
                 log.info("%s ready at %s", label, state.endpoint)
                 client = LLMClient(

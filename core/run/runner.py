@@ -81,7 +81,7 @@ class Runner(CanaryPlanting):
         adapters: dict[str, str] | None = None,
         agent_llms: dict[str, LLMClient] | None = None,
         canary_every: int = 0,
-        on_canary: Callable[[], None] | None = None,
+        on_canary: Callable[[], object] | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry
@@ -100,7 +100,8 @@ class Runner(CanaryPlanting):
         self.canary_every = canary_every
         """One in this many reviewed changes is also planted as a canary (0: none)."""
         self.on_canary = on_canary
-        """Called after each canary is recorded (before the change it came from may merge)."""
+        """Called after each canary is recorded (before the change it came from may merge);
+        awaited when it returns an awaitable."""
         self._docs_seen: list[dict[str, Any]] = []
         """Frontmatter of this night's docs changes (for a canary about another page)."""
         self._flows: dict[str, Flow] = {}
@@ -336,6 +337,8 @@ class Runner(CanaryPlanting):
                 f"the input of node {node!r} does not fit agent {agent_cls.name!r}:\n{exc}"
             )
         llm = self.agent_llms.get(agent_cls.name, self.llm)
+        if llm is not None and hasattr(llm, "routed"):
+            llm = llm.routed(agent_cls.name)  # a pool keeps an agent on its server
         if agent_cls.uses_model and llm is None:
             return failed(
                 f"agent {agent_cls.name!r} uses the model, but no model server is configured",

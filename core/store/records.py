@@ -72,6 +72,9 @@ class MetricsSample(BaseModel):
     cache: dict[str, Any] | None = None
     """The share of prompt tokens the server took from its prefix cache since the last sample
     (share, cached, prompt, source), or why there is none."""
+    servers: list[dict[str, Any]] | None = None
+    """With several model servers: each one's where, up, batch, prompt and generated tokens/s,
+    calls in flight and calls answered (``batch`` and ``tokens`` are their sums)."""
 
 
 class CallRecord(BaseModel):

@@ -316,6 +316,7 @@ def _base_record(
 def _take(cand: Candidate, reply: ChatReply, *, form: FixForm, original: str, max_tokens: int):
     """What one reply gives: the fixed file, or the reason it gives none."""
     cand.record.update(
+        endpoint=reply.endpoint or cand.record.get("endpoint"),
         model=reply.model,
         raw=reply.text,
         finish_reason=reply.finish_reason,
