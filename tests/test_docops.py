@@ -146,7 +146,7 @@ def test_a_small_docs_night_on_the_real_model(tmp_path, registry, repo):
                 flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
                 with JobQueue(artifacts) as q:
                     ids = enqueue(
-                        q, flow, [{"repo": str(repo), "path": f"docs/doc{i}.md"} for i in range(5)]
+                        q, flow, [{"repo": str(repo), "path": f"docs/doc{i}.md"} for i in range(2)]
                     )
                 await Engine(artifacts, registry, until_empty=True, llm=llm).run()
                 return ids
@@ -173,7 +173,7 @@ def test_a_small_docs_night_on_the_real_model(tmp_path, registry, repo):
         else:
             assert (run / "FAILED.json").exists()
     main_meta = [
-        split_frontmatter(git(repo, "show", f"main:docs/doc{i}.md") + "\n")[0] for i in range(5)
+        split_frontmatter(git(repo, "show", f"main:docs/doc{i}.md") + "\n")[0] for i in range(2)
     ]
     assert sum(m is not None for m in main_meta) == merged
     assert yaml.safe_load  # the frontmatter on main parsed above

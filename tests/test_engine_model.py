@@ -82,7 +82,7 @@ async def test_a_model_agent_without_a_server_fails_with_the_reason(artifacts, r
 async def test_the_server_dies_mid_night_work_waits_and_nothing_is_lost(tmp_path, registry):
     ModelStore().pull(TEST_MODEL)
     artifacts = tmp_path / "a"
-    ids = _enqueue_docs(artifacts, registry)
+    ids = _enqueue_docs(artifacts, registry, n=4)  # some done, some in flight, some queued
     server = ModelServer(artifacts, ServerConfig(model=TEST_MODEL, port=0, parallel=2))
     state = await asyncio.to_thread(server.start)
     port = state.port
