@@ -286,3 +286,14 @@ def test_servers_with_an_endpoint_is_refused_clearly(tmp_path):
     assert out.returncode != 0
     assert "name each server of yours with an --endpoint of its own" in out.stderr
     assert not (tmp_path / "a" / "pantheon.db").exists()  # refused before anything was made
+
+
+def test_a_servers_port_is_outside_the_range_of_outgoing_connections():
+    """A server restarted on its port must find it free: a port of the kernel's ephemeral range
+    may by then be the local end of one of the pool's own connections to another server."""
+    from pantheon.core.model.procs import _ephemeral_range, free_port
+
+    low, high = _ephemeral_range()
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == 20  # two servers starting at once never get the same port
+    assert all(not low <= p <= high for p in ports)

@@ -5,6 +5,7 @@ launching it so that it dies with its parent, free ports, and reading its log an
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -90,10 +91,36 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's ``ip_local_port_range``)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A free port for a server of ours, below the range the kernel takes outgoing connections'
+    ports from: a server restarted on its port must find it free, and a port of that range may
+    meanwhile be the local end of one of this process's own connections. Never the same port
+    twice in one process (two servers starting at once)."""
+    low, _ = _ephemeral_range()
+    with _port_lock:
+        if low > 12_000:
+            for port in random.sample(range(10_000, low), k=min(200, low - 10_000)):
+                if port not in _handed_out and _port_free(host, port):
+                    _handed_out.add(port)
+                    return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # the kernel's choice
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        _handed_out.add(port)
+        return port
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:

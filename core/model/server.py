@@ -305,6 +305,10 @@ class ModelServer:
         cfg = self.config
         if cfg.port == 0:
             cfg = self.config = cfg.model_copy(update={"port": free_port(cfg.host)})
+        # a server started again after it died: its port may be held a moment longer
+        wait_until = time.monotonic() + (5.0 if restarts else 0.0)
+        while not _port_free(cfg.host, cfg.port) and time.monotonic() < wait_until:
+            time.sleep(0.1)
         if not _port_free(cfg.host, cfg.port):
             raise ModelServerError(
                 f"port {cfg.port} on {cfg.host} is taken by another program",

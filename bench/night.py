@@ -1,0 +1,127 @@
+"""The same short demo night twice in one run: the server's prompt cache off, then on.
+
+Both nights are ``pantheon night --demo --headless`` with the same jobs and models, each in an
+artifacts directory of its own. The first sends every request with llama-server's
+``cache_prompt: false``, so each prompt is evaluated whole — what a night costs when nothing
+its calls share is reused; the second is the night as it runs (the shared part of a job's
+prompts first, the server's slots keeping it). Printed for each: wall time, prompt tokens the
+server evaluated against those it took from its cache (its own ``timings.cache_n``), generated
+tokens/s and the pass rate per agent; then the ratios. Goal: at least 40 % of prompt tokens
+from the cache and at least 25 % less wall time, with the same pass rates.
+
+    python bench/night.py                          # --docs 20 --code 5, the default models
+    python bench/night.py --docs 4 --code 1 --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pantheon.console.cli import main as pantheon
+from pantheon.core.model.client import LLMClient
+from pantheon.core.store.jsonl import read_jsonl
+from pantheon.core.store.queue import JobQueue
+
+
+def _calls(artifacts: Path) -> dict[str, Any]:
+    """Prompt, cached and generated tokens over every model call of the night."""
+    prompt = cached = generated = 0
+    for path in artifacts.glob("runs/*/*/calls.jsonl"):
+        rows, _ = read_jsonl(path)
+        for r in rows:
+            if r.get("kind") == "tool":
+                continue
+            prompt += int(r.get("prompt_tokens") or 0)
+            cached += int(r.get("cached_tokens") or 0)
+            generated += int(r.get("completion_tokens") or 0)
+    return {"prompt": prompt, "cached": cached, "generated": generated}
+
+
+def _pass_rates(artifacts: Path) -> dict[str, str]:
+    with JobQueue(artifacts, create=False) as queue:
+        by_agent = queue.counts().by_agent
+    return {
+        agent: f"{row['done']}/{row['done'] + row['failed']}"
+        for agent, row in sorted(by_agent.items())
+        if row["done"] + row["failed"]
+    }
+
+
+def one_night(args: argparse.Namespace, cache: bool, root: Path) -> dict[str, Any]:
+    artifacts = root / ("cache-on" if cache else "cache-off")
+    shape = LLMClient.shape
+
+    def no_cache(self: LLMClient, *a: Any, **kw: Any) -> dict[str, Any]:
+        body = shape(self, *a, **kw)
+        body["cache_prompt"] = False
+        return body
+
+    argv = ["night", "--demo", "--headless", "--docs", str(args.docs), "--code", str(args.code)]
+    argv += ["--artifacts", str(artifacts), "--concurrency", str(args.concurrency)]
+    if args.model:
+        argv += ["--model", args.model]
+    if not cache:
+        LLMClient.shape = no_cache  # type: ignore[method-assign]
+    try:
+        t0 = time.monotonic()
+        code = pantheon(argv)
+        wall = time.monotonic() - t0
+    finally:
+        LLMClient.shape = shape  # type: ignore[method-assign]
+    calls = _calls(artifacts)
+    return {
+        "cache": cache,
+        "exit": code,
+        "wall_s": round(wall, 1),
+        **calls,
+        "cache_share": round(calls["cached"] / calls["prompt"], 3) if calls["prompt"] else None,
+        "evaluated": calls["prompt"] - calls["cached"],
+        "generated_per_s": round(calls["generated"] / wall, 2) if wall else None,
+        "pass": _pass_rates(artifacts),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--docs", type=int, default=20)
+    p.add_argument("--code", type=int, default=5)
+    p.add_argument("--model", default=None, help="one model for every agent (default: the demo's)")
+    p.add_argument("--concurrency", default="4", help="a fixed c, the same for both (default: 4)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON as well")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pantheon-bench-night-") as tmp:
+        off = one_night(args, False, Path(tmp))
+        on = one_night(args, True, Path(tmp))
+    print()
+    print(f"{'':24}{'cache off':>14}{'cache on':>14}")
+    for label, key in (
+        ("wall time, s", "wall_s"),
+        ("prompt tokens", "prompt"),
+        ("  from the cache", "cached"),
+        ("  evaluated", "evaluated"),
+        ("generated tokens/s", "generated_per_s"),
+    ):
+        print(f"{label:24}{off[key]!s:>14}{on[key]!s:>14}")
+    share = on["cache_share"]
+    print(f"{'cache share':24}{'-':>14}{(f'{share:.0%}' if share is not None else '-'):>14}")
+    for agent in sorted(set(off["pass"]) | set(on["pass"])):
+        print(
+            f"{'pass ' + agent:24}{off['pass'].get(agent, '-'):>14}{on['pass'].get(agent, '-'):>14}"
+        )
+    less = 1 - on["wall_s"] / off["wall_s"] if off["wall_s"] else 0.0
+    shown = f"{share:.0%}" if share is not None else "-"
+    print(
+        f"\nwith the cache: {less:.0%} less wall time (goal: 25 %), {shown} of the prompt "
+        "tokens from the cache (goal: 40 %)"
+    )
+    if args.json:
+        print(json.dumps({"off": off, "on": on}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
