@@ -74,7 +74,7 @@ def one_night(args: argparse.Namespace, cache: bool, root: Path) -> dict[str, An
     finally:
         LLMClient.shape = shape  # type: ignore[method-assign]
     calls = _calls(artifacts)
-    return {
+    out = {
         "cache": cache,
         "exit": code,
         "wall_s": round(wall, 1),
@@ -84,6 +84,8 @@ def one_night(args: argparse.Namespace, cache: bool, root: Path) -> dict[str, An
         "generated_per_s": round(calls["generated"] / wall, 2) if wall else None,
         "pass": _pass_rates(artifacts),
     }
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def main() -> None:
