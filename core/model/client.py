@@ -268,11 +268,9 @@ class LLMClient(StreamedCalls):
         max_tokens: int = 512,
         extra: dict[str, Any] | None = None,
         label: str = "model call",
-        route: str | None = None,
     ) -> ChatReply:
         """One chat completion; raises ModelServerError when the server fails or is down, and
-        ModelStalled when the call stalls (``label`` names the caller in the log; ``route``
-        is for a pool of servers, and one server has no choice to make)."""
+        ModelStalled when the call stalls (``label`` names the caller in the log)."""
         await self._know_adapter(adapter)
         body = self.shape(
             messages,
@@ -299,7 +297,6 @@ class LLMClient(StreamedCalls):
         schema: dict[str, Any] | None = None,
         schema_name: str = "reply",
         label: str = "model call",
-        route: str | None = None,
     ) -> list[ChatReply]:
         """``n`` sampled completions of one prompt in one request: the server evaluates the
         prompt once (llama-server and vLLM take OpenAI's ``n``). A server that answers with

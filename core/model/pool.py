@@ -83,10 +83,6 @@ class ServerPool:
         return ", ".join(m.where for m in self.members)
 
     @property
-    def base_url(self) -> str:
-        return self.members[0].base_url
-
-    @property
     def in_flight(self) -> int:
         return sum(m.in_flight for m in self.members)
 
@@ -126,17 +122,6 @@ class ServerPool:
         if any(d is None for d in downs):
             return None
         return max(d for d in downs if d is not None)
-
-    @property
-    def watches(self) -> dict[int, Any]:
-        out: dict[int, Any] = {}
-        for m in self.members:
-            out.update(m.watches)
-        return out
-
-    @property
-    def _http(self) -> Any:  # the scraper's connection: the members share none, so the first's
-        return self.members[0]._http
 
     def up(self) -> list[LLMClient]:
         """The servers answering now (by the last call or health check)."""
@@ -198,7 +183,7 @@ class ServerPool:
                     result = await call(member)
                 except ServerUnavailable as exc:
                     last = exc
-                    if len(self.up()) > 0 or len(tried) < len(self.members):
+                    if len(tried) < len(self.members):  # another server takes it now
                         log.warning(
                             "%s: model server at %s is not answering; posting to another",
                             what,
@@ -226,7 +211,9 @@ class ServerPool:
         """This pool as one agent's client: its calls go by ``key``'s home."""
         return RoutedClient(self, key)
 
-    async def chat(self, messages: list[dict[str, Any]], *, route: str | None = None, **kw: Any):
+    async def chat(
+        self, messages: list[dict[str, Any]], *, route: str | None = None, **kw: Any
+    ) -> ChatReply:
         return await self._routed(
             route, lambda m: m.chat(messages, **kw), kw.get("label", "model call")
         )
@@ -255,12 +242,6 @@ class ServerPool:
         """True when any server is ready; asks every one."""
         oks = await asyncio.gather(*(m.health() for m in self.members))
         return any(oks)
-
-    async def metrics_text(self) -> str:
-        return await self.members[0].metrics_text()
-
-    def shape(self, *args: Any, **kw: Any) -> dict[str, Any]:
-        return self.members[0].shape(*args, **kw)
 
     async def aclose(self) -> None:
         for task in list(self._probes.values()):
@@ -293,9 +274,7 @@ class RoutedClient:
         return RoutedClient(self.pool, key)
 
     async def chat(self, messages: list[dict[str, Any]], **kw: Any) -> ChatReply:
-        kw.setdefault("route", self.key)
-        return await self.pool.chat(messages, **kw)
+        return await self.pool.chat(messages, route=self.key, **kw)
 
     async def chat_n(self, messages: list[dict[str, Any]], **kw: Any) -> list[ChatReply]:
-        kw.setdefault("route", self.key)
-        return await self.pool.chat_n(messages, **kw)
+        return await self.pool.chat_n(messages, route=self.key, **kw)

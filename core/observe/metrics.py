@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pantheon.core.model.client import LLMClient
+from pantheon.core.model.pool import ServerPool
 from pantheon.core.observe.canaries import canaries_path, canary_scores, canary_text, read_canaries
 from pantheon.core.observe.exporter import PrometheusExporter
 from pantheon.core.observe.queuemath import (
@@ -69,7 +70,7 @@ class MetricsSampler:
         self,
         queue: JobQueue,
         *,
-        llm: LLMClient | None = None,
+        llm: LLMClient | ServerPool | None = None,
         window_s: float = 300.0,
         kappa_window: int = 50,
         max_rho: float = 0.8,
@@ -92,10 +93,9 @@ class MetricsSampler:
         self.max_rho = max_rho
         self.max_p_wait = max_p_wait
         self.scraper: ServerScraper | ScraperGroup | None = None
-        members = getattr(llm, "members", None)
-        if members:
+        if isinstance(llm, ServerPool):
             self.scraper = ScraperGroup(
-                [(m.where, ServerScraper(m.base_url, m._http)) for m in members]
+                [(m.where, ServerScraper(m.base_url, m._http)) for m in llm.members]
             )
         elif llm is not None:
             self.scraper = ServerScraper(llm.base_url, llm._http)
@@ -234,8 +234,9 @@ class MetricsSampler:
 
     def _server_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each server's figures, with whether it answers and the calls it answered."""
-        members = {m.where: m for m in getattr(self.llm, "members", [])}
-        calls = getattr(self.llm, "calls", {})
+        assert isinstance(self.llm, ServerPool)
+        members = {m.where: m for m in self.llm.members}
+        calls = self.llm.calls
         for row in rows:
             m = members.get(row["where"])
             row["up"] = m is not None and m.down_since is None

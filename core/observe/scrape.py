@@ -166,11 +166,6 @@ class ScraperGroup:
         self.scrapers = scrapers
         """(where, scraper) of each server."""
 
-    @property
-    def error(self) -> str | None:
-        errors = [s.error for _, s in self.scrapers]
-        return errors[0] if errors and all(errors) else None
-
     async def poll(self) -> None:
         await asyncio.gather(*(s.poll() for _, s in self.scrapers))
 

@@ -173,6 +173,8 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         self.runner: Runner | None = None
         self._io: ThreadPoolExecutor | None = None
         self._paused_logged = False
+        self._renewed_at = self._progress_at = 0.0
+        """When the loop last renewed its leases and last logged its progress (monotonic)."""
 
     # -- control from outside -----------------------------------------------------------------
 
@@ -305,10 +307,10 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
 
     async def _loop(self, queue: JobQueue) -> None:
         assert self._wake is not None and self.runner is not None
-        marks = {"renew": time.monotonic(), "progress": time.monotonic()}
+        self._renewed_at = self._progress_at = time.monotonic()
         while not self._stopping:
             ids = [j.id for j in self._tasks.values()]
-            free = await self.io(self._tick, queue, ids, marks)
+            free = await self.io(self._tick, queue, ids)
             if free is None:
                 break
             if free > 0 and await self._model_ready():
@@ -326,7 +328,7 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.tick_s)
 
-    def _tick(self, queue: JobQueue, running: list[int], marks: dict[str, float]) -> int | None:
+    def _tick(self, queue: JobQueue, running: list[int]) -> int | None:
         """The queue's side of one tick, on the I/O thread: the controls, the disk, what
         finished, the leases. Returns how many jobs to claim now; None ends the loop."""
         control = self.control.read()
@@ -352,13 +354,13 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                 self._paused_logged = False
                 free = control.concurrency - len(running)
             now = time.monotonic()
-            if now - marks["renew"] > self.lease_s / 3:
+            if now - self._renewed_at > self.lease_s / 3:
                 queue.renew(self.owner, running, lease_s=self.lease_s)
                 queue.requeue_orphans(max_attempts=self.max_attempts)
-                marks["renew"] = now
-            if now - marks["progress"] > self.progress_every_s and not disk_full:
+                self._renewed_at = now
+            if now - self._progress_at > self.progress_every_s and not disk_full:
                 self._log_progress(queue)
-                marks["progress"] = now
+                self._progress_at = now
             idle = not running and not self._unrecorded
             if self.until_empty and idle and queue.pending() == 0:
                 return None

@@ -337,7 +337,7 @@ class Runner(CanaryPlanting):
                 f"the input of node {node!r} does not fit agent {agent_cls.name!r}:\n{exc}"
             )
         llm = self.agent_llms.get(agent_cls.name, self.llm)
-        if llm is not None and hasattr(llm, "routed"):
+        if llm is not None:
             llm = llm.routed(agent_cls.name)  # a pool keeps an agent on its server
         if agent_cls.uses_model and llm is None:
             return failed(
