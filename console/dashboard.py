@@ -18,6 +18,7 @@ from pantheon.core.views.night import RunFilter, table_jobs
 from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable
+from pantheon.widgets.server_list import ServerList
 
 from .format import age, figure, job_age, job_note, job_now
 from .screen import ConsoleScreen
@@ -172,6 +173,7 @@ class DashboardScreen(ConsoleScreen):
             for key, title, tip in TILES:
                 yield MetricTile(title, id=f"tile-{key}", tooltip=tip)
         yield Static(id="summary")
+        yield ServerList(id="servers")
         yield Input(
             placeholder="/ filter: status:failed flow:docops agent:codegen or any words",
             id="filter",
@@ -253,6 +255,8 @@ class DashboardScreen(ConsoleScreen):
         for key, (value, detail, level, history) in figures.items():
             tile = self.query_one(f"#tile-{key}", MetricTile)
             tile.value, tile.detail, tile.level, tile.history = value, detail, level, history
+        last = snap.samples[-1] if snap.samples else {}
+        self.query_one(ServerList).rows = tuple(last.get("servers") or ())
 
     def _show_summary(self, snap: NightSnapshot) -> None:
         now = self.console.clock()
@@ -278,21 +282,6 @@ class DashboardScreen(ConsoleScreen):
                 text.append(f"engine: live ({age(ago)} ago)", style="green")
         else:
             text.append("engine: no samples yet", style="dim")
-        servers = (snap.samples[-1].get("servers") or []) if snap.samples else []
-        if servers:
-            text.append("\nservers: ")
-            for i, row in enumerate(servers):
-                if i:
-                    text.append(" · ")
-                text.append(str(row.get("where", "?")))
-                if row.get("up"):
-                    gen = row.get("generated")
-                    text.append(
-                        f" batch {figure(row.get('batch'))}"
-                        + (f", {gen:.1f} tok/s" if isinstance(gen, int | float) else "")
-                    )
-                else:
-                    text.append(" DOWN", style="bold red")
         if snap.queue_error:
             text.append(f"\nqueue: {snap.queue_error}", style="red")
         _set(self.query_one("#summary", Static), text)

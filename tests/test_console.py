@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from night_fixture import NOW
+from rich.console import Console
 from textual.widgets import OptionList, Static, TabbedContent
 
 from pantheon.console.app import PantheonConsole
@@ -379,18 +380,35 @@ async def test_the_tokens_tile_says_the_share_of_prompt_the_server_took_from_its
         assert tile.detail.startswith("in ") and tile.detail.endswith(" (60% cached)")
 
 
-async def test_with_several_servers_the_summary_names_each_and_a_dead_one(night):
+async def test_with_several_servers_the_dashboard_lists_each_and_a_dead_one(night):
     path = night / "metrics" / "engine.jsonl"
     last = json.loads(path.read_text().splitlines()[-1])
     last["ts"] += 0.5
     last["servers"] = [
-        {"where": "127.0.0.1:8011", "up": True, "batch": 3.5, "generated": 21.25, "calls": 40},
+        {
+            "where": "127.0.0.1:8011",
+            "up": True,
+            "batch": 3.5,
+            "generated": 21.25,
+            "prompt": 180.4,
+            "in_flight": 3,
+            "calls": 40,
+        },
         {"where": "127.0.0.1:8012", "up": False, "batch": None, "generated": None, "calls": 9},
     ]
+    app = console(night)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause()
+        assert not app.screen.query_one("#servers").display  # one server: the tiles say it
     with path.open("a") as f:
         f.write(json.dumps(last) + "\n")
     app = console(night)
     async with app.run_test(size=(140, 30)) as pilot:
         await pilot.pause()
-        summary = text_of(app, "#summary")
-    assert "servers: 127.0.0.1:8011 batch 3.50, 21.2 tok/s · 127.0.0.1:8012 DOWN" in summary
+        assert app.screen.query_one("#servers").display
+        rendered = Console(width=140, record=True)
+        rendered.print(app.screen.query_one("#servers", Static).content)
+        lines = [" ".join(line.split()) for line in rendered.export_text().splitlines()]
+    assert any(line.startswith("server health in flight calls batch tok/s") for line in lines)
+    assert "127.0.0.1:8011 up 3 40 3.5 21.2 180" in lines
+    assert "127.0.0.1:8012 DOWN – 9 – – – its calls go to the others until it answers" in lines
