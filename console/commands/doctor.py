@@ -53,12 +53,24 @@ def _doctor_checks(artifacts: Path) -> list[tuple[str, str, str]]:
     import shutil
 
     from pantheon.core.model.files import CATALOG, DEFAULT_MODEL, ModelStore
+    from pantheon.core.model.llamabin import cpu_faults_on_repack
     from pantheon.core.model.server import find_llama_binary
     from pantheon.core.work.sandbox import SANDBOX_ENV, Sandbox, missing_line, unconfined_allowed
 
     checks: list[tuple[str, str, str]] = []
     try:
-        checks.append(("ok", "model server", f"llama-server at {find_llama_binary()}"))
+        binary = find_llama_binary()
+        checks.append(("ok", "model server", f"llama-server at {binary}"))
+        if cpu_faults_on_repack(binary.parent):
+            checks.append(
+                (
+                    "warn",
+                    "model server",
+                    "its repacked weights fault on this CPU (an illegal instruction, as AMX "
+                    "kernels do on machines that advertise AMX but fault on it): it is served "
+                    "with --no-repack, which is slower on some quantizations",
+                )
+            )
     except PantheonError as exc:
         why = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
         checks.append(("FAIL", "model server", why))

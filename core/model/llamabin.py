@@ -19,11 +19,14 @@ from pathlib import Path
 from pantheon.core.errors import ModelServerError
 
 __all__ = [
+    "REPACK_FAULT",
     "artifact_name",
+    "cpu_faults_on_repack",
     "find_llama_binary",
     "library_links",
     "llama_bin_dir",
     "llama_environment",
+    "remember_repack_fault",
 ]
 
 _VERSIONED_LIB = re.compile(r"^(lib[^/]+?\.so)\.(\d+)(?:\.\d+)*$")
@@ -87,3 +90,20 @@ def llama_environment(bin_dir: Path, base: dict[str, str] | None = None) -> dict
     libs = str(library_links(bin_dir))
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libs, env.get("LD_LIBRARY_PATH")]))
     return env
+
+
+REPACK_FAULT = "repack-faults"
+"""The marker, beside a binary's library links, that its repacked weights fault on this CPU."""
+
+
+def cpu_faults_on_repack(bin_dir: Path, cache: Path | None = None) -> bool:
+    """Whether this build's repacked weights were seen to fault here (an illegal instruction).
+
+    Some virtual machines advertise AMX, so a native build of llama.cpp compiles its AMX
+    kernels, but the first tile instruction still faults: the server dies with SIGILL while it
+    warms up. Without weight repacking (``--no-repack``) it never runs them."""
+    return (library_links(bin_dir, cache) / REPACK_FAULT).exists()
+
+
+def remember_repack_fault(bin_dir: Path, why: str, cache: Path | None = None) -> None:
+    (library_links(bin_dir, cache) / REPACK_FAULT).write_text(why + "\n")

