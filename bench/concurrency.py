@@ -47,13 +47,13 @@ async def run_fixed(endpoint: str, alias: str, c: int, seconds: float, jobs: int
             task = asyncio.create_task(engine.run())
             while engine.stats.done + engine.stats.failed < c and not task.done():
                 await asyncio.sleep(0.2)
-            t0, tok0 = time.monotonic(), llm.completion_tokens_total
+            t0, tok0 = time.monotonic(), llm.tokens_seen_total
             n0 = engine.stats.done + engine.stats.failed
             while time.monotonic() - t0 < seconds and not task.done():
                 await asyncio.sleep(0.2)
             dt = time.monotonic() - t0
             tokens, done = (
-                llm.completion_tokens_total - tok0,
+                llm.tokens_seen_total - tok0,
                 engine.stats.done + engine.stats.failed - n0,
             )
             engine.request_stop(hard=True)

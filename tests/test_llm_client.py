@@ -277,6 +277,40 @@ async def test_a_streamed_answer_is_read_as_one_completion_with_each_choice_its_
     assert replies[0].prompt_tokens == 9 and replies[0].model == "qwen"
 
 
+async def test_streamed_tokens_are_counted_as_they_come_not_when_the_call_ends():
+    """What ``--concurrency auto`` measures: the completions' total moves once per reply."""
+    gate = asyncio.Event()
+
+    async def body():
+        for piece in ('{"a"', ": 1", "}"):
+            yield f"data: {json.dumps(delta(0, piece))}\n\n".encode()
+        await gate.wait()
+        yield f"data: {json.dumps(delta(0, None, 'stop'))}\n\n".encode()
+        usage = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}
+        yield f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode()
+
+    def handler(request):
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    client, http = make(handler)
+    call = asyncio.create_task(client.chat(MSGS))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if client.tokens_seen_total == 3:
+            break
+    assert (client.tokens_seen_total, client.completion_tokens_total) == (3, 0)
+    gate.set()
+    reply = await call
+    assert reply.text == '{"a": 1}'
+    assert (client.tokens_seen_total, client.completion_tokens_total) == (3, 3)
+    # a reply that was not streamed counts when it ends
+    plain, http2 = make(lambda r: httpx.Response(200, json=completion()), stream=False)
+    await plain.chat(MSGS)
+    assert plain.tokens_seen_total == plain.completion_tokens_total > 0
+    await http.aclose()
+    await http2.aclose()
+
+
 async def test_an_error_in_the_stream_is_the_servers_error():
     client, http = make(lambda r: sse({"error": {"message": "context overflow"}}))
     with pytest.raises(ModelServerError, match="while streaming: context overflow"):

@@ -127,6 +127,10 @@ class LLMClient(StreamedCalls):
         """Chat requests sent and not answered yet (the engine's own view of the batch)."""
         self.prompt_tokens_total = 0
         self.completion_tokens_total = 0
+        self.tokens_seen_total = 0
+        """Generated tokens as they arrive: each streamed chunk when it comes, a reply that was
+        not streamed when it ends. What ``--concurrency auto`` measures: the completions'
+        totals move only when a call ends, in steps of whole replies."""
         self.cached_tokens_total = 0
         """Prompt tokens the server took from its cache (its own count, where it gives one)."""
         self.cache_counted_total = 0

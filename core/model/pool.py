@@ -95,6 +95,10 @@ class ServerPool:
         return sum(m.completion_tokens_total for m in self.members)
 
     @property
+    def tokens_seen_total(self) -> int:
+        return sum(m.tokens_seen_total for m in self.members)
+
+    @property
     def cached_tokens_total(self) -> int:
         return sum(m.cached_tokens_total for m in self.members)
 

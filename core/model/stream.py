@@ -150,6 +150,7 @@ class StreamedCalls:
         watches: dict[int, CallWatch]
         prompt_tokens_total: int
         completion_tokens_total: int
+        tokens_seen_total: int
         cached_tokens_total: int
         cache_counted_total: int
         _http: httpx.AsyncClient
@@ -235,7 +236,9 @@ class StreamedCalls:
         assert data is not None
         usage = data.get("usage") or {}
         self.prompt_tokens_total += int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens_total += int(usage.get("completion_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        self.completion_tokens_total += completion
+        self.tokens_seen_total += max(0, completion - watch.tokens)  # what did not stream
         cached = cached_tokens(data)
         if cached is not None:
             self.cached_tokens_total += cached
@@ -403,6 +406,7 @@ class StreamedCalls:
                     if watch.first_token is None:
                         watch.first_token = time.time()
                     watch.tokens += 1
+                    self.tokens_seen_total += 1
                     texts[index].append(piece)
                 if choice.get("finish_reason") is not None:
                     finish[index] = choice["finish_reason"]

@@ -90,7 +90,7 @@ class EngineSampling:
         new = tuner.step(
             time.monotonic(),
             concurrency=c,
-            tokens=sum(x.completion_tokens_total for x in clients.values()),
+            tokens=sum(x.tokens_seen_total for x in clients.values()),
             jobs=int(sample.get("done") or 0) + int(sample.get("failed") or 0),
             busy=busy and self._was_busy,
         )
