@@ -112,6 +112,7 @@ def _options(args: argparse.Namespace):
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         eval_every=args.eval_every,
+        focus=getattr(args, "focus", None),
         qlora=args.qlora,
     )
 

@@ -166,6 +166,13 @@ def _train_args(p: argparse.ArgumentParser, *, budget_default: float | None = No
         metavar="N",
         help="refuse to train on fewer examples (default: 50)",
     )
+    p.add_argument(
+        "--focus",
+        choices=("reply", "new-lines"),
+        help="what of a reply is learnt from: all of it, or only its lines the prompt does not "
+        "hold, and the end of the turn (default: new-lines for a code writer, whose whole-file "
+        "reply is nearly all copied lines; the whole reply for the others)",
+    )
     p.add_argument("--seed", type=int, default=0)
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qlora", dest="qlora", action="store_true", default=None, help="4-bit NF4")

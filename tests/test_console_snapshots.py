@@ -86,6 +86,26 @@ class TestDashboard:
         ControlFile(Path("artifacts")).write(control)
         assert snap_compare(app(), terminal_size=(100, 30))
 
+    def test_two_servers_one_down(self, here, snap_compare):
+        path = Path("artifacts") / "metrics" / "engine.jsonl"
+        last = json.loads(path.read_text().splitlines()[-1])
+        last["ts"] += 0.5
+        last["servers"] = [
+            {
+                "where": "127.0.0.1:8011",
+                "up": True,
+                "batch": 3.5,
+                "generated": 21.25,
+                "prompt": 180.4,
+                "in_flight": 3,
+                "calls": 40,
+            },
+            {"where": "127.0.0.1:8012", "up": False, "in_flight": 0, "calls": 9},
+        ]
+        with path.open("a") as f:
+            f.write(json.dumps(last) + "\n")
+        assert snap_compare(app(), terminal_size=(120, 32))
+
     def test_failed_filter(self, here, snap_compare):
         assert snap_compare(app(), terminal_size=(100, 30), press=["s", "s"])
 

@@ -290,6 +290,55 @@ def test_a_diverging_training_stops_with_the_reason(tmp_path, smollm2_path):
     assert str(info.value) in state["error"] and state["gguf"] is None
 
 
+HEAD = '''"""Small numeric helpers."""
+
+
+def is_even(n):
+    """Whether n is even."""
+    return n % 2 == 0
+
+
+def clamp(x, lo, hi):
+    """x, limited to the range lo..hi."""
+'''
+FILE = HEAD + "    return max(lo, x)\n"
+FIX = f"```python\n{HEAD}    return min(hi, max(lo, x))\n```"
+
+
+def test_a_code_writer_learns_from_the_lines_its_fix_changed_not_the_copied_ones(smollm2_path):
+    from transformers import AutoTokenizer
+
+    from pantheon.trainer.steps import encode, learnt, make_batch, new_line_spans
+
+    messages = [
+        {"role": "system", "content": "Fix the function. Reply with the whole file."},
+        {"role": "user", "content": f"clamp.py:\n```python\n{FILE}```"},
+        {"role": "assistant", "content": FIX},
+    ]
+    spans = new_line_spans(messages)
+    assert [FIX[a:b] for a, b in spans] == ["    return min(hi, max(lo, x))\n"]
+    tok = AutoTokenizer.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name)
+    ids, n_prompt, keep = encode(tok, messages, 1024, spans)
+    whole = encode(tok, messages, 1024)
+    assert whole == (ids, n_prompt), "the same tokens; only what is learnt from differs"
+    kept = tok.decode([t for t, k in zip(ids[n_prompt:], keep, strict=True) if k])
+    assert "min(hi, max(lo, x))" in kept and "def clamp" not in kept
+    assert keep[-1] and tok.eos_token in kept, "the end of the turn is learnt: it stops"
+    assert learnt((ids, n_prompt, keep)) < learnt(whole) / 2
+    labels = make_batch([(ids, n_prompt, keep)], 0, "cpu")["labels"][0].tolist()
+    assert sum(x != -100 for x in labels) == sum(keep)
+    # a reply that copies every line learns whole, never from nothing
+    copy = [*messages[:2], {"role": "assistant", "content": f"```python\n{FILE}```"}]
+    assert len(encode(tok, copy, 1024, new_line_spans(copy) or None)) == 2
+
+
+def test_code_writers_default_to_new_lines_and_the_others_to_the_whole_reply(tmp_path):
+    from pantheon.trainer.train import _code_writer
+
+    assert _code_writer("codegen") and not _code_writer("doc.frontmatter")
+    assert not _code_writer("review.peer") and not _code_writer("no.such.agent")
+
+
 # -- the learn loop, end to end -------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -66,6 +66,11 @@ class TrainOptions(BaseModel):
     explode: float = Field(default=4.0, gt=1)
     """A step whose loss is over this many times the first steps' is a diverging training: it
     stops, with the reason."""
+    focus: Literal["reply", "new-lines"] | None = None
+    """What of a reply is learnt from: all of it, or only its lines the prompt does not hold
+    (and the end of the turn) — a code writer's whole-file reply is nearly all copied lines,
+    which teach nothing. None: new lines for a code writer (an agent judged by pass@1), the
+    whole reply for the others."""
     qlora: bool | None = None
     """4-bit NF4 base weights: None means when CUDA and bitsandbytes are present."""
 

@@ -14,30 +14,88 @@ from .options import TrainingError, TrainOptions
 
 __all__ = [
     "Best",
+    "Item",
     "check_loss",
     "encode",
     "heldout_loss",
+    "learnt",
     "load_base",
     "make_batch",
+    "new_line_spans",
     "qlora_wanted",
     "require_libraries",
     "save_checkpoint",
 ]
 
 
-def encode(tok: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[list[int], int]:
-    """Token ids of the whole chat, and how many of them are prompt."""
+Item = tuple[list[int], int] | tuple[list[int], int, list[bool]]
+"""An encoded example: its token ids, how many are prompt, and which of the reply's tokens
+are learnt from (all of them when that is left out)."""
+
+
+def new_line_spans(messages: list[dict[str, str]]) -> list[tuple[int, int]]:
+    """The character spans of the reply's lines that no earlier message holds (compared
+    stripped; blank lines never count): what a fix changes, in a whole-file reply that is
+    otherwise nearly all lines copied from the prompt."""
+    seen = {line.strip() for m in messages[:-1] for line in m["content"].splitlines()}
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for line in messages[-1]["content"].splitlines(keepends=True):
+        text = line.strip()
+        if text and text not in seen:
+            spans.append((pos, pos + len(line)))
+        pos += len(line)
+    return spans
+
+
+def encode(
+    tok: Any,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    focus: list[tuple[int, int]] | None = None,
+) -> Item:
+    """Token ids of the whole chat, and how many of them are prompt. With ``focus`` (character
+    spans of the reply), only the reply's tokens that touch a span are learnt from, and what
+    follows the reply (the end of the turn, so the model still learns to stop); a reply with
+    no span, or a tokenizer that gives no offsets, is learnt from whole."""
     prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tok.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):  # a template that rewrites earlier turns
         full = prompt + messages[-1]["content"] + (tok.eos_token or "")
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    ids = tok(full, add_special_tokens=False)["input_ids"]
+    keep: list[bool] | None = None
+    if focus:
+        try:
+            enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        except (NotImplementedError, KeyError, ValueError):  # a slow tokenizer: no offsets
+            ids, offsets = tok(full, add_special_tokens=False)["input_ids"], None
+        if offsets is not None:
+            start, end = len(prompt), len(prompt) + len(messages[-1]["content"])
+            spans = [(start + a, start + b) for a, b in focus]
+            keep = [
+                a >= end or any(a < y and b > x for x, y in spans) for a, b in offsets[len(p_ids) :]
+            ]
+            reply_kept = [
+                k for k, (a, _) in zip(keep, offsets[len(p_ids) :], strict=True) if a < end
+            ]
+            if not any(reply_kept):
+                keep = None  # nothing of the reply itself: learn it whole
+    else:
+        ids = tok(full, add_special_tokens=False)["input_ids"]
     n_prompt = len(p_ids)
     if len(ids) > max_tokens:
         cut = len(ids) - max_tokens
         ids, n_prompt = ids[cut:], max(0, n_prompt - cut)
-    return ids, n_prompt
+        if keep is not None and n_prompt == 0:  # the cut reached the reply
+            keep = keep[len(keep) - len(ids) :]
+    return (ids, n_prompt) if keep is None else (ids, n_prompt, keep)
+
+
+def learnt(item: Item) -> int:
+    """How many of an item's tokens are learnt from."""
+    ids, n_prompt = item[0], item[1]
+    return sum(item[2]) if len(item) == 3 else len(ids) - n_prompt
 
 
 def require_libraries() -> None:
@@ -120,15 +178,19 @@ def qlora_wanted(option: bool | None) -> bool:
     return True
 
 
-def make_batch(items: list[tuple[list[int], int]], pad: int, device: Any):
+def make_batch(items: list[Item], pad: int, device: Any):
     import torch
 
-    width = max(len(ids) for ids, _ in items)
+    width = max(len(item[0]) for item in items)
     input_ids, labels, mask = [], [], []
-    for ids, n_prompt in items:
+    for item in items:
+        ids, n_prompt = item[0], item[1]
         fill = width - len(ids)
         input_ids.append(ids + [pad] * fill)
-        labels.append([-100] * n_prompt + ids[n_prompt:] + [-100] * fill)
+        reply = ids[n_prompt:]
+        if len(item) == 3:
+            reply = [t if k else -100 for t, k in zip(reply, item[2], strict=True)]
+        labels.append([-100] * n_prompt + reply + [-100] * fill)
         mask.append([1] * len(ids) + [0] * fill)
     return {
         "input_ids": torch.tensor(input_ids, device=device),
@@ -137,7 +199,7 @@ def make_batch(items: list[tuple[list[int], int]], pad: int, device: Any):
     }
 
 
-def heldout_loss(model: Any, items: list[tuple[list[int], int]], pad: int, device: Any) -> float:
+def heldout_loss(model: Any, items: list[Item], pad: int, device: Any) -> float:
     import torch
 
     if not items:
@@ -147,7 +209,7 @@ def heldout_loss(model: Any, items: list[tuple[list[int], int]], pad: int, devic
     with torch.no_grad():
         for item in items:
             out = model(**make_batch([item], pad, device))
-            n = len(item[0]) - item[1]
+            n = learnt(item)
             total += float(out.loss) * n
             count += n
     model.train()

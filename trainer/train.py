@@ -44,11 +44,14 @@ from .mine import DATA, STATS, TASKS, read_examples
 from .options import NotEnoughData, TrainingError, TrainingInterrupted, TrainOptions
 from .steps import (
     Best,
+    Item,
     check_loss,
     encode,
     heldout_loss,
+    learnt,
     load_base,
     make_batch,
+    new_line_spans,
     qlora_wanted,
     require_libraries,
     save_checkpoint,
@@ -115,6 +118,9 @@ def start(
     """Check the agent's data and make its training folder; returns the folder. Raises
     ``NotEnoughData`` with the counts when the agent has too few training examples."""
     options = options or TrainOptions()
+    if options.focus is None:
+        writer = _code_writer(agent)
+        options = options.model_copy(update={"focus": "new-lines" if writer else "reply"})
     n_train, n_heldout = check_data(artifacts, agent, options)
     tid = training_id(agent)
     folder = training_root(artifacts) / tid
@@ -142,6 +148,16 @@ def start(
     )
     _save_state(folder, state)
     return folder
+
+
+def _code_writer(agent: str) -> bool:
+    """Whether the agent is judged by pass@1 (writes code) in the built-in registry."""
+    from pantheon.core.agents.builtin import default_registry
+
+    try:
+        return getattr(default_registry().get(agent), "judged_by", "flow") == "pass@1"
+    except PantheonError:
+        return False
 
 
 def abandon(folder: Path) -> TrainingState:
@@ -234,18 +250,27 @@ def _train(
     tok, base = load_base(model_path, qlora)
     device = next(base.parameters()).device
 
-    def encoded(split: str) -> list[tuple[list[int], int]]:
+    def encoded(split: str) -> list[Item]:
         out = []
         for e in examples:
             if e["split"] == split:
-                ids, n_prompt = encode(tok, e["messages"], options.max_tokens)
-                if n_prompt < len(ids):
-                    out.append((ids, n_prompt))
+                focus = new_line_spans(e["messages"]) if options.focus == "new-lines" else None
+                item = encode(tok, e["messages"], options.max_tokens, focus)
+                if item[1] < len(item[0]):
+                    out.append(item)
         return out
 
     train_items, held_items = encoded("train"), encoded("heldout")[:32]
     if not train_items:
         raise TrainingError(f"none of {state.agent}'s examples has a reply to learn from")
+    if options.focus == "new-lines":
+        replies = sum(len(item[0]) - item[1] for item in train_items)
+        log.info(
+            "%s learns from the reply lines the prompt does not hold: %d of %d reply tokens",
+            state.agent,
+            sum(learnt(item) for item in train_items),
+            replies,
+        )
     with warnings.catch_warnings():  # peft's use of a renamed transformers call
         warnings.simplefilter("ignore", FutureWarning)
         model = get_peft_model(
