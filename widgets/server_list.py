@@ -23,7 +23,7 @@ def _num(value: Any, digits: int = 1) -> str:
 def server_table(rows: list[dict[str, Any]]) -> Table:
     """The servers as a borderless table: health, calls in flight and answered, batch,
     generated and prompt tokens/s (the server's own figures), and why a figure is missing."""
-    table = Table(box=None, padding=(0, 1), show_edge=False, expand=False, header_style="dim")
+    table = Table(box=None, padding=(0, 1), show_edge=False, expand=True, header_style="dim")
     for name, justify in (
         ("server", "left"),
         ("health", "left"),
@@ -34,7 +34,14 @@ def server_table(rows: list[dict[str, Any]]) -> Table:
         ("prompt/s", "right"),
         ("", "left"),
     ):
-        table.add_column(name, justify=justify, no_wrap=name != "")  # type: ignore[arg-type]
+        # the figures keep their width; the note takes what is left, cut short if it must
+        table.add_column(
+            name,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=True,
+            overflow="ellipsis",
+            ratio=1 if name == "" else None,
+        )
     for row in rows:
         up = bool(row.get("up"))
         health = Text("up", style="green") if up else Text("DOWN", style="bold red")
