@@ -60,6 +60,32 @@ def test_it_never_goes_above_the_servers_slots():
     assert tuner.note == "settled on c=4 (the server's 4 slots)"
 
 
+def test_the_dip_after_each_change_of_c_is_not_the_rate_of_c():
+    """Raising c starts new jobs whose prompts stall every slot's decode for a while (here 2 s
+    a new job): counted, that dip made 8 look no better than 4 on the real server."""
+    rates = {2: 25.0, 4: 34.0, 6: 38.0, 7: 40.0, 8: 41.0}
+    state = {"c": 0, "until": 0.0}
+
+    def at(c: int, now: float) -> float:
+        if c != state["c"]:
+            state["until"] = now + 2.0 * max(0, c - state["c"])
+            state["c"] = c
+        return 2.0 if now < state["until"] else rates[c]
+
+    def run(settle_s: float) -> int:
+        state["c"] = 0
+        tuner = ConcurrencyTuner(start=2, ceiling=8, period_s=30, min_tokens=50, settle_s=settle_s)
+        c, tokens = 2, 0.0
+        for i in range(400):
+            new = tuner.step(float(i), concurrency=c, tokens=int(tokens), jobs=i, busy=True)
+            c = new if new is not None else c
+            tokens += at(c, float(i))
+        return c
+
+    assert run(settle_s=0) < 8  # the dip counted: 8 seemed to pay under 10 % more than 4
+    assert run(settle_s=8) == 8
+
+
 def test_the_operator_wins():
     tuner = ConcurrencyTuner(start=2, period_s=10, min_tokens=50)
     assert drive(tuner, lambda c: 10.0 * c, operator_at=15) == 3
@@ -107,7 +133,7 @@ async def test_the_engine_tunes_c_against_a_server_that_fills_up(artifacts, regi
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     llm = LLMClient("http://127.0.0.1:9", http=http, retries=0, stream=False)
-    tuner = ConcurrencyTuner(start=2, period_s=1.0, min_tokens=50)
+    tuner = ConcurrencyTuner(start=2, period_s=1.0, min_tokens=50, settle_s=0.2)
     engine = Engine(
         artifacts,
         registry,

@@ -2,10 +2,11 @@
 
 :class:`ConcurrencyTuner` measures the night's throughput — generated tokens per second, and
 jobs per second beside it — at one concurrency c at a time, while every one of the c workers is
-busy (a measurement of an idle engine says nothing of the server), and climbs: c is doubled
-while a doubling pays at least ``gain`` more tokens/s; when one does not, the c halfway between
-is tried once, and the tuner settles on the smallest c within ``gain`` of the best it measured.
-It never goes above the server's slots (more only queues at the server).
+busy (a measurement of an idle engine says nothing of the server), after a few seconds of
+settling at each new c (its new jobs' prompts are read first, and the decode waits), and
+climbs: c is doubled while a doubling pays at least ``gain`` more tokens/s; when one does not,
+the c halfway between is tried once, and the tuner settles on the smallest c within ``gain`` of
+the best it measured. It never goes above the server's slots (more only queues at the server).
 
 The operator's word wins: once the concurrency in ``control.json`` is not the one the tuner set
 (``+`` / ``-`` in the console, ``pantheon control --concurrency``), the tuner stops for the rest
@@ -33,6 +34,8 @@ class Level:
     seconds: float = 0.0
     tokens: int = 0
     jobs: int = 0
+    settling: float = 0.0
+    """Busy seconds at c not counted yet: the first ones after c changed."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -52,6 +55,9 @@ class ConcurrencyTuner:
     """Busy seconds measured at each c."""
     min_tokens: int = 200
     """Generated tokens a measurement needs, however long it took."""
+    settle_s: float = 8.0
+    """Busy seconds left out after each change of c: the new jobs' prompts are read first, and
+    while they are, the decode of every slot waits (a higher c measures a dip, then its rate)."""
     gain: float = 0.10
     """A higher c must pay this much more tokens/s to be worth it."""
     limit: int = 64
@@ -93,6 +99,9 @@ class ConcurrencyTuner:
         if not busy:  # an engine with idle workers measures its queue, not the server
             return None
         level = self.levels.setdefault(self.c, Level(self.c))
+        if level.settling < self.settle_s:
+            level.settling += max(0.0, now - at)
+            return None
         level.seconds += max(0.0, now - at)
         level.tokens += max(0, tokens - tok0)
         level.jobs += max(0, jobs - jobs0)
