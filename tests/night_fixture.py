@@ -122,3 +122,24 @@ def write_samples(artifacts: Path, n: int = 40) -> None:
             )
         )
     path.write_text("\n".join(lines) + "\n")
+
+
+def add_servers_sample(artifacts: Path) -> None:
+    """Append a sample of a two-server pool, the second one down, after the night's last."""
+    path = artifacts / "metrics" / "engine.jsonl"
+    last = json.loads(path.read_text().splitlines()[-1])
+    last["ts"] += 0.5
+    last["servers"] = [
+        {
+            "where": "127.0.0.1:8011",
+            "up": True,
+            "batch": 3.5,
+            "generated": 21.25,
+            "prompt": 180.4,
+            "in_flight": 3,
+            "calls": 40,
+        },
+        {"where": "127.0.0.1:8012", "up": False, "in_flight": 0, "calls": 9},
+    ]
+    with path.open("a") as f:
+        f.write(json.dumps(last) + "\n")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from night_fixture import NOW
+from night_fixture import NOW, add_servers_sample
 from rich.console import Console
 from textual.widgets import OptionList, Static, TabbedContent
 
@@ -381,27 +381,11 @@ async def test_the_tokens_tile_says_the_share_of_prompt_the_server_took_from_its
 
 
 async def test_with_several_servers_the_dashboard_lists_each_and_a_dead_one(night):
-    path = night / "metrics" / "engine.jsonl"
-    last = json.loads(path.read_text().splitlines()[-1])
-    last["ts"] += 0.5
-    last["servers"] = [
-        {
-            "where": "127.0.0.1:8011",
-            "up": True,
-            "batch": 3.5,
-            "generated": 21.25,
-            "prompt": 180.4,
-            "in_flight": 3,
-            "calls": 40,
-        },
-        {"where": "127.0.0.1:8012", "up": False, "batch": None, "generated": None, "calls": 9},
-    ]
     app = console(night)
     async with app.run_test(size=(140, 30)) as pilot:
         await pilot.pause()
         assert not app.screen.query_one("#servers").display  # one server: the tiles say it
-    with path.open("a") as f:
-        f.write(json.dumps(last) + "\n")
+    add_servers_sample(night)
     app = console(night)
     async with app.run_test(size=(140, 30)) as pilot:
         await pilot.pause()
@@ -411,4 +395,4 @@ async def test_with_several_servers_the_dashboard_lists_each_and_a_dead_one(nigh
         lines = [" ".join(line.split()) for line in rendered.export_text().splitlines()]
     assert any(line.startswith("server health in flight calls batch tok/s") for line in lines)
     assert "127.0.0.1:8011 up 3 40 3.5 21.2 180" in lines
-    assert "127.0.0.1:8012 DOWN – 9 – – – its calls go to the others until it answers" in lines
+    assert "127.0.0.1:8012 DOWN 0 9 – – – its calls go to the others until it answers" in lines

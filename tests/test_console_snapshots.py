@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from night_fixture import NOW, make_night
+from night_fixture import NOW, add_servers_sample, make_night
 
 from pantheon.console.app import PantheonConsole
 from pantheon.core.store.control import Control, ControlFile
@@ -87,23 +87,7 @@ class TestDashboard:
         assert snap_compare(app(), terminal_size=(100, 30))
 
     def test_two_servers_one_down(self, here, snap_compare):
-        path = Path("artifacts") / "metrics" / "engine.jsonl"
-        last = json.loads(path.read_text().splitlines()[-1])
-        last["ts"] += 0.5
-        last["servers"] = [
-            {
-                "where": "127.0.0.1:8011",
-                "up": True,
-                "batch": 3.5,
-                "generated": 21.25,
-                "prompt": 180.4,
-                "in_flight": 3,
-                "calls": 40,
-            },
-            {"where": "127.0.0.1:8012", "up": False, "in_flight": 0, "calls": 9},
-        ]
-        with path.open("a") as f:
-            f.write(json.dumps(last) + "\n")
+        add_servers_sample(Path("artifacts"))
         assert snap_compare(app(), terminal_size=(120, 32))
 
     def test_failed_filter(self, here, snap_compare):
