@@ -17,7 +17,7 @@ from conftest import pantheon, pantheon_popen
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
-from pantheon.core import ModelServerError, ModelStoreError
+from pantheon.core import ModelServerError, ModelStoreError, ReplyError
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.files import TEST_MODEL, ModelStore
 from pantheon.core.model.safecall import CallLog, call_model
@@ -28,8 +28,14 @@ from pantheon.core.model.server import (
     free_port,
     llama_environment,
 )
+from pantheon.core.store.jsonl import read_jsonl
+from pantheon.core.store.layout import CALLS_FILE
 
 pytestmark = pytest.mark.slow
+
+
+class Echo(BaseModel):
+    text: str
 
 
 class Person(BaseModel):
@@ -393,3 +399,46 @@ def test_a_server_that_faults_even_without_repacking_is_a_clear_error(
     srv = ModelServer(tmp_path / "a", ServerConfig(model=model, port=0))
     with pytest.raises(ModelServerError, match="exited with code -4 while starting"):
         srv.start(timeout_s=60)
+
+
+PASSAGE = (
+    "The night queue holds every job of the night. Each job runs its flow's nodes in order, "
+    "and each node writes what it did into the artifacts directory, so a night that stops "
+    "can be resumed where it stopped and nothing it wrote is lost."
+)
+
+
+async def test_the_server_drafts_tokens_from_its_context_and_each_call_says_how_many(
+    server, tmp_path
+):
+    """Asked to repeat a passage it was shown, the model's reply is mostly text the context
+    holds: llama-server drafts it by n-gram lookup and accepts much of it, and the call's row
+    records both counts."""
+    assert "--spec-type" in server.command
+    ask = [
+        {
+            "role": "user",
+            "content": f'Reply with JSON {{"text": "..."}}, the text being exactly this:\n\n'
+            f"{PASSAGE}\n\n{PASSAGE}",
+        }
+    ]
+    async with LLMClient(server.endpoint) as client:
+        with contextlib.suppress(ReplyError):  # a garbled echo is still a recorded call
+            await call_model(client, ask, Echo, log=CallLog(tmp_path), max_tokens=160)
+    rows, _ = read_jsonl(tmp_path / CALLS_FILE)
+    (row,) = rows
+    assert row["drafted_tokens"] > 0, row
+    assert 0 < row["accepted_drafts"] <= row["drafted_tokens"]
+
+
+async def test_a_server_without_speculation_drafts_nothing(tmp_path, smollm2):
+    srv = ModelServer(tmp_path, ServerConfig(model=smollm2, port=0, parallel=1, speculative="none"))
+    state = srv.start(timeout_s=120)
+    try:
+        assert "--spec-type" not in state.command
+        ask = [{"role": "user", "content": f"Repeat this text exactly:\n\n{PASSAGE}"}]
+        async with LLMClient(state.endpoint) as client:
+            reply = await client.chat(ask, max_tokens=60, temperature=0.0)
+        assert reply.completion_tokens > 0 and reply.drafted is None
+    finally:
+        srv.stop()

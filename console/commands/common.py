@@ -24,6 +24,17 @@ def artifacts_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def speculative_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--speculative",
+        choices=("ngram", "none"),
+        default="ngram",
+        help="llama.cpp servers: draft tokens from text already in the context (the file a fix "
+        "copies back, the page a description quotes) and verify them in one batch (ngram, "
+        "default), or decode one token a step (none); what is sampled is the same",
+    )
+
+
 def gate_args(p: argparse.ArgumentParser) -> None:
     """The reviewers' audits: κ and the canaries, and when they pause merges."""
     p.add_argument(

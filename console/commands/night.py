@@ -20,6 +20,7 @@ from pantheon.console.commands.common import (
     model_endpoint_args,
     quiet_logging_for_textual,
     sandbox_arg,
+    speculative_arg,
 )
 from pantheon.console.commands.prepare import code_model, prepare_night
 from pantheon.core.errors import ConfigError
@@ -118,6 +119,7 @@ def add_night(sub: Any) -> None:
         "the night spreads its calls over them, each agent kept on one, a dead one's calls sent "
         "to the others",
     )
+    speculative_arg(p)
     gate_args(p)
     p.add_argument(
         "--reviewers-on",
@@ -265,6 +267,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         backend=served_backend(args),
         auto_concurrency=args.concurrency == "auto",
         servers=args.servers,
+        speculative=args.speculative,
     )
     result = run_night(settings)
     code = result.exit_code

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pantheon.console.commands.common import artifacts_arg
+from pantheon.console.commands.common import artifacts_arg, speculative_arg
 from pantheon.core import ConfigError, ModelServerError
 
 log = logging.getLogger("pantheon")
@@ -61,6 +61,7 @@ def add_serve(sub: Any) -> None:
         "--ctx", type=int, default=4096, metavar="TOKENS", help="context per slot (default: 4096)"
     )
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: all)")
+    speculative_arg(p)
     p.add_argument(
         "--adapter",
         action="append",
@@ -115,6 +116,7 @@ def _server_config(args: argparse.Namespace):
             parallel=args.parallel,
             ctx_per_slot=args.ctx,
             threads=args.threads,
+            speculative=args.speculative,
             adapters=[str(Path(a).resolve()) for a in args.adapter] + promoted,
         )
     except ValidationError as exc:

@@ -32,7 +32,13 @@ import httpx
 
 from pantheon.core.errors import ModelServerError, ServerUnavailable
 from pantheon.core.model.guard import Resolver, check_endpoint
-from pantheon.core.model.stream import CallWatch, StreamedCalls, cached_tokens, snippet
+from pantheon.core.model.stream import (
+    CallWatch,
+    StreamedCalls,
+    cached_tokens,
+    drafted_tokens,
+    snippet,
+)
 
 __all__ = ["Backend", "CallWatch", "ChatReply", "LLMClient"]
 
@@ -75,6 +81,9 @@ class ChatReply:
     """Prompt tokens the server took from its prefix cache rather than evaluating them, by its
     own count (llama-server's ``timings.cache_n``; vLLM's and OpenAI's
     ``usage.prompt_tokens_details.cached_tokens``); None when it does not say."""
+    drafted: tuple[int, int] | None = None
+    """Speculation's tokens for this reply: drafted, and accepted of those (llama-server's
+    ``timings``); None when the server did not speculate or does not say."""
 
 
 def _retryable_status(code: int) -> bool:
@@ -390,6 +399,7 @@ class LLMClient(StreamedCalls):
             raw=data,
             endpoint=self.where,
             cached_tokens=cached_tokens(data) if index == 0 else None,
+            drafted=drafted_tokens(data) if index == 0 else None,
         )
 
     async def _know_adapter(self, adapter: str | None) -> None:

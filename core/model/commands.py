@@ -19,10 +19,24 @@ from pantheon.core.model.llamabin import (
 if TYPE_CHECKING:
     from pantheon.core.model.server import ServerConfig
 
-__all__ = ["NO_REPACK", "llama_command", "vllm_command"]
+__all__ = ["NGRAM_SPECULATION", "NO_REPACK", "llama_command", "vllm_command"]
 
 NO_REPACK = "--no-repack"
 """llama-server without weight repacking: what a CPU that faults on its repacked kernels needs."""
+
+
+NGRAM_SPECULATION = [
+    "--spec-type",
+    "ngram-simple",
+    "--spec-ngram-simple-size-n",
+    "8",
+    "--spec-ngram-simple-size-m",
+    "16",
+]
+"""llama-server's n-gram speculation: when the last 8 tokens occurred earlier in the context,
+the 16 that followed them there are drafted and verified in one batch. On a 2-core CPU, a
+1.5B model rewriting a file: 1.40× the tokens/s of one stream, 1.07× at four streams (which
+batching already keeps busy); ``bench/speculation.py``."""
 
 
 def vllm_command(
@@ -59,8 +73,9 @@ def llama_command(
     cfg: ServerConfig, model_path: Path, alias: str
 ) -> tuple[list[str], dict[str, str]]:
     """``llama-server`` on loopback with ``cfg.parallel`` slots, continuous batching and its
-    Prometheus metrics; adapters loaded but not applied (each request names its own); without
-    weight repacking where this build was seen to fault on it."""
+    Prometheus metrics; adapters loaded but not applied (each request names its own); n-gram
+    speculation unless ``cfg.speculative`` is ``"none"``; without weight repacking where this
+    build was seen to fault on it."""
     binary = find_llama_binary()
     cmd = [
         str(binary),
@@ -83,6 +98,8 @@ def llama_command(
         cmd += ["-t", str(cfg.threads)]
     if cfg.adapters:
         cmd += ["--lora", ",".join(cfg.adapters), "--lora-init-without-apply"]
+    if cfg.speculative == "ngram" and "--spec-type" not in cfg.extra_args:
+        cmd += NGRAM_SPECULATION
     if cpu_faults_on_repack(binary.parent) and NO_REPACK not in cfg.extra_args:
         cmd.append(NO_REPACK)
     return cmd + cfg.extra_args, llama_environment(binary.parent)

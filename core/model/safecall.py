@@ -205,6 +205,13 @@ def stall_fields(exc: BaseException) -> dict[str, Any]:
     return {}
 
 
+def _drafts(reply: ChatReply) -> dict[str, int]:
+    """The reply's speculation figures for its call row: none when the server drafted none."""
+    if reply.drafted is None:
+        return {}
+    return {"drafted_tokens": reply.drafted[0], "accepted_drafts": reply.drafted[1]}
+
+
 def _record_failure(
     log: CallLog, base: dict[str, Any], client: LLMClient, exc: ModelServerError, latency: float
 ) -> None:
@@ -275,6 +282,7 @@ async def call_model(
         "prompt_tokens": reply.prompt_tokens,
         "cached_tokens": reply.cached_tokens,
         "completion_tokens": reply.completion_tokens,
+        **_drafts(reply),
         "latency_s": round(reply.latency_s, 4),
         "attempts": reply.attempts,
     }
@@ -394,6 +402,7 @@ async def ask_sampled(
             "prompt_tokens": reply.prompt_tokens if i == 0 else 0,
             "cached_tokens": reply.cached_tokens if i == 0 else None,
             "completion_tokens": reply.completion_tokens,
+            **(_drafts(reply) if i == 0 else {}),
             "latency_s": round(latency, 4),
         }
         try:

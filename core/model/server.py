@@ -96,6 +96,10 @@ class ServerConfig(BaseModel):
     """LoRA adapter files, loaded without being applied; each request picks its own (GGUF
     files for llama.cpp, peft folders for vLLM; OpenVINO serves none)."""
     alias: str | None = None
+    speculative: Literal["ngram", "none"] = "ngram"
+    """llama.cpp: draft tokens from n-grams already in the context (the prompt and the reply so
+    far) and verify them in one batch: a fix that copies most of its file back, or a
+    description quoting its page, comes out several tokens a step. Sampling is unchanged."""
     extra_args: list[str] = Field(default_factory=list)
 
 

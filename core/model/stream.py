@@ -111,6 +111,18 @@ def cached_tokens(data: dict[str, Any]) -> int | None:
     return None
 
 
+def drafted_tokens(data: dict[str, Any]) -> tuple[int, int] | None:
+    """Tokens the server drafted by speculation for this reply, and how many of them it
+    accepted (llama-server's ``timings.draft_n`` and ``draft_n_accepted``); None without."""
+    timings = data.get("timings")
+    if not isinstance(timings, dict):
+        return None
+    drafted, accepted = timings.get("draft_n"), timings.get("draft_n_accepted")
+    if isinstance(drafted, int) and isinstance(accepted, int):
+        return drafted, accepted
+    return None
+
+
 def is_event_stream(resp: httpx.Response) -> bool:
     return resp.headers.get("content-type", "").startswith("text/event-stream")
 

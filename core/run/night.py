@@ -178,6 +178,8 @@ class NightSettings:
     servers: int = 1
     """Embedded servers of ``model``: more than one are a pool, the calls spread over them
     (the CPU's cores shared out between them)."""
+    speculative: Literal["ngram", "none"] = "ngram"
+    """The embedded llama.cpp servers' n-gram speculation (:attr:`ServerConfig.speculative`)."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ def _servers(
             parallel=max(concurrency, AUTO_SLOTS if settings.auto_concurrency else 1),
             threads=threads,
             adapters=adapters,
+            speculative=settings.speculative,
         )
 
     servers = [ModelServer(settings.artifacts, config(settings.model))]
