@@ -64,8 +64,8 @@ def _pass_rates(artifacts: Path) -> dict[str, str]:
     }
 
 
-def one_night(args: argparse.Namespace, cache: bool, root: Path) -> dict[str, Any]:
-    artifacts = root / ("after" if cache else "before")
+def one_night(args: argparse.Namespace, after: bool, root: Path) -> dict[str, Any]:
+    artifacts = root / ("after" if after else "before")
     shape = LLMClient.shape
 
     def no_cache(self: LLMClient, *a: Any, **kw: Any) -> dict[str, Any]:
@@ -77,9 +77,9 @@ def one_night(args: argparse.Namespace, cache: bool, root: Path) -> dict[str, An
     argv += ["--artifacts", str(artifacts), "--concurrency", str(args.concurrency)]
     if args.model:
         argv += ["--model", args.model]
-    if not cache and not args.cache_only:
+    if not after and not args.cache_only:
         argv += ["--speculative", "none"]
-    if not cache:
+    if not after:
         LLMClient.shape = no_cache  # type: ignore[method-assign]
     try:
         t0 = time.monotonic()
@@ -89,7 +89,7 @@ def one_night(args: argparse.Namespace, cache: bool, root: Path) -> dict[str, An
         LLMClient.shape = shape  # type: ignore[method-assign]
     calls = _calls(artifacts)
     out = {
-        "cache": cache,
+        "night": "after" if after else "before",
         "exit": code,
         "wall_s": round(wall, 1),
         **calls,
@@ -123,8 +123,8 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="pantheon-bench-night-") as tmp:
         root = args.keep or Path(tmp)
-        off = one_night(args, False, root)
-        on = one_night(args, True, root)
+        before = one_night(args, False, root)
+        after = one_night(args, True, root)
     print()
     print(f"{'':24}{'before':>14}{'after':>14}")
     for label, key in (
@@ -136,21 +136,20 @@ def main() -> None:
         ("  accepted", "accepted"),
         ("generated tokens/s", "generated_per_s"),
     ):
-        print(f"{label:24}{off[key]!s:>14}{on[key]!s:>14}")
-    share = on["cache_share"]
+        print(f"{label:24}{before[key]!s:>14}{after[key]!s:>14}")
+    share = after["cache_share"]
     print(f"{'cache share':24}{'-':>14}{(f'{share:.0%}' if share is not None else '-'):>14}")
-    for agent in sorted(set(off["pass"]) | set(on["pass"])):
-        print(
-            f"{'pass ' + agent:24}{off['pass'].get(agent, '-'):>14}{on['pass'].get(agent, '-'):>14}"
-        )
-    less = 1 - on["wall_s"] / off["wall_s"] if off["wall_s"] else 0.0
+    for agent in sorted(set(before["pass"]) | set(after["pass"])):
+        was, now = before["pass"].get(agent, "-"), after["pass"].get(agent, "-")
+        print(f"{'pass ' + agent:24}{was:>14}{now:>14}")
+    less = 1 - after["wall_s"] / before["wall_s"] if before["wall_s"] else 0.0
     shown = f"{share:.0%}" if share is not None else "-"
     print(
         f"\nafter: {less:.0%} less wall time (goal: 25 %), {shown} of the prompt "
         "tokens from the cache (goal: 40 %)"
     )
     if args.json:
-        print(json.dumps({"off": off, "on": on}, indent=2))
+        print(json.dumps({"before": before, "after": after}, indent=2))
 
 
 if __name__ == "__main__":

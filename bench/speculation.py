@@ -1,7 +1,8 @@
 """llama-server's n-gram speculation against none, on the code writer's own kind of work.
 
-Each code task of the packaged HumanEval corpus is sent as codegen sends it: the file under
-test and its task, the whole fixed file asked back. A fix copies most of its file, so much of
+Each code task of the packaged HumanEval corpus is sent in the shape of codegen's prompt (the
+task and the file under test, the whole fixed file asked back; without the failing tests'
+output, which this bench does not run). A fix copies most of its file, so much of
 the reply is text the prompt already holds, which n-gram speculation drafts and the server
 verifies in one batch. Both servers run the same model with the same slots, one after the
 other, greedy, and at each concurrency the bench prints generated tokens/s with and without
@@ -21,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.model.client import ChatReply, LLMClient
 from pantheon.core.model.files import ModelStore
 from pantheon.core.model.server import ModelServer, ServerConfig
+from pantheon.core.run.demo import corpus_tasks
 
 SYSTEM = (
     "You fix one Python file so that its failing tests pass. Reply with the whole corrected "
@@ -33,8 +34,6 @@ SYSTEM = (
 
 
 def tasks(n: int) -> list[list[dict[str, str]]]:
-    path = packaged_flows_dir() / "corpus" / "code" / "humaneval.jsonl"
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
     return [
         [
             {"role": "system", "content": SYSTEM},
@@ -44,7 +43,7 @@ def tasks(n: int) -> list[list[dict[str, str]]]:
                 f"{r['source']}```",
             },
         ]
-        for r in rows
+        for r in corpus_tasks()[:n]
     ]
 
 

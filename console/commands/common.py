@@ -31,7 +31,7 @@ def speculative_arg(p: argparse.ArgumentParser) -> None:
         default="ngram",
         help="llama.cpp servers: draft tokens from text already in the context (the file a fix "
         "copies back, the page a description quotes) and verify them in one batch (ngram, "
-        "default), or decode one token a step (none); what is sampled is the same",
+        "default), or decode one token a step (none); each token is still the model's own choice",
     )
 
 

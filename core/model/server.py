@@ -59,6 +59,7 @@ __all__ = [
     "ModelServer",
     "ServerConfig",
     "ServerState",
+    "Speculation",
     "artifact_name",
     "find_llama_binary",
     "free_port",
@@ -79,6 +80,10 @@ class _RepackFault(ModelServerError):
 # -- configuration and state -----------------------------------------------------------------
 
 
+Speculation = Literal["ngram", "none"]
+"""How a llama.cpp server speculates: from n-grams of its context, or not at all."""
+
+
 class ServerConfig(BaseModel):
     """How to start the model server."""
 
@@ -96,10 +101,11 @@ class ServerConfig(BaseModel):
     """LoRA adapter files, loaded without being applied; each request picks its own (GGUF
     files for llama.cpp, peft folders for vLLM; OpenVINO serves none)."""
     alias: str | None = None
-    speculative: Literal["ngram", "none"] = "ngram"
+    speculative: Speculation = "ngram"
     """llama.cpp: draft tokens from n-grams already in the context (the prompt and the reply so
     far) and verify them in one batch: a fix that copies most of its file back, or a
-    description quoting its page, comes out several tokens a step. Sampling is unchanged."""
+    description quoting its page, comes out several tokens a step. Each token is still the
+    model's own choice; a near tie can tip the other way under batched arithmetic."""
     extra_args: list[str] = Field(default_factory=list)
 
 

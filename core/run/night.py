@@ -38,7 +38,7 @@ from pantheon.core.store.layout import NIGHT_FIGURES_FILE
 from pantheon.core.store.queue import JobQueue
 
 if TYPE_CHECKING:
-    from pantheon.core.model.server import ModelServer
+    from pantheon.core.model.server import ModelServer, Speculation
 
 __all__ = [
     "DEFAULT_CODE_MODEL",
@@ -178,7 +178,7 @@ class NightSettings:
     servers: int = 1
     """Embedded servers of ``model``: more than one are a pool, the calls spread over them
     (the CPU's cores shared out between them)."""
-    speculative: Literal["ngram", "none"] = "ngram"
+    speculative: Speculation = "ngram"
     """The embedded llama.cpp servers' n-gram speculation (:attr:`ServerConfig.speculative`)."""
 
 
