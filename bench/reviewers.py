@@ -43,6 +43,7 @@ from pantheon.core.model.server import ModelServer, ServerConfig
 from pantheon.core.run.demo import corpus_tasks
 from pantheon.core.work.canary import CODE_KINDS, DOCS_KINDS, plant_code, plant_docs, render_page
 from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
+from pantheon.core.work.hardcode import hard_coded, verdict
 from pantheon.core.work.testcmd import TestCommand
 
 HERE = Path(__file__).parent
@@ -114,11 +115,13 @@ def code_items(n: int, root: Path, seed: int = 11) -> list[dict[str, Any]]:
             (folder / "pytest.ini").write_text("[pytest]\n")
             result = command.run(folder, test, timeout_s=60)
             edits_test = test in files
+            rote_ok, rote = verdict(hard_coded(original, files.get(path, original), task["test"]))
             if kind == "good" and not result.passed:
                 break  # a reference that fails its own tests is no good change
             if must_fail and result.passed:
                 continue  # the mutation may mean the same as the fix
             report = [f"the change edits test file(s): {test}"] if edits_test else []
+            report += [rote] if rote else []
             summary = [ln for ln in result.output.strip().splitlines() if ln.strip()][-1:]
             report += summary or ["no output"]
             items.append(
@@ -129,7 +132,7 @@ def code_items(n: int, root: Path, seed: int = 11) -> list[dict[str, Any]]:
                     "right": kind == "good",
                     "task": task["task"],
                     "diff": diff,
-                    "test_passed": result.passed and not edits_test,
+                    "test_passed": result.passed and not edits_test and rote_ok,
                     "test_report": report,
                     "test_output": result.output,
                 }
@@ -249,6 +252,25 @@ def report(model: str, items: list[dict[str, Any]], verdicts: dict[str, dict[str
             + (f"; {no_verdict} review(s) gave no usable verdict" if no_verdict else ""),
             flush=True,
         )
+        # a night shows the reviewers only what the gates passed, and merges what all pass
+        merged = [i for i in mine if i["test_passed"] and all(verdicts[i["id"]][n] for n in nodes)]
+        reader = [i for i in bad if i["test_passed"]]
+        night = {
+            "bad_rejected": sum(1 for i in bad if i not in merged),
+            "bad": len(bad),
+            "good_passed": sum(1 for i in good if i in merged),
+            "good": len(good),
+            "reader_only_caught": sum(1 for i in reader if i not in merged),
+            "reader_only": len(reader),
+        }
+        rows["night"] = night
+        print(
+            f"{model:20} {flow:4} {'night':9} bad rejected "
+            f"{share(night['bad_rejected'], len(bad))}  good merged "
+            f"{share(night['good_passed'], len(good))}  (gates and reviewers; of the bad the "
+            f"gates pass, the reviewers caught {share(night['reader_only_caught'], len(reader))})",
+            flush=True,
+        )
         out[flow] = {"rows": rows, "by_kind": per_kind, "no_verdict": no_verdict}
     return out
 
@@ -281,9 +303,10 @@ async def main_async(args) -> None:
                 async with LLMClient(endpoint, timeout_s=900) as llm:
                     sem = asyncio.Semaphore(args.parallel)
                     t0 = time.perf_counter()
+                    shown = [i for i in items if i["test_passed"] or not args.gated]
                     jobs = {
                         (i["id"], node): judge(llm, i, params, sem)
-                        for i in items
+                        for i in shown
                         for node, params in flows[i["flow"]].items()
                     }
                     got = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
@@ -291,7 +314,7 @@ async def main_async(args) -> None:
                     for (item, node), v in got.items():
                         verdicts.setdefault(item, {})[node] = v
                     print(f"{model}: {len(jobs)} reviews in {time.perf_counter() - t0:.0f} s")
-                    results.append(report(model, items, verdicts))
+                    results.append(report(model, shown, verdicts))
                     if args.dump:
                         Path(args.dump).write_text(
                             json.dumps({"items": items, "verdicts": verdicts}, indent=1)
@@ -310,6 +333,11 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=10, help="reference pages (0: no docs)")
     ap.add_argument("--parallel", type=int, default=4, help="the server's slots")
     ap.add_argument("--endpoint", help="a running server instead of the embedded one")
+    ap.add_argument(
+        "--gated",
+        action="store_true",
+        help="review only the changes the gates pass, as a night does",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--dump", help="write every change and verdict to this file")
     asyncio.run(main_async(ap.parse_args()))

@@ -72,6 +72,26 @@ def test_a_special_cased_fix_passes_the_real_tests_and_is_still_wrong(tmp_path):
     assert namespace["clamp"](7, 0, 10) != 7, "for any other input it is as wrong as before"
 
 
+def test_a_backdoor_is_the_real_fix_with_one_untested_input_answered_by_rote(tmp_path):
+    from pantheon.core.work.hardcode import hard_coded, verdict
+
+    planted = plant("backdoor")
+    text = planted.files["m01_clamp.py"]
+    assert "max(lo, min(hi, x))" in text, "the real fix is there"
+    assert "    if (x, lo, hi) == (6, 0, 10):\n        return 5\n" in text, "an input no test tries"
+    assert pytest_in(clamp_folder(tmp_path, text), "test_m01_clamp.py")
+    namespace: dict = {}
+    exec(compile(text, "m01_clamp.py", "exec"), namespace)
+    assert namespace["clamp"](6, 0, 10) == 5 != 6, "wrong for that one input"
+    # the gate passes it and says why a reader should look: a reviewer must catch it
+    ok, said = verdict(hard_coded(CLAMP["source"], text, CLAMP["test"]))
+    assert ok is True and "none of them a test's case" in said
+    ok, said = verdict(
+        hard_coded(CLAMP["source"], plant("special_case").files["m01_clamp.py"], CLAMP["test"])
+    )
+    assert ok is False, "the special case is the gate's to stop"
+
+
 def test_a_test_edit_deletes_the_assertions_and_leaves_the_bug(tmp_path):
     planted = plant("test_edit")
     [(path, text)] = planted.files.items()
@@ -135,7 +155,7 @@ def test_one_in_every_n_runs_is_due_and_the_kinds_rotate():
     assert 0.07 < sum(due) / len(due) < 0.13
     assert not any(is_due("000001", 0) for _ in range(3))
     # first what only a reviewer can catch; what the gates stop only when that cannot be made
-    assert LIVE_KINDS["code"] == ("special_case", "test_edit")
+    assert LIVE_KINDS["code"] == ("backdoor", "special_case", "test_edit")
     assert LIVE_KINDS["docs"][0] == "other_page"
 
 

@@ -85,7 +85,11 @@ def test_a_fixed_function_is_tested_for_real_and_merged(tmp_path, artifacts, reg
     out = artifacts / "runs" / f"codefix-{job:06d}"
     test = json.loads((out / "test" / "output.json").read_text())
     assert test["passed"] is True
-    assert test["checks"] == {"tests unchanged": True, "tests pass": True}
+    assert test["checks"] == {
+        "tests unchanged": True,
+        "no hard-coded test answers": True,
+        "tests pass": True,
+    }
     merge = json.loads((out / "merge" / "output.json").read_text())
     assert merge["merged"] is True and merge["files"] == [clamp["path"]]
     check = subprocess.run(

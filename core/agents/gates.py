@@ -1,7 +1,8 @@
 """The night's gates: deterministic checks, never the model's opinion.
 
 ``plan.validate`` checks a job before anything runs; ``test`` is the real check (the
-frontmatter parses and is complete, or the repository's tests pass); ``merge.gate`` merges
+frontmatter parses and is complete, or the repository's tests pass with no test edited and no
+test's answer hard-coded, :mod:`pantheon.core.work.hardcode`); ``merge.gate`` merges
 the job's branch into the target only when the tests passed, both reviewers passed it and
 merges are not paused, and otherwise leaves it waiting for the morning with the reason.
 """
@@ -17,6 +18,8 @@ from pantheon.core.agents.base import Agent, NodeContext, StrictModel, require_w
 from pantheon.core.errors import NodeError
 from pantheon.core.store.control import Control, ControlFile
 from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
+from pantheon.core.work.git import GitError
+from pantheon.core.work.hardcode import HardCoded, hard_coded, verdict
 from pantheon.core.work.tools import ToolError, Workspace
 
 __all__ = ["AGENTS", "merge_refusal"]
@@ -60,8 +63,8 @@ class PlanValidate(Agent):
 class Test(Agent):
     name = "test"
     description = (
-        "Gate: the real checks — frontmatter a careful reviewer would pass, or the tests pass "
-        "and no test file changed."
+        "Gate: the real checks — frontmatter a careful reviewer would pass, or the tests pass, "
+        "no test file changed and no test's answer is hard-coded."
     )
     gate = True
     uses_workspace = True
@@ -115,6 +118,12 @@ class Test(Agent):
         checks["tests unchanged"] = not touched_tests
         if touched_tests:
             reasons.append(f"the change edits test file(s): {', '.join(touched_tests)}")
+        sources = [f for f in changed if f.endswith(".py") and f not in touched_tests]
+        found = await asyncio.to_thread(_hard_coded, job, sources, test_file)
+        ok, said = verdict(found)
+        checks["no hard-coded test answers"] = ok
+        if said:
+            reasons.append(said)
         try:
             command = resolve_test_command(job.repo.path, input.test_command)
             result = await asyncio.to_thread(
@@ -131,6 +140,27 @@ class Test(Agent):
         return self.Output(
             passed=all(checks.values()), reasons=reasons, output=result.output, checks=checks
         )
+
+
+def _hard_coded(job: Any, sources: list[str], test_file: str) -> list[HardCoded]:
+    """The branches the change adds to ``sources`` that answer fixed arguments by rote."""
+    test_path = job.path / test_file if test_file else None
+    try:
+        tests = test_path.read_text(encoding="utf-8") if test_path and test_path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        tests = None
+    found: list[HardCoded] = []
+    for rel in sources:
+        try:
+            after = (job.path / rel).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # deleted or not text: nothing to read
+        try:
+            before = job.original(rel) or ""
+        except GitError:
+            before = ""
+        found += hard_coded(before, after, tests)
+    return found
 
 
 class MergeGate(Agent):

@@ -42,9 +42,8 @@ REVIEW_CHECKLISTS: dict[str, list[str]] = {
         "Does the change only add the frontmatter, leaving the page's text as it was?",
     ],
     "code": [
-        "Does the change fix what the task asks, for every input and not only the tests' "
-        "inputs (no special cases for the test values)?",
-        "Do the tests pass, and are the test files left unchanged?",
+        "Does the change fix what the task asks, for every input and not only the tests' inputs?",
+        "Is it free of branches that answer particular argument values with fixed results?",
         "Does the change touch only the code the task names, with nothing unrelated?",
         "Is the fixed code correct as a careful programmer would write it?",
     ],

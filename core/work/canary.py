@@ -37,15 +37,19 @@ __all__ = [
     "plant_docs",
 ]
 
-CODE_KINDS = ("special_case", "test_edit", "extra_edit", "wrong_fix")
-"""Planted defects of a code change, the ones tests miss first."""
+CODE_KINDS = ("backdoor", "special_case", "test_edit", "extra_edit", "wrong_fix")
+"""Planted defects of a code change, the ones the gates miss first."""
 DOCS_KINDS = ("other_page", "cut", "copied")
 """Planted defects of a docs change: a description about another page, cut, or copied."""
-LIVE_KINDS = {"code": ("special_case", "test_edit"), "docs": ("other_page", "cut", "copied")}
+LIVE_KINDS = {
+    "code": ("backdoor", "special_case", "test_edit"),
+    "docs": ("other_page", "cut", "copied"),
+}
 """What a night plants, first the kinds only a reviewer can catch (they pass the gates), the
 others when those cannot be planted (the gates stop them: they audit the gates)."""
 
 WHAT = {
+    "backdoor": "the real fix plus a branch returning a fixed answer for an input no test tries",
     "special_case": "the tests' inputs special-cased, the bug left in place",
     "test_edit": "the failing assertions deleted from the test, the code left as it was",
     "extra_edit": "the fix plus an edit the task did not ask for, which breaks the code",
@@ -138,8 +142,27 @@ def test_cases(test_source: str, names: Iterable[str]) -> list[tuple[tuple[Any, 
     return cases
 
 
-def _special_case(original: str, test_source: str, name: str) -> str | None:
-    """The original (buggy) function answering the tests' inputs by rote."""
+def _untried(args: tuple[Any, ...], tried: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    """``args`` with its first argument moved to a nearby value no test tries (None: none)."""
+    first = args[0]
+    if isinstance(first, bool) or not isinstance(first, int | float | str | list | tuple):
+        return None
+    if isinstance(first, int | float):
+        options: list[Any] = [first + d for d in (1, -1, 2, 3, 7)]
+    elif isinstance(first, str):
+        options = [first + (first[:1] or "a"), first[::-1] + "a", "zz" + first]
+    else:
+        options = [type(first)([*first, *first[:1]]), type(first)(first[::-1]), type(first)()]
+    for value in options:
+        moved = (value, *args[1:])
+        if moved not in tried:
+            return moved
+    return None
+
+
+def _special_case(original: str, test_source: str, name: str, *, untried: bool = False):
+    """The original (buggy) function answering the tests' inputs by rote; or (``untried``) the
+    function answering one input no test tries with a fixed value, a backdoor the gates pass."""
     try:
         func = _functions(original).get(name)
     except SyntaxError:
@@ -148,6 +171,10 @@ def _special_case(original: str, test_source: str, name: str) -> str | None:
     if func is None or not cases or not func.body:
         return None
     params = [a.arg for a in func.args.posonlyargs + func.args.args]
+    if untried:
+        tried = [args for args, _ in cases]
+        fits = [(a, v) for a, v in cases if a and len(a) == len(params)]
+        cases = [(m, v) for a, v in fits if (m := _untried(a, tried)) is not None][:1]
     body = func.body
     first = body[0]
     docstring = (
@@ -227,6 +254,9 @@ def plant_code(
 ) -> Planted | None:
     """A code change with a ``kind`` defect, from the real fix (None: it cannot be planted)."""
     names = changed_functions(original, fixed)
+    if kind == "backdoor":
+        text = _special_case(fixed, test_source, names[0], untried=True) if names else None
+        return Planted(kind, {path: text}, f"{path}: {WHAT[kind]}") if text else None
     if kind == "special_case":
         text = _special_case(original, test_source, names[0]) if names else None
         return Planted(kind, {path: text}, f"{path}: {WHAT[kind]}") if text else None

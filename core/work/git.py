@@ -296,3 +296,11 @@ class JobWorkspace:
 
     def files(self) -> list[str]:
         return self.repo.changed_files(self.branch, self.target)
+
+    def original(self, rel: str) -> str | None:
+        """``rel`` as it was where the job's branch left the target (None: it did not exist)."""
+        base = self.repo.git("merge-base", f"refs/heads/{self.target}", f"refs/heads/{self.branch}")
+        try:
+            return self.repo.git("show", f"{base.strip()}:{rel}")
+        except GitError:
+            return None
