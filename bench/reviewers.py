@@ -4,8 +4,11 @@ A set of changes whose right verdict is known, built from the demo corpus with t
 the night's canaries use (``pantheon.core.work.canary``):
 
 - **code**: HumanEval functions with one bug (the demo corpus). The good change is the real fix;
-  the bad ones special-case the tests' inputs, delete the failing assertions, fix it wrongly, or
-  fix it and break something else (a mutation counts only when the real tests fail on it).
+  the bad ones answer one untested input by rote beside the real fix (a backdoor), special-case
+  the tests' inputs, delete the failing assertions, fix it wrongly, or fix it and break
+  something else (a mutation counts only when the real tests fail on it). ``--gated`` shows the
+  reviewers only what the gates pass (the test gate, with its check for hard-coded answers), as
+  a night does.
 - **docs**: the demo corpus's pages with hand-written frontmatter a reviewer should pass
   (``bench/data/docs_reference.yaml``); the bad ones cut the description mid-sentence, copy it
   from the page, or take another page's.

@@ -60,12 +60,24 @@ def test_a_lookup_the_tests_do_not_ask_for_passes_and_broken_code_reads_as_nothi
 
 
 def test_the_night_never_merges_a_fix_that_hard_codes_its_tests(tmp_path, artifacts, registry):
+    """The tool loop writes files itself: the test gate is what stops its answers by rote."""
+    from test_codefix import tool_loop_flow
+
+    from pantheon.core import Engine, JobQueue, enqueue, load_flow
+
     repo = prepare_demo_repo(tmp_path / "demo")
     _, code = repo_jobs(repo)
     clamp = code[0]
     assert (repo / clamp["test"]).read_text() == TESTS
-    llm, http = scripted([f"```python\n{ROTE}```"], [True, True])
-    [job] = run(artifacts, registry, [clamp], llm)
+    steps = [
+        {"action": "tool", "tool": "write_file", "args": {"path": clamp["path"], "content": ROTE}},
+        {"action": "final", "answer": {"summary": "the tests pass now"}},
+    ]
+    llm, http = scripted(steps, [True, True])
+    flow = load_flow(tool_loop_flow(tmp_path), registry)
+    with JobQueue(artifacts) as q:
+        [job] = enqueue(q, flow, [clamp])
+    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     test = json.loads((out / "test" / "output.json").read_text())
@@ -74,3 +86,24 @@ def test_the_night_never_merges_a_fix_that_hard_codes_its_tests(tmp_path, artifa
     assert any("special cases for the tests' inputs" in r for r in test["reasons"])
     assert json.loads((out / "FAILED.json").read_text())["node"] == "test"
     assert not (out / "merge").exists()
+
+
+def test_a_candidate_that_answers_by_rote_is_never_kept_and_the_real_fix_is(
+    tmp_path, artifacts, registry
+):
+    from test_codefix import FIXED_CLAMP, calls_of
+
+    repo = prepare_demo_repo(tmp_path / "demo")
+    _, code = repo_jobs(repo)
+    llm, http = scripted(
+        [f"```python\n{ROTE}```", f"```python\n{ROTE}```", FIXED_CLAMP], [True, True]
+    )
+    [job] = run(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    out = artifacts / "runs" / f"codefix-{job:06d}"
+    assert json.loads((out / "merge" / "output.json").read_text())["merged"] is True
+    calls = calls_of(out)
+    greedy, rote, real = calls[0], calls[1], calls[2]
+    assert greedy["tests_passed"] is True and greedy["chosen"] is False
+    assert greedy["error"].startswith("its tests pass, but by rote: special cases")
+    assert rote["chosen"] is False and real["chosen"] is True and real["error"] is None

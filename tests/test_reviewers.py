@@ -62,3 +62,21 @@ def test_a_docs_reviewer_is_asked_whether_the_frontmatter_speaks_of_the_pages_he
     text = review_messages(docs, DIFF, "Judge.", page="# Backups\n\nCopy a store.\n")[1]["content"]
     assert "1. The page's heading is 'Backups'." in text
     assert "2. " + REVIEW_CHECKLISTS["docs"][0] in text
+
+
+def test_a_code_reviewer_is_shown_the_gates_note_on_fixed_answers_and_not_asked_what_it_checked():
+    from pantheon.core.work.hardcode import hard_coded, verdict
+
+    before = "def clamp(x, lo, hi):\n    return max(hi, min(lo, x))\n"
+    after = "def clamp(x, lo, hi):\n    if (x, lo, hi) == (6, 0, 10):\n        return 5\n"
+    after += "    return max(lo, min(hi, x))\n"
+    ok, note = verdict(hard_coded(before, after, "assert clamp(5, 0, 10) == 5\n"))
+    assert ok is True, "one branch no test tries: the reviewers' to judge"
+    given = ReviewPeer.Input(
+        task="fix clamp", kind="code", test_passed=True, test_report=[note, "1 passed in 0.01s"]
+    )
+    text = review_messages(given, DIFF, "Judge.")[1]["content"]
+    assert "line 2: `if (x, lo, hi) == (6, 0, 10): return 5`" in text[: text.index("Judge.")]
+    checklist = " ".join(REVIEW_CHECKLISTS["code"])
+    assert "Do the tests pass" not in checklist, "the gate answers that, not the model"
+    assert "particular argument values with fixed results" in checklist

@@ -5,8 +5,9 @@ own (``pantheon/canary-<flow>/<job>``) that nothing ever merges. The flow's dete
 on it for real (so its test result is the true one) and each reviewer judges it exactly as it
 judges a real change. A reviewer that passes a canary missed a defect.
 
-The defects are the ones that matter when the tests already passed — a fix that special-cases the
-tests' inputs, a test edited instead of the code, a fix with an unrelated edit, a wrong fix; for
+The defects are the ones that matter when the tests already passed — a real fix with one input no
+test tries answered by rote (a backdoor: the gates pass it), a fix that special-cases the tests'
+inputs, a test edited instead of the code, a fix with an unrelated edit, a wrong fix; for
 docs, a description cut mid-sentence, copied from the page, or about another page. Each canary is
 ``runs/<run>/canary/canary.json`` and one line of ``artifacts/canaries.jsonl``
 (:mod:`pantheon.core.observe.canaries` keeps the record and the scores); its verdicts are

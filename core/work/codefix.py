@@ -11,7 +11,8 @@
    does not pass, ``k - 1`` more are sampled in one request (OpenAI's ``n``: the server evaluates
    the prompt once and decodes them together). Each is applied in its own scratch copy of the
    worktree and the real tests run there; a passing one is kept — the smallest diff when several
-   pass. Only the file under test
+   pass. A candidate whose tests pass only because it answers their cases by rote
+   (:mod:`pantheon.core.work.hardcode`) does not pass. Only the file under test
    is ever written: a fix never edits a test.
 
 Every candidate is one line of the node's ``calls.jsonl``: the messages, the raw reply, the
@@ -37,6 +38,7 @@ from typing import Any
 from pantheon.core.errors import ModelServerError, NodeError
 from pantheon.core.model.client import ChatReply, LLMClient, Message
 from pantheon.core.model.safecall import CallLog, stall_fields
+from pantheon.core.work.hardcode import hard_coded, verdict
 from pantheon.core.work.testcmd import TestCommand, TestRun
 
 __all__ = [
@@ -267,6 +269,8 @@ class Candidate:
     fixed: str | None = None
     problem: str | None = None
     passed: bool = False
+    """Its tests pass and it answers no test by rote (:mod:`pantheon.core.work.hardcode`)."""
+    tests_passed: bool = False
     lines: int = 0
     test_output: str = ""
     record: dict[str, Any] = field(default_factory=dict)
@@ -363,7 +367,11 @@ async def run_fix(
     target = root / path
     original = target.read_text(encoding="utf-8")
     test_file = root / test_path.split("::", 1)[0]
-    test = test_file.read_text(encoding="utf-8") if show_test else None
+    try:
+        test_source: str | None = test_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        test_source = None  # a folder or a node id's file that cannot be read: no rote check
+    test = test_source if show_test else None
     before = before or await asyncio.to_thread(command.run, root, test_path, timeout_s=timeout_s)
     if before.passed:
         raise NodeError(node, f"the tests of {test_path} already pass: there is nothing to fix")
@@ -396,11 +404,16 @@ async def run_fix(
                 (copy / path).write_text(cand.fixed, encoding="utf-8")
                 run = await asyncio.to_thread(command.run, copy, test_path, timeout_s=timeout_s)
                 tested[cand.fixed] = run
-        cand.passed = run.passed
+        cand.tests_passed = run.passed
         cand.test_output = run.output
         if not run.passed:
             last = [line for line in run.output.strip().splitlines() if line.strip()][-1:]
             cand.problem = "its tests fail" + (f": {last[0][:200]}" if last else "")
+            return
+        ok, said = verdict(hard_coded(original, cand.fixed, test_source))
+        cand.passed = ok
+        if not ok:
+            cand.problem = f"its tests pass, but by rote: {said}"
 
     async def ask(cands: list[Candidate]) -> None:
         """One request for the candidates: greedy alone, or the sampled ones with ``n``."""
@@ -479,9 +492,11 @@ def _log(log: CallLog | None, cand: Candidate, chosen: Candidate | None) -> None
         error = f"passed its tests, not kept: candidate {chosen.index} is a smaller change"
     log.record(
         **cand.record,
-        parsed={"lines_changed": cand.lines, "tests_passed": cand.passed} if cand.fixed else None,
+        parsed={"lines_changed": cand.lines, "tests_passed": cand.tests_passed}
+        if cand.fixed
+        else None,
         error=error,
         chosen=cand is chosen,
-        tests_passed=cand.passed,
+        tests_passed=cand.tests_passed,
         test_output=cand.test_output[-2000:],
     )
