@@ -54,7 +54,10 @@ def test_a_docs_reviewer_reads_the_page_and_each_kind_gets_its_red_flags():
     assert REVIEW_RED_FLAGS["docs"] in text and REVIEW_RED_FLAGS["code"] not in text
     code = ReviewPeer.Input(task="fix", kind="code", test_passed=True)
     text = review_messages(code, DIFF, "Judge.")[1]["content"]
-    assert "special cases for the tests' inputs" in text and "The page" not in text
+    assert "return fixed results instead of fixing the logic" in text and "The page" not in text
+    assert "edits a test file" not in text, "the test gate checked that: it is not asked again"
+    untested = ReviewPeer.Input(task="fix", kind="code", test_passed=False)
+    assert "edits a test file" in review_messages(untested, DIFF, "Judge.")[1]["content"]
 
 
 def test_a_docs_reviewer_is_asked_whether_the_frontmatter_speaks_of_the_pages_heading():

@@ -25,13 +25,20 @@ REVIEW_RED_FLAGS: dict[str, str] = {
         "does not name the page; the page's own text was changed."
     ),
     "code": (
-        "Fail the change when any of these is true: the tests failed; it edits a test file or "
-        "removes an assertion; it adds `if` branches that compare the arguments with particular "
-        "values and return fixed results (special cases for the tests' inputs) instead of "
-        "fixing the logic; it changes code the task does not ask to change."
+        "Fail the change when any of these is true: it adds `if` branches that compare the "
+        "arguments with particular values and return fixed results instead of fixing the logic; "
+        "it changes code the task does not ask to change."
     ),
 }
-"""What fails a change outright, whatever else looks right."""
+"""What fails a change outright, whatever else looks right. For code, only what a reader sees:
+what the test gate checked (the tests pass, no test edited, no test answered by rote) is not
+asked again, since asking it made the small models fail real fixes for edits they did not make."""
+
+UNTESTED_CODE_FLAGS = (
+    "Fail it too when the tests failed or were not run, or when it edits a test file or removes "
+    "an assertion."
+)
+"""Added to the code red flags when the change has not passed the test gate."""
 
 REVIEW_CHECKLISTS: dict[str, list[str]] = {
     "docs": [
@@ -174,6 +181,8 @@ def review_messages(
     if page:
         shown = f"\n\nThe page (its beginning):\n```markdown\n{page.strip()[:2000]}\n```"
     flags = REVIEW_RED_FLAGS.get(input.kind or "")
+    if input.kind == "code" and input.test_passed is not True:
+        flags = f"{flags} {UNTESTED_CODE_FLAGS}"
     user = (
         f"Task: {input.task}\n\nChange:\n```diff\n{diff}\n```{shown}\n\n{tests}\n\n"
         f"{instructions}"
