@@ -101,9 +101,9 @@ promoted only when it does better. Mine the examples first with `pantheon traces
   "no disagreement seen"): that is no evidence of agreement.
 - **canary**: planted defects the reviewers caught, of those they judged. One in N reviewed
   changes is also planted again with a known defect (a fix with one untested input answered
-  by rote, a special-cased test input, an edited test, a cut or borrowed description) on a branch nothing merges. Under 80 %
-  caught is yellow, under 50 % red; when the reviewers pass more than half (over at least 5)
-  the engine pauses merges.
+  by rote, a special-cased test input, an edited test, a cut or borrowed description) on a
+  branch nothing merges. Under 80 % caught is yellow, under 50 % red; when the reviewers pass
+  more than half (over at least 5) the engine pauses merges.
 
 Each tile's sparkline is its last hour.
 """
