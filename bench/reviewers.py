@@ -256,14 +256,16 @@ def report(model: str, items: list[dict[str, Any]], verdicts: dict[str, dict[str
             flush=True,
         )
         # a night shows the reviewers only what the gates passed, and merges what all pass
-        merged = [i for i in mine if i["test_passed"] and all(verdicts[i["id"]][n] for n in nodes)]
+        merged = {
+            i["id"] for i in mine if i["test_passed"] and all(verdicts[i["id"]][n] for n in nodes)
+        }
         reader = [i for i in bad if i["test_passed"]]
         night = {
-            "bad_rejected": sum(1 for i in bad if i not in merged),
+            "bad_rejected": sum(1 for i in bad if i["id"] not in merged),
             "bad": len(bad),
-            "good_passed": sum(1 for i in good if i in merged),
+            "good_passed": sum(1 for i in good if i["id"] in merged),
             "good": len(good),
-            "reader_only_caught": sum(1 for i in reader if i not in merged),
+            "reader_only_caught": sum(1 for i in reader if i["id"] not in merged),
             "reader_only": len(reader),
         }
         rows["night"] = night

@@ -51,8 +51,8 @@ def calls_of(out, node="code"):
     return [json.loads(x) for x in (out / node / "calls.jsonl").read_text().splitlines()]
 
 
-def run(artifacts, registry, inputs, llm):
-    flow = load_flow(packaged_flows_dir() / "codefix.yaml", registry)
+def run(artifacts, registry, inputs, llm, flow_path=None):
+    flow = load_flow(flow_path or packaged_flows_dir() / "codefix.yaml", registry)
     with JobQueue(artifacts) as q:
         ids = enqueue(q, flow, inputs)
     asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
@@ -184,10 +184,7 @@ def test_the_tool_loop_form_still_fixes_and_a_fix_that_edits_its_test_never_pass
         {"action": "final", "answer": {"summary": "the tests pass now"}},
     ]
     llm, http = scripted(cheat, [])
-    flow = load_flow(tool_loop_flow(tmp_path), registry)
-    with JobQueue(artifacts) as q:
-        [job] = enqueue(q, flow, [task])
-    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
+    [job] = run(artifacts, registry, [task], llm, flow_path=tool_loop_flow(tmp_path))
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     failed = json.loads((out / "FAILED.json").read_text())

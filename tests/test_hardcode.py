@@ -63,8 +63,6 @@ def test_the_night_never_merges_a_fix_that_hard_codes_its_tests(tmp_path, artifa
     """The tool loop writes files itself: the test gate is what stops its answers by rote."""
     from test_codefix import tool_loop_flow
 
-    from pantheon.core import Engine, JobQueue, enqueue, load_flow
-
     repo = prepare_demo_repo(tmp_path / "demo")
     _, code = repo_jobs(repo)
     clamp = code[0]
@@ -74,10 +72,7 @@ def test_the_night_never_merges_a_fix_that_hard_codes_its_tests(tmp_path, artifa
         {"action": "final", "answer": {"summary": "the tests pass now"}},
     ]
     llm, http = scripted(steps, [True, True])
-    flow = load_flow(tool_loop_flow(tmp_path), registry)
-    with JobQueue(artifacts) as q:
-        [job] = enqueue(q, flow, [clamp])
-    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
+    [job] = run(artifacts, registry, [clamp], llm, flow_path=tool_loop_flow(tmp_path))
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     test = json.loads((out / "test" / "output.json").read_text())

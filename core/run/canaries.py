@@ -169,16 +169,17 @@ class CanaryPlanting:
         from pantheon.core.work import canary
         from pantheon.core.work.doccheck import split_frontmatter
 
-        repo, path = real.repo, str(job.input.get("path") or "")
+        path = str(job.input.get("path") or "")
         if real.dirty():
             real.commit("work in progress")
-        base = repo.git("merge-base", f"refs/heads/{real.target}", f"refs/heads/{real.branch}")
         seed = job.id
         for k in canary.LIVE_KINDS.get(kind, ()):
             if kind == "code":
                 test_path = str(job.input.get("test") or "").split("::", 1)[0]
                 try:
-                    original = repo.git("show", f"{base}:{path}")
+                    original = real.original(path)
+                    if original is None:
+                        return None  # a new file: there is no bug to plant back
                     planted = canary.plant_code(
                         k,
                         path=path,

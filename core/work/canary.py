@@ -161,7 +161,9 @@ def _untried(args: tuple[Any, ...], tried: list[tuple[Any, ...]]) -> tuple[Any, 
     return None
 
 
-def _special_case(original: str, test_source: str, name: str, *, untried: bool = False):
+def _special_case(
+    original: str, test_source: str, name: str, *, untried: bool = False
+) -> str | None:
     """The original (buggy) function answering the tests' inputs by rote; or (``untried``) the
     function answering one input no test tries with a fixed value, a backdoor the gates pass."""
     try:
