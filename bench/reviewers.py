@@ -1,7 +1,7 @@
 """The reviewers measured: do they fail planted defects and pass good changes?
 
 A set of changes whose right verdict is known, built from the demo corpus with the same planting
-the night's canaries use (``pantheon.core.work.canary``):
+the night's canaries use (``pantheon.core.work.labelled``, as reviewer training does):
 
 - **code**: HumanEval functions with one bug (the demo corpus). The good change is the real fix;
   the bad ones answer one untested input by rote beside the real fix (a backdoor), special-case
@@ -10,7 +10,7 @@ the night's canaries use (``pantheon.core.work.canary``):
   reviewers only what the gates pass (the test gate, with its check for hard-coded answers), as
   a night does.
 - **docs**: the demo corpus's pages with hand-written frontmatter a reviewer should pass
-  (``bench/data/docs_reference.yaml``); the bad ones cut the description mid-sentence, copy it
+  (``flows/corpus/docs_reference.yaml``); the bad ones cut the description mid-sentence, copy it
   from the page, or take another page's.
 
 Each change is a real git diff with its real test result (pytest, or the docs checks), shown to
@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,142 +43,27 @@ from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import ask
 from pantheon.core.model.server import ModelServer, ServerConfig
 from pantheon.core.run.demo import corpus_tasks
-from pantheon.core.work.canary import CODE_KINDS, DOCS_KINDS, plant_code, plant_docs, render_page
-from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
-from pantheon.core.work.hardcode import hard_coded, verdict
-from pantheon.core.work.testcmd import TestCommand
-
-HERE = Path(__file__).parent
+from pantheon.core.work.labelled import code_changes, docs_changes, one_per_problem
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=b", "-c", "user.email=b@localhost", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-
-
-def real_diff(folder: Path, before: dict[str, str], after: dict[str, str]) -> str:
-    """``git diff`` of a change from ``before`` to ``after`` (path -> text), as reviewers see it."""
-    folder.mkdir(parents=True)
-    git(folder, "init", "-q", "-b", "main")
-    for rel, text in before.items():
-        (folder / rel).write_text(text)
-    git(folder, "add", "-A")
-    git(folder, "commit", "-qm", "before")
-    for rel, text in after.items():
-        (folder / rel).write_text(text)
-    return git(folder, "diff", "--no-color")
-
-
-def fixed_source(task: dict[str, str]) -> str:
-    """The corpus task with its bug reverted: the reference fix."""
-    before, after = task["bug"].split(" -> ", 1)
-    lines = task["source"].splitlines(keepends=True)
-    i = int(task["line"]) - 1
-    lines[i] = lines[i].replace(after, before, 1)
-    return "".join(lines)
-
-
-def code_items(n: int, root: Path, seed: int = 11) -> list[dict[str, Any]]:
-    """One task per HumanEval problem, the first ``n`` of a fixed shuffle: its real fix (good)
-    and one planted defect of each kind that can be planted (bad)."""
-    by_problem: dict[str, dict[str, str]] = {}
-    for t in corpus_tasks():
-        by_problem.setdefault(t["origin"], t)
-    tasks = list(by_problem.values())
-    random.Random(seed).shuffle(tasks)
-    items = []
-    command = TestCommand("python -m pytest", "default", sys.executable)
-    for task in tasks:
-        if sum(1 for i in items if i["right"]) >= n:
-            break
-        path, test = f"{task['module']}.py", f"test_{task['module']}.py"
-        original, fixed = task["source"], fixed_source(task)
-        changes: list[tuple[str, dict[str, str], bool]] = [("good", {path: fixed}, False)]
-        for kind in CODE_KINDS:
-            planted = plant_code(
-                kind,
-                path=path,
-                test_path=test,
-                original=original,
-                fixed=fixed,
-                test_source=task["test"],
-                seed=len(items),
-            )
-            if planted is not None:
-                changes.append((kind, planted.files, planted.must_fail_tests))
-        for kind, files, must_fail in changes:
-            folder = root / f"{task['id']}-{kind}"
-            diff = real_diff(folder, {path: original, test: task["test"]}, files)
-            (folder / "pytest.ini").write_text("[pytest]\n")
-            result = command.run(folder, test, timeout_s=60)
-            edits_test = test in files
-            rote_ok, rote = verdict(hard_coded(original, files.get(path, original), task["test"]))
-            if kind == "good" and not result.passed:
-                break  # a reference that fails its own tests is no good change
-            if must_fail and result.passed:
-                continue  # the mutation may mean the same as the fix
-            report = [f"the change edits test file(s): {test}"] if edits_test else []
-            report += [rote] if rote else []
-            summary = [ln for ln in result.output.strip().splitlines() if ln.strip()][-1:]
-            report += summary or ["no output"]
-            items.append(
-                {
-                    "flow": "code",
-                    "id": f"{task['id']}/{kind}",
-                    "kind": kind,
-                    "right": kind == "good",
-                    "task": task["task"],
-                    "diff": diff,
-                    "test_passed": result.passed and not edits_test and rote_ok,
-                    "test_report": report,
-                    "test_output": result.output,
-                }
-            )
+def code_items(n: int, root: Path) -> list[dict[str, Any]]:
+    """One task per HumanEval problem, the first ``n`` of a fixed shuffle with a reference fix
+    that passes: its real fix (good) and one planted defect of each kind that can be planted."""
+    tasks = one_per_problem(corpus_tasks())
+    items: list[dict[str, Any]] = []
+    done = 0
+    while sum(1 for i in items if i["right"]) < n and done < len(tasks):
+        chunk = tasks[done : done + n - sum(1 for i in items if i["right"])]
+        done += len(chunk)
+        items += [asdict(c) for c in code_changes(chunk, root)]
     return items
 
 
 def docs_items(root: Path, pages: int | None = None) -> list[dict[str, Any]]:
     """Each reference page (good) and its planted defects (bad): the first ``pages`` of them."""
-    reference = yaml.safe_load((HERE / "data" / "docs_reference.yaml").read_text())
-    corpus = packaged_flows_dir() / "corpus" / "docs"
-    names = sorted(reference)[:pages]
-    items = []
-    for i, name in enumerate(names):
-        body = (corpus / name).read_text()
-        meta = reference[name]
-        other = reference[names[(i + 3) % len(names)]]
-        path = f"docs/{name}"
-        changes = [("good", render_page(meta, body))]
-        for kind in DOCS_KINDS:
-            planted = plant_docs(kind, path=path, meta=meta, body=body, other=other)
-            if planted is not None:
-                changes.append((kind, planted.files[path]))
-        for kind, text in changes:
-            folder = root / f"{name}-{kind}"
-            diff = real_diff(folder, {name: body}, {name: text})
-            diff = diff.replace(f"a/{name}", f"a/{path}").replace(f"b/{name}", f"b/{path}")
-            got, rest = split_frontmatter(text)
-            problems = failed_checks(check_frontmatter(got, rest))
-            items.append(
-                {
-                    "flow": "docs",
-                    "id": f"{name}/{kind}",
-                    "kind": kind,
-                    "right": kind == "good",
-                    "task": f"write YAML frontmatter (title, description, tags) for {path}",
-                    "diff": diff,
-                    "test_passed": not problems,
-                    "test_report": problems or ["the frontmatter passes every check"],
-                    "test_output": None,
-                    "page": rest,
-                }
-            )
-    return items
+    corpus = packaged_flows_dir() / "corpus"
+    reference = yaml.safe_load((corpus / "docs_reference.yaml").read_text())
+    return [asdict(c) for c in docs_changes(root, reference, corpus / "docs", pages=pages)]
 
 
 def reviewers_of(flow_file: str) -> dict[str, dict[str, Any]]:

@@ -43,7 +43,16 @@ log = logging.getLogger("pantheon")
 def cmd_traces(args: argparse.Namespace) -> int:
     from pantheon.trainer.mine import mine
 
-    result = mine(args.artifacts, fraction=args.heldout, only=set(args.agent or []) or None)
+    if args.corpus < 0:
+        raise PantheonError(f"--corpus takes a number of problems (0 or more), not {args.corpus}")
+    if args.corpus:
+        print(f"building the labelled changes of {args.corpus} corpus problem(s) (a few minutes)")
+    result = mine(
+        args.artifacts,
+        fraction=args.heldout,
+        only=set(args.agent or []) or None,
+        corpus=args.corpus,
+    )
     if args.json:
         print(
             json.dumps(
@@ -65,6 +74,8 @@ def cmd_traces(args: argparse.Namespace) -> int:
     for name, s in result.agents.items():
         why = ", ".join(f"{n} {k}" for k, n in sorted(s.left_out.items())) or "-"
         dup = f" ({s.duplicates} duplicate(s) dropped)" if s.duplicates else ""
+        if s.corpus:
+            dup += f" ({s.corpus} from the corpus)"
         print(
             f"{name:<{width}}  {s.examples:8d}  {s.train:5d}  {s.heldout:8d}  {s.tasks:5d}  "
             f"{why}{dup}"

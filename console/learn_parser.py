@@ -9,6 +9,8 @@ import argparse
 import textwrap
 from typing import Any
 
+from pantheon.trainer.labels import CORPUS_PROBLEMS
+
 __all__ = ["TRAIN_EPILOG", "add_parsers", "learn_args"]
 
 TRAIN_EPILOG = """\
@@ -33,10 +35,11 @@ def add_parsers(sub: Any, artifacts_arg) -> None:
             (tests passed, both reviewers passed, not rejected in the morning review) becomes a
             chat example in training/<agent>/data.jsonl, deduplicated; of a code fix, only the
             candidate that passed. Reviewers learn only from labelled changes: the canaries and
-            the morning review's decisions. Each task is held out or not by a hash of its key
-            (the file it works on), so no task is on both sides. Held-out jobs, green or not,
-            are the tasks `pantheon promote` judges an adapter on
-            (training/<agent>/tasks.jsonl)."""
+            the morning review's decisions, and with --corpus the labelled changes built from
+            the shipped corpus (real fixes to pass, planted defects to fail). Each task is held
+            out or not by a hash of its key (the file it works on), so no task is on both
+            sides. Held-out jobs, green or not, are the tasks `pantheon promote` judges an
+            adapter on (training/<agent>/tasks.jsonl)."""
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,6 +52,17 @@ def add_parsers(sub: Any, artifacts_arg) -> None:
         help="the share of jobs held out (default: 0.2)",
     )
     p.add_argument("--agent", action="append", metavar="AGENT", help="only this agent (repeatable)")
+    p.add_argument(
+        "--corpus",
+        type=int,
+        nargs="?",
+        const=CORPUS_PROBLEMS,
+        default=0,
+        metavar="PROBLEMS",
+        help="add the labelled changes of the shipped corpus to the reviewers' examples: the "
+        f"real fix and each planted defect of PROBLEMS HumanEval problems (default: "
+        f"{CORPUS_PROBLEMS}, about six changes each) and of the demo's docs pages",
+    )
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     artifacts_arg(p)
 
@@ -224,6 +238,8 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--corpus",
         action="store_true",
-        help="judge a code writer on the held-out side of the shipped HumanEval corpus too "
-        "(its problems never trained on), beside the night's held-out code jobs",
+        help="the shipped corpus too: a code writer is judged on the held-out side of its "
+        "HumanEval mutants (problems never trained on) beside the night's held-out code jobs; "
+        "`learn --corpus` also mines its labelled changes for the reviewers (traces mine "
+        "--corpus)",
     )

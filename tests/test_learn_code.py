@@ -151,6 +151,41 @@ def test_reviewers_learn_only_from_canaries_and_the_operators_decisions(demo, ar
     assert check_data(artifacts, "review.peer", TrainOptions(min_examples=1))[0] == 4
 
 
+def test_the_corpus_gives_the_reviewers_both_verdicts_split_as_the_night_is(
+    demo, artifacts, registry
+):
+    from pantheon.core.agents.review import ReviewPeer
+    from pantheon.trainer.train import TrainOptions, check_data
+
+    _repo, code = demo
+    llm, http = scripted([FIXED_CLAMP], [True] * 8)
+    night(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    # the night alone labels nothing for the reviewers: nobody checked their verdicts
+    assert "review.peer" not in mine(artifacts, fraction=0.5).agents
+
+    stats = mine(artifacts, fraction=0.5, corpus=3).agents["review.peer"]
+    examples, _ = read_examples(artifacts, "review.peer")
+    assert stats.corpus == len(examples) > 20
+    assert stats.labels["pass"] > 0 and stats.labels["fail"] > stats.labels["pass"]
+    nodes = {e["node"] for e in examples}
+    assert {"codefix.review_a", "codefix.review_b", "docops.review_a"} <= nodes
+    sides: dict[str, set[str]] = defaultdict(set)
+    for e in examples:
+        sides[e["key"]].add(e["split"])
+        assert e["split"] == ("heldout" if heldout(e["key"], 0.5) else "train")
+        # the night's own prompt, and the right verdict with reasons that name the change
+        assert e["messages"][0]["content"] == ReviewPeer.SYSTEM
+        assert "Change:\n```diff" in e["messages"][1]["content"]
+        verdict = ReviewPeer.Output.model_validate_json(e["messages"][-1]["content"])
+        assert verdict.passed is e["label"] and not ReviewPeer.problems(verdict)
+        if e["label_from"] == "corpus (good)" and e["node"].startswith("codefix"):
+            assert verdict.reasons[0].startswith("Line ")
+    assert all(len(s) == 1 for s in sides.values())  # no task on both sides
+    # both verdicts: a reviewer adapter may be trained on them
+    assert check_data(artifacts, "review.peer", TrainOptions(min_examples=1))[0] == stats.train
+
+
 # -- the pass@1 judge on the real tests ---------------------------------------------------------
 
 

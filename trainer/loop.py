@@ -154,7 +154,15 @@ def learn(
         atomic_write_json(path, run.model_dump(mode="json"))
 
     if fresh:
-        result = mine(artifacts, fraction=fraction, only=agents, registry=registry)
+        from .labels import CORPUS_PROBLEMS
+
+        result = mine(
+            artifacts,
+            fraction=fraction,
+            only=agents,
+            registry=registry,
+            corpus=CORPUS_PROBLEMS if corpus else 0,
+        )
         found = result.agents
         say(
             f"mined {result.runs} job(s): "

@@ -13,7 +13,9 @@ candidate is never a positive (it is counted as ``failed candidate``).
 Reviewers never learn from their own verdicts. Their examples are the **canaries** (planted
 changes whose right verdict is known: a fail) and the real changes the operator merged in the
 morning review (a pass): the messages the reviewer saw, and a reply with the right verdict — its
-own reply when it was right, else the right verdict with the reason the label gives.
+own reply when it was right, else the right verdict with the reason the label gives. With
+``corpus``, the labelled changes built from the shipped corpus join them (both verdicts, with
+reasons that name what each change does: :mod:`pantheon.trainer.labels`).
 
 Each job falls on one side of a deterministic split by **task**, not by run: a hash of the task's
 key (the file the job works on — every HumanEval mutant of one problem has the same file name —
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -130,8 +133,11 @@ def mine(
     fraction: float = 0.2,
     registry: AgentRegistry | None = None,
     only: set[str] | None = None,
+    corpus: int = 0,
 ) -> MineResult:
-    """Mine every job of the artifacts directory; write ``training/<agent>/`` for each agent."""
+    """Mine every job of the artifacts directory; write ``training/<agent>/`` for each agent.
+    ``corpus``: add the labelled changes of that many problems of the shipped corpus (and of its
+    docs pages) to the reviewers' examples (:mod:`pantheon.trainer.labels`)."""
     artifacts = Path(artifacts)
     if not (0.0 < fraction < 1.0):
         raise PantheonError(f"the held-out fraction must be between 0 and 1, not {fraction}")
@@ -183,6 +189,8 @@ def mine(
             if reason:
                 skipped[reason] += 1
     _mine_reviewers(artifacts, by_run, decisions, agents, fraction, only)
+    if corpus > 0:
+        _mine_corpus(artifacts, by_run, agents, fraction, only, registry, corpus)
     now = datetime.now(UTC)
     for state in agents.values():
         _write(artifacts, state, now)
@@ -418,6 +426,67 @@ def _mine_reviewers(
                 run=run,
                 source=f"operator ({decision.action} by {decision.by})",
             )
+
+
+def _mine_corpus(
+    artifacts: Path,
+    by_run: dict[str, tuple[Job, Flow]],
+    agents: dict[str, _Agent],
+    fraction: float,
+    only: set[str] | None,
+    registry: AgentRegistry,
+    problems: int,
+) -> None:
+    """The shipped corpus's labelled changes, as examples for every reviewer of the shipped
+    flows; their model is the one that answered that reviewer's calls in the night."""
+    from .labels import corpus_changes, reviewer_examples
+
+    names = sorted(
+        {cls.name for _, flow in by_run.values() for cls in flow.agents.values() if cls.reviewer}
+        | {"review.peer"}
+    )
+    names = [n for n in names if only is None or n in only]
+    if not names:
+        return
+    with tempfile.TemporaryDirectory(prefix="pantheon-labelled-") as tmp:
+        log.info("building the labelled changes of %d corpus problem(s)", problems)
+        changes = corpus_changes(Path(tmp), problems)
+    for name in names:
+        found = reviewer_examples(
+            registry, name, held=lambda key: heldout(key, fraction), changes=changes
+        )
+        if not found:
+            continue
+        state = agents.setdefault(name, _Agent(MineStats(agent=name, fraction=fraction)))
+        for example in found:
+            digest = hashlib.sha256(
+                json.dumps(example["messages"], sort_keys=True).encode()
+            ).hexdigest()
+            if digest in state.seen:
+                state.stats.duplicates += 1
+                continue
+            state.seen.add(digest)
+            state.examples.append(example)
+            label = "pass" if example["label"] else "fail"
+            state.stats.labels[label] = state.stats.labels.get(label, 0) + 1
+            state.stats.corpus += 1
+        if not state.models:
+            model = _model_of(artifacts, by_run, name)
+            if model:
+                state.models[model] += 1
+
+
+def _model_of(artifacts: Path, by_run: dict[str, tuple[Job, Flow]], agent: str) -> str | None:
+    """The model that answered one of ``agent``'s calls in the night (the first found)."""
+    for run, (_, flow) in by_run.items():
+        for node in flow.order:
+            if flow.agents[node].name != agent:
+                continue
+            calls, _ = _calls(artifacts / RUNS / run / node / CALLS_FILE)
+            for call in calls:
+                if isinstance(call.get("model"), str):
+                    return call["model"]
+    return None
 
 
 def _write(artifacts: Path, state: _Agent, now: datetime) -> None:

@@ -102,6 +102,8 @@ class MineStats(BaseModel):
     labels: dict[str, int] = Field(default_factory=dict)
     """A reviewer's labelled examples by right verdict (pass, fail): canaries and the operator's
     morning decisions."""
+    corpus: int = 0
+    """Of the examples, those made from the shipped corpus's labelled changes (``--corpus``)."""
     at: datetime | None = None
 
 

@@ -74,7 +74,8 @@ DEFAULT_PORT = 8011
 
 
 class _RepackFault(ModelServerError):
-    """llama-server died of an illegal instruction while warming up, with repacking on."""
+    """llama-server died of an illegal instruction (or a segfault) while warming up, with
+    repacking on."""
 
 
 # -- configuration and state -----------------------------------------------------------------
@@ -330,10 +331,11 @@ class ModelServer:
             binary = Path(cmd[0])
             remember_repack_fault(binary.parent, str(fault))
             log.warning(
-                "%s died of an illegal instruction while warming up (this CPU advertises "
-                "instructions its repacked weights use but faults on them): starting it again "
+                "%s died (%s) while warming up with repacked weights (this CPU advertises "
+                "instructions their kernels use but faults on them): starting it again "
                 "with %s, as every later start of this build will",
                 binary.name,
+                fault.message,
                 NO_REPACK,
             )
             deadline = time.monotonic() + 5.0
@@ -364,10 +366,12 @@ class ModelServer:
                     )
                 if (
                     state.backend == "llama.cpp"
-                    and self.proc.returncode == -signal.SIGILL
+                    and self.proc.returncode in (-signal.SIGILL, -signal.SIGSEGV)
                     and NO_REPACK not in state.command
                 ):
-                    raise _RepackFault(f"exit code {self.proc.returncode} while warming up")
+                    # the repacked weights' kernels fault on some virtual CPUs: an illegal
+                    # instruction, or (seen when two servers warm up at once) a segfault
+                    raise _RepackFault(signal.Signals(-self.proc.returncode).name)
                 raise ModelServerError(
                     f"the model server exited with code {self.proc.returncode} while starting; "
                     f"last lines of {self.log_path}:\n{tail}"

@@ -268,8 +268,8 @@ def plant_code(
         return Planted(kind, {test_path: text}, f"{test_path}: {WHAT[kind]}") if text else None
     if kind in ("extra_edit", "wrong_fix"):
         text = _mutant(fixed, changed_lines(original, fixed), on=kind == "wrong_fix", seed=seed)
-        if text is None or text == fixed:
-            return None
+        if text is None or text in (fixed, original):
+            return None  # the same as the fix, or the bug put back: no defect of its own
         return Planted(kind, {path: text}, f"{path}: {WHAT[kind]}", must_fail_tests=True)
     raise ValueError(f"no code canary of kind {kind!r}")
 
