@@ -174,21 +174,19 @@ def code_changes(
     root: Path,
     *,
     kinds: Iterable[str] = CODE_KINDS,
-    path_of: Any = None,
     workers: int = 2,
 ) -> list[Labelled]:
     """For each corpus task (one per problem, say): its real fix and each planted defect that
     can be planted, tested for real in a folder of its own under ``root``. A defect that must
     fail its tests and does not (a mutation that means the same) is left out, and so is a task
-    whose reference fix fails its own tests. ``path_of(task)`` is the file's path as a night
-    names it (``code/<id>/<module>.py`` in the demo repository), for the split key."""
+    whose reference fix fails its own tests. The split key is the file's name, as for a
+    night's job on it (``code/<id>/<module>.py`` in the demo repository)."""
     command = TestCommand("python -m pytest", "default", sys.executable)
     kinds = tuple(kinds)
 
     def one(task: dict[str, str]) -> list[Labelled]:
         path, test = f"{task['module']}.py", f"test_{task['module']}.py"
-        shown = path_of(task) if path_of else path
-        key = "file:" + Path(shown).name
+        key = "file:" + path
         original, fixed = task["source"], fixed_source(task)
         changes: list[tuple[str, dict[str, str], bool]] = [("good", {path: fixed}, False)]
         for seed, kind in enumerate(kinds):
@@ -241,7 +239,7 @@ def code_changes(
         return [c for found in pool.map(one, tasks) for c in found]
 
 
-def _docs_why(kind: str, meta: dict[str, Any], planted: dict[str, Any], heading: str) -> str:
+def _docs_why(kind: str, planted: dict[str, Any], heading: str) -> str:
     if kind == "good":
         return (
             f"The title, the description and the tags speak of {heading!r}, the page's subject, "
@@ -300,7 +298,7 @@ def docs_changes(
                     key="file:" + name,
                     kind=kind,
                     right=kind == "good",
-                    why=_docs_why(kind, meta, front, heading),
+                    why=_docs_why(kind, front, heading),
                     task=f"write YAML frontmatter (title, description, tags) for {path}",
                     diff=diff,
                     test_passed=not problems,
