@@ -493,3 +493,33 @@ def test_night_learn_runs_the_loop_after_the_night(demo, artifacts, registry, ca
     assert "learn: mined 1 job(s)" in out
     assert "learn: codegen: not trained: not enough data" in out
     assert read_learn(artifacts).agents[0].agent == "codegen"
+
+
+def test_the_judges_ask_one_side_at_a_time_so_the_server_batches_each_whole():
+    """llama-server does not batch requests whose adapters differ: the judging never has a base
+    call and an adapter call in flight together, keeps `parallel` in flight, and hands back
+    every pair in order, a side that raised as its exception."""
+    from pantheon.trainer.judges import in_phases
+
+    flight: list[bool] = []
+    mixed, most = [], []
+
+    async def side(i: int, with_adapter: bool) -> int:
+        flight.append(with_adapter)
+        mixed.append(len(set(flight)) > 1)
+        most.append(len(flight))
+        await asyncio.sleep(0.001 * (i % 3))
+        flight.remove(with_adapter)
+        if i == 5 and with_adapter:
+            raise OSError("the sandbox could not start")
+        return i * 10 + with_adapter
+
+    async def collect():
+        return [x async for x in in_phases(list(range(11)), side, parallel=3)]
+
+    got = asyncio.run(collect())
+    assert [i for i, _, _ in got] == list(range(11))
+    assert not any(mixed)
+    assert max(most) == 3
+    assert got[4][1:] == (40, 41)
+    assert got[5][1] == 50 and isinstance(got[5][2], OSError)

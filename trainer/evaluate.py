@@ -340,30 +340,35 @@ async def _run_all(
             f"none of {state.agent}'s {len(tasks)} held-out tasks could be set up again "
             "(their repositories or branches are gone)"
         )
-    gate = asyncio.Semaphore(parallel)
-    done = 0
+    from .judges import in_phases
 
-    async def one(variant: str, job_id: int) -> tuple[bool, str | None]:
-        v = variants[variant]
-        async with gate:
-            outcome = await v.runner.run(v.queue.get(job_id))
+    results: list[TaskResult] = []
+
+    async def one(
+        item: tuple[dict[str, Any], dict[str, int]], with_adapter: bool
+    ) -> tuple[bool, str | None]:
+        v = variants["adapter" if with_adapter else "base"]
+        outcome = await v.runner.run(v.queue.get(item[1]["adapter" if with_adapter else "base"]))
         return outcome.status == "done", outcome.error
 
-    async def pair(task: dict[str, Any], ids: dict[str, int]) -> TaskResult:
-        nonlocal done
-        (base_ok, base_err), (ad_ok, ad_err) = await asyncio.gather(
-            one("base", ids["base"]), one("adapter", ids["adapter"])
-        )
-        result = TaskResult(
-            run=task["run"], base=base_ok, adapter=ad_ok, base_error=base_err, adapter_error=ad_err
-        )
-        done += 1
-        if on_task is not None:
-            on_task(result, done, len(prepared))
-        return result
-
     try:
-        return list(await asyncio.gather(*(pair(t, ids) for t, ids in prepared)))
+        async for (task, _), base, adapted in in_phases(prepared, one, parallel=parallel):
+            for x in (base, adapted):
+                if isinstance(x, Exception):
+                    raise x
+            assert not isinstance(base, Exception) and not isinstance(adapted, Exception)
+            (base_ok, base_err), (ad_ok, ad_err) = base, adapted
+            result = TaskResult(
+                run=task["run"],
+                base=base_ok,
+                adapter=ad_ok,
+                base_error=base_err,
+                adapter_error=ad_err,
+            )
+            results.append(result)
+            if on_task is not None:
+                on_task(result, len(results), len(prepared))
+        return results
     finally:
         await llm.aclose()
         for v in variants.values():
