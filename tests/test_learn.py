@@ -532,6 +532,33 @@ def test_judging_never_uses_a_job_the_adapter_was_trained_on(trained, tmp_path):
         evaluate(src, folder, registry=house_registry(), alpha=5)
 
 
+def test_a_reviewer_is_judged_on_as_many_passes_as_fails(trained, tmp_path):
+    """Labelled changes are mostly fails: judged on them as they come, a reviewer adapter that
+    learnt to fail everything would win. The judging takes as many of each, and refuses a set
+    with one label only."""
+    from pantheon.trainer.evaluate import EvaluationError, balanced_labels, evaluate
+
+    def ex(i: int, label: bool) -> dict:
+        msgs = [{"role": "user", "content": f"change {i}"}, {"role": "assistant", "content": "{}"}]
+        return {"messages": msgs, "split": "heldout", "run": f"corpus:{i}", "label": label}
+
+    mostly_fails = [ex(i, i % 6 == 0) for i in range(30)]
+    got = balanced_labels(mostly_fails)
+    assert [e["label"] for e in got] == [True, False] * 5
+    assert len({e["run"] for e in got}) == 10
+
+    src, _, state, _ = trained
+    root = tmp_path / "copy"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("eval"))
+    copy = root / "training" / state.id
+    raw = json.loads((copy / "state.json").read_text())
+    (copy / "state.json").write_text(json.dumps(raw | {"agent": "review.peer"}))
+    (copy / "data.jsonl").write_text("".join(json.dumps(ex(i, False)) + "\n" for i in range(12)))
+    with pytest.raises(EvaluationError, match="all say fail") as caught:
+        evaluate(root, copy, registry=house_registry())
+    assert "--corpus" in (caught.value.hint or "")
+
+
 def test_mcnemar_is_one_sided_and_exact():
     from pantheon.trainer.evaluate import decide, mcnemar
 

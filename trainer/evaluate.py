@@ -52,6 +52,7 @@ from .options import EvaluationError
 
 __all__ = [
     "EvaluationError",
+    "balanced_labels",
     "base_commit",
     "evaluate",
     "job_repo",
@@ -164,13 +165,19 @@ def evaluate(
     left_out = 0
     t0 = time.monotonic()
     if mode == "labels":
-        items: list[Any] = [e for e in examples if e["split"] == "heldout" and "label" in e][
-            : limit or None
-        ]
-        if not items:
+        labelled = [e for e in examples if e["split"] == "heldout" and "label" in e]
+        if not labelled:
             raise EvaluationError(
                 f"{state.agent} has no held-out labelled example to judge an adapter on",
                 hint="a night with canaries (--canary-every) labels reviewer examples",
+            )
+        items: list[Any] = balanced_labels(labelled)[: limit or None]
+        if not items:
+            said = "pass" if labelled[0]["label"] else "fail"
+            raise EvaluationError(
+                f"{state.agent}'s {len(labelled)} held-out labelled examples all say {said}: "
+                "a reviewer that always said so would look right on every one",
+                hint="mine with --corpus: the shipped corpus labels real fixes and planted defects",
             )
     elif mode == "pass@1":
         from .judges import code_tasks
@@ -266,6 +273,16 @@ def evaluate(
     )
     atomic_write_json(folder / "evaluation.json", evaluation.model_dump(mode="json"))
     return evaluation
+
+
+def balanced_labels(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """As many examples labelled pass as labelled fail, alternating, each side in its given
+    order. The labelled changes are mostly fails (every canary, five planted defects to each real
+    fix of the corpus): on them a reviewer that failed everything would look right five times in
+    six; on a balanced set it is right half the time, as one that passes everything."""
+    passes = [e for e in examples if e["label"]]
+    fails = [e for e in examples if not e["label"]]
+    return [e for pair in zip(passes, fails, strict=False) for e in pair]
 
 
 def _judged_by(registry: AgentRegistry, agent: str) -> str:
