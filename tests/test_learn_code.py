@@ -186,6 +186,16 @@ def test_the_corpus_gives_the_reviewers_both_verdicts_split_as_the_night_is(
     assert check_data(artifacts, "review.peer", TrainOptions(min_examples=1))[0] == stats.train
 
 
+def test_the_corpus_alone_gives_the_reviewers_labelled_examples_without_a_night(tmp_path):
+    artifacts = tmp_path / "artifacts"
+    result = mine(artifacts, fraction=0.5, corpus=2)
+    assert result.runs == 0 and set(result.agents) == {"review.peer"}
+    stats = result.agents["review.peer"]
+    assert stats.corpus == stats.train + stats.heldout > 10
+    examples, _ = read_examples(artifacts, "review.peer")
+    assert {e["label"] for e in examples} == {True, False}
+
+
 # -- the pass@1 judge on the real tests ---------------------------------------------------------
 
 

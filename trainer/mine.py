@@ -142,16 +142,42 @@ def mine(
     if not (0.0 < fraction < 1.0):
         raise PantheonError(f"the held-out fraction must be between 0 and 1, not {fraction}")
     registry = registry or default_registry()
-    db = artifacts / "pantheon.db"
-    if not db.exists():
+    night = (artifacts / "pantheon.db").exists()
+    if not night and corpus <= 0:
         raise ArtifactError(
             f"{artifacts} holds no night to mine (no pantheon.db)",
-            hint="run a night first (pantheon night), or point --artifacts at one",
+            hint="run a night first (pantheon night), or point --artifacts at one; --corpus "
+            "mines the shipped corpus's labelled changes without one",
         )
     decisions, _ = read_decisions(artifacts)
-    flows: dict[str, Flow | None] = {}
     agents: dict[str, _Agent] = {}
     skipped: Counter[str] = Counter()
+    jobs: list[Job] = []
+    by_run: dict[str, tuple[Job, Flow]] = {}
+    if night:
+        jobs = _mine_night(artifacts, registry, only, decisions, agents, skipped, by_run, fraction)
+    _mine_reviewers(artifacts, by_run, decisions, agents, fraction, only)
+    if corpus > 0:
+        _mine_corpus(artifacts, by_run, agents, fraction, only, registry, corpus)
+    now = datetime.now(UTC)
+    for state in agents.values():
+        _write(artifacts, state, now)
+    return MineResult({k: v.stats for k, v in sorted(agents.items())}, len(jobs), skipped)
+
+
+def _mine_night(
+    artifacts: Path,
+    registry: AgentRegistry,
+    only: set[str] | None,
+    decisions: dict[str, Any],
+    agents: dict[str, _Agent],
+    skipped: Counter[str],
+    by_run: dict[str, tuple[Job, Flow]],
+    fraction: float,
+) -> list[Job]:
+    """Every job of the night's queue: its workers' examples and tasks into ``agents``, why
+    one gave none into ``skipped``, each readable run into ``by_run``; returns the jobs."""
+    flows: dict[str, Flow | None] = {}
     with JobQueue(artifacts, create=False) as queue:
         jobs = queue.jobs(limit=10**9)
 
@@ -165,7 +191,6 @@ def mine(
                     flows[job.flow_sha] = None
             return flows[job.flow_sha]
 
-        by_run: dict[str, tuple[Job, Flow]] = {}
         for job in jobs:
             flow = flow_of(job)
             if flow is not None:
@@ -188,13 +213,7 @@ def mine(
             reason = _mine_job(artifacts, job, flow, workers, decisions, agents, fraction)
             if reason:
                 skipped[reason] += 1
-    _mine_reviewers(artifacts, by_run, decisions, agents, fraction, only)
-    if corpus > 0:
-        _mine_corpus(artifacts, by_run, agents, fraction, only, registry, corpus)
-    now = datetime.now(UTC)
-    for state in agents.values():
-        _write(artifacts, state, now)
-    return MineResult({k: v.stats for k, v in sorted(agents.items())}, len(jobs), skipped)
+    return jobs
 
 
 def _mine_job(
