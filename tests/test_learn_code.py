@@ -319,6 +319,33 @@ def test_a_time_budget_stops_training_and_keeps_the_best_checkpoint(tmp_path, sm
     assert state.best_step == min(state.heldout_curve, key=lambda c: c[1])[0]
 
 
+def test_a_time_budget_fits_the_learning_rate_schedule_to_the_steps_it_allows():
+    """410 steps of data, 100 s of budget at 2 s a step: the warm-up and the decay span the 50
+    steps the budget allows, not the 410 (which would stop the training part way up its
+    warm-up); without a budget the schedule is transformers' cosine with warm-up."""
+    torch = pytest.importorskip("torch")
+    from transformers import get_cosine_schedule_with_warmup
+
+    from pantheon.trainer.steps import Horizon
+
+    budgeted = Horizon(410, 0.1, budget_s=100)
+    budgeted.update(2, pace_s=2.0, spent_s=4.0)
+    assert budgeted.steps == 50
+    assert budgeted.factor(2) == pytest.approx(0.4) and budgeted.factor(5) == 1.0
+    assert 0 < budgeted.factor(40) < 0.2 and budgeted.factor(50) == 0.0
+    budgeted.update(49, pace_s=2.0, spent_s=99.0)
+    assert budgeted.steps == 50  # at least the next step, never past the data's
+    budgeted.update(3, pace_s=0.01, spent_s=6.0)
+    assert budgeted.steps == 410
+
+    whole = Horizon(410, 0.1)
+    whole.update(2, pace_s=2.0, spent_s=4.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = get_cosine_schedule_with_warmup(opt, 41, 410).lr_lambdas[0]
+    for step in (0, 1, 20, 41, 100, 300, 409, 410):
+        assert whole.factor(step) == pytest.approx(reference(step))
+
+
 def test_a_diverging_training_stops_with_the_reason(tmp_path, smollm2_path):
     from test_learn import HOUSE_TAG, house_artifacts, quick_options
 

@@ -14,6 +14,7 @@ from .options import TrainingError, TrainOptions
 
 __all__ = [
     "Best",
+    "Horizon",
     "Item",
     "check_loss",
     "encode",
@@ -26,6 +27,35 @@ __all__ = [
     "require_libraries",
     "save_checkpoint",
 ]
+
+
+class Horizon:
+    """The steps the learning-rate schedule spans (a linear warm-up over ``warmup`` of them, then
+    a cosine decay to zero): the epochs' worth, or under a time budget the steps the budget will
+    allow at the pace measured so far, re-estimated after every step. A training that stops at
+    its budget has then warmed up and decayed within what it ran, instead of stopping part way
+    up the warm-up of a schedule made for all its data."""
+
+    def __init__(self, total: int, warmup: float, budget_s: float | None = None) -> None:
+        self.total = total
+        self.warmup = warmup
+        self.budget_s = budget_s
+        self.steps = total
+
+    def factor(self, step: int) -> float:
+        """The share of the peak learning rate at ``step`` (what LambdaLR multiplies by)."""
+        warm = int(self.steps * self.warmup)
+        if step < warm:
+            return step / max(1, warm)
+        progress = (step - warm) / max(1, self.steps - warm)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    def update(self, step: int, pace_s: float, spent_s: float) -> None:
+        """After ``step``: at ``pace_s`` a step, with ``spent_s`` of the budget gone."""
+        if self.budget_s is None or pace_s <= 0:
+            return
+        left = max(0, int((self.budget_s - spent_s) / pace_s))
+        self.steps = max(step + 1, min(self.total, step + left))
 
 
 Item = tuple[list[int], int] | tuple[list[int], int, list[bool]]

@@ -44,6 +44,7 @@ from .mine import DATA, STATS, TASKS, read_examples
 from .options import NotEnoughData, TrainingError, TrainingInterrupted, TrainOptions
 from .steps import (
     Best,
+    Horizon,
     Item,
     check_loss,
     encode,
@@ -243,7 +244,7 @@ def _train(
 
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from transformers import get_cosine_schedule_with_warmup
+    from torch.optim.lr_scheduler import LambdaLR
 
     random.seed(options.seed)
     torch.manual_seed(options.seed)
@@ -288,7 +289,9 @@ def _train(
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
     per_epoch = math.ceil(len(train_items) / options.batch)
     total = options.max_steps or max(1, math.ceil(per_epoch * options.epochs))
-    sched = get_cosine_schedule_with_warmup(opt, int(total * options.warmup), total)
+    budget_s = options.max_minutes * 60 if options.max_minutes else None
+    horizon = Horizon(total, options.warmup, budget_s)
+    sched = LambdaLR(opt, horizon.factor)
     pad = tok.pad_token_id
 
     step, tokens = 0, 0
@@ -309,11 +312,10 @@ def _train(
 
     state.steps, state.step = total, step
     _save_state(folder, state)
-    every = options.eval_every or max(1, math.ceil(total / 4))
     curve_items = held_items[:16]
     best = Best.load(folder) if checkpoint.exists() else Best()
-    budget_s = options.max_minutes * 60 if options.max_minutes else None
     spent_before = state.elapsed_s
+    last_eval = step
     t0 = time.monotonic()
     first = step
     losses: list[float] = []
@@ -330,25 +332,30 @@ def _train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens += int(batch["attention_mask"].sum())
         elapsed = time.monotonic() - t0
         state.elapsed_s = round(spent_before + elapsed, 2)
         out_of_time = budget_s is not None and state.elapsed_s >= budget_s and step < total
+        horizon.update(step, elapsed / (step - first), state.elapsed_s)
+        sched.step()  # the next step's rate, on the horizon as re-estimated
+        every = options.eval_every or max(1, math.ceil(horizon.steps / 4))
         row = ProgressRow(
             step=step,
-            steps=total,
+            steps=horizon.steps,
             epoch=round(step / per_epoch, 3),
             loss=round(value, 5),
             lr=sched.get_last_lr()[0],
             tokens=tokens,
             elapsed_s=round(elapsed, 2),
-            eta_s=0.0 if out_of_time else round(elapsed / (step - first) * (total - step), 1),
+            eta_s=0.0
+            if out_of_time
+            else round(elapsed / (step - first) * (horizon.steps - step), 1),
             at=_now(),
         )
-        if curve_items and (step % every == 0 or step == total or out_of_time):
+        if curve_items and (step - last_eval >= every or step == total or out_of_time):
+            last_eval = step
             held = heldout_loss(model, curve_items, pad, device)
             check_loss(held, step, [], options, what="held-out loss")
             state.heldout_curve.append((step, round(held, 5)))
