@@ -43,7 +43,7 @@ from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import ask
 from pantheon.core.model.server import ModelServer, ServerConfig
 from pantheon.core.run.demo import corpus_tasks
-from pantheon.core.work.labelled import code_changes, docs_changes, one_per_problem
+from pantheon.core.work.labelled import code_changes, one_per_problem, shipped_docs_changes
 
 
 def code_items(n: int, root: Path) -> list[dict[str, Any]]:
@@ -61,9 +61,7 @@ def code_items(n: int, root: Path) -> list[dict[str, Any]]:
 
 def docs_items(root: Path, pages: int | None = None) -> list[dict[str, Any]]:
     """Each reference page (good) and its planted defects (bad): the first ``pages`` of them."""
-    corpus = packaged_flows_dir() / "corpus"
-    reference = yaml.safe_load((corpus / "docs_reference.yaml").read_text())
-    return [asdict(c) for c in docs_changes(root, reference, corpus / "docs", pages=pages)]
+    return [asdict(c) for c in shipped_docs_changes(root, pages=pages)]
 
 
 def reviewers_of(flow_file: str) -> dict[str, dict[str, Any]]:

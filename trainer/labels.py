@@ -24,12 +24,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pantheon.core.agents.base import AgentRegistry
 from pantheon.core.agents.review import ReviewPeer, review_messages
 from pantheon.core.flows.flow import Flow, load_flow, packaged_flows_dir
-from pantheon.core.work.labelled import Labelled, code_changes, docs_changes, one_per_problem
+from pantheon.core.work.labelled import (
+    Labelled,
+    code_changes,
+    one_per_problem,
+    shipped_docs_changes,
+)
 
 __all__ = ["CORPUS_PROBLEMS", "corpus_changes", "reviewer_examples"]
 
@@ -44,11 +47,8 @@ def corpus_changes(root: Path, problems: int = CORPUS_PROBLEMS) -> list[Labelled
     reference docs page, built and tested under ``root``."""
     from pantheon.core.run.demo import corpus_tasks
 
-    corpus = packaged_flows_dir() / "corpus"
     tasks = one_per_problem(corpus_tasks())[: max(0, problems)]
-    reference = yaml.safe_load((corpus / "docs_reference.yaml").read_text(encoding="utf-8"))
-    docs = docs_changes(root / "docs", reference, corpus / "docs")
-    return code_changes(tasks, root / "code") + docs
+    return code_changes(tasks, root / "code") + shipped_docs_changes(root / "docs")
 
 
 def _reasons(why: str) -> list[str]:

@@ -27,8 +27,11 @@ import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pantheon.core.work.canary import CODE_KINDS, DOCS_KINDS, plant_code, plant_docs, render_page
 from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
@@ -42,6 +45,7 @@ __all__ = [
     "fixed_source",
     "one_per_problem",
     "real_diff",
+    "shipped_docs_changes",
 ]
 
 
@@ -307,6 +311,14 @@ def docs_changes(
                 )
             )
     return out
+
+
+def shipped_docs_changes(root: Path, *, pages: int | None = None) -> list[Labelled]:
+    """:func:`docs_changes` of the shipped reference (``flows/corpus/docs_reference.yaml``) and
+    its pages (``flows/corpus/docs/``)."""
+    corpus = Path(str(resources.files("pantheon.flows"))) / "corpus"
+    reference = yaml.safe_load((corpus / "docs_reference.yaml").read_text(encoding="utf-8"))
+    return docs_changes(root, reference, corpus / "docs", pages=pages)
 
 
 def one_per_problem(tasks: Iterable[dict[str, str]], seed: int = 11) -> list[dict[str, str]]:
