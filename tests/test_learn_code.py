@@ -346,6 +346,22 @@ def test_a_time_budget_fits_the_learning_rate_schedule_to_the_steps_it_allows():
         assert whole.factor(step) == pytest.approx(reference(step))
 
 
+def test_a_reviewer_trains_on_as_many_passes_as_fails():
+    from pantheon.trainer.steps import balance_labels
+
+    labelled = [{"run": f"r{i}", "label": i % 5 == 0} for i in range(20)]  # 4 passes, 16 fails
+    got = balance_labels(labelled, seed=3)
+    assert got[:20] == labelled  # every example once, then the rarer verdict again
+    assert sum(e["label"] for e in got) == sum(not e["label"] for e in got) == 16
+    assert {e["run"] for e in got if e["label"]} == {"r0", "r5", "r10", "r15"}
+    assert balance_labels(labelled, seed=3) == got  # the same on every run
+    # a writer's examples, and a set of one verdict, are left as they are
+    writer = [{"run": "a"}, {"run": "b"}]
+    assert balance_labels(writer) == writer
+    fails = [{"run": "a", "label": False}]
+    assert balance_labels(fails) == fails
+
+
 def test_a_diverging_training_stops_with_the_reason(tmp_path, smollm2_path):
     from test_learn import HOUSE_TAG, house_artifacts, quick_options
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "Best",
     "Horizon",
     "Item",
+    "balance_labels",
     "check_loss",
     "encode",
     "heldout_loss",
@@ -27,6 +29,24 @@ __all__ = [
     "require_libraries",
     "save_checkpoint",
 ]
+
+
+def balance_labels(examples: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """A reviewer's labelled examples with the rarer verdict repeated (in a fixed shuffle) until
+    both are as many; anything else as it is. The labelled changes are mostly fails (five planted
+    defects to each real fix): trained on them as they come, a reviewer learns to say fail
+    (on qwen2.5-coder-0.5b, 36 steps of 328 fails and 82 passes turned the base model's 18 of 18
+    real fixes passed into 4 of 18)."""
+    if not examples or not all("label" in e for e in examples):
+        return examples
+    sides = [[e for e in examples if e["label"]], [e for e in examples if not e["label"]]]
+    if not all(sides):
+        return examples
+    few, many = sorted(sides, key=len)
+    order = list(few)
+    random.Random(seed).shuffle(order)
+    extra = [order[i % len(order)] for i in range(len(many) - len(few))]
+    return [*examples, *extra]
 
 
 class Horizon:

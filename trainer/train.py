@@ -46,6 +46,7 @@ from .steps import (
     Best,
     Horizon,
     Item,
+    balance_labels,
     check_loss,
     encode,
     heldout_loss,
@@ -261,6 +262,16 @@ def _train(
                     out.append(item)
         return out
 
+    train_examples = [e for e in examples if e["split"] == "train"]
+    balanced = balance_labels(train_examples, options.seed)
+    if len(balanced) > len(train_examples):
+        log.info(
+            "%s: the rarer verdict repeated to as many as the other (%d examples to %d)",
+            state.agent,
+            len(train_examples),
+            len(balanced),
+        )
+    examples = balanced + [e for e in examples if e["split"] != "train"]
     train_items, held_items = encoded("train"), encoded("heldout")[:32]
     if not train_items:
         raise TrainingError(f"none of {state.agent}'s examples has a reply to learn from")
