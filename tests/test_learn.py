@@ -536,14 +536,14 @@ def test_a_reviewer_is_judged_on_as_many_passes_as_fails(trained, tmp_path):
     """Labelled changes are mostly fails: judged on them as they come, a reviewer adapter that
     learnt to fail everything would win. The judging takes as many of each, and refuses a set
     with one label only."""
-    from pantheon.trainer.evaluate import EvaluationError, balanced_labels, evaluate
+    from pantheon.trainer.evaluate import EvaluationError, evaluate, interleaved_labels
 
     def ex(i: int, label: bool) -> dict:
         msgs = [{"role": "user", "content": f"change {i}"}, {"role": "assistant", "content": "{}"}]
         return {"messages": msgs, "split": "heldout", "run": f"corpus:{i}", "label": label}
 
     mostly_fails = [ex(i, i % 6 == 0) for i in range(30)]
-    got = balanced_labels(mostly_fails)
+    got = interleaved_labels(mostly_fails)
     assert [e["label"] for e in got] == [True, False] * 5
     assert len({e["run"] for e in got}) == 10
 

@@ -52,9 +52,9 @@ from .options import EvaluationError
 
 __all__ = [
     "EvaluationError",
-    "balanced_labels",
     "base_commit",
     "evaluate",
+    "interleaved_labels",
     "job_repo",
     "mcnemar",
 ]
@@ -171,7 +171,7 @@ def evaluate(
                 f"{state.agent} has no held-out labelled example to judge an adapter on",
                 hint="a night with canaries (--canary-every) labels reviewer examples",
             )
-        items: list[Any] = balanced_labels(labelled)[: limit or None]
+        items: list[Any] = interleaved_labels(labelled)[: limit or None]
         if not items:
             said = "pass" if labelled[0]["label"] else "fail"
             raise EvaluationError(
@@ -275,7 +275,7 @@ def evaluate(
     return evaluation
 
 
-def balanced_labels(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def interleaved_labels(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """As many examples labelled pass as labelled fail, alternating, each side in its given
     order. The labelled changes are mostly fails (every canary, five planted defects to each real
     fix of the corpus): on them a reviewer that failed everything would look right five times in
@@ -369,12 +369,9 @@ async def _run_all(
         return outcome.status == "done", outcome.error
 
     try:
-        async for (task, _), base, adapted in in_phases(prepared, one, parallel=parallel):
-            for x in (base, adapted):
-                if isinstance(x, Exception):
-                    raise x
-            assert not isinstance(base, Exception) and not isinstance(adapted, Exception)
-            (base_ok, base_err), (ad_ok, ad_err) = base, adapted
+        async for (task, _), (base_ok, base_err), (ad_ok, ad_err) in in_phases(
+            prepared, one, parallel=parallel
+        ):
             result = TaskResult(
                 run=task["run"],
                 base=base_ok,

@@ -40,12 +40,18 @@ R = TypeVar("R")
 
 
 async def in_phases(
-    items: Sequence[T], side: Callable[[T, bool], Awaitable[R]], *, parallel: int
-) -> AsyncIterator[tuple[T, R | Exception, R | Exception]]:
+    items: Sequence[T],
+    side: Callable[[T, bool], Awaitable[R]],
+    *,
+    parallel: int,
+    left_out: tuple[type[Exception], ...] = (),
+    what: Callable[[T], object] = str,
+) -> AsyncIterator[tuple[T, R, R]]:
     """Both sides of each item (``side(item, False)``: the base model; ``True``: the adapter),
     ``parallel`` calls at a time and one side at a time: over each chunk of ``2 * parallel``
     items, every base side, then every adapter side; yields (item, base, adapter) as each chunk
-    ends, a side that raised as its exception. llama-server does not batch requests whose
+    ends. An item a side of which raised one of ``left_out`` is logged (``what(item)`` names it)
+    and left out; any other exception is raised. llama-server does not batch requests whose
     adapters differ, so asking both sides of a task together splits every batch
     (bench/lora_serve.py, c = 4 on this machine: 30.3 tokens/s so, 35.0 one side at a time)."""
     gate = asyncio.Semaphore(max(1, parallel))
@@ -57,17 +63,18 @@ async def in_phases(
     step = 2 * max(1, parallel)
     for start in range(0, len(items), step):
         part = items[start : start + step]
-        sides = []
-        for with_adapter in (False, True):
-            got = await asyncio.gather(
-                *(gated(i, with_adapter) for i in part), return_exceptions=True
-            )
-            for g in got:
-                if isinstance(g, BaseException) and not isinstance(g, Exception):
-                    raise g  # a cancellation or an interrupt is not a side's answer
-            sides.append(got)
+        sides = [
+            await asyncio.gather(*(gated(i, ad) for i in part), return_exceptions=True)
+            for ad in (False, True)
+        ]
         for item, base, adapted in zip(part, *sides, strict=True):
-            yield item, base, adapted
+            failed = next((x for x in (base, adapted) if isinstance(x, BaseException)), None)
+            if failed is None:
+                yield item, base, adapted
+            elif isinstance(failed, left_out):
+                log.warning("held-out %s left out: %s", what(item), failed)
+            else:
+                raise failed
 
 
 @dataclass
@@ -230,15 +237,10 @@ async def judge_pass_at_1(
                 return False, exc.message[:300]
             return True, None
 
-    async for task, base, adapted in in_phases(tasks, side, parallel=parallel):
-        failed = next((x for x in (base, adapted) if isinstance(x, Exception)), None)
-        if failed is not None:
-            if not isinstance(failed, left_out):
-                raise failed
-            log.warning("held-out task %s left out: %s", task.run, failed)
-            continue
-        assert not isinstance(base, Exception) and not isinstance(adapted, Exception)
-        (b_ok, b_err), (a_ok, a_err) = base, adapted
+    phases = in_phases(
+        tasks, side, parallel=parallel, left_out=left_out, what=lambda t: f"task {t.run}"
+    )
+    async for task, (b_ok, b_err), (a_ok, a_err) in phases:
         result = TaskResult(
             run=task.run, base=b_ok, adapter=a_ok, base_error=b_err, adapter_error=a_err
         )
@@ -280,16 +282,15 @@ async def judge_labels(
         got = bool(getattr(verdict, "passed", not label))
         return got is label, None if got is label else f"said {'pass' if got else 'fail'}"
 
-    async for i, base, adapted in in_phases(range(len(examples)), side, parallel=parallel):
+    phases = in_phases(
+        range(len(examples)),
+        side,
+        parallel=parallel,
+        left_out=(ModelServerError,),
+        what=lambda i: f"example {examples[i].get('run')}",
+    )
+    async for i, (b_ok, b_err), (a_ok, a_err) in phases:
         example = examples[i]
-        failed = next((x for x in (base, adapted) if isinstance(x, Exception)), None)
-        if failed is not None:
-            if not isinstance(failed, ModelServerError):
-                raise failed
-            log.warning("held-out example %s left out: %s", example.get("run"), failed)
-            continue
-        assert not isinstance(base, Exception) and not isinstance(adapted, Exception)
-        (b_ok, b_err), (a_ok, a_err) = base, adapted
         run = f"{example.get('run')}/{example.get('node')}#{i}"
         result = TaskResult(run=run, base=b_ok, adapter=a_ok, base_error=b_err, adapter_error=a_err)
         results.append(result)
