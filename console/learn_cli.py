@@ -46,7 +46,10 @@ def cmd_traces(args: argparse.Namespace) -> int:
     if args.corpus < 0:
         raise PantheonError(f"--corpus takes a number of problems (0 or more), not {args.corpus}")
     if args.corpus:
-        print(f"building the labelled changes of {args.corpus} corpus problem(s) (a few minutes)")
+        print(
+            f"building and testing the labelled changes and real fixes of {args.corpus} corpus "
+            "problem(s) (a few minutes)"
+        )
     result = mine(
         args.artifacts,
         fraction=args.heldout,

@@ -61,7 +61,8 @@ def add_parsers(sub: Any, artifacts_arg) -> None:
         metavar="PROBLEMS",
         help="add the labelled changes of the shipped corpus to the reviewers' examples: the "
         f"real fix and each planted defect of PROBLEMS HumanEval problems (default: "
-        f"{CORPUS_PROBLEMS}, about six changes each) and of the demo's docs pages",
+        f"{CORPUS_PROBLEMS}, about six changes each) and of the demo's docs pages; and the real "
+        "fix of every mutant of those problems to codegen's (150 takes them all)",
     )
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     artifacts_arg(p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -188,12 +189,78 @@ def test_the_corpus_gives_the_reviewers_both_verdicts_split_as_the_night_is(
 
 def test_the_corpus_alone_gives_the_reviewers_labelled_examples_without_a_night(tmp_path):
     artifacts = tmp_path / "artifacts"
-    result = mine(artifacts, fraction=0.5, corpus=2)
+    result = mine(artifacts, fraction=0.5, corpus=2, only={"review.peer"})
     assert result.runs == 0 and set(result.agents) == {"review.peer"}
     stats = result.agents["review.peer"]
     assert stats.corpus == stats.train + stats.heldout > 10
     examples, _ = read_examples(artifacts, "review.peer")
     assert {e["label"] for e in examples} == {True, False}
+
+
+def test_the_corpus_gives_codegen_the_real_fix_of_each_mutant_in_the_prompt_it_is_judged_with(
+    tmp_path,
+):
+    from pantheon.trainer.fixes import SOURCE
+    from pantheon.trainer.judges import CodeTask, judge_pass_at_1
+
+    artifacts = tmp_path / "artifacts"
+    result = mine(artifacts, fraction=0.5, corpus=4, only={"codegen"})
+    stats = result.agents["codegen"]
+    examples, _ = read_examples(artifacts, "codegen")
+    by_id = {t["id"]: t for t in corpus_tasks()}
+    origins = {by_id[e["run"].split(":", 1)[1]]["origin"] for e in examples}
+    # every mutant of the four problems, each tested: none left out but for a reason
+    mutants = [t for t in corpus_tasks() if t["origin"] in origins]
+    assert len(origins) == 4 and stats.corpus == len(examples) > 4
+    assert len(examples) + sum(stats.left_out.values()) == len(mutants)
+    sides: dict[str, set[str]] = defaultdict(set)
+    for e in examples:
+        t = by_id[e["run"].split(":", 1)[1]]
+        assert e["label_from"] == SOURCE and e["node"] == "codegen"
+        assert e["split"] == ("heldout" if heldout(e["key"], 0.5) else "train")
+        sides[t["origin"]].add(e["split"])
+        prompt, reply = e["messages"][1]["content"], e["messages"][-1]["content"]
+        failure = prompt.split("Its tests fail:\n```\n", 1)[1]
+        assert t["source"].rstrip() in prompt and "Error" in failure  # its real failure
+        fixed = reply.removeprefix("```python\n").removesuffix("\n```")
+        assert fixed != t["source"].rstrip() and t["bug"].split(" -> ")[0] in fixed
+    assert all(len(s) == 1 for s in sides.values())  # every mutant of a problem on one side
+
+    # the prompt is the one the judging (and a night) sends for that task, to the character
+    e = examples[0]
+    t = by_id[e["run"].split(":", 1)[1]]
+    path, test = f"code/{t['id']}/{t['module']}.py", f"code/{t['id']}/test_{t['module']}.py"
+    files = {path: t["source"], test: t["test"]}
+    task = CodeTask(e["key"], e["run"], path, test, t["task"], files=files)
+    sent = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        sent.append(body["messages"])
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"content": e["messages"][-1]["content"]},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 20},
+            },
+        )
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    llm = LLMClient("http://127.0.0.1:9", http=http, retries=0, adapters={"ad": 0})
+    [judged] = asyncio.run(judge_pass_at_1(llm, [task], "ad", parallel=1))
+    asyncio.run(http.aclose())
+    assert judged.base and judged.adapter  # the example's reply passes the real tests
+    # but for the addresses pytest prints of the function under test
+    def same(messages):
+        return [re.sub(r"0x[0-9a-f]+", "0x…", m["content"]) for m in messages]
+
+    assert same(sent[0]) == same(e["messages"][:-1])
 
 
 # -- the pass@1 judge on the real tests ---------------------------------------------------------

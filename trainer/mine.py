@@ -15,7 +15,9 @@ changes whose right verdict is known: a fail) and the real changes the operator 
 morning review (a pass): the messages the reviewer saw, and a reply with the right verdict — its
 own reply when it was right, else the right verdict with the reason the label gives. With
 ``corpus``, the labelled changes built from the shipped corpus join them (both verdicts, with
-reasons that name what each change does: :mod:`pantheon.trainer.labels`).
+reasons that name what each change does: :mod:`pantheon.trainer.labels`), and ``codegen`` gets
+the corpus's real fixes: each mutant's prompt, its tests run for real, and the fixed file
+(:mod:`pantheon.trainer.fixes`).
 
 Each job falls on one side of a deterministic split by **task**, not by run: a hash of the task's
 key (the file the job works on — every HumanEval mutant of one problem has the same file name —
@@ -137,7 +139,8 @@ def mine(
 ) -> MineResult:
     """Mine every job of the artifacts directory; write ``training/<agent>/`` for each agent.
     ``corpus``: add the labelled changes of that many problems of the shipped corpus (and of its
-    docs pages) to the reviewers' examples (:mod:`pantheon.trainer.labels`)."""
+    docs pages) to the reviewers' examples (:mod:`pantheon.trainer.labels`), and the real fixes
+    of every mutant of those problems to ``codegen``'s (:mod:`pantheon.trainer.fixes`)."""
     artifacts = Path(artifacts)
     if not (0.0 < fraction < 1.0):
         raise PantheonError(f"the held-out fraction must be between 0 and 1, not {fraction}")
@@ -457,42 +460,62 @@ def _mine_corpus(
     problems: int,
 ) -> None:
     """The shipped corpus's labelled changes, as examples for every reviewer of the shipped
-    flows; their model is the one that answered that reviewer's calls in the night."""
+    flows, and its real fixes, as examples for ``codegen`` (:mod:`pantheon.trainer.fixes`);
+    their model is the one that answered that agent's calls in the night."""
+    from .fixes import corpus_fixes
     from .labels import corpus_changes, reviewer_examples
+
+    def held(key: str) -> bool:
+        return heldout(key, fraction)
 
     names = sorted(
         {cls.name for _, flow in by_run.values() for cls in flow.agents.values() if cls.reviewer}
         | {"review.peer"}
     )
     names = [n for n in names if only is None or n in only]
-    if not names:
-        return
-    with tempfile.TemporaryDirectory(prefix="pantheon-labelled-") as tmp:
-        log.info("building the labelled changes of %d corpus problem(s)", problems)
-        changes = corpus_changes(Path(tmp), problems)
-    for name in names:
-        found = reviewer_examples(
-            registry, name, held=lambda key: heldout(key, fraction), changes=changes
-        )
-        if not found:
+    if names:
+        with tempfile.TemporaryDirectory(prefix="pantheon-labelled-") as tmp:
+            log.info("building the labelled changes of %d corpus problem(s)", problems)
+            changes = corpus_changes(Path(tmp), problems)
+        for name in names:
+            found = reviewer_examples(registry, name, held=held, changes=changes)
+            if found:
+                _add_corpus(artifacts, by_run, agents, fraction, name, found)
+    if only is None or "codegen" in only:
+        log.info("testing the real fixes of %d corpus problem(s)", problems)
+        fixes, left = corpus_fixes(problems, held=held)
+        state = _add_corpus(artifacts, by_run, agents, fraction, "codegen", fixes)
+        for why, n in left.items():
+            state.stats.left_out[why] = state.stats.left_out.get(why, 0) + n
+
+
+def _add_corpus(
+    artifacts: Path,
+    by_run: dict[str, tuple[Job, Flow]],
+    agents: dict[str, _Agent],
+    fraction: float,
+    name: str,
+    found: list[dict[str, Any]],
+) -> _Agent:
+    """The corpus's examples for one agent, deduplicated against what it has."""
+    state = agents.setdefault(name, _Agent(MineStats(agent=name, fraction=fraction)))
+    for example in found:
+        text = json.dumps(example["messages"], sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest in state.seen:
+            state.stats.duplicates += 1
             continue
-        state = agents.setdefault(name, _Agent(MineStats(agent=name, fraction=fraction)))
-        for example in found:
-            digest = hashlib.sha256(
-                json.dumps(example["messages"], sort_keys=True).encode()
-            ).hexdigest()
-            if digest in state.seen:
-                state.stats.duplicates += 1
-                continue
-            state.seen.add(digest)
-            state.examples.append(example)
+        state.seen.add(digest)
+        state.examples.append(example)
+        if "label" in example:
             label = "pass" if example["label"] else "fail"
             state.stats.labels[label] = state.stats.labels.get(label, 0) + 1
-            state.stats.corpus += 1
-        if not state.models:
-            model = _model_of(artifacts, by_run, name)
-            if model:
-                state.models[model] += 1
+        state.stats.corpus += 1
+    if not state.models:
+        model = _model_of(artifacts, by_run, name)
+        if model:
+            state.models[model] += 1
+    return state
 
 
 def _model_of(artifacts: Path, by_run: dict[str, tuple[Job, Flow]], agent: str) -> str | None:
