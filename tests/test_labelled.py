@@ -4,8 +4,24 @@ and a reason that names what the change does (what a reviewer adapter learns fro
 from __future__ import annotations
 
 from pantheon.core.run.demo import corpus_tasks
-from pantheon.core.work.labelled import code_changes, one_per_problem, shipped_docs_changes
+from pantheon.core.work.codecorpus import load_humaneval
+from pantheon.core.work.labelled import (
+    code_changes,
+    fixed_source,
+    one_per_problem,
+    shipped_docs_changes,
+)
 from pantheon.trainer.labels import _reasons
+
+
+def test_the_real_fix_of_every_mutant_is_its_problems_own_solution():
+    solutions = {p["task_id"]: p["prompt"] + p["canonical_solution"] for p in load_humaneval()}
+    tasks = corpus_tasks()
+    assert all(fixed_source(t) == solutions[t["origin"]] for t in tasks)
+    # the bug's text also occurs earlier on its line: the right occurrence is reverted
+    [t] = [t for t in tasks if t["id"] == "he043m3"]
+    line = t["source"].splitlines()[int(t["line"]) - 1]
+    assert t["bug"] == "0 -> 1" and line.count("1") > 1
 
 
 def test_each_corpus_problem_gives_its_real_fix_and_planted_defects_tested_for_real(tmp_path):

@@ -256,6 +256,7 @@ def test_the_corpus_gives_codegen_the_real_fix_of_each_mutant_in_the_prompt_it_i
     [judged] = asyncio.run(judge_pass_at_1(llm, [task], "ad", parallel=1))
     asyncio.run(http.aclose())
     assert judged.base and judged.adapter  # the example's reply passes the real tests
+
     # but for the addresses pytest prints of the function under test
     def same(messages):
         return [re.sub(r"0x[0-9a-f]+", "0x…", m["content"]) for m in messages]

@@ -9,7 +9,8 @@ that task in a night — the task, the file, the output of its failing tests, ru
 sandbox — and the reply it should give, the whole fixed file in one ``python`` block.
 
 Nothing here is taken on trust: a mutant whose tests pass (a bug that means the same) and a fix
-whose tests fail are left out, each tested as the judging tests a fix. The split is the night's,
+whose tests fail are left out, each tested as the judging tests a fix (each distinct fix once:
+the mutants of one problem nearly always share it). The split is the night's,
 by the file the task works on (every mutant of one problem falls on one side), so the held-out
 problems the adapter is judged on (:func:`pantheon.trainer.judges.code_tasks`) are never trained
 on.
@@ -17,7 +18,9 @@ on.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +31,8 @@ from pantheon.core.work.labelled import fixed_source, one_per_problem
 from pantheon.core.work.testcmd import resolve_test_command
 
 __all__ = ["SOURCE", "corpus_fixes"]
+
+log = logging.getLogger(__name__)
 
 SOURCE = "corpus (the real fix)"
 """What a corpus fix's example says it came from (``label_from`` in ``data.jsonl``)."""
@@ -53,10 +58,28 @@ def corpus_fixes(
 
     tasks = corpus_tasks()
     chosen = _problems(tasks, problems)
-    tasks = [t for t in tasks if t["origin"] in chosen]
-    left: dict[str, int] = {}
+    groups: dict[str, list[dict[str, str]]] = {}
+    for t in tasks:
+        if t["origin"] in chosen:
+            groups.setdefault(t["origin"], []).append(t)
+    total = sum(len(g) for g in groups.values())
+    done = [0]
+    lock = threading.Lock()
 
-    def one(t: dict[str, str], tmp: Path) -> dict[str, Any] | str:
+    def problem(group: list[dict[str, str]], tmp: Path) -> list[dict[str, Any] | str]:
+        """Each mutant of one problem; each distinct fix tested once (they are nearly always
+        one file: the solution the bugs were planted in)."""
+        fixes: dict[str, bool] = {}
+        out: list[dict[str, Any] | str] = []
+        for t in group:
+            out.append(one(t, tmp, fixes))
+            with lock:
+                done[0] += 1
+                if done[0] % 50 == 0 or done[0] == total:
+                    log.info("tested %d of %d corpus mutants and their fixes", done[0], total)
+        return out
+
+    def one(t: dict[str, str], tmp: Path, fixes: dict[str, bool]) -> dict[str, Any] | str:
         path = f"code/{t['id']}/{t['module']}.py"
         test = f"code/{t['id']}/test_{t['module']}.py"
         task = CodeTask(
@@ -73,8 +96,10 @@ def corpus_fixes(
         if before.passed:
             return "the bug does not fail its tests"
         fixed = fixed_source(t)
-        (root / path).write_text(fixed, encoding="utf-8")
-        if not command.run(root, test, timeout_s=60).passed:
+        if fixed not in fixes:
+            (root / path).write_text(fixed, encoding="utf-8")
+            fixes[fixed] = command.run(root, test, timeout_s=60).passed
+        if not fixes[fixed]:
             return "the real fix fails its tests"
         messages = fix_prompt(
             FixForm.WHOLE_FILE,
@@ -98,7 +123,8 @@ def corpus_fixes(
         tempfile.TemporaryDirectory(prefix="pantheon-fixes-") as tmp,
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
     ):
-        found = list(pool.map(lambda t: one(t, Path(tmp)), tasks))
+        found = [x for g in pool.map(lambda g: problem(g, Path(tmp)), groups.values()) for x in g]
+    left: dict[str, int] = {}
     out = []
     for item in found:
         if isinstance(item, str):

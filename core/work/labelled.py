@@ -21,6 +21,7 @@ learns to read the diff, not to repeat a checklist.
 from __future__ import annotations
 
 import difflib
+import functools
 import random
 import subprocess
 import sys
@@ -98,13 +99,35 @@ def real_diff(folder: Path, before: dict[str, str], after: dict[str, str]) -> st
     return _git(folder, "diff", "--no-color")
 
 
+@functools.cache
+def _solutions() -> dict[str, str]:
+    """Each HumanEval problem's file as the corpus planted its bugs in (empty without the data)."""
+    from pantheon.core.work.codecorpus import load_humaneval
+
+    try:
+        return {p["task_id"]: p["prompt"] + p["canonical_solution"] for p in load_humaneval()}
+    except RuntimeError:
+        return {}
+
+
 def fixed_source(task: dict[str, str]) -> str:
-    """A corpus task with its bug reverted: the reference fix."""
+    """A corpus task with its bug reverted: the reference fix. The buggy text may occur more
+    than once on its line (``0 -> 1`` in ``range(i + 1, n)``): the occurrence reverted is the
+    one that gives back the problem's own solution, else the first."""
     before, after = task["bug"].split(" -> ", 1)
     lines = task["source"].splitlines(keepends=True)
     i = int(task["line"]) - 1
-    lines[i] = lines[i].replace(after, before, 1)
-    return "".join(lines)
+    line = lines[i]
+    solution = _solutions().get(task.get("origin", ""))
+    first = None
+    at = line.find(after)
+    while at >= 0:
+        fixed = "".join([*lines[:i], line[:at] + before + line[at + len(after) :], *lines[i + 1 :]])
+        if solution is None or fixed == solution:
+            return fixed
+        first = first or fixed
+        at = line.find(after, at + 1)
+    return first if first is not None else task["source"]
 
 
 def _edits(before: str, after: str) -> list[tuple[int, str, str]]:
