@@ -149,6 +149,16 @@ def _print_trainings(artifacts: Path) -> int:
     return 0
 
 
+def memory_text(state) -> str:
+    """``, peak memory 9.4 GB`` (and the GPU's), or nothing when it was not measured."""
+    out = ""
+    if state.peak_memory_mb is not None:
+        out += f", peak memory {state.peak_memory_mb / 1024:.1f} GB"
+    if state.peak_gpu_mb is not None:
+        out += f" (GPU {state.peak_gpu_mb / 1024:.1f} GB)"
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pantheon.trainer import train as trainer
 
@@ -185,6 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained: adapter {args.artifacts / state.gguf}")
     if before is not None and after is not None:
         print(f"held-out loss {before:.4f} -> {after:.4f}")
+    print(f"{state.step} steps in {state.elapsed_s / 60:.1f} min{memory_text(state)}")
     if state.promote or args.promote:
         print("judging it on the held-out jobs against the base model...", flush=True)
         return _judge(args, folder, bar)

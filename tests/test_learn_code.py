@@ -324,6 +324,11 @@ def test_pass_at_1_judges_one_greedy_fix_on_the_real_tests_of_held_out_problems(
     assert [r.run for r in results] == [t.run for t in picked]
     assert all(r.adapter and not r.base for r in results)
     assert all("changes nothing" in r.base_error for r in results)
+    # the passing fix is kept to be read: the diff that reverts the planted bug
+    for r, t in zip(results, picked, strict=True):
+        before = by_id[t.run.split(":", 1)[1]]["bug"].split(" -> ", 1)[0]
+        assert r.base_change is None and r.adapter_change.startswith(f"--- a/{t.path}")
+        assert any(ln.startswith("+") and before in ln for ln in r.adapter_change.splitlines())
 
 
 def test_a_nights_code_task_is_judged_from_the_commit_it_started_from(demo, artifacts, registry):

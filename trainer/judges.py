@@ -16,6 +16,7 @@ Each gives one :class:`TaskResult` per task: passed (right) with the base model,
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import subprocess
 import tempfile
@@ -197,6 +198,19 @@ def code_tasks(
     return out, problems
 
 
+def _change(path: str, before: str, after: str, limit: int = 4000) -> str:
+    """The fix as a unified diff of its file (cut at ``limit`` characters, and said so)."""
+    diff = "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            fromfile=f"a/{path}",
+            tofile=f"b/{path}",
+        )
+    )
+    return diff if len(diff) <= limit else diff[:limit] + "\n[… the diff goes on]\n"
+
+
 async def judge_pass_at_1(
     llm: LLMClient,
     tasks: list[CodeTask],
@@ -215,9 +229,10 @@ async def judge_pass_at_1(
     results: list[TaskResult] = []
     left_out = (ModelServerError, PantheonError, OSError, subprocess.CalledProcessError)
 
-    async def side(task: CodeTask, with_adapter: bool) -> tuple[bool, str | None]:
+    async def side(task: CodeTask, with_adapter: bool) -> tuple[bool, str | None, str | None]:
         with tempfile.TemporaryDirectory(prefix="pantheon-judge-") as tmp:
             root = await asyncio.to_thread(task.materialize, Path(tmp) / "work")
+            before = (root / task.path).read_text(encoding="utf-8")
             command = resolve_test_command(root, task.test_command)
             try:
                 await run_fix(
@@ -234,15 +249,22 @@ async def judge_pass_at_1(
                     node="codegen",
                 )
             except NodeError as exc:
-                return False, exc.message[:300]
-            return True, None
+                return False, exc.message[:300], None
+            after = (root / task.path).read_text(encoding="utf-8")
+            return True, None, _change(task.path, before, after)
 
     phases = in_phases(
         tasks, side, parallel=parallel, left_out=left_out, what=lambda t: f"task {t.run}"
     )
-    async for task, (b_ok, b_err), (a_ok, a_err) in phases:
+    async for task, (b_ok, b_err, b_diff), (a_ok, a_err, a_diff) in phases:
         result = TaskResult(
-            run=task.run, base=b_ok, adapter=a_ok, base_error=b_err, adapter_error=a_err
+            run=task.run,
+            base=b_ok,
+            adapter=a_ok,
+            base_error=b_err,
+            adapter_error=a_err,
+            base_change=b_diff,
+            adapter_change=a_diff,
         )
         results.append(result)
         if on_task is not None:

@@ -249,6 +249,19 @@ def make_batch(items: list[Item], pad: int, device: Any):
     }
 
 
+def peak_memory(device: Any) -> tuple[float, float | None]:
+    """This process's peak resident memory so far, and the GPU's peak allocation on CUDA (MiB)."""
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    gpu = None
+    if getattr(device, "type", str(device)) == "cuda":
+        gpu = torch.cuda.max_memory_allocated(device) / 2**20
+    return round(rss, 1), None if gpu is None else round(gpu, 1)
+
+
 def heldout_loss(model: Any, items: list[Item], pad: int, device: Any) -> float:
     import torch
 

@@ -15,6 +15,7 @@ there, ``abandon`` gives it up. A crash leaves the registry untouched; nothing i
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ from .steps import (
     load_base,
     make_batch,
     new_line_spans,
+    peak_memory,
     qlora_wanted,
     require_libraries,
     save_checkpoint,
@@ -410,9 +412,11 @@ def _train(
     shutil.rmtree(folder / "best", ignore_errors=True)
     state.gguf = os.path.relpath(gguf, artifacts)
     state.peft = os.path.relpath(folder / "adapter", artifacts)
+    state.peak_memory_mb, state.peak_gpu_mb = peak_memory(device)
     state.status = "done"
     state.finished_at = _now()
     _save_state(folder, state)
     with contextlib.suppress(Exception):
         del model, base
+    gc.collect()  # peft's modules hold cycles: the judging that follows gets the memory back
     return state

@@ -134,6 +134,9 @@ class TaskResult(BaseModel):
     adapter: bool
     base_error: str | None = None
     adapter_error: str | None = None
+    base_change: str | None = None
+    """A code task's fix that passed, as a unified diff of the file (what to read)."""
+    adapter_change: str | None = None
 
 
 class Evaluation(BaseModel):
@@ -197,6 +200,9 @@ class TrainingState(BaseModel):
     """Why it stopped before its last step (the time budget), when it did."""
     elapsed_s: float = 0.0
     """Training time so far, over every run of it (a resumed one goes on counting)."""
+    peak_memory_mb: float | None = None
+    """The training process's peak resident memory (and the GPU's peak, on CUDA), in MiB."""
+    peak_gpu_mb: float | None = None
     gguf: str | None = None
     """The GGUF LoRA file, relative to the artifacts directory."""
     peft: str | None = None
