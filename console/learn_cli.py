@@ -128,6 +128,7 @@ def _options(args: argparse.Namespace):
         eval_every=args.eval_every,
         focus=getattr(args, "focus", None),
         qlora=args.qlora,
+        gradient_checkpointing=getattr(args, "gradient_checkpointing", None),
     )
 
 
@@ -147,16 +148,6 @@ def _print_trainings(artifacts: Path) -> int:
             )
         print(f"{s.id}  {status}  step {s.step}/{s.steps}{extra}")
     return 0
-
-
-def memory_text(state) -> str:
-    """``, peak memory 9.4 GB`` (and the GPU's), or nothing when it was not measured."""
-    out = ""
-    if state.peak_memory_mb is not None:
-        out += f", peak memory {state.peak_memory_mb / 1024:.1f} GB"
-    if state.peak_gpu_mb is not None:
-        out += f" (GPU {state.peak_gpu_mb / 1024:.1f} GB)"
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -195,7 +186,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained: adapter {args.artifacts / state.gguf}")
     if before is not None and after is not None:
         print(f"held-out loss {before:.4f} -> {after:.4f}")
-    print(f"{state.step} steps in {state.elapsed_s / 60:.1f} min{memory_text(state)}")
+    memory = state.memory_text()
+    took = f"{state.step} steps in {state.elapsed_s / 60:.1f} min"
+    print(took + (f", {memory}" if memory else ""))
     if state.promote or args.promote:
         print("judging it on the held-out jobs against the base model...", flush=True)
         return _judge(args, folder, bar)
@@ -226,9 +219,32 @@ def _judge(args: argparse.Namespace, folder: Path, bar: ProgressLines) -> int:
     print(_evidence(ev))
     if promoted:
         print(f"promoted: {ev.adapter} is now {ev.agent}'s adapter ({ev.reason})")
+        if (where := _writers_hint(ev.agent, read_state(folder).base_model)) is not None:
+            print(where)
     else:
         print(f"not promoted: {ev.reason}")
     return 0
+
+
+def _writers_hint(agent: str, base_model: str) -> str | None:
+    """Where a night uses a writer's adapter trained on another model than the writers'
+    default: a night asks its writers on the --code-model's server."""
+    from pantheon.core.model.files import CATALOG, ModelStore
+    from pantheon.core.run.night import DEFAULT_CODE_MODEL, WRITER_AGENTS
+
+    if agent not in WRITER_AGENTS:
+        return None
+    trained_on = Path(base_model).resolve()
+    if trained_on == ModelStore().path(DEFAULT_CODE_MODEL).resolve():
+        return None
+    name = next(
+        (n for n in CATALOG if ModelStore().path(n).resolve() == trained_on), str(trained_on)
+    )
+    return (
+        f"a night asks {agent} on its writers' model (--code-model; {DEFAULT_CODE_MODEL} "
+        f"unless --model is given); this adapter is served where {agent} runs on {name}: "
+        f"`pantheon night --code-model {name}`"
+    )
 
 
 def _evidence(ev) -> str:

@@ -146,11 +146,8 @@ def result_text(row: AgentTraining, latest: TrainingState) -> Text:
         text.append(" → ")
         text.append("…" if after is None else f"{after:.3f}", style="bold")
         text.append("\n")
-    if latest.peak_memory_mb is not None:
-        text.append(f"peak memory {latest.peak_memory_mb / 1024:.1f} GB")
-        if latest.peak_gpu_mb is not None:
-            text.append(f", GPU {latest.peak_gpu_mb / 1024:.1f} GB")
-        text.append("\n")
+    if (memory := latest.memory_text()) is not None:
+        text.append(memory + "\n")
     if latest.status == "failed":
         text.append("FAILED: ", style="bold red")
         text.append(f"{latest.error or 'no error recorded'}\n", style="red")

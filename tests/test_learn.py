@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -312,6 +313,7 @@ def test_training_lowers_the_loss_and_writes_both_adapter_formats(trained):
     assert not registry_path(root).exists()  # training alone promotes nothing
     # its peak memory is kept: SmolLM2's float32 weights alone are over 500 MB
     assert 500 < state.peak_memory_mb < 24 * 1024 and state.peak_gpu_mb is None
+    assert state.memory_text() == f"peak memory {state.peak_memory_mb / 1024:.1f} GB"
 
 
 def test_the_gguf_adapter_is_loaded_by_llama_server_and_changes_the_answer(trained, tmp_path):
@@ -495,6 +497,27 @@ def test_rollback_restores_the_previous_adapter(tmp_path):
     assert all((root / "adapters" / f"{t}.gguf").exists() for t in ids)
 
 
+def test_an_adapter_trained_on_another_model_says_which_and_is_not_used(tmp_path):
+    from pantheon.core.learn.files import Registry, RegistryEntry
+
+    small, big = tmp_path / "coder-0.5b.gguf", tmp_path / "coder-1.5b.gguf"
+    entry = RegistryEntry(
+        agent="codegen", adapter="codegen-1", training="codegen-1", base_model=str(small)
+    )
+    registry_path(tmp_path).parent.mkdir(parents=True)
+    registry_path(tmp_path).write_text(Registry(agents={"codegen": entry}).model_dump_json())
+    # served on the model it was trained on: used
+    assert agent_adapters(tmp_path, {"codegen-1"}, model=small) == ({"codegen": "codegen-1"}, [])
+    # the writers' server of a default night runs the bigger model: the base model, and why
+    used, why = agent_adapters(tmp_path, set(), model=big)
+    assert used == {}
+    assert why == [
+        "codegen: its promoted adapter codegen-1 was trained on coder-0.5b.gguf, and the server "
+        "that answers codegen runs coder-1.5b.gguf, so it uses the base model (serve codegen on "
+        "coder-0.5b.gguf to use the adapter)"
+    ]
+
+
 def test_a_corrupt_registry_is_a_clear_error_and_serves_no_adapter(tmp_path):
     registry_path(tmp_path).parent.mkdir(parents=True)
     registry_path(tmp_path).write_text('{"agents": {"x": ')
@@ -660,3 +683,18 @@ def test_the_learn_commands_explain_themselves(tmp_path):
     for command in ("traces", "train", "promote"):
         help_text = pantheon(command, "--help").stdout
         assert "--artifacts" in help_text and "usage: pantheon " + command in help_text
+
+
+def test_each_training_measures_its_own_peak_memory():
+    pytest.importorskip("torch")
+    from pantheon.trainer.steps import peak_memory, reset_peak_memory
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("this kernel does not let a process reset its peak memory")
+    block = bytearray(400 * 2**20)  # 400 MiB, touched
+    block[::4096] = b"x" * len(block[::4096])
+    high, _ = peak_memory("cpu")
+    del block
+    reset_peak_memory()  # the next training in this process starts afresh
+    low, _ = peak_memory("cpu")
+    assert high - low > 300

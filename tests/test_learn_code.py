@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -493,6 +494,105 @@ def test_a_code_writer_learns_from_the_lines_its_fix_changed_not_the_copied_ones
     assert len(encode(tok, copy, 1024, new_line_spans(copy) or None)) == 2
 
 
+def _tiny(kind: str):
+    """A small random model of a real architecture, and a padded batch of two whose labels
+    are partly masked, as a code writer's are."""
+    import torch
+    import transformers
+
+    shape = dict(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    if kind == "qwen2":
+        config = transformers.Qwen2Config(**shape, tie_word_embeddings=True)
+    elif kind == "gemma2":  # its head caps the logits: the model's own loss is used
+        config = transformers.Gemma2Config(**shape, head_dim=8, final_logit_softcapping=0.05)
+    else:
+        config = transformers.LlamaConfig(**shape)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    ids = torch.randint(0, 300, (2, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 18:] = 0  # the second is padded
+    labels = ids.clone()
+    labels[:, :10] = -100  # the prompt
+    labels[0, 14:17] = -100  # copied lines
+    labels[1, 18:] = -100
+    return model, {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma2"])
+def test_the_loss_is_the_models_own_with_the_head_applied_only_where_it_learns(kind):
+    pytest.importorskip("peft")
+    import torch
+
+    from pantheon.trainer.steps import reply_loss
+
+    model, batch = _tiny(kind)
+    with torch.no_grad():
+        ours, theirs = reply_loss(model, batch), model(**batch).loss
+    assert abs(float(ours) - float(theirs)) < 1e-5 * float(theirs)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    pytest.importorskip("peft")
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from pantheon.trainer.steps import enable_checkpointing, is_checkpointing, reply_loss
+
+    grads = []
+    for recompute in (False, True):
+        base, batch = _tiny("llama")
+        if recompute:
+            enable_checkpointing(base)
+        assert is_checkpointing(base) == recompute
+        with warnings.catch_warnings():  # peft's use of a renamed transformers call
+            warnings.simplefilter("ignore", FutureWarning)
+            config = LoraConfig(r=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+            model = get_peft_model(base, config)
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():  # B starts at zero: give A a gradient too
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        model.train()
+        reply_loss(model, batch).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    plain, recomputed = grads
+    assert plain.keys() == recomputed.keys() and plain
+    for name, g in plain.items():
+        assert torch.allclose(g, recomputed[name], rtol=1e-4, atol=1e-7), name
+    assert any(float(g.abs().sum()) > 0 for g in plain.values())
+
+
+def test_gradient_checkpointing_is_chosen_when_a_step_would_not_fit(monkeypatch):
+    from types import SimpleNamespace
+
+    from pantheon.trainer import steps
+    from pantheon.trainer.options import TrainOptions
+
+    qwen_05b = SimpleNamespace(
+        hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_hidden_layers=24
+    )
+    step = steps.step_activations(qwen_05b, 2, 1536)
+    assert step == 2 * steps.step_activations(qwen_05b, 1, 1536), "twice the batch, twice"
+    monkeypatch.setattr(steps, "free_memory", lambda device: 2 * step)
+    assert not steps.checkpointing_wanted(TrainOptions(batch=2, max_tokens=1536), qwen_05b)
+    monkeypatch.setattr(steps, "free_memory", lambda device: step)
+    assert steps.checkpointing_wanted(TrainOptions(batch=2, max_tokens=1536), qwen_05b)
+    # the operator's choice wins either way
+    wanted = TrainOptions(batch=2, max_tokens=1536, gradient_checkpointing=False)
+    assert not steps.checkpointing_wanted(wanted, qwen_05b)
+    monkeypatch.setattr(steps, "free_memory", lambda device: 100 * step)
+    wanted = TrainOptions(batch=2, max_tokens=1536, gradient_checkpointing=True)
+    assert steps.checkpointing_wanted(wanted, qwen_05b)
+
+
 def test_code_writers_default_to_new_lines_and_the_others_to_the_whole_reply(tmp_path):
     from pantheon.trainer.train import _code_writer
 
@@ -651,3 +751,14 @@ def test_the_judges_ask_one_side_at_a_time_so_the_server_batches_each_whole():
     assert got[4][1:] == (40, 41)
     with pytest.raises(OSError, match="sandbox"):  # not one to leave out: it is raised
         asyncio.run(collect())
+
+
+def test_promoting_a_writer_trained_off_the_writers_model_says_how_a_night_uses_it():
+    from pantheon.console.learn_cli import _writers_hint
+    from pantheon.core.model.files import ModelStore
+
+    small = str(ModelStore().path("qwen2.5-coder-0.5b"))
+    hint = _writers_hint("codegen", small)
+    assert hint is not None and "`pantheon night --code-model qwen2.5-coder-0.5b`" in hint
+    assert _writers_hint("codegen", str(ModelStore().path("qwen2.5-coder-1.5b"))) is None
+    assert _writers_hint("review.peer", small) is None  # the reviewers run on --model's server

@@ -54,7 +54,6 @@ def corpus_fixes(
     from pantheon.core.run.demo import corpus_tasks
 
     from .judges import CodeTask
-    from .mine import task_key
 
     tasks = corpus_tasks()
     chosen = _problems(tasks, problems)
@@ -63,33 +62,26 @@ def corpus_fixes(
         if t["origin"] in chosen:
             groups.setdefault(t["origin"], []).append(t)
     total = sum(len(g) for g in groups.values())
-    done = [0]
+    done = 0
     lock = threading.Lock()
 
     def problem(group: list[dict[str, str]], tmp: Path) -> list[dict[str, Any] | str]:
         """Each mutant of one problem; each distinct fix tested once (they are nearly always
         one file: the solution the bugs were planted in)."""
+        nonlocal done
         fixes: dict[str, bool] = {}
         out: list[dict[str, Any] | str] = []
         for t in group:
             out.append(one(t, tmp, fixes))
             with lock:
-                done[0] += 1
-                if done[0] % 50 == 0 or done[0] == total:
-                    log.info("tested %d of %d corpus mutants and their fixes", done[0], total)
+                done += 1
+                if done % 50 == 0 or done == total:
+                    log.info("tested %d of %d corpus mutants and their fixes", done, total)
         return out
 
     def one(t: dict[str, str], tmp: Path, fixes: dict[str, bool]) -> dict[str, Any] | str:
-        path = f"code/{t['id']}/{t['module']}.py"
-        test = f"code/{t['id']}/test_{t['module']}.py"
-        task = CodeTask(
-            key=task_key({"path": path}, t["id"]),
-            run=f"corpus:{t['id']}",
-            path=path,
-            test=test,
-            task=t["task"],
-            files={path: t["source"], test: t["test"]},
-        )
+        task = CodeTask.from_corpus(t)
+        path, test = task.path, task.test
         root = task.materialize(tmp / t["id"])
         command = resolve_test_command(root)
         before = command.run(root, test, timeout_s=60)

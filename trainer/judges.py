@@ -31,7 +31,15 @@ from pantheon.core.model.client import LLMClient
 from pantheon.core.store.layout import branch_name
 from pantheon.core.work.git import GitError, GitRepo
 
-__all__ = ["CodeTask", "code_tasks", "in_phases", "judge_labels", "judge_pass_at_1"]
+__all__ = [
+    "CodeTask",
+    "code_tasks",
+    "corpus_heldout",
+    "in_phases",
+    "judge_labels",
+    "judge_pass_at_1",
+    "one_fix",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +103,22 @@ class CodeTask:
     files: dict[str, str] | None = None
     """The files to write instead (a corpus task)."""
 
+    @classmethod
+    def from_corpus(cls, t: dict[str, str]) -> CodeTask:
+        """A task of the shipped code corpus, laid out as in the demo repository."""
+        from .mine import task_key
+
+        path = f"code/{t['id']}/{t['module']}.py"
+        test = f"code/{t['id']}/test_{t['module']}.py"
+        return cls(
+            key=task_key({"path": path}, t["id"]),
+            run=f"corpus:{t['id']}",
+            path=path,
+            test=test,
+            task=t["task"],
+            files={path: t["source"], test: t["test"]},
+        )
+
     def materialize(self, dest: Path) -> Path:
         """The task's files in ``dest``, as they were before the fix."""
         dest.mkdir(parents=True, exist_ok=True)
@@ -118,29 +142,16 @@ class CodeTask:
         return dest
 
 
-def _corpus_tasks(fraction: float, trained: set[str]) -> list[CodeTask]:
+def corpus_heldout(fraction: float, trained: set[str] | None = None) -> list[CodeTask]:
+    """The held-out side of the shipped code corpus at ``fraction`` (split by problem, as the
+    mining splits it), less any task whose key was trained on."""
     from pantheon.core.run.demo import corpus_tasks
 
-    from .mine import heldout, task_key
+    from .mine import heldout
 
-    out = []
-    for t in corpus_tasks():
-        path = f"code/{t['id']}/{t['module']}.py"
-        test = f"code/{t['id']}/test_{t['module']}.py"
-        key = task_key({"path": path}, t["id"])
-        if key in trained or not heldout(key, fraction):
-            continue
-        out.append(
-            CodeTask(
-                key=key,
-                run=f"corpus:{t['id']}",
-                path=path,
-                test=test,
-                task=t["task"],
-                files={path: t["source"], test: t["test"]},
-            )
-        )
-    return out
+    tasks = [CodeTask.from_corpus(t) for t in corpus_tasks()]
+    trained = trained or set()
+    return [c for c in tasks if c.key not in trained and heldout(c.key, fraction)]
 
 
 def code_tasks(
@@ -194,7 +205,7 @@ def code_tasks(
             )
         )
     if corpus_fraction is not None:
-        out += [c for c in _corpus_tasks(corpus_fraction, trained) if (c.path, c.test) not in seen]
+        out += [c for c in corpus_heldout(corpus_fraction, trained) if (c.path, c.test) not in seen]
     return out, problems
 
 
@@ -211,6 +222,43 @@ def _change(path: str, before: str, after: str, limit: int = 4000) -> str:
     return diff if len(diff) <= limit else diff[:limit] + "\n[… the diff goes on]\n"
 
 
+async def one_fix(
+    llm: LLMClient,
+    task: CodeTask,
+    adapter: str | None,
+    *,
+    max_tokens: int = 2048,
+    timeout_s: float = 60.0,
+) -> tuple[bool, str | None, str | None]:
+    """One greedy fix of a task in a scratch folder, as codegen makes it in a night, the real
+    tests judging: (passed, why not, the fix's diff when it passed)."""
+    from pantheon.core.work.codefix import run_fix
+    from pantheon.core.work.testcmd import resolve_test_command
+
+    with tempfile.TemporaryDirectory(prefix="pantheon-judge-") as tmp:
+        root = await asyncio.to_thread(task.materialize, Path(tmp) / "work")
+        before = (root / task.path).read_text(encoding="utf-8")
+        command = resolve_test_command(root, task.test_command)
+        try:
+            await run_fix(
+                llm,
+                root=root,
+                path=task.path,
+                test_path=task.test,
+                task=task.task,
+                command=command,
+                k=1,
+                max_tokens=max_tokens,
+                timeout_s=timeout_s,
+                adapter=adapter,
+                node="codegen",
+            )
+        except NodeError as exc:
+            return False, exc.message[:300], None
+        after = (root / task.path).read_text(encoding="utf-8")
+        return True, None, _change(task.path, before, after)
+
+
 async def judge_pass_at_1(
     llm: LLMClient,
     tasks: list[CodeTask],
@@ -223,35 +271,17 @@ async def judge_pass_at_1(
 ) -> list[TaskResult]:
     """Each task's one greedy fix with the base model and with the adapter, the real tests
     judging. A task whose model call fails (the server, not the answer) is left out."""
-    from pantheon.core.work.codefix import run_fix
-    from pantheon.core.work.testcmd import resolve_test_command
-
     results: list[TaskResult] = []
     left_out = (ModelServerError, PantheonError, OSError, subprocess.CalledProcessError)
 
     async def side(task: CodeTask, with_adapter: bool) -> tuple[bool, str | None, str | None]:
-        with tempfile.TemporaryDirectory(prefix="pantheon-judge-") as tmp:
-            root = await asyncio.to_thread(task.materialize, Path(tmp) / "work")
-            before = (root / task.path).read_text(encoding="utf-8")
-            command = resolve_test_command(root, task.test_command)
-            try:
-                await run_fix(
-                    llm,
-                    root=root,
-                    path=task.path,
-                    test_path=task.test,
-                    task=task.task,
-                    command=command,
-                    k=1,
-                    max_tokens=max_tokens,
-                    timeout_s=timeout_s,
-                    adapter=adapter if with_adapter else None,
-                    node="codegen",
-                )
-            except NodeError as exc:
-                return False, exc.message[:300], None
-            after = (root / task.path).read_text(encoding="utf-8")
-            return True, None, _change(task.path, before, after)
+        return await one_fix(
+            llm,
+            task,
+            adapter if with_adapter else None,
+            max_tokens=max_tokens,
+            timeout_s=timeout_s,
+        )
 
     phases = in_phases(
         tasks, side, parallel=parallel, left_out=left_out, what=lambda t: f"task {t.run}"

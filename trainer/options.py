@@ -62,7 +62,7 @@ class TrainOptions(BaseModel):
     checkpoint so far is the adapter."""
     eval_every: int | None = Field(default=None, ge=1)
     """Measure the held-out loss every N steps and keep the adapter where it was lowest
-    (default: about eight times over the training, and at the end)."""
+    (default: four times over the training; the end is always measured)."""
     explode: float = Field(default=4.0, gt=1)
     """A step whose loss is over this many times the first steps' is a diverging training: it
     stops, with the reason."""
@@ -73,6 +73,11 @@ class TrainOptions(BaseModel):
     whole reply for the others."""
     qlora: bool | None = None
     """4-bit NF4 base weights: None means when CUDA and bitsandbytes are present."""
+    gradient_checkpointing: bool | None = None
+    """Recompute each layer's activations in the backward pass instead of keeping them: a
+    step's activations shrink to one layer's, for about a third more compute. None: when the
+    step's activations, as estimated from the model's shape, would not fit beside its weights
+    in the memory this machine has free; with QLoRA, unless False (peft prepares it so)."""
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -49,7 +49,10 @@ from .steps import (
     Item,
     balance_labels,
     check_loss,
+    checkpointing_wanted,
+    enable_checkpointing,
     encode,
+    give_back_memory,
     heldout_loss,
     learnt,
     load_base,
@@ -57,7 +60,9 @@ from .steps import (
     new_line_spans,
     peak_memory,
     qlora_wanted,
+    reply_loss,
     require_libraries,
+    reset_peak_memory,
     save_checkpoint,
 )
 
@@ -251,8 +256,14 @@ def _train(
 
     random.seed(options.seed)
     torch.manual_seed(options.seed)
-    tok, base = load_base(model_path, qlora)
+    reset_peak_memory()
+    tok, base = load_base(
+        model_path, qlora, checkpointing=options.gradient_checkpointing is not False
+    )
     device = next(base.parameters()).device
+    if not qlora and checkpointing_wanted(options, base.config, device):
+        enable_checkpointing(base)
+        log.info("%s: activations recomputed in the backward pass", state.agent)
 
     def encoded(split: str) -> list[Item]:
         out = []
@@ -338,7 +349,7 @@ def _train(
         random.Random(options.seed * 1_000_003 + epoch).shuffle(order)
         chunk = [train_items[j] for j in order[i * options.batch : (i + 1) * options.batch]]
         batch = make_batch(chunk, pad, device)
-        loss = model(**batch).loss
+        loss = reply_loss(model, batch)
         value = float(loss.detach())
         check_loss(value, step + 1, losses, options)
         losses.append(value)
@@ -418,5 +429,6 @@ def _train(
     _save_state(folder, state)
     with contextlib.suppress(Exception):
         del model, base
-    gc.collect()  # peft's modules hold cycles: the judging that follows gets the memory back
+    gc.collect()  # peft's modules hold reference cycles: free them before any judging follows
+    give_back_memory()
     return state

@@ -201,8 +201,9 @@ class TrainingState(BaseModel):
     elapsed_s: float = 0.0
     """Training time so far, over every run of it (a resumed one goes on counting)."""
     peak_memory_mb: float | None = None
-    """The training process's peak resident memory (and the GPU's peak, on CUDA), in MiB."""
+    """The training's peak resident memory, in MiB."""
     peak_gpu_mb: float | None = None
+    """The GPU's peak allocation on CUDA, in MiB."""
     gguf: str | None = None
     """The GGUF LoRA file, relative to the artifacts directory."""
     peft: str | None = None
@@ -210,6 +211,13 @@ class TrainingState(BaseModel):
     promote: bool = False
     """Evaluate and promote when training ends."""
     evaluation: Evaluation | None = None
+
+    def memory_text(self) -> str | None:
+        """``peak memory 9.4 GB`` (and the GPU's), or None when it was not measured."""
+        if self.peak_memory_mb is None:
+            return None
+        gpu = "" if self.peak_gpu_mb is None else f", GPU {self.peak_gpu_mb / 1024:.1f} GB"
+        return f"peak memory {self.peak_memory_mb / 1024:.1f} GB{gpu}"
 
     @property
     def alive(self) -> bool:
@@ -409,11 +417,14 @@ def served_adapters(
 
 
 def agent_adapters(
-    artifacts: Path, loaded: set[str] | None, agents: set[str] | None = None
+    artifacts: Path,
+    loaded: set[str] | None,
+    agents: set[str] | None = None,
+    model: Path | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Agent -> the promoted adapter its calls name, for the adapters the server has loaded
     (``loaded`` None: trust the registry), and the agents left on the base model, with why;
-    of ``agents`` only, when given (the ones that server answers)."""
+    of ``agents`` only, when given (the ones that server answers; ``model``, its model file)."""
     try:
         registry = read_registry(artifacts)
     except ArtifactError as exc:
@@ -422,6 +433,15 @@ def agent_adapters(
     problems: list[str] = []
     for agent, entry in sorted(registry.agents.items()):
         if agents is not None and agent not in agents:
+            continue
+        trained_on = Path(entry.base_model)
+        if model is not None and trained_on.resolve() != Path(model).resolve():
+            problems.append(
+                f"{agent}: its promoted adapter {entry.adapter} was trained on "
+                f"{trained_on.name}, and the server that answers {agent} runs "
+                f"{Path(model).name}, so it uses the base model (serve {agent} on "
+                f"{trained_on.name} to use the adapter)"
+            )
             continue
         if loaded is not None and entry.adapter not in loaded:
             problems.append(

@@ -98,9 +98,11 @@ async def adapters_in_use(
     *,
     only: set[str] | None = None,
     exclude: set[str] | None = None,
+    model: Path | None = None,
 ) -> dict[str, str]:
     """Agent -> the promoted adapter its calls use, among those the model server loaded (of
-    the agents ``only`` names, or all but ``exclude``: the ones this server answers)."""
+    the agents ``only`` names, or all but ``exclude``: the ones this server answers; ``model``,
+    the file it serves, when known)."""
     from pantheon.core.learn.files import agent_adapters, read_registry
 
     if llm is None:
@@ -120,7 +122,7 @@ async def adapters_in_use(
             agents = set(read_registry(artifacts).agents) - exclude
         except PantheonError:
             agents = None
-    adapters, problems = agent_adapters(artifacts, loaded, agents)
+    adapters, problems = agent_adapters(artifacts, loaded, agents, model)
     for problem in problems:
         log.warning("%s", problem)
     for agent, name in sorted(adapters.items()):

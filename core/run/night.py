@@ -324,6 +324,10 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
     clients: list[LLMClient | ServerPool] = []
     try:
         async with served(servers, tied=not keep, keep=keep, on_lost=on_lost) as states:
+            # the model files the servers run (llama.cpp's adapters are tied to theirs)
+            files = [Path(st.model_path) if st.backend == "llama.cpp" else None for st in states]
+            main_file = None if settings.endpoint.url or not files else files[0]
+            writers_file = files[-1] if settings.code_model and files else None
             if settings.endpoint.url:
                 clients.append(connect(artifacts, settings.endpoint, required=True))
             if settings.servers > 1:
@@ -362,10 +366,14 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
                 engine.agent_llms = {agent: clients[1] for agent in moved}
             # each agent's promoted adapter, from the server that answers it
             moved_agents = set(engine.agent_llms)
-            engine.adapters = await adapters_in_use(artifacts, llm, exclude=moved_agents)
+            engine.adapters = await adapters_in_use(
+                artifacts, llm, exclude=moved_agents, model=main_file
+            )
             if moved_agents:
                 engine.adapters.update(
-                    await adapters_in_use(artifacts, clients[1], only=moved_agents)
+                    await adapters_in_use(
+                        artifacts, clients[1], only=moved_agents, model=writers_file
+                    )
                 )
             stats = await drive(engine, stop)
             return 1 if lost else stats.exit_code
