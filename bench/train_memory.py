@@ -23,8 +23,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
-from pathlib import Path
 
 MODES = ("model loss", "reply loss", "reply loss + checkpointing")
 
@@ -51,17 +49,16 @@ def examples(n: int, tokens: int) -> list[list[dict[str, str]]]:
 
 
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    from pantheon.trainer.steps import proc_kib
+
+    return (proc_kib("/proc/self/status", "VmRSS") or 0) / 1024
 
 
 def child(args: argparse.Namespace) -> None:
     import torch
-    from peft import LoraConfig, get_peft_model
 
     from pantheon.core.model.files import ModelStore
+    from pantheon.trainer.options import TrainOptions
     from pantheon.trainer.steps import (
         enable_checkpointing,
         encode,
@@ -73,6 +70,7 @@ def child(args: argparse.Namespace) -> None:
         reply_loss,
         reset_peak_memory,
         step_activations,
+        with_lora,
     )
 
     torch.manual_seed(0)
@@ -81,18 +79,7 @@ def child(args: argparse.Namespace) -> None:
     loaded = rss_mb()
     if "checkpointing" in args.child:
         enable_checkpointing(base)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model = get_peft_model(
-            base,
-            LoraConfig(
-                r=8,
-                lora_alpha=16,
-                lora_dropout=0.0,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                task_type="CAUSAL_LM",
-            ),
-        )
+    model = with_lora(base, TrainOptions(dropout=0.0))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     data = examples(args.steps * args.batch, args.tokens)

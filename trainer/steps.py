@@ -25,15 +25,16 @@ __all__ = [
     "encode",
     "give_back_memory",
     "heldout_loss",
-    "is_checkpointing",
     "learnt",
     "load_base",
     "make_batch",
     "new_line_spans",
+    "proc_kib",
     "qlora_wanted",
     "reply_loss",
     "require_libraries",
     "save_checkpoint",
+    "with_lora",
 ]
 
 
@@ -242,16 +243,23 @@ Qwen2.5-Coder-0.5B, whose step of two 1 536-token examples adds 9.5 GB to the lo
 (``bench/train_memory.py``); the estimate says 9.8."""
 
 
+def proc_kib(path: str, field: str) -> int | None:
+    """A ``field:  N kB`` line of a /proc file (``/proc/self/status``'s VmHWM), or None."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
 def free_memory(device: Any) -> float | None:
     """Bytes this machine can still give (the GPU's free memory on CUDA), or None."""
     import torch
 
     if getattr(device, "type", str(device)) == "cuda":
         return float(torch.cuda.mem_get_info(device)[0])
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        meminfo = Path("/proc/meminfo").read_text().splitlines()
-        return int(next(x for x in meminfo if x.startswith("MemAvailable:")).split()[1]) * 1024.0
-    return None
+    available = proc_kib("/proc/meminfo", "MemAvailable")
+    return None if available is None else available * 1024.0
 
 
 def checkpointing_wanted(options: TrainOptions, config: Any, device: Any = "cpu") -> bool:
@@ -274,11 +282,22 @@ def enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def is_checkpointing(model: Any) -> bool:
-    new = hasattr(type(model), "is_activation_checkpointing")
-    return bool(
-        getattr(model, "is_activation_checkpointing" if new else "is_gradient_checkpointing")
+def with_lora(base: Any, options: TrainOptions):
+    """The base model with the options' LoRA adapter on it, ready to train."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=list(options.targets),
+        task_type="CAUSAL_LM",
     )
+    with warnings.catch_warnings():  # peft's use of a renamed transformers call
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(base, config)
 
 
 def qlora_wanted(option: bool | None) -> bool:
@@ -346,10 +365,10 @@ def peak_memory(device: Any) -> tuple[float, float | None]:
 
     import torch
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path("/proc/self/status").read_text().splitlines()
-        rss = int(next(x for x in status if x.startswith("VmHWM:")).split()[1]) / 1024
+    high = proc_kib("/proc/self/status", "VmHWM")
+    if high is None:  # the lifetime peak, KiB on Linux
+        high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = high / 1024
     gpu = None
     if getattr(device, "type", str(device)) == "cuda":
         gpu = torch.cuda.max_memory_allocated(device) / 2**20

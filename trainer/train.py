@@ -25,7 +25,6 @@ import shutil
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +63,7 @@ from .steps import (
     require_libraries,
     reset_peak_memory,
     save_checkpoint,
+    with_lora,
 )
 
 __all__ = [
@@ -251,7 +251,7 @@ def _train(
     qlora = qlora_wanted(options.qlora)
 
     import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
     from torch.optim.lr_scheduler import LambdaLR
 
     random.seed(options.seed)
@@ -296,18 +296,7 @@ def _train(
             sum(learnt(item) for item in train_items),
             replies,
         )
-    with warnings.catch_warnings():  # peft's use of a renamed transformers call
-        warnings.simplefilter("ignore", FutureWarning)
-        model = get_peft_model(
-            base,
-            LoraConfig(
-                r=options.rank,
-                lora_alpha=options.alpha,
-                lora_dropout=options.dropout,
-                target_modules=list(options.targets),
-                task_type="CAUSAL_LM",
-            ),
-        )
+    model = with_lora(base, options)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)

@@ -381,6 +381,12 @@ def agent_overview(artifacts: Path) -> tuple[list[AgentTraining], list[str]]:
     return [rows[k] for k in sorted(rows)], problems
 
 
+def _trained_on_another(entry: RegistryEntry, model: Path | str | None) -> bool:
+    """The adapter was trained on another base model than ``model`` (a GGUF file; None: unknown,
+    so not said)."""
+    return model is not None and Path(entry.base_model).resolve() != Path(model).resolve()
+
+
 def served_adapters(
     artifacts: Path, backend: str = "llama.cpp", model: Path | None = None
 ) -> tuple[dict[str, Path], list[str]]:
@@ -399,11 +405,7 @@ def served_adapters(
             problems.append(f"{agent}: adapter {entry.adapter} has no {backend} file")
             continue
         path = Path(artifacts) / rel
-        if (
-            model is not None
-            and backend != "vllm"
-            and Path(entry.base_model).resolve() != Path(model).resolve()
-        ):
+        if backend != "vllm" and _trained_on_another(entry, model):
             problems.append(
                 f"{agent}: adapter {entry.adapter} was trained on {Path(entry.base_model).name}, "
                 f"not on the served {Path(model).name}; {agent} uses the base model"
@@ -435,7 +437,7 @@ def agent_adapters(
         if agents is not None and agent not in agents:
             continue
         trained_on = Path(entry.base_model)
-        if model is not None and trained_on.resolve() != Path(model).resolve():
+        if _trained_on_another(entry, model):
             problems.append(
                 f"{agent}: its promoted adapter {entry.adapter} was trained on "
                 f"{trained_on.name}, and the server that answers {agent} runs "
