@@ -3,15 +3,17 @@ as it runs.
 
 Both nights are ``pantheon night --demo --headless`` with the same jobs and models, each in an
 artifacts directory of its own. The first sends every request with llama-server's
-``cache_prompt: false``, so each prompt is evaluated whole, and its servers decode one token a
-step (``--speculative none``) — what a night costs when nothing its calls share is reused; the
+``cache_prompt: false``, so each prompt is evaluated whole, its servers decode one token a
+step (``--speculative none``) and split the cores between them, computing at once
+(``--cpu-share split``) — what a night costs when nothing its calls share is reused; the
 second is the night as it runs (the shared part of a job's prompts first, the server's slots
-keeping it; tokens the context already holds drafted by n-gram speculation). Printed for each:
+keeping it; tokens the context already holds drafted by n-gram speculation; the writers' server
+and the reviewers' taking turns on the CPU, each with every core). Printed for each:
 wall time, prompt tokens the server evaluated against those it took from its cache (its own
 ``timings.cache_n``), tokens drafted and accepted, generated tokens/s and the pass rate per
 agent; then the ratios. Goal: at least 40 % of prompt tokens from the cache and at least 25 %
-less wall time, with the same pass rates. ``--cache-only`` keeps speculation on in both, to
-see the cache's part alone.
+less wall time, with the same pass rates. ``--cache-only`` keeps speculation and the turns
+as they run in both, to see the cache's part alone.
 
     python bench/night.py                          # --docs 20 --code 5, the default models
     python bench/night.py --docs 4 --code 1 --model smollm2-135m
@@ -35,7 +37,7 @@ from pantheon.core.store.queue import JobQueue
 def _calls(artifacts: Path) -> dict[str, Any]:
     """Prompt, cached and generated tokens over every model call of the night."""
     prompt = cached = generated = drafted = accepted = 0
-    for path in artifacts.glob("runs/*/*/calls.jsonl"):
+    for path in artifacts.glob("runs/**/calls.jsonl"):  # the canaries' reviews too
         rows, _ = read_jsonl(path)
         for r in rows:
             if r.get("kind") == "tool":
@@ -78,7 +80,7 @@ def one_night(args: argparse.Namespace, after: bool, root: Path) -> dict[str, An
     if args.model:
         argv += ["--model", args.model]
     if not after and not args.cache_only:
-        argv += ["--speculative", "none"]
+        argv += ["--speculative", "none", "--cpu-share", "split"]
     if not after:
         LLMClient.shape = no_cache  # type: ignore[method-assign]
     try:

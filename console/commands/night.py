@@ -119,6 +119,14 @@ def add_night(sub: Any) -> None:
         "the night spreads its calls over them, each agent kept on one, a dead one's calls sent "
         "to the others",
     )
+    p.add_argument(
+        "--cpu-share",
+        choices=("auto", "turns", "split"),
+        default="auto",
+        help="how the writers' server and the other one share this machine's CPU: each with "
+        "every core, one computing at a time (turns), or each with half of them at once (split); "
+        "auto (default): turns where half would be under 4 cores",
+    )
     speculative_arg(p)
     gate_args(p)
     p.add_argument(
@@ -268,6 +276,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         auto_concurrency=args.concurrency == "auto",
         servers=args.servers,
         speculative=args.speculative,
+        cpu_share=args.cpu_share,
     )
     result = run_night(settings)
     code = result.exit_code

@@ -39,6 +39,7 @@ from pantheon.core.model.stream import (
     drafted_tokens,
     snippet,
 )
+from pantheon.core.model.turns import CpuTurns
 
 __all__ = ["Backend", "CallWatch", "ChatReply", "LLMClient"]
 
@@ -134,6 +135,9 @@ class LLMClient(StreamedCalls):
         self._down_since: float | None = None
         self.in_flight = 0
         """Chat requests sent and not answered yet (the engine's own view of the batch)."""
+        self.turns: CpuTurns | None = None
+        """The turns of the CPU this server shares with others (a night's embedded servers):
+        a generation is posted only in this server's turn. None: whenever it comes."""
         self.prompt_tokens_total = 0
         self.completion_tokens_total = 0
         self.tokens_seen_total = 0

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from pantheon.core.errors import ModelServerError, ModelStalled, ServerUnavailable
+from pantheon.core.model.turns import CpuTurns
 
 __all__ = [
     "CallWatch",
@@ -159,6 +160,7 @@ class StreamedCalls:
         deadline_s: float
         warn_s: float
         in_flight: int
+        turns: CpuTurns | None
         watches: dict[int, CallWatch]
         prompt_tokens_total: int
         completion_tokens_total: int
@@ -200,7 +202,16 @@ class StreamedCalls:
     async def _complete(
         self, body: dict[str, Any], label: str = "model call"
     ) -> tuple[dict[str, Any], int, float, str]:
-        """Post one generation and wait for it, watched: see the module's docstring."""
+        """Post one generation and wait for it, watched: see the module's docstring. With
+        ``turns``, only when this server's turn on the CPU it shares has come."""
+        if self.turns is None:
+            return await self._complete_now(body, label)
+        async with self.turns.turn(self.base_url):
+            return await self._complete_now(body, label)
+
+    async def _complete_now(
+        self, body: dict[str, Any], label: str
+    ) -> tuple[dict[str, Any], int, float, str]:
         t0 = time.perf_counter()
         watch = CallWatch(label=label)
         key = id(watch)

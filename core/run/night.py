@@ -28,6 +28,7 @@ from pantheon.core.errors import PantheonError
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.files import DEFAULT_MODEL
 from pantheon.core.model.pool import ServerPool
+from pantheon.core.model.turns import CpuTurns
 from pantheon.core.observe.status import status_text
 from pantheon.core.run.connect import Endpoint, adapter_files, adapters_in_use, connect, pool_of
 from pantheon.core.run.demo import agent_figures, night_figures
@@ -70,6 +71,9 @@ DEFAULT_CODE_MODEL = "qwen2.5-coder-1.5b"
 against the 0.5B model, which stays the reviewers'."""
 AUTO_SLOTS = 8
 """The slots of a night's embedded servers under ``--concurrency auto``: the most c it tries."""
+SPLIT_MIN_CORES = 4
+"""``--cpu-share auto`` splits the CPU between a night's two servers when each part would have
+at least this many cores (below, each computes faster with all of them, in turns)."""
 WRITER_AGENTS = ("codegen", "doc.frontmatter")
 REVIEW_AGENTS = ("review.peer",)
 
@@ -151,6 +155,14 @@ def _on_signal(stop: Stopper, sig: signal.Signals) -> None:
 # -- the night ------------------------------------------------------------------------------
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class NightSettings:
     """What a night runs on; its queue is in ``artifacts`` already."""
@@ -180,6 +192,21 @@ class NightSettings:
     (the CPU's cores shared out between them)."""
     speculative: Speculation = "ngram"
     """The embedded llama.cpp servers' n-gram speculation (:attr:`ServerConfig.speculative`)."""
+    cpu_share: Literal["auto", "turns", "split"] = "auto"
+    """How the embedded servers of two models (the writers' and the others') share this
+    machine's CPU: ``turns`` — each gets every core and they compute one at a time
+    (:class:`~pantheon.core.model.turns.CpuTurns`); ``split`` — each gets its part of the
+    cores and they compute at once; ``auto`` — turns where a part would be under
+    :data:`SPLIT_MIN_CORES` cores, split on a CPU with more."""
+
+    @property
+    def cpu_turns(self) -> bool:
+        """Whether this night's embedded servers take turns on the CPU (see ``cpu_share``)."""
+        if self.endpoint.url or not self.code_model or self.servers > 1:
+            return False  # one server, or a pool of one model: its members split the cores
+        if self.backend == "vllm" or self.cpu_share == "split":
+            return False
+        return self.cpu_share == "turns" or cores() // 2 < SPLIT_MIN_CORES
 
 
 @dataclass(frozen=True)
@@ -247,10 +274,16 @@ def _servers(
         return []
     code_model = settings.code_model
     backend = settings.backend
-    # servers on one CPU share its cores: each takes its part, or their spinning threads
-    # thrash (here 0.3 generated tokens/s a stream with two, against 8 alone)
+    # servers on one CPU share its cores: each takes every core and they take turns, or each
+    # takes its part; never every core each at once, or their spinning threads thrash (here
+    # 0.3 generated tokens/s a stream with two, against 8 alone)
     count = settings.servers + (1 if code_model else 0)
-    threads = max(1, (os.cpu_count() or 2) // count) if count > 1 else None
+    if count < 2:
+        threads = None  # the server's own choice
+    elif settings.cpu_turns:
+        threads = cores()
+    else:
+        threads = max(1, cores() // count)
 
     def config(model: str) -> ServerConfig:
         adapters = adapter_files(
@@ -358,6 +391,12 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
                 )
                 client.max_choices = state.parallel
                 clients.append(client)
+            if settings.cpu_turns:
+                turns = CpuTurns()
+                for client in clients:
+                    if isinstance(client, LLMClient):
+                        client.turns = turns
+                log.info("the servers take turns on the CPU, each with all %d cores", cores())
             llm = engine.llm = clients[0]
             if len(clients) > 1:
                 moved = WRITER_AGENTS + (
