@@ -407,3 +407,24 @@ async def test_a_pool_of_servers_is_sampled_summed_and_each_on_its_own(artifacts
     text = sample_text(sample)
     assert "127.0.0.1:8101  up  batch 2.00" in text
     assert "127.0.0.1:8102  DOWN" in text
+
+
+def test_the_nights_model_figures_count_the_canaries_reviews_and_no_tool(tmp_path):
+    """The closing "model" line sums every model call of the night: the nodes' and the
+    canaries' reviews (a folder deeper), and a tool the model ran is no call."""
+    from pantheon.core.run.demo import night_figures
+
+    def write(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    call = {"at": "2026-12-04T02:00:00+00:00", "prompt_tokens": 100, "completion_tokens": 10}
+    write(tmp_path / "runs/docops-000001/review_a/calls.jsonl", [{**call, "cached_tokens": 50}])
+    write(
+        tmp_path / "runs/docops-000001/canary/review_a/calls.jsonl",
+        [{**call, "at": "2026-12-04T02:00:10+00:00", "cached_tokens": 90}],
+    )
+    write(tmp_path / "runs/codefix-000002/code/calls.jsonl", [{"kind": "tool", "error": "no"}])
+    text = night_figures(tmp_path)
+    assert "2 calls (0 unusable)" in text
+    assert "200 prompt (70% of them from the server's cache) + 20 generated tokens" in text

@@ -43,16 +43,19 @@ def demo_inputs(corpus: Path | None = None) -> list[dict[str, str]]:
 
 
 def night_figures(artifacts: Path) -> str:
-    """The model's share of a night, from the runs' calls.jsonl files."""
+    """The model's share of a night, from the runs' calls.jsonl files (the nodes', and the
+    canaries' reviews); a tool the model used is no model call."""
     calls = prompt = completion = failed = candidates = kept = cached = counted = 0
     latency = 0.0
     first = last = None
-    for path in runs_path(artifacts).glob(f"*/*/{CALLS_FILE}"):
+    for path in runs_path(artifacts).glob(f"**/{CALLS_FILE}"):
         try:
             records, _ = read_jsonl(path)
         except OSError:
             continue
         for call in records:
+            if call.get("kind") == "tool":
+                continue
             calls += 1
             if call.get("kind") in ("candidate", "sample"):  # one not kept is no unusable reply
                 candidates += 1
