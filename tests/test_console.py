@@ -396,3 +396,17 @@ async def test_with_several_servers_the_dashboard_lists_each_and_a_dead_one(nigh
     assert any(line.startswith("server health in flight calls batch tok/s") for line in lines)
     assert "127.0.0.1:8011 up 3 40 3.5 21.2 180" in lines
     assert "127.0.0.1:8012 DOWN 0 9 – – – its calls go to the others until it answers" in lines
+
+
+def test_the_servers_table_names_each_servers_model_when_they_are_of_several():
+    from pantheon.widgets.server_list import server_table
+
+    rows = [
+        {"where": "127.0.0.1:8011", "model": "qwen2.5-coder-0.5b", "up": True, "batch": 2.0},
+        {"where": "127.0.0.1:8012", "model": "qwen2.5-coder-1.5b", "up": True, "calls": 7},
+    ]
+    rendered = Console(width=140, record=True)
+    rendered.print(server_table(rows))
+    lines = [" ".join(line.split()) for line in rendered.export_text().splitlines()]
+    assert "127.0.0.1:8011 qwen2.5-coder-0.5b up – 0 2.0 – –" in lines
+    assert "127.0.0.1:8012 qwen2.5-coder-1.5b up – 7 – – –" in lines

@@ -428,3 +428,43 @@ def test_the_nights_model_figures_count_the_canaries_reviews_and_no_tool(tmp_pat
     text = night_figures(tmp_path)
     assert "2 calls (0 unusable)" in text
     assert "200 prompt (70% of them from the server's cache) + 20 generated tokens" in text
+
+
+async def test_a_night_of_two_models_is_sampled_over_both_servers(artifacts):
+    """The writers' server and the others' (the engine's client and an agent's): tokens/s,
+    batch and the cache share are of both, and each is a row of its own, named by its model."""
+    pages = {
+        8101: [LLAMA.format(prompt=0, gen=0, running=1, busy=1.0)]
+        + [LLAMA.format(prompt=300, gen=60, running=1, busy=1.0)] * 10,
+        8102: [LLAMA.format(prompt=0, gen=0, running=2, busy=2.0)]
+        + [LLAMA.format(prompt=100, gen=30, running=2, busy=2.0)] * 10,
+    }
+
+    def server(port: int, model: str) -> LLMClient:
+        def handler(request):
+            if request.url.path == "/props":
+                return httpx.Response(200, json={"total_slots": 4})
+            return httpx.Response(200, text=pages[port].pop(0))
+
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        return LLMClient(f"http://127.0.0.1:{port}", http=http, model=model)
+
+    others, writers = server(8101, "qwen2.5-coder-0.5b"), server(8102, "qwen2.5-coder-1.5b")
+    with JobQueue(artifacts) as queue:
+        sampler = MetricsSampler(queue, llm=others, others=[writers, writers])
+        others.cached_tokens_total, others.cache_counted_total = 50, 100
+        writers.cached_tokens_total, writers.cache_counted_total = 250, 300
+        writers.calls_answered = 3
+        await sampler.poll()
+        await asyncio.sleep(0.05)
+        await sampler.poll()
+        sample = sampler.sample(concurrency=4, merges_paused=False)
+    await others.aclose()
+    await writers.aclose()
+    assert sample["batch"]["value"] == 3.0
+    assert sample["tokens"]["generated"] > sample["servers"][1]["generated"] > 0
+    assert sample["cache"]["share"] == 0.75  # 300 of 400, not the first server's 50 %
+    first, second = sample["servers"]  # each server once, though two agents ask the writers'
+    assert first["model"] == "qwen2.5-coder-0.5b" and first["calls"] == 0
+    assert second["model"] == "qwen2.5-coder-1.5b" and second["calls"] == 3
+    assert "127.0.0.1:8102 (qwen2.5-coder-1.5b)  up  batch 2.00" in sample_text(sample)

@@ -1,4 +1,5 @@
-"""One line per model server of a pool: whether it answers, its calls, batch and tokens/s.
+"""One line per model server: whether it answers, its calls, batch and tokens/s (and its model,
+where the servers are of several: the writers' and the others').
 
 Shown only when the engine talks to more than one server (a sample with ``servers`` rows); a
 night on one server says all of this in the tiles above it.
@@ -46,8 +47,11 @@ def server_table(rows: list[dict[str, Any]]) -> Table:
         up = bool(row.get("up"))
         health = Text("up", style="green") if up else Text("DOWN", style="bold red")
         why = row.get("why") if up else "its calls go to the others until it answers"
+        name = Text(str(row.get("where", "?")))
+        if row.get("model"):
+            name.append(f" {row['model']}", style="dim")
         table.add_row(
-            str(row.get("where", "?")),
+            name,
             health,
             str(row.get("in_flight") if row.get("in_flight") is not None else "–"),
             str(row.get("calls", 0)),

@@ -167,6 +167,7 @@ class StreamedCalls:
         tokens_seen_total: int
         cached_tokens_total: int
         cache_counted_total: int
+        calls_answered: int
         _http: httpx.AsyncClient
         _down_since: float | None
         _timeout_s: float
@@ -266,6 +267,7 @@ class StreamedCalls:
         if cached is not None:
             self.cached_tokens_total += cached
             self.cache_counted_total += int(usage.get("prompt_tokens") or 0)
+        self.calls_answered += 1
         return data, attempts + watch.posts - 1, latency, raw_text
 
     async def _watched(

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,46 @@ class _EngineObserved:
     in_flight: list[int] = field(default_factory=list)
 
 
+class _Servers:
+    """Several clients (single servers or pools) read as one: their counters summed."""
+
+    def __init__(self, clients: Sequence[LLMClient | ServerPool | None]) -> None:
+        seen: dict[int, LLMClient | ServerPool] = {}
+        for c in clients:
+            if c is not None:
+                seen.setdefault(id(c), c)
+        self.clients = list(seen.values())
+        members: dict[int, LLMClient] = {}
+        for c in self.clients:
+            for m in c.members if isinstance(c, ServerPool) else [c]:
+                members.setdefault(id(m), m)
+        self.members = list(members.values())
+        """Each server's own client."""
+
+    def _sum(self, name: str) -> int:
+        return sum(int(getattr(m, name)) for m in self.members)
+
+    @property
+    def in_flight(self) -> int:
+        return self._sum("in_flight")
+
+    @property
+    def prompt_tokens_total(self) -> int:
+        return self._sum("prompt_tokens_total")
+
+    @property
+    def completion_tokens_total(self) -> int:
+        return self._sum("completion_tokens_total")
+
+    @property
+    def cached_tokens_total(self) -> int:
+        return self._sum("cached_tokens_total")
+
+    @property
+    def cache_counted_total(self) -> int:
+        return self._sum("cache_counted_total")
+
+
 class MetricsSampler:
     """Builds one sample at a time from the queue, the controls and the model server."""
 
@@ -71,6 +112,7 @@ class MetricsSampler:
         queue: JobQueue,
         *,
         llm: LLMClient | ServerPool | None = None,
+        others: Sequence[LLMClient | ServerPool] = (),
         window_s: float = 300.0,
         kappa_window: int = 50,
         max_rho: float = 0.8,
@@ -92,19 +134,22 @@ class MetricsSampler:
         self.kappa_window = kappa_window
         self.max_rho = max_rho
         self.max_p_wait = max_p_wait
+        self.servers = _Servers([llm, *others]) if llm is not None else None
+        """Every server the engine calls (the night's and the writers' own), read as one."""
         self.scraper: ServerScraper | ScraperGroup | None = None
-        if isinstance(llm, ServerPool):
+        members = self.servers.members if self.servers is not None else []
+        if len(members) > 1:
             self.scraper = ScraperGroup(
-                [(m.where, ServerScraper(m.base_url, m._http)) for m in llm.members]
+                [(m.where, ServerScraper(m.base_url, m._http)) for m in members]
             )
-        elif llm is not None:
-            self.scraper = ServerScraper(llm.base_url, llm._http)
+        elif members:
+            self.scraper = ServerScraper(members[0].base_url, members[0]._http)
         self._observed = _EngineObserved()
         self._cache_mark = (0, 0)
-        if llm is not None:
-            self._observed.prompt = llm.prompt_tokens_total
-            self._observed.completion = llm.completion_tokens_total
-            self._cache_mark = (llm.cached_tokens_total, llm.cache_counted_total)
+        if self.servers is not None:
+            self._observed.prompt = self.servers.prompt_tokens_total
+            self._observed.completion = self.servers.completion_tokens_total
+            self._cache_mark = (self.servers.cached_tokens_total, self.servers.cache_counted_total)
 
     async def poll(self) -> None:
         """Called between samples: time-average the batch gauges."""
@@ -113,11 +158,11 @@ class MetricsSampler:
             self.slots = self.llm.max_choices or await self.llm.server_slots()
         if self.scraper is not None:
             await self.scraper.poll()
-        if self.llm is not None:
-            self._observed.in_flight.append(self.llm.in_flight)
+        if self.servers is not None:
+            self._observed.in_flight.append(self.servers.in_flight)
 
     def _engine_figures(self) -> dict[str, Any]:
-        llm, obs = self.llm, self._observed
+        llm, obs = self.servers, self._observed
         assert llm is not None
         now = time.monotonic()
         dt = now - obs.at
@@ -234,20 +279,22 @@ class MetricsSampler:
 
     def _server_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each server's figures, with whether it answers and the calls it answered."""
-        assert isinstance(self.llm, ServerPool)
-        members = {m.where: m for m in self.llm.members}
-        calls = self.llm.calls
+        assert self.servers is not None
+        members = {m.where: m for m in self.servers.members}
+        models = {m.model for m in members.values()}
         for row in rows:
             m = members.get(row["where"])
             row["up"] = m is not None and m.down_since is None
             row["in_flight"] = m.in_flight if m is not None else None
-            row["calls"] = calls.get(row["where"], 0)
+            row["calls"] = m.calls_answered if m is not None else 0
+            if m is not None and len(models) > 1 and m.model:
+                row["model"] = m.model  # the writers' server and the others' told apart
         return rows
 
     def _cache_figures(self) -> dict[str, Any]:
         """The share of prompt tokens the server took from its prefix cache since the last
         sample, by its own count on each finished call."""
-        llm = self.llm
+        llm = self.servers
         if llm is None:
             return {"why": "no model server configured"}
         cached, counted = llm.cached_tokens_total, llm.cache_counted_total
@@ -334,10 +381,12 @@ def _advice(sample: dict[str, Any]) -> str:
 
 
 def server_line(row: dict[str, Any]) -> str:
-    """One server of a pool: where, whether it answers, its batch, tokens/s and calls."""
+    """One server: where (and its model, where they are of several), whether it answers, its
+    batch, tokens/s and calls."""
     state = "up" if row.get("up") else "DOWN"
+    model = f" ({row['model']})" if row.get("model") else ""
     return (
-        f"{row.get('where', '?')}  {state}  batch {_fmt(row.get('batch'))}  "
+        f"{row.get('where', '?')}{model}  {state}  batch {_fmt(row.get('batch'))}  "
         f"generated {_fmt(row.get('generated'), '/s', 1)}  in flight {row.get('in_flight', '-')}  "
         f"answered {row.get('calls', 0)}"
         + (f"  ({row['why']})" if row.get("why") and not row.get("up") else "")

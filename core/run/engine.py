@@ -261,7 +261,11 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                 )
             if self.metrics_every_s:
                 sampler = MetricsSampler(
-                    queue, llm=self.llm, kappa_window=self.kappa_window, artifacts=self.artifacts
+                    queue,
+                    llm=self.llm,
+                    others=list(self.agent_llms.values()),
+                    kappa_window=self.kappa_window,
+                    artifacts=self.artifacts,
                 )
                 if self.metrics_port is not None:
                     self.exporter = PrometheusExporter(self.metrics_port)
