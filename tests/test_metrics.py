@@ -73,6 +73,20 @@ async def test_llama_cpp_batch_and_token_rates():
     assert tokens["source"] == "llama.cpp /metrics"
 
 
+async def test_an_idle_llama_server_has_no_batch_though_its_gauge_holds_the_last():
+    """llama-server's busy-slots gauge keeps its last decode's value while nothing runs (the
+    server waiting for its turn on the CPU): the batch of those seconds is 0, not that."""
+    scraper, http = scraper_over(
+        [LLAMA.format(prompt=300, gen=150, running=0, busy=3.5) for _ in range(2)]
+    )
+    await scraper.poll()
+    await scraper.poll()
+    figures = scraper.figures()
+    await http.aclose()
+    assert figures["batch"]["value"] == 0.0
+    assert figures["batch"]["source"] == "llama.cpp /metrics (no request running)"
+
+
 async def test_vllm_batch_is_the_time_averaged_running_gauge():
     scraper, http = scraper_over(
         [VLLM.format(running=r, prompt=10 * i, gen=5 * i) for i, r in enumerate((2, 4, 6))]

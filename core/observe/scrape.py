@@ -115,7 +115,11 @@ class ServerScraper:
         names = SERVER_NAMES[last.dialect]
         source = f"{last.dialect} /metrics"
         batch: dict[str, Any]
-        if names.get("batch") in last.values and last.values[names["batch"]] > 0:
+        if self._running and max(self._running) == 0:
+            # nothing ran since the last figures: llama-server's busy-slots gauge still holds
+            # its last decode's (a server idle while the other one of a night takes its turn)
+            batch = {"value": 0.0, "source": f"{source} (no request running)"}
+        elif names.get("batch") in last.values and last.values[names["batch"]] > 0:
             batch = {
                 "value": _r(last.values[names["batch"]]),
                 "source": f"{source} (busy slots per decode)",
