@@ -127,6 +127,46 @@ async def test_a_failed_call_passes_the_turn_on():
     assert turns.holder is None and turns.active == 0
 
 
+async def test_a_server_that_does_not_answer_gives_the_turn_up_while_its_call_waits():
+    """The writers' server is down for its first two posts: while its call waits to post
+    again, the reviewers' call runs, and the writers' call is answered once it is back."""
+    busy, turns = Busy(delay_s=0.05), CpuTurns()
+    reviewers = busy.client("reviewers", turns)
+    posts = 0
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        posts += 1
+        if posts <= 2:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": "writers"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+            },
+        )
+
+    writers = LLMClient(
+        "http://127.0.0.1:8298",
+        http=httpx.AsyncClient(transport=httpx.MockTransport(flaky)),
+        retries=4,
+        backoff_s=0.3,
+    )
+    writers.turns = turns
+    done: list[str] = []
+
+    async def call(client: LLMClient, n: int) -> None:
+        reply = await client.chat(ask(n))
+        done.append(reply.text)
+
+    first = asyncio.create_task(call(writers, 0))
+    await asyncio.sleep(0.05)  # the writers' turn, their server not answering
+    await asyncio.wait_for(asyncio.gather(first, call(reviewers, 1)), 10)
+    assert done == ["reviewers", "writers"]  # the reviewers did not wait out the backoff
+    assert posts == 3 and turns.holder is None and turns.active == 0
+
+
 def test_a_night_of_two_models_on_few_cores_takes_turns_with_every_core(tmp_path):
     from pantheon.core.run.night import NightSettings, _servers, cores
 

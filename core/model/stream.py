@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from pantheon.core.errors import ModelServerError, ModelStalled, ServerUnavailable
-from pantheon.core.model.turns import CpuTurns
+from pantheon.core.model.turns import CpuTurns, Turn
 
 __all__ = [
     "CallWatch",
@@ -71,6 +71,10 @@ class CallWatch:
     """The last time the call or the server showed progress (monotonic)."""
     posts: int = 1
     warned: bool = False
+    turn: Turn | None = None
+    """Its server's turn on a CPU it shares, while the call holds it."""
+    queued: bool = False
+    """Waiting for its server's turn again (after a post the server did not answer)."""
 
 
 _PROGRESS_COUNTERS = (
@@ -206,15 +210,15 @@ class StreamedCalls:
         """Post one generation and wait for it, watched: see the module's docstring. With
         ``turns``, only when this server's turn on the CPU it shares has come."""
         if self.turns is None:
-            return await self._complete_now(body, label)
-        async with self.turns.turn(self.base_url):
-            return await self._complete_now(body, label)
+            return await self._complete_now(body, label, None)
+        async with self.turns.turn(self.base_url) as turn:
+            return await self._complete_now(body, label, turn)
 
     async def _complete_now(
-        self, body: dict[str, Any], label: str
+        self, body: dict[str, Any], label: str, turn: Turn | None
     ) -> tuple[dict[str, Any], int, float, str]:
         t0 = time.perf_counter()
-        watch = CallWatch(label=label)
+        watch = CallWatch(label=label, turn=turn)
         key = id(watch)
         self.watches[key] = watch
         self.in_flight += 1
@@ -287,6 +291,9 @@ class StreamedCalls:
                 if waited > self.deadline_s:
                     why = f"it ran past its deadline of {self.deadline_s:.3g} s"
                     raise self._stalled(watch, why)
+                if watch.queued:  # waiting for its server's turn: no progress is expected
+                    watch.progress_at = now
+                    continue
                 if silent >= min(self.warn_s, self.stall_s / 2) and not watch.warned:
                     watch.warned = True
                     log.info(
@@ -382,7 +389,16 @@ class StreamedCalls:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 retry = None
             self._spent(attempt, status, last)
-            await asyncio.sleep(self._pause(delay, retry))
+            pause = self._pause(delay, retry)
+            if watch.turn is None:
+                await asyncio.sleep(pause)
+            else:  # the other server of the CPU computes while this one does not answer
+                watch.queued = True
+                try:
+                    async with watch.turn.away():
+                        await asyncio.sleep(pause)
+                finally:
+                    watch.queued = False
             delay = min(delay * 2, self.max_backoff_s)
             watch.progress_at = time.monotonic()
 

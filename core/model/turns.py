@@ -22,13 +22,35 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-__all__ = ["CpuTurns"]
+__all__ = ["CpuTurns", "Turn"]
 
 
 @dataclass(eq=False)
 class _Waiter:
     key: str
     future: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class Turn:
+    """One call's hold on its server's turn (see :meth:`CpuTurns.turn`)."""
+
+    turns: CpuTurns
+    key: str
+    held: bool = False
+
+    @contextlib.asynccontextmanager
+    async def away(self) -> AsyncIterator[None]:
+        """Give the turn up while the block runs (a call waiting to post again after its
+        server did not answer: the other server computes meanwhile), and wait for it back."""
+        if self.held:
+            self.held = False
+            self.turns._release()
+        try:
+            yield
+        finally:
+            await self.turns._acquire(self.key)
+            self.held = True
 
 
 @dataclass
@@ -49,13 +71,17 @@ class CpuTurns:
         return sum(1 for w in self._queue if not w.future.done())
 
     @contextlib.asynccontextmanager
-    async def turn(self, key: str) -> AsyncIterator[None]:
+    async def turn(self, key: str) -> AsyncIterator[Turn]:
         """Hold ``key``'s turn while the block runs (a call to that server)."""
+        held = Turn(self, key)
         await self._acquire(key)
+        held.held = True
         try:
-            yield
+            yield held
         finally:
-            self._release()
+            if held.held:
+                held.held = False
+                self._release()
 
     async def _acquire(self, key: str) -> None:
         if self.holder is None and not self._queue:
