@@ -65,6 +65,9 @@ async def test_two_servers_in_turns_never_answer_at_once_and_each_batches_whole(
     assert busy.overlaps == 0
     assert busy.most == {"writers": 4, "reviewers": 4}  # each server's calls went in together
     assert turns.turns == 2 and turns.holder is None and turns.active == 0
+    await writers.chat(ask(9))
+    await writers.chat(ask(10))  # the same server again and again: one more pass, not two
+    assert turns.turns == 3
 
 
 async def test_without_turns_the_same_calls_run_on_both_at_once():

@@ -62,8 +62,9 @@ class CpuTurns:
     active: int = 0
     """Its calls in flight."""
     turns: int = 0
-    """How many times the turn passed to a server (a measure of how the night alternated)."""
+    """How many times the turn passed to another server (how often the night alternated)."""
     _queue: list[_Waiter] = field(default_factory=list)
+    _last: str | None = None
 
     @property
     def waiting(self) -> int:
@@ -108,9 +109,9 @@ class CpuTurns:
             raise
 
     def _take(self, key: str) -> None:
-        if self.holder != key:
+        if self._last != key:
             self.turns += 1
-        self.holder = key
+        self.holder = self._last = key
 
     def _release(self) -> None:
         self.active -= 1
