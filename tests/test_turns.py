@@ -10,9 +10,12 @@ from datetime import datetime
 
 import httpx
 import pytest
+from conftest import chat_response, pantheon
 
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.turns import CpuTurns
+
+USAGE = {"prompt_tokens": 5, "completion_tokens": 1}
 
 
 class Busy:
@@ -37,13 +40,7 @@ class Busy:
                 await asyncio.sleep(self.delay_s)
             finally:
                 self.running[name] -= 1
-            return httpx.Response(
-                200,
-                json={
-                    "choices": [{"message": {"content": name}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 1},
-                },
-            )
+            return chat_response([name], usage=USAGE, finish_reason="stop")
 
         http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         self.ports += 1
@@ -142,13 +139,7 @@ async def test_a_server_that_does_not_answer_gives_the_turn_up_while_its_call_wa
         posts += 1
         if posts <= 2:
             raise httpx.ConnectError("connection refused", request=request)
-        return httpx.Response(
-            200,
-            json={
-                "choices": [{"message": {"content": "writers"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1},
-            },
-        )
+        return chat_response(["writers"], usage=USAGE, finish_reason="stop")
 
     writers = LLMClient(
         "http://127.0.0.1:8298",
@@ -198,8 +189,6 @@ def test_a_night_of_two_models_on_few_cores_takes_turns_with_every_core(tmp_path
 def test_a_real_night_of_two_servers_in_turns_never_has_both_computing(tmp_path):
     """Two llama-servers of SmolLM2 (the writers' and the reviewers'), in turns: every call
     of the night is answered, and no call of one server overlaps a call of the other."""
-    from conftest import pantheon
-
     from pantheon.core.model.files import TEST_MODEL, ModelStore
 
     writers = str(ModelStore().pull(TEST_MODEL))  # its file: a server of its own

@@ -147,9 +147,9 @@ class LLMClient(StreamedCalls):
         self.cached_tokens_total = 0
         """Prompt tokens the server took from its cache (its own count, where it gives one)."""
         self.cache_counted_total = 0
+        """Prompt tokens of the calls whose server said how many it took from its cache."""
         self.calls_answered = 0
         """Generations this server answered with a chat completion."""
-        """Prompt tokens of the calls whose server said how many it took from its cache."""
         self.max_choices: int | None = None
         """The most choices one request may ask for (llama-server: its slots); None: any."""
         self.stream = stream

@@ -64,8 +64,6 @@ class ServerPool:
         self.max_backoff_s = max_backoff_s
         self.home: dict[str, LLMClient] = {}
         """Route key (an agent's name) -> the server its calls go to."""
-        self.calls: dict[str, int] = {m.where: 0 for m in self.members}
-        """Calls answered, by server."""
         self.failovers = 0
         """Calls a dead server could not take that another one did."""
         self._probes: dict[int, asyncio.Task[bool]] = {}
@@ -81,6 +79,11 @@ class ServerPool:
     @property
     def where(self) -> str:
         return ", ".join(m.where for m in self.members)
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Generations answered, by server."""
+        return {m.where: m.calls_answered for m in self.members}
 
     @property
     def in_flight(self) -> int:
@@ -197,7 +200,6 @@ class ServerPool:
                     if key is not None and self.home.get(key) is member:
                         self.home.pop(key)
                     continue
-                self.calls[member.where] = self.calls.get(member.where, 0) + 1
                 return result
             if round_ < self.rounds:
                 await asyncio.sleep(delay)

@@ -2,9 +2,9 @@
 
 A night's two embedded servers (the reviewers' model and the writers') are rarely busy at the
 same moment: a job's writer runs, then its reviewers, and the jobs of a night move together.
-Split between them, the cores idle half the night (on two cores, a night's two servers were
-both busy 1 % of its wall time, one of them 95 %); run at once with all the cores each, their
-spinning threads thrash. So each server gets every core, and :class:`CpuTurns` lets one of them
+Split between them, a core idles most of the night (on two cores, one thread each, a demo
+night's two servers were both busy 20–29 % of its wall time); run at once with all the cores
+each, their spinning threads thrash. So each server gets every core, and :class:`CpuTurns` lets one of them
 compute at a time: a call to the server whose turn it is goes straight in (it batches with that
 server's calls in flight), a call to another waits until the calls in flight have ended. When
 calls of another server are waiting, new calls to the one whose turn it is wait too, so no side

@@ -65,43 +65,20 @@ class _EngineObserved:
 
 
 class _Servers:
-    """Several clients (single servers or pools) read as one: their counters summed."""
+    """The servers behind several clients (single servers or pools), each once: their
+    counters read as one."""
 
     def __init__(self, clients: Sequence[LLMClient | ServerPool | None]) -> None:
-        seen: dict[int, LLMClient | ServerPool] = {}
-        for c in clients:
-            if c is not None:
-                seen.setdefault(id(c), c)
-        self.clients = list(seen.values())
         members: dict[int, LLMClient] = {}
-        for c in self.clients:
-            for m in c.members if isinstance(c, ServerPool) else [c]:
+        for c in clients:
+            for m in c.members if isinstance(c, ServerPool) else [c] if c is not None else []:
                 members.setdefault(id(m), m)
         self.members = list(members.values())
         """Each server's own client."""
 
-    def _sum(self, name: str) -> int:
-        return sum(int(getattr(m, name)) for m in self.members)
-
-    @property
-    def in_flight(self) -> int:
-        return self._sum("in_flight")
-
-    @property
-    def prompt_tokens_total(self) -> int:
-        return self._sum("prompt_tokens_total")
-
-    @property
-    def completion_tokens_total(self) -> int:
-        return self._sum("completion_tokens_total")
-
-    @property
-    def cached_tokens_total(self) -> int:
-        return self._sum("cached_tokens_total")
-
-    @property
-    def cache_counted_total(self) -> int:
-        return self._sum("cache_counted_total")
+    def total(self, counter: str) -> int:
+        """A client counter (``prompt_tokens_total``, ``in_flight``...) summed over them."""
+        return sum(int(getattr(m, counter)) for m in self.members)
 
 
 class MetricsSampler:
@@ -147,9 +124,9 @@ class MetricsSampler:
         self._observed = _EngineObserved()
         self._cache_mark = (0, 0)
         if self.servers is not None:
-            self._observed.prompt = self.servers.prompt_tokens_total
-            self._observed.completion = self.servers.completion_tokens_total
-            self._cache_mark = (self.servers.cached_tokens_total, self.servers.cache_counted_total)
+            self._observed.prompt = self.servers.total("prompt_tokens_total")
+            self._observed.completion = self.servers.total("completion_tokens_total")
+            self._cache_mark = self._cache_totals()
 
     async def poll(self) -> None:
         """Called between samples: time-average the batch gauges."""
@@ -159,30 +136,30 @@ class MetricsSampler:
         if self.scraper is not None:
             await self.scraper.poll()
         if self.servers is not None:
-            self._observed.in_flight.append(self.servers.in_flight)
+            self._observed.in_flight.append(self.servers.total("in_flight"))
 
     def _engine_figures(self) -> dict[str, Any]:
-        llm, obs = self.servers, self._observed
-        assert llm is not None
+        servers, obs = self.servers, self._observed
+        assert servers is not None
+        prompt = servers.total("prompt_tokens_total")
+        completion = servers.total("completion_tokens_total")
         now = time.monotonic()
         dt = now - obs.at
-        flights = obs.in_flight or [llm.in_flight]
+        flights = obs.in_flight or [servers.total("in_flight")]
         out: dict[str, Any] = {
             "batch": {
                 "value": _r(sum(flights) / len(flights)),
                 "source": "engine (model calls in flight, time-averaged)",
             },
             "tokens": {
-                "prompt": _r((llm.prompt_tokens_total - obs.prompt) / dt, 2),
-                "generated": _r((llm.completion_tokens_total - obs.completion) / dt, 2),
+                "prompt": _r((prompt - obs.prompt) / dt, 2),
+                "generated": _r((completion - obs.completion) / dt, 2),
                 "source": "engine (usage of finished calls)",
             },
         }
         if dt < 1.0:  # a rate over a sliver of time (the last sample of a night) means nothing
             out["tokens"] = {"why": f"interval of {dt:.2f} s is too short for a rate"}
-        self._observed = _EngineObserved(
-            at=now, prompt=llm.prompt_tokens_total, completion=llm.completion_tokens_total
-        )
+        self._observed = _EngineObserved(at=now, prompt=prompt, completion=completion)
         return out
 
     def sample(self, *, concurrency: int, merges_paused: bool) -> dict[str, Any]:
@@ -291,13 +268,20 @@ class MetricsSampler:
                 row["model"] = m.model  # the writers' server and the others' told apart
         return rows
 
+    def _cache_totals(self) -> tuple[int, int]:
+        """Prompt tokens taken from the servers' caches, of those counted, so far."""
+        assert self.servers is not None
+        return (
+            self.servers.total("cached_tokens_total"),
+            self.servers.total("cache_counted_total"),
+        )
+
     def _cache_figures(self) -> dict[str, Any]:
         """The share of prompt tokens the server took from its prefix cache since the last
         sample, by its own count on each finished call."""
-        llm = self.servers
-        if llm is None:
+        if self.servers is None:
             return {"why": "no model server configured"}
-        cached, counted = llm.cached_tokens_total, llm.cache_counted_total
+        cached, counted = self._cache_totals()
         d_cached, d_counted = cached - self._cache_mark[0], counted - self._cache_mark[1]
         self._cache_mark = (cached, counted)
         if counted == 0:
