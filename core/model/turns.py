@@ -4,12 +4,12 @@ A night's two embedded servers (the reviewers' model and the writers') are rarel
 same moment: a job's writer runs, then its reviewers, and the jobs of a night move together.
 Split between them, a core idles most of the night (on two cores, one thread each, a demo
 night's two servers were both busy 20–29 % of its wall time); run at once with all the cores
-each, their spinning threads thrash. So each server gets every core, and :class:`CpuTurns` lets one of them
-compute at a time: a call to the server whose turn it is goes straight in (it batches with that
-server's calls in flight), a call to another waits until the calls in flight have ended. When
-calls of another server are waiting, new calls to the one whose turn it is wait too, so no side
-is starved: the turn passes to the server of the oldest waiting call, with every call waiting
-for it at once (they batch).
+each, their spinning threads thrash. So each server gets every core, and :class:`CpuTurns` lets
+one of them compute at a time: a call to the server whose turn it is goes straight in (it
+batches with that server's calls in flight), a call to another waits until the calls in flight
+have ended. When calls of another server are waiting, new calls to the one whose turn it is
+wait too, so no side is starved: the turn passes to the server of the oldest waiting call, with
+every call waiting for it at once (they batch).
 
 Measured on two cores (four concurrent requests of 750 prompt and 150 generated tokens each):
 qwen2.5-coder-1.5b 107 s on one thread, 48.5 s on two; qwen2.5-coder-0.5b 45.8 s against 25.9 s.
