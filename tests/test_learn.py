@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from pantheon.core import Agent, JobQueue, NodeContext, default_registry, enqueu
 from pantheon.core.errors import ArtifactError
 from pantheon.core.flows.flow import parse_flow
 from pantheon.core.learn.files import (
+    TrainingState,
     agent_adapters,
     read_progress,
     read_registry,
@@ -685,16 +688,55 @@ def test_the_learn_commands_explain_themselves(tmp_path):
         assert "--artifacts" in help_text and "usage: pantheon " + command in help_text
 
 
+_PEAK_PROBE = """
+import mmap, sys
+from pantheon.trainer.steps import peak_memory, reset_peak_memory
+
+block = mmap.mmap(-1, 400 * 2**20)  # 400 MiB mapped and touched, unmapped on close
+for at in range(0, len(block), 4096):
+    block[at] = 1
+high, _ = peak_memory("cpu")
+if sys.argv[1] == "free":
+    block.close()  # handed straight back to the system, whatever the heap does
+lowered = reset_peak_memory()
+low, _ = peak_memory("cpu")
+print(high, low, lowered)
+"""
+
+
+def _peak_probe(mode: str) -> tuple[float, float, bool]:
+    """The probe in a process of its own: a pytest process that has loaded models keeps its
+    own peak, whatever a test frees."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE, mode], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    high, low, lowered = done.stdout.split()
+    return float(high), float(low), lowered == "True"
+
+
 def test_each_training_measures_its_own_peak_memory():
     pytest.importorskip("torch")
-    from pantheon.trainer.steps import peak_memory, reset_peak_memory
-
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("this kernel does not let a process reset its peak memory")
-    block = bytearray(400 * 2**20)  # 400 MiB, touched
-    block[::4096] = b"x" * len(block[::4096])
-    high, _ = peak_memory("cpu")
-    del block
-    reset_peak_memory()  # the next training in this process starts afresh
-    low, _ = peak_memory("cpu")
-    assert high - low > 300
+    high, low, lowered = _peak_probe("free")
+    assert high - low > 300 and lowered  # the next training in the process starts afresh
+
+
+def test_a_peak_the_reset_cannot_lower_is_said_to_be_the_processs():
+    pytest.importorskip("torch")
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("this kernel does not let a process reset its peak memory")
+    high, low, lowered = _peak_probe("hold")  # the 400 MiB are still held: nothing to lower
+    assert abs(high - low) < 50 and not lowered
+    state = TrainingState(
+        id="t",
+        agent="a",
+        status="done",
+        base_model="m",
+        peak_memory_mb=high,
+        peak_memory_scope="process",
+    )
+    assert state.memory_text() == (
+        f"peak memory {high / 1024:.1f} GB (the process's, not this training's alone)"
+    )

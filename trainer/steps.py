@@ -347,15 +347,25 @@ def give_back_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
-def reset_peak_memory() -> None:
+def reset_peak_memory() -> bool:
     """Start this training's peak memory afresh: ``pantheon learn`` trains several agents in
-    one process, and each training's figure is its own (Linux's ``clear_refs``; CUDA's stats)."""
+    one process, and each training's figure is its own (Linux's ``clear_refs``; CUDA's stats).
+
+    True when the reset lowered the resident peak, so that :func:`peak_memory` reads this
+    training's own. False when it did not (the process still holds its lifetime peak, or the
+    kernel refused, or ``/proc`` cannot tell): the figure is then the process's peak."""
     import torch
 
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    give_back_memory()  # a heap freed before this training must not count as its own
+    before = proc_kib("/proc/self/status", "VmHWM")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    after = proc_kib("/proc/self/status", "VmHWM")
+    return before is not None and after is not None and after < before
 
 
 def peak_memory(device: Any) -> tuple[float, float | None]:

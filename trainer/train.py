@@ -256,7 +256,7 @@ def _train(
 
     random.seed(options.seed)
     torch.manual_seed(options.seed)
-    reset_peak_memory()
+    state.peak_memory_scope = "training" if reset_peak_memory() else "process"
     tok, base = load_base(
         model_path, qlora, checkpointing=options.gradient_checkpointing is not False
     )

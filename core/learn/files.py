@@ -202,6 +202,9 @@ class TrainingState(BaseModel):
     """Training time so far, over every run of it (a resumed one goes on counting)."""
     peak_memory_mb: float | None = None
     """The training's peak resident memory, in MiB."""
+    peak_memory_scope: Literal["training", "process"] | None = None
+    """Whose peak ``peak_memory_mb`` is: this training's own (its start reset the peak), or
+    the whole process's since it started (the reset could not lower it)."""
     peak_gpu_mb: float | None = None
     """The GPU's peak allocation on CUDA, in MiB."""
     gguf: str | None = None
@@ -217,7 +220,12 @@ class TrainingState(BaseModel):
         if self.peak_memory_mb is None:
             return None
         gpu = "" if self.peak_gpu_mb is None else f", GPU {self.peak_gpu_mb / 1024:.1f} GB"
-        return f"peak memory {self.peak_memory_mb / 1024:.1f} GB{gpu}"
+        whose = (
+            " (the process's, not this training's alone)"
+            if self.peak_memory_scope == "process"
+            else ""
+        )
+        return f"peak memory {self.peak_memory_mb / 1024:.1f} GB{whose}{gpu}"
 
     @property
     def alive(self) -> bool:
