@@ -94,6 +94,18 @@ def _check_tests_run(repo: Path, command: str | None):
     return resolved
 
 
+def _discovery_line(repo: Path, found) -> str:
+    """What the traced run found, in one line."""
+    if not found.failed:
+        return f"{repo}: no failing tests ({found.passed} passed): no code jobs"
+    files = len(found.jobs) + len(found.unplaced)
+    placed = "on the code they run" if found.traced else "by traceback and imports"
+    return (
+        f"{repo}: {found.failed} failing test(s) in {files} file(s), {found.passed} passing; "
+        f"{len(found.jobs)} code job(s), placed {placed}"
+    )
+
+
 def _repo_inputs(args: argparse.Namespace, repo: Path):
     """The docs and code jobs found in the user's repository."""
     from pantheon.core.work.discover import docs_jobs, failing_test_jobs, read_tasks
@@ -114,19 +126,23 @@ def _repo_inputs(args: argparse.Namespace, repo: Path):
         )
         found = failing_test_jobs(repo, command)
         code = [{**job, **extra} for job in found.jobs]
-        if not found.failed:
+        print(_discovery_line(repo, found), file=sys.stderr)
+        if found.failed and not found.traced:
             print(
-                f"{repo}: no failing tests ({found.passed} passed): no code jobs", file=sys.stderr
+                f"  the tests could not be traced ({found.untraced}): failing tests are placed "
+                "by their tracebacks and imports",
+                file=sys.stderr,
             )
-        else:
+        if found.timed_out:
             print(
-                f"{repo}: {found.failed} failing test(s) in {len(found.jobs) + len(found.unplaced)}"
-                f" file(s); {len(found.jobs)} code job(s)",
+                "  the suite ran past its time limit: these are the tests it finished",
                 file=sys.stderr,
             )
         for rel in found.unplaced:
             print(
-                f"  {rel}: the file under test is not found (give it with --tasks)", file=sys.stderr
+                f"  {rel}: its failing tests run no code of the repository outside the tests "
+                "(give the file to fix with --tasks)",
+                file=sys.stderr,
             )
     if not docs and not code:
         raise FlowError(

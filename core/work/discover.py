@@ -4,10 +4,14 @@
 
 - **docops**: every Markdown page matched by the docs glob (``docs/**/*.md`` by default) that has
   no YAML frontmatter yet;
-- **codefix**: the repository's test command runs once (with JUnit XML output, so nothing is
-  guessed from pytest's text), and each test file with a failing test becomes one job, with the
-  file under test found from the traceback (the deepest frame in a file of the repository that is
-  not a test) or else from what the test file imports.
+- **codefix**: the repository's whole suite runs once, each test traced (its outcome and the
+  lines it ran, :mod:`pantheon.core.work.suite`), and each test file with a failing test becomes
+  one job, placed on the functions its failing tests ran and the passing tests rarely did
+  (spectrum-based fault localization, :mod:`pantheon.core.work.localize`). The job carries the
+  ranked suspects, and the test files that ran the file to fix and passed (its ``guard``: the
+  change must keep them passing). Where the tests cannot be traced, the file under test comes
+  from the traceback (the deepest frame in a file of the repository that is not a test) or else
+  from what the test file imports.
 
 Explicit tasks can be given instead (``--tasks FILE.jsonl``: one codefix input a line, each with
 ``path``, ``test`` and ``task``).
@@ -17,14 +21,13 @@ from __future__ import annotations
 
 import ast
 import json
-import re
-import tempfile
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pantheon.core.errors import FlowError, PantheonError
+from pantheon.core.work.localize import rank_suspects, traceback_frames
+from pantheon.core.work.suite import CoverageMap, TestOutcome, run_suite, test_file_of
 from pantheon.core.work.testcmd import TestCommand, TestCommandError, is_test_file
 
 __all__ = [
@@ -82,23 +85,6 @@ def docs_jobs(repo: Path, glob: str = DEFAULT_DOCS_GLOB) -> list[dict[str, str]]
     return out
 
 
-_FRAME = re.compile(r"^([^\s:][^:\n]*\.py):(\d+)", re.MULTILINE)
-
-
-def _source_from_traceback(repo: Path, text: str) -> str | None:
-    found = None
-    for match in _FRAME.finditer(text):
-        candidate = Path(match.group(1))
-        path = candidate if candidate.is_absolute() else repo / candidate
-        try:
-            rel = path.resolve().relative_to(repo).as_posix()
-        except (ValueError, OSError):
-            continue
-        if path.is_file() and not is_test_file(rel):
-            found = rel  # the deepest frame wins
-    return found
-
-
 def _source_from_imports(repo: Path, test_rel: str) -> str | None:
     test = repo / test_rel
     try:
@@ -127,83 +113,100 @@ def _source_from_imports(repo: Path, test_rel: str) -> str | None:
 class Discovery:
     """What the test run found."""
 
-    jobs: list[dict[str, str]] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
     passed: int = 0
     failed: int = 0
     unplaced: list[str] = field(default_factory=list)
     """Failing test files whose file under test could not be found."""
     output: str = ""
+    traced: bool = False
+    """The failing tests were placed by the lines they ran (else by tracebacks and imports)."""
+    untraced: str | None = None
+    """Why they were not, when they were not."""
+    timed_out: bool = False
+    """The suite ran past its time limit: what it found is what it finished."""
+
+
+SUSPECTS_KEPT = 5
 
 
 def failing_test_jobs(repo: Path, command: TestCommand, *, timeout_s: float = 600.0) -> Discovery:
-    """Run the test command once (in its sandbox, with a CPU limit as long as ``timeout_s``: the
-    whole suite runs in one process); one codefix input per test file with a failing test."""
+    """Run the whole suite once, traced (:mod:`pantheon.core.work.suite`); one codefix input per
+    test file with a failing test, placed on the code its failing tests ran and few passing
+    tests did (:mod:`pantheon.core.work.localize`), else on its traceback or its imports."""
     repo = Path(repo).resolve()
     if not command.is_pytest:
         raise TestCommandError(
             f"finding failing tests needs a pytest-based test command, not {command.text!r}",
             hint="name the tasks with --tasks FILE.jsonl (path, test, task per line)",
         )
-    with tempfile.TemporaryDirectory(prefix="pantheon-discover-") as tmp:
-        xml = Path(tmp) / "junit.xml"
-        sandbox = command.sandbox
-        if sandbox is not None:
-            sandbox = sandbox.with_limits(cpu_s=max(sandbox.limits.cpu_s, int(timeout_s) + 1))
-        probe = replace(
-            command,
-            text=f"{command.text} -q -o junit_family=xunit1 --junit-xml={xml}",
-            sandbox=sandbox,
+    run = run_suite(command, repo, timeout_s=timeout_s, cover=True)
+    if not run.tests and not run.timed_out:
+        raise TestCommandError(
+            f"the test command {command.text!r} ran no test in {repo} "
+            f"(exit {run.exit_code}): {run.output.strip()[-400:]}"
         )
-        run = probe.run(repo, timeout_s=timeout_s, writable=[Path(tmp)])
-        found = Discovery(output=run.output)
-        if not xml.is_file():
-            raise TestCommandError(
-                f"the test command {command.text!r} wrote no test report in {repo} "
-                f"(exit {run.exit_code}): {run.output.strip()[-400:]}"
-            )
-        try:
-            root = ET.parse(xml).getroot()
-        except ET.ParseError as exc:
-            raise TestCommandError(
-                f"the test report of {command.text!r} is unreadable: {exc}"
-            ) from None
-    failing: dict[str, list[tuple[str, str]]] = {}
-    for case in root.iter("testcase"):
-        problem = case.find("failure")
-        if problem is None:
-            problem = case.find("error")
-        if problem is None:
-            if case.find("skipped") is None:
-                found.passed += 1
-            continue
-        found.failed += 1
-        rel = case.get("file") or ""
-        if not rel:
-            # a collection error names the module in classname
-            rel = (case.get("classname") or "").replace(".", "/") + ".py"
-        text = (problem.get("message") or "") + "\n" + (problem.text or "")
-        failing.setdefault(rel, []).append((case.get("name") or "?", text))
+    found = Discovery(
+        output=run.output,
+        passed=len(run.passed),
+        failed=len(run.failed),
+        traced=run.coverage is not None,
+        untraced=run.untraced,
+        timed_out=run.timed_out,
+    )
+    passing = {t.test for t in run.passed}
+    failing: dict[str, list[TestOutcome]] = {}
+    for t in run.failed:
+        failing.setdefault(t.file, []).append(t)
     for rel, cases in sorted(failing.items()):
         if not (repo / rel).is_file():
             found.unplaced.append(rel)
             continue
-        source = None
-        for _, text in cases:
-            source = source or _source_from_traceback(repo, text)
-        source = source or _source_from_imports(repo, rel)
-        if source is None:
+        job = _place(repo, rel, cases, run.coverage, passing)
+        if job is None:
             found.unplaced.append(rel)
-            continue
-        names = ", ".join(name for name, _ in cases[:5]) + (" ..." if len(cases) > 5 else "")
-        found.jobs.append(
-            {
-                "repo": str(repo),
-                "path": source,
-                "test": rel,
-                "task": f"Fix {source} so that the failing tests in {rel} pass ({names}).",
-            }
-        )
+        else:
+            found.jobs.append(job)
     return found
+
+
+def _place(
+    repo: Path,
+    rel: str,
+    cases: list[TestOutcome],
+    coverage: CoverageMap | None,
+    passing: set[str],
+) -> dict[str, Any] | None:
+    """The codefix input of one failing test file, or None when no code of the repository can
+    be named for it."""
+    frames = [f for case in cases for f in traceback_frames(case.text, repo)]
+    frames = [(path, line) for path, line in frames if not is_test_file(path)]
+    suspects = []
+    if coverage is not None:
+        failing = {case.test for case in cases}
+        suspects = rank_suspects(coverage, failing, passing, repo=repo, frames=frames)
+    if suspects:
+        source = suspects[0].path
+    else:
+        source = frames[-1][0] if frames else _source_from_imports(repo, rel)
+    if source is None:
+        return None
+    names = ", ".join(c.test.split("::", 1)[-1] for c in cases[:5])
+    names += " ..." if len(cases) > 5 else ""
+    job: dict[str, Any] = {
+        "repo": str(repo),
+        "path": source,
+        "test": rel,
+        "task": f"Fix {source} so that the failing tests in {rel} pass ({names}).",
+    }
+    if suspects:
+        job["suspects"] = [s.as_dict() for s in suspects[:SUSPECTS_KEPT]]
+    if coverage is not None:
+        # the tests that ran the file to fix and passed: the change must keep them passing
+        job["guard"] = sorted(
+            {test_file_of(t) for t in coverage.tests_of([source]) & passing} - {rel}
+        )
+    return job
 
 
 def read_tasks(path: Path, repo: Path) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +88,25 @@ class TestCommand:
     ``--no-sandbox``; :func:`resolve_test_command` never leaves it out otherwise)."""
     __test__ = False
 
-    def argv(self, target: str = "") -> list[str]:
+    def argv(self, target: str | Sequence[str] = "") -> list[str]:
+        """The command line for one target or several (each its own argument; ``{test}`` as
+        a whole argument stands for all of them)."""
+        targets = [target] if isinstance(target, str) else list(target)
+        targets = [t for t in targets if t]
         parts = shlex.split(self.text)
         if parts and parts[0] in ("python", "python3"):
             parts[0] = self.python
         if any("{test}" in p for p in parts):
-            parts = [p.replace("{test}", target) for p in parts]
-            return [p for p in parts if p]
-        return [*parts, target] if target else parts
+            out: list[str] = []
+            for p in parts:
+                if p == "{test}":
+                    out += targets
+                elif "{test}" in p:
+                    out.append(p.replace("{test}", " ".join(targets)))
+                else:
+                    out.append(p)
+            return [p for p in out if p]
+        return [*parts, *targets]
 
     @property
     def is_pytest(self) -> bool:
@@ -104,16 +115,20 @@ class TestCommand:
     def run(
         self,
         cwd: Path,
-        target: str = "",
+        target: str | Sequence[str] = "",
         *,
         timeout_s: float = 60.0,
         writable: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+        pytest_options: str = "",
     ) -> TestRun:
         """Run the tests in ``cwd`` (in the sandbox, where ``cwd`` and ``writable`` are the only
-        folders they may write); a run past ``timeout_s`` is killed and reported as such."""
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        folders they may write); a run past ``timeout_s`` is killed and reported as such.
+        ``env`` adds variables; ``pytest_options`` go to pytest whatever the command line."""
+        base = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env = {**base, **(env or {})}
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        opts = env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider"
+        opts = env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider " + pytest_options
         if self.is_pytest and not has_pytest_config(cwd):
             # a worktree under another project (ARTIFACTS/worktrees in a checkout, say) must
             # not pick up that project's pytest configuration
