@@ -247,10 +247,12 @@ def scripted_model(
     finish_reason: str | None = None,
     model: str | None = None,
     tokens: Callable[[str], list[Any]] | None = None,
+    context: int | None = None,
 ) -> tuple[LLMClient, httpx.AsyncClient]:
     """A model server over ``httpx.MockTransport``, and a client of it (no retries).
 
-    ``/health`` answers ok; ``/tokenize`` answers ``tokens(content)`` (the words, unless told);
+    ``/health`` answers ok; ``/props`` says the context a request holds (``context``, as
+    llama-server does), or 404; ``/tokenize`` answers ``tokens(content)`` (the words, unless told);
     each chat request's JSON body goes to ``answer``, which returns the reply's text, a list of
     texts (one choice each), or a response of its own. The caller closes the ``httpx`` client.
     """
@@ -258,6 +260,10 @@ def scripted_model(
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/health":
             return httpx.Response(200, json={"status": "ok"})
+        if request.url.path == "/props":
+            if context is None:
+                return httpx.Response(404, json={"error": "not found"})
+            return httpx.Response(200, json={"default_generation_settings": {"n_ctx": context}})
         body = json.loads(request.content)
         if request.url.path == "/tokenize":
             words = tokens(body["content"]) if tokens else body["content"].split()

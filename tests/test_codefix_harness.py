@@ -13,7 +13,7 @@ import pytest
 from pantheon.core.errors import FlowError
 from pantheon.core.run.demo import corpus_tasks
 from pantheon.core.work.codecorpus import check_tasks, mutants_of
-from pantheon.core.work.codefix import CandidateError, FixForm, apply_reply, failure_excerpt
+from pantheon.core.work.codefix import failure_excerpt
 from pantheon.core.work.discover import (
     RepoError,
     check_git_repo,
@@ -21,6 +21,7 @@ from pantheon.core.work.discover import (
     failing_test_jobs,
     read_tasks,
 )
+from pantheon.core.work.edits import CandidateError, FixForm, apply_reply
 from pantheon.core.work.testcmd import TestCommandError, check_runnable, resolve_test_command
 
 ORIGINAL = textwrap.dedent(

@@ -6,7 +6,7 @@ sandbox, the smallest passing one kept; or a bounded tool loop.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,6 +37,9 @@ class Codegen(Agent):
         """The repository's test command (else its pyproject.toml's, else ``python -m pytest``)."""
         files: list[str] = Field(default_factory=list)
         """Files to show the model up front (the tool loop)."""
+        suspects: list[dict[str, Any]] | None = None
+        """The functions the failing tests ran, most suspicious first (path, name, start, end,
+        score): a long file is shown in focus on them."""
 
     class Output(StrictModel):
         summary: str
@@ -112,6 +115,7 @@ class Codegen(Agent):
             adapter=params.adapter,
             log=ctx.calls,
             node=ctx.node,
+            suspects=input.suspects or (),
         )
         chosen = result.chosen
         summary = (

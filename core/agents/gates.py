@@ -75,6 +75,9 @@ class Test(Agent):
         """The document (docs), or the test file or node id (code)."""
         test_command: str | None = None
         """The repository's test command (code; else its pyproject.toml's, else pytest)."""
+        guard: list[str] | None = None
+        """The test files that ran the file to fix and passed before (code; from the traced
+        suite): they must still pass. None: the whole suite runs."""
 
     class Output(StrictModel):
         passed: bool
@@ -85,6 +88,9 @@ class Test(Agent):
 
     class Params(StrictModel):
         timeout_s: float = Field(default=120.0, gt=0)
+        regressions: bool = True
+        """Run the other tests too (code): a change that breaks one does not pass."""
+        regression_timeout_s: float = Field(default=300.0, gt=0)
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: Test.Params = ctx.params  # type: ignore[assignment]
@@ -105,7 +111,9 @@ class Test(Agent):
         )
 
     async def _code(self, input: Input, job: Any, params: Params, node: str) -> Output:
+        from pantheon.core.work.regress import check_regressions
         from pantheon.core.work.sandbox import SandboxError
+        from pantheon.core.work.suite import UntraceableError
         from pantheon.core.work.testcmd import TestCommandError, is_test_file, resolve_test_command
 
         checks: dict[str, bool] = {}
@@ -137,6 +145,23 @@ class Test(Agent):
         checks["tests pass"] = result.passed
         summary = [line for line in result.output.strip().splitlines() if line.strip()][-1:]
         reasons.append(summary[0] if summary else "no output")
+        if result.passed and params.regressions:
+            try:
+                check = await asyncio.to_thread(
+                    check_regressions,
+                    command,
+                    job.path,
+                    own=input.path or "",
+                    guard=input.guard,
+                    original=job.original,
+                    changed=changed,
+                    timeout_s=params.regression_timeout_s,
+                )
+            except UntraceableError as exc:
+                reasons.append(f"the other tests were not run: {exc.message}")
+            else:
+                checks["no other test broken"] = check.passed
+                reasons.append(check.reason())
         return self.Output(
             passed=all(checks.values()), reasons=reasons, output=result.output, checks=checks
         )

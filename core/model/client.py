@@ -133,6 +133,8 @@ class LLMClient(StreamedCalls):
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         self._down_since: float | None = None
+        self._context_size: int | None = None
+        """The server's context once asked (0: it does not say)."""
         self.in_flight = 0
         """Chat requests sent and not answered yet (the engine's own view of the batch)."""
         self.turns: CpuTurns | None = None
@@ -445,6 +447,30 @@ class LLMClient(StreamedCalls):
         except (httpx.HTTPError, ValueError, AttributeError):
             return None
         return slots if isinstance(slots, int) and slots > 0 else None
+
+    async def context_size(self) -> int | None:
+        """The tokens one request may hold, prompt and reply together, where the server says
+        (llama-server's ``/props``: ``default_generation_settings.n_ctx``, Pantheon's OpenVINO
+        server's ``n_ctx``; vLLM's ``/v1/models``: ``max_model_len``); None when it does not.
+        Asked once: a server keeps its context while it runs."""
+        if self._context_size is not None:
+            return self._context_size or None
+        size = None
+        try:
+            resp = await self._http.get(self.base_url + "/props", timeout=5.0)
+            if resp.status_code == 200:
+                data = resp.json()
+                size = (data.get("default_generation_settings") or {}).get("n_ctx") or data.get(
+                    "n_ctx"
+                )
+            if not isinstance(size, int):
+                resp = await self._http.get(self.base_url + "/v1/models", timeout=5.0)
+                models = resp.json().get("data") if resp.status_code == 200 else None
+                size = (models or [{}])[0].get("max_model_len")
+        except (httpx.HTTPError, ValueError, AttributeError, IndexError):
+            size = None
+        self._context_size = size if isinstance(size, int) and size > 0 else 0
+        return self._context_size or None
 
     async def health(self) -> bool:
         """True when the server says it is ready (no retries)."""

@@ -244,6 +244,12 @@ class ServerPool:
         known = [s for s in slots if s]
         return sum(known) if known else None
 
+    async def context_size(self) -> int | None:
+        """The smallest context of the servers that say: a call may go to any of them."""
+        sizes = await asyncio.gather(*(m.context_size() for m in self.members))
+        known = [s for s in sizes if s]
+        return min(known) if known else None
+
     async def health(self) -> bool:
         """True when any server is ready; asks every one."""
         oks = await asyncio.gather(*(m.health() for m in self.members))

@@ -142,10 +142,12 @@ DEMO_CODE_TASKS = 30
 """Code jobs of a demo night unless ``--code`` says otherwise: the hand-written tasks."""
 
 
-def repo_jobs(repo: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def repo_jobs(repo: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The docops and codefix inputs for every doc and code task of a demo repository (its
     path absolute, so that whoever reads the runs later finds it from any folder). The code
-    tasks are the hand-written ones first, then the generated corpus (those in the repository)."""
+    tasks are the hand-written ones first, then the generated corpus (those in the repository).
+    Each task is a folder of its own that no other task's test imports, so its ``guard`` (the
+    other tests the change must keep passing) is empty."""
     repo = Path(repo).resolve()
     docs = [
         {"repo": str(repo), "path": f"docs/{p.name}"}
@@ -157,6 +159,7 @@ def repo_jobs(repo: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
             "path": f"code/{t['id']}/{t['module']}.py",
             "test": f"code/{t['id']}/test_{t['module']}.py",
             "task": t["task"],
+            "guard": [],
         }
         for t in [*code_tasks(), *corpus_tasks()]
         if (repo / "code" / t["id"]).is_dir()

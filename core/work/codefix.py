@@ -1,8 +1,9 @@
 """The code-fix harness: failing tests in, a tested fix out — built for small local models.
 
 1. **Localize before asking.** The task's tests run first; the model is shown the task, the
-   failing test's output (the assertion and the traceback), the test file and the whole file under
-   test — one prompt, no exploration needed for a one-file fix.
+   failing test's output (the assertion and the traceback) and the whole file under test — one
+   prompt, no exploration needed for a one-file fix. A long file is shown in focus instead: its
+   outline and the functions the failing tests point at (:mod:`pantheon.core.work.focus`).
 2. **The model's own formats.** The fix comes back in a form code models are trained on: the
    whole corrected file (or just the corrected function) in one fenced ``python`` block
    (``whole_file``, the default, chosen by ``bench/codefix.py``), or SEARCH/REPLACE blocks
@@ -22,49 +23,39 @@ and never a failed one.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextlib
-import difflib
-import re
-import shutil
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pantheon.core.errors import ModelServerError, NodeError
 from pantheon.core.model.client import ChatReply, LLMClient, Message
 from pantheon.core.model.safecall import CallLog, stall_fields
+from pantheon.core.work.edits import (
+    CandidateError,
+    FixForm,
+    apply_functions,
+    apply_reply,
+    diff_size,
+)
+from pantheon.core.work.focus import Focus, focus_of, focus_prompt
 from pantheon.core.work.hardcode import hard_coded, verdict
+from pantheon.core.work.regress import scratch_copy
 from pantheon.core.work.testcmd import TestCommand, TestRun
 
 __all__ = [
     "Candidate",
     "FixForm",
     "FixResult",
-    "apply_reply",
     "failure_excerpt",
     "fix_prompt",
     "run_fix",
 ]
 
-
-class FixForm(StrEnum):
-    WHOLE_FILE = "whole_file"
-    SEARCH_REPLACE = "search_replace"
-
-
-class CandidateError(Exception):
-    """A reply that cannot be applied as a fix (with the reason)."""
-
-
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.DOTALL)
-_SEARCH_REPLACE = re.compile(
-    r"<{5,9} ?SEARCH[^\n]*\n(.*?)\n?={5,9}[^\n]*\n(.*?)\n?>{5,9} ?REPLACE", re.DOTALL
-)
 
 SYSTEM = {
     FixForm.WHOLE_FILE: (
@@ -126,141 +117,6 @@ def fix_prompt(
     return [{"role": "system", "content": SYSTEM[form]}, {"role": "user", "content": user}]
 
 
-def _python_blocks(reply: str) -> list[str]:
-    return [
-        body
-        for lang, body in _FENCE.findall(reply)
-        if lang.lower() in ("", "python", "py", "python3")
-    ]
-
-
-def _top_level(tree: ast.Module) -> dict[str, ast.stmt]:
-    return {
-        node.name: node
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-    }
-
-
-def _splice(original: str, block: str) -> str:
-    """A reply's code applied to the original file.
-
-    The whole file when the block defines everything the file defines at the top level;
-    otherwise each function or class of the block replaces the one of the same name (a reply
-    with just the corrected function), and imports it adds go on top.
-    """
-    try:
-        new_tree = ast.parse(block)
-    except SyntaxError as exc:
-        raise CandidateError(f"the code does not parse: line {exc.lineno}: {exc.msg}") from None
-    old_tree = ast.parse(original)
-    old_defs, new_defs = _top_level(old_tree), _top_level(new_tree)
-    if not new_defs and old_defs:
-        raise CandidateError("the code block defines no function of the file")
-    if set(old_defs) <= set(new_defs):
-        return block if block.endswith("\n") else block + "\n"
-    common = [name for name in new_defs if name in old_defs]
-    if not common:
-        raise CandidateError(
-            f"the code block defines {', '.join(sorted(new_defs))}, "
-            f"none of the file's ({', '.join(sorted(old_defs))})"
-        )
-    lines = original.splitlines(keepends=True)
-    spans = []
-    for name in common:
-        old = old_defs[name]
-        first = min([old.lineno] + [d.lineno for d in getattr(old, "decorator_list", [])])
-        spans.append(
-            (
-                first,
-                old.end_lineno or old.lineno,
-                ast.get_source_segment(block, new_defs[name], padded=False),
-            )
-        )
-    for first, last, text in sorted(spans, reverse=True):
-        lines[first - 1 : last] = [(text or "").rstrip("\n") + "\n"]
-    out = "".join(lines)
-    imports = [
-        ast.get_source_segment(block, node)
-        for node in new_tree.body
-        if isinstance(node, ast.Import | ast.ImportFrom)
-    ]
-    missing = [i for i in imports if i and i not in original]
-    if missing:
-        out = "\n".join(missing) + "\n" + out
-    return out
-
-
-def apply_reply(form: FixForm, reply: str, original: str) -> str:
-    """The fixed file a reply gives, or CandidateError saying why it gives none."""
-    if not reply.strip():
-        raise CandidateError("the reply is empty")
-    if form is FixForm.WHOLE_FILE:
-        blocks = _python_blocks(reply)
-        if not blocks:
-            raise CandidateError("the reply has no ```python code block")
-        # several blocks: the longest is the file (the others are usually a usage example)
-        fixed = _splice(original, max(blocks, key=len))
-    else:
-        edits = _SEARCH_REPLACE.findall(reply)
-        if not edits:
-            raise CandidateError("the reply has no SEARCH/REPLACE block")
-        fixed = original
-        for search, replace in edits:
-            if not search.strip():
-                raise CandidateError("a SEARCH part is empty")
-            count = fixed.count(search)
-            if count != 1:
-                # the model often drops trailing spaces or the final newline: match by lines
-                hits = _line_match(fixed, search)
-                if hits is None:
-                    raise CandidateError(
-                        f"a SEARCH part occurs {count} times in the file; it must occur once"
-                    )
-                a, b = hits
-                fixed = fixed[:a] + replace + fixed[b:]
-                continue
-            fixed = fixed.replace(search, replace, 1)
-        try:
-            ast.parse(fixed)
-        except SyntaxError as exc:
-            raise CandidateError(
-                f"the file does not parse after the change: line {exc.lineno}: {exc.msg}"
-            ) from None
-    if fixed == original or fixed.rstrip() == original.rstrip():
-        raise CandidateError("the reply changes nothing")
-    return fixed
-
-
-def _line_match(text: str, search: str) -> tuple[int, int] | None:
-    want = [line.rstrip() for line in search.strip("\n").splitlines()]
-    lines = text.splitlines(keepends=True)
-    starts = [0]
-    for line in lines:
-        starts.append(starts[-1] + len(line))
-    found = [
-        i
-        for i in range(len(lines) - len(want) + 1)
-        if [line.rstrip() for line in lines[i : i + len(want)]] == want
-    ]
-    if len(found) != 1:
-        return None
-    i = found[0]
-    end = starts[i + len(want)]
-    if lines[i + len(want) - 1].endswith("\n"):
-        end -= 1
-    return starts[i], end
-
-
-def diff_size(before: str, after: str) -> int:
-    """Lines added and removed."""
-    return sum(
-        1
-        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-        if line[:1] in "+-" and not line.startswith(("+++", "---"))
-    )
-
-
 @dataclass
 class Candidate:
     index: int
@@ -288,12 +144,6 @@ class FixResult:
         return sum(1 for c in self.candidates if c.passed)
 
 
-def _scratch_copy(root: Path, into: Path) -> Path:
-    dest = into / "work"
-    shutil.copytree(root, dest, ignore=shutil.ignore_patterns(".git", "__pycache__"), symlinks=True)
-    return dest
-
-
 def _base_record(
     cand: Candidate,
     llm: LLMClient,
@@ -317,7 +167,15 @@ def _base_record(
     }
 
 
-def _take(cand: Candidate, reply: ChatReply, *, form: FixForm, original: str, max_tokens: int):
+def _take(
+    cand: Candidate,
+    reply: ChatReply,
+    *,
+    form: FixForm,
+    original: str,
+    max_tokens: int,
+    focus: Focus | None,
+):
     """What one reply gives: the fixed file, or the reason it gives none."""
     cand.record.update(
         endpoint=reply.endpoint or cand.record.get("endpoint"),
@@ -334,7 +192,10 @@ def _take(cand: Candidate, reply: ChatReply, *, form: FixForm, original: str, ma
         cand.problem = f"the reply was cut at max_tokens={max_tokens}"
         return
     try:
-        cand.fixed = apply_reply(form, reply.text, original)
+        if focus is not None and form is FixForm.WHOLE_FILE:
+            cand.fixed = apply_functions(reply.text, original, focus.shown)
+        else:
+            cand.fixed = apply_reply(form, reply.text, original)
     except CandidateError as exc:
         cand.problem = str(exc)
         return
@@ -360,9 +221,15 @@ async def run_fix(
     parallel_tests: int = 2,
     before: TestRun | None = None,
     show_test: bool = False,
+    suspects: Sequence[Mapping[str, object]] = (),
 ) -> FixResult:
     """Fix ``path`` in the worktree ``root`` until ``test_path`` passes; NodeError when no
-    candidate does. The kept fix is written into ``root`` (nothing else is touched)."""
+    candidate does. The kept fix is written into ``root`` (nothing else is touched).
+
+    A file past :data:`~pantheon.core.work.focus.WHOLE_FILE_CHARS` with ``suspects`` among
+    its functions is shown in focus (its outline and those functions) and only they are asked
+    back. A prompt that, with room for its reply, would not fit the server's context is never
+    sent: NodeError says so."""
     root = Path(root)
     target = root / path
     original = target.read_text(encoding="utf-8")
@@ -376,18 +243,26 @@ async def run_fix(
     if before.passed:
         raise NodeError(node, f"the tests of {test_path} already pass: there is nothing to fix")
     failure = failure_excerpt(before.output)
-    # room for the whole file twice over and some prose; a sampled reply that rambles past it
-    # is recorded as cut, never applied
-    max_tokens = min(max_tokens, len(original) // 2 + 384)
-    messages = fix_prompt(
-        form,
-        task=task,
-        path=path,
-        source=original,
-        failure=failure,
-        test_path=test_path,
-        test=test,
-    )
+    focus = focus_of(original, path, suspects)
+    # room for the code asked back twice over and some prose; a sampled reply that rambles
+    # past it is recorded as cut, never applied
+    asked = len(focus.code) if focus is not None else len(original)
+    max_tokens = min(max_tokens, asked // 2 + 384)
+    if focus is not None:
+        messages = focus_prompt(
+            focus, task=task, path=path, lines=len(original.splitlines()), failure=failure
+        )
+    else:
+        messages = fix_prompt(
+            form,
+            task=task,
+            path=path,
+            source=original,
+            failure=failure,
+            test_path=test_path,
+            test=test,
+        )
+    await _check_fits(llm, messages, max_tokens, node=node, path=path)
     gate = asyncio.Semaphore(max(1, parallel_tests))
     tested: dict[str, TestRun] = {}
 
@@ -400,7 +275,7 @@ async def run_fix(
             else:
                 work = scratch / f"c{cand.index}"
                 work.mkdir()
-                copy = await asyncio.to_thread(_scratch_copy, root, work)
+                copy = await asyncio.to_thread(scratch_copy, root, work)
                 (copy / path).write_text(cand.fixed, encoding="utf-8")
                 run = await asyncio.to_thread(command.run, copy, test_path, timeout_s=timeout_s)
                 tested[cand.fixed] = run
@@ -452,7 +327,7 @@ async def run_fix(
                 c.record.update(raw=None, latency_s=round(time.perf_counter() - t0, 4), **stall)
             raise
         for c, reply in zip(cands, replies, strict=False):
-            _take(c, reply, form=form, original=original, max_tokens=max_tokens)
+            _take(c, reply, form=form, original=original, max_tokens=max_tokens, focus=focus)
         await asyncio.gather(*(test_one(c, scratch) for c in cands))
 
     candidates = [Candidate(0, 0, 0.0)]
@@ -482,6 +357,25 @@ async def run_fix(
         )
     target.write_text(chosen.fixed or original, encoding="utf-8")
     return FixResult(chosen, candidates, failure)
+
+
+async def _check_fits(
+    llm: LLMClient, messages: list[Message], max_tokens: int, *, node: str, path: str
+) -> None:
+    """NodeError when the prompt and the reply's room would not fit one request of the
+    server's context (where the server says its context; the prompt counted by the server,
+    else at three characters a token)."""
+    context = await llm.context_size()
+    if context is None:
+        return
+    text = "\n".join(str(m["content"]) for m in messages)
+    prompt = await llm.count_tokens(text) or len(text) // 3
+    if prompt + max_tokens > context:
+        raise NodeError(
+            node,
+            f"the prompt for {path} ({prompt} tokens) and room for its reply ({max_tokens}) "
+            f"exceed the model's context ({context} tokens a request): not sent",
+        )
 
 
 def _log(log: CallLog | None, cand: Candidate, chosen: Candidate | None) -> None:

@@ -1,0 +1,184 @@
+"""A long file fixed in focus: its outline and the suspect functions shown, only they asked
+back, and a prompt past the server's context never sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+
+import pytest
+from conftest import scripted_model
+from helpers import make_repo
+
+from pantheon.core.errors import NodeError
+from pantheon.core.work.codefix import run_fix
+from pantheon.core.work.edits import CandidateError, apply_functions
+from pantheon.core.work.focus import WHOLE_FILE_CHARS, focus_of
+from pantheon.core.work.testcmd import resolve_test_command
+
+FILLER = "\n\n".join(
+    f"def helper_{i}(x):\n    '''Helper number {i}.'''\n    y = x + {i}\n    return y * {i}"
+    for i in range(80)
+)
+BIG = f"""import math
+
+
+class Ledger:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, amount):
+        self.rows.append(amount)
+
+    def balance(self):
+        return sum(self.rows) - 1
+
+
+{FILLER}
+
+
+def norm(x, y):
+    return math.hypot(x, y)
+"""
+TESTS = """
+from big import Ledger, norm
+
+def test_balance():
+    led = Ledger()
+    led.add(5)
+    led.add(7)
+    assert led.balance() == 12
+
+def test_norm():
+    assert norm(3, 4) == 5
+"""
+SUSPECTS = [
+    {"path": "big.py", "name": "Ledger.balance", "start": 11, "end": 12, "score": 1.0},
+    {"path": "big.py", "name": "Ledger.add", "start": 8, "end": 9, "score": 0.7},
+]
+FIXED_METHOD = "```python\ndef balance(self):\n    return sum(self.rows)\n```"
+
+
+def test_a_method_given_back_alone_goes_back_in_its_class_at_its_indentation():
+    fixed = apply_functions(FIXED_METHOD, BIG, [("Ledger.balance", 11, 12)])
+    assert "    def balance(self):\n        return sum(self.rows)\n" in fixed
+    assert fixed.replace("sum(self.rows)\n", "sum(self.rows) - 1\n", 1) == BIG
+    with pytest.raises(CandidateError, match="none of the shown"):
+        apply_functions("```python\ndef other():\n    pass\n```", BIG, [("Ledger.balance", 11, 12)])
+    with pytest.raises(CandidateError, match="changes nothing"):
+        apply_functions(
+            "```python\ndef balance(self):\n    return sum(self.rows) - 1\n```",
+            BIG,
+            [("Ledger.balance", 11, 12)],
+        )
+
+
+def test_only_a_long_file_is_shown_in_focus():
+    assert len(BIG) > WHOLE_FILE_CHARS
+    assert focus_of("def f():\n    return 1\n", "m.py", SUSPECTS) is None
+    assert focus_of(BIG, "big.py", []) is None  # nothing to focus on: shown whole
+    focus = focus_of(BIG, "big.py", SUSPECTS)
+    assert focus is not None
+    assert [name for name, _, _ in focus.shown] == ["Ledger.balance", "Ledger.add"]
+    assert "    def balance(self): ...  # shown below" in focus.outline
+    assert "import math" in focus.outline and "def helper_0(x): ..." in focus.outline
+    # 83 definitions: those far from the shown functions are said, not listed
+    assert "def norm(x, y)" not in focus.outline
+    assert focus.outline.endswith("# ... 6 more definition(s)")
+    assert len(focus.outline.splitlines()) <= 80 + 3
+    assert "return sum(self.rows) - 1" in focus.code and "math.hypot" not in focus.code
+
+
+def _repo(tmp_path):
+    return make_repo(tmp_path / "r", {"big.py": BIG, "test_big.py": TESTS})
+
+
+def test_a_long_module_is_fixed_from_its_suspect_method_alone(tmp_path):
+    repo = _repo(tmp_path)
+    prompts = []
+
+    def answer(body):
+        prompts.append(body["messages"][1]["content"])
+        return FIXED_METHOD
+
+    llm, http = scripted_model(answer, context=4096)
+
+    async def go():
+        try:
+            return await run_fix(
+                llm,
+                root=repo,
+                path="big.py",
+                test_path="test_big.py",
+                task="Fix big.py",
+                command=resolve_test_command(repo),
+                k=1,
+                suspects=SUSPECTS,
+            )
+        finally:
+            await http.aclose()
+
+    result = asyncio.run(go())
+    assert result.chosen.passed and result.chosen.lines == 2
+    assert "return sum(self.rows)\n" in (repo / "big.py").read_text()
+    [prompt] = prompts
+    assert "Helper number 3" not in prompt, "the module is not shown whole"
+    assert "def helper_3(x): ..." in prompt and "sum(self.rows) - 1" in prompt
+    assert len(prompt) < len(BIG) / 2
+
+
+def test_a_prompt_past_the_servers_context_is_never_sent(tmp_path):
+    repo = _repo(tmp_path)
+    sent = []
+    llm, http = scripted_model(lambda body: sent.append(body) or "no", context=1024)
+
+    async def go():
+        try:
+            await run_fix(
+                llm,
+                root=repo,
+                path="big.py",
+                test_path="test_big.py",
+                task="Fix big.py",
+                command=resolve_test_command(repo),
+                k=1,
+            )
+        finally:
+            await http.aclose()
+
+    with pytest.raises(NodeError, match=r"exceed the model's context \(1024 tokens a request\)"):
+        asyncio.run(go())
+    assert sent == []
+
+
+def test_the_focused_prompt_is_what_the_calls_record(tmp_path):
+    # the learn loop mines calls.jsonl: the recorded messages are the ones sent
+    from pantheon.core.model.safecall import CallLog
+
+    repo = _repo(tmp_path)
+    llm, http = scripted_model(lambda body: FIXED_METHOD, context=4096)
+    (tmp_path / "code").mkdir()
+    log = CallLog(tmp_path / "code")
+
+    async def go():
+        try:
+            await run_fix(
+                llm,
+                root=repo,
+                path="big.py",
+                test_path="test_big.py",
+                task="Fix big.py",
+                command=resolve_test_command(repo),
+                k=1,
+                suspects=SUSPECTS,
+                log=log,
+            )
+        finally:
+            await http.aclose()
+
+    asyncio.run(go())
+    [call] = [json.loads(x) for x in (tmp_path / "code" / "calls.jsonl").read_text().splitlines()]
+    assert call["chosen"] is True
+    assert "outline" in call["messages"][1]["content"]
+    assert textwrap.dedent(FIXED_METHOD) == call["raw"]
