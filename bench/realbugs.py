@@ -1,0 +1,190 @@
+"""The night on real libraries with one planted bug each: is the bug placed, fixed, merged, and
+is nothing else broken?
+
+For each library of :data:`pantheon.core.work.realbugs.LIBRARIES` (its PyPI sdist, pinned,
+with its own test suite): bugs are planted (a mutation in a function its passing tests run,
+kept when one of those tests fails; deterministic from the seed, cached), then, for each bug,
+the library with that one bug is a git repository, and
+
+- **placement**: discovery runs the suite traced; each test file the bug fails is a job,
+  placed right when its top suspect is the mutated function (top-1), or among the three the
+  prompt shows (top-3);
+- **the night** (``--night N``, the first N bugs of each library): ``pantheon night --repo``
+  headless, then: the bug's tests pass on ``main`` (fixed and merged), every test that passed
+  before the bug still passes on ``main`` (no regression merged), and how many candidate fixes
+  the test gate refused for breaking another test. Wall time and generated tokens per fix.
+
+    python bench/realbugs.py                             # placement, 40 bugs a library
+    python bench/realbugs.py --count 20 --night 5 --model qwen2.5-coder-0.5b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pantheon.core.work.discover import failing_test_jobs
+from pantheon.core.work.realbugs import (
+    LIBRARIES,
+    SEED,
+    RealBug,
+    bug_repo,
+    fetch,
+    lay_out,
+    plant,
+    read_bugs,
+    write_bugs,
+)
+from pantheon.core.work.suite import run_suite
+from pantheon.core.work.testcmd import resolve_test_command
+
+CACHE = Path.home() / ".cache" / "pantheon" / "realbugs"
+
+
+def _bugs(name: str, cache: Path, count: int, seed: int) -> tuple[Path, list[RealBug]]:
+    lib = LIBRARIES[name]
+    repo = lay_out(lib, fetch(lib, cache / "sdists"), cache / f"{name}-{lib.version}")
+    saved = cache / f"{name}-{lib.version}-seed{seed}-{count}.jsonl"
+    if saved.is_file():
+        return repo, read_bugs(saved)
+    t0 = time.perf_counter()
+    bugs = plant(
+        lib,
+        repo,
+        resolve_test_command(repo),
+        count=count,
+        seed=seed,
+        progress=lambda s: print(f"  {s}", end="\r", file=sys.stderr),
+    )
+    print(
+        f"  {name}: {len(bugs)} bugs planted in {time.perf_counter() - t0:.0f} s", file=sys.stderr
+    )
+    write_bugs(saved, bugs)
+    return repo, bugs
+
+
+def _placement(repo: Path, bugs: list[RealBug], tmp: Path) -> dict[str, float]:
+    files = top1 = top3 = right_file = 0
+    seconds = 0.0
+    misses = []
+    for n, bug in enumerate(bugs):
+        clone = bug_repo(repo, bug, tmp / f"place{n}")
+        t0 = time.perf_counter()
+        found = failing_test_jobs(clone, resolve_test_command(clone))
+        seconds += time.perf_counter() - t0
+        jobs = {j["test"]: j for j in found.jobs}
+        for test_file in sorted({t.split("::", 1)[0] for t in bug.failing}):
+            files += 1
+            job = jobs.get(test_file)
+            if job is None:
+                misses.append(f"{bug.id}: {test_file} not placed")
+                continue
+            ranked = [(s["path"], s["name"]) for s in job.get("suspects", [])]
+            right_file += job["path"] == bug.path
+            top1 += ranked[:1] == [(bug.path, bug.function)]
+            top3 += (bug.path, bug.function) in ranked[:3]
+            if ranked[:1] != [(bug.path, bug.function)]:
+                misses.append(f"{bug.id} in {bug.function}: {test_file} -> {ranked[:3]}")
+    for line in misses[:8]:
+        print(f"    miss: {line}", file=sys.stderr)
+    return {
+        "bugs": len(bugs),
+        "test_files": files,
+        "right_file": right_file,
+        "top1": top1,
+        "top3": top3,
+        "discovery_s": round(seconds / max(1, len(bugs)), 2),
+    }
+
+
+def _night(
+    repo: Path, bugs: list[RealBug], tmp: Path, model: str | None, code_model: str | None
+) -> dict[str, float]:
+    from pantheon.console.cli import main as pantheon
+
+    fixed = regressions_merged = refused = nights = 0
+    wall = 0.0
+    tokens = 0
+    for n, bug in enumerate(bugs):
+        clone = bug_repo(repo, bug, tmp / f"night{n}")
+        command = resolve_test_command(clone)
+        before = run_suite(command, repo, timeout_s=600)
+        passing_before = {t.test for t in before.passed}
+        artifacts = tmp / f"artifacts{n}"
+        argv = ["night", "--repo", str(clone), "--headless", "--no-docs", "--artifacts"]
+        argv += [str(artifacts), "--concurrency", "2"]
+        if model:
+            argv += ["--model", model]
+        if code_model:
+            argv += ["--code-model", code_model]
+        t0 = time.perf_counter()
+        pantheon(argv)
+        wall += time.perf_counter() - t0
+        nights += 1
+        subprocess.run(["git", "checkout", "-q", "main"], cwd=clone, check=True)
+        after = run_suite(command, clone, timeout_s=600)
+        outcome = {t.test: t.outcome for t in after.tests.values()}
+        if all(outcome.get(t) == "passed" for t in bug.failing):
+            fixed += 1
+        broken = [t for t in passing_before if outcome.get(t) != "passed"]
+        regressions_merged += bool(set(broken) - set(bug.failing))
+        for out in artifacts.glob("runs/codefix-*/test/output.json"):
+            checks = json.loads(out.read_text()).get("checks", {})
+            refused += checks.get("no other test broken") is False
+        for calls in artifacts.glob("runs/**/calls.jsonl"):
+            for line in calls.read_text().splitlines():
+                tokens += int(json.loads(line).get("completion_tokens") or 0)
+    return {
+        "nights": nights,
+        "fixed_merged": fixed,
+        "regressions_merged": regressions_merged,
+        "refused_by_regression_gate": refused,
+        "wall_s_per_fix": round(wall / max(1, fixed), 1),
+        "tokens_per_fix": round(tokens / max(1, fixed)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--libraries", nargs="+", default=sorted(LIBRARIES), choices=sorted(LIBRARIES))
+    p.add_argument("--count", type=int, default=40, help="bugs planted a library (default 40)")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--night", type=int, default=0, metavar="N", help="run the night on N bugs")
+    p.add_argument("--model", default=None, help="the night's --model")
+    p.add_argument("--code-model", default=None, help="the night's --code-model")
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="pantheon-realbugs-") as tmp:
+        for name in args.libraries:
+            repo, bugs = _bugs(name, args.cache, args.count, args.seed)
+            place = _placement(repo, bugs, Path(tmp))
+            print(
+                f"{name}: {place['bugs']} bugs, {place['test_files']} failing test files; "
+                f"placed on the right file {place['right_file']}, on the right function "
+                f"{place['top1']} (top-1), {place['top3']} (top-3); "
+                f"discovery {place['discovery_s']} s a repository"
+            )
+            results[name] = {"placement": place}
+            if args.night:
+                night = _night(repo, bugs[: args.night], Path(tmp), args.model, args.code_model)
+                print(
+                    f"{name}: night on {night['nights']} bugs: fixed and merged "
+                    f"{night['fixed_merged']}, regressions merged {night['regressions_merged']}, "
+                    f"candidates refused for breaking another test "
+                    f"{night['refused_by_regression_gate']}; {night['wall_s_per_fix']} s and "
+                    f"{night['tokens_per_fix']} generated tokens a fix"
+                )
+                results[name]["night"] = night
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
