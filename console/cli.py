@@ -13,7 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 from pantheon.console import learn_cli
-from pantheon.console.commands import console, doctor, flows, models, night, queue, report, serve
+from pantheon.console.commands import (
+    console,
+    doctor,
+    flows,
+    models,
+    night,
+    queue,
+    report,
+    serve,
+    stop,
+)
 from pantheon.console.commands.common import artifacts_arg
 from pantheon.console.commands.night import _night_learn as _night_learn
 from pantheon.core import PantheonError
@@ -33,6 +43,7 @@ examples:
   pantheon engine --until-empty               drain the queue headless, then stop
   pantheon control --concurrency 8            change c while the night runs
   pantheon status                             where the night stands
+  pantheon stop                               stop the night (its jobs in flight finish)
   pantheon console                            watch and steer the night (attach any time)
   pantheon report                             the morning report: summary.json, report.html
   pantheon traces mine                        the night's green work -> training data
@@ -52,6 +63,7 @@ PARSERS: tuple[Callable[[Any], None], ...] = (
     serve.add_serve,
     models.add_models,
     queue.add_retry,
+    stop.add_stop,
     doctor.add_doctor,
 )
 """Each command's parser, in the order ``pantheon --help`` lists them (the learn loop's last)."""
@@ -65,6 +77,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "agents": flows.cmd_agents,
     "control": queue.cmd_control,
     "retry": queue.cmd_retry,
+    "stop": stop.cmd_stop,
     "doctor": doctor.cmd_doctor,
     "console": console.cmd_console,
     "report": report.cmd_report,

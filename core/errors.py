@@ -22,8 +22,13 @@ EXIT_DISK_FULL = 75
 """The exit code of a night that stopped because its disk stayed full (``EX_TEMPFAIL``: run it
 again when there is room; the jobs left resume where they were)."""
 
+EXIT_INTERRUPTED = 130
+"""The exit code of a night stopped by the operator (a signal, ``pantheon stop``) before its
+queue was empty: as a shell reports an interrupted command. The jobs left resume next time."""
+
 __all__ = [
     "EXIT_DISK_FULL",
+    "EXIT_INTERRUPTED",
     "AgentError",
     "ArtifactError",
     "ConfigError",

@@ -25,6 +25,7 @@ from pantheon.console.commands.common import (
 from pantheon.console.commands.prepare import code_model, prepare_night
 from pantheon.core.errors import ConfigError
 from pantheon.core.model.files import DEFAULT_MODEL
+from pantheon.core.run.deadline import parse_until
 from pantheon.core.run.night import (
     DEFAULT_CODE_MODEL,
     NightSettings,
@@ -34,6 +35,7 @@ from pantheon.core.run.night import (
     run_night,
     write_closing,
 )
+from pantheon.core.run.nightlock import NightRunning, night_holder
 from pantheon.core.store.layout import NIGHT_LOG
 
 log = logging.getLogger("pantheon")
@@ -139,6 +141,12 @@ def add_night(sub: Any) -> None:
         "--keep-server", action="store_true", help="leave the model server running afterwards"
     )
     p.add_argument(
+        "--until",
+        metavar="HH:MM",
+        help="be done by then (the next HH:MM, or an ISO date and time): no job starts that the "
+        "time a job has taken so far says cannot finish by then; the jobs left stay queued",
+    )
+    p.add_argument(
         "--headless",
         action="store_true",
         help="no console: run the night in the foreground and print the figures at the end",
@@ -176,6 +184,10 @@ def served_backend(args: argparse.Namespace) -> str:
 
 
 def cmd_night(args: argparse.Namespace) -> int:
+    holder = night_holder(args.artifacts)
+    if holder is not None:  # before any test runs or job is queued
+        raise NightRunning(args.artifacts, holder)
+    args.until_at = parse_until(args.until) if args.until else None
     _night_models(args)
     if args.concurrency is None and args.demo and not args.endpoint:
         args.concurrency = "auto"
@@ -239,7 +251,7 @@ def _night_with_console(args: argparse.Namespace) -> int:
             f"The night goes on in the background (pid {night.pid}; log {log_path}).\n"
             f"  pantheon console --artifacts {args.artifacts}   watch it again\n"
             f"  pantheon status --artifacts {args.artifacts}    where it stands\n"
-            f"  kill -INT {night.pid}                         stop it gracefully"
+            f"  pantheon stop --artifacts {args.artifacts}      stop it (its jobs in flight finish)"
         )
         return 0
     print(_night_closing(args.artifacts, log_path, start))
@@ -277,6 +289,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         servers=args.servers,
         speculative=args.speculative,
         cpu_share=args.cpu_share,
+        until=args.until_at,
     )
     result = run_night(settings)
     code = result.exit_code

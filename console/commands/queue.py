@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pantheon.console.commands.common import (
     artifacts_arg,
@@ -32,6 +33,9 @@ from pantheon.core import (
 )
 from pantheon.core.store.control import ControlFile
 
+if TYPE_CHECKING:
+    from pantheon.core.run.deadline import Deadline
+
 log = logging.getLogger("pantheon")
 
 
@@ -49,6 +53,18 @@ def add_engine(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--until-empty", action="store_true", help="stop when the queue is empty")
+    p.add_argument(
+        "--until",
+        metavar="HH:MM",
+        help="be done by then: no job starts that the time a job has taken so far says cannot "
+        "finish by then, and the engine stops when its last job is done",
+    )
+    p.add_argument(
+        "--join",
+        action="store_true",
+        help="drain alongside the night or engine already running on ARTIFACTS (refused "
+        "otherwise, with its pid)",
+    )
     p.add_argument(
         "--concurrency", type=int, metavar="C", help="set c in control.json before starting"
     )
@@ -187,6 +203,16 @@ def _engine_sandbox(args: argparse.Namespace) -> None:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
+    from pantheon.core.run.deadline import Deadline, parse_until
+    from pantheon.core.run.nightlock import NightLock
+
+    deadline = Deadline(parse_until(args.until)) if args.until else None
+    lock = contextlib.nullcontext() if args.join else NightLock(args.artifacts, "engine")
+    with lock:  # NightRunning, with the pid, when a night drains ARTIFACTS already
+        return _engine(args, deadline)
+
+
+def _engine(args: argparse.Namespace, deadline: Deadline | None) -> int:
     from pantheon.core.run.night import adapters_in_use, connect, drive
 
     _engine_sandbox(args)
@@ -208,6 +234,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
             llm=llm,
             metrics_every_s=args.sample_every,
             metrics_port=args.metrics_port,
+            deadline=deadline,
             **gates(args).engine_kwargs(),
             adapters=await adapters_in_use(args.artifacts, llm),
         )

@@ -33,11 +33,12 @@ from typing import Any, TypeVar
 
 from pantheon.core.agents.base import AgentRegistry
 from pantheon.core.agents.builtin import default_registry
-from pantheon.core.errors import ArtifactError, PantheonError, QueueError
+from pantheon.core.errors import EXIT_INTERRUPTED, ArtifactError, PantheonError, QueueError
 from pantheon.core.model.client import LLMClient
 from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter
 from pantheon.core.observe.tuning import ConcurrencyTuner
 from pantheon.core.ratelog import RepeatLog
+from pantheon.core.run.deadline import Deadline
 from pantheon.core.run.outcomes import EngineOutcomes
 from pantheon.core.run.runner import JobOutcome, Runner
 from pantheon.core.run.safety import EngineSafety
@@ -111,6 +112,7 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         disk_check_every_s: float = 5.0,
         disk_wait_s: float = 600.0,
         tuner: ConcurrencyTuner | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -156,6 +158,9 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         self.disk_wait_s = disk_wait_s
         """How long an ``until_empty`` night waits for room on a full disk before it stops
         with ``EXIT_DISK_FULL``."""
+        self.deadline = deadline
+        """``--until``: no job starts that cannot finish by then, by the service time measured."""
+        self._out_of_time = False
         self.tuner = tuner
         """``--concurrency auto``: sets c from the throughput measured at each c (until the
         operator sets it)."""
@@ -324,6 +329,8 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                     self._tasks, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
+                    if self.deadline is not None:
+                        self.deadline.finished(self._tasks[task].id)
                     self._finish(task)
                 if done:
                     await self.io(self._record, queue)
@@ -357,6 +364,11 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
             else:
                 self._paused_logged = False
                 free = control.concurrency - len(running)
+            if free > 0 and self.deadline is not None and not self.deadline.allows():
+                free = 0
+                if not self._out_of_time:
+                    log.info("no job starts any more: %s", self.deadline.why(queue.pending()))
+                self._out_of_time = True
             now = time.monotonic()
             if now - self._renewed_at > self.lease_s / 3:
                 queue.renew(self.owner, running, lease_s=self.lease_s)
@@ -367,6 +379,9 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                 self._progress_at = now
             idle = not running and not self._unrecorded
             if self.until_empty and idle and queue.pending() == 0:
+                return None
+            if idle and self._out_of_time and self.deadline is not None:
+                self.stats.exit_reason = self.deadline.why(queue.pending())
                 return None
         except QueueError as exc:
             self._queue_trouble(exc)
@@ -387,6 +402,8 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
             self.runner.current[job.id] = job.next_agent
             task = asyncio.create_task(self.runner.run(job), name=f"job-{job.id}")
             self._tasks[task] = job
+            if self.deadline is not None:
+                self.deadline.started(job.id)
 
     def _claim_jobs(self, queue: JobQueue, free: int, prefer: list[str]) -> list[Job]:
         assert self.runner is not None
@@ -459,3 +476,12 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
             )
         if released:
             log.info("gave %d unfinished job(s) back to the queue", released)
+        if self._stopping and self.until_empty and not self.stats.exit_code:
+            with contextlib.suppress(QueueError):
+                left = await self.io(queue.pending)
+                if left:
+                    self.stats.exit_code = EXIT_INTERRUPTED
+                    self.stats.exit_reason = (
+                        f"stopped before the queue was empty: {left} job(s) left, they resume "
+                        "next time"
+                    )

@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,8 +32,10 @@ from pantheon.core.model.pool import ServerPool
 from pantheon.core.model.turns import CpuTurns
 from pantheon.core.observe.status import status_text
 from pantheon.core.run.connect import Endpoint, adapter_files, adapters_in_use, connect, pool_of
+from pantheon.core.run.deadline import Deadline
 from pantheon.core.run.demo import agent_figures, night_figures
 from pantheon.core.run.engine import Engine, EngineStats
+from pantheon.core.run.nightlock import NightLock
 from pantheon.core.store.atomic import atomic_write_text
 from pantheon.core.store.control import ControlFile
 from pantheon.core.store.layout import NIGHT_FIGURES_FILE
@@ -138,6 +141,8 @@ async def drive(engine: Engine, stop: Stopper | None = None) -> EngineStats:
         stats.nodes_skipped,
         stats.elapsed,
     )
+    if stats.exit_reason:
+        log.warning("%s (exit code %d)", stats.exit_reason, stats.exit_code)
     return stats
 
 
@@ -192,6 +197,8 @@ class NightSettings:
     (the CPU's cores shared out between them)."""
     speculative: Speculation = "ngram"
     """The embedded llama.cpp servers' n-gram speculation (:attr:`ServerConfig.speculative`)."""
+    until: datetime | None = None
+    """``--until``: the time the night must be done by (:mod:`pantheon.core.run.deadline`)."""
     cpu_share: Literal["auto", "turns", "split"] = "auto"
     """How the embedded servers of two models (the writers' and the others') share this
     machine's CPU: ``turns`` — each gets every core and they compute one at a time
@@ -215,6 +222,8 @@ class NightResult:
 
     exit_code: int
     """0, 1 when a model server was lost, or the engine's own code."""
+    reason: str | None
+    """Why the night ended before its queue was empty (stopped, out of time, a full disk)."""
     repo: Path
     wall_s: float
     figures: str | None
@@ -226,7 +235,8 @@ class NightResult:
 
     @property
     def wall_line(self) -> str:
-        return f"wall time  {self.wall_s:.0f} s; the repository: {self.repo}"
+        line = f"wall time  {self.wall_s:.0f} s; the repository: {self.repo}"
+        return line + (f"\nended early: {self.reason}" if self.reason else "")
 
 
 def run_night(settings: NightSettings) -> NightResult:
@@ -234,7 +244,8 @@ def run_night(settings: NightSettings) -> NightResult:
     are in the result and, when they could be read, in ``night-figures.txt``."""
     started = time.monotonic()
     lost: list[PantheonError] = []
-    code = asyncio.run(_serve_and_drain(settings, lost))
+    with NightLock(settings.artifacts, "night"):  # NightRunning when one drains it already
+        code, reason = asyncio.run(_serve_and_drain(settings, lost))
     figures: str | None = None
     problem: PantheonError | None = None
     try:
@@ -243,6 +254,7 @@ def run_night(settings: NightSettings) -> NightResult:
         problem = exc
     result = NightResult(
         exit_code=code,
+        reason=reason,
         repo=settings.repo,
         wall_s=time.monotonic() - started,
         figures=figures,
@@ -330,7 +342,9 @@ def check_servable(settings: NightSettings) -> None:
         server.command(server.model_path())
 
 
-async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -> int:
+async def _serve_and_drain(
+    settings: NightSettings, lost: list[PantheonError]
+) -> tuple[int, str | None]:
     from pantheon.core.model.lifecycle import served
 
     artifacts = settings.artifacts
@@ -344,6 +358,7 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
         default_registry(),
         until_empty=True,
         tuner=ConcurrencyTuner(start=concurrency) if settings.auto_concurrency else None,
+        deadline=Deadline(settings.until) if settings.until is not None else None,
         **settings.gates.engine_kwargs(),
     )
     stop = Stopper(engine)
@@ -415,7 +430,7 @@ async def _serve_and_drain(settings: NightSettings, lost: list[PantheonError]) -
                     )
                 )
             stats = await drive(engine, stop)
-            return 1 if lost else stats.exit_code
+            return (1 if lost else stats.exit_code), stats.exit_reason
     finally:
         for client in clients:
             await client.aclose()
