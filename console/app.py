@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual.app import App, SystemCommand
+from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
@@ -30,6 +30,7 @@ from textual.screen import Screen
 from pantheon.core.errors import PantheonError
 from pantheon.core.learn.files import MIN_EXAMPLES, list_trainings, training_root
 from pantheon.core.observe.watch import ArtifactChanges, ArtifactsWatcher
+from pantheon.core.run.nightlock import night_holder, stop_night
 from pantheon.core.store.control import Control, ControlFile
 from pantheon.core.store.queue import JobSummary
 from pantheon.core.views.night import NightView
@@ -37,6 +38,7 @@ from pantheon.core.views.night import NightView
 from .dashboard import DashboardScreen
 from .dialogs import ConfirmScreen, HelpScreen
 from .launch import launch_training
+from .palette import night_commands
 from .training_screen import TrainingScreen
 
 __all__ = ["NightChanged", "NightSnapshot", "PantheonConsole"]
@@ -110,6 +112,7 @@ class PantheonConsole(App[None]):
         Binding("r", "review", "Review"),
         Binding("t", "training", "Training"),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("S", "stop_night", "Stop night", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -149,6 +152,8 @@ class PantheonConsole(App[None]):
         """The night's own process, when this console was opened by ``pantheon night``."""
         self.night_log = night_log
         self._night_ended: int | None = None
+        self._stop_asked = False
+        """The operator stopped the night once: S again cancels its jobs in flight."""
         self.training_launcher: Callable[[list[str], Path], object] = launch_training
         """Starts a training's command (argv) with its output in a log file; tests replace it."""
         self._launched: dict[str, subprocess.Popen[bytes]] = {}
@@ -295,7 +300,7 @@ class PantheonConsole(App[None]):
 
     # -- controls ---------------------------------------------------------------------------
 
-    def _control(self) -> Control:
+    def current_control(self) -> Control:
         return self.snapshot.control if self.snapshot else Control()
 
     def write_control(self, **changes: object) -> Control | None:
@@ -327,7 +332,7 @@ class PantheonConsole(App[None]):
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def action_toggle_merges(self) -> None:
-        if self._control().merges_paused:
+        if self.current_control().merges_paused:
             self.push_screen(
                 ConfirmScreen(
                     "Resume merges?",
@@ -348,7 +353,7 @@ class PantheonConsole(App[None]):
             )
 
     def action_toggle_queue(self) -> None:
-        if self._control().queue_paused:
+        if self.current_control().queue_paused:
             self.write_control(queue_paused=False)
             self.notify("queue resumed: the engine claims jobs again")
         else:
@@ -365,7 +370,7 @@ class PantheonConsole(App[None]):
         return self.write_control(**{f"{what}_paused": True, f"{what}_paused_reason": BY_OP})
 
     def action_concurrency(self, step: int) -> None:
-        c = self._control().concurrency + step
+        c = self.current_control().concurrency + step
         if c < 1:
             self.notify("concurrency is already 1", severity="warning")
             return
@@ -454,35 +459,28 @@ class PantheonConsole(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Any:
         yield from super().get_system_commands(screen)
-        c = self._control()
-        yield SystemCommand(
-            "Resume merges" if c.merges_paused else "Pause merges",
-            "Merge gate: merge passing changes, or keep them for the morning review (m)",
-            self.action_toggle_merges,
-        )
-        yield SystemCommand(
-            "Resume the queue" if c.queue_paused else "Pause the queue",
-            "Stop or restart claiming new jobs; running ones finish (p)",
-            self.action_toggle_queue,
-        )
-        yield SystemCommand(
-            "Concurrency up",
-            f"Run one more job at once (c = {c.concurrency}) (+)",
-            lambda: self.action_concurrency(1),
-        )
-        yield SystemCommand(
-            "Concurrency down",
-            f"Run one job fewer at once (c = {c.concurrency}) (-)",
-            lambda: self.action_concurrency(-1),
-        )
-        yield SystemCommand(
-            "Morning review",
-            "The changes that wait: diffs, tests, reviews; merge or reject them (r)",
-            self.action_review,
-        )
-        yield SystemCommand(
-            "Training",
-            "Each agent's mined data, promoted adapter and latest training; train one (t)",
-            self.action_training,
-        )
-        yield SystemCommand("Help", "Keys and what the figures mean (?)", self.action_help)
+        yield from night_commands(self)
+
+    def action_stop_night(self) -> None:
+        holder = night_holder(self.artifacts)
+        if holder is None:
+            self.notify("no night is running on these artifacts", severity="warning")
+        elif self._stop_asked:
+            stop_night(self.artifacts, hard=True)
+            self.notify("cancelling the jobs in flight: they resume next time")
+        else:
+            self.push_screen(
+                ConfirmScreen(
+                    "Stop the night?",
+                    f"The {holder.line()} stops: its jobs in flight finish, then its model "
+                    "servers stop; the jobs left wait in the queue for the next night. "
+                    "S again cancels the jobs in flight.",
+                    yes="Stop the night",
+                ),
+                lambda ok: ok and self._stop_night(),
+            )
+
+    def _stop_night(self) -> None:
+        if stop_night(self.artifacts) is not None:
+            self._stop_asked = True
+            self.notify("the night is stopping: its jobs in flight finish first")

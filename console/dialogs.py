@@ -65,6 +65,7 @@ The console watches the artifacts directory. Closing it never touches the night:
 | `+` / `-` | run one job more or fewer at once (concurrency c) |
 | `r` | the morning review: the changes that wait, with their diff, tests and reviews |
 | `t` | training: each agent's mined data, promoted adapter and latest training |
+| `S` | stop the night: jobs in flight finish, the rest wait (asks first; again: cancel them) |
 | `ctrl+p` | the command palette: every action by name |
 | `?` | this page |
 | `q` | quit the console (the night goes on) |
@@ -72,10 +73,11 @@ The console watches the artifacts directory. Closing it never touches the night:
 In a run: `o` output, `i` input, `e` error, `c` model calls; arrows pick the node.
 
 In the review: `a` merges the change (a real git merge into its target branch; a conflict is
-refused with its files), `x` rejects it (its branch is kept as `pantheon/rejected/...`), `o`
-opens its run, `w` shows all changes or only the waiting ones, `f` the failed runs. Both ask
-first, and every decision is written to `decisions.jsonl`, which the report and the trainer
-read: a rejected change never becomes training data.
+refused with its files), `x` rejects it (its branch is kept as `pantheon/rejected/...`), `u`
+reverts a merged one (a new commit on its target branch undoes its merge), `o` opens its run,
+`w` shows all changes or only the waiting ones, `f` the failed runs. Each asks first, and every
+decision is written to `decisions.jsonl`, which the report and the trainer read: a rejected or
+reverted change never becomes training data.
 
 In training: arrows pick the agent; below it, its latest training's progress, loss curve and
 evaluation. `s` (or `enter`) trains an adapter for it in the background, after asking: the night

@@ -16,7 +16,7 @@ from textual.widgets.option_list import Option
 
 from pantheon.core.errors import PantheonError
 from pantheon.core.morning.report import build_summary
-from pantheon.core.morning.review import Change, merge_by_hand, reject
+from pantheon.core.morning.review import Change, merge_by_hand, reject, revert
 from pantheon.core.views.night import load_run
 from pantheon.core.work.git import GitRepo
 from pantheon.widgets.json_view import JsonView
@@ -29,16 +29,23 @@ if TYPE_CHECKING:
 
 __all__ = ["ReviewScreen"]
 
-STATE_MARK = {"waiting": ("●", "yellow"), "merged": ("✓", "green"), "rejected": ("✗", "red")}
+STATE_MARK = {
+    "waiting": ("●", "yellow"),
+    "merged": ("✓", "green"),
+    "rejected": ("✗", "red"),
+    "reverted": ("↺", "magenta"),
+}
 
 
 class ReviewScreen(ConsoleScreen):
-    """Waiting changes first; ``a`` merges (for real), ``x`` rejects, ``f`` shows failures."""
+    """Waiting changes first; ``a`` merges (for real), ``x`` rejects, ``u`` reverts a merged
+    one, ``f`` shows failures."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("a", "merge", "Merge"),
         Binding("x", "reject", "Reject"),
+        Binding("u", "revert", "Revert"),
         Binding("o", "open_run", "Open run"),
         Binding("f", "toggle_failures", "Failures"),
         Binding("w", "toggle_all", "All / waiting"),
@@ -97,7 +104,7 @@ class ReviewScreen(ConsoleScreen):
         self.query_one("#review-head", Static).update(Text(why, style="red"))
 
     def _show_lists(self, summary: dict[str, Any]) -> None:
-        order = {"waiting": 0, "rejected": 1, "merged": 2}
+        order = {"waiting": 0, "rejected": 1, "merged": 2, "reverted": 3}
         self.changes = sorted(
             summary["changes"], key=lambda c: (order.get(c["state"], 3), c["job"])
         )
@@ -121,9 +128,11 @@ class ReviewScreen(ConsoleScreen):
             head.append(f"{waiting} change(s) waiting", style="bold yellow" if waiting else "bold")
             merged = sum(c["state"] == "merged" for c in self.changes)
             rejected = sum(c["state"] == "rejected" for c in self.changes)
+            reverted = sum(c["state"] == "reverted" for c in self.changes)
             head.append(f" · {merged} merged · {rejected} rejected")
+            head.append(f" · {reverted} reverted" if reverted else "")
             head.append(
-                "  ·  a: merge  x: reject  w: "
+                "  ·  a: merge  x: reject  u: revert  w: "
                 + ("show all" if self.only_waiting else "only waiting")
                 + "  f: failures"
             )
@@ -174,7 +183,11 @@ class ReviewScreen(ConsoleScreen):
             diff = ""
         else:
             try:
-                diff = GitRepo(item["repo"]).diff(item["branch"], item["target"])
+                repo = GitRepo(item["repo"])
+                if item["state"] in ("merged", "reverted") and item.get("commit"):
+                    diff = repo.merged_diff(item["commit"])  # what its merge brought in
+                else:
+                    diff = repo.diff(item["branch"], item["target"])
             except PantheonError as exc:
                 diff = exc
         self.app.call_from_thread(self._show_item, item, run, diff)
@@ -271,19 +284,44 @@ class ReviewScreen(ConsoleScreen):
             lambda ok: ok and self._decide("reject", change),
         )
 
+    def action_revert(self) -> None:
+        item = self._current()
+        if self.showing != "changes" or item is None or item["state"] != "merged":
+            what = f"{item['run']} is {item['state']}" if item else "no change picked"
+            self.notify(f"{what}: only a merged change can be reverted", severity="warning")
+            return
+        change = Change(**{**item, "reviews": tuple(item.get("reviews") or (None, None))})
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Revert {change.branch}?",
+                f"A new commit on {change.target} of {change.repo} undoes its merge "
+                f"({(change.commit or '')[:10]}); the change never becomes training data.",
+                yes="Revert",
+            ),
+            lambda ok: ok and self._decide("revert", change),
+        )
+
     @work(thread=True, group="review-decide")
     def _decide(self, what: str, change: Change) -> None:
-        """A real git merge or branch rename: in a thread, so the screen never freezes."""
+        """A real git merge, revert or branch rename: in a thread, so the screen never
+        freezes."""
         try:
             if what == "merge":
                 d = merge_by_hand(self.console.artifacts, change, by="operator")
                 done = f"merged {change.branch} into {change.target} ({(d.commit or '')[:10]})"
+            elif what == "revert":
+                d = revert(self.console.artifacts, change, by="operator")
+                done = f"reverted {change.branch} on {change.target} ({(d.commit or '')[:10]})"
             else:
                 d = reject(self.console.artifacts, change, by="operator")
                 done = f"rejected {change.run}; its branch is kept as {d.kept_as}"
         except PantheonError as exc:
             self.app.call_from_thread(
-                self.notify, exc.message, title=f"not {what}d", severity="error", timeout=15
+                self.notify,
+                exc.message,
+                title=f"not {what.rstrip('e')}ed",
+                severity="error",
+                timeout=15,
             )
             return
         self.app.call_from_thread(self.notify, done)

@@ -98,6 +98,36 @@ async def test_merge_and_reject_for_real_from_the_screen(night, repo):
         assert len(listed(screen)) == 4
 
 
+async def test_a_merged_change_shows_what_it_merged_and_is_reverted_for_real(night, repo):
+    app = PantheonConsole(night, watch=False)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_review(pilot)
+        await pilot.press("a", "y")  # merge docops-000001 by hand
+        await settle(pilot)
+        assert "title: A title" in git(repo, "show", "main:docs/doc0.md")
+        await pilot.press("w")  # all changes: the merged one is listed last
+        await settle(pilot)
+        screen._selected = "docops-000001"
+        screen.show_item()
+        await settle(pilot)
+        assert "+title: A title" in screen.shown_text, "a merged change shows its merge's diff"
+        await pilot.press("u")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert "title: A title" not in git(repo, "show", "main:docs/doc0.md")
+        assert "Revert pantheon/docops/1" in git(repo, "log", "-1", "--format=%s", "main")
+        lines = [json.loads(x) for x in (night / DECISIONS_FILE).read_text().splitlines()]
+        assert [(d["run"], d["action"]) for d in lines] == [
+            ("docops-000001", "merged"),
+            ("docops-000001", "reverted"),
+        ]
+        assert "1 reverted" in head(screen)
+        await pilot.press("u")  # only a merged change can be reverted
+        await settle(pilot)
+        assert any("only a merged change" in n.message for n in app._notifications)
+
+
 async def test_a_conflict_is_refused_on_screen_and_nothing_is_recorded(night, repo):
     doc = repo / "docs" / "doc0.md"
     doc.write_text("---\ntitle: Someone else's\n---\n" + doc.read_text())

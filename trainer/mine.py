@@ -263,8 +263,8 @@ def _mine_job(
     if verdict == "green" and record.status != "done":
         verdict = "failed"
     decision = decisions.get(job.run_name)
-    if verdict == "green" and decision is not None and decision.action == "rejected":
-        verdict = "rejected"
+    if verdict == "green" and decision is not None and decision.action != "merged":
+        verdict = decision.action  # rejected or reverted by the operator: never learnt from
     if verdict != "green":
         return leave(verdict)
     gave = False

@@ -37,8 +37,9 @@ run's ``run.json`` and the outputs of its test, review and merge nodes, ``decisi
     the samples over time, at most 400 points: ``t`` (epoch s), ``depth``, ``running``, ``done``,
     ``rho``, ``kappa``, ``tokens_per_s``, ``batch``.
 ``changes``
-    one per change: run, job, flow, branch, target, repo, state (merged / waiting / rejected),
-    reason, tests, reviews, files, added, removed, commit, decided_by, decided_at, failed_node.
+    one per change: run, job, flow, branch, target, repo, state (merged / waiting / rejected /
+    reverted), reason, tests, reviews, files, added, removed, commit, decided_by, decided_at,
+    failed_node, reverted_by.
 ``failures``
     one per failed run: run, job, flow, node, agent, error, artifact.
 ``corrupt``
@@ -343,6 +344,7 @@ def build_summary(
             "merged": states["merged"],
             "waiting": states["waiting"],
             "rejected": states["rejected"],
+            "reverted": states["reverted"],
             "tokens_per_s": _spread([(s.get("tokens") or {}).get("generated") for s in samples]),
             "prompt_cache": _prompt_cache(samples),
             "batch": _spread([(s.get("batch") or {}).get("value") for s in samples]),

@@ -106,9 +106,11 @@ def _changes(changes: list[dict[str, Any]]) -> str:
     if not changes:
         return '<p class="muted">No change was made.</p>'
     rows = []
-    order = {"waiting": 0, "rejected": 1, "merged": 2}
+    order = {"waiting": 0, "rejected": 1, "merged": 2, "reverted": 3}
     for c in sorted(changes, key=lambda c: (order.get(c["state"], 3), c["job"])):
-        cls = {"merged": "good", "waiting": "warn", "rejected": "bad"}.get(c["state"], "")
+        cls = {"merged": "good", "waiting": "warn", "rejected": "bad", "reverted": "bad"}.get(
+            c["state"], ""
+        )
         reviews = " ".join(
             "–" if r is None else ("pass" if r else "fail") for r in c.get("reviews") or []
         )

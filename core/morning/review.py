@@ -4,8 +4,9 @@ A *change* is a run that worked on a branch of a target repository and got as fa
 the merge gate either merged it, or left it waiting (a reviewer said no, its tests failed, merges
 were paused, or it conflicts). The operator decides on the waiting ones: a merge is a real git
 merge into the target branch (refused, with the files, on a conflict); a reject keeps the branch
-under ``pantheon/rejected/...``. Every decision is a line of ``decisions.jsonl``, which the report
-and the trainer read: a rejected change is never a green trace.
+under ``pantheon/rejected/...``. A merged change can be reverted: a commit on the target branch
+that undoes its merge. Every decision is a line of ``decisions.jsonl``, which the report and the
+trainer read: a rejected or reverted change is never a green trace.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "node_output",
     "read_decisions",
     "reject",
+    "revert",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class Decision(BaseModel):
 
     run: str
     job: int
-    action: Literal["merged", "rejected"]
+    action: Literal["merged", "rejected", "reverted"]
     by: str
     at: str
     why: str | None = None
@@ -64,7 +66,7 @@ class Decision(BaseModel):
     target: str
     repo: str
     commit: str | None = None
-    """The merge commit (merged)."""
+    """The merge commit (merged), or the commit that undid it (reverted)."""
     kept_as: str | None = None
     """The branch's new name (rejected)."""
 
@@ -92,7 +94,7 @@ class Change:
     branch: str
     target: str
     repo: str
-    state: Literal["merged", "waiting", "rejected"]
+    state: Literal["merged", "waiting", "rejected", "reverted"]
     reason: str
     tests: bool | None = None
     """Whether its tests passed (None: they did not run)."""
@@ -105,6 +107,8 @@ class Change:
     """``gate`` (the merge gate, in the night) or the operator's name."""
     decided_at: str | None = None
     failed_node: str | None = None
+    reverted_by: str | None = None
+    """The commit that undid its merge (reverted)."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -191,7 +195,10 @@ def apply_decision(change: dict[str, Any], decision: Decision) -> dict[str, Any]
         "decided_by": decision.by,
         "decided_at": decision.at,
         "reason": decision.why or f"{decision.action} by {decision.by}",
-        "commit": decision.commit or change.get("commit"),
+        "commit": change.get("commit")
+        if decision.action == "reverted"
+        else decision.commit or change.get("commit"),
+        "reverted_by": decision.commit if decision.action == "reverted" else None,
         "branch": decision.kept_as or change.get("branch"),
     }
 
@@ -291,4 +298,42 @@ def reject(artifacts: Path, change: Change, *, by: str = "operator", why: str = 
         except (OSError, PantheonError) as exc:
             repo.rename_branch(kept, change.branch)  # unrecorded: as if nothing happened
             raise ReviewError(f"cannot record the rejection of {change.run}: {exc}") from None
+    return decision
+
+
+def revert(artifacts: Path, change: Change, *, by: str = "operator", why: str = "") -> Decision:
+    """Undo a merged change: a commit on its target branch that reverts its merge commit;
+    ReviewError (nothing recorded, nothing changed) when it cannot."""
+    with locked(Path(artifacts) / ".decisions.lock"):
+        earlier, _ = read_decisions(artifacts)
+        if change.run in earlier and earlier[change.run].action == "reverted":
+            d = earlier[change.run]
+            raise ReviewError(f"{change.run} was already reverted by {d.by} at {d.at}")
+        if change.state != "merged" or not change.commit:
+            raise ReviewError(f"{change.run} is {change.state}, not merged: nothing to revert")
+        try:
+            repo = GitRepo(Path(change.repo))
+            commit = repo.revert(
+                change.commit,
+                change.target,
+                f"Revert {change.branch} (reverted by {by})" + (f": {why}" if why else ""),
+            )
+        except GitError as exc:
+            raise ReviewError(
+                f"cannot revert {change.branch} on {change.target}: {exc.message}",
+                hint="later changes touch the same lines: revert it by hand in the repository",
+            ) from None
+        decision = Decision(
+            run=change.run,
+            job=change.job,
+            action="reverted",
+            by=by,
+            at=datetime.now(UTC).isoformat(),
+            why=why or f"reverted by {by}",
+            branch=change.branch,
+            target=change.target,
+            repo=change.repo,
+            commit=commit,
+        )
+        _record(artifacts, decision)
     return decision

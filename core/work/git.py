@@ -10,6 +10,7 @@ which files; the branch waits for the morning review. Merges into one repository
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,6 +256,56 @@ class GitRepo:
         )
         self.git("update-ref", f"refs/heads/{into}", commit, old)
         return MergeResult(True, commit, [])
+
+    def merged_diff(self, commit: str) -> str:
+        """What a merge commit brought into its target: the diff from its first parent."""
+        return self.git("diff", "--no-color", f"{commit}^1", commit)
+
+    def revert(self, commit: str, into: str, message: str) -> str:
+        """A new commit on ``into`` that undoes ``commit`` (a merge: against its first parent);
+        GitError naming the files on a conflict, with nothing changed."""
+        with locked(self.common_dir / "pantheon-merge.lock"):
+            parents = self.git("rev-list", "--parents", "-n", "1", commit).split()[1:]
+            mainline = ["-m", "1"] if len(parents) > 1 else []
+            checked_out = self.worktrees().get(into)
+            if checked_out is not None:
+                if self.git("status", "--porcelain", "--untracked-files=no", cwd=checked_out):
+                    raise GitError(f"{checked_out} has uncommitted changes")
+                return self._revert_in(checked_out, commit, mainline, message)
+            old = self.tip(into)
+            with tempfile.TemporaryDirectory(prefix="pantheon-revert-") as tmp:
+                work = Path(tmp) / "work"
+                with self._worktree_lock():
+                    self.git("worktree", "add", "--detach", str(work), old)
+                try:
+                    new = self._revert_in(work, commit, mainline, message)
+                finally:
+                    self.remove_worktree(work)
+            self.git("update-ref", f"refs/heads/{into}", new, old)
+            return new
+
+    def _revert_in(self, work: Path, commit: str, mainline: list[str], message: str) -> str:
+        done = self._run("revert", "--no-commit", *mainline, commit, cwd=work, check=False)
+        if done.returncode != 0:
+            conflict = self.git("diff", "--name-only", "--diff-filter=U", cwd=work)
+            self._run("revert", "--abort", cwd=work, check=False)
+            files = ", ".join(f for f in conflict.splitlines() if f)
+            raise GitError(
+                f"cannot revert {commit[:10]}: "
+                + (f"conflict in {files}" if files else done.stderr.strip()[:300])
+            )
+        self.git(
+            "-c",
+            "user.name=Pantheon",
+            "-c",
+            "user.email=pantheon@localhost",
+            "commit",
+            "-q",
+            "-m",
+            message,
+            cwd=work,
+        )
+        return self.git("rev-parse", "HEAD", cwd=work)
 
     def remove_worktree(self, path: Path) -> None:
         with self._worktree_lock():
