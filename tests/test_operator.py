@@ -132,3 +132,48 @@ def test_the_lock_names_its_holder_and_refuses_a_second(tmp_path):
             NightLock(tmp_path, "engine").acquire()
         assert lock.path.is_file()
     assert night_holder(tmp_path) is None
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from pantheon.core.run.nightlock import host_cpu
+
+with host_cpu(Path(sys.argv[1]), on_wait=lambda h: None):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_night_on_the_host_waits_for_the_cpu_and_says_for_whom(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PANTHEON_CPU_LOCK", str(tmp_path / "cpu.lock"))
+    first = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path / "first")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout.readline().strip() == "holding"
+        artifacts = tmp_path / "second"
+        night = pantheon_popen(
+            "night", "--demo", "--headless", "--docs", "1", "--code", "0", "--model",
+            "smollm2-135m", "--concurrency", "1", "--artifacts", str(artifacts),
+        )  # fmt: skip
+        try:
+            said = ""
+            while "waits for it to end" not in said:
+                line = night.stderr.readline()
+                assert line, f"the night ended without waiting: {said}"
+                said += line
+            assert f"night pid {first.pid}" in said and str(tmp_path / "first") in said
+            assert night_holder(artifacts).pid == night.pid, "it holds its own artifacts"
+            first.kill()  # the first night ends: the second takes the CPU and goes on
+            first.wait(timeout=30)
+            _wait_for(lambda: (tmp_path / "cpu.lock").read_text().find(str(night.pid)) > 0)
+        finally:
+            night.terminate()
+            night.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.communicate(timeout=30)

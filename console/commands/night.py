@@ -141,6 +141,12 @@ def add_night(sub: Any) -> None:
         "--keep-server", action="store_true", help="leave the model server running afterwards"
     )
     p.add_argument(
+        "--share-cpu",
+        action="store_true",
+        help="start even while another night serves its models on this host's CPU (by default "
+        "this night waits for it to end: two at once starve each other)",
+    )
+    p.add_argument(
         "--until",
         metavar="HH:MM",
         help="be done by then (the next HH:MM, or an ISO date and time): no job starts that the "
@@ -290,6 +296,7 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         speculative=args.speculative,
         cpu_share=args.cpu_share,
         until=args.until_at,
+        share_cpu=args.share_cpu,
     )
     result = run_night(settings)
     code = result.exit_code

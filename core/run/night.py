@@ -15,6 +15,7 @@ model servers and the adapters each agent uses are in :mod:`~pantheon.core.run.c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ from pantheon.core.run.connect import Endpoint, adapter_files, adapters_in_use, 
 from pantheon.core.run.deadline import Deadline
 from pantheon.core.run.demo import agent_figures, night_figures
 from pantheon.core.run.engine import Engine, EngineStats
-from pantheon.core.run.nightlock import NightLock
+from pantheon.core.run.nightlock import NightHolder, NightLock, host_cpu
 from pantheon.core.store.atomic import atomic_write_text
 from pantheon.core.store.control import ControlFile
 from pantheon.core.store.layout import NIGHT_FIGURES_FILE
@@ -197,6 +198,8 @@ class NightSettings:
     (the CPU's cores shared out between them)."""
     speculative: Speculation = "ngram"
     """The embedded llama.cpp servers' n-gram speculation (:attr:`ServerConfig.speculative`)."""
+    share_cpu: bool = False
+    """Run even while another night serves its models on this host's CPU (both slower)."""
     until: datetime | None = None
     """``--until``: the time the night must be done by (:mod:`pantheon.core.run.deadline`)."""
     cpu_share: Literal["auto", "turns", "split"] = "auto"
@@ -244,7 +247,7 @@ def run_night(settings: NightSettings) -> NightResult:
     are in the result and, when they could be read, in ``night-figures.txt``."""
     started = time.monotonic()
     lost: list[PantheonError] = []
-    with NightLock(settings.artifacts, "night"):  # NightRunning when one drains it already
+    with NightLock(settings.artifacts, "night"), _cpu_of(settings):
         code, reason = asyncio.run(_serve_and_drain(settings, lost))
     figures: str | None = None
     problem: PantheonError | None = None
@@ -267,6 +270,23 @@ def run_night(settings: NightSettings) -> NightResult:
         except OSError as exc:  # a full disk, say: the night's own code says what went wrong
             log.warning("the closing figures are not saved: %s", exc)
     return result
+
+
+def _cpu_of(settings: NightSettings) -> contextlib.AbstractContextManager[object]:
+    """This host's CPU for the night's embedded servers: a night already serving on it is
+    waited for (:func:`~pantheon.core.run.nightlock.host_cpu`), unless ``share_cpu``."""
+    if settings.share_cpu or settings.endpoint.url or settings.backend == "vllm":
+        return contextlib.nullcontext()
+
+    def waiting(holder: NightHolder | None) -> None:
+        who = f"the {holder.line()} on {holder.artifacts}" if holder else "another night"
+        log.warning(
+            "%s serves its models on this host's CPU: this night waits for it to end, "
+            "rather than both starving on the same cores (--share-cpu runs both at once)",
+            who,
+        )
+
+    return host_cpu(settings.artifacts, on_wait=waiting)
 
 
 def closing_figures(artifacts: Path) -> str:

@@ -6,6 +6,11 @@ however it ends, and the holder's pid, host and start written inside. A second n
 same directory is refused with the first one's pid; ``pantheon stop`` reads the pid and sends
 it SIGTERM — the nodes in flight finish, then the servers stop — and a second stop cancels
 them (the engine's own graceful-then-hard stop).
+
+A night that serves its models on this host's CPU also holds the host's CPU lock
+(:func:`host_cpu`, in the temporary folder): two such nights at once would each start their
+servers on the same cores and starve each other, so a second one waits, saying for whom,
+until the first ends (``--share-cpu`` runs both at once anyway).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,15 +31,19 @@ from pathlib import Path
 from pantheon.core.errors import PantheonError
 
 __all__ = [
+    "CPU_LOCK",
     "NIGHT_LOCK",
     "NightHolder",
     "NightLock",
     "NightRunning",
+    "cpu_lock_path",
+    "host_cpu",
     "night_holder",
     "stop_night",
 ]
 
 NIGHT_LOCK = "night.lock"
+CPU_LOCK = "pantheon-cpu.lock"
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class NightHolder:
     started: str
     what: str
     """``night`` or ``engine``."""
+    artifacts: str = ""
 
     def line(self) -> str:
         at = self.started[11:16] if len(self.started) >= 16 else self.started
@@ -66,7 +78,13 @@ class NightRunning(PantheonError):
 def _read(path: Path) -> NightHolder | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return NightHolder(int(data["pid"]), str(data["host"]), str(data["started"]), data["what"])
+        return NightHolder(
+            int(data["pid"]),
+            str(data["host"]),
+            str(data["started"]),
+            str(data["what"]),
+            str(data.get("artifacts", "")),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -74,14 +92,14 @@ def _read(path: Path) -> NightHolder | None:
 class NightLock:
     """Held while a night runs (a context manager); NightRunning when another holds it."""
 
-    def __init__(self, artifacts: Path, what: str = "night") -> None:
+    def __init__(self, artifacts: Path, what: str = "night", path: Path | None = None) -> None:
         self.artifacts = Path(artifacts)
-        self.path = self.artifacts / NIGHT_LOCK
+        self.path = path or self.artifacts / NIGHT_LOCK
         self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,6 +111,7 @@ class NightLock:
             "host": socket.gethostname(),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "what": self.what,
+            "artifacts": str(self.artifacts.resolve()),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -111,6 +130,33 @@ class NightLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def cpu_lock_path() -> Path:
+    """The one lock of this host's CPU for the nights that serve models on it."""
+    return Path(os.environ.get("PANTHEON_CPU_LOCK") or Path(tempfile.gettempdir()) / CPU_LOCK)
+
+
+@contextlib.contextmanager
+def host_cpu(artifacts: Path, *, on_wait: Callable[[NightHolder | None], None], every_s=2.0):
+    """Hold this host's CPU for a night's embedded model servers: a second night on the host
+    waits (``on_wait`` says for whom, once) until the first ends, instead of both thrashing
+    the same cores with their servers."""
+    lock = NightLock(artifacts, "night", path=cpu_lock_path())
+    said = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except NightRunning as exc:
+            if not said:
+                on_wait(exc.holder)
+                said = True
+            time.sleep(every_s)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _wait_read(path: Path) -> NightHolder | None:
