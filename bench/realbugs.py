@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from pantheon.core.work.discover import failing_test_jobs
+from pantheon.core.work.localize import rank_suspects
 from pantheon.core.work.realbugs import (
     LIBRARIES,
     SEED,
@@ -68,36 +69,55 @@ def _bugs(name: str, cache: Path, count: int, seed: int) -> tuple[Path, list[Rea
     return repo, bugs
 
 
+RANKERS = ("file", "all")
+"""How a job's failing tests are scored against the passing ones: the failing tests of its
+own test file (what discovery does), or every failing test of the suite."""
+
+
 def _placement(repo: Path, bugs: list[RealBug], tmp: Path) -> dict[str, float]:
-    files = top1 = top3 = right_file = 0
+    files = right_file = 0
+    top1 = dict.fromkeys(RANKERS, 0)
+    top3 = dict.fromkeys(RANKERS, 0)
     seconds = 0.0
     misses = []
     for n, bug in enumerate(bugs):
         clone = bug_repo(repo, bug, tmp / f"place{n}")
+        command = resolve_test_command(clone)
         t0 = time.perf_counter()
-        found = failing_test_jobs(clone, resolve_test_command(clone))
+        run = run_suite(command, clone, timeout_s=600, cover=True)
+        found = failing_test_jobs(clone, command, run=run)
         seconds += time.perf_counter() - t0
         jobs = {j["test"]: j for j in found.jobs}
+        failing = {t.test for t in run.failed}
+        passing = {t.test for t in run.passed}
         for test_file in sorted({t.split("::", 1)[0] for t in bug.failing}):
             files += 1
             job = jobs.get(test_file)
             if job is None:
                 misses.append(f"{bug.id}: {test_file} not placed")
                 continue
-            ranked = [(s["path"], s["name"]) for s in job.get("suspects", [])]
             right_file += job["path"] == bug.path
-            top1 += ranked[:1] == [(bug.path, bug.function)]
-            top3 += (bug.path, bug.function) in ranked[:3]
-            if ranked[:1] != [(bug.path, bug.function)]:
-                misses.append(f"{bug.id} in {bug.function}: {test_file} -> {ranked[:3]}")
-    for line in misses[:8]:
+            mine = {t for t in failing if t.split("::", 1)[0] == test_file}
+            for ranker in RANKERS:
+                others = failing - mine if ranker == "all" else set()
+                ranked = [
+                    (s.path, s.name)
+                    for s in rank_suspects(
+                        run.coverage, mine, passing, repo=clone, also_failing=others
+                    )
+                ]
+                top1[ranker] += ranked[:1] == [(bug.path, bug.function)]
+                top3[ranker] += (bug.path, bug.function) in ranked[:3]
+                if ranker == "file" and ranked[:1] != [(bug.path, bug.function)]:
+                    misses.append(f"{bug.id} in {bug.function}: {test_file} -> {ranked[:3]}")
+    for line in misses[:10]:
         print(f"    miss: {line}", file=sys.stderr)
     return {
         "bugs": len(bugs),
         "test_files": files,
         "right_file": right_file,
-        "top1": top1,
-        "top3": top3,
+        **{f"top1_{r}": top1[r] for r in RANKERS},
+        **{f"top3_{r}": top3[r] for r in RANKERS},
         "discovery_s": round(seconds / max(1, len(bugs)), 2),
     }
 
@@ -168,7 +188,8 @@ def main() -> None:
             print(
                 f"{name}: {place['bugs']} bugs, {place['test_files']} failing test files; "
                 f"placed on the right file {place['right_file']}, on the right function "
-                f"{place['top1']} (top-1), {place['top3']} (top-3); "
+                f"{place['top1_file']} (top-1), {place['top3_file']} (top-3); scored against "
+                f"every failing test: {place['top1_all']} (top-1), {place['top3_all']} (top-3); "
                 f"discovery {place['discovery_s']} s a repository"
             )
             results[name] = {"placement": place}

@@ -27,7 +27,7 @@ from typing import Any
 
 from pantheon.core.errors import FlowError, PantheonError
 from pantheon.core.work.localize import rank_suspects, traceback_frames
-from pantheon.core.work.suite import CoverageMap, TestOutcome, run_suite, test_file_of
+from pantheon.core.work.suite import CoverageMap, SuiteRun, TestOutcome, run_suite, test_file_of
 from pantheon.core.work.testcmd import TestCommand, TestCommandError, is_test_file
 
 __all__ = [
@@ -130,17 +130,20 @@ class Discovery:
 SUSPECTS_KEPT = 5
 
 
-def failing_test_jobs(repo: Path, command: TestCommand, *, timeout_s: float = 600.0) -> Discovery:
+def failing_test_jobs(
+    repo: Path, command: TestCommand, *, timeout_s: float = 600.0, run: SuiteRun | None = None
+) -> Discovery:
     """Run the whole suite once, traced (:mod:`pantheon.core.work.suite`); one codefix input per
     test file with a failing test, placed on the code its failing tests ran and few passing
-    tests did (:mod:`pantheon.core.work.localize`), else on its traceback or its imports."""
+    tests did (:mod:`pantheon.core.work.localize`), else on its traceback or its imports.
+    ``run``: the traced run, when the caller has one already."""
     repo = Path(repo).resolve()
     if not command.is_pytest:
         raise TestCommandError(
             f"finding failing tests needs a pytest-based test command, not {command.text!r}",
             hint="name the tasks with --tasks FILE.jsonl (path, test, task per line)",
         )
-    run = run_suite(command, repo, timeout_s=timeout_s, cover=True)
+    run = run or run_suite(command, repo, timeout_s=timeout_s, cover=True)
     if not run.tests and not run.timed_out:
         raise TestCommandError(
             f"the test command {command.text!r} ran no test in {repo} "

@@ -98,19 +98,22 @@ def rank_suspects(
     *,
     repo: Path,
     frames: Sequence[tuple[str, int]] = (),
+    also_failing: Collection[str] = (),
 ) -> list[Suspect]:
     """The functions ``failing`` ran, most suspicious first (none when they ran no code of the
-    repository outside its tests)."""
-    failing, passing = set(failing), set(passing)
-    if not failing:
+    repository outside its tests). ``also_failing``: other failing tests counted as failing in
+    the score (the lines ranked are still only those ``failing`` ran)."""
+    mine = set(failing)
+    failing, passing = mine | set(also_failing), set(passing)
+    if not mine:
         return []
     best: dict[tuple[str, str], list] = {}
     units_of: dict[str, list[tuple[str, int, int]]] = {}
     for path, by_line in coverage.lines.items():
         for line, tests in by_line.items():
-            ef = len(tests & failing)
-            if not ef:
+            if not tests & mine:
                 continue
+            ef = len(tests & failing)
             ep = len(tests & passing)
             score = ef / math.sqrt(len(failing) * (ef + ep))
             if path not in units_of:
