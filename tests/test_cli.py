@@ -264,12 +264,16 @@ def test_a_night_on_a_users_repository_finds_its_failing_tests_and_pages(tmp_pat
         timeout=900,
     )
     assert out.returncode == 0, out.stderr
-    assert "1 failing test(s) in 1 file(s); 1 code job(s)" in out.stderr
+    assert "1 failing test(s) in 1 file(s), 1 passing; 1 code job(s), placed on the code" in (
+        out.stderr
+    )
     assert "1 docs and 1 code job(s) queued" in out.stderr
     runs = {p.name.rsplit("-", 1)[0]: p for p in (artifacts / "runs").iterdir()}
     assert set(runs) == {"docops", "codefix"}
     record = json.loads((runs["codefix"] / "run.json").read_text())
     assert record["input"]["path"] == "pkg/mathx.py" and record["input"]["test"] == "test_mathx.py"
+    assert record["input"]["suspects"][0]["name"] == "double"
+    assert record["input"]["guard"] == []
     assert record["status"] in ("done", "failed")
     docs = json.loads((runs["docops"] / "run.json").read_text())
     assert docs["input"]["path"] == "docs/guide/doubling.md"

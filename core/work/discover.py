@@ -128,6 +128,8 @@ class Discovery:
 
 
 SUSPECTS_KEPT = 5
+NO_TESTS_COLLECTED = 5
+"""pytest's exit code when it found no test at all."""
 
 
 def failing_test_jobs(
@@ -144,7 +146,7 @@ def failing_test_jobs(
             hint="name the tasks with --tasks FILE.jsonl (path, test, task per line)",
         )
     run = run or run_suite(command, repo, timeout_s=timeout_s, cover=True)
-    if not run.tests and not run.timed_out:
+    if not run.tests and not run.timed_out and run.exit_code != NO_TESTS_COLLECTED:
         raise TestCommandError(
             f"the test command {command.text!r} ran no test in {repo} "
             f"(exit {run.exit_code}): {run.output.strip()[-400:]}"

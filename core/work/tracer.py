@@ -43,6 +43,11 @@ def pytest_load_initial_conftests(early_config, parser, args):
             config_file=False,
             auto_data=False,
         )
+        # a suite with no test, or a package no test imports, is no news to tell the operator
+        cov.set_option(
+            "run:disable_warnings",
+            ["no-data-collected", "module-not-measured", "module-not-imported"],
+        )
         cov.start()
         _state["coverage"] = cov
     except Exception as exc:  # coverage missing or refused: outcomes only, and why
