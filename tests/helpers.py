@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import textwrap
+import time
+from collections import Counter
 from pathlib import Path
 
 
@@ -30,3 +33,22 @@ def make_repo(repo: Path, files: dict[str, str]) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "init")
     return repo
+
+
+def db_counts(artifacts: Path) -> Counter[str]:
+    """Jobs by status, read straight from the queue's database."""
+    db = sqlite3.connect(Path(artifacts) / "pantheon.db", timeout=10)
+    try:
+        return Counter(dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")))
+    finally:
+        db.close()
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> None:
+    """Wait until ``predicate()`` is true (a test waits on a condition, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError("timed out waiting")

@@ -5,32 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from conftest import pantheon, pantheon_popen, step_flow
+from helpers import db_counts, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _db_counts(artifacts: Path) -> Counter[str]:
-    db = sqlite3.connect(artifacts / "pantheon.db", timeout=10)
-    try:
-        return Counter(dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")))
-    finally:
-        db.close()
-
-
-def _wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def _enqueue_steps(tmp_path: Path, artifacts: Path, jobs: int, delay_s: float) -> None:
@@ -53,11 +36,11 @@ def test_kill_9_midway_then_resume_every_job_ends_once(
 
     engine = pantheon_popen("engine", "--artifacts", str(artifacts))
     try:
-        _wait_for(lambda: _db_counts(artifacts)["done"] >= 60)
+        wait_for(lambda: db_counts(artifacts)["done"] >= 60)
     finally:
         engine.send_signal(signal.SIGKILL)
         engine.communicate(timeout=30)
-    counts = _db_counts(artifacts)
+    counts = db_counts(artifacts)
     assert 0 < counts["done"] < 200, counts
     assert counts["running"] > 0, "the kill left jobs mid-run"
 
@@ -69,7 +52,7 @@ def test_kill_9_midway_then_resume_every_job_ends_once(
     assert again.returncode == 0, again.stderr
     assert "took back" in again.stderr
 
-    assert _db_counts(artifacts) == Counter({"done": 200})
+    assert db_counts(artifacts) == Counter({"done": 200})
     executions = Counter(tuple(line.split()[:2]) for line in count_file.read_text().splitlines())
     assert len(executions) == 600, "every node of every job ran"
     for run_name, node in existed:
@@ -94,28 +77,28 @@ def test_controls_take_effect_while_the_engine_runs(tmp_path, artifacts, with_pl
     assert pantheon(*control, "--concurrency", "1").returncode == 0
     engine = pantheon_popen("engine", "--artifacts", str(artifacts), "--tick", "0.05")
     try:
-        _wait_for(lambda: _db_counts(artifacts)["running"] == 1)
+        wait_for(lambda: db_counts(artifacts)["running"] == 1)
         time.sleep(0.5)
-        assert _db_counts(artifacts)["running"] == 1, "c = 1 runs one job at a time"
+        assert db_counts(artifacts)["running"] == 1, "c = 1 runs one job at a time"
 
         assert pantheon(*control, "--concurrency", "4").returncode == 0
-        _wait_for(lambda: _db_counts(artifacts)["running"] == 4, timeout=10)
+        wait_for(lambda: db_counts(artifacts)["running"] == 4, timeout=10)
 
         assert pantheon(*control, "--pause-queue", "maintenance").returncode == 0
-        _wait_for(lambda: _db_counts(artifacts)["running"] == 0, timeout=10)
-        queued = _db_counts(artifacts)["queued"]
+        wait_for(lambda: db_counts(artifacts)["running"] == 0, timeout=10)
+        queued = db_counts(artifacts)["queued"]
         time.sleep(0.5)
-        assert _db_counts(artifacts)["queued"] == queued > 0, "a paused queue claims nothing"
+        assert db_counts(artifacts)["queued"] == queued > 0, "a paused queue claims nothing"
         status = pantheon("status", "--artifacts", str(artifacts))
         assert "QUEUE PAUSED (maintenance)" in status.stdout
 
         assert pantheon(*control, "--resume-queue").returncode == 0
-        _wait_for(lambda: _db_counts(artifacts)["running"] > 0, timeout=10)
+        wait_for(lambda: db_counts(artifacts)["running"] > 0, timeout=10)
     finally:
         engine.send_signal(signal.SIGINT)
         _, err = engine.communicate(timeout=30)
     assert engine.returncode == 0, err
     assert "stopping after the nodes in flight" in err
-    counts = _db_counts(artifacts)
+    counts = db_counts(artifacts)
     assert counts["running"] == 0, "a graceful stop gives unfinished jobs back"
     assert counts["done"] + counts["queued"] == 40

@@ -5,7 +5,6 @@ non-zero."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -13,29 +12,13 @@ from pathlib import Path
 
 import pytest
 from conftest import pantheon, pantheon_popen, step_flow
+from helpers import db_counts, wait_for
 
 from pantheon.core.errors import EXIT_INTERRUPTED, ConfigError
 from pantheon.core.run.deadline import Deadline, parse_until
 from pantheon.core.run.nightlock import NightLock, NightRunning, night_holder
 
 pytestmark = pytest.mark.slow
-
-
-def _counts(artifacts: Path) -> Counter[str]:
-    db = sqlite3.connect(artifacts / "pantheon.db", timeout=10)
-    try:
-        return Counter(dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")))
-    finally:
-        db.close()
-
-
-def _wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def _queue(tmp_path: Path, artifacts: Path, jobs: int, delay_s: float) -> None:
@@ -53,7 +36,7 @@ def test_stop_lets_the_job_in_flight_finish_and_the_night_exits_non_zero(
     _queue(tmp_path, artifacts, jobs=30, delay_s=0.2)
     engine = pantheon_popen("engine", "--until-empty", "--artifacts", str(artifacts))
     try:
-        _wait_for(lambda: _counts(artifacts)["done"] >= 2)
+        wait_for(lambda: db_counts(artifacts)["done"] >= 2)
         holder = night_holder(artifacts)
         assert holder is not None and holder.pid == engine.pid and holder.what == "engine"
 
@@ -73,7 +56,7 @@ def test_stop_lets_the_job_in_flight_finish_and_the_night_exits_non_zero(
         _, err = engine.communicate(timeout=30)
     assert engine.returncode == EXIT_INTERRUPTED, err
     assert "stopped before the queue was empty" in err
-    counts = _counts(artifacts)
+    counts = db_counts(artifacts)
     assert counts["running"] == 0 and counts["queued"] > 0 and counts["done"] >= 2
     assert night_holder(artifacts) is None, "the lock went with the process"
     assert pantheon("stop", "--artifacts", str(artifacts)).returncode == 1  # nothing to stop
@@ -88,7 +71,7 @@ def test_an_engine_joins_a_night_only_on_purpose(tmp_path, artifacts, with_plugi
         assert night.returncode != 0 and "a night already drains" in night.stderr
         joined = pantheon("engine", "--until-empty", "--join", "--artifacts", str(artifacts))
         assert joined.returncode == 0, joined.stderr
-    assert _counts(artifacts) == Counter({"done": 20})
+    assert db_counts(artifacts) == Counter({"done": 20})
 
 
 def test_until_starts_no_job_that_cannot_finish_by_then(tmp_path, artifacts, with_plugin):
@@ -98,7 +81,7 @@ def test_until_starts_no_job_that_cannot_finish_by_then(tmp_path, artifacts, wit
     done = pantheon("engine", "--until-empty", "--until", until, "--artifacts", str(artifacts))
     took = time.monotonic() - t0
     assert done.returncode == 0, done.stderr
-    counts = _counts(artifacts)
+    counts = db_counts(artifacts)
     assert 1 <= counts["done"] <= 4 and counts["queued"] == 20 - counts["done"]
     assert "must be done by" in done.stderr and "none could finish in time" in done.stderr
     assert took < 5 + 6, "it ended about when it had to, not after the queue"
@@ -170,7 +153,7 @@ def test_a_second_night_on_the_host_waits_for_the_cpu_and_says_for_whom(tmp_path
             assert night_holder(artifacts).pid == night.pid, "it holds its own artifacts"
             first.kill()  # the first night ends: the second takes the CPU and goes on
             first.wait(timeout=30)
-            _wait_for(lambda: (tmp_path / "cpu.lock").read_text().find(str(night.pid)) > 0)
+            wait_for(lambda: (tmp_path / "cpu.lock").read_text().find(str(night.pid)) > 0)
         finally:
             night.terminate()
             night.communicate(timeout=120)

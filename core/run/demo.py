@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pantheon.core.flows.submit import enqueue
 from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.layout import CALLS_FILE, runs_path
 from pantheon.core.store.queue import JobQueue
+from pantheon.core.work.git import run_git
 
 __all__ = [
     "agent_figures",
@@ -86,16 +86,6 @@ def night_figures(artifacts: Path) -> str:
     )
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=Pantheon", "-c", "user.email=pantheon@localhost", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-
-
 def prepare_demo_repo(folder: Path) -> Path:
     """The demo's target repository: the corpus docs, the 30 hand-written code tasks and the
     generated HumanEval tasks, committed on ``main``.
@@ -119,9 +109,9 @@ def prepare_demo_repo(folder: Path) -> Path:
         "frontmatter, small functions whose tests fail, and HumanEval's functions with one bug "
         "each (code/he*; HumanEval is (c) OpenAI, MIT licence).\n"
     )
-    _git(folder, "init", "-q", "-b", "main")
-    _git(folder, "add", "-A")
-    _git(folder, "commit", "-q", "-m", "The demo repository")
+    run_git(folder, "init", "-q", "-b", "main")
+    run_git(folder, "add", "-A")
+    run_git(folder, "commit", "-q", "-m", "The demo repository")
     return folder
 
 

@@ -140,15 +140,8 @@ def apply_reply(form: FixForm, reply: str, original: str) -> str:
                 fixed = fixed[:a] + replace + fixed[b:]
                 continue
             fixed = fixed.replace(search, replace, 1)
-        try:
-            ast.parse(fixed)
-        except SyntaxError as exc:
-            raise CandidateError(
-                f"the file does not parse after the change: line {exc.lineno}: {exc.msg}"
-            ) from None
-    if fixed == original or fixed.rstrip() == original.rstrip():
-        raise CandidateError("the reply changes nothing")
-    return fixed
+        _parses(fixed)
+    return _changed(fixed, original)
 
 
 def _line_match(text: str, search: str) -> tuple[int, int] | None:
@@ -223,12 +216,20 @@ def apply_functions(reply: str, original: str, shown: Sequence[tuple[str, int, i
     for first, last, text in sorted(spans, reverse=True):
         lines[first - 1 : last] = [text]
     fixed = "".join(lines)
+    _parses(fixed)
+    return _changed(fixed, original)
+
+
+def _parses(fixed: str) -> None:
     try:
         ast.parse(fixed)
     except SyntaxError as exc:
         raise CandidateError(
             f"the file does not parse after the change: line {exc.lineno}: {exc.msg}"
         ) from None
+
+
+def _changed(fixed: str, original: str) -> str:
     if fixed.rstrip() == original.rstrip():
         raise CandidateError("the reply changes nothing")
     return fixed

@@ -18,7 +18,10 @@ from pantheon.core.errors import PantheonError
 from pantheon.core.store.atomic import locked
 from pantheon.core.store.layout import branch_name
 
-__all__ = ["GitError", "GitRepo", "JobWorkspace", "MergeResult"]
+AS_PANTHEON = ("-c", "user.name=Pantheon", "-c", "user.email=pantheon@localhost")
+"""git's options for the commits Pantheon makes."""
+
+__all__ = ["AS_PANTHEON", "GitError", "GitRepo", "JobWorkspace", "MergeResult", "run_git"]
 
 
 class GitError(PantheonError):
@@ -128,18 +131,7 @@ class GitRepo:
         self.git("add", "-A", cwd=worktree)
         if self._run("diff", "--cached", "--quiet", cwd=worktree, check=False).returncode == 0:
             return None
-        self.git(
-            "-c",
-            "user.name=Pantheon",
-            "-c",
-            "user.email=pantheon@localhost",
-            "commit",
-            "-q",
-            "-m",
-            message,
-            cwd=worktree,
-        )
-        return self.git("rev-parse", "HEAD", cwd=worktree)
+        return self._commit(worktree, message)
 
     def changed_files(self, branch: str, target: str) -> list[str]:
         base = self.git("merge-base", f"refs/heads/{target}", f"refs/heads/{branch}")
@@ -200,10 +192,7 @@ class GitRepo:
         if status:
             return MergeResult(False, None, [], f"{worktree} has uncommitted changes")
         done = self._run(
-            "-c",
-            "user.name=Pantheon",
-            "-c",
-            "user.email=pantheon@localhost",
+            *AS_PANTHEON,
             "merge",
             "--no-ff",
             "-m",
@@ -241,10 +230,7 @@ class GitRepo:
             raise GitError(f"git merge-tree failed: {done.stderr.strip()[:500]}")
         tree = lines[0].strip()
         commit = self.git(
-            "-c",
-            "user.name=Pantheon",
-            "-c",
-            "user.email=pantheon@localhost",
+            *AS_PANTHEON,
             "commit-tree",
             tree,
             "-p",
@@ -294,22 +280,24 @@ class GitRepo:
                 f"cannot revert {commit[:10]}: "
                 + (f"conflict in {files}" if files else done.stderr.strip()[:300])
             )
-        self.git(
-            "-c",
-            "user.name=Pantheon",
-            "-c",
-            "user.email=pantheon@localhost",
-            "commit",
-            "-q",
-            "-m",
-            message,
-            cwd=work,
-        )
-        return self.git("rev-parse", "HEAD", cwd=work)
+        return self._commit(work, message)
+
+    def _commit(self, cwd: Path, message: str) -> str:
+        """Commit what is staged in ``cwd`` as Pantheon; the new commit."""
+        self.git(*AS_PANTHEON, "commit", "-q", "-m", message, cwd=cwd)
+        return self.git("rev-parse", "HEAD", cwd=cwd)
 
     def remove_worktree(self, path: Path) -> None:
         with self._worktree_lock():
             self._run("worktree", "remove", "--force", str(path), check=False)
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    """``git`` in ``cwd`` as Pantheon (its name on any commit it makes); its output, or
+    CalledProcessError."""
+    return subprocess.run(
+        ["git", *AS_PANTHEON, *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
 
 
 @dataclass

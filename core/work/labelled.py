@@ -23,7 +23,6 @@ from __future__ import annotations
 import difflib
 import functools
 import random
-import subprocess
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ import yaml
 
 from pantheon.core.work.canary import CODE_KINDS, DOCS_KINDS, plant_code, plant_docs, render_page
 from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
+from pantheon.core.work.git import run_git
 from pantheon.core.work.hardcode import hard_coded, verdict
 from pantheon.core.work.testcmd import TestCommand
 
@@ -75,28 +75,18 @@ class Labelled:
     """A docs change's page, as its reviewers see it."""
 
 
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=pantheon", "-c", "user.email=pantheon@localhost", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-
-
 def real_diff(folder: Path, before: dict[str, str], after: dict[str, str]) -> str:
     """``git diff`` of a change from ``before`` to ``after`` (path -> text), as reviewers see it;
     ``folder`` is left holding the change."""
     folder.mkdir(parents=True)
-    _git(folder, "init", "-q", "-b", "main")
+    run_git(folder, "init", "-q", "-b", "main")
     for rel, text in before.items():
         (folder / rel).write_text(text)
-    _git(folder, "add", "-A")
-    _git(folder, "commit", "-qm", "before")
+    run_git(folder, "add", "-A")
+    run_git(folder, "commit", "-qm", "before")
     for rel, text in after.items():
         (folder / rel).write_text(text)
-    return _git(folder, "diff", "--no-color")
+    return run_git(folder, "diff", "--no-color")
 
 
 @functools.cache

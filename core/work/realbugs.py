@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pantheon.core.errors import PantheonError
 from pantheon.core.work.codecorpus import mutants_of
+from pantheon.core.work.git import run_git
 from pantheon.core.work.localize import code_units
 from pantheon.core.work.suite import CoverageMap, run_suite, test_file_of
 from pantheon.core.work.testcmd import TestCommand, is_test_file
@@ -118,16 +119,6 @@ def fetch(lib: Library, cache: Path) -> Path:
     return folder
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=pantheon", "-c", "user.email=pantheon@localhost", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-
-
 def lay_out(lib: Library, source: Path, dest: Path) -> Path:
     """``dest``: a git repository on ``main`` holding the library's package and its tests."""
     dest = Path(dest)
@@ -143,9 +134,9 @@ def lay_out(lib: Library, source: Path, dest: Path) -> Path:
     (dest / "README.md").write_text(
         f"# {lib.name} {lib.version}\n\nThe library as its source distribution ships it.\n"
     )
-    _git(dest, "init", "-q", "-b", "main")
-    _git(dest, "add", "-A")
-    _git(dest, "commit", "-q", "-m", f"{lib.name} {lib.version}")
+    run_git(dest, "init", "-q", "-b", "main")
+    run_git(dest, "add", "-A")
+    run_git(dest, "commit", "-q", "-m", f"{lib.name} {lib.version}")
     return dest
 
 
@@ -258,7 +249,7 @@ def bug_repo(repo: Path, bug: RealBug, dest: Path) -> Path:
         raise CorpusError(f"{bug.id}: line {bug.line} of {bug.path} is not what it changes")
     lines[at : at + len(old)] = bug.new_lines.splitlines(keepends=True)
     target.write_text("".join(lines), encoding="utf-8")
-    _git(dest, "commit", "-q", "-am", f"one bug: {bug.id}")
+    run_git(dest, "commit", "-q", "-am", f"one bug: {bug.id}")
     return dest
 
 
