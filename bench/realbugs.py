@@ -71,7 +71,7 @@ def _bugs(name: str, cache: Path, count: int, seed: int) -> tuple[Path, list[Rea
 
 RANKERS = ("file", "all")
 """How a job's failing tests are scored against the passing ones: the failing tests of its
-own test file (what discovery does), or every failing test of the suite."""
+own test file, or every failing test of the suite (what discovery does)."""
 
 
 def _placement(repo: Path, bugs: list[RealBug], tmp: Path) -> dict[str, float]:
@@ -108,7 +108,7 @@ def _placement(repo: Path, bugs: list[RealBug], tmp: Path) -> dict[str, float]:
                 ]
                 top1[ranker] += ranked[:1] == [(bug.path, bug.function)]
                 top3[ranker] += (bug.path, bug.function) in ranked[:3]
-                if ranker == "file" and ranked[:1] != [(bug.path, bug.function)]:
+                if ranker == "all" and ranked[:1] != [(bug.path, bug.function)]:
                     misses.append(f"{bug.id} in {bug.function}: {test_file} -> {ranked[:3]}")
     for line in misses[:10]:
         print(f"    miss: {line}", file=sys.stderr)
@@ -177,6 +177,7 @@ def main() -> None:
     p.add_argument("--night", type=int, default=0, metavar="N", help="run the night on N bugs")
     p.add_argument("--model", default=None, help="the night's --model")
     p.add_argument("--code-model", default=None, help="the night's --code-model")
+    p.add_argument("--no-placement", action="store_true", help="only the nights")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -184,17 +185,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pantheon-realbugs-") as tmp:
         for name in args.libraries:
             repo, bugs = _bugs(name, args.cache, args.count, args.seed)
-            place = _placement(repo, bugs, Path(tmp))
-            print(
-                f"{name}: {place['bugs']} bugs, {place['test_files']} failing test files; "
-                f"placed on the right file {place['right_file']}, on the right function "
-                f"{place['top1_file']} (top-1), {place['top3_file']} (top-3); scored against "
-                f"every failing test: {place['top1_all']} (top-1), {place['top3_all']} (top-3); "
-                f"discovery {place['discovery_s']} s a repository"
-            )
-            results[name] = {"placement": place}
+            work = Path(tmp) / name
+            work.mkdir()
+            results[name] = {}
+            if not args.no_placement:
+                place = _placement(repo, bugs, work)
+                results[name]["placement"] = place
+                print(
+                    f"{name}: {place['bugs']} bugs, {place['test_files']} failing test files; "
+                    f"placed on the right file {place['right_file']}, on the right function "
+                    f"{place['top1_all']} (top-1), {place['top3_all']} (top-3); scored against "
+                    f"the file's own failing tests only: {place['top1_file']} (top-1), "
+                    f"{place['top3_file']} (top-3); "
+                    f"discovery {place['discovery_s']} s a repository",
+                    flush=True,
+                )
             if args.night:
-                night = _night(repo, bugs[: args.night], Path(tmp), args.model, args.code_model)
+                night = _night(repo, bugs[: args.night], work, args.model, args.code_model)
                 print(
                     f"{name}: night on {night['nights']} bugs: fixed and merged "
                     f"{night['fixed_merged']}, regressions merged {night['regressions_merged']}, "
