@@ -160,3 +160,45 @@ def test_a_second_night_on_the_host_waits_for_the_cpu_and_says_for_whom(tmp_path
     finally:
         first.kill()
         first.communicate(timeout=30)
+
+
+_NIGHT = """
+import signal, sys, time
+from pathlib import Path
+from pantheon.core.run.nightlock import NightLock
+
+got = []
+signal.signal(signal.SIGTERM, lambda *a: got.append(1))
+with NightLock(Path(sys.argv[1]), "night"):
+    print("holding", flush=True)
+    while not got:
+        time.sleep(0.05)
+    print("stopping", flush=True)
+"""
+
+
+async def test_s_in_the_console_stops_the_night_after_asking(tmp_path):
+    import subprocess
+    import sys
+
+    from pantheon.console.app import PantheonConsole
+    from pantheon.console.dialogs import ConfirmScreen
+
+    artifacts = tmp_path / "artifacts"
+    app = PantheonConsole(artifacts, watch=False)
+    async with app.run_test(size=(110, 32)) as pilot:
+        await pilot.press("S")
+        assert any("no night is running" in n.message for n in app._notifications)
+        night = subprocess.Popen(
+            [sys.executable, "-c", _NIGHT, str(artifacts)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert night.stdout.readline().strip() == "holding"
+            await pilot.press("S")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await pilot.pause()
+            assert night.stdout.readline().strip() == "stopping", "it got SIGTERM"
+        finally:
+            night.kill()
+            night.communicate(timeout=30)
