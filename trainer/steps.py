@@ -348,12 +348,9 @@ def give_back_memory() -> None:
 
 
 def reset_peak_memory() -> bool:
-    """Start this training's peak memory afresh: ``pantheon learn`` trains several agents in
-    one process, and each training's figure is its own (Linux's ``clear_refs``; CUDA's stats).
-
-    True when the reset lowered the resident peak, so that :func:`peak_memory` reads this
-    training's own. False when it did not (the process still holds its lifetime peak, or the
-    kernel refused, or ``/proc`` cannot tell): the figure is then the process's peak."""
+    """Start this training's peak memory afresh (Linux's ``clear_refs``; CUDA's stats): True
+    when the resident peak went down, False when it did not (the process holds its lifetime
+    peak still, or the kernel refused): the figure is then the process's."""
     import torch
 
     if torch.cuda.is_available():

@@ -220,10 +220,8 @@ class TrainingState(BaseModel):
         if self.peak_memory_mb is None:
             return None
         gpu = "" if self.peak_gpu_mb is None else f", GPU {self.peak_gpu_mb / 1024:.1f} GB"
-        whose = (
-            " (the process's, not this training's alone)"
-            if self.peak_memory_scope == "process"
-            else ""
+        whose = " (the process's, not this training's alone)" * (
+            self.peak_memory_scope == "process"
         )
         return f"peak memory {self.peak_memory_mb / 1024:.1f} GB{whose}{gpu}"
 
