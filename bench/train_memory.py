@@ -58,17 +58,15 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from pantheon.core.model.files import ModelStore
+    from pantheon.trainer.memory import give_back_memory, peak_memory, reset_peak_memory
     from pantheon.trainer.options import TrainOptions
     from pantheon.trainer.steps import (
         enable_checkpointing,
         encode,
-        give_back_memory,
         load_base,
         make_batch,
         new_line_spans,
-        peak_memory,
         reply_loss,
-        reset_peak_memory,
         step_activations,
         with_lora,
     )

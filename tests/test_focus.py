@@ -90,6 +90,27 @@ def test_only_a_long_file_is_shown_in_focus():
     assert "return sum(self.rows) - 1" in focus.code and "math.hypot" not in focus.code
 
 
+def _fix(repo, llm, http, **extra):
+    """run_fix on big.py at k = 1 with the scripted server, closing it after."""
+
+    async def go():
+        try:
+            return await run_fix(
+                llm,
+                root=repo,
+                path="big.py",
+                test_path="test_big.py",
+                task="Fix big.py",
+                command=resolve_test_command(repo),
+                k=1,
+                **extra,
+            )
+        finally:
+            await http.aclose()
+
+    return asyncio.run(go())
+
+
 def _repo(tmp_path):
     return make_repo(tmp_path / "r", {"big.py": BIG, "test_big.py": TESTS})
 
@@ -103,23 +124,7 @@ def test_a_long_module_is_fixed_from_its_suspect_method_alone(tmp_path):
         return FIXED_METHOD
 
     llm, http = scripted_model(answer, context=4096)
-
-    async def go():
-        try:
-            return await run_fix(
-                llm,
-                root=repo,
-                path="big.py",
-                test_path="test_big.py",
-                task="Fix big.py",
-                command=resolve_test_command(repo),
-                k=1,
-                suspects=SUSPECTS,
-            )
-        finally:
-            await http.aclose()
-
-    result = asyncio.run(go())
+    result = _fix(repo, llm, http, suspects=SUSPECTS)
     assert result.chosen.passed and result.chosen.lines == 2
     assert "return sum(self.rows)\n" in (repo / "big.py").read_text()
     [prompt] = prompts
@@ -133,22 +138,8 @@ def test_a_prompt_past_the_servers_context_is_never_sent(tmp_path):
     sent = []
     llm, http = scripted_model(lambda body: sent.append(body) or "no", context=1024)
 
-    async def go():
-        try:
-            await run_fix(
-                llm,
-                root=repo,
-                path="big.py",
-                test_path="test_big.py",
-                task="Fix big.py",
-                command=resolve_test_command(repo),
-                k=1,
-            )
-        finally:
-            await http.aclose()
-
     with pytest.raises(NodeError, match=r"exceed the model's context \(1024 tokens a request\)"):
-        asyncio.run(go())
+        _fix(repo, llm, http)
     assert sent == []
 
 
@@ -160,24 +151,7 @@ def test_the_focused_prompt_is_what_the_calls_record(tmp_path):
     llm, http = scripted_model(lambda body: FIXED_METHOD, context=4096)
     (tmp_path / "code").mkdir()
     log = CallLog(tmp_path / "code")
-
-    async def go():
-        try:
-            await run_fix(
-                llm,
-                root=repo,
-                path="big.py",
-                test_path="test_big.py",
-                task="Fix big.py",
-                command=resolve_test_command(repo),
-                k=1,
-                suspects=SUSPECTS,
-                log=log,
-            )
-        finally:
-            await http.aclose()
-
-    asyncio.run(go())
+    _fix(repo, llm, http, suspects=SUSPECTS, log=log)
     [call] = [json.loads(x) for x in (tmp_path / "code" / "calls.jsonl").read_text().splitlines()]
     assert call["chosen"] is True
     assert "outline" in call["messages"][1]["content"]

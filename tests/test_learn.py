@@ -694,7 +694,7 @@ def test_the_learn_commands_explain_themselves(tmp_path):
 
 _PEAK_PROBE = """
 import mmap, sys
-from pantheon.trainer.steps import peak_memory, reset_peak_memory
+from pantheon.trainer.memory import peak_memory, reset_peak_memory
 
 block = mmap.mmap(-1, 400 * 2**20)  # 400 MiB mapped and touched, unmapped on close
 for at in range(0, len(block), 4096):

@@ -40,6 +40,7 @@ from pantheon.core.learn.files import (
 from pantheon.core.store.atomic import append_line, atomic_write_json
 
 from .gguf_lora import peft_to_gguf
+from .memory import give_back_memory, peak_memory, reset_peak_memory
 from .mine import DATA, STATS, TASKS, read_examples
 from .options import NotEnoughData, TrainingError, TrainingInterrupted, TrainOptions
 from .steps import (
@@ -51,17 +52,14 @@ from .steps import (
     checkpointing_wanted,
     enable_checkpointing,
     encode,
-    give_back_memory,
     heldout_loss,
     learnt,
     load_base,
     make_batch,
     new_line_spans,
-    peak_memory,
     qlora_wanted,
     reply_loss,
     require_libraries,
-    reset_peak_memory,
     save_checkpoint,
     with_lora,
 )
