@@ -5,7 +5,9 @@ hand-written tasks, and a fixed sample of the HumanEval mutants) and each form i
 harness (``pantheon.core.work.codefix.run_fix``) on every task in its own scratch folder, the real
 tests judging, four tasks at a time as the night runs them. It prints, per row: tasks fixed,
 wall time, generated tokens, and tokens per fixed task. ``tools`` is the bounded JSON tool loop
-(k = 1 only), for comparison.
+(k = 1 only), for comparison. A form may carry ``+debug`` (the k candidates over two rounds,
+the second shown the best failing candidate's own test output) and ``+name`` (one sentence
+naming the bug before the code): ``--forms whole_file whole_file+debug whole_file+name``.
 
     python bench/codefix.py --models qwen2.5-coder-0.5b qwen2.5-coder-1.5b --sample 30
 """
@@ -71,6 +73,7 @@ async def one_task(llm, task, folder: Path, form: str, k: int, logs: Path) -> tu
             )
             ok = resolve_test_command(folder).run(folder, test).passed
         else:
+            base, *flags = form.split("+")
             await run_fix(
                 llm,
                 root=folder,
@@ -78,9 +81,11 @@ async def one_task(llm, task, folder: Path, form: str, k: int, logs: Path) -> tu
                 test_path=test,
                 task=task["task"],
                 command=resolve_test_command(folder),
-                form=FixForm(form),
+                form=FixForm(base),
                 k=k,
                 log=log,
+                rounds=2 if "debug" in flags else 1,
+                name_bug="name" in flags,
             )
             ok = True
     except NodeError:
@@ -106,7 +111,7 @@ async def run_row(llm, tasks, form: str, k: int, logs: Path, concurrency: int = 
 
 
 async def main_async(args) -> None:
-    rng = random.Random(7)
+    rng = random.Random(args.seed)
     corpus = corpus_tasks()
     sample = sorted(rng.sample(corpus, min(args.sample, len(corpus))), key=lambda t: t["id"])
     sets = {"demo (30)": code_tasks()[: args.demo], f"humaneval mutants ({len(sample)})": sample}
@@ -146,7 +151,7 @@ async def main_async(args) -> None:
                                 }
                                 rows.append(row)
                                 print(
-                                    f"{model:20} {name:24} {form:15} k={k:<2} "
+                                    f"{model:20} {name:24} {form:22} k={k:<2} "
                                     f"{fixed:3}/{len(tasks):<3} ({fixed / len(tasks):4.0%}) "
                                     f"{wall:7.1f} s  {gen:7} tokens  "
                                     f"{row['tokens_per_fix'] or '-'} tokens/fix",
@@ -165,6 +170,9 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--demo", type=int, default=30, help="demo tasks (0 for none)")
     ap.add_argument("--sample", type=int, default=30, help="HumanEval mutants, a fixed sample")
+    ap.add_argument(
+        "--seed", type=int, default=7, help="of the sample (tune on one, report on another)"
+    )
     ap.add_argument("--parallel", type=int, default=8, help="the server's slots")
     ap.add_argument("--concurrency", type=int, default=4, help="tasks at a time")
     ap.add_argument("--json", help="also write the rows to this file")

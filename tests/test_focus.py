@@ -156,3 +156,62 @@ def test_the_focused_prompt_is_what_the_calls_record(tmp_path):
     assert call["chosen"] is True
     assert "outline" in call["messages"][1]["content"]
     assert textwrap.dedent(FIXED_METHOD) == call["raw"]
+
+
+SMALL = "def mean(xs):\n    return sum(xs) / (len(xs) + 1)\n\n\ndef span(xs):\n    return max(xs) - min(xs)\n"
+SMALL_TESTS = (
+    "from small import mean\n\n"
+    "def test_one():\n    assert mean([4]) == 4\n\n"
+    "def test_two():\n    assert mean([1, 3]) == 2\n\n"
+    "def test_empty():\n    assert mean([]) == 0\n"
+)
+
+
+def test_a_second_round_shows_the_best_failing_candidate_its_own_test_output(tmp_path):
+    """k = 4 over two rounds: greedy and one sample fail; the one that passed more tests goes
+    back with its own output; the second round's answer is kept, and says which round it was."""
+    repo = make_repo(tmp_path / "r", {"small.py": SMALL, "test_small.py": SMALL_TESTS})
+    half = "```python\n" + SMALL.replace("(len(xs) + 1)", "len(xs)") + "```"
+    whole = (
+        "```python\n"
+        + SMALL.replace("return sum(xs) / (len(xs) + 1)", "return sum(xs) / len(xs) if xs else 0")
+        + "```"
+    )
+    bodies = []
+
+    def answer(body):
+        bodies.append(body)
+        if len(bodies) == 1:
+            return f"The bug: nothing.\n```python\n{SMALL}```"  # the file as it was
+        if len(bodies) == 2:
+            return [half]  # passes two of three tests
+        return [whole] * body.get("n", 1)
+
+    llm, http = scripted_model(answer)
+
+    async def go():
+        try:
+            return await run_fix(
+                llm,
+                root=repo,
+                path="small.py",
+                test_path="test_small.py",
+                task="Fix mean",
+                command=resolve_test_command(repo),
+                k=4,
+                rounds=2,
+                name_bug=True,
+            )
+        finally:
+            await http.aclose()
+
+    result = asyncio.run(go())
+    assert len(bodies) == 3 and bodies[1].get("n", 1) == 1 and bodies[2]["n"] == 2
+    assert "one sentence that names the bug" in bodies[0]["messages"][0]["content"]
+    again = bodies[2]["messages"]
+    assert [m["role"] for m in again] == ["system", "user", "assistant", "user"]
+    assert again[2]["content"] == half, "the candidate that passed most tests goes back"
+    assert "ZeroDivisionError" in again[3]["content"] and "test_empty" in again[3]["content"]
+    assert result.chosen.round == 2 and result.chosen.index == 2
+    assert "if xs else 0" in (repo / "small.py").read_text()
+    assert [c.round for c in result.candidates] == [1, 1, 2, 2]

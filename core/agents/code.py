@@ -66,6 +66,11 @@ class Codegen(Agent):
         """Candidates at most: one greedy, then k-1 sampled at once when it fails."""
         temperature: float = Field(default=0.7, ge=0.0, le=2.0)
         """Of the sampled candidates (the first is always greedy)."""
+        rounds: int = Field(default=1, ge=1, le=2)
+        """2: the k candidates over two rounds, the second shown the best failing candidate
+        with its own test output (self-debugging)."""
+        name_bug: bool = False
+        """Ask for one sentence naming the bug before the code."""
         max_steps: int = Field(default=6, ge=1, le=50)
         """The tool loop's steps at most."""
         max_tokens: int = Field(default=2048, ge=64, le=8192)
@@ -116,6 +121,8 @@ class Codegen(Agent):
             log=ctx.calls,
             node=ctx.node,
             suspects=input.suspects or (),
+            rounds=params.rounds,
+            name_bug=params.name_bug,
         )
         chosen = result.chosen
         summary = (

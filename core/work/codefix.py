@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,7 @@ __all__ = [
     "Candidate",
     "FixForm",
     "FixResult",
+    "debug_messages",
     "failure_excerpt",
     "fix_prompt",
     "run_fix",
@@ -73,6 +75,12 @@ SYSTEM = {
         "the fix needs, and never change the tests."
     ),
 }
+
+
+NAME_BUG = (
+    "Before the code block, write one sentence that names the bug: what the code does wrong "
+    "and where."
+)
 
 
 def failure_excerpt(output: str, limit: int = 3000) -> str:
@@ -130,6 +138,7 @@ class Candidate:
     lines: int = 0
     test_output: str = ""
     record: dict[str, Any] = field(default_factory=dict)
+    round: int = 1
 
 
 @dataclass
@@ -164,6 +173,7 @@ def _base_record(
         "seed": cand.seed,
         "temperature": cand.temperature,
         "request_n": n,
+        "round": cand.round,
     }
 
 
@@ -222,6 +232,8 @@ async def run_fix(
     before: TestRun | None = None,
     show_test: bool = False,
     suspects: Sequence[Mapping[str, object]] = (),
+    rounds: int = 1,
+    name_bug: bool = False,
 ) -> FixResult:
     """Fix ``path`` in the worktree ``root`` until ``test_path`` passes; NodeError when no
     candidate does. The kept fix is written into ``root`` (nothing else is touched).
@@ -229,7 +241,12 @@ async def run_fix(
     A file past :data:`~pantheon.core.work.focus.WHOLE_FILE_CHARS` with ``suspects`` among
     its functions is shown in focus (its outline and those functions) and only they are asked
     back. A prompt that, with room for its reply, would not fit the server's context is never
-    sent: NodeError says so."""
+    sent: NodeError says so.
+
+    ``rounds=2`` spends the ``k`` candidates over two rounds: greedy and samples up to half of
+    ``k``; then, when none passes, the best failing candidate goes back to the model with its own
+    test output (self-debugging) and the rest are sampled from that conversation. ``name_bug``
+    asks for one sentence naming the bug before the code."""
     root = Path(root)
     target = root / path
     original = target.read_text(encoding="utf-8")
@@ -262,6 +279,9 @@ async def run_fix(
             test_path=test_path,
             test=test,
         )
+    if name_bug:
+        messages[0] = {"role": "system", "content": f"{messages[0]['content']} {NAME_BUG}"}
+        max_tokens += 96
     await _check_fits(llm, messages, max_tokens, node=node, path=path)
     gate = asyncio.Semaphore(max(1, parallel_tests))
     tested: dict[str, TestRun] = {}
@@ -290,7 +310,7 @@ async def run_fix(
         if not ok:
             cand.problem = f"its tests pass, but by rote: {said}"
 
-    async def ask(cands: list[Candidate]) -> None:
+    async def ask(cands: list[Candidate], messages: list[Message] = messages) -> None:
         """One request for the candidates: greedy alone, or the sampled ones with ``n``."""
         for c in cands:
             c.record = _base_record(c, llm, messages, form, adapter, len(cands))
@@ -335,10 +355,19 @@ async def run_fix(
         scratch = Path(tmp)
         try:
             await ask(candidates)
-            if not candidates[0].passed and k > 1:
-                more = [Candidate(i, i, temperature) for i in range(1, k)]
+            first = k if rounds < 2 else max(1, (k + 1) // 2)
+            if not candidates[0].passed and first > 1:
+                more = [Candidate(i, i, temperature) for i in range(1, first)]
                 candidates += more
                 await ask(more)
+            if rounds >= 2 and k > first and not any(c.passed for c in candidates):
+                again = debug_messages(
+                    messages, candidates, form=form, path=path, focused=focus is not None
+                )
+                await _check_fits(llm, again, max_tokens, node=node, path=path)
+                last = [Candidate(i, i, temperature, round=2) for i in range(first, k)]
+                candidates += last
+                await ask(last, again)
         except ModelServerError:
             for c in candidates:
                 if c.record:
@@ -357,6 +386,51 @@ async def run_fix(
         )
     target.write_text(chosen.fixed or original, encoding="utf-8")
     return FixResult(chosen, candidates, failure)
+
+
+def _passed_count(output: str) -> tuple[int, int]:
+    """(tests passed, minus tests failed) from pytest's last summary line: more is closer."""
+    tail = output.strip().splitlines()[-1:] or [""]
+    passed = re.search(r"(\d+) passed", tail[0])
+    failed = re.search(r"(\d+) (?:failed|error)", tail[0])
+    return (int(passed.group(1)) if passed else 0, -(int(failed.group(1)) if failed else 0))
+
+
+def debug_messages(
+    messages: list[Message],
+    candidates: Sequence[Candidate],
+    *,
+    form: FixForm,
+    path: str,
+    focused: bool = False,
+) -> list[Message]:
+    """The second round's conversation: the first prompt, the best failing candidate's reply,
+    and what its tests said (or that it changed nothing, or could not be applied).
+
+    The best is the candidate whose tests ran with most tests passing (then fewest failing, then
+    the earliest); when none ran, the greedy reply and why it gave nothing to test."""
+    ran = [c for c in candidates if c.test_output and c.record.get("raw")]
+    if ran:
+        best = max(ran, key=lambda c: (*_passed_count(c.test_output), -c.index))
+        said = (
+            "With this change the tests still fail:\n"
+            f"```\n{failure_excerpt(best.test_output, limit=2000)}\n```\n\n"
+            "Read the output, find what is still wrong, and fix it."
+        )
+    else:
+        best = candidates[0]
+        said = f"That reply gives no fix: {best.problem or 'it changes nothing'}. Fix the bug."
+    if form is not FixForm.WHOLE_FILE:
+        what = f"Reply with SEARCH/REPLACE blocks for {path}."
+    elif focused:
+        what = "Reply with the corrected function(s) in one ```python block, each whole."
+    else:
+        what = f"Reply with the whole corrected {path} in one ```python block."
+    return [
+        *messages,
+        {"role": "assistant", "content": str(best.record.get("raw") or "")},
+        {"role": "user", "content": f"{said} {what}"},
+    ]
 
 
 async def _check_fits(
