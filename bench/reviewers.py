@@ -19,7 +19,14 @@ night's own prompt and safe call. It prints, per reviewer and for the gate (both
 share of bad changes rejected and of good changes passed, with counts, and the rejections per
 kind of defect.
 
+``--scored`` asks each reviewer for one verdict token and reads P(pass) from the server's
+logprobs (``pantheon.core.model.scoring``). It prints, per reviewer and for the gate (the lower
+of the two scores): AUROC with its 95 % interval (good against bad changes), and a threshold fit
+on the first half of the problems to let at most 20 % of their defects through, judged on the
+other half: defects caught and good changes passed there.
+
     python bench/reviewers.py --models qwen2.5-coder-0.5b qwen2.5-coder-1.5b --code 20
+    python bench/reviewers.py --scored --gated --code 30 --docs 20
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ from pantheon.core.errors import PantheonError
 from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import ask
+from pantheon.core.model.scoring import score_verdict
 from pantheon.core.model.server import ModelServer, ServerConfig
+from pantheon.core.observe.quality import fit_threshold, quality
 from pantheon.core.run.demo import corpus_tasks
 from pantheon.core.work.labelled import code_changes, one_per_problem, shipped_docs_changes
 
@@ -93,6 +102,92 @@ async def judge(llm, item, params, sem) -> bool | None:
             return None
     item.setdefault("reasons", []).append(verdict.reasons)  # type: ignore[attr-defined]
     return bool(verdict.passed)  # type: ignore[attr-defined]
+
+
+async def score(llm, item, params, sem) -> float | None:
+    """P(pass) of one reviewer for one change; None when the model gives no verdict token."""
+    given = ReviewPeer.Input(
+        task=item["task"],
+        kind=item["flow"],
+        test_passed=item["test_passed"],
+        test_report=item["test_report"],
+        test_output=item["test_output"],
+    )
+    p = ReviewPeer.Params.model_validate(params)
+    messages = review_messages(
+        given, item["diff"], p.instructions, page=item.get("page"), scored=True
+    )
+    async with sem:
+        try:
+            return (await score_verdict(llm, messages)).p_pass
+        except PantheonError as exc:
+            item.setdefault("errors", {})[params.get("instructions", "")[:40]] = str(exc)[:300]
+            return None
+
+
+def _problem(item: dict[str, Any]) -> str:
+    """What a change is of (its problem or page): the halves split by it, never inside it."""
+    return str(item.get("key") or item.get("path") or item["id"].split(":", 1)[0])
+
+
+def scored_report(
+    model: str, items: list[dict[str, Any]], scores: dict[str, dict[str, Any]]
+) -> dict:
+    out: dict[str, Any] = {"model": model, "scored": True}
+    for flow in ("code", "docs"):
+        mine = [i for i in items if i["flow"] == flow]
+        if not mine:
+            continue
+        nodes = sorted(scores[mine[0]["id"]])
+        problems = sorted({_problem(i) for i in mine})
+        tune = set(problems[::2])
+        rows = {}
+        for who in [*nodes, "gate"]:
+
+            def value(i, who=who, nodes=nodes):
+                v = scores[i["id"]]
+                got = [v[n] for n in nodes] if who == "gate" else [v[who]]
+                return None if any(x is None for x in got) else min(got)
+
+            scored = [(i, value(i)) for i in mine if value(i) is not None]
+            good = [x for i, x in scored if i["right"]]
+            bad = [x for i, x in scored if not i["right"]]
+            if not good or not bad:
+                print(
+                    f"{model:20} {flow:4} {who:9} too few scores ({len(good)} good, {len(bad)} bad)"
+                )
+                continue
+            q = quality(good, bad)
+            row: dict[str, Any] = {"auroc": q.auroc, "low": q.low, "high": q.high}
+            row |= {"good": len(good), "bad": len(bad), "informative": q.informative}
+            mean_good, mean_bad = sum(good) / len(good), sum(bad) / len(bad)
+            row |= {"mean_p_pass_good": mean_good, "mean_p_pass_bad": mean_bad}
+            fit_good = [x for i, x in scored if i["right"] and _problem(i) in tune]
+            fit_bad = [x for i, x in scored if not i["right"] and _problem(i) in tune]
+            held_good = [x for i, x in scored if i["right"] and _problem(i) not in tune]
+            held_bad = [x for i, x in scored if not i["right"] and _problem(i) not in tune]
+            said = ""
+            if fit_good and fit_bad and held_good and held_bad:
+                t = fit_threshold(fit_good, fit_bad, max_defects_through=0.2)
+                caught = sum(x < t.value for x in held_bad)
+                passed = sum(x >= t.value for x in held_good)
+                row |= {"threshold": t.value, "held_bad_caught": caught, "held_bad": len(held_bad)}
+                row |= {"held_good_passed": passed, "held_good": len(held_good)}
+                said = (
+                    f"; at {t.value:.3f} (fit on half the problems) the other half: bad caught "
+                    f"{share(caught, len(held_bad))}, good passed {share(passed, len(held_good))}"
+                )
+            rows[who] = row
+            print(
+                f"{model:20} {flow:4} {who:9} {q.describe()}; mean P(pass) good {mean_good:.2f}, "
+                f"bad {mean_bad:.2f}{said}",
+                flush=True,
+            )
+        missing = sum(1 for i in mine for n in nodes if scores[i["id"]][n] is None)
+        if missing:
+            print(f"{model:20} {flow:4} {missing} review(s) gave no verdict token", flush=True)
+        out[flow] = {"rows": rows, "no_score": missing}
+    return out
 
 
 def share(k: int, n: int) -> str:
@@ -191,8 +286,9 @@ async def main_async(args) -> None:
                     sem = asyncio.Semaphore(args.parallel)
                     t0 = time.perf_counter()
                     shown = [i for i in items if i["test_passed"] or not args.gated]
+                    ask_one = score if args.scored else judge
                     jobs = {
-                        (i["id"], node): judge(llm, i, params, sem)
+                        (i["id"], node): ask_one(llm, i, params, sem)
                         for i in shown
                         for node, params in flows[i["flow"]].items()
                     }
@@ -201,7 +297,8 @@ async def main_async(args) -> None:
                     for (item, node), v in got.items():
                         verdicts.setdefault(item, {})[node] = v
                     print(f"{model}: {len(jobs)} reviews in {time.perf_counter() - t0:.0f} s")
-                    results.append(report(model, shown, verdicts))
+                    tell = scored_report if args.scored else report
+                    results.append(tell(model, shown, verdicts))
                     if args.dump:
                         Path(args.dump).write_text(
                             json.dumps({"items": items, "verdicts": verdicts}, indent=1)
@@ -224,6 +321,11 @@ def main() -> None:
         "--gated",
         action="store_true",
         help="review only the changes the gates pass, as a night does",
+    )
+    ap.add_argument(
+        "--scored",
+        action="store_true",
+        help="one verdict token each, scored by its probability: AUROC and a fitted threshold",
     )
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--dump", help="write every change and verdict to this file")

@@ -1,17 +1,27 @@
 """The reviewer: ``review.peer`` is one of two independent reviewers of a change. It reads
 the diff, the gates' report and (for docs) the page, answers a checklist of its kind, and
 fails what its red flags name.
+
+Two ways to answer. *Reasoned* (the default): one JSON object, its reasons and then its
+verdict. *Scored* (``scored: true``): one word, pass or fail, whose probability the server's
+logprobs give (:mod:`pantheon.core.model.scoring`); the change passes when P(pass) reaches the
+reviewer's ``threshold``. A change scored under it gets one more short call asking what is
+wrong with it, so the morning review reads why; the reason is asked after the verdict, so it
+can never contradict it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from pantheon.core.agents.base import Agent, NodeContext, StrictModel, require_workspace
-from pantheon.core.model.safecall import ask
+from pantheon.core.errors import PantheonError
+from pantheon.core.model.safecall import CallLog, ask
+from pantheon.core.model.scoring import score_verdict
 from pantheon.core.work.doccheck import split_frontmatter
 
 __all__ = ["AGENTS", "REVIEW_CHECKLISTS", "REVIEW_RED_FLAGS", "review_messages"]
@@ -83,6 +93,8 @@ class ReviewPeer(Agent):
     class Output(BaseModel):
         reasons: list[str] = Field(min_length=1, max_length=6)
         passed: bool
+        score: float | None = None
+        """P(pass) of a scored verdict; None for a reasoned one."""
 
     class Verdict(BaseModel):
         """What the model is asked for: its reasons first, then the verdict."""
@@ -94,6 +106,10 @@ class ReviewPeer(Agent):
         instructions: str = "Judge whether the change does what the task asks, and nothing else."
         max_tokens: int = Field(default=512, ge=16, le=4096)
         adapter: str | None = None
+        scored: bool = False
+        """One verdict token scored by its probability, instead of reasons and a verdict."""
+        threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+        """A scored change passes when P(pass) is at least this."""
 
     SYSTEM = (
         "You review changes to a repository as a careful senior engineer would. You are shown "
@@ -123,6 +139,8 @@ class ReviewPeer(Agent):
         if not diff.strip():
             return self.Output(passed=False, reasons=["the change is empty"])
         page = await asyncio.to_thread(_changed_page, ws) if input.kind == "docs" else None
+        if params.scored:
+            return await self._scored(input, ctx, params, diff, page)
         verdict = await ask(
             ctx.model(),
             review_messages(input, diff, params.instructions, page=page),
@@ -133,6 +151,65 @@ class ReviewPeer(Agent):
             check=self.problems,
         )
         return self.Output.model_validate(verdict.model_dump())
+
+    async def _scored(
+        self, input: Input, ctx: NodeContext, params: Params, diff: str, page: str | None
+    ) -> Output:
+        messages = review_messages(input, diff, params.instructions, page=page, scored=True)
+        llm = ctx.model()
+        score = await score_verdict(llm, messages, adapter=params.adapter, log=ctx.calls)
+        passed = score.p_pass >= params.threshold
+        said = f"P(pass) {score.p_pass:.2f}, threshold {params.threshold:.2f}"
+        if passed:
+            return self.Output(passed=True, score=score.p_pass, reasons=[said])
+        why = await _why_it_fails(llm, messages, adapter=params.adapter, log=ctx.calls)
+        return self.Output(passed=False, score=score.p_pass, reasons=[*why, said])
+
+
+WHY_FAILS = "In one sentence, name what is wrong with the change."
+"""Asked of a change scored under the threshold, after its verdict."""
+
+
+async def _why_it_fails(
+    llm: Any, messages: list[dict[str, str]], *, adapter: str | None, log: CallLog | None
+) -> list[str]:
+    """One short sentence on what is wrong, or nothing when the model gives none (the verdict
+    stands either way: it was scored before this was asked)."""
+    asked = [
+        *messages,
+        {"role": "assistant", "content": "fail"},
+        {"role": "user", "content": WHY_FAILS},
+    ]
+    t0 = time.perf_counter()
+    try:
+        reply = await llm.chat(asked, temperature=0.0, max_tokens=80, adapter=adapter)
+    except PantheonError as exc:
+        if log is not None:
+            log.record(
+                kind="reason",
+                messages=asked,
+                raw=None,
+                error=exc.message,
+                latency_s=round(time.perf_counter() - t0, 4),
+            )
+        return []
+    text = " ".join(reply.text.split())[:300]
+    if log is not None:
+        log.record(
+            kind="reason",
+            endpoint=reply.endpoint,
+            model=reply.model,
+            adapter=adapter,
+            messages=asked,
+            raw=reply.text,
+            parsed={"reason": text},
+            error=None,
+            prompt_tokens=reply.prompt_tokens,
+            cached_tokens=reply.cached_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_s=round(reply.latency_s, 4),
+        )
+    return [text] if text else []
 
 
 def _changed_page(ws: Any) -> str | None:
@@ -154,12 +231,26 @@ def _heading(page: str) -> str | None:
     return None
 
 
+SCORED_SYSTEM = (
+    "You review changes to a repository as a careful senior engineer would. You are shown "
+    "the task, the change as a diff and the result of its tests. Many changes look fine "
+    "and are not: read the diff line by line. Answer with one word: pass when the answer to "
+    "every question of the checklist is yes, else fail."
+)
+
+
 def review_messages(
-    input: ReviewPeer.Input, diff: str, instructions: str, *, page: str | None = None
+    input: ReviewPeer.Input,
+    diff: str,
+    instructions: str,
+    *,
+    page: str | None = None,
+    scored: bool = False,
 ) -> list[dict[str, str]]:
     """A reviewer's prompt: what both reviewers of a change share comes first (the task, the
     diff, the test result, for docs the page itself), this reviewer's own instructions, red
-    flags and checklist last, so a server's prefix cache evaluates the shared part once."""
+    flags and checklist last, so a server's prefix cache evaluates the shared part once.
+    ``scored``: the answer asked for is one word, pass or fail."""
     if input.test_passed is None:
         tests = "The tests were not run."
     else:
@@ -188,9 +279,10 @@ def review_messages(
         f"{instructions}"
         + (f"\n{flags}" if flags else "")
         + (f"\nChecklist:\n{questions}" if questions else "")
+        + ("\n\nAnswer with one word: pass or fail." if scored else "")
     )
     return [
-        {"role": "system", "content": ReviewPeer.SYSTEM},
+        {"role": "system", "content": SCORED_SYSTEM if scored else ReviewPeer.SYSTEM},
         {"role": "user", "content": user},
     ]
 

@@ -409,6 +409,7 @@ class StreamedCalls:
         sends one usage chunk per choice); the body's ``usage`` is the first choice's, as a
         non-streamed llama-server answer has it."""
         texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[Any]] = {}
         finish: dict[int, str | None] = {}
         usages: list[dict[str, Any]] = []
         owner: list[int | None] = []
@@ -449,6 +450,8 @@ class StreamedCalls:
                     watch.tokens += 1
                     self.tokens_seen_total += 1
                     texts[index].append(piece)
+                if isinstance(choice.get("logprobs"), dict):  # asked for: each token's
+                    logprobs.setdefault(index, []).extend(choice["logprobs"].get("content") or [])
                 if choice.get("finish_reason") is not None:
                     finish[index] = choice["finish_reason"]
                     finished.append(index)
@@ -463,6 +466,7 @@ class StreamedCalls:
                 "index": i,
                 "message": {"role": "assistant", "content": "".join(texts[i])},
                 "finish_reason": finish.get(i),
+                **({"logprobs": {"content": logprobs[i]}} if i in logprobs else {}),
             }
             for i in order
         ]

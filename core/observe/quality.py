@@ -1,0 +1,92 @@
+"""How much a scorer knows: AUROC with its confidence interval, and the threshold that lets a
+chosen share of defects through.
+
+A reviewer's scores on labelled changes — good ones (real fixes, right descriptions) and bad
+ones (planted defects) — say how well it tells them apart, whatever threshold it is later run
+at: AUROC is the probability that a good change scores above a bad one (ties count half). Its
+95 % interval is Hanley and McNeil's (1982). A scorer whose interval holds 0.5 carries no
+measured information, and is to be shown as such.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Quality", "Threshold", "auroc", "fit_threshold", "quality"]
+
+
+def auroc(good: Sequence[float], bad: Sequence[float]) -> float:
+    """P(a good change scores above a bad one), ties counted half (the Mann-Whitney U over
+    the product of the two counts). ValueError when either side is empty."""
+    if not good or not bad:
+        raise ValueError("AUROC needs scores of both good and bad changes")
+    wins = 0.0
+    for g in good:
+        for b in bad:
+            wins += 1.0 if g > b else 0.5 if g == b else 0.0
+    return wins / (len(good) * len(bad))
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    auroc: float
+    low: float
+    high: float
+    good: int
+    bad: int
+
+    @property
+    def informative(self) -> bool:
+        """Whether the interval leaves 0.5 out: the scores tell good from bad beyond chance."""
+        return self.low > 0.5 or self.high < 0.5
+
+    def describe(self) -> str:
+        text = (
+            f"AUROC {self.auroc:.2f} (95% CI {self.low:.2f}–{self.high:.2f}; "
+            f"{self.good} good, {self.bad} bad)"
+        )
+        return text if self.informative else f"{text}: no information (the interval holds 0.5)"
+
+
+def quality(good: Sequence[float], bad: Sequence[float], z: float = 1.959964) -> Quality:
+    """AUROC and its Hanley–McNeil interval, clipped to [0, 1]. At an AUROC of exactly 0 or 1
+    the variance is taken half a pair in from the edge, so a perfect score on a few changes
+    still has the width its counts deserve."""
+    found = auroc(good, bad)
+    n_good, n_bad = len(good), len(bad)
+    edge = 0.5 / (n_good * n_bad)
+    a = min(max(found, edge), 1 - edge)
+    q1 = a / (2 - a)
+    q2 = 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_good - 1) * (q1 - a * a) + (n_bad - 1) * (q2 - a * a)) / (
+        n_good * n_bad
+    )
+    half = z * math.sqrt(max(var, 0.0))
+    return Quality(found, max(0.0, found - half), min(1.0, found + half), n_good, n_bad)
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    value: float
+    """Pass a change when its score is at least this."""
+    defects_through: float
+    """Share of the bad changes that score at or above it."""
+    good_passed: float
+    """Share of the good changes that score at or above it."""
+
+
+def fit_threshold(
+    good: Sequence[float], bad: Sequence[float], *, max_defects_through: float = 0.2
+) -> Threshold:
+    """The lowest threshold (so the most good changes pass) that lets at most
+    ``max_defects_through`` of the bad changes through."""
+    if not good or not bad:
+        raise ValueError("a threshold needs scores of both good and bad changes")
+    candidates = sorted({*good, *bad, math.nextafter(max(*good, *bad), math.inf)})
+    for t in candidates:
+        through = sum(b >= t for b in bad) / len(bad)
+        if through <= max_defects_through:
+            return Threshold(t, through, sum(g >= t for g in good) / len(good))
+    raise AssertionError("unreachable: the last candidate lets nothing through")
