@@ -224,3 +224,88 @@ def test_a_real_llama_server_streams_the_verdict_tokens_logprobs(served):
         assert 0.0 <= got.p_pass <= 1.0 and 0.0 < got.mass <= 1.0
         top = got.reply.raw["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
         assert len(top) == TOP_LOGPROBS
+
+
+def _labelled(n: int) -> list:
+    from pantheon.core.work.labelled import Labelled
+
+    changes = []
+    for i in range(n):
+        for kind, right in (("good", True), ("backdoor", False)):
+            changes.append(
+                Labelled(
+                    flow="code",
+                    id=f"p{i}/{kind}",
+                    key=f"file:p{i}.py",
+                    kind=kind,
+                    right=right,
+                    why="",
+                    task=f"fix p{i}",
+                    diff=f"--- a/p{i}.py\n+++ b/p{i}.py\n@@\n-x\n+{kind} {i}\n",
+                    test_passed=True,
+                    test_report=[],
+                )
+            )
+    return changes
+
+
+def _calibrate(tmp_path, p_of):
+    from pantheon.core.run.calibrate import calibrate
+
+    def answer(body):
+        text = body["messages"][-1]["content"]
+        p = p_of(text)
+        return logprob_reply([("pass", math.log(p)), ("fail", math.log(1 - p))])
+
+    return run(
+        (
+            scripted(answer),
+            lambda llm: calibrate(llm, model="m", changes=_labelled(24), parallel=4),
+        )
+    )
+
+
+def test_calibration_fits_on_one_half_and_measures_on_the_other(tmp_path):
+    from pantheon.core.observe.quality import read_calibration, write_calibration
+
+    # a reviewer that scores good changes 0.8-0.9 and backdoors 0.3-0.85: it knows something
+    def p_of(text):
+        i = int(text.split("fix p", 1)[1].split()[0].rstrip("\n"))
+        return 0.8 + (i % 3) * 0.05 if "+good" in text else 0.3 + (i % 12) * 0.05
+
+    found = _calibrate(tmp_path, p_of)
+    assert [c.reviewer for c in found] == ["review_a", "review_b", "gate"]
+    gate = found[-1]
+    from pantheon.core.run.calibrate import tune_half
+
+    held = sum(not tune_half(f"file:p{i}.py") for i in range(24))
+    assert 0 < held < 24 and gate.kind == "code"
+    assert gate.good == gate.bad == held, "measured on the problems the fit never saw"
+    assert gate.informative and gate.auroc > 0.8
+    assert gate.defects_caught >= 0.5 and 0.0 < gate.good_passed <= 1.0
+    assert "at threshold" in gate.describe()
+    write_calibration(tmp_path, found)
+    assert read_calibration(tmp_path) == found
+    # calibrating again replaces the same reviewers, and keeps others
+    other = found[0].model_copy(update={"model": "other"})
+    write_calibration(tmp_path, [other])
+    assert len(read_calibration(tmp_path)) == 4
+
+
+def test_a_reviewer_that_scores_everything_alike_is_shown_as_carrying_no_information(tmp_path):
+    found = _calibrate(tmp_path, lambda text: 0.93)
+    gate = found[-1]
+    assert gate.auroc == 0.5 and not gate.informative
+    assert gate.describe().endswith("no information (the interval holds 0.5)")
+
+
+def test_a_corrupt_calibration_file_is_named(tmp_path):
+    from pantheon.core.errors import ArtifactError
+    from pantheon.core.observe.quality import calibration_path, read_calibration
+
+    assert read_calibration(tmp_path) == []
+    path = calibration_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text('[{"reviewer": "review_a"')
+    with pytest.raises(ArtifactError, match=r"calibration\.json is not a calibration file"):
+        read_calibration(tmp_path)

@@ -13,8 +13,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
-__all__ = ["Quality", "Threshold", "auroc", "fit_threshold", "quality"]
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from pantheon.core.errors import ArtifactError
+from pantheon.core.store.atomic import atomic_write_json
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "Calibration",
+    "Quality",
+    "Threshold",
+    "auroc",
+    "calibration_path",
+    "fit_threshold",
+    "quality",
+    "read_calibration",
+    "write_calibration",
+]
 
 
 def auroc(good: Sequence[float], bad: Sequence[float]) -> float:
@@ -90,3 +108,86 @@ def fit_threshold(
         if through <= max_defects_through:
             return Threshold(t, through, sum(g >= t for g in good) / len(good))
     raise AssertionError("unreachable: the last candidate lets nothing through")
+
+
+class Calibration(BaseModel):
+    """One reviewer's calibration on labelled changes (``ARTIFACTS/reviewers/calibration.json``
+    holds a list of them): its threshold, fit on one half of the problems, and its quality,
+    measured on the other half."""
+
+    reviewer: str
+    """The reviewer node (``review_a``), or ``gate`` for the two together (the lower score)."""
+    kind: str
+    """``code`` or ``docs``."""
+    model: str
+    adapter: str | None = None
+    threshold: float
+    max_defects_through: float
+    auroc: float
+    low: float
+    high: float
+    good: int
+    bad: int
+    defects_caught: float
+    """Share of the held-out defects scored under the threshold."""
+    good_passed: float
+    """Share of the held-out good changes scored at or above it."""
+    no_score: int = 0
+    """Changes the model gave no verdict token for."""
+    at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def informative(self) -> bool:
+        return Quality(self.auroc, self.low, self.high, self.good, self.bad).informative
+
+    def describe(self) -> str:
+        q = Quality(self.auroc, self.low, self.high, self.good, self.bad).describe()
+        if not self.informative:
+            return q
+        return (
+            f"{q}; at threshold {self.threshold:.3f}: {self.defects_caught:.0%} of defects "
+            f"caught, {self.good_passed:.0%} of good changes passed"
+        )
+
+
+CALIBRATION_FILE = Path("reviewers") / "calibration.json"
+
+
+def calibration_path(artifacts: Path) -> Path:
+    return Path(artifacts) / CALIBRATION_FILE
+
+
+def read_calibration(artifacts: Path) -> list[Calibration]:
+    """The calibrations of the artifacts directory: none when there is no file; ArtifactError
+    naming the file when it cannot be read."""
+    path = calibration_path(artifacts)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return TypeAdapter(list[Calibration]).validate_json(text)
+    except ValidationError as exc:
+        raise ArtifactError(
+            f"{path} is not a calibration file: {exc.errors()[0]['msg']}",
+            hint="`pantheon reviewers calibrate` writes it again",
+        ) from None
+
+
+def write_calibration(artifacts: Path, calibrations: Sequence[Calibration]) -> Path:
+    """Replace the calibrations of the same model, adapter, kind and reviewer; keep the rest."""
+    path = calibration_path(artifacts)
+    new = {(c.model, c.adapter, c.kind, c.reviewer) for c in calibrations}
+    try:
+        kept = [
+            c
+            for c in read_calibration(artifacts)
+            if (c.model, c.adapter, c.kind, c.reviewer) not in new
+        ]
+    except ArtifactError:
+        kept = []  # a corrupt file is replaced by what was just measured
+    payload = [c.model_dump(mode="json") for c in [*kept, *calibrations]]
+    atomic_write_json(path, payload)
+    return path
