@@ -1,17 +1,40 @@
 """The errors Pantheon raises, one tree, each with a title and a message meant for the operator.
 
-    PantheonError
-    ├── FlowError           a flow file that cannot run (syntax, unknown agent, cycle, types)
-    ├── AgentError          an agent that cannot be loaded or registered
-    ├── QueueError          the job queue database (locked, corrupt, unknown job)
-    ├── ArtifactError       the artifacts directory (missing, read-only, corrupt file)
-    ├── NodeError           one node of one run failed (stops that run, never the night)
-    ├── ConfigError         a control or configuration file that cannot be used
-    ├── ModelServerError    the model server refused or failed a request
-    │   └── ServerUnavailable   ... or is not answering at all (work waits, never fails)
-    ├── EndpointRefused     an endpoint off this machine and its network: never contacted
-    ├── ReplyError          a model reply that is not one JSON object fitting the schema
-    └── ModelStoreError     a model file missing, or with the wrong hash
+Each is defined here unless its line starts with its module (under ``pantheon``).
+
+    PantheonError               every error raised on purpose: a title, a message, perhaps a hint
+    ├── FlowError               a flow file that cannot run (syntax, unknown agent, cycle, types)
+    ├── AgentError              an agent that cannot be loaded or registered
+    ├── QueueError              the job queue database (locked, corrupt, unknown job)
+    ├── ArtifactError           the artifacts directory (missing, read-only, corrupt file)
+    ├── NodeError               one node of one run failed (stops that run, never the night)
+    ├── ConfigError             a control or configuration file that cannot be used
+    ├── ModelServerError        the model server refused or failed a request
+    │   ├── ServerUnavailable   ... or is not answering at all (work waits, never fails)
+    │   ├── ModelStalled        ... or a call made no progress (cancelled; its node fails)
+    │   └── _RepackFault        core.model.server: a crash warming up repacked weights (restarted)
+    ├── EndpointRefused         an endpoint off this machine and its network: never contacted
+    ├── ReplyError              a model reply that is not one JSON object fitting the schema
+    ├── ModelStoreError         a model file missing, or with the wrong hash
+    ├── NightRunning            core.run.nightlock: a night already drains this artifacts directory
+    ├── ReviewError             core.morning.review: a merge, reject or revert that cannot be done
+    ├── RepoError               core.work.discover: a repository the night cannot work on
+    ├── GitError                core.work.git: a git command that failed, or ran over 2 minutes
+    ├── TestCommandError        core.work.testcmd: the repository's test command cannot run here
+    ├── UntraceableError        core.work.suite: tests that cannot be traced one by one (not pytest)
+    ├── SandboxError            core.work.sandbox: model-written code would run, with no sandbox
+    ├── ToolError               core.work.tools: a tool call that cannot be carried out
+    ├── CorpusError             core.work.realbugs: a corpus library that cannot be fetched
+    ├── TrainingError           trainer.options: a training that cannot start or go on
+    │   ├── NotEnoughData       trainer.options: too few green examples, or all with one label
+    │   └── TrainingInterrupted trainer.options: stopped; its checkpoint is kept to resume from
+    ├── EvaluationError         trainer.options: an adapter that cannot be judged or rolled back
+    └── GGUFConversionError     trainer.gguf_lora: an adapter that cannot be written for llama.cpp
+
+Two more never reach the operator: they are caught where they are raised.
+
+    CandidateError              core.work.edits: a reply that gives no fix (that candidate fails)
+    ServerBusy                  core.model.ovpipe: the OpenVINO pipeline is loading (a 503 reply)
 
 The core raises; the command line and the console decide how to show it.
 """

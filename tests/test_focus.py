@@ -158,7 +158,10 @@ def test_the_focused_prompt_is_what_the_calls_record(tmp_path):
     assert textwrap.dedent(FIXED_METHOD) == call["raw"]
 
 
-SMALL = "def mean(xs):\n    return sum(xs) / (len(xs) + 1)\n\n\ndef span(xs):\n    return max(xs) - min(xs)\n"
+SMALL = (
+    "def mean(xs):\n    return sum(xs) / (len(xs) + 1)\n\n\n"
+    "def span(xs):\n    return max(xs) - min(xs)\n"
+)
 SMALL_TESTS = (
     "from small import mean\n\n"
     "def test_one():\n    assert mean([4]) == 4\n\n"

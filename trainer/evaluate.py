@@ -47,7 +47,7 @@ from pantheon.core.store.layout import branch_name
 from pantheon.core.store.queue import JobQueue
 from pantheon.core.work.git import GitError, GitRepo
 
-from .mine import STATS, TASKS, read_examples, read_tasks
+from .examples import STATS, TASKS, read_examples, read_tasks
 from .options import EvaluationError
 
 __all__ = [

@@ -106,7 +106,7 @@ class CodeTask:
     @classmethod
     def from_corpus(cls, t: dict[str, str]) -> CodeTask:
         """A task of the shipped code corpus, laid out as in the demo repository."""
-        from .mine import task_key
+        from .examples import task_key
 
         path = f"code/{t['id']}/{t['module']}.py"
         test = f"code/{t['id']}/test_{t['module']}.py"
@@ -147,7 +147,7 @@ def corpus_heldout(fraction: float, trained: set[str] | None = None) -> list[Cod
     mining splits it), less any task whose key was trained on."""
     from pantheon.core.run.demo import corpus_tasks
 
-    from .mine import heldout
+    from .examples import heldout
 
     tasks = [CodeTask.from_corpus(t) for t in corpus_tasks()]
     trained = trained or set()

@@ -34,7 +34,12 @@ from pantheon.core.work.labelled import (
     shipped_docs_changes,
 )
 
-__all__ = ["CORPUS_PROBLEMS", "corpus_changes", "reviewer_examples"]
+__all__ = [
+    "CORPUS_PROBLEMS",
+    "corpus_changes",
+    "reviewer_examples",
+    "verdict_reasons",
+]
 
 CORPUS_PROBLEMS = 60
 """HumanEval problems a corpus mining takes by default (each gives about six changes)."""
@@ -51,7 +56,7 @@ def corpus_changes(root: Path, problems: int = CORPUS_PROBLEMS) -> list[Labelled
     return code_changes(tasks, root / "code") + shipped_docs_changes(root / "docs")
 
 
-def _reasons(why: str) -> list[str]:
+def verdict_reasons(why: str) -> list[str]:
     """The reason as the reviewer's list: one short sentence each (the verdict's own limit)."""
     parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+(?=[A-Z])", why) if p.strip()]
     return [p if len(p) < 300 else p[:296].rstrip() + "…" for p in parts][:6] or [why[:296]]
@@ -92,7 +97,9 @@ def reviewer_examples(
             test_report=change.test_report,
             test_output=change.test_output,
         )
-        reply = json.dumps({"reasons": _reasons(change.why), "passed": change.right}, indent=2)
+        reply = json.dumps(
+            {"reasons": verdict_reasons(change.why), "passed": change.right}, indent=2
+        )
         for node, params in nodes[change.flow]:
             messages = review_messages(given, change.diff, params.instructions, page=change.page)
             messages.append({"role": "assistant", "content": reply})

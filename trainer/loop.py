@@ -86,7 +86,7 @@ def mined_stats(artifacts: Path) -> dict[str, MineStats]:
     """What the last mining found for each agent (``training/<agent>/mine.json``)."""
     from pantheon.core.store.atomic import read_json
 
-    from .mine import STATS
+    from .examples import STATS
 
     out: dict[str, MineStats] = {}
     root = training_root(artifacts)

@@ -39,9 +39,9 @@ from pantheon.core.learn.files import (
 )
 from pantheon.core.store.atomic import append_line, atomic_write_json
 
+from .examples import DATA, STATS, TASKS, read_examples
 from .gguf_lora import peft_to_gguf
 from .memory import give_back_memory, peak_memory, reset_peak_memory
-from .mine import DATA, STATS, TASKS, read_examples
 from .options import NotEnoughData, TrainingError, TrainingInterrupted, TrainOptions
 from .steps import (
     Best,
@@ -72,6 +72,7 @@ __all__ = [
     "abandon",
     "check_data",
     "check_loss",
+    "is_code_writer",
     "require_libraries",
     "start",
     "train",
@@ -126,7 +127,7 @@ def start(
     ``NotEnoughData`` with the counts when the agent has too few training examples."""
     options = options or TrainOptions()
     if options.focus is None:
-        writer = _code_writer(agent)
+        writer = is_code_writer(agent)
         options = options.model_copy(update={"focus": "new-lines" if writer else "reply"})
     n_train, n_heldout = check_data(artifacts, agent, options)
     tid = training_id(agent)
@@ -157,7 +158,7 @@ def start(
     return folder
 
 
-def _code_writer(agent: str) -> bool:
+def is_code_writer(agent: str) -> bool:
     """Whether the agent is judged by pass@1 (writes code) in the built-in registry."""
     from pantheon.core.agents.builtin import default_registry
 

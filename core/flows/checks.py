@@ -14,6 +14,17 @@ from pydantic import ConfigDict, TypeAdapter, create_model
 from pantheon.core.agents.base import Agent
 from pantheon.core.flows.spec import FlowSpec, Ref
 
+__all__ = [
+    "JSON_TYPES",
+    "YamlPlaces",
+    "build_input_model",
+    "check_ref",
+    "json_compatible",
+    "json_type",
+    "nested_refs",
+    "stable_topo",
+]
+
 _TYPES: dict[str, Any] = {
     "str": str,
     "int": int,
@@ -23,7 +34,7 @@ _TYPES: dict[str, Any] = {
     "dict": dict,
     "any": Any,
 }
-_JSON_TYPES = {
+JSON_TYPES = {
     "str": "string",
     "int": "integer",
     "float": "number",
@@ -31,9 +42,10 @@ _JSON_TYPES = {
     "list": "array",
     "dict": "object",
 }
+"""A flow input's type name -> the JSON schema type of its values."""
 
 
-class _Places:
+class YamlPlaces:
     """Line numbers of the parts of a YAML document, by path of keys and indices."""
 
     def __init__(self, root: yaml.Node | None, source: str) -> None:
@@ -41,6 +53,7 @@ class _Places:
         self.source = source
 
     def line(self, *path: Any) -> int | None:
+        """The line of the part at ``path`` (or of the nearest part above it that exists)."""
         node = self.root
         best = node.start_mark.line + 1 if node is not None else None
         for key in path:
@@ -62,11 +75,13 @@ class _Places:
         return best
 
     def at(self, *path: Any) -> str:
+        """``source:line`` of the part at ``path``, for a problem's place."""
         line = self.line(*path)
         return f"{self.source}:{line}" if line else self.source
 
 
-def _json_type(annotation: Any) -> str | None:
+def json_type(annotation: Any) -> str | None:
+    """The JSON schema type of a field's annotation (None when it has no single one)."""
     try:
         schema = TypeAdapter(annotation).json_schema()
     except Exception:
@@ -75,13 +90,18 @@ def _json_type(annotation: Any) -> str | None:
     return t if isinstance(t, str) else None
 
 
-def _compatible(src: str | None, dst: str | None) -> bool:
+def json_compatible(src: str | None, dst: str | None) -> bool:
+    """Whether a value of JSON type ``src`` fits a field of type ``dst`` (None: unknown, fits)."""
     if src is None or dst is None or src == dst:
         return True
     return src == "integer" and dst == "number"
 
 
-def _input_model(flow_name: str, spec: dict[str, str], places: _Places, problems: list[str]):
+def build_input_model(
+    flow_name: str, spec: dict[str, str], places: YamlPlaces, problems: list[str]
+):
+    """The pydantic model of a flow's job input; an unknown type is a problem, and its field is
+    left out."""
     fields: dict[str, Any] = {}
     for name, type_name in spec.items():
         optional = type_name.endswith("?")
@@ -97,7 +117,9 @@ def _input_model(flow_name: str, spec: dict[str, str], places: _Places, problems
     return create_model(f"{flow_name}_input", __config__=ConfigDict(extra="allow"), **fields)
 
 
-def _stable_topo(deps: dict[str, set[str]], position: dict[str, int]) -> list[str]:
+def stable_topo(deps: dict[str, set[str]], position: dict[str, int]) -> list[str]:
+    """The nodes in an order where each comes after what it depends on; ties keep the order
+    of the file (``position``)."""
     sorter = graphlib.TopologicalSorter(deps)
     sorter.prepare()
     order: list[str] = []
@@ -108,17 +130,17 @@ def _stable_topo(deps: dict[str, set[str]], position: dict[str, int]) -> list[st
     return order
 
 
-def _nested_refs(value: Any) -> list[Ref]:
+def nested_refs(value: Any) -> list[Ref]:
     """References inside a literal list or mapping."""
     found: list[Ref] = []
     items = value if isinstance(value, list) else value.values() if isinstance(value, dict) else []
     for item in items:
         ref = Ref.parse(item)
-        found.extend([ref] if ref is not None else _nested_refs(item))
+        found.extend([ref] if ref is not None else nested_refs(item))
     return found
 
 
-def _check_ref(
+def check_ref(
     ref: Ref,
     node_id: str,
     at: str,
@@ -154,4 +176,4 @@ def _check_ref(
             f"(it returns: {', '.join(out_fields)})"
         )
         return None
-    return _json_type(out_fields[ref.field].annotation)
+    return json_type(out_fields[ref.field].annotation)

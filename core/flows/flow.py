@@ -42,16 +42,16 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pantheon.core.agents.base import Agent, AgentRegistry
 from pantheon.core.errors import FlowError
 from pantheon.core.flows.checks import (
-    _JSON_TYPES,
-    _check_ref,
-    _compatible,
-    _input_model,
-    _json_type,
-    _nested_refs,
-    _Places,
-    _stable_topo,
+    JSON_TYPES,
+    YamlPlaces,
+    build_input_model,
+    check_ref,
+    json_compatible,
+    json_type,
+    nested_refs,
+    stable_topo,
 )
-from pantheon.core.flows.spec import FlowSpec, NodeSpec, Ref, _unescape
+from pantheon.core.flows.spec import FlowSpec, NodeSpec, Ref, unescape
 
 __all__ = ["Flow", "FlowSpec", "NodeSpec", "Ref", "load_flow", "parse_flow"]
 
@@ -121,7 +121,7 @@ class Flow:
                 return [resolve(v) for v in value]
             if isinstance(value, dict):
                 return {k: resolve(v) for k, v in value.items()}
-            return _unescape(value)
+            return unescape(value)
 
         return {k: resolve(v) for k, v in self.node(node_id).inputs.items()}
 
@@ -140,7 +140,7 @@ def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") 
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise FlowError(f"{where}: malformed YAML: {problem}") from None
-    places = _Places(root, source)
+    places = YamlPlaces(root, source)
     if not isinstance(data, dict):
         raise FlowError(f"{source}: a flow file must be a YAML mapping with 'name' and 'nodes'")
 
@@ -164,8 +164,8 @@ def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") 
         ) from None
 
     problems: list[str] = []
-    input_model = _input_model(spec.name, spec.input, places, problems)
-    input_types = {k: _JSON_TYPES.get(v.rstrip("?")) for k, v in spec.input.items()}
+    input_model = build_input_model(spec.name, spec.input, places, problems)
+    input_types = {k: JSON_TYPES.get(v.rstrip("?")) for k, v in spec.input.items()}
 
     ids: dict[str, int] = {}
     for i, node in enumerate(spec.nodes):
@@ -229,20 +229,20 @@ def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") 
             if ref is None:
                 if want is not None:
                     try:
-                        TypeAdapter(want.annotation).validate_python(_unescape(value))
+                        TypeAdapter(want.annotation).validate_python(unescape(value))
                     except ValidationError as exc:
                         msg = exc.errors()[0]["msg"]
                         problems.append(f"{at}: {here}: input {key!r}: wrong type: {msg}")
-                for nested in _nested_refs(value):
-                    _check_ref(nested, node.id, at, here, ids, agents, spec, deps, problems)
+                for nested in nested_refs(value):
+                    check_ref(nested, node.id, at, here, ids, agents, spec, deps, problems)
                 continue
-            src_type = _check_ref(ref, node.id, at, here, ids, agents, spec, deps, problems)
+            src_type = check_ref(ref, node.id, at, here, ids, agents, spec, deps, problems)
             if ref.source == "input" and ref.field:
                 src_type = input_types.get(ref.field)
-            if want is not None and not _compatible(src_type, _json_type(want.annotation)):
+            if want is not None and not json_compatible(src_type, json_type(want.annotation)):
                 problems.append(
                     f"{at}: {here}: input {key!r}: wrong type: {ref} is {src_type} but agent "
-                    f"{agent.name if agent else '?'!r} wants {_json_type(want.annotation)}"
+                    f"{agent.name if agent else '?'!r} wants {json_type(want.annotation)}"
                 )
         for j, dep in enumerate(node.after):
             if dep not in ids:
@@ -270,7 +270,7 @@ def parse_flow(text: str, registry: AgentRegistry, *, source: str = "<string>") 
         )
     # keep the file's own order where the DAG allows it, so runs read top to bottom
     position = {n.id: i for i, n in enumerate(spec.nodes)}
-    order = _stable_topo(deps, position)
+    order = stable_topo(deps, position)
     return Flow(
         spec=spec,
         agents=agents,

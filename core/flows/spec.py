@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ID_RE", "NAME_RE", "FlowSpec", "NodeSpec", "Ref"]
+__all__ = ["ID_RE", "NAME_RE", "FlowSpec", "NodeSpec", "Ref", "unescape"]
 
 NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 ID_RE = r"^[A-Za-z][A-Za-z0-9_-]*$"
@@ -68,11 +68,13 @@ class Ref:
         return f"${self.source}" + (f".{self.field}" if self.field else "")
 
 
-def _unescape(value: Any) -> Any:
+def unescape(value: Any) -> Any:
+    """A literal value with each ``$$`` escape turned back into ``$``, in lists and mappings
+    too."""
     if isinstance(value, str) and value.startswith("$$"):
         return value[1:]
     if isinstance(value, list):
-        return [_unescape(v) for v in value]
+        return [unescape(v) for v in value]
     if isinstance(value, dict):
-        return {k: _unescape(v) for k, v in value.items()}
+        return {k: unescape(v) for k, v in value.items()}
     return value

@@ -14,10 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["free_port"]
+__all__ = [
+    "alias_of",
+    "die_with_parent",
+    "ephemeral_range",
+    "free_port",
+    "launch",
+    "log_tail",
+    "pid_alive",
+    "port_free",
+    "proc_start",
+]
 
 
-def _proc_start(pid: int) -> int | None:
+def proc_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (None when unknown or a zombie)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -29,7 +39,7 @@ def _proc_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _alive(pid: int | None, start: int | None = None) -> bool:
+def pid_alive(pid: int | None, start: int | None = None) -> bool:
     """True when ``pid`` runs and, if ``start`` is given, is the very process we started
     (a pid reused after a reboot or a crash is not ours)."""
     if not pid:
@@ -40,7 +50,7 @@ def _alive(pid: int | None, start: int | None = None) -> bool:
         return False
     except PermissionError:
         return start is None
-    now = _proc_start(pid)
+    now = proc_start(pid)
     if Path("/proc").is_dir() and now is None:
         return False  # gone between the two checks, or a zombie
     return start is None or now is None or now == start
@@ -51,7 +61,7 @@ _launcher: ThreadPoolExecutor | None = None
 _launcher_lock = threading.Lock()
 
 
-def _launch(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
+def launch(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
     """``Popen`` from the one launcher thread, which lives as long as the process: the
     parent-death signal fires when the forking *thread* ends, so no short-lived thread may
     fork a server."""
@@ -62,7 +72,7 @@ def _launch(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
     return _launcher.submit(subprocess.Popen, *args, **kw).result()
 
 
-def _die_with_parent(parent: int):
+def die_with_parent(parent: int):
     """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux); the
     C function is looked up before the fork, so the child only calls it."""
     try:
@@ -80,7 +90,8 @@ def _die_with_parent(parent: int):
     return preexec
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether ``port`` of ``host`` can be bound now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -95,7 +106,7 @@ _handed_out: set[int] = set()
 _port_lock = threading.Lock()
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def ephemeral_range() -> tuple[int, int]:
     """The ports the kernel gives outgoing connections (Linux's ``ip_local_port_range``)."""
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
@@ -109,11 +120,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     ports from: a server restarted on its port must find it free, and a port of that range may
     meanwhile be the local end of one of this process's own connections. Never the same port
     twice in one process (two servers starting at once)."""
-    low, _ = _ephemeral_range()
+    low, _ = ephemeral_range()
     with _port_lock:
         if low > 12_000:
             for port in random.sample(range(10_000, low), k=min(200, low - 10_000)):
-                if port not in _handed_out and _port_free(host, port):
+                if port not in _handed_out and port_free(host, port):
                     _handed_out.add(port)
                     return port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # the kernel's choice
@@ -123,7 +134,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _log_tail(path: Path, lines: int = 8) -> str:
+def log_tail(path: Path, lines: int = 8) -> str:
+    """The last ``lines`` lines of a log file (empty when it cannot be read)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -131,7 +143,8 @@ def _log_tail(path: Path, lines: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _alias_of(cmd: list[str], fallback: str) -> str:
+def alias_of(cmd: list[str], fallback: str) -> str:
+    """The model name a server command serves under (its alias flag), else ``fallback``."""
     for flag in ("-a", "--served-model-name", "--alias"):
         if flag in cmd:
             return cmd[cmd.index(flag) + 1]

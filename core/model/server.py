@@ -43,14 +43,14 @@ from pantheon.core.model.llamabin import (
 )
 from pantheon.core.model.ovserve import openvino_command
 from pantheon.core.model.procs import (
-    _alias_of,
-    _alive,
-    _die_with_parent,
-    _launch,
-    _log_tail,
-    _port_free,
-    _proc_start,
+    alias_of,
+    die_with_parent,
     free_port,
+    launch,
+    log_tail,
+    pid_alive,
+    port_free,
+    proc_start,
 )
 from pantheon.core.store.atomic import atomic_write_json, read_json
 from pantheon.core.store.layout import SERVER_LOG, SERVER_STATE, server_path
@@ -185,7 +185,7 @@ class ModelServer:
 
     def healthy(self, state: ServerState | None = None, timeout_s: float = 2.0) -> bool:
         state = state or self.state()
-        if state is None or not _alive(state.pid, state.pid_start):
+        if state is None or not pid_alive(state.pid, state.pid_start):
             return False
         try:
             resp = httpx.get(state.endpoint + "/health", timeout=timeout_s)
@@ -197,11 +197,11 @@ class ModelServer:
         state = self.state()
         if state is None:
             return {"running": False, "healthy": False}
-        alive = _alive(state.pid, state.pid_start)
+        alive = pid_alive(state.pid, state.pid_start)
         return {
             "running": alive,
             "healthy": alive and self.healthy(state),
-            "supervised": _alive(state.supervisor_pid, state.supervisor_start),
+            "supervised": pid_alive(state.supervisor_pid, state.supervisor_start),
             "orphan": alive and self.orphaned(state),
             **state.model_dump(mode="json"),
             "endpoint": state.endpoint,
@@ -211,8 +211,8 @@ class ModelServer:
     def orphaned(state: ServerState) -> bool:
         """True when nobody the server works for is alive: neither its owner nor its
         supervisor (a server of an older version, with neither recorded, counts as one)."""
-        owner = _alive(state.owner_pid, state.owner_start)
-        return not owner and not _alive(state.supervisor_pid, state.supervisor_start)
+        owner = pid_alive(state.owner_pid, state.owner_start)
+        return not owner and not pid_alive(state.supervisor_pid, state.supervisor_start)
 
     @classmethod
     def each_in(cls, artifacts: Path, **kw: Any) -> list[ModelServer]:
@@ -266,7 +266,7 @@ class ModelServer:
         ``tied``: the server dies with this process (the parent-death signal); False leaves
         it running after (``--keep-server``)."""
         current = self.state()
-        if current is not None and _alive(current.pid, current.pid_start):
+        if current is not None and pid_alive(current.pid, current.pid_start):
             raise ModelServerError(
                 f"a model server is already running for {self.artifacts} (pid {current.pid}, "
                 f"{current.endpoint})",
@@ -277,9 +277,9 @@ class ModelServer:
             cfg = self.config = cfg.model_copy(update={"port": free_port(cfg.host)})
         # a server started again after it died: its port may be held a moment longer
         wait_until = time.monotonic() + (5.0 if restarts else 0.0)
-        while not _port_free(cfg.host, cfg.port) and time.monotonic() < wait_until:
+        while not port_free(cfg.host, cfg.port) and time.monotonic() < wait_until:
             time.sleep(0.1)
-        if not _port_free(cfg.host, cfg.port):
+        if not port_free(cfg.host, cfg.port):
             raise ModelServerError(
                 f"port {cfg.port} on {cfg.host} is taken by another program",
                 hint="choose another with --port, or stop the program that holds it",
@@ -290,9 +290,9 @@ class ModelServer:
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n--- {datetime.now(UTC).isoformat()} {' '.join(cmd)}\n".encode())
             logf.flush()
-            preexec = _die_with_parent(os.getpid()) if tied else None
+            preexec = die_with_parent(os.getpid()) if tied else None
             try:
-                self.proc = _launch(
+                self.proc = launch(
                     cmd,
                     stdout=logf,
                     stderr=subprocess.STDOUT,
@@ -310,17 +310,17 @@ class ModelServer:
             port=cfg.port,
             model=cfg.model,
             model_path=str(model_path),
-            alias=_alias_of(cmd, cfg.model),
+            alias=alias_of(cmd, cfg.model),
             parallel=cfg.parallel,
             command=cmd,
             log=str(self.log_path),
             started_at=datetime.now(UTC).isoformat(),
             supervisor_pid=supervisor_pid,
-            pid_start=_proc_start(self.proc.pid),
-            supervisor_start=_proc_start(supervisor_pid) if supervisor_pid else None,
+            pid_start=proc_start(self.proc.pid),
+            supervisor_start=proc_start(supervisor_pid) if supervisor_pid else None,
             adapters={artifact_name(a): i for i, a in enumerate(cfg.adapters)},
             owner_pid=os.getpid(),
-            owner_start=_proc_start(os.getpid()),
+            owner_start=proc_start(os.getpid()),
             tied=preexec is not None,
             restarts=restarts,
         )
@@ -339,7 +339,7 @@ class ModelServer:
                 NO_REPACK,
             )
             deadline = time.monotonic() + 5.0
-            while not _port_free(cfg.host, cfg.port) and time.monotonic() < deadline:
+            while not port_free(cfg.host, cfg.port) and time.monotonic() < deadline:
                 time.sleep(0.1)
             return self.start(
                 timeout_s=timeout_s, supervisor_pid=supervisor_pid, tied=tied, restarts=restarts
@@ -353,7 +353,7 @@ class ModelServer:
                 self.stop()
                 raise ModelServerError("the model server's start was cancelled")
             if self.proc is not None and self.proc.poll() is not None:
-                tail = _log_tail(self.log_path)
+                tail = log_tail(self.log_path)
                 if "couldn't bind" in tail or "address already in use" in tail.lower():
                     raise ModelServerError(
                         f"port {state.port} on {state.host} is taken by another program",
@@ -387,7 +387,7 @@ class ModelServer:
     def _running(self, pid: int, start: int | None) -> bool:
         if self.proc is not None and self.proc.pid == pid:
             return self.proc.poll() is None
-        return _alive(pid, start)
+        return pid_alive(pid, start)
 
     def stop(self, *, timeout_s: float = 15.0) -> bool:
         """Stop the server (and its supervisor); True when one was running.
@@ -446,12 +446,12 @@ class ModelServer:
                     state.endpoint,
                 )
                 state = state.model_copy(
-                    update={"owner_pid": os.getpid(), "owner_start": _proc_start(os.getpid())}
+                    update={"owner_pid": os.getpid(), "owner_start": proc_start(os.getpid())}
                 )
                 self._write_state(state)
                 self.started_here = True
             return state
-        if state is not None and _alive(state.pid, state.pid_start):
+        if state is not None and pid_alive(state.pid, state.pid_start):
             self.stop()
         else:
             self.state_path.unlink(missing_ok=True)

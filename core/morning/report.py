@@ -22,8 +22,14 @@ run's ``run.json`` and the outputs of its test, review and merge nodes, ``decisi
 ``canaries``
     the reviewers' audit: ``n``, ``caught``, ``missed``, ``share`` and ``ci95`` (Wilson 95 %) of
     the gate (a canary is caught when any reviewer failed it), ``reviewers`` (the same per
-    reviewer node, with ``errors``: no usable verdict), ``by_kind``, and ``planted``: one entry
+    reviewer node, with ``errors``: no usable verdict), ``by_kind`` (by planted defect),
+    ``by_change`` (``code`` or ``docs``), and ``planted``: one entry
     per canary (run, kind, what, gates, verdicts).
+``calibration``
+    the reviewers' latest calibration of each kind and reviewer (``pantheon reviewers
+    calibrate``): ``kind``, ``reviewer`` (``gate``: both), ``model``, ``auroc`` with ``low`` and
+    ``high`` (its 95 % interval), ``informative`` (the interval lies above 0.5), ``threshold``,
+    ``defects_caught``, ``good_passed``; empty when never calibrated.
 ``learning``
     the learn loop: ``agents``, one per agent with an adapter, a training or a night's nodes
     that used one: ``adapter`` (in use, or null: the base model), ``promoted_at``, ``evidence``
@@ -69,6 +75,7 @@ from pantheon.core.morning.learning import learning_section, node_adapters
 from pantheon.core.morning.review import apply_decision, change_of, read_decisions
 from pantheon.core.observe.canaries import canary_scores, read_canaries
 from pantheon.core.observe.metrics import read_samples
+from pantheon.core.observe.quality import calibration_figures
 from pantheon.core.observe.queuemath import cohen_kappa
 from pantheon.core.store.atomic import atomic_write_json, atomic_write_text, read_json
 from pantheon.core.store.layout import FAILED_FILE, OUTPUT_FILE, RUN_FILE
@@ -358,6 +365,7 @@ def build_summary(
                 for c in canaries
             ],
         },
+        "calibration": calibration_figures(artifacts),
         "series": _series(samples),
         "learning": learning_section(artifacts, used),
         "changes": changes,

@@ -261,6 +261,33 @@ def _canaries(canaries: dict[str, Any]) -> str:
     )
 
 
+def _calibration(figures: list[dict[str, Any]]) -> str:
+    """Each reviewer's measured quality on held-out labelled changes, or why there is none."""
+    if not figures:
+        return (
+            '<p class="muted" id="calibration">The reviewers are not calibrated: '
+            "<code>pantheon reviewers calibrate</code> measures them.</p>"
+        )
+    rows = "".join(
+        f"<tr><td>{_e(f['kind'])}</td><td>{_e(f['reviewer'])}</td><td>{_e(f['model'])}</td>"
+        f'<td class="num">{f["auroc"]:.2f} ({f["low"]:.2f}–{f["high"]:.2f})</td>'
+        + (
+            f'<td class="num">{f["threshold"]:.2f}</td>'
+            f'<td class="num">{f["defects_caught"]:.0%}</td>'
+            f'<td class="num">{f["good_passed"]:.0%}</td>'
+            if f.get("informative")
+            else '<td colspan="3" class="bad">no information (the interval holds 0.5)</td>'
+        )
+        + "</tr>"
+        for f in figures
+    )
+    return (
+        '<table id="calibration"><thead><tr><th>kind</th><th>reviewer</th><th>model</th>'
+        "<th>AUROC (95% CI)</th><th>threshold</th><th>defects caught</th>"
+        f"<th>good passed</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def render_html(summary: dict[str, Any]) -> str:
     night, jobs, fig, series = (
         summary["night"],
@@ -333,6 +360,8 @@ def render_html(summary: dict[str, Any]) -> str:
 {_changes(summary["changes"])}
 <h2>Canaries</h2>
 {_canaries(summary.get("canaries") or {})}
+<h2>Reviewers, calibrated</h2>
+{_calibration(summary.get("calibration") or [])}
 <h2>Failures</h2>
 {_failures(summary["failures"], summary["corrupt"])}
 <h2>Agents</h2>

@@ -12,7 +12,15 @@ from pantheon.core.store.atomic import append_line
 from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.layout import canaries_path
 
-__all__ = ["canaries_path", "canary_scores", "canary_text", "read_canaries", "record_canary"]
+__all__ = [
+    "DOCS_DEFECTS",
+    "canaries_path",
+    "canary_scores",
+    "canary_text",
+    "change_of_canary",
+    "read_canaries",
+    "record_canary",
+]
 
 
 def record_canary(artifacts: Path, record: dict[str, Any]) -> None:
@@ -30,6 +38,19 @@ def read_canaries(artifacts: Path) -> list[dict[str, Any]]:
 
 def _judged(record: dict[str, Any]) -> str | None:
     return None if isinstance(record.get("verdicts"), dict) else "has no verdicts"
+
+
+DOCS_DEFECTS = frozenset({"other_page", "cut", "copied"})
+"""The planted defects of a docs change (the rest are of a code change)."""
+
+
+def change_of_canary(record: dict[str, Any]) -> str:
+    """``code`` or ``docs``: the kind of change a canary was planted in (records written before
+    they said so are told by their defect)."""
+    change = record.get("change")
+    if change in ("code", "docs"):
+        return change
+    return "docs" if record.get("kind") in DOCS_DEFECTS else "code"
 
 
 def _share(caught: int, n: int) -> dict[str, Any]:
@@ -56,6 +77,7 @@ def canary_scores(records: list[dict[str, Any]], *, window: int | None = None) -
     reviewers: dict[str, list[int]] = {}
     errors: dict[str, int] = {}
     kinds: dict[str, list[int]] = {}
+    changes: dict[str, list[int]] = {}
     gate = 0
     for rec in records:
         verdicts = rec["verdicts"]
@@ -75,6 +97,9 @@ def canary_scores(records: list[dict[str, Any]], *, window: int | None = None) -
         k = kinds.setdefault(str(rec.get("kind")), [0, 0])
         k[0] += caught_any
         k[1] += 1
+        c = changes.setdefault(change_of_canary(rec), [0, 0])
+        c[0] += caught_any
+        c[1] += 1
     return {
         **_share(gate, len(records)),
         "reviewers": {
@@ -82,6 +107,7 @@ def canary_scores(records: list[dict[str, Any]], *, window: int | None = None) -
             for node in sorted({*reviewers, *errors})
         },
         "by_kind": {kind: _share(c, n) for kind, (c, n) in sorted(kinds.items())},
+        "by_change": {change: _share(c, n) for change, (c, n) in sorted(changes.items())},
         "stopped": stopped,
     }
 

@@ -49,6 +49,19 @@ class PrometheusExporter:
             ["reviewer", "outcome"],
             registry=self.registry,
         )
+        self._auroc = Gauge(
+            "pantheon_reviewer_auroc",
+            "A reviewer's AUROC on held-out labelled changes ('gate': both), with its 95% "
+            "interval's bounds (`pantheon reviewers calibrate`)",
+            ["kind", "reviewer", "bound"],
+            registry=self.registry,
+        )
+        self._informative = Gauge(
+            "pantheon_reviewer_informative",
+            "1 when the reviewer's AUROC interval lies above 0.5, 0 when it holds 0.5",
+            ["kind", "reviewer"],
+            registry=self.registry,
+        )
         self._paused = Gauge(
             "pantheon_merges_paused", "1 while merges are paused", registry=self.registry
         )
@@ -72,6 +85,11 @@ class PrometheusExporter:
             for outcome in ("caught", "missed"):
                 value = float(score.get(outcome, 0) or 0)
                 self._canaries.labels(reviewer=reviewer, outcome=outcome).set(value)
+        for cal in sample.get("calibration") or []:
+            who = {"kind": cal["kind"], "reviewer": cal["reviewer"]}
+            for bound, key in (("value", "auroc"), ("low", "low"), ("high", "high")):
+                self._auroc.labels(**who, bound=bound).set(float(cal[key]))
+            self._informative.labels(**who).set(1.0 if cal.get("informative") else 0.0)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -25,6 +25,12 @@ from pantheon.core.model.client import LLMClient
 from pantheon.core.model.pool import ServerPool
 from pantheon.core.observe.canaries import canaries_path, canary_scores, canary_text, read_canaries
 from pantheon.core.observe.exporter import PrometheusExporter
+from pantheon.core.observe.quality import (
+    blind_gates,
+    calibration_figures,
+    calibration_path,
+    calibration_text,
+)
 from pantheon.core.observe.queuemath import (
     cohen_kappa,
     erlang_c,
@@ -33,7 +39,7 @@ from pantheon.core.observe.queuemath import (
     recommended_concurrency,
     utilization,
 )
-from pantheon.core.observe.scrape import ScraperGroup, ServerScraper, _r
+from pantheon.core.observe.scrape import ScraperGroup, ServerScraper, json_round
 from pantheon.core.store.atomic import append_line
 from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.layout import METRICS_FILE, metrics_path
@@ -106,6 +112,7 @@ class MetricsSampler:
         self.artifacts = artifacts
         """Where the canaries are read from (None: no canary figures)."""
         self._canaries: tuple[tuple[int, int], dict[str, Any]] | None = None
+        self._calibration: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
         self.llm = llm
         self.window_s = window_s
         self.kappa_window = kappa_window
@@ -148,12 +155,12 @@ class MetricsSampler:
         flights = obs.in_flight or [servers.total("in_flight")]
         out: dict[str, Any] = {
             "batch": {
-                "value": _r(sum(flights) / len(flights)),
+                "value": json_round(sum(flights) / len(flights)),
                 "source": "engine (model calls in flight, time-averaged)",
             },
             "tokens": {
-                "prompt": _r((prompt - obs.prompt) / dt, 2),
-                "generated": _r((completion - obs.completion) / dt, 2),
+                "prompt": json_round((prompt - obs.prompt) / dt, 2),
+                "generated": json_round((completion - obs.completion) / dt, 2),
                 "source": "engine (usage of finished calls)",
             },
         }
@@ -195,9 +202,9 @@ class MetricsSampler:
         for agent, row in win["agents"].items():
             agents[agent] = {
                 "nodes": row["nodes"],
-                "lambda": _r(row["nodes"] / span),
-                "mu": _r(1.0 / row["mean_s"]) if row["mean_s"] else None,
-                "pass_rate": _r(row["passed"] / row["nodes"]) if row["nodes"] else None,
+                "lambda": json_round(row["nodes"] / span),
+                "mu": json_round(1.0 / row["mean_s"]) if row["mean_s"] else None,
+                "pass_rate": json_round(row["passed"] / row["nodes"]) if row["nodes"] else None,
             }
         pairs = self.queue.review_pairs(self.kappa_window)
         kappa = cohen_kappa(pairs)
@@ -212,24 +219,25 @@ class MetricsSampler:
             "done": total["done"],
             "failed": total["failed"],
             "window_s": round(span, 1),
-            "lambda": _r(lam),
-            "mu": _r(mu),
+            "lambda": json_round(lam),
+            "mu": json_round(mu),
             "c": c,
-            "rho": _r(rho),
-            "p_wait": _r(p_wait),
-            "wait_s": _r(wait, 2),
+            "rho": json_round(rho),
+            "p_wait": json_round(p_wait),
+            "wait_s": json_round(wait, 2),
             "stable": None if rho is None else rho < 1.0,
             "recommended_c": advised,
             "recommended_by": bounded_by,
             "slots": self.slots,
             "burst": burst,
-            "drain_s": _r(drain, 1),
-            "kappa": _r(kappa.value),
+            "drain_s": json_round(drain, 1),
+            "kappa": json_round(kappa.value),
             "kappa_pairs": kappa.pairs,
             "kappa_note": kappa.note,
-            "review_pass_rate": _r(p_pass),
+            "review_pass_rate": json_round(p_pass),
             "canaries": self._canary_figures(),
-            "accepted_per_hour": _r(accepted, 1),
+            "calibration": self._calibration_figures(),
+            "accepted_per_hour": json_round(accepted, 1),
             "merges_paused": merges_paused,
             "agents": agents,
         }
@@ -289,7 +297,7 @@ class MetricsSampler:
         if d_counted <= 0:
             return {"why": "no call finished since the last sample"}
         return {
-            "share": _r(min(1.0, d_cached / d_counted), 3),
+            "share": json_round(min(1.0, d_cached / d_counted), 3),
             "cached": d_cached,
             "prompt": d_counted,
             "source": "the server's own count on each call",
@@ -308,6 +316,19 @@ class MetricsSampler:
         if self._canaries is None or self._canaries[0] != key:
             self._canaries = (key, canary_scores(read_canaries(self.artifacts)))
         return self._canaries[1]
+
+    def _calibration_figures(self) -> list[dict[str, Any]]:
+        """The reviewers' latest calibrations (read again only when the file changed)."""
+        if self.artifacts is None:
+            return []
+        try:
+            st = calibration_path(self.artifacts).stat()
+            key = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            return []
+        if self._calibration is None or self._calibration[0] != key:
+            self._calibration = (key, calibration_figures(self.artifacts))
+        return self._calibration[1]
 
 
 def write_sample(artifacts: Path, sample: dict[str, Any]) -> None:
@@ -422,7 +443,12 @@ def sample_text(sample: dict[str, Any]) -> str:
         + (f", {share:.0%} of verdicts pass" if isinstance(share, int | float) else "")
         + ("  MERGES PAUSED" if sample.get("merges_paused") else "")
     )
-    lines.append(f"canaries   {canary_text(sample.get('canaries'))}")
+    canaries = sample.get("canaries") or {}
+    calibration = sample.get("calibration") or []
+    blind = blind_gates(calibration, (canaries.get("by_change") or {}).keys())
+    blind_note = "; the reviewers carry no measured information: merges not paused on them"
+    lines.append(f"canaries   {canary_text(canaries)}" + (blind_note if blind else ""))
+    lines.append(f"reviewers  {calibration_text(calibration)}")
     if sample.get("accepted_per_hour") is not None:
         lines.append(
             f"accepted   ≈ {sample['accepted_per_hour']:.1f} changes/hour "

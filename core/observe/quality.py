@@ -11,10 +11,11 @@ measured information, and is to be shown as such.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
@@ -27,8 +28,12 @@ __all__ = [
     "Quality",
     "Threshold",
     "auroc",
+    "blind_gates",
+    "calibration_figures",
     "calibration_path",
+    "calibration_text",
     "fit_threshold",
+    "latest_calibrations",
     "quality",
     "read_calibration",
     "write_calibration",
@@ -191,3 +196,64 @@ def write_calibration(artifacts: Path, calibrations: Sequence[Calibration]) -> P
     payload = [c.model_dump(mode="json") for c in [*kept, *calibrations]]
     atomic_write_json(path, payload)
     return path
+
+
+def latest_calibrations(calibrations: Sequence[Calibration]) -> list[Calibration]:
+    """The latest calibration of each kind and reviewer (whatever model it was measured on)."""
+    latest: dict[tuple[str, str], Calibration] = {}
+    for c in calibrations:
+        key = (c.kind, c.reviewer)
+        if key not in latest or c.at >= latest[key].at:
+            latest[key] = c
+    return [latest[key] for key in sorted(latest)]
+
+
+def calibration_figures(artifacts: Path) -> list[dict[str, Any]]:
+    """The latest calibrations as a metrics sample carries them (``informative`` included); an
+    unreadable file gives none (``pantheon reviewers`` names the problem)."""
+    try:
+        found = read_calibration(artifacts)
+    except ArtifactError:
+        return []
+    return [
+        {**c.model_dump(mode="json"), "informative": c.informative}
+        for c in latest_calibrations(found)
+    ]
+
+
+def blind_gates(figures: Sequence[dict[str, Any]], kinds: Iterable[str]) -> str | None:
+    """Why the canaries of ``kinds`` say nothing the calibration did not: every one of those
+    kinds has a gate calibration, and none carries information. None otherwise (a kind never
+    calibrated, or a gate that is informative)."""
+    gates = {f["kind"]: f for f in figures if f.get("reviewer") == "gate"}
+    wanted = sorted(set(kinds))
+    if not wanted or any(k not in gates or gates[k].get("informative") for k in wanted):
+        return None
+    return "; ".join(f"{k} gate {_auroc_text(gates[k])}" for k in wanted)
+
+
+def _auroc_text(f: dict[str, Any]) -> str:
+    return (
+        f"AUROC {f.get('auroc', math.nan):.2f} (95% CI {f.get('low', math.nan):.2f}–"
+        f"{f.get('high', math.nan):.2f}, {f.get('good', '?')} good and {f.get('bad', '?')} bad "
+        "changes)"
+    )
+
+
+def calibration_text(figures: Sequence[dict[str, Any]]) -> str:
+    """The gates' calibrations in one line, as ``pantheon status`` shows them."""
+    gates = [f for f in figures if f.get("reviewer") == "gate"]
+    if not gates:
+        return "not calibrated (`pantheon reviewers calibrate` measures them)"
+    parts = []
+    for f in gates:
+        said = f"{f['kind']} {_auroc_text(f)}"
+        if f.get("informative"):
+            said += (
+                f", threshold {f['threshold']:.2f}: {f['defects_caught']:.0%} of defects caught, "
+                f"{f['good_passed']:.0%} of good changes passed"
+            )
+        else:
+            said += ": no information"
+        parts.append(said)
+    return "; ".join(parts)

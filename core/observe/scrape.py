@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["SERVER_NAMES", "ScraperGroup", "ServerScraper"]
+__all__ = ["SERVER_NAMES", "ScraperGroup", "ServerScraper", "json_round"]
 
 # what each server calls the figures we need
 SERVER_NAMES: dict[str, dict[str, str]] = {
@@ -37,8 +37,9 @@ SERVER_NAMES: dict[str, dict[str, str]] = {
 }
 
 
-def _r(x: float | None, nd: int = 4) -> float | None:
-    """Rounded, and None for what JSON cannot hold (inf: an unstable queue; nan)."""
+def json_round(x: float | None, nd: int = 4) -> float | None:
+    """``x`` rounded to ``nd`` digits, and None for what JSON cannot hold (inf: an unstable
+    queue; nan)."""
     if x is None or math.isnan(x) or math.isinf(x):
         return None
     return round(x, nd)
@@ -121,12 +122,12 @@ class ServerScraper:
             batch = {"value": 0.0, "source": f"{source} (no request running)"}
         elif names.get("batch") in last.values and last.values[names["batch"]] > 0:
             batch = {
-                "value": _r(last.values[names["batch"]]),
+                "value": json_round(last.values[names["batch"]]),
                 "source": f"{source} (busy slots per decode)",
             }
         elif self._running:
             batch = {
-                "value": _r(sum(self._running) / len(self._running)),
+                "value": json_round(sum(self._running) / len(self._running)),
                 "source": f"{source} (running requests, time-averaged)",
             }
         else:
@@ -135,7 +136,7 @@ class ServerScraper:
         if mark is not None and last.at > mark.at:
             dt = last.at - mark.at
             tokens = {
-                "prompt": _r(
+                "prompt": json_round(
                     max(
                         0.0,
                         last.values.get(names["prompt"], 0.0)
@@ -144,7 +145,7 @@ class ServerScraper:
                     / dt,
                     2,
                 ),
-                "generated": _r(
+                "generated": json_round(
                     max(
                         0.0,
                         last.values.get(names["generated"], 0.0)
@@ -189,15 +190,15 @@ class ScraperGroup:
         batches = [f["batch"]["value"] for _, f in parts if f["batch"].get("value") is not None]
         batch: dict[str, Any]
         if batches:
-            batch = {"value": _r(sum(batches)), "source": f"{n} servers' /metrics (summed)"}
+            batch = {"value": json_round(sum(batches)), "source": f"{n} servers' /metrics (summed)"}
         else:
             batch = {"value": None, "why": parts[0][1]["batch"].get("why") if parts else "none"}
         rated = [f["tokens"] for _, f in parts if "source" in f["tokens"]]
         tokens: dict[str, Any]
         if rated:
             tokens = {
-                "prompt": _r(sum(t.get("prompt") or 0.0 for t in rated), 2),
-                "generated": _r(sum(t.get("generated") or 0.0 for t in rated), 2),
+                "prompt": json_round(sum(t.get("prompt") or 0.0 for t in rated), 2),
+                "generated": json_round(sum(t.get("generated") or 0.0 for t in rated), 2),
                 "source": f"{n} servers' /metrics (summed)",
             }
         else:

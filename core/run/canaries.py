@@ -140,6 +140,7 @@ class CanaryPlanting:
             "job": job.id,
             "flow": flow.name,
             "kind": planted.kind,
+            "change": kind,
             "what": planted.what,
             "right": False,
             "gates": gates,

@@ -62,6 +62,7 @@ __all__ = [
     "closing_path",
     "connect",
     "drive",
+    "night_servers",
     "pool_of",
     "read_closing",
     "run_night",
@@ -296,7 +297,7 @@ def closing_figures(artifacts: Path) -> str:
     return "\n".join([status_text(artifacts), night_figures(artifacts), agents])
 
 
-def _servers(
+def night_servers(
     settings: NightSettings, concurrency: int, *, announce: bool = True
 ) -> list[ModelServer]:
     """The embedded servers of the night: its model's, and the writers' when they have one."""
@@ -358,7 +359,7 @@ def check_servable(settings: NightSettings) -> None:
     """Refuse, before anything starts, a night whose servers could not start: a model file
     its backend cannot read (OpenVINO's GGUF reader takes fewer tensor types than llama.cpp),
     a backend that is not installed. Raises ModelServerError with the reason."""
-    for server in _servers(settings, 1, announce=False):
+    for server in night_servers(settings, 1, announce=False):
         server.command(server.model_path())
 
 
@@ -387,7 +388,7 @@ async def _serve_and_drain(
         lost.append(exc)
         stop()
 
-    servers = _servers(settings, concurrency)
+    servers = night_servers(settings, concurrency)
     keep = settings.keep_server
     clients: list[LLMClient | ServerPool] = []
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pantheon.core.errors import EXIT_DISK_FULL, PantheonError
+from pantheon.core.observe.quality import blind_gates, calibration_figures
 from pantheon.core.ratelog import RepeatLog
 from pantheon.core.store.control import ControlFile
 from pantheon.core.store.diskspace import DiskGuard
@@ -36,6 +37,8 @@ class EngineSafety:
     canary_min: int
     canary_max_miss: float
     _repeats: RepeatLog
+    _blind_said: bool = False
+    """Whether the night said once that its canaries do not pause merges (a blind gate)."""
     _stopping: bool
     # and the engine's request_stop()
 
@@ -77,6 +80,22 @@ class EngineSafety:
         canaries = sample.get("canaries") or {}
         n, missed = canaries.get("n", 0), canaries.get("missed", 0)
         if paused or n < max(self.canary_min, 1) or missed / n <= self.canary_max_miss:
+            return
+        blind = blind_gates(calibration_figures(self.artifacts), canaries.get("by_change") or {})
+        if blind:
+            # a gate measured as carrying no information misses canaries by chance: pausing on
+            # that would stop every night without telling the operator anything new
+            if self._blind_said:
+                return
+            self._blind_said = True
+            log.warning(
+                "the reviewers passed %d of %d canaries, and their calibration says they carry "
+                "no measured information (%s): a blind gate misses canaries by chance, so merges "
+                "are not paused on them (`pantheon reviewers` shows the calibration)",
+                missed,
+                n,
+                blind,
+            )
             return
         reason = f"the reviewers passed {missed} of {n} canaries (planted defects)"
         self._pause_merges(sample, reason, f"more than {self.canary_max_miss:.0%}")

@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["STATUSES", "Counts", "Job", "JobSummary", "NodeRow", "new_owner"]
+__all__ = [
+    "JOB_COLUMNS",
+    "STATUSES",
+    "Counts",
+    "Job",
+    "JobSummary",
+    "NodeRow",
+    "job_from_row",
+    "new_owner",
+    "owner_is_dead",
+]
 
 STATUSES = ("queued", "running", "done", "failed")
 
@@ -22,7 +32,7 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _owner_is_dead(owner: str | None) -> bool:
+def owner_is_dead(owner: str | None) -> bool:
     """True when ``owner`` names a process on this host that no longer exists."""
     if not owner:
         return True
@@ -126,13 +136,15 @@ class Counts:
         return out
 
 
-_JOB_COLS = (
+JOB_COLUMNS = (
     "id, flow, flow_sha, input, status, next_agent, node, attempts, created, started, finished, "
     "error"
 )
+"""The ``jobs`` columns a :class:`Job` is read from, in the order :func:`job_from_row` reads."""
 
 
-def _job(row: Sequence[Any]) -> Job:
+def job_from_row(row: Sequence[Any]) -> Job:
+    """A :class:`Job` from a row of the :data:`JOB_COLUMNS`."""
     return Job(
         id=row[0],
         flow=row[1],

@@ -20,17 +20,17 @@ from typing import Any
 
 from pantheon.core.errors import QueueError
 from pantheon.core.store.jobs import (
-    _JOB_COLS,
+    JOB_COLUMNS,
     STATUSES,
     Counts,
     Job,
     JobSummary,
     NodeRow,
-    _job,
-    _owner_is_dead,
+    job_from_row,
     new_owner,
+    owner_is_dead,
 )
-from pantheon.core.store.queuedb import _NOW, DB_FILE, SCHEMA_VERSION, QueueDatabase
+from pantheon.core.store.queuedb import DB_FILE, SCHEMA_VERSION, SQL_NOW, QueueDatabase
 
 __all__ = [
     "DB_FILE",
@@ -149,15 +149,17 @@ class JobQueue(QueueDatabase):
                         ids.append(r[0])
             marks = ",".join("?" * len(ids))
             db.execute(
-                f"UPDATE jobs SET touched = {_NOW}, "
+                f"UPDATE jobs SET touched = {SQL_NOW}, "
                 "status = 'running', owner = ?, lease_until = ?, "
                 f"attempts = attempts + 1, started = COALESCE(started, ?), error = NULL "
                 f"WHERE id IN ({marks})",
                 (owner, now + lease_s, now, *ids),
             )
-            rows = db.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id IN ({marks})", ids).fetchall()
+            rows = db.execute(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", ids
+            ).fetchall()
         order = {job_id: i for i, job_id in enumerate(ids)}
-        return sorted((_job(r) for r in rows), key=lambda j: order[j.id])
+        return sorted((job_from_row(r) for r in rows), key=lambda j: order[j.id])
 
     def renew(self, owner: str, ids: Sequence[int], *, lease_s: float = 60.0) -> None:
         """Extend the leases this owner holds."""
@@ -181,7 +183,7 @@ class JobQueue(QueueDatabase):
         )
         if nodes or next_agent:
             db.execute(
-                f"UPDATE jobs SET touched = {_NOW}, "
+                f"UPDATE jobs SET touched = {SQL_NOW}, "
                 "node = COALESCE(?, node), next_agent = COALESCE(?, next_agent) "
                 "WHERE id = ?",
                 (nodes[-1].node if nodes else None, next_agent, job_id),
@@ -227,7 +229,7 @@ class JobQueue(QueueDatabase):
     ) -> bool:
         with self._write() as db:
             cur = db.execute(
-                f"UPDATE jobs SET touched = {_NOW}, "
+                f"UPDATE jobs SET touched = {SQL_NOW}, "
                 "status = ?, finished = ?, error = ?, owner = NULL, "
                 "lease_until = NULL WHERE id = ? AND owner = ? AND status = 'running'",
                 (status, time.time(), error, job_id, owner),
@@ -248,14 +250,14 @@ class JobQueue(QueueDatabase):
         with self._write() as db:
             if ids is None:
                 cur = db.execute(
-                    f"UPDATE jobs SET touched = {_NOW}, "
+                    f"UPDATE jobs SET touched = {SQL_NOW}, "
                     "status = 'queued', owner = NULL, lease_until = NULL, "
                     "attempts = MAX(attempts - 1, 0) WHERE owner = ? AND status = 'running'",
                     (owner,),
                 )
             else:
                 cur = db.executemany(
-                    f"UPDATE jobs SET touched = {_NOW}, "
+                    f"UPDATE jobs SET touched = {SQL_NOW}, "
                     "status = 'queued', owner = NULL, lease_until = NULL, "
                     "attempts = MAX(attempts - 1, 0) WHERE id = ? AND owner = ? "
                     "AND status = 'running'",
@@ -277,7 +279,7 @@ class JobQueue(QueueDatabase):
             orphans = [
                 (i, attempts)
                 for i, owner, lease, attempts in rows
-                if (lease is not None and lease < now) or _owner_is_dead(owner)
+                if (lease is not None and lease < now) or owner_is_dead(owner)
             ]
             again = [(i,) for i, attempts in orphans if attempts < max_attempts]
             dead = [
@@ -290,12 +292,12 @@ class JobQueue(QueueDatabase):
                 if attempts >= max_attempts
             ]
             db.executemany(
-                f"UPDATE jobs SET touched = {_NOW}, "
+                f"UPDATE jobs SET touched = {SQL_NOW}, "
                 "status = 'queued', owner = NULL, lease_until = NULL WHERE id = ?",
                 again,
             )
             db.executemany(
-                f"UPDATE jobs SET touched = {_NOW}, "
+                f"UPDATE jobs SET touched = {SQL_NOW}, "
                 "status = 'failed', finished = ?, error = ?, owner = NULL, "
                 "lease_until = NULL WHERE id = ?",
                 dead,
@@ -305,7 +307,7 @@ class JobQueue(QueueDatabase):
     def retry_failed(self, ids: Sequence[int] | None = None) -> int:
         """Put failed jobs back in the queue (their finished nodes are not run again)."""
         sql = (
-            f"UPDATE jobs SET touched = {_NOW}, "
+            f"UPDATE jobs SET touched = {SQL_NOW}, "
             "status = 'queued', attempts = 0, finished = NULL, error = NULL, "
             "next_agent = COALESCE((SELECT agent FROM nodes WHERE nodes.job_id = jobs.id "
             "AND nodes.status = 'failed' LIMIT 1), next_agent) WHERE status = 'failed'"
@@ -335,22 +337,22 @@ class JobQueue(QueueDatabase):
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job:
-        rows = self._read(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
+        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise QueueError(f"no job {job_id} in {self.path}")
-        return _job(rows[0])
+        return job_from_row(rows[0])
 
     def jobs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
         if status is None:
             rows = self._read(
-                f"SELECT {_JOB_COLS} FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+                f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
             )
         else:
             rows = self._read(
-                f"SELECT {_JOB_COLS} FROM jobs WHERE status = ? ORDER BY id LIMIT ? OFFSET ?",
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id LIMIT ? OFFSET ?",
                 (status, limit, offset),
             )
-        return [_job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     def summaries(
         self, *, changed_since: float | None = None, also: Iterable[int] = ()

@@ -15,7 +15,7 @@ from typing import Any, Self
 from pantheon.core.errors import QueueError
 from pantheon.core.store.layout import DB_FILE
 
-__all__ = ["DB_FILE", "SCHEMA_VERSION", "QueueDatabase"]
+__all__ = ["DB_FILE", "SCHEMA_VERSION", "SQL_NOW", "QueueDatabase"]
 
 SCHEMA_VERSION = 4
 
@@ -89,7 +89,7 @@ DROP TRIGGER IF EXISTS jobs_touch_update;
 _NO_ROOM = frozenset({"SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"})
 """What SQLite says when the disk has no room: the database cannot grow, or the shared-memory
 file beside it cannot be made (opening a WAL database on a full disk)."""
-_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+SQL_NOW = "(julianday('now') - 2440587.5) * 86400.0"
 """Now, in epoch seconds, as SQLite computes it."""
 
 

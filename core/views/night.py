@@ -34,7 +34,7 @@ from pantheon.core.store.layout import (
 from pantheon.core.store.queue import STATUSES, JobQueue, JobSummary
 from pantheon.core.store.records import MetricsSample
 from pantheon.core.store.runs import RunRecord
-from pantheon.core.views.run import CallView, NodeView, RunView, _flow_agents, load_run
+from pantheon.core.views.run import CallView, NodeView, RunView, flow_agents, load_run
 from pantheon.core.views.table import RunFilter, RunOrder, table_jobs
 
 __all__ = [
@@ -241,7 +241,7 @@ class NightView:
     def _nodes_of(self, flow_sha: str) -> list[tuple[str, str]]:
         nodes = self._flow_nodes.get(flow_sha)
         if not nodes:  # an empty answer (the database was busy) is asked again next time
-            nodes = list(_flow_agents(self.artifacts, flow_sha).items())
+            nodes = list(flow_agents(self.artifacts, flow_sha).items())
             if nodes:
                 self._flow_nodes[flow_sha] = nodes
         return nodes

@@ -29,7 +29,7 @@ from pantheon.core.store.queue import DB_FILE, JobQueue
 from pantheon.core.store.records import CallRecord
 from pantheon.core.store.runs import FailedRecord, RunRecord
 
-__all__ = ["CallView", "NodeView", "RunView", "load_run"]
+__all__ = ["CallView", "NodeView", "RunView", "flow_agents", "load_run"]
 
 
 @dataclass
@@ -67,7 +67,7 @@ class RunView:
         return self.record.status if self.record else "unreadable"
 
 
-def _flow_agents(artifacts: Path, flow_sha: str | None) -> dict[str, str]:
+def flow_agents(artifacts: Path, flow_sha: str | None) -> dict[str, str]:
     """Node id -> agent name, from the flow text stored in the queue."""
     if not flow_sha or not (Path(artifacts) / DB_FILE).exists():
         return {}
@@ -130,7 +130,7 @@ def load_run(artifacts: Path, run_name: str) -> RunView:
             failed = FailedRecord.model_validate(fdata)
         except ValidationError as exc:
             problems.append(f"{folder / FAILED_FILE} is not usable: {exc.errors()[0]['msg']}")
-    agents = _flow_agents(artifacts, record.flow_sha256 if record else None)
+    agents = flow_agents(artifacts, record.flow_sha256 if record else None)
     order = list(record.nodes) if record else []
     try:
         on_disk = sorted(e.name for e in os.scandir(folder) if e.is_dir())

@@ -1,0 +1,153 @@
+"""The reviewers' examples from a night: the changes whose right verdict is known.
+
+Reviewers never learn from their own verdicts. Their examples are the **canaries** (planted
+changes whose right verdict is known: a fail) and the real changes the operator merged (a pass)
+or rejected (a fail) in the morning review: the messages the reviewer saw, and a reply with the
+right verdict — its own reply when it was right, else the right verdict with the reason the label
+gives. A verdict nobody checked is never learnt from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pantheon.core.flows.flow import Flow
+from pantheon.core.learn.files import MineStats
+from pantheon.core.store.layout import CALLS_FILE
+from pantheon.core.store.queue import Job
+from pantheon.core.store.runs import RUNS
+
+from .examples import AgentData, chat_messages, heldout, read_calls, task_key
+
+__all__ = ["mine_reviewers"]
+
+
+def _reviewers(flow: Flow, only: set[str] | None) -> list[str]:
+    """The flow's reviewer nodes that ask the model (those of ``only``'s agents, if given)."""
+    return [
+        n
+        for n in flow.order
+        if flow.agents[n].reviewer
+        and flow.agents[n].uses_model
+        and (only is None or flow.agents[n].name in only)
+    ]
+
+
+def _labelled(
+    state: AgentData,
+    folder: Path,
+    node: str,
+    right: bool,
+    why: str,
+    *,
+    key: str,
+    held: bool,
+    run: str,
+    source: str,
+) -> bool:
+    """One reviewer example from the node's calls: the messages it saw, and a reply with the
+    right verdict (its own reply when it gave that verdict, else the label's)."""
+    calls, bad = read_calls(folder / node / CALLS_FILE)
+    if bad:
+        state.leave("corrupt", bad)
+    if not calls:
+        state.leave("no review call")
+        return False
+    used = [c for c in calls if not c.get("error") and isinstance(c.get("parsed"), dict)]
+    call = used[-1] if used else calls[0]
+    raw = call.get("raw")
+    parsed = call.get("parsed") if used else None
+    if isinstance(parsed, dict) and parsed.get("passed") is right and isinstance(raw, str):
+        reply, own = raw, True
+    else:
+        reply, own = json.dumps({"reasons": [why], "passed": right}, indent=2), False
+    messages = chat_messages(call)
+    if not messages:
+        state.leave("unusable call")
+        return False
+    messages.append({"role": "assistant", "content": reply})
+    example = {
+        "messages": messages,
+        "split": "heldout" if held else "train",
+        "run": run,
+        "key": key,
+        "node": node,
+        "label": right,
+        "label_from": source,
+        "own_reply": own,
+    }
+    if not state.add(example):
+        return False
+    if isinstance(call.get("model"), str):
+        state.models[call["model"]] += 1
+    name = "pass" if right else "fail"
+    state.stats.labels[name] = state.stats.labels.get(name, 0) + 1
+    state.stats.green_jobs += 1
+    return True
+
+
+def mine_reviewers(
+    artifacts: Path,
+    by_run: dict[str, tuple[Job, Flow]],
+    decisions: dict[str, Any],
+    agents: dict[str, AgentData],
+    fraction: float,
+    only: set[str] | None,
+) -> None:
+    """Add the reviewers' labelled examples to ``agents``: every canary of a run in ``by_run``
+    that reached a review, and every change of one that the operator merged or rejected."""
+    from pantheon.core.observe.canaries import read_canaries
+    from pantheon.core.work.canary import WHAT
+
+    def state_of(flow: Flow, node: str) -> AgentData:
+        name = flow.agents[node].name
+        return agents.setdefault(name, AgentData(MineStats(agent=name, fraction=fraction)))
+
+    for record in read_canaries(artifacts):
+        found = by_run.get(str(record.get("run")))
+        if found is None or not record.get("verdicts"):
+            continue  # stopped by the gates before any review: nothing for a reviewer
+        job, flow = found
+        right = bool(record.get("right", False))
+        what = str(record.get("what") or WHAT.get(str(record.get("kind")), "a planted defect"))
+        why = f"The change is wrong: {what.split(': ', 1)[-1]}."
+        key = task_key(job.input, job.run_name)
+        for node in _reviewers(flow, only):
+            if node in record["verdicts"]:
+                _labelled(
+                    state_of(flow, node),
+                    artifacts / RUNS / job.run_name / "canary",
+                    node,
+                    right,
+                    why,
+                    key=key,
+                    held=heldout(key, fraction),
+                    run=job.run_name,
+                    source=f"canary ({record.get('kind')})",
+                )
+    for run, decision in decisions.items():
+        found = by_run.get(run)
+        if found is None:
+            continue
+        job, flow = found
+        right = decision.action == "merged"
+        why = (
+            "The change does what the task asks, and nothing else."
+            if right
+            else f"The change is wrong: {decision.why or 'the operator rejected it'}."
+        )
+        key = task_key(job.input, job.run_name)
+        for node in _reviewers(flow, only):
+            _labelled(
+                state_of(flow, node),
+                artifacts / RUNS / run,
+                node,
+                right,
+                why,
+                key=key,
+                held=heldout(key, fraction),
+                run=run,
+                source=f"operator ({decision.action} by {decision.by})",
+            )
