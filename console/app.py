@@ -2,10 +2,10 @@
 
 The app is thin. A watcher thread (:class:`pantheon.core.observe.watch.ArtifactsWatcher`) says what
 changed; the same thread reads the changed parts into a :class:`NightView` and posts one
-:class:`NightChanged` message with a snapshot. Messages that pile up while the UI is busy are
-merged (``can_replace``), so a night writing 50 files a second never floods the screen. The
-screens show snapshots; the only thing the console writes is ``control.json`` (and the log of a
-training the operator starts from the training screen).
+:class:`~pantheon.console.messages.NightChanged` message with a snapshot. Messages that pile up
+while the UI is busy are merged (``can_replace``), so a night writing 50 files a second never
+floods the screen. The screens show snapshots; the only thing the console writes is
+``control.json`` (and the log of a training the operator starts from the training screen).
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
-from textual.message import Message
 from textual.screen import Screen
 
 from pantheon.core.errors import PantheonError
@@ -32,65 +30,21 @@ from pantheon.core.learn.files import MIN_EXAMPLES, list_trainings, training_roo
 from pantheon.core.observe.watch import ArtifactChanges, ArtifactsWatcher
 from pantheon.core.run.nightlock import night_holder, stop_night
 from pantheon.core.store.control import Control, ControlFile
-from pantheon.core.store.queue import JobSummary
 from pantheon.core.views.night import NightView
 
-from .dashboard import DashboardScreen
-from .dialogs import ConfirmScreen, HelpScreen
 from .launch import launch_training
+from .messages import NightChanged, NightSnapshot
 from .palette import night_commands
-from .training_screen import TrainingScreen
+from .screens.dashboard import DashboardScreen
+from .screens.dialogs import ConfirmScreen, HelpScreen
+from .screens.training import TrainingScreen
 
-__all__ = ["NightChanged", "NightSnapshot", "PantheonConsole"]
+__all__ = ["PantheonConsole"]
 
 BY_OP = "by the operator"
 
-
 LEARN_KEY = "(learn)"
 """The launched learn loop, beside the agents' trainings."""
-
-
-@dataclass(frozen=True)
-class NightSnapshot:
-    """What the screens show, read in the watcher's thread and handed over whole."""
-
-    exists: bool
-    jobs: dict[int, JobSummary]
-    control: Control
-    control_error: str | None
-    queue_error: str | None
-    samples: list[dict[str, Any]]
-    problems: dict[str, str]
-    in_flight: dict[int, tuple[tuple[str, str], ...]]
-    waiting: dict[int, float]
-    """Running job id -> since when it waits on a model call (epoch seconds)."""
-    order: tuple[int, ...]
-    """Job ids in table order (running, then the latest finished, then the queue)."""
-    totals: dict[str, int]
-    read_at: float
-
-
-@dataclass
-class NightChanged(Message):
-    """The night changed; ``changes`` says which parts (merged over skipped messages)."""
-
-    snapshot: NightSnapshot
-    changes: ArtifactChanges
-    changed_jobs: set[int] = field(default_factory=set)
-    urgent: bool = False
-    """Show it now (the operator's own change), not at the next redraw."""
-
-    def can_replace(self, message: Message) -> bool:
-        if isinstance(message, NightChanged):
-            message.absorb(self)
-            return True
-        return False
-
-    def absorb(self, older: NightChanged) -> None:
-        """Take in what an older message said changed (its snapshot is older than ours)."""
-        self.changes = older.changes.merged(self.changes)
-        self.changed_jobs |= older.changed_jobs
-        self.urgent = self.urgent or older.urgent
 
 
 GC_SETTLE_S = 600.0
@@ -378,7 +332,7 @@ class PantheonConsole(App[None]):
             self.notify(f"concurrency c = {c}")
 
     def action_review(self) -> None:
-        from .review_screen import ReviewScreen
+        from .screens.review import ReviewScreen
 
         if not isinstance(self.screen, ReviewScreen):
             self.push_screen(ReviewScreen())

@@ -15,17 +15,18 @@ from typing import Any
 from pantheon.console import learn_cli
 from pantheon.console.commands import (
     console,
+    docs,
     doctor,
     flows,
     models,
     night,
     queue,
     report,
+    reviewers,
     serve,
     stop,
 )
 from pantheon.console.commands.common import artifacts_arg
-from pantheon.console.commands.night import _night_learn as _night_learn
 from pantheon.core import PantheonError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -46,6 +47,8 @@ examples:
   pantheon stop                               stop the night (its jobs in flight finish)
   pantheon console                            watch and steer the night (attach any time)
   pantheon report                             the morning report: summary.json, report.html
+  pantheon reviewers calibrate                measure the scored reviewers: AUROC, threshold
+  pantheon docs                               where the documentation is
   pantheon traces mine                        the night's green work -> training data
   pantheon train doc.frontmatter --promote    train an adapter; promote it if it helps
 """
@@ -65,6 +68,8 @@ PARSERS: tuple[Callable[[Any], None], ...] = (
     queue.add_retry,
     stop.add_stop,
     doctor.add_doctor,
+    reviewers.add_reviewers,
+    docs.add_docs,
 )
 """Each command's parser, in the order ``pantheon --help`` lists them (the learn loop's last)."""
 
@@ -79,6 +84,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "retry": queue.cmd_retry,
     "stop": stop.cmd_stop,
     "doctor": doctor.cmd_doctor,
+    "reviewers": reviewers.cmd_reviewers,
+    "docs": docs.cmd_docs,
     "console": console.cmd_console,
     "report": report.cmd_report,
     "serve": serve.cmd_serve,

@@ -32,6 +32,7 @@ __all__ = [
     "cmd_train",
     "learn_args",
     "progress_bar",
+    "writers_hint",
 ]
 
 log = logging.getLogger("pantheon")
@@ -219,14 +220,14 @@ def _judge(args: argparse.Namespace, folder: Path, bar: ProgressLines) -> int:
     print(_evidence(ev))
     if promoted:
         print(f"promoted: {ev.adapter} is now {ev.agent}'s adapter ({ev.reason})")
-        if (where := _writers_hint(ev.agent, read_state(folder).base_model)) is not None:
+        if (where := writers_hint(ev.agent, read_state(folder).base_model)) is not None:
             print(where)
     else:
         print(f"not promoted: {ev.reason}")
     return 0
 
 
-def _writers_hint(agent: str, base_model: str) -> str | None:
+def writers_hint(agent: str, base_model: str) -> str | None:
     """Where a night uses a writer's adapter trained on another model than the writers'
     default: a night asks its writers on the --code-model's server."""
     from pantheon.core.model.files import CATALOG, ModelStore

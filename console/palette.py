@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from textual.app import SystemCommand
 
-if TYPE_CHECKING:
-    from .app import PantheonConsole
+from .messages import ConsoleApp
 
 __all__ = ["night_commands"]
 
 
-def night_commands(app: PantheonConsole) -> Iterator[SystemCommand]:
+def night_commands(app: ConsoleApp) -> Iterator[SystemCommand]:
     c = app.current_control()
     yield SystemCommand(
         "Resume merges" if c.merges_paused else "Pause merges",

@@ -64,7 +64,8 @@ def gate_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         metavar="SHARE",
-        help="pause merges when the reviewers pass more than SHARE of the canaries (default: 0.5)",
+        help="pause merges when the reviewers pass more than SHARE of the canaries (default: "
+        "0.5), unless their calibration measured them as carrying no information",
     )
     p.add_argument(
         "--canary-min",

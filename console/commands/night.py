@@ -311,11 +311,11 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         )
     print(result.wall_line)
     if args.learn and code == 0:
-        code = _night_learn(args)
+        code = night_learn(args)
     return code
 
 
-def _night_learn(args: argparse.Namespace) -> int:
+def night_learn(args: argparse.Namespace) -> int:
     """The learn loop after a night: its lines go to the night's output (and log), and after
     its closing figures."""
     from pantheon.trainer.loop import learn

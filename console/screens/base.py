@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import cast
 
 from textual.screen import Screen
 
-if TYPE_CHECKING:
-    from .app import PantheonConsole
+from pantheon.console.messages import ConsoleApp
 
 __all__ = ["ConsoleScreen"]
 
@@ -16,6 +15,6 @@ class ConsoleScreen(Screen[None]):
     """A full screen of the console (dashboard, run detail, review, training)."""
 
     @property
-    def console(self) -> PantheonConsole:
-        """The console app, typed."""
-        return self.app  # type: ignore[return-value]
+    def console(self) -> ConsoleApp:
+        """The console app, as the screens use it."""
+        return cast(ConsoleApp, self.app)

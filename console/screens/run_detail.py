@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
@@ -12,13 +12,11 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
+from pantheon.console.messages import NightChanged
 from pantheon.core.views.night import NodeView, RunView, load_run
 from pantheon.widgets.json_view import JsonView
 
-from .screen import ConsoleScreen
-
-if TYPE_CHECKING:
-    from .app import NightChanged
+from .base import ConsoleScreen
 
 __all__ = ["RunDetailScreen", "call_parts"]
 

@@ -105,7 +105,9 @@ promoted only when it does better. Mine the examples first with `pantheon traces
   changes is also planted again with a known defect (a fix with one untested input answered
   by rote, a special-cased test input, an edited test, a cut or borrowed description) on a
   branch nothing merges. Under 80 % caught is yellow, under 50 % red; when the reviewers pass
-  more than half (over at least 5) the engine pauses merges.
+  more than half (over at least 5) the engine pauses merges — unless the reviewers'
+  calibration (`pantheon reviewers calibrate`) measured them as carrying no information:
+  then the tile reads "gate blind" and merges are not paused on canaries missed by chance.
 
 Each tile's sparkline is its last hour.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,6 +13,9 @@ from textual.containers import Horizontal
 from textual.css.query import NoMatches
 from textual.widgets import Footer, Header, Input, Static
 
+from pantheon.console.format import age, figure, job_age, job_note, job_now
+from pantheon.console.messages import NightChanged, NightSnapshot
+from pantheon.core.observe.quality import blind_gates
 from pantheon.core.store.queue import JobSummary
 from pantheon.core.views.night import RunFilter, table_jobs
 from pantheon.widgets.control_banner import ControlBanner
@@ -20,11 +23,7 @@ from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable
 from pantheon.widgets.server_list import ServerList
 
-from .format import age, figure, job_age, job_note, job_now
-from .screen import ConsoleScreen
-
-if TYPE_CHECKING:
-    from .app import NightChanged, NightSnapshot
+from .base import ConsoleScreen
 
 __all__ = ["DashboardScreen", "tile_figures"]
 
@@ -48,7 +47,9 @@ TILES = (
     (
         "canary",
         "canary",
-        "Planted defects (never merged) the reviewers caught, of those they judged.",
+        "Planted defects (never merged) the reviewers caught, of those they judged. 'gate "
+        "blind': the reviewers' calibration says they carry no measured information, so "
+        "missed canaries do not pause merges.",
     ),
 )
 
@@ -143,10 +144,12 @@ def tile_figures(snapshot: NightSnapshot) -> dict[str, tuple[str, str, str, tupl
     canaries = last.get("canaries") or {}
     n, caught = canaries.get("n") or 0, canaries.get("caught") or 0
     catch = canaries.get("share")
+    blind = blind_gates(last.get("calibration") or [], (canaries.get("by_change") or {}).keys())
+    style = "" if not n or catch >= 0.8 else "bad" if catch < 0.5 else "warn"
     out["canary"] = (
         f"{caught}/{n}" if n else "–",
-        "caught" if n else "none yet",
-        "" if not n else "bad" if catch < 0.5 else "warn" if catch < 0.8 else "",
+        ("caught; gate blind" if blind else "caught") if n else "none yet",
+        "warn" if blind and n else style,
         _series(samples, lambda s: s["canaries"]["share"]),
     )
     return out

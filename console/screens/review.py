@@ -3,7 +3,7 @@ merge or reject them; or look at the failures."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from rich.syntax import Syntax
 from rich.text import Text
@@ -14,6 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Header, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
+from pantheon.console.messages import NightChanged
 from pantheon.core.errors import PantheonError
 from pantheon.core.morning.report import build_summary
 from pantheon.core.morning.review import Change, merge_by_hand, reject, revert
@@ -21,11 +22,8 @@ from pantheon.core.views.night import load_run
 from pantheon.core.work.git import GitRepo
 from pantheon.widgets.json_view import JsonView
 
+from .base import ConsoleScreen
 from .dialogs import ConfirmScreen
-from .screen import ConsoleScreen
-
-if TYPE_CHECKING:
-    from .app import NightChanged
 
 __all__ = ["ReviewScreen"]
 

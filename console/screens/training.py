@@ -16,15 +16,9 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
-from pantheon.core.learn.files import MIN_EXAMPLES, AgentTraining, ProgressRow, TrainingState
-from pantheon.widgets.loss_plot import LossPlot
-
-from .dialogs import ConfirmScreen
-from .format import age
-from .launch import launch_training
-from .screen import ConsoleScreen
-from .training_files import MAX_POINTS, Progress, TrainingFiles
-from .training_text import (
+from pantheon.console.format import age
+from pantheon.console.training_files import MAX_POINTS, Progress, TrainingFiles
+from pantheon.console.training_text import (
     about_text,
     empty_text,
     no_training_text,
@@ -34,8 +28,13 @@ from .training_text import (
     row_cells,
     serving_text,
 )
+from pantheon.core.learn.files import MIN_EXAMPLES, AgentTraining, ProgressRow, TrainingState
+from pantheon.widgets.loss_plot import LossPlot
 
-__all__ = ["TrainingFiles", "TrainingScreen", "launch_training"]
+from .base import ConsoleScreen
+from .dialogs import ConfirmScreen
+
+__all__ = ["TrainingScreen"]
 
 COLUMNS = (
     ("agent", "agent", False),
