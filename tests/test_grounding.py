@@ -1,0 +1,56 @@
+"""The docs gate's grounding check: a description must speak of its own page, on the shipped
+corpus's real pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pantheon.core.work.doccheck import check_frontmatter, failed_checks
+from pantheon.core.work.grounding import GROUNDED_MIN, grounding
+
+CORPUS = Path(__file__).resolve().parent.parent / "flows" / "corpus"
+REFERENCE = yaml.safe_load((CORPUS / "docs_reference.yaml").read_text(encoding="utf-8"))
+
+
+def page(name: str) -> str:
+    return (CORPUS / "docs" / name).read_text(encoding="utf-8")
+
+
+def test_every_right_description_of_the_corpus_speaks_of_its_page():
+    for name, meta in REFERENCE.items():
+        g = grounding(meta["description"], page(name))
+        assert g.grounded, f"{name}: {g}"
+
+
+def test_another_pages_description_names_what_the_page_does_not_have():
+    backups = REFERENCE["backups.md"]["description"]
+    g = grounding(backups, page("transactions.md"))
+    assert not g.grounded and g.share < GROUNDED_MIN
+    assert "backup" in g.missing and "restore" in g.missing
+    assert "transactions" not in g.missing  # a word of the page is never named
+
+
+def test_a_claim_the_page_does_not_make_fails_and_stems_match_across_forms():
+    text = page("transactions.md")
+    assert grounding("Explains how transactions group writes and roll back.", text).grounded
+    # "grouped" and "writing" are the page's "group" and "writes" by their stems
+    assert grounding("Shows how writing is grouped into transactions.", text).share == 1.0
+    wrong = grounding("Explains how to replicate a store to a remote server over TLS.", text)
+    assert not wrong.grounded and {"replicate", "remote", "tls"} <= set(wrong.missing)
+
+
+def test_a_description_of_common_words_only_is_not_failed_by_this_check():
+    g = grounding("Shows how to use it.", "anything")
+    assert (g.share, g.words, g.missing) == (1.0, 0, ())
+
+
+def test_the_docs_gate_fails_another_pages_description_and_says_which_words():
+    meta = {**REFERENCE["transactions.md"], "description": REFERENCE["backups.md"]["description"]}
+    checks = check_frontmatter(meta, page("transactions.md"))
+    [why] = failed_checks(checks)
+    assert why.startswith("the page never mentions 'live', 'backup'") and "describe this" in why
+    right = check_frontmatter(REFERENCE["transactions.md"], page("transactions.md"))
+    assert failed_checks(right) == []
+    assert "description speaks of the page" in {c.name for c in right}
