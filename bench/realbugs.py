@@ -21,6 +21,7 @@ the library with that one bug is a git repository, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -149,10 +150,21 @@ def _night(
         subprocess.run(["git", "checkout", "-q", "main"], cwd=clone, check=True)
         after = run_suite(command, clone, timeout_s=600)
         outcome = {t.test: t.outcome for t in after.tests.values()}
-        if all(outcome.get(t) == "passed" for t in bug.failing):
-            fixed += 1
+        now_fixed = all(outcome.get(t) == "passed" for t in bug.failing)
+        fixed += now_fixed
         broken = [t for t in passing_before if outcome.get(t) != "passed"]
         regressions_merged += bool(set(broken) - set(bug.failing))
+        print(
+            f"  {n + 1}/{len(bugs)} {bug.id} ({bug.function}): "
+            + ("fixed and merged" if now_fixed else "not fixed")
+            + (
+                f", {len(set(broken) - set(bug.failing))} other test(s) broken"
+                if set(broken) - set(bug.failing)
+                else ""
+            )
+            + f"; {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         for out in artifacts.glob("runs/codefix-*/test/output.json"):
             checks = json.loads(out.read_text()).get("checks", {})
             refused += checks.get("no other test broken") is False
@@ -180,13 +192,26 @@ def main() -> None:
     p.add_argument("--no-placement", action="store_true", help="only the nights")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each night's repository and artifacts under DIR, to read what was merged "
+        "(default: a temporary folder, removed at the end)",
+    )
     args = p.parse_args()
     results = {}
-    with tempfile.TemporaryDirectory(prefix="pantheon-realbugs-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="pantheon-realbugs-"))
+        else:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.keep)
         for name in args.libraries:
             repo, bugs = _bugs(name, args.cache, args.count, args.seed)
             work = Path(tmp) / name
-            work.mkdir()
+            work.mkdir(exist_ok=args.keep is not None)
             results[name] = {}
             if not args.no_placement:
                 place = _placement(repo, bugs, work)

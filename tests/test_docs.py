@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,19 @@ REGENERATE = "python -m pantheon.console.cli_reference > docs/reference/cli.md"
 def test_the_readme_is_read_in_two_minutes():
     size = (ROOT / "README.md").stat().st_size
     assert size <= 10_240, f"README.md is {size} bytes: move the detail into a docs/ page"
+
+
+def test_from_the_readme_one_click_reaches_your_repository_and_what_rho_means():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = dict(
+        (text, target) for text, target in re.findall(r"\[([^\]]+)\]\(([^)#]+)[^)]*\)", readme)
+    )
+    missing = [t for t in links.values() if "://" not in t and not (ROOT / t).exists()]
+    assert missing == [], f"README links to files that do not exist: {missing}"
+    assert links["your own repository"] == "docs/your-repository.md"
+    assert links["live metrics: what ρ and κ mean"] == "docs/metrics.md"
+    metrics = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    assert "ρ" in metrics and "utilization" in metrics.lower()
 
 
 def test_the_command_line_reference_is_the_parsers_own():
