@@ -5,7 +5,8 @@ A description written for another page, or claiming what the page never covers, 
 the page does not: "Explains how to schedule commands like cron" on a page about commands and
 groups. Its content words (not the common words, not the verbs every description opens with),
 reduced to their stems (Snowball's English stemmer, so "opening" is "open"), are looked up among
-the page's own; the share found is the description's *grounding*, from 0 to 1. The docs gate
+the page's own (split at underscores too, and where the page abbreviates: "sync" for
+"synchronization"); the share found is the description's *grounding*, from 0 to 1. The docs gate
 fails a description under :data:`GROUNDED_MIN`, naming the words the page does not have.
 
 ``bench/claims.py`` measures it: on the project's own corpus (where the threshold was chosen)
@@ -38,9 +39,14 @@ _STOPWORDS = """
     introduce gives give walks walk tells tell says say notes note guide guides page pages
     tour tours collects collect presents present documents document gets get started
     learn learns reader readers use uses using used way ways
+    including include includes such like etc parameter parameters argument arguments option
+    options method methods function functions library module modules
 """
 STOPWORDS = frozenset(_STOPWORDS.split())
 """Words a description uses whatever its page: a page that lacks them says nothing about it."""
+
+ABBREVIATION_MIN = 4
+"""The shortest word of a page taken as an abbreviation of a description's word."""
 
 _WORD = re.compile(r"[a-z][a-z0-9_]+")
 
@@ -68,12 +74,21 @@ def _content(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
 
 
+def _found(stem: str, seen: set[str]) -> bool:
+    """Whether the page has the stem, or an abbreviation of it: a word of at least
+    :data:`ABBREVIATION_MIN` letters it begins with, at most half its length ("sync" for
+    "synchronization"; never "back" for "backup")."""
+    if stem in seen:
+        return True
+    return any(ABBREVIATION_MIN <= len(s) <= len(stem) // 2 and stem.startswith(s) for s in seen)
+
+
 def grounding(description: str, page: str) -> Grounding:
     """How much of ``description`` the text of ``page`` speaks of."""
     stem = _stemmer().stemWord
     words = _content(description)
     if not words:
         return Grounding(1.0, 0, ())
-    seen = {stem(w) for w in _content(page)}
-    missing = tuple(w for w in words if stem(w) not in seen)
+    seen = {stem(part) for w in _content(page) for part in {w, *w.split("_")} if part}
+    missing = tuple(w for w in words if not _found(stem(w), seen))
     return Grounding(1.0 - len(missing) / len(words), len(words), missing)
