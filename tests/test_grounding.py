@@ -54,3 +54,14 @@ def test_the_docs_gate_fails_another_pages_description_and_says_which_words():
     right = check_frontmatter(REFERENCE["transactions.md"], page("transactions.md"))
     assert failed_checks(right) == []
     assert "description speaks of the page" in {c.name for c in right}
+
+
+def test_a_terse_reference_page_grounds_a_right_description_in_longer_words():
+    # a writer's reply on the demo corpus: the page says "sync='batch', cache_mb=64"
+    text = (CORPUS / "repo" / "docs" / "api-open.md").read_text(encoding="utf-8")
+    said = (
+        "Explains how to open a store file using the kvlite library, including parameters "
+        "such as path, synchronization mode, cache size, and read-only status."
+    )
+    g = grounding(said, text)
+    assert g.grounded and "synchronization" not in g.missing and "cache" not in g.missing
