@@ -1,24 +1,16 @@
-"""Shared fixtures: a registry, an artifacts directory, flow files, a real agent plugin, and a
-scripted model server."""
+"""Shared fixtures: a registry, an artifacts directory, a real agent plugin, the frozen night, a
+docs repository and the test model. The plain helpers they and the tests use are in helpers.py."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import subprocess
-import sys
 import textwrap
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
+from helpers import git
 
 from pantheon.core import AgentRegistry, default_registry
-from pantheon.core.model.client import LLMClient
 
 PLUGIN_SOURCE = '''
 """A test plugin: agents that count their executions in a file, installed through the
@@ -62,31 +54,6 @@ class Step(Agent):
 
 AGENTS = [Step]
 '''
-
-STEP_FLOW = """\
-name: steps
-description: three counting steps
-input:
-  n: int
-nodes:
-  - id: a
-    agent: count.step
-    inputs: {n: $input.n}
-    params: {delay_s: DELAY}
-  - id: b
-    agent: count.step
-    inputs: {n: $a.n}
-    params: {delay_s: DELAY}
-  - id: c
-    agent: count.step
-    inputs: {n: $b.n}
-    params: {delay_s: DELAY}
-output: c
-"""
-
-
-def step_flow(delay_s: float = 0.0) -> str:
-    return STEP_FLOW.replace("DELAY", str(delay_s))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -148,33 +115,6 @@ def with_plugin(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return plugin_dir
 
 
-async def until(
-    check: Callable[[], object], timeout_s: float = 20.0, every_s: float = 0.02
-) -> None:
-    """Wait, in the event loop, until ``check()`` is true (a test waits on a condition, never a
-    fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout_s} s")
-        await asyncio.sleep(every_s)
-
-
-def pantheon(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    """Run the real ``pantheon`` command (through this interpreter)."""
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    kwargs.setdefault("timeout", 120)
-    return subprocess.run([sys.executable, "-m", "pantheon.console", *args], **kwargs)
-
-
-def pantheon_popen(*args: str, **kwargs) -> subprocess.Popen[str]:
-    kwargs.setdefault("stdout", subprocess.PIPE)
-    kwargs.setdefault("stderr", subprocess.PIPE)
-    kwargs.setdefault("text", True)
-    return subprocess.Popen([sys.executable, "-m", "pantheon.console", *args], **kwargs)
-
-
 @pytest.fixture(scope="session")
 def frozen_night(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The frozen textstats night of ``night_fixture``, built once."""
@@ -202,77 +142,21 @@ def repo(tmp_path: Path) -> Path:
 
     root = tmp_path / "docs-repo"
     (root / "docs").mkdir(parents=True)
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
-
-    git("init", "-q", "-b", "main")
-    git("config", "user.email", "dev@example.org")
-    git("config", "user.name", "Dev")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "dev@example.org")  # whom pantheon's commits are by
+    git(root, "config", "user.name", "Dev")
     for i, doc in enumerate(d for d in demo_inputs() if len(d["text"].split()) >= 40):
         (root / "docs" / f"doc{i}.md").write_text(doc["text"])
-    git("add", "-A")
-    git("commit", "-qm", "docs")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "docs")
     return root
 
 
-# -- a scripted model server -----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2, the test model, pulled once (a test that trains it skips where peft is not
+    installed)."""
+    pytest.importorskip("peft")
+    from pantheon.core.model.files import TEST_MODEL, ModelStore
 
-
-def chat_response(
-    contents: Sequence[str],
-    *,
-    usage: dict[str, int] | None = None,
-    finish_reason: str | None = None,
-    model: str | None = None,
-) -> httpx.Response:
-    """A chat completion with one choice per text of ``contents``."""
-    choice: dict[str, Any] = {"finish_reason": finish_reason} if finish_reason else {}
-    data: dict[str, Any] = {
-        "choices": [
-            {"index": i, "message": {"content": c}, **choice} for i, c in enumerate(contents)
-        ]
-    }
-    if usage is not None:
-        data["usage"] = usage
-    if model is not None:
-        data["model"] = model
-    return httpx.Response(200, json=data)
-
-
-def scripted_model(
-    answer: Callable[[dict[str, Any]], str | Sequence[str] | httpx.Response],
-    *,
-    usage: dict[str, int] | None = None,
-    finish_reason: str | None = None,
-    model: str | None = None,
-    tokens: Callable[[str], list[Any]] | None = None,
-    context: int | None = None,
-) -> tuple[LLMClient, httpx.AsyncClient]:
-    """A model server over ``httpx.MockTransport``, and a client of it (no retries).
-
-    ``/health`` answers ok; ``/props`` says the context a request holds (``context``, as
-    llama-server does), or 404; ``/tokenize`` answers ``tokens(content)`` (the words, unless told);
-    each chat request's JSON body goes to ``answer``, which returns the reply's text, a list of
-    texts (one choice each), or a response of its own. The caller closes the ``httpx`` client.
-    """
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"status": "ok"})
-        if request.url.path == "/props":
-            if context is None:
-                return httpx.Response(404, json={"error": "not found"})
-            return httpx.Response(200, json={"default_generation_settings": {"n_ctx": context}})
-        body = json.loads(request.content)
-        if request.url.path == "/tokenize":
-            words = tokens(body["content"]) if tokens else body["content"].split()
-            return httpx.Response(200, json={"tokens": words})
-        out = answer(body)
-        if isinstance(out, httpx.Response):
-            return out
-        contents = [out] if isinstance(out, str) else list(out)
-        return chat_response(contents, usage=usage, finish_reason=finish_reason, model=model)
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
+    return ModelStore().pull(TEST_MODEL)

@@ -9,11 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import scripted_model
+from helpers import codefix_night, git, scripted_model
 from scipy.stats import binomtest
 
-from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.observe.canaries import canary_scores, canary_text, read_canaries
 from pantheon.core.observe.queuemath import wilson_interval
 from pantheon.core.run.demo import code_tasks, prepare_demo_repo, repo_jobs
@@ -212,18 +210,11 @@ def careful(prompt: str) -> bool:
 def night(tmp_path, artifacts, registry, judge, **engine):
     repo = prepare_demo_repo(tmp_path / "demo")
     _, code = repo_jobs(repo)
-    flow = load_flow(packaged_flows_dir() / "codefix.yaml", registry)
-    with JobQueue(artifacts) as q:
-        [job] = enqueue(q, flow, [code[0]])
     llm, http = model(judge)
     kwargs = {"canary_every": 1, "canary_min": 1, **engine}
-    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm, **kwargs).run())
+    [job] = codefix_night(artifacts, registry, [code[0]], llm, **kwargs)
     asyncio.run(http.aclose())
     return repo, artifacts / "runs" / f"codefix-{job:06d}"
-
-
-def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout
 
 
 def test_reviewers_who_pass_a_canary_pause_merges_and_the_canary_is_never_merged(
@@ -307,3 +298,72 @@ def test_a_canary_the_gates_stop_is_never_reviewed_and_counted_apart(
     assert scores["n"] == 0 and scores["stopped"] == 1
     assert not ControlFile(artifacts).read().merges_paused
     assert json.loads((run / "merge" / "output.json").read_text())["merged"] is True
+
+
+def blind_code_gate(artifacts, informative: bool = False):
+    """A calibration of the code reviewers, measured blind (the interval holds 0.5) or not."""
+    from pantheon.core.observe.quality import Calibration, write_calibration
+
+    auroc, low, high = (0.93, 0.86, 0.99) if informative else (0.58, 0.38, 0.79)
+    write_calibration(
+        artifacts,
+        [
+            Calibration(
+                reviewer=who,
+                kind="code",
+                model="qwen2.5-coder-0.5b",
+                threshold=0.78,
+                max_defects_through=0.2,
+                auroc=auroc,
+                low=low,
+                high=high,
+                good=16,
+                bad=14,
+                defects_caught=0.71,
+                good_passed=0.38,
+            )
+            for who in ("review_a", "review_b", "gate")
+        ],
+    )
+
+
+def test_a_blind_gate_does_not_pause_merges_on_the_canaries_it_misses_and_says_so(
+    tmp_path, artifacts, registry, caplog
+):
+    import pantheon.core.work.canary as canary
+    from pantheon.core.morning.report import build_summary
+    from pantheon.core.morning.report_html import render_html
+    from pantheon.core.observe.canaries import DOCS_DEFECTS
+    from pantheon.core.observe.metrics import read_samples, sample_text
+
+    blind_code_gate(artifacts)
+    with caplog.at_level("WARNING"):
+        _, run = night(tmp_path, artifacts, registry, lambda prompt: True)
+    scores = canary_scores(read_canaries(artifacts))
+    assert scores["missed"] == 1 and scores["by_change"]["code"]["n"] == 1
+    assert set(canary.DOCS_KINDS) == DOCS_DEFECTS
+    assert not ControlFile(artifacts).read().merges_paused
+    assert json.loads((run / "merge" / "output.json").read_text())["merged"] is True
+    said = [r.getMessage() for r in caplog.records if "no measured information" in r.getMessage()]
+    assert len(said) == 1 and "code gate AUROC 0.58 (95% CI 0.38–0.79" in said[0]
+    text = sample_text(read_samples(artifacts)[-1])
+    assert "no measured information: merges not paused on them" in text
+    assert (
+        "reviewers  code AUROC 0.58 (95% CI 0.38–0.79, 16 good and 14 bad changes): no inf" in text
+    )
+    summary = build_summary(artifacts)
+    assert {c["reviewer"] for c in summary["calibration"]} == {"gate", "review_a", "review_b"}
+    assert "no information (the interval holds 0.5)" in render_html(summary)
+
+
+def test_an_informative_gate_that_misses_the_canaries_still_pauses_merges(
+    tmp_path, artifacts, registry
+):
+    from pantheon.core.observe.metrics import read_samples, sample_text
+
+    blind_code_gate(artifacts, informative=True)
+    night(tmp_path, artifacts, registry, lambda prompt: True)
+    assert ControlFile(artifacts).read().merges_paused
+    text = sample_text(read_samples(artifacts)[-1])
+    assert "code AUROC 0.93 (95% CI 0.86–0.99" in text and "no information" not in text
+    assert "threshold 0.78: 71% of defects caught, 38% of good changes passed" in text

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from conftest import pantheon
+from helpers import pantheon
 
 from pantheon.console.cli import build_parser, main
 

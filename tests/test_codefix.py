@@ -7,56 +7,18 @@ import json
 import subprocess
 import sys
 
-from conftest import scripted_model
+from helpers import (
+    FIXED_CLAMP,
+    WORDY_CLAMP,
+    WRONG_CLAMP,
+    calls_of,
+    codefix_model,
+    codefix_night,
+    tool_loop_flow,
+)
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
-from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.run.demo import prepare_demo_repo, repo_jobs
-
-
-def scripted(fixes, verdicts):
-    """A model server: codegen replies by seed (``fixes[seed]``), reviewers' verdicts in turn.
-
-    A fix given as a dict is a tool-loop step (the JSON tool loop takes them in order)."""
-    steps = [f for f in fixes if isinstance(f, dict)] if isinstance(fixes, list) else []
-    seen = []
-
-    def answer(body):
-        system = body["messages"][0]["content"]
-        if system.startswith("You review"):
-            return [json.dumps({"passed": verdicts.pop(0), "reasons": ["looked at it"]})]
-        if steps:
-            return [json.dumps(steps.pop(0))]
-        # n choices in one request, as llama-server answers OpenAI's n
-        seeds = range(body["seed"], body["seed"] + body.get("n", 1))
-        seen.extend((seed, body["temperature"]) for seed in seeds)
-        return [fixes[seed] if seed < len(fixes) else "No idea." for seed in seeds]
-
-    client, http = scripted_model(
-        answer, usage={"prompt_tokens": 100, "completion_tokens": 20}, finish_reason="stop"
-    )
-    client.seen = seen
-    return client, http
-
-
-FIXED_CLAMP = "```python\ndef clamp(x, lo, hi):\n    return max(lo, min(hi, x))\n```"
-WORDY_CLAMP = (
-    "```python\ndef clamp(x, lo, hi):\n    if x < lo:\n        return lo\n"
-    "    if x > hi:\n        return hi\n    return x\n```"
-)
-WRONG_CLAMP = "```python\ndef clamp(x, lo, hi):\n    return x\n```"
-
-
-def calls_of(out, node="code"):
-    return [json.loads(x) for x in (out / node / "calls.jsonl").read_text().splitlines()]
-
-
-def run(artifacts, registry, inputs, llm, flow_path=None):
-    flow = load_flow(flow_path or packaged_flows_dir() / "codefix.yaml", registry)
-    with JobQueue(artifacts) as q:
-        ids = enqueue(q, flow, inputs)
-    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
-    return ids
 
 
 def test_the_demo_repository_and_its_jobs(tmp_path):
@@ -79,8 +41,8 @@ def test_a_fixed_function_is_tested_for_real_and_merged(tmp_path, artifacts, reg
     _, code = repo_jobs(repo)
     clamp = code[0]
     assert clamp["path"].endswith("m01_clamp.py")
-    llm, http = scripted([FIXED_CLAMP], [True, True])
-    [job] = run(artifacts, registry, [clamp], llm)
+    llm, http = codefix_model([FIXED_CLAMP], [True, True])
+    [job] = codefix_night(artifacts, registry, [clamp], llm)
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     test = json.loads((out / "test" / "output.json").read_text())
@@ -121,8 +83,8 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
     _, code = repo_jobs(repo)
     # seed 0 (greedy) is wrong, 1 garbage, 2 a long right fix, 3 the short right fix
     fixes = [WRONG_CLAMP, "I think the bug is in line 2.", WORDY_CLAMP, FIXED_CLAMP]
-    llm, http = scripted(fixes, [True, True])
-    [job] = run(artifacts, registry, [code[0]], llm)
+    llm, http = codefix_model(fixes, [True, True])
+    [job] = codefix_night(artifacts, registry, [code[0]], llm)
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     assert json.loads((out / "merge" / "output.json").read_text())["merged"] is True
@@ -138,7 +100,7 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
     assert calls[2]["completion_tokens"] == len(WORDY_CLAMP.split()), "each its own tokens"
     assert "max(lo, min(hi, x))" in (repo / code[0]["path"]).read_text()
     # the run detail shows each candidate with its test result, and which one was kept
-    from pantheon.console.run_detail import call_parts
+    from pantheon.console.screens.run_detail import call_parts
     from pantheon.core.views.night import load_run
 
     [node] = [n for n in load_run(artifacts, out.name).nodes if n.id == "code"]
@@ -153,8 +115,8 @@ def test_candidates_are_sampled_when_the_greedy_fix_fails_and_the_smallest_passi
 def test_no_candidate_that_passes_fails_codegen_with_each_reason(tmp_path, artifacts, registry):
     repo = prepare_demo_repo(tmp_path / "demo")
     _, code = repo_jobs(repo)
-    llm, http = scripted([WRONG_CLAMP] * 8, [])
-    [job] = run(artifacts, registry, [code[0]], llm)
+    llm, http = codefix_model([WRONG_CLAMP] * 8, [])
+    [job] = codefix_night(artifacts, registry, [code[0]], llm)
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     failed = json.loads((out / "FAILED.json").read_text())
@@ -162,14 +124,6 @@ def test_no_candidate_that_passes_fails_codegen_with_each_reason(tmp_path, artif
     assert "none of the 8 candidate fix(es) passes" in failed["error"]
     assert not (out / "merge").exists()
     assert all(c["error"] and not c["chosen"] for c in calls_of(out))
-
-
-def tool_loop_flow(tmp_path):
-    text = (packaged_flows_dir() / "codefix.yaml").read_text()
-    text = text.replace("    after: [plan]\n", "    after: [plan]\n    params: {form: tools}\n", 1)
-    path = tmp_path / "codefix-tools.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_the_tool_loop_form_still_fixes_and_a_fix_that_edits_its_test_never_passes(
@@ -186,8 +140,8 @@ def test_the_tool_loop_form_still_fixes_and_a_fix_that_edits_its_test_never_pass
         },
         {"action": "final", "answer": {"summary": "the tests pass now"}},
     ]
-    llm, http = scripted(cheat, [])
-    [job] = run(artifacts, registry, [task], llm, flow_path=tool_loop_flow(tmp_path))
+    llm, http = codefix_model(cheat, [])
+    [job] = codefix_night(artifacts, registry, [task], llm, flow_path=tool_loop_flow(tmp_path))
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     failed = json.loads((out / "FAILED.json").read_text())
@@ -211,7 +165,7 @@ def test_a_wrong_fix_fails_on_the_real_tests_not_the_models_word(tmp_path, artif
         },
         {"action": "final", "answer": {"summary": "fixed, trust me"}},
     ]
-    llm, http = scripted(steps, [])
+    llm, http = codefix_model(steps, [])
     flow = load_flow(tool_loop_flow(tmp_path), registry)
     with JobQueue(artifacts) as q:
         [job] = enqueue(q, flow, [task])

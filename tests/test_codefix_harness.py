@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import git
 
 from pantheon.core.errors import FlowError
 from pantheon.core.run.demo import corpus_tasks
@@ -100,15 +101,6 @@ def test_the_failure_excerpt_is_pytests_failures_section():
     excerpt = failure_excerpt(output)
     assert "assert 5 == 4" in excerpt and "platform linux" not in excerpt
     assert "short test summary" not in excerpt
-
-
-def git(repo, *args):
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-    )
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from rich.console import Console
 from textual.widgets import OptionList, Static, TabbedContent
 
 from pantheon.console.app import PantheonConsole
-from pantheon.console.dialogs import ConfirmScreen, HelpScreen
-from pantheon.console.run_detail import RunDetailScreen
+from pantheon.console.screens.dialogs import ConfirmScreen, HelpScreen
+from pantheon.console.screens.run_detail import RunDetailScreen
 from pantheon.core.store.control import ControlFile
 from pantheon.widgets.control_banner import ControlBanner
 from pantheon.widgets.json_view import JsonView
@@ -289,7 +289,7 @@ def _done(app: PantheonConsole) -> int:
 async def test_attach_detach_reattach_while_a_real_engine_runs(
     tmp_path, artifacts, with_plugin, monkeypatch
 ):
-    from conftest import pantheon, pantheon_popen, step_flow
+    from helpers import pantheon, pantheon_popen, step_flow
 
     count_file = tmp_path / "executions.log"
     monkeypatch.setenv("PANTHEON_COUNT_FILE", str(count_file))
@@ -378,6 +378,20 @@ async def test_the_tokens_tile_says_the_share_of_prompt_the_server_took_from_its
         tile = app.screen.query_one("#tile-tokens", MetricTile)
         # 1200 of 2000 prompt tokens over the last 30 s (the frozen night's samples say none)
         assert tile.detail.startswith("in ") and tile.detail.endswith(" (60% cached)")
+
+
+async def test_the_canary_tile_says_when_the_calibration_found_the_gate_blind(night):
+    gate = {"kind": "code", "reviewer": "gate", "auroc": 0.58, "low": 0.38, "high": 0.79}
+    canaries = {"n": 6, "caught": 1, "share": 1 / 6, "by_change": {"code": {"n": 6}}}
+    sample = {"ts": NOW, "canaries": canaries, "calibration": [{**gate, "informative": False}]}
+    with open(night / "metrics" / "engine.jsonl", "a") as fh:
+        fh.write(json.dumps(sample) + "\n")
+    app = console(night)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause()
+        tile = app.screen.query_one("#tile-canary", MetricTile)
+        assert tile.detail == "caught; gate blind"
+        assert "gate blind" in str(tile.tooltip)
 
 
 async def test_with_several_servers_the_dashboard_lists_each_and_a_dead_one(night):

@@ -10,8 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import pantheon, pantheon_popen, step_flow
-from helpers import db_counts, wait_for
+from helpers import db_counts, pantheon, pantheon_popen, step_flow, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import scripted_model
+from helpers import scripted_model
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir

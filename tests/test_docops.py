@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 
 import pytest
 import yaml
-from conftest import scripted_model
+from helpers import META, docops_model, docops_night, git, scripted_model
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
@@ -18,44 +17,10 @@ from pantheon.core.model.server import ModelServer, ServerConfig
 from pantheon.core.store.control import ControlFile
 from pantheon.core.work.doccheck import split_frontmatter
 
-META = {"title": "A title", "description": "What the reader learns here.", "tags": ["kv"]}
-
-
-def git(cwd, *args):
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def fake_model(verdicts):
-    """Answers the writer with META, and each reviewer by its instructions: ``verdicts`` maps
-    "a" (correctness) and "b" (scope) to a verdict."""
-
-    def answer(body):
-        system = body["messages"][0]["content"]
-        if system.startswith("You review"):
-            ok = verdicts["b" if "limited to adding" in body["messages"][-1]["content"] else "a"]
-            return json.dumps({"passed": ok, "reasons": ["fine" if ok else "wrong title"]})
-        return json.dumps(META)
-
-    return scripted_model(answer, usage={"prompt_tokens": 9, "completion_tokens": 9})
-
-
-def run_night(artifacts, registry, repo, paths, llm):
-    flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
-    with JobQueue(artifacts) as q:
-        ids = enqueue(q, flow, [{"repo": str(repo), "path": p} for p in paths])
-
-    async def go():
-        await Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run()
-
-    asyncio.run(go())
-    return ids
-
 
 def test_green_jobs_are_merged_into_the_target(artifacts, registry, repo):
-    llm, http = fake_model({"a": True, "b": True})
-    ids = run_night(
+    llm, http = docops_model({"a": True, "b": True})
+    ids = docops_night(
         artifacts, registry, repo, ["docs/doc0.md", "docs/doc1.md", "docs/doc2.md"], llm
     )
     asyncio.run(http.aclose())
@@ -73,8 +38,8 @@ def test_green_jobs_are_merged_into_the_target(artifacts, registry, repo):
 
 
 def test_a_rejected_change_waits_on_its_branch(artifacts, registry, repo):
-    llm, http = fake_model({"a": True, "b": False})
-    [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
+    llm, http = docops_model({"a": True, "b": False})
+    [job] = docops_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
     asyncio.run(http.aclose())
     run = artifacts / "runs" / f"docops-{job:06d}"
     failed = json.loads((run / "FAILED.json").read_text())
@@ -88,8 +53,8 @@ def test_a_rejected_change_waits_on_its_branch(artifacts, registry, repo):
 
 def test_paused_merges_leave_green_changes_waiting(artifacts, registry, repo):
     ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="κ low")
-    llm, http = fake_model({"a": True, "b": True})
-    [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
+    llm, http = docops_model({"a": True, "b": True})
+    [job] = docops_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
     asyncio.run(http.aclose())
     merge = json.loads(
         (artifacts / "runs" / f"docops-{job:06d}" / "merge" / "output.json").read_text()
@@ -113,7 +78,7 @@ def test_paused_merges_leave_green_changes_waiting(artifacts, registry, repo):
 def test_a_missing_file_and_a_missing_repo_are_clear(artifacts, registry, repo, tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
-    llm, http = fake_model({})
+    llm, http = docops_model({})
     flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
     with JobQueue(artifacts) as q:
         a, b = enqueue(
@@ -200,7 +165,7 @@ def test_a_writer_that_breaks_a_check_gets_sampled_replies_and_the_first_that_pa
         finish_reason="stop",
         tokens=lambda content: [1, 2],
     )
-    [job] = run_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
+    [job] = docops_night(artifacts, registry, repo, ["docs/doc0.md"], llm)
     asyncio.run(http.aclose())
     run = artifacts / "runs" / f"docops-{job:06d}"
     assert (

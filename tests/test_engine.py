@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from conftest import until
+from helpers import until
 from pydantic import BaseModel
 
 from pantheon.core import (

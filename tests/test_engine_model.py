@@ -9,7 +9,7 @@ import signal
 
 import httpx
 import pytest
-from conftest import until
+from helpers import until
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import until
+from helpers import until
 from pydantic import BaseModel
 
 from pantheon.core import Agent, Engine, JobQueue, NodeContext, enqueue, parse_flow

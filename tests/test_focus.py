@@ -8,8 +8,7 @@ import json
 import textwrap
 
 import pytest
-from conftest import scripted_model
-from helpers import make_repo
+from helpers import make_repo, scripted_model
 
 from pantheon.core.errors import NodeError
 from pantheon.core.work.codefix import run_fix

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
+from helpers import git
 
 from pantheon.core.work.git import GitError, GitRepo
-
-
-def git(cwd, *args):
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 @pytest.fixture

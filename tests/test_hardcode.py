@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from test_codefix import run, scripted
+from helpers import FIXED_CLAMP, calls_of, codefix_model, codefix_night, tool_loop_flow
 
 from pantheon.core.run.demo import prepare_demo_repo, repo_jobs
 from pantheon.core.work.hardcode import LIMIT, hard_coded, verdict
@@ -61,8 +61,6 @@ def test_a_lookup_the_tests_do_not_ask_for_passes_and_broken_code_reads_as_nothi
 
 def test_the_night_never_merges_a_fix_that_hard_codes_its_tests(tmp_path, artifacts, registry):
     """The tool loop writes files itself: the test gate is what stops its answers by rote."""
-    from test_codefix import tool_loop_flow
-
     repo = prepare_demo_repo(tmp_path / "demo")
     _, code = repo_jobs(repo)
     clamp = code[0]
@@ -71,8 +69,8 @@ def test_the_night_never_merges_a_fix_that_hard_codes_its_tests(tmp_path, artifa
         {"action": "tool", "tool": "write_file", "args": {"path": clamp["path"], "content": ROTE}},
         {"action": "final", "answer": {"summary": "the tests pass now"}},
     ]
-    llm, http = scripted(steps, [True, True])
-    [job] = run(artifacts, registry, [clamp], llm, flow_path=tool_loop_flow(tmp_path))
+    llm, http = codefix_model(steps, [True, True])
+    [job] = codefix_night(artifacts, registry, [clamp], llm, flow_path=tool_loop_flow(tmp_path))
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     test = json.loads((out / "test" / "output.json").read_text())
@@ -86,14 +84,12 @@ def test_the_night_never_merges_a_fix_that_hard_codes_its_tests(tmp_path, artifa
 def test_a_candidate_that_answers_by_rote_is_never_kept_and_the_real_fix_is(
     tmp_path, artifacts, registry
 ):
-    from test_codefix import FIXED_CLAMP, calls_of
-
     repo = prepare_demo_repo(tmp_path / "demo")
     _, code = repo_jobs(repo)
-    llm, http = scripted(
+    llm, http = codefix_model(
         [f"```python\n{ROTE}```", f"```python\n{ROTE}```", FIXED_CLAMP], [True, True]
     )
-    [job] = run(artifacts, registry, [code[0]], llm)
+    [job] = codefix_night(artifacts, registry, [code[0]], llm)
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
     assert json.loads((out / "merge" / "output.json").read_text())["merged"] is True

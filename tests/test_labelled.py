@@ -11,7 +11,7 @@ from pantheon.core.work.labelled import (
     one_per_problem,
     shipped_docs_changes,
 )
-from pantheon.trainer.labels import _reasons
+from pantheon.trainer.labels import verdict_reasons
 
 
 def test_the_real_fix_of_every_mutant_is_its_problems_own_solution():
@@ -48,7 +48,7 @@ def test_each_corpus_problem_gives_its_real_fix_and_planted_defects_tested_for_r
         # every change is a change: a mutation of the fix that puts the bug back is left out
         for c in mine.values():
             assert c.diff.strip(), c.id
-            assert all(len(r) < 300 for r in _reasons(c.why))
+            assert all(len(r) < 300 for r in verdict_reasons(c.why))
         failing = [c for c in mine.values() if c.kind in ("wrong_fix", "extra_edit")]
         assert all(not c.test_passed and "failed" in c.test_report[-1] for c in failing)
         if "test_edit" in mine:

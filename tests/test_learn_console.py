@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
-from test_training_screen import SIZE, console, notes, open_training, trained  # noqa: F401
+import pytest
+from helpers_training import SIZE, console, make_training, notes, open_training
 
-from pantheon.console.dialogs import ConfirmScreen
+from pantheon.console.screens.dialogs import ConfirmScreen
 from pantheon.core.learn.files import training_root
 
 
-async def test_l_asks_then_runs_the_whole_learn_loop_in_the_background(trained):  # noqa: F811
+@pytest.fixture
+def trained(night: Path) -> Path:
+    """The frozen night, with training files in it."""
+    return make_training(night)
+
+
+async def test_l_asks_then_runs_the_whole_learn_loop_in_the_background(trained):
     # the fixture's doc.frontmatter trains now (this process plays its trainer)
     app, launched = console(trained)
     async with app.run_test(size=SIZE) as pilot:

@@ -351,6 +351,24 @@ async def test_the_engine_serves_its_figures_to_prometheus(artifacts, registry):
 
     verdicts = {"review_a": {"passed": False}, "review_b": {"passed": True}}
     record_canary(artifacts, {"run": "r", "kind": "cut", "verdicts": verdicts})
+    from pantheon.core.observe.quality import Calibration, write_calibration
+
+    measured = {"model": "m", "threshold": 0.5, "max_defects_through": 0.2, "good": 9, "bad": 9}
+    write_calibration(
+        artifacts,
+        [
+            Calibration(
+                reviewer="gate",
+                kind="docs",
+                auroc=0.61,
+                low=0.28,
+                high=0.94,
+                defects_caught=0.8,
+                good_passed=0.2,
+                **measured,
+            )
+        ],
+    )
     engine = Engine(artifacts, registry, until_empty=True, metrics_every_s=0.05, metrics_port=0)
     task = asyncio.create_task(engine.run())
     for _ in range(100):
@@ -364,6 +382,8 @@ async def test_the_engine_serves_its_figures_to_prometheus(artifacts, registry):
     assert "pantheon_reviewer_kappa" in text
     assert 'pantheon_canaries{outcome="caught",reviewer="gate"} 1.0' in text
     assert 'pantheon_canaries{outcome="missed",reviewer="review_b"} 1.0' in text
+    assert 'pantheon_reviewer_auroc{bound="low",kind="docs",reviewer="gate"} 0.28' in text
+    assert 'pantheon_reviewer_informative{kind="docs",reviewer="gate"} 0.0' in text
 
 
 async def test_a_rate_over_a_sliver_of_time_is_not_reported(artifacts):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import pantheon
+from helpers import pantheon
 
 from pantheon.core import ModelStoreError
 from pantheon.core.model import files as models_mod

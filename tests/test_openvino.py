@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import pantheon
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
@@ -297,8 +298,6 @@ async def test_a_killed_server_is_restarted_and_answers_again(tmp_path):
 
 @needs_openvino
 def test_a_night_refuses_a_model_openvino_cannot_read_before_it_starts(tmp_path):
-    from conftest import pantheon
-
     model = gguf_file(tmp_path / "q5.gguf", "qwen2", [("a", 6), ("b", 12)])
     out = pantheon(
         "night",
@@ -330,18 +329,16 @@ def test_promoted_adapters_are_said_not_served_on_openvino(tmp_path, monkeypatch
     monkeypatch.setattr(night, "adapter_files", lambda *a, **k: ["/x/codegen.fix-1.gguf"])
     settings = night.NightSettings(artifacts=tmp_path, repo=tmp_path, backend="openvino")
     with caplog.at_level("WARNING"):
-        servers = night._servers(settings, 4)
+        servers = night.night_servers(settings, 4)
     assert [s.config.backend for s in servers] == ["openvino"]
     assert servers[0].config.adapters == []
     assert "codegen.fix-1 are not served: the OpenVINO backend serves no LoRA" in caplog.text
-    llama = night._servers(night.NightSettings(artifacts=tmp_path, repo=tmp_path), 4)
+    llama = night.night_servers(night.NightSettings(artifacts=tmp_path, repo=tmp_path), 4)
     assert llama[0].config.adapters == ["/x/codegen.fix-1.gguf"]
 
 
 @needs_openvino
 def test_a_demo_night_runs_on_the_openvino_server(tmp_path):
-    from conftest import pantheon
-
     artifacts = tmp_path / "night"
     out = pantheon(
         "night",

@@ -11,8 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import pantheon, pantheon_popen, step_flow
-from helpers import db_counts, wait_for
+from helpers import db_counts, pantheon, pantheon_popen, step_flow, wait_for
 
 from pantheon.core.errors import EXIT_INTERRUPTED, ConfigError
 from pantheon.core.run.deadline import Deadline, parse_until
@@ -182,7 +181,7 @@ async def test_s_in_the_console_stops_the_night_after_asking(tmp_path):
     import sys
 
     from pantheon.console.app import PantheonConsole
-    from pantheon.console.dialogs import ConfirmScreen
+    from pantheon.console.screens.dialogs import ConfirmScreen
 
     artifacts = tmp_path / "artifacts"
     app = PantheonConsole(artifacts, watch=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import pantheon
+from helpers import pantheon
 from pydantic import BaseModel
 
 from pantheon.core import Agent, AgentError, AgentRegistry, default_registry

@@ -10,7 +10,7 @@ import signal
 
 import httpx
 import pytest
-from conftest import until
+from helpers import pantheon, until
 from pydantic import BaseModel
 
 from pantheon.core import Agent, Engine, JobQueue, NodeContext, enqueue, parse_flow
@@ -259,15 +259,15 @@ async def test_an_engine_on_two_real_servers_loses_nothing_when_one_is_killed(tm
 
 
 def test_a_night_of_several_servers_starts_each_with_its_share_of_the_cores(tmp_path):
-    from pantheon.core.run.night import NightSettings, _servers
+    from pantheon.core.run.night import NightSettings, night_servers
 
     settings = NightSettings(artifacts=tmp_path, repo=tmp_path, servers=2)
-    servers = _servers(settings, 4, announce=False)
+    servers = night_servers(settings, 4, announce=False)
     assert [s.name for s in servers] == [None, "pool-2"]
     cores = os.cpu_count() or 2
     assert all(s.config.threads == max(1, cores // 2) for s in servers)
     assert servers[0].dir != servers[1].dir  # each its own pid, port and log
-    three = _servers(
+    three = night_servers(
         NightSettings(artifacts=tmp_path, repo=tmp_path, servers=2, code_model="smollm2-135m"),
         4,
         announce=False,
@@ -277,8 +277,6 @@ def test_a_night_of_several_servers_starts_each_with_its_share_of_the_cores(tmp_
 
 
 def test_servers_with_an_endpoint_is_refused_clearly(tmp_path):
-    from conftest import pantheon
-
     out = pantheon(
         "night", "--demo", "--servers", "2", "--endpoint", "http://127.0.0.1:8101",
         "--artifacts", str(tmp_path / "a"), "--headless",
@@ -291,9 +289,9 @@ def test_servers_with_an_endpoint_is_refused_clearly(tmp_path):
 def test_a_servers_port_is_outside_the_range_of_outgoing_connections():
     """A server restarted on its port must find it free: a port of the kernel's ephemeral range
     may by then be the local end of one of the pool's own connections to another server."""
-    from pantheon.core.model.procs import _ephemeral_range, free_port
+    from pantheon.core.model.procs import ephemeral_range, free_port
 
-    low, high = _ephemeral_range()
+    low, high = ephemeral_range()
     ports = [free_port() for _ in range(20)]
     assert len(set(ports)) == 20  # two servers starting at once never get the same port
     assert all(not low <= p <= high for p in ports)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from conftest import scripted_model
-from helpers import git, make_repo
+from helpers import git, make_repo, scripted_model
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir

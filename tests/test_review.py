@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_docops import fake_model, git, run_night
+from helpers import docops_model, docops_night, git, pantheon
 
 from pantheon.core import JobQueue
 from pantheon.core.morning.report import SCHEMA, build_summary, write_report
@@ -20,13 +20,13 @@ from pantheon.core.work.doccheck import split_frontmatter
 @pytest.fixture
 def night(artifacts, registry, repo):
     """Three docs merged while merges ran, three waiting (merges paused), one a reviewer failed."""
-    llm, http = fake_model({"a": True, "b": True})
-    run_night(artifacts, registry, repo, ["docs/doc0.md", "docs/doc1.md", "docs/doc2.md"], llm)
+    llm, http = docops_model({"a": True, "b": True})
+    docops_night(artifacts, registry, repo, ["docs/doc0.md", "docs/doc1.md", "docs/doc2.md"], llm)
     ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="κ low")
-    run_night(artifacts, registry, repo, ["docs/doc3.md", "docs/doc4.md", "docs/doc5.md"], llm)
+    docops_night(artifacts, registry, repo, ["docs/doc3.md", "docs/doc4.md", "docs/doc5.md"], llm)
     asyncio.run(http.aclose())
-    llm, http = fake_model({"a": True, "b": False})
-    run_night(artifacts, registry, repo, ["docs/doc6.md"], llm)
+    llm, http = docops_model({"a": True, "b": False})
+    docops_night(artifacts, registry, repo, ["docs/doc6.md"], llm)
     asyncio.run(http.aclose())
     return artifacts
 
@@ -185,8 +185,6 @@ def test_the_html_report_renders_in_a_real_browser(night, tmp_path):
 
 
 def test_the_report_command(night):
-    from conftest import pantheon
-
     done = pantheon("report", "--artifacts", str(night))
     assert done.returncode == 0, done.stderr
     assert "changes   3 merged, 4 waiting, 0 rejected" in done.stdout

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from test_docops import fake_model, git, run_night
+from helpers import docops_model, docops_night, git
 
 from pantheon.console.app import PantheonConsole
-from pantheon.console.dialogs import ConfirmScreen
-from pantheon.console.review_screen import ReviewScreen
-from pantheon.console.run_detail import RunDetailScreen
+from pantheon.console.screens.dialogs import ConfirmScreen
+from pantheon.console.screens.review import ReviewScreen
+from pantheon.console.screens.run_detail import RunDetailScreen
 from pantheon.core.morning.review import DECISIONS_FILE
 from pantheon.core.store.control import ControlFile
 from pantheon.core.work.doccheck import split_frontmatter
@@ -28,11 +28,11 @@ def night(tmp_path, registry, repo, monkeypatch):
     monkeypatch.chdir(tmp_path)
     artifacts = Path("artifacts")
     ControlFile(artifacts).update(by="op", merges_paused=True, merges_paused_reason="κ low")
-    llm, http = fake_model({"a": True, "b": True})
-    run_night(artifacts, registry, repo, ["docs/doc0.md", "docs/doc1.md", "docs/doc2.md"], llm)
+    llm, http = docops_model({"a": True, "b": True})
+    docops_night(artifacts, registry, repo, ["docs/doc0.md", "docs/doc1.md", "docs/doc2.md"], llm)
     asyncio.run(http.aclose())
-    llm, http = fake_model({"a": True, "b": False})
-    run_night(artifacts, registry, repo, ["docs/doc3.md"], llm)
+    llm, http = docops_model({"a": True, "b": False})
+    docops_night(artifacts, registry, repo, ["docs/doc3.md"], llm)
     asyncio.run(http.aclose())
     return artifacts
 

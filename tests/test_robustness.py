@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from conftest import pantheon
+from helpers import pantheon
 
 from pantheon.core import (
     ArtifactError,
@@ -26,7 +26,8 @@ from pantheon.core import (
 )
 from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.model.client import LLMClient
-from pantheon.core.model.server import ModelServer, ServerState, _proc_start
+from pantheon.core.model.procs import proc_start
+from pantheon.core.model.server import ModelServer, ServerState
 from pantheon.core.run.demo import demo_inputs
 from pantheon.core.store.runs import RunDir
 
@@ -62,7 +63,7 @@ def test_stop_never_signals_a_process_that_reused_the_pid(tmp_path):
             command=["x"],
             log="l",
             started_at="t",
-            pid_start=(_proc_start(stranger.pid) or 0) + 12345,
+            pid_start=(proc_start(stranger.pid) or 0) + 12345,
         )
         server.state_path.write_text(state.model_dump_json())
         assert server.status()["running"] is False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import scripted_model
+from helpers import scripted_model
 from pydantic import BaseModel
 
 from pantheon.core import ModelServerError, ReplyError

@@ -8,18 +8,16 @@ import asyncio
 import json
 import re
 import socket
-import subprocess
-import textwrap
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_codefix import scripted
+from helpers import codefix_model, codefix_night, git, make_repo
 
 from pantheon.console.cli import main
-from pantheon.core import Engine, JobQueue, enqueue, load_flow
+from pantheon.core import JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.work.sandbox import (
     BWRAP_ENV,
@@ -51,28 +49,6 @@ def no_bwrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     missing = tmp_path / "no-such-dir" / "bwrap"
     monkeypatch.setenv(BWRAP_ENV, str(missing))
     return missing
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-    )
-
-
-def make_repo(root: Path, files: dict[str, str]) -> Path:
-    """A git repository on ``main`` holding ``files`` (dedented), committed."""
-    root.mkdir(parents=True)
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "init")
-    return root
 
 
 def worktree(repo: Path, name: str = "job") -> Path:
@@ -191,11 +167,8 @@ FIXED_CALC = "```python\ndef add(a, b):\n    return a + b\n```"
 
 
 def codefix(artifacts: Path, registry, repo: Path, llm) -> int:
-    flow = load_flow(packaged_flows_dir() / "codefix.yaml", registry)
     task = {"repo": str(repo), "path": "calc.py", "test": "test_calc.py", "task": "Fix add()."}
-    with JobQueue(artifacts) as q:
-        [job] = enqueue(q, flow, [task])
-    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm).run())
+    [job] = codefix_night(artifacts, registry, [task], llm)
     return job
 
 
@@ -204,7 +177,7 @@ def test_a_real_fix_passes_its_real_tests_in_the_sandbox_and_merges(
     tmp_path, artifacts, registry, confined
 ):
     repo = make_repo(tmp_path / "repo", {"calc.py": CALC, "test_calc.py": CALC_TEST})
-    llm, http = scripted([FIXED_CALC], [True, True])
+    llm, http = codefix_model([FIXED_CALC], [True, True])
     job = codefix(artifacts, registry, repo, llm)
     asyncio.run(http.aclose())
     out = artifacts / "runs" / f"codefix-{job:06d}"
@@ -325,7 +298,7 @@ def test_the_engine_refuses_code_jobs_without_the_sandbox_unless_told(
     tmp_path, artifacts, registry, no_bwrap, monkeypatch
 ):
     repo = make_repo(tmp_path / "repo", {"calc.py": CALC, "test_calc.py": CALC_TEST})
-    llm, http = scripted([FIXED_CALC], [True, True])
+    llm, http = codefix_model([FIXED_CALC], [True, True])
     # the engine refuses up front: nothing claimed, nothing asked of the model
     with pytest.raises(SandboxError, match=re.escape(MISSING)):
         codefix(artifacts, registry, repo, llm)

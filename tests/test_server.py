@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import pantheon, pantheon_popen
+from helpers import pantheon, pantheon_popen
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 

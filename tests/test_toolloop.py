@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import scripted_model
+from helpers import scripted_model
 from pydantic import BaseModel
 
 from pantheon.core import NodeError, ReplyError

@@ -3,166 +3,42 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers_training import (
+    AT,
+    DONE,
+    RUNNING,
+    SIZE,
+    append_progress,
+    console,
+    make_training,
+    notes,
+    open_training,
+    progress_rows,
+    write,
+)
 from night_fixture import NOW
 from textual.widgets import DataTable, ProgressBar, Static
 
 from pantheon.console.app import PantheonConsole
-from pantheon.console.dashboard import DashboardScreen
-from pantheon.console.dialogs import HELP, ConfirmScreen
-from pantheon.console.training_screen import TrainingScreen, launch_training
-from pantheon.core.learn.files import (
-    Evaluation,
-    MineStats,
-    ProgressRow,
-    RegistryEntry,
-    TrainingState,
-    training_root,
-    update_registry,
-)
+from pantheon.console.launch import launch_training
+from pantheon.console.screens.dashboard import DashboardScreen
+from pantheon.console.screens.dialogs import HELP, ConfirmScreen
+from pantheon.console.screens.training import TrainingScreen
+from pantheon.core.learn.files import MineStats, training_root
 from pantheon.core.store.atomic import atomic_write_json
 from pantheon.widgets.loss_plot import LossPlot
-
-SIZE = (100, 30)
-AT = datetime(2026, 11, 24, 22, 15, tzinfo=UTC)
-RUNNING = "doc.frontmatter-20261124T221500"
-DONE = "text.stats-20261123T230000"
-
-
-def write(path: Path, model) -> None:
-    atomic_write_json(path, model.model_dump(mode="json"))
-
-
-def progress_rows(first: int, last: int, steps: int) -> list[ProgressRow]:
-    return [
-        ProgressRow(
-            step=i,
-            steps=steps,
-            epoch=i / steps * 2,
-            loss=round(0.6 + 1.8 * 0.9**i + (0.05 if i % 3 == 0 else 0.0), 4),
-            lr=2e-4,
-            tokens=i * 4096,
-            elapsed_s=i * 6.0,
-            eta_s=(steps - i) * 6.0,
-            at=AT + timedelta(seconds=i * 6),
-        )
-        for i in range(first, last + 1)
-    ]
-
-
-def append_progress(folder: Path, rows: list[ProgressRow]) -> None:
-    with open(folder / "progress.jsonl", "a") as fh:
-        fh.write("".join(r.model_dump_json() + "\n" for r in rows))
-
-
-def make_training(artifacts: Path) -> Path:
-    """Two agents: doc.frontmatter training now (this process plays its trainer), text.stats
-    trained, evaluated and promoted."""
-    root = training_root(artifacts)
-    write(
-        root / "doc.frontmatter" / "mine.json",
-        MineStats(agent="doc.frontmatter", examples=132, train=120, heldout=12, tasks=20, at=AT),
-    )
-    write(
-        root / "text.stats" / "mine.json",
-        MineStats(agent="text.stats", examples=60, train=54, heldout=6, tasks=12, at=AT),
-    )
-    running = root / RUNNING
-    write(
-        running / "state.json",
-        TrainingState(
-            id=RUNNING,
-            agent="doc.frontmatter",
-            status="running",
-            base_model="smollm2-135m",
-            pid=os.getpid(),
-            step=20,
-            steps=60,
-            examples=120,
-            heldout=12,
-            started_at=AT,
-            heldout_loss_before=1.912,
-            promote=True,
-        ),
-    )
-    append_progress(running, progress_rows(1, 20, 60))
-    done = root / DONE
-    evaluation = Evaluation(
-        training=DONE,
-        agent="text.stats",
-        adapter=DONE,
-        tasks=12,
-        base_passed=6,
-        adapter_passed=11,
-        b=0,
-        c=5,
-        p_value=0.03125,
-        alpha=0.05,
-        promoted=True,
-        reason="the adapter passed 5 tasks the base model failed, and failed none it passed",
-    )
-    write(
-        done / "state.json",
-        TrainingState(
-            id=DONE,
-            agent="text.stats",
-            status="done",
-            base_model="smollm2-135m",
-            pid=None,
-            step=40,
-            steps=40,
-            examples=54,
-            heldout=6,
-            started_at=AT - timedelta(days=1),
-            finished_at=AT - timedelta(days=1) + timedelta(minutes=9),
-            heldout_loss_before=1.508,
-            heldout_loss_after=0.921,
-            promote=True,
-            evaluation=evaluation,
-        ),
-    )
-    append_progress(done, progress_rows(1, 40, 40))
-    entry = RegistryEntry(
-        agent="text.stats",
-        adapter=DONE,
-        gguf=f"adapters/{DONE}.gguf",
-        training=DONE,
-        base_model="smollm2-135m",
-        evidence=evaluation.model_dump(include={"tasks", "base_passed", "adapter_passed", "b", "c"})
-        | {"p_value": evaluation.p_value},
-        promoted_at=AT - timedelta(hours=23),
-    )
-    update_registry(artifacts, lambda registry: registry.agents.__setitem__("text.stats", entry))
-    return artifacts
 
 
 @pytest.fixture
 def trained(night: Path) -> Path:
     """The frozen night, with training files in it."""
     return make_training(night)
-
-
-def console(artifacts: Path) -> tuple[PantheonConsole, list[tuple[list[str], Path]]]:
-    app = PantheonConsole(artifacts, watch=False, clock=lambda: NOW)
-    launched: list[tuple[list[str], Path]] = []
-    app.training_launcher = lambda argv, log: launched.append((argv, log))
-    return app, launched
-
-
-async def open_training(pilot) -> TrainingScreen:
-    await pilot.pause()
-    await pilot.press("t")
-    await pilot.pause()
-    screen = pilot.app.screen
-    assert isinstance(screen, TrainingScreen)
-    return screen
 
 
 async def until(pilot, predicate, timeout: float = 5.0) -> None:
@@ -180,10 +56,6 @@ def table_rows(screen: TrainingScreen) -> dict[str, list[str]]:
 
 def text_of(screen: TrainingScreen, selector: str) -> str:
     return str(screen.query_one(selector, Static).render())
-
-
-def notes(app: PantheonConsole) -> list[str]:
-    return [n.message for n in app._notifications]
 
 
 async def test_t_opens_the_agents_with_their_data_adapter_and_training(trained):

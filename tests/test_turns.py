@@ -10,7 +10,7 @@ from datetime import datetime
 
 import httpx
 import pytest
-from conftest import chat_response, pantheon
+from helpers import chat_response, pantheon
 
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.turns import CpuTurns
@@ -162,7 +162,7 @@ async def test_a_server_that_does_not_answer_gives_the_turn_up_while_its_call_wa
 
 
 def test_a_night_of_two_models_on_few_cores_takes_turns_with_every_core(tmp_path):
-    from pantheon.core.run.night import NightSettings, _servers, cores
+    from pantheon.core.run.night import NightSettings, cores, night_servers
 
     two = NightSettings(artifacts=tmp_path, repo=tmp_path, code_model="qwen2.5-coder-1.5b")
     assert two.cpu_turns == (cores() // 2 < 4)
@@ -170,13 +170,13 @@ def test_a_night_of_two_models_on_few_cores_takes_turns_with_every_core(tmp_path
         artifacts=tmp_path, repo=tmp_path, code_model="qwen2.5-coder-1.5b", cpu_share="turns"
     )
     assert turns.cpu_turns
-    assert [s.config.threads for s in _servers(turns, 4, announce=False)] == [cores(), cores()]
+    assert [s.config.threads for s in night_servers(turns, 4, announce=False)] == [cores(), cores()]
     split = NightSettings(
         artifacts=tmp_path, repo=tmp_path, code_model="qwen2.5-coder-1.5b", cpu_share="split"
     )
     assert not split.cpu_turns
     half = max(1, cores() // 2)
-    assert [s.config.threads for s in _servers(split, 4, announce=False)] == [half, half]
+    assert [s.config.threads for s in night_servers(split, 4, announce=False)] == [half, half]
     # one server has the machine to itself; a pool of one model splits it
     assert not NightSettings(artifacts=tmp_path, repo=tmp_path, cpu_share="turns").cpu_turns
     pool = NightSettings(

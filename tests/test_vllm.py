@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import pantheon
+from helpers import pantheon
 from pydantic import BaseModel
 
 from pantheon.core import ModelServerError

@@ -11,9 +11,6 @@ in its output so the morning review sees why.
 - **description length**: 20 to 200 characters;
 - **description in its own words**: not copied from the page (no run of 10 or more words, or
   of most of its own words, taken verbatim from the body);
-- **description speaks of the page**: at least half of its content words are the page's own
-  (:mod:`pantheon.core.work.grounding`): another page's description, or one claiming what the
-  page never covers, names what the page does not;
 - **tags**: 1 to 5 distinct lowercase keywords of a word or two (letters, digits, ``_ + # . -``);
 - **body kept** (the gate): the page's text is still there.
 """
@@ -26,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-
-from pantheon.core.work.grounding import grounding
 
 __all__ = [
     "DESCRIPTION_MAX",
@@ -145,19 +140,6 @@ def check_frontmatter(meta: Any, body: str | None = None) -> list[Check]:
                 )
             else:
                 out.append(Check("description in its own words", True))
-            ground = grounding(desc, _plain(body))
-            if ground.grounded:
-                out.append(Check("description speaks of the page", True))
-            else:
-                out.append(
-                    Check(
-                        "description speaks of the page",
-                        False,
-                        f"the page never mentions {', '.join(map(repr, ground.missing))} "
-                        f"({ground.share:.0%} of the description's words are on the page); "
-                        "describe this page, not another",
-                    )
-                )
     tags = meta.get("tags")
     if not isinstance(tags, list) or not tags:
         out.append(Check("tags", False, "there is no list of tags"))
