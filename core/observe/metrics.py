@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,8 +111,8 @@ class MetricsSampler:
         self._asked_slots = slots is not None
         self.artifacts = artifacts
         """Where the canaries are read from (None: no canary figures)."""
-        self._canaries: tuple[tuple[int, int], dict[str, Any]] | None = None
-        self._calibration: tuple[tuple[int, int], list[dict[str, Any]]] | None = None
+        self._files: dict[Path, tuple[tuple[int, int], Any]] = {}
+        """What was read of the canaries' and calibration files, by their (size, mtime)."""
         self.llm = llm
         self.window_s = window_s
         self.kappa_window = kappa_window
@@ -304,31 +304,35 @@ class MetricsSampler:
         }
 
     def _canary_figures(self) -> dict[str, Any]:
-        """The reviewers' scores on the night's canaries (read again only when the file grew)."""
+        """The reviewers' scores on the night's canaries."""
         if self.artifacts is None:
             return {"n": 0}
-        path = canaries_path(self.artifacts)
-        try:
-            st = path.stat()
-            key = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            return {"n": 0}
-        if self._canaries is None or self._canaries[0] != key:
-            self._canaries = (key, canary_scores(read_canaries(self.artifacts)))
-        return self._canaries[1]
+        artifacts = self.artifacts
+        return self._read_when_changed(
+            canaries_path(artifacts), lambda: canary_scores(read_canaries(artifacts)), {"n": 0}
+        )
 
     def _calibration_figures(self) -> list[dict[str, Any]]:
-        """The reviewers' latest calibrations (read again only when the file changed)."""
+        """The reviewers' latest calibrations."""
         if self.artifacts is None:
             return []
+        artifacts = self.artifacts
+        return self._read_when_changed(
+            calibration_path(artifacts), lambda: calibration_figures(artifacts), []
+        )
+
+    def _read_when_changed(self, path: Path, read: Callable[[], Any], missing: Any) -> Any:
+        """``read()``, again only when the file at ``path`` changed size or time since the last
+        sample (``missing`` while there is no file)."""
         try:
-            st = calibration_path(self.artifacts).stat()
-            key = (st.st_size, st.st_mtime_ns)
+            st = path.stat()
         except OSError:
-            return []
-        if self._calibration is None or self._calibration[0] != key:
-            self._calibration = (key, calibration_figures(self.artifacts))
-        return self._calibration[1]
+            return missing
+        key = (st.st_size, st.st_mtime_ns)
+        cached = self._files.get(path)
+        if cached is None or cached[0] != key:
+            cached = self._files[path] = (key, read())
+        return cached[1]
 
 
 def write_sample(artifacts: Path, sample: dict[str, Any]) -> None:
