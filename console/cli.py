@@ -27,6 +27,7 @@ from pantheon.console.commands import (
     stop,
 )
 from pantheon.console.commands.common import artifacts_arg
+from pantheon.console.commands.settings_args import explicit_flags
 from pantheon.core import PantheonError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -125,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
     logging.basicConfig(
@@ -143,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    command = _subparser(parser, args.command)
+    if command is not None and args.command in args.argv:
+        after = args.argv[args.argv.index(args.command) + 1 :]
+        args.explicit = explicit_flags(command, after)
     _setup_logging(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)

@@ -231,7 +231,8 @@ def writers_hint(agent: str, base_model: str) -> str | None:
     """Where a night uses a writer's adapter trained on another model than the writers'
     default: a night asks its writers on the --code-model's server."""
     from pantheon.core.model.files import CATALOG, ModelStore
-    from pantheon.core.run.night import DEFAULT_CODE_MODEL, WRITER_AGENTS
+    from pantheon.core.run.assemble import WRITER_AGENTS
+    from pantheon.core.run.settings import DEFAULT_CODE_MODEL
 
     if agent not in WRITER_AGENTS:
         return None

@@ -75,6 +75,8 @@ def test_a_small_demo_night_on_the_embedded_model(tmp_path):
             ).stdout
             assert merged.strip(), f"{run.name} says merged but main does not hold it"
     assert not (artifacts / "server" / "server.json").exists(), "the night stops its server"
+    settings = json.loads((artifacts / "settings.json").read_text())  # what it ran with
+    assert settings["models"]["model"] == "smollm2-135m" and settings["work"]["docs"] == 2
     again = pantheon("night", "--demo", "--model", "smollm2-135m", "--artifacts", str(artifacts))
     assert again.returncode == 0 and "resuming the night" in again.stderr
 

@@ -43,6 +43,17 @@ def test_the_command_line_reference_is_the_parsers_own():
     assert page == cli_reference(), f"docs/reference/cli.md is out of date: run {REGENERATE}"
 
 
+def test_the_settings_reference_is_the_settings_own():
+    from pantheon.console.settings_reference import settings_reference
+
+    page = (ROOT / "docs" / "reference" / "settings.md").read_text(encoding="utf-8")
+    assert page == settings_reference(), (
+        "docs/reference/settings.md is out of date: run "
+        "python -m pantheon.console.settings_reference > docs/reference/settings.md"
+    )
+    assert "| `kappa_threshold` | float | `0.6` | `--kappa-threshold` |" in page
+
+
 def test_the_reference_changes_when_a_parser_does():
     parser = build_parser()
     before = cli_reference(parser)

@@ -257,8 +257,8 @@ def test_the_night_serves_a_promoted_adapter_and_its_calls_say_so(trained, tmp_p
     from pantheon.core import Engine
     from pantheon.core.learn.files import Evaluation
     from pantheon.core.model.client import LLMClient
-    from pantheon.core.run.night import adapter_files as _registry_adapter_files
-    from pantheon.core.run.night import adapters_in_use as _agent_adapters
+    from pantheon.core.run.connect import adapter_files as _registry_adapter_files
+    from pantheon.core.run.connect import adapters_in_use as _agent_adapters
     from pantheon.trainer.registry import promote
 
     src, _, state, _ = trained

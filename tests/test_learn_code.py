@@ -449,6 +449,7 @@ def test_the_report_shows_the_adapter_its_evidence_and_the_pass_rate_before_and_
 def test_night_learn_runs_the_loop_after_the_night(demo, artifacts, registry, capsys):
     from pantheon.console import cli
     from pantheon.console.commands.night import night_learn
+    from pantheon.console.commands.settings_args import night_settings
 
     _repo, code = demo
     llm, http = codefix_model([FIXED_CLAMP], [True, True])
@@ -458,7 +459,7 @@ def test_night_learn_runs_the_loop_after_the_night(demo, artifacts, registry, ca
         ["night", "--learn", "--learn-minutes", "5", "--artifacts", str(artifacts)]
     )
     assert args.learn and args.learn_minutes == 5
-    assert night_learn(args) == 0
+    assert night_learn(args, night_settings(args, "night")) == 0
     out = capsys.readouterr().out
     assert "learn: mined 1 job(s)" in out
     assert "learn: codegen: not trained: not enough data" in out

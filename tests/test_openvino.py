@@ -324,16 +324,19 @@ def test_a_night_refuses_a_model_openvino_cannot_read_before_it_starts(tmp_path)
 
 
 def test_promoted_adapters_are_said_not_served_on_openvino(tmp_path, monkeypatch, caplog):
-    from pantheon.core.run import night
+    from pantheon.core.run import assemble
+    from pantheon.core.run.settings import Models, NightSettings
 
-    monkeypatch.setattr(night, "adapter_files", lambda *a, **k: ["/x/codegen.fix-1.gguf"])
-    settings = night.NightSettings(artifacts=tmp_path, repo=tmp_path, backend="openvino")
+    monkeypatch.setattr(assemble, "adapter_files", lambda *a, **k: ["/x/codegen.fix-1.gguf"])
+    settings = NightSettings(artifacts=tmp_path, models=Models(backend="openvino", code_model=None))
     with caplog.at_level("WARNING"):
-        servers = night.night_servers(settings, 4)
+        servers = assemble.night_servers(settings, 4)
     assert [s.config.backend for s in servers] == ["openvino"]
     assert servers[0].config.adapters == []
     assert "codegen.fix-1 are not served: the OpenVINO backend serves no LoRA" in caplog.text
-    llama = night.night_servers(night.NightSettings(artifacts=tmp_path, repo=tmp_path), 4)
+    llama = assemble.night_servers(
+        NightSettings(artifacts=tmp_path, models=Models(code_model=None)), 4
+    )
     assert llama[0].config.adapters == ["/x/codegen.fix-1.gguf"]
 
 

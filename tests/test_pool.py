@@ -163,13 +163,13 @@ def test_an_adapter_counts_as_loaded_when_every_server_has_it():
 
 def test_the_command_line_takes_several_endpoints(tmp_path):
     from pantheon.console.cli import build_parser
-    from pantheon.console.commands.common import endpoint
-    from pantheon.core.run.night import connect
+    from pantheon.console.commands.settings_args import night_settings
+    from pantheon.core.run.connect import connect
 
     args = build_parser().parse_args(
         ["night", "--endpoint", "http://127.0.0.1:8101", "--endpoint", "http://127.0.0.1:8102"]
     )
-    ep = endpoint(args)
+    ep = night_settings(args, "night").endpoint
     assert ep.urls == ("http://127.0.0.1:8101", "http://127.0.0.1:8102")
     pool = connect(tmp_path, ep)
     assert isinstance(pool, ServerPool)
@@ -215,7 +215,7 @@ async def test_an_engine_on_two_real_servers_loses_nothing_when_one_is_killed(tm
     from pantheon.core.model.files import TEST_MODEL, ModelStore
     from pantheon.core.model.lifecycle import served
     from pantheon.core.model.server import ModelServer, ServerConfig
-    from pantheon.core.run.night import pool_of
+    from pantheon.core.run.connect import pool_of
 
     ModelStore().pull(TEST_MODEL)
     registry.register(Ask, origin="tests")
@@ -259,16 +259,17 @@ async def test_an_engine_on_two_real_servers_loses_nothing_when_one_is_killed(tm
 
 
 def test_a_night_of_several_servers_starts_each_with_its_share_of_the_cores(tmp_path):
-    from pantheon.core.run.night import NightSettings, night_servers
+    from pantheon.core.run.assemble import night_servers
+    from pantheon.core.run.settings import Models, NightSettings
 
-    settings = NightSettings(artifacts=tmp_path, repo=tmp_path, servers=2)
+    settings = NightSettings(artifacts=tmp_path, models=Models(servers=2, code_model=None))
     servers = night_servers(settings, 4, announce=False)
     assert [s.name for s in servers] == [None, "pool-2"]
     cores = os.cpu_count() or 2
     assert all(s.config.threads == max(1, cores // 2) for s in servers)
     assert servers[0].dir != servers[1].dir  # each its own pid, port and log
     three = night_servers(
-        NightSettings(artifacts=tmp_path, repo=tmp_path, servers=2, code_model="smollm2-135m"),
+        NightSettings(artifacts=tmp_path, models=Models(servers=2, code_model="smollm2-135m")),
         4,
         announce=False,
     )

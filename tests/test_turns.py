@@ -162,27 +162,24 @@ async def test_a_server_that_does_not_answer_gives_the_turn_up_while_its_call_wa
 
 
 def test_a_night_of_two_models_on_few_cores_takes_turns_with_every_core(tmp_path):
-    from pantheon.core.run.night import NightSettings, cores, night_servers
+    from pantheon.core.run.assemble import cores, cpu_turns, night_servers
+    from pantheon.core.run.settings import Models, NightSettings
 
-    two = NightSettings(artifacts=tmp_path, repo=tmp_path, code_model="qwen2.5-coder-1.5b")
-    assert two.cpu_turns == (cores() // 2 < 4)
-    turns = NightSettings(
-        artifacts=tmp_path, repo=tmp_path, code_model="qwen2.5-coder-1.5b", cpu_share="turns"
-    )
-    assert turns.cpu_turns
+    def settings(**models) -> NightSettings:
+        return NightSettings(artifacts=tmp_path, models=Models(**models))
+
+    two = settings(code_model="qwen2.5-coder-1.5b")
+    assert cpu_turns(two) == (cores() // 2 < 4)
+    turns = settings(code_model="qwen2.5-coder-1.5b", cpu_share="turns")
+    assert cpu_turns(turns)
     assert [s.config.threads for s in night_servers(turns, 4, announce=False)] == [cores(), cores()]
-    split = NightSettings(
-        artifacts=tmp_path, repo=tmp_path, code_model="qwen2.5-coder-1.5b", cpu_share="split"
-    )
-    assert not split.cpu_turns
+    split = settings(code_model="qwen2.5-coder-1.5b", cpu_share="split")
+    assert not cpu_turns(split)
     half = max(1, cores() // 2)
     assert [s.config.threads for s in night_servers(split, 4, announce=False)] == [half, half]
     # one server has the machine to itself; a pool of one model splits it
-    assert not NightSettings(artifacts=tmp_path, repo=tmp_path, cpu_share="turns").cpu_turns
-    pool = NightSettings(
-        artifacts=tmp_path, repo=tmp_path, servers=2, code_model="qwen2.5-coder-1.5b"
-    )
-    assert not pool.cpu_turns
+    assert not cpu_turns(settings(code_model=None, cpu_share="turns"))
+    assert not cpu_turns(settings(servers=2, code_model="qwen2.5-coder-1.5b"))
 
 
 @pytest.mark.slow

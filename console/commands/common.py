@@ -1,4 +1,4 @@
-"""What several commands share: their common options, the sandbox gate, progress lines."""
+"""What several commands share: their common options and progress lines."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
-
-from pantheon.core.run.night import Endpoint, Gates
 
 log = logging.getLogger("pantheon")
 
@@ -76,16 +74,6 @@ def gate_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def gates(args: argparse.Namespace) -> Gates:
-    return Gates(
-        kappa_threshold=args.kappa_threshold,
-        kappa_min_pairs=args.kappa_min_pairs,
-        canary_every=args.canary_every,
-        canary_min=args.canary_min,
-        canary_max_miss=args.canary_max_miss,
-    )
-
-
 def model_endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--endpoint",
@@ -121,17 +109,6 @@ def model_endpoint_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def endpoint(args: argparse.Namespace) -> Endpoint:
-    urls = list(args.endpoint or [])
-    return Endpoint(
-        url=urls[0] if urls else None,
-        more=tuple(urls[1:]),
-        backend=args.backend,
-        allow_hosts=tuple(args.allow_host),
-        stall_s=args.stall_s,
-    )
-
-
 def sandbox_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-sandbox",
@@ -140,34 +117,6 @@ def sandbox_arg(p: argparse.ArgumentParser) -> None:
         "model-written code runs in a bubblewrap sandbox, and code jobs refuse to start "
         "without one: `pantheon doctor` says whether it works here)",
     )
-
-
-def sandbox_gate(args: argparse.Namespace, code_jobs: Callable[[], bool], none_left: str) -> None:
-    """Log whether model-written code runs confined; SandboxError when it cannot be and
-    ``code_jobs()`` says some will run, unless --no-sandbox (or PANTHEON_SANDBOX=off)."""
-    from pantheon.core.work.sandbox import (
-        SANDBOX_ENV,
-        Sandbox,
-        SandboxError,
-        allow_unconfined,
-        missing_line,
-        unconfined_allowed,
-    )
-
-    if args.no_sandbox or unconfined_allowed():
-        allow_unconfined()  # the night's own process and the engine's see it too
-        log.warning(
-            "no sandbox (%s): code jobs run unconfined, with the network and every file writable",
-            "--no-sandbox" if args.no_sandbox else f"{SANDBOX_ENV}=off",
-        )
-        return
-    status = Sandbox.probe()
-    if status.active:
-        log.info("sandbox for model-written code: %s", status.reason)
-        return
-    if code_jobs():
-        raise SandboxError(missing_line(status))
-    log.warning("%s; %s", missing_line(status), none_left)
 
 
 def quiet_logging_for_textual() -> None:

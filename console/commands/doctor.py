@@ -10,7 +10,7 @@ from typing import Any
 
 from pantheon.console.commands.common import artifacts_arg
 from pantheon.core import PantheonError
-from pantheon.core.run.night import DEFAULT_CODE_MODEL
+from pantheon.core.run.settings import DEFAULT_CODE_MODEL
 
 
 def add_doctor(sub: Any) -> None:

@@ -14,28 +14,19 @@ from typing import Any
 from pantheon.console import learn_cli
 from pantheon.console.commands.common import (
     artifacts_arg,
-    endpoint,
     gate_args,
-    gates,
     model_endpoint_args,
+    progress_printer,
     quiet_logging_for_textual,
     sandbox_arg,
     speculative_arg,
 )
-from pantheon.console.commands.prepare import code_model, prepare_night
-from pantheon.core.errors import ConfigError
-from pantheon.core.model.files import DEFAULT_MODEL
-from pantheon.core.run.deadline import parse_until
-from pantheon.core.run.night import (
-    DEFAULT_CODE_MODEL,
-    NightSettings,
-    check_servable,
-    clear_closing,
-    read_closing,
-    run_night,
-    write_closing,
-)
+from pantheon.console.commands.settings_args import check_night, night_settings, settings_args
+from pantheon.core.run.assemble import check_servable
+from pantheon.core.run.night import clear_closing, read_closing, run_night, write_closing
 from pantheon.core.run.nightlock import NightRunning, night_holder
+from pantheon.core.run.prepare import prepare_night
+from pantheon.core.run.settings import DEFAULT_CODE_MODEL, NightSettings
 from pantheon.core.store.layout import NIGHT_LOG
 
 log = logging.getLogger("pantheon")
@@ -166,6 +157,7 @@ def add_night(sub: Any) -> None:
     )
     learn_cli.learn_args(p, prefix="learn-")
     sandbox_arg(p)
+    settings_args(p)
     artifacts_arg(p)
 
 
@@ -181,66 +173,37 @@ def concurrency_arg(text: str) -> int | str:
     return value
 
 
-def served_backend(args: argparse.Namespace) -> str:
-    """The kind of server the night starts (none with --endpoint: then --backend is its)."""
-    backend = args.backend or "llama.cpp"
-    if args.endpoint or backend not in ("llama.cpp", "openvino", "vllm"):
-        return "llama.cpp"
-    return backend
-
-
 def cmd_night(args: argparse.Namespace) -> int:
-    holder = night_holder(args.artifacts)
+    settings = night_settings(args, "night")
+    if args.print_settings:
+        print(settings.as_json())
+        return 0
+    holder = night_holder(settings.artifacts)
     if holder is not None:  # before any test runs or job is queued
-        raise NightRunning(args.artifacts, holder)
-    args.until_at = parse_until(args.until) if args.until else None
-    _night_models(args)
-    if args.concurrency is None and args.demo and not args.endpoint:
-        args.concurrency = "auto"
-    if args.servers < 1 or (args.servers > 1 and args.endpoint):
-        raise ConfigError(
-            "--servers N starts N embedded servers (N ≥ 1); with --endpoint, name each server "
-            "of yours with an --endpoint of its own"
-        )
-    if not args.endpoint and args.backend == "llama-cpp-python":
-        raise ConfigError(
-            "--backend llama-cpp-python names the kind of server --endpoint is; a night serves "
-            "llama.cpp, openvino or vllm itself"
-        )
-    repo = prepare_night(args)
-    if not args.endpoint:  # a model the backend cannot serve is refused before the night starts
-        check_servable(
-            NightSettings(
-                artifacts=args.artifacts,
-                repo=repo,
-                model=args.model,
-                code_model=code_model(args),
-                backend=served_backend(args),
-            )
-        )
+        raise NightRunning(settings.artifacts, holder)
+    check_night(settings)
+    settings = prepare_night(
+        settings,
+        say=lambda line: print(line, file=sys.stderr, flush=True),
+        download=progress_printer(),
+    )
+    if settings.serves:  # a model the backend cannot serve is refused before the night starts
+        check_servable(settings)
     if args.headless or not (sys.stdout.isatty() and sys.stdin.isatty()):
         if not args.headless:
             log.info("no terminal: the night runs headless (--headless says so explicitly)")
-        return _night_run(args, repo)
-    return _night_with_console(args)
+        return _night_run(args, settings)
+    return _night_with_console(args, settings.artifacts)
 
 
-def _night_models(args: argparse.Namespace) -> None:
-    """The night's model and codegen's: the defaults, unless --model names one for both."""
-    if args.code_model is None:
-        args.code_model = DEFAULT_CODE_MODEL if args.model is None else "same"
-    if args.model is None:
-        args.model = DEFAULT_MODEL
-
-
-def _night_with_console(args: argparse.Namespace) -> int:
+def _night_with_console(args: argparse.Namespace, artifacts: Path) -> int:
     """The night in its own session (it outlives the console), the console in front."""
     from pantheon.console.app import PantheonConsole
 
     argv = [a for a in args.argv if a != "--headless"] + ["--headless"]
-    log_path = args.artifacts / NIGHT_LOG
+    log_path = artifacts / NIGHT_LOG
     start = log_path.stat().st_size if log_path.exists() else 0
-    clear_closing(args.artifacts)
+    clear_closing(artifacts)
     with open(log_path, "ab") as out:
         night = subprocess.Popen(
             [sys.executable, "-m", "pantheon.console", *argv],
@@ -250,17 +213,17 @@ def _night_with_console(args: argparse.Namespace) -> int:
             start_new_session=True,
         )
     quiet_logging_for_textual()
-    PantheonConsole(args.artifacts, night=night, night_log=log_path).run()
+    PantheonConsole(artifacts, night=night, night_log=log_path).run()
     code = night.poll()
     if code is None:
         print(
             f"The night goes on in the background (pid {night.pid}; log {log_path}).\n"
-            f"  pantheon console --artifacts {args.artifacts}   watch it again\n"
-            f"  pantheon status --artifacts {args.artifacts}    where it stands\n"
-            f"  pantheon stop --artifacts {args.artifacts}      stop it (its jobs in flight finish)"
+            f"  pantheon console --artifacts {artifacts}   watch it again\n"
+            f"  pantheon status --artifacts {artifacts}    where it stands\n"
+            f"  pantheon stop --artifacts {artifacts}      stop it (its jobs in flight finish)"
         )
         return 0
-    print(_night_closing(args.artifacts, log_path, start))
+    print(_night_closing(artifacts, log_path, start))
     return code
 
 
@@ -279,25 +242,8 @@ def _night_closing(artifacts: Path, log_path: Path, start: int = 0) -> str:
     return "\n".join(text.splitlines()[-20:])
 
 
-def _night_run(args: argparse.Namespace, repo: Path) -> int:
+def _night_run(args: argparse.Namespace, settings: NightSettings) -> int:
     """Serve the model, drain the queue, print the figures (in the foreground)."""
-    settings = NightSettings(
-        artifacts=args.artifacts,
-        repo=repo,
-        model=args.model,
-        code_model=code_model(args),
-        endpoint=endpoint(args),
-        gates=gates(args),
-        reviewers_on=args.reviewers_on,
-        keep_server=args.keep_server,
-        backend=served_backend(args),
-        auto_concurrency=args.concurrency == "auto",
-        servers=args.servers,
-        speculative=args.speculative,
-        cpu_share=args.cpu_share,
-        until=args.until_at,
-        share_cpu=args.share_cpu,
-    )
     result = run_night(settings)
     code = result.exit_code
     if result.figures is not None:
@@ -311,11 +257,11 @@ def _night_run(args: argparse.Namespace, repo: Path) -> int:
         )
     print(result.wall_line)
     if args.learn and code == 0:
-        code = night_learn(args)
+        code = night_learn(args, settings)
     return code
 
 
-def night_learn(args: argparse.Namespace) -> int:
+def night_learn(args: argparse.Namespace, settings: NightSettings) -> int:
     """The learn loop after a night: its lines go to the night's output (and log), and after
     its closing figures."""
     from pantheon.trainer.loop import learn
@@ -336,10 +282,10 @@ def night_learn(args: argparse.Namespace) -> int:
         bar = learn_cli.progress_bar()
         say("learn: mining the night, then training what can learn")
         run = learn(
-            args.artifacts,
+            settings.artifacts,
             agents=set(args.learn_agent or []) or None,
             options=TrainOptions(max_minutes=args.learn_minutes),
-            corpus=bool(args.demo),
+            corpus=settings.work.demo,
             on_line=lambda line: say(f"learn: {line}"),
             on_step=bar.step,
             on_task=bar.task,
@@ -347,8 +293,8 @@ def night_learn(args: argparse.Namespace) -> int:
         return 1 if any(a.action == "failed" for a in run.agents) else 0
     finally:
         if said:
-            closing = read_closing(args.artifacts)
+            closing = read_closing(settings.artifacts)
             try:
-                write_closing(args.artifacts, "\n".join(([closing] if closing else []) + said))
+                write_closing(settings.artifacts, "\n".join(([closing] if closing else []) + said))
             except OSError as exc:
                 log.warning("the learn loop's lines are not saved: %s", exc)

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import logging
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pantheon.console.commands.common import (
     artifacts_arg,
-    endpoint,
     gate_args,
-    gates,
     model_endpoint_args,
     sandbox_arg,
-    sandbox_gate,
 )
+from pantheon.console.commands.settings_args import night_settings, settings_args
 from pantheon.core import (
-    Engine,
     FlowError,
     JobQueue,
     QueueError,
@@ -32,9 +27,6 @@ from pantheon.core import (
     read_inputs_jsonl,
 )
 from pantheon.core.store.control import ControlFile
-
-if TYPE_CHECKING:
-    from pantheon.core.run.deadline import Deadline
 
 log = logging.getLogger("pantheon")
 
@@ -53,6 +45,23 @@ def add_engine(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--until-empty", action="store_true", help="stop when the queue is empty")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the models here, as a night does (--model, --code-model, --servers, "
+        "--backend), instead of using --endpoint or the server `pantheon serve` runs",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="with --serve: the model the embedded server runs (default: qwen2.5-coder-0.5b)",
+    )
+    p.add_argument(
+        "--code-model",
+        default=None,
+        metavar="M",
+        help="with --serve: the writers' model, on a second server ('same' for --model's)",
+    )
     p.add_argument(
         "--until",
         metavar="HH:MM",
@@ -97,6 +106,7 @@ def add_engine(sub: Any) -> None:
     gate_args(p)
     model_endpoint_args(p)
     sandbox_arg(p)
+    settings_args(p)
     artifacts_arg(p)
 
 
@@ -189,62 +199,24 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_sandbox(args: argparse.Namespace) -> None:
-    """Before the engine drains the queue: no code job runs unconfined unless --no-sandbox."""
-    from pantheon.core.work.sandbox import code_jobs_pending
-
-    def code_jobs() -> bool:
-        with JobQueue(args.artifacts) as queue:
-            return code_jobs_pending(queue) > 0
-
-    sandbox_gate(
-        args, code_jobs, "no code job is queued (one enqueued later fails until it is installed)"
-    )
-
-
 def cmd_engine(args: argparse.Namespace) -> int:
-    from pantheon.core.run.deadline import Deadline, parse_until
-    from pantheon.core.run.nightlock import NightLock
+    from pantheon.core.run.night import run_night
+    from pantheon.core.run.nightlock import NightRunning, night_holder
+    from pantheon.core.run.prepare import engine_sandbox
 
-    deadline = Deadline(parse_until(args.until)) if args.until else None
-    lock = contextlib.nullcontext() if args.join else NightLock(args.artifacts, "engine")
-    with lock:  # NightRunning, with the pid, when a night drains ARTIFACTS already
-        return _engine(args, deadline)
-
-
-def _engine(args: argparse.Namespace, deadline: Deadline | None) -> int:
-    from pantheon.core.run.night import adapters_in_use, connect, drive
-
-    _engine_sandbox(args)
-    if args.concurrency is not None:
-        ControlFile(args.artifacts).update(by="pantheon engine", concurrency=args.concurrency)
+    settings = night_settings(args, "engine")
+    if args.print_settings:
+        print(settings.as_json())
+        return 0
+    if not settings.join:  # the holder's pid, before anything is checked or served
+        holder = night_holder(settings.artifacts)
+        if holder is not None:
+            raise NightRunning(settings.artifacts, holder)
+    engine_sandbox(settings)
     registry = default_registry()
     for problem in registry.load_errors:
         log.warning("agent plugin not loaded: %s", problem)
-
-    async def main() -> int:
-        llm = connect(args.artifacts, endpoint(args))
-        engine = Engine(
-            args.artifacts,
-            registry,
-            until_empty=args.until_empty,
-            lease_s=args.lease,
-            fsync=args.fsync,
-            tick_s=args.tick,
-            llm=llm,
-            metrics_every_s=args.sample_every,
-            metrics_port=args.metrics_port,
-            deadline=deadline,
-            **gates(args).engine_kwargs(),
-            adapters=await adapters_in_use(args.artifacts, llm),
-        )
-        try:
-            return (await drive(engine)).exit_code
-        finally:
-            if llm is not None:
-                await llm.aclose()
-
-    return asyncio.run(main())
+    return run_night(settings).exit_code
 
 
 def cmd_control(args: argparse.Namespace) -> int:

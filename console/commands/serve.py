@@ -84,7 +84,7 @@ def add_serve(sub: Any) -> None:
 def _server_config(args: argparse.Namespace):
     from pantheon.core.model.guard import is_local_address
     from pantheon.core.model.server import ServerConfig
-    from pantheon.core.run.night import adapter_files
+    from pantheon.core.run.connect import adapter_files
 
     try:
         local = is_local_address(socket.gethostbyname(args.host))

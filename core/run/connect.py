@@ -6,39 +6,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pantheon.core.errors import ModelServerError, PantheonError
 from pantheon.core.model.client import Backend, LLMClient
 from pantheon.core.model.pool import ServerPool
+from pantheon.core.run.settings import Endpoint
 
-__all__ = ["Endpoint", "adapter_files", "adapters_in_use", "connect", "pool_of"]
+__all__ = ["adapter_files", "adapters_in_use", "connect", "pool_of"]
 
 log = logging.getLogger("pantheon.core.run.night")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A model server the operator names (``url``), or none: the one of the artifacts."""
-
-    url: str | None = None
-    more: tuple[str, ...] = ()
-    """Further servers of the same model: the calls are spread over them all (a pool)."""
-    backend: str | None = None
-    """What kind of server ``url`` is (None: llama.cpp, or what the served one says)."""
-    allow_hosts: tuple[str, ...] = ()
-    """Model hosts that are the operator's although they are not loopback or private."""
-    stall_s: float | None = 120.0
-    """A call that shows no progress this long is cancelled, posted again, then fails."""
-
-    def limits(self) -> dict[str, float]:
-        return {"stall_s": self.stall_s} if self.stall_s else {}
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return ((self.url,) if self.url else ()) + self.more
 
 
 def pool_of(urls: Sequence[str], **client: Any) -> ServerPool:

@@ -26,8 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,10 +37,10 @@ from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter
 from pantheon.core.observe.tuning import ConcurrencyTuner
 from pantheon.core.ratelog import RepeatLog
 from pantheon.core.run.deadline import Deadline
-from pantheon.core.run.outcomes import EngineOutcomes
+from pantheon.core.run.outcomes import EngineStats, ModelHealth, Outcomes
 from pantheon.core.run.runner import JobOutcome, Runner
-from pantheon.core.run.safety import EngineSafety
-from pantheon.core.run.sampling import EngineSampling
+from pantheon.core.run.safety import Safeguards
+from pantheon.core.run.sampling import Sampling
 from pantheon.core.store.control import ControlFile
 from pantheon.core.store.diskspace import DEFAULT_MIN_FREE_BYTES, DiskGuard
 from pantheon.core.store.queue import Job, JobQueue, new_owner
@@ -55,34 +53,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
-class EngineStats:
-    """What one engine did."""
-
-    done: int = 0
-    failed: int = 0
-    stopped: int = 0
-    nodes_run: int = 0
-    nodes_skipped: int = 0
-    requeued_at_start: int = 0
-    model_waits: int = 0
-    """Ticks the engine held work back because the model server did not answer."""
-    disk_pauses: int = 0
-    """Times the night paused on a full disk."""
-    exit_code: int = 0
-    """What the command that ran the engine exits with: 0, or ``EXIT_DISK_FULL`` when an
-    ``until_empty`` night stopped because its disk stayed full."""
-    exit_reason: str | None = None
-    """Why the engine stopped before the queue was empty, in one line."""
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-class Engine(EngineSafety, EngineOutcomes, EngineSampling):
-    """Drains the queue of one artifacts directory."""
+class Engine:
+    """Drains the queue of one artifacts directory. Its fail-safes (:attr:`safety`), its
+    record of how jobs ended (:attr:`outcomes`) and its metrics (:attr:`sampling`) are objects
+    it holds."""
 
     def __init__(
         self,
@@ -124,33 +98,18 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         self.progress_every_s = progress_every_s
         self.llm = llm
         """The model server's client: the engine sends no work while it does not answer."""
-        self.health_every_s = health_every_s
-        self._model_ok = False
-        self._last_health = -1e9
         self.queue_timeout_s = queue_timeout_s
         """How long a queue write waits for a lock held elsewhere before this tick gives up."""
         self.metrics_every_s = metrics_every_s
         """Seconds between samples in metrics/engine.jsonl (None: no samples)."""
         self.metrics_port = metrics_port
-        self.kappa_threshold = kappa_threshold
-        self.kappa_min_pairs = kappa_min_pairs
-        self.kappa_window = kappa_window
         self.canary_every = canary_every
         """One in this many reviewed changes is also planted as a canary (0: none)."""
-        self.canary_min = canary_min
-        self.canary_max_miss = canary_max_miss
-        """Merges pause when the reviewers let more than this share of the canaries through
-        (over ``canary_min`` at least)."""
         self.adapters: dict[str, str] = dict(adapters or {})
         """Agent name -> the promoted LoRA adapter its model calls use."""
         self.agent_llms: dict[str, LLMClient] = dict(agent_llms or {})
         """Agent name -> the model server its calls go to, where it is not ``llm``'s (a code
         model for ``codegen``, say)."""
-        self.last_sample: dict[str, Any] | None = None
-        self.max_waits = 20
-        """A job the model server leaves unanswered this many times fails with the reason."""
-        self._waits: dict[int, int] = {}
-        self._unrecorded: list[tuple[Job, JobOutcome]] = []
         self.disk = DiskGuard(
             self.artifacts, min_free_bytes=disk_min_free_bytes, check_every_s=disk_check_every_s
         )
@@ -161,15 +120,39 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         self.deadline = deadline
         """``--until``: no job starts that cannot finish by then, by the service time measured."""
         self._out_of_time = False
-        self.tuner = tuner
-        """``--concurrency auto``: sets c from the throughput measured at each c (until the
-        operator sets it)."""
-        self._was_busy = False
         self._repeats = RepeatLog(log)
-        self.exporter: PrometheusExporter | None = None
         self.owner = new_owner()
         self.stats = EngineStats()
+        self.health = ModelHealth(self.stats, every_s=health_every_s)
+        """Whether the model server answers, asked now and then while it does not."""
         self.control = ControlFile(self.artifacts)
+        self.safety = Safeguards(
+            self.artifacts,
+            self.control,
+            self.disk,
+            self.stats,
+            self._repeats,
+            kappa_threshold=kappa_threshold,
+            kappa_min_pairs=kappa_min_pairs,
+            canary_min=canary_min,
+            canary_max_miss=canary_max_miss,
+            request_stop=self.request_stop,
+            hold_between_nodes=self._hold_between_nodes,
+        )
+        self.outcomes = Outcomes(self.artifacts, self.owner, self.stats, self._repeats, self.safety)
+        self.sampling = Sampling(
+            self.artifacts,
+            self.control,
+            self.disk,
+            self.safety,
+            self._repeats,
+            every_s=metrics_every_s,
+            tuner=tuner,
+            clients=lambda: [self.llm, *self.agent_llms.values()],
+            running=lambda: len(self._tasks),
+            io=self.io,
+        )
+        self.kappa_window = kappa_window
         self._stopping = False
         self._hard = False
         self._tasks: dict[asyncio.Task[JobOutcome], Job] = {}
@@ -200,6 +183,36 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
     @property
     def running(self) -> int:
         return len(self._tasks)
+
+    @property
+    def last_sample(self) -> dict[str, Any] | None:
+        """The last metrics sample taken."""
+        return self.sampling.last_sample
+
+    @property
+    def exporter(self) -> PrometheusExporter | None:
+        """The Prometheus endpoint, with ``metrics_port``."""
+        return self.sampling.exporter
+
+    @property
+    def max_waits(self) -> int:
+        """A job the model server leaves unanswered this many times fails with the reason."""
+        return self.outcomes.max_waits
+
+    @max_waits.setter
+    def max_waits(self, value: int) -> None:
+        self.outcomes.max_waits = value
+
+    def _hold_between_nodes(self, disk_paused: bool) -> None:
+        """The running jobs stop after their node in flight while the engine stops or the
+        disk is full."""
+        if self.runner is not None:
+            self.runner.stop_between_nodes = self._stopping or disk_paused
+
+    def _finish(self, task: asyncio.Task[JobOutcome]) -> None:
+        job = self._tasks.pop(task)
+        if self.outcomes.finish(job, task):
+            self.health.ok = False  # the server did not answer it: ask its health again
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -235,26 +248,26 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
             adapters=self.adapters,
             agent_llms=self.agent_llms,
             canary_every=self.canary_every,
-            on_canary=lambda: self.io(self._canary_recorded),
+            on_canary=lambda: self.io(self.safety.canary_recorded),
         )
         self.runner.stop_between_nodes = self._stopping
         self.control.store = queue
         sampler: MetricsSampler | None = None
         try:
-            await self.io(self._disk_check)
+            await self.io(self.safety.disk_check)
             if await self.io(code_jobs_pending, queue):
                 code_sandbox()  # one clear line, unless --no-sandbox (PANTHEON_SANDBOX=off)
             try:
                 await self.io(self.control.ensure)
             except ArtifactError as exc:  # a full disk waits for room; anything else is fatal
-                if not self._disk_trouble(exc):
+                if not self.safety.disk_trouble(exc):
                     raise
             try:
                 requeued, abandoned = await self.io(
                     queue.requeue_orphans, max_attempts=self.max_attempts
                 )
             except QueueError as exc:  # a lock held elsewhere: the loop tries again later
-                self._queue_trouble(exc)
+                self.outcomes.queue_trouble(exc)
                 requeued = abandoned = 0
             self.stats.requeued_at_start = requeued
             if requeued or abandoned:
@@ -273,9 +286,9 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                     artifacts=self.artifacts,
                 )
                 if self.metrics_port is not None:
-                    self.exporter = PrometheusExporter(self.metrics_port)
-                    log.info("engine metrics at http://127.0.0.1:%d/metrics", self.exporter.port)
-            metrics = asyncio.create_task(self._metrics_loop(sampler)) if sampler else None
+                    exporter = self.sampling.exporter = PrometheusExporter(self.metrics_port)
+                    log.info("engine metrics at http://127.0.0.1:%d/metrics", exporter.port)
+            metrics = asyncio.create_task(self.sampling.loop(sampler)) if sampler else None
             try:
                 await self._loop(queue)
             finally:
@@ -285,9 +298,9 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         finally:
             await self._shutdown(queue)
             if sampler is not None:
-                await self.io(self._take_sample, sampler)
-            if self.exporter is not None:
-                self.exporter.close()
+                await self.io(self.sampling.take, sampler)
+            if self.sampling.exporter is not None:
+                self.sampling.exporter.close()
             self._repeats.flush()
             await self.io(queue.close)
         return self.stats
@@ -302,13 +315,13 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                     JobQueue, self.artifacts, timeout_s=self.queue_timeout_s, shared=True
                 )
             except QueueError as exc:
-                if not self._disk_trouble(exc):
+                if not self.safety.disk_trouble(exc):
                     raise
-            while self._disk_check():
+            while self.safety.disk_check():
                 if self._stopping:
                     return None
                 if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
-                    self._give_up_on_the_disk()
+                    self.safety.give_up_on_the_disk()
                     return None
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -333,7 +346,7 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                         self.deadline.finished(self._tasks[task].id)
                     self._finish(task)
                 if done:
-                    await self.io(self._record, queue)
+                    await self.io(self.outcomes.record, queue)
             else:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -343,15 +356,15 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         """The queue's side of one tick, on the I/O thread: the controls, the disk, what
         finished, the leases. Returns how many jobs to claim now; None ends the loop."""
         control = self.control.read()
-        disk_full = self._disk_check()
+        disk_full = self.safety.disk_check()
         free = 0
         try:
-            self._record(queue)
+            self.outcomes.record(queue)
             if not disk_full:
                 self.control.remember()  # the last good controls, kept in the queue
             if disk_full:
                 if self.until_empty and self.disk.paused_for() >= self.disk_wait_s:
-                    self._give_up_on_the_disk()
+                    self.safety.give_up_on_the_disk()
                     return None
             elif control.queue_paused:
                 if not self._paused_logged and self.control.error is None:
@@ -377,14 +390,14 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
             if now - self._progress_at > self.progress_every_s and not disk_full:
                 self._log_progress(queue)
                 self._progress_at = now
-            idle = not running and not self._unrecorded
+            idle = not running and not self.outcomes.unrecorded
             if self.until_empty and idle and queue.pending() == 0:
                 return None
             if idle and self._out_of_time and self.deadline is not None:
                 self.stats.exit_reason = self.deadline.why(queue.pending())
                 return None
         except QueueError as exc:
-            self._queue_trouble(exc)
+            self.outcomes.queue_trouble(exc)
         else:
             self._repeats.done("queue")
         return free
@@ -396,7 +409,7 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
         try:
             jobs = await self.io(self._claim_jobs, queue, free, prefer)
         except QueueError as exc:
-            self._queue_trouble(exc)
+            self.outcomes.queue_trouble(exc)
             return
         for job in jobs:
             self.runner.current[job.id] = job.next_agent
@@ -415,29 +428,7 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
 
     async def _model_ready(self) -> bool:
         """Health check before sending work; while the server is down, wait for it."""
-        llm = self.llm
-        if llm is None:
-            return True
-        if self._model_ok and llm.down_since is None:
-            return True
-        now = time.monotonic()
-        if now - self._last_health < self.health_every_s:
-            return False
-        self._last_health = now
-        was_ok = self._model_ok
-        self._model_ok = await llm.health()
-        if self._model_ok and not was_ok:
-            log.info("model server at %s answers; sending work", llm.where)
-        elif not self._model_ok and (was_ok or self.stats.model_waits == 0):
-            since = datetime.fromtimestamp(llm.down_since or time.time()).strftime("%H:%M:%S")
-            log.warning(
-                "waiting for the model server at %s (not answering since %s); no work is sent",
-                llm.where,
-                since,
-            )
-        if not self._model_ok:
-            self.stats.model_waits += 1
-        return self._model_ok
+        return await self.health.ready(self.llm)
 
     def _log_progress(self, queue: JobQueue) -> None:
         total = queue.counts().total
@@ -458,7 +449,7 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
             done, _ = await asyncio.wait(self._tasks)
             for task in done:
                 self._finish(task)
-        await self.io(self._record, queue)
+        await self.io(self.outcomes.record, queue)
         released = 0
         try:
             released = await self.io(queue.release, self.owner)
@@ -468,11 +459,11 @@ class Engine(EngineSafety, EngineOutcomes, EngineSampling):
                 "when their lease runs out",
                 exc.message,
             )
-        if self._unrecorded:
+        if self.outcomes.unrecorded:
             log.warning(
                 "%d finished job(s) could not be recorded; they run again from their last "
                 "node next time",
-                len(self._unrecorded),
+                len(self.outcomes.unrecorded),
             )
         if released:
             log.info("gave %d unfinished job(s) back to the queue", released)

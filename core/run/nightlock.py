@@ -138,11 +138,17 @@ def cpu_lock_path() -> Path:
 
 
 @contextlib.contextmanager
-def host_cpu(artifacts: Path, *, on_wait: Callable[[NightHolder | None], None], every_s=2.0):
+def host_cpu(
+    artifacts: Path,
+    *,
+    on_wait: Callable[[NightHolder | None], None],
+    every_s: float = 2.0,
+    what: str = "night",
+):
     """Hold this host's CPU for a night's embedded model servers: a second night on the host
     waits (``on_wait`` says for whom, once) until the first ends, instead of both thrashing
     the same cores with their servers."""
-    lock = NightLock(artifacts, "night", path=cpu_lock_path())
+    lock = NightLock(artifacts, what, path=cpu_lock_path())
     said = False
     while True:
         try:

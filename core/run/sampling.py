@@ -1,4 +1,4 @@
-"""The engine's metrics half (a mixin of :class:`~pantheon.core.run.engine.Engine`): a sample
+"""The engine's metrics (an object :class:`~pantheon.core.run.engine.Engine` holds): a sample
 every few seconds, written to ``metrics/engine.jsonl`` and exported, the reviewers' agreement
 and canary scores checked on it, and ``--concurrency auto`` stepped by it."""
 
@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pantheon.core.errors import PantheonError
 from pantheon.core.model.client import LLMClient
@@ -19,42 +19,59 @@ from pantheon.core.ratelog import RepeatLog
 from pantheon.core.store.control import ControlFile
 from pantheon.core.store.diskspace import DiskGuard
 
-__all__ = ["EngineSampling"]
+if TYPE_CHECKING:
+    from pantheon.core.run.safety import Safeguards
+
+__all__ = ["Sampling"]
 
 log = logging.getLogger("pantheon.core.run.engine")
 
-T = TypeVar("T")
 
+class Sampling:
+    """The engine's metrics, an object it holds: a sample every few seconds, written, exported,
+    the reviewers' audits checked on it, and ``--concurrency auto`` stepped by it."""
 
-class EngineSampling:
-    """The sampling half of the engine."""
+    def __init__(
+        self,
+        artifacts: Path,
+        control: ControlFile,
+        disk: DiskGuard,
+        safety: Safeguards,
+        repeats: RepeatLog,
+        *,
+        every_s: float | None,
+        tuner: ConcurrencyTuner | None,
+        clients: Callable[[], list[LLMClient | None]],
+        running: Callable[[], int],
+        io: Callable[..., Awaitable[Any]],
+    ) -> None:
+        self.artifacts = artifacts
+        self.control = control
+        self.disk = disk
+        self.safety = safety
+        self.repeats = repeats
+        self.every_s = every_s
+        self.tuner = tuner
+        self.clients = clients
+        """The model clients whose generated tokens the tuner counts."""
+        self.running = running
+        """How many jobs the engine runs now."""
+        self.io = io
+        self.exporter: PrometheusExporter | None = None
+        self.last_sample: dict[str, Any] | None = None
+        self.was_busy = False
 
-    artifacts: Path
-    metrics_every_s: float | None
-    disk: DiskGuard
-    control: ControlFile
-    tuner: ConcurrencyTuner | None
-    exporter: PrometheusExporter | None
-    last_sample: dict[str, Any] | None
-    llm: LLMClient | None
-    agent_llms: dict[str, LLMClient]
-    _tasks: dict[Any, Any]
-    _was_busy: bool
-    _repeats: RepeatLog
-    io: Callable[..., Awaitable[Any]]
-    # and the fail-safes' _check_agreement(), _check_canaries(), _disk_trouble()
-
-    async def _metrics_loop(self, sampler: MetricsSampler) -> None:
-        every = float(self.metrics_every_s or 2.0)
+    async def loop(self, sampler: MetricsSampler) -> None:
+        every = float(self.every_s or 2.0)
         next_at = time.monotonic() + every
         while True:
             await sampler.poll()
             if time.monotonic() >= next_at:
-                await self.io(self._take_sample, sampler)
+                await self.io(self.take, sampler)
                 next_at = max(next_at + every, time.monotonic())
             await asyncio.sleep(min(0.5, every / 4))
 
-    def _take_sample(self, sampler: MetricsSampler) -> None:
+    def take(self, sampler: MetricsSampler) -> None:
         """One sample: written to engine.jsonl, exported, and κ checked (none on a full disk)."""
         if self.disk.paused:
             return
@@ -63,16 +80,16 @@ class EngineSampling:
             sample = sampler.sample(
                 concurrency=control.concurrency, merges_paused=control.merges_paused
             )
-            self._check_agreement(sample, control.merges_paused)
-            self._check_canaries(sample, bool(sample.get("merges_paused")))
+            self.safety.check_agreement(sample, control.merges_paused)
+            self.safety.check_canaries(sample, bool(sample.get("merges_paused")))
             if self.tuner is not None:
                 sample["tuning"] = self._tune(sampler, sample, control.concurrency)
             write_sample(self.artifacts, sample)
         except PantheonError as exc:  # a sample is never worth stopping the night for
-            if not self._disk_trouble(exc):
-                self._repeats.warning("metrics", "metrics sample skipped: %s", exc)
+            if not self.safety.disk_trouble(exc):
+                self.repeats.warning("metrics", "metrics sample skipped: %s", exc)
             return
-        self._repeats.done("metrics")
+        self.repeats.done("metrics")
         self.last_sample = sample
         if self.exporter is not None:
             self.exporter.update(sample)
@@ -84,17 +101,17 @@ class EngineSampling:
         assert tuner is not None
         if tuner.ceiling is None and sampler.slots:
             tuner.ceiling = sampler.slots
-        busy = len(self._tasks) == c  # (more: the jobs of a higher c still finishing)
-        clients = {id(x): x for x in [self.llm, *self.agent_llms.values()] if x is not None}
+        busy = self.running() == c  # (more: the jobs of a higher c still finishing)
+        clients = {id(x): x for x in self.clients() if x is not None}
         before = tuner.phase
         new = tuner.step(
             time.monotonic(),
             concurrency=c,
             tokens=sum(x.tokens_seen_total for x in clients.values()),
             jobs=int(sample.get("done") or 0) + int(sample.get("failed") or 0),
-            busy=busy and self._was_busy,
+            busy=busy and self.was_busy,
         )
-        self._was_busy = busy
+        self.was_busy = busy
         if new is not None:
             self.control.update(by="auto", concurrency=new)
             log.info("concurrency auto: c=%d (%s)", new, tuner.note)

@@ -47,6 +47,7 @@ __all__ = [
     "SERVER_DIR",
     "SERVER_LOG",
     "SERVER_STATE",
+    "SETTINGS_FILE",
     "WAITING_FILE",
     "WORKTREES",
     "branch_name",
@@ -66,6 +67,8 @@ CANARIES_FILE = "canaries.jsonl"
 METRICS_FILE = Path("metrics") / "engine.jsonl"
 NIGHT_LOG = "night.log"
 NIGHT_FIGURES_FILE = "night-figures.txt"
+SETTINGS_FILE = "settings.json"
+"""The settings the last night ran with (``pantheon engine --settings`` runs the same)."""
 SERVER_DIR = "server"
 WORKTREES = "worktrees"
 RUNS = "runs"
