@@ -424,3 +424,33 @@ def test_the_servers_table_names_each_servers_model_when_they_are_of_several():
     lines = [" ".join(line.split()) for line in rendered.export_text().splitlines()]
     assert "127.0.0.1:8011 qwen2.5-coder-0.5b up – 0 2.0 – –" in lines
     assert "127.0.0.1:8012 qwen2.5-coder-1.5b up – 7 – – –" in lines
+
+
+async def test_with_two_engines_the_dashboard_lists_each_and_a_silent_one(night):
+    import time
+
+    from pantheon.core.observe.engines import SILENT_S, EngineBeat, write_beat
+
+    app = console(night)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause(1.2)
+        assert not app.screen.query_one("#engines").display  # none (or one): nothing to say
+    now = time.time()
+    for host, pid, role, beat in (("gpu-1", 41, "night", now), ("cpu-2", 7, "engine", now - 99)):
+        write_beat(
+            night,
+            EngineBeat(
+                owner=f"{host}:{pid}:ab", host=host, pid=pid, role=role, started=now - 60,
+                beat=beat, running=[1], servers=["127.0.0.1:8011"],
+            ),
+        )  # fmt: skip
+    assert now - 99 < now - SILENT_S
+    app = console(night)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause(1.2)
+        assert app.screen.query_one("#engines").display
+        rendered = Console(width=140, record=True)
+        rendered.print(app.screen.query_one("#engines", Static).content)
+        text = rendered.export_text()
+    assert "gpu-1 pid 41 (night): 1 running" in text
+    assert "cpu-2 pid 7 (engine): 1 running" in text and "SILENT since" in text

@@ -67,6 +67,7 @@ def test_paused_merges_leave_green_changes_waiting(artifacts, registry, repo):
         "commit": None,
         "conflict": [],
         "repo": str(repo.resolve()),
+        "remote": None,
         "target": "main",
         "files": ["docs/doc0.md"],
         "added": 6,  # ---, title, description, tags: and its item, ---

@@ -79,6 +79,13 @@ def add_night(sub: Any) -> None:
         help="--repo: how the repository runs its tests (default: its pyproject.toml's "
         "[tool.pantheon] test, else python -m pytest)",
     )
+    p.add_argument(
+        "--remote",
+        metavar="REMOTE",
+        help="a shared git remote (a remote of the clone, or a URL) the jobs start from and "
+        "merge into, pushed, again when another host pushed first: for engines on several "
+        "hosts, each with its own clone",
+    )
     p.add_argument("--no-docs", action="store_true", help="no docs jobs (only the code tasks)")
     p.add_argument(
         "--concurrency",

@@ -50,6 +50,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "docs_glob": ("work", "docs_glob"),
     "tasks": ("work", "tasks"),
     "test_command": ("work", "test_command"),
+    "remote": ("work", "remote"),
 }
 """Each command-line option that is a setting, and its place in the settings. ``--endpoint``,
 ``--backend`` and ``--no-sandbox`` are translated by :func:`night_settings` itself."""

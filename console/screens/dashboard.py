@@ -15,10 +15,12 @@ from textual.widgets import Footer, Header, Input, Static
 
 from pantheon.console.format import age, figure, job_age, job_note, job_now
 from pantheon.console.messages import NightChanged, NightSnapshot
+from pantheon.core.observe.engines import engine_lines
 from pantheon.core.observe.quality import blind_gates
 from pantheon.core.store.queue import JobSummary
 from pantheon.core.views.night import RunFilter, table_jobs
 from pantheon.widgets.control_banner import ControlBanner
+from pantheon.widgets.engine_list import EngineList
 from pantheon.widgets.metric_tile import MetricTile
 from pantheon.widgets.runs_table import RunRow, RunsTable
 from pantheon.widgets.server_list import ServerList
@@ -177,6 +179,7 @@ class DashboardScreen(ConsoleScreen):
                 yield MetricTile(title, id=f"tile-{key}", tooltip=tip)
         yield Static(id="summary")
         yield ServerList(id="servers")
+        yield EngineList(id="engines")
         yield Input(
             placeholder="/ filter: status:failed flow:docops agent:codegen or any words",
             id="filter",
@@ -227,6 +230,7 @@ class DashboardScreen(ConsoleScreen):
         if snap is None:
             return
         self._show_summary(snap)
+        self.query_one(EngineList).lines = tuple(engine_lines(self.console.artifacts))
         table = self.query_one(RunsTable)
         if not table.display:
             return

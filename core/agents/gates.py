@@ -207,6 +207,8 @@ class MergeGate(Agent):
         conflict: list[str] = Field(default_factory=list)
         repo: str | None = None
         """The target repository."""
+        remote: str | None = None
+        """The shared git remote the change lands on, when the night has one."""
         target: str | None = None
         """The branch it merges into."""
         files: list[str] = Field(default_factory=list)
@@ -221,6 +223,7 @@ class MergeGate(Agent):
             "branch": job.branch,
             "repo": str(job.repo.path),
             "target": job.target,
+            "remote": job.remote,
             "files": files,
             "added": added,
             "removed": removed,
@@ -239,9 +242,7 @@ class MergeGate(Agent):
         )
         if why_not:
             return wait(why_not)
-        result = await asyncio.to_thread(
-            job.repo.merge, job.branch, job.target, f"Merge {job.branch} ({ctx.flow})"
-        )
+        result = await asyncio.to_thread(job.land, f"Merge {job.branch} ({ctx.flow})")
         if not result.merged:
             what = ", ".join(result.conflict) or result.reason
             return wait(f"cannot merge into {job.target}: {what}", result.conflict)

@@ -109,6 +109,8 @@ class Change:
     failed_node: str | None = None
     reverted_by: str | None = None
     """The commit that undid its merge (reverted)."""
+    remote: str | None = None
+    """The shared git remote its target is on (several engine hosts); None: the clone's."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -171,6 +173,7 @@ def change_of(
         tests=tests,
         reviews=(reviews[0], reviews[1]),
         failed_node=failed_node,
+        remote=record.input.get("remote") or None,
     )
     if merge is not None:
         change.branch = merge.get("branch") or change.branch
@@ -238,9 +241,13 @@ def merge_by_hand(artifacts: Path, change: Change, *, by: str = "operator") -> D
     with locked(Path(artifacts) / ".decisions.lock"):
         repo = _decide(artifacts, change)
         try:
-            result = repo.merge(
-                change.branch, change.target, f"Merge {change.branch} (merged by {by})"
-            )
+            message = f"Merge {change.branch} (merged by {by})"
+            if change.remote:
+                from pantheon.core.work.remote import land
+
+                result = land(repo, change.branch, change.target, change.remote, message)
+            else:
+                result = repo.merge(change.branch, change.target, message)
         except GitError as exc:
             raise ReviewError(f"cannot merge {change.branch}: {exc.message}") from None
         if not result.merged:
@@ -313,11 +320,17 @@ def revert(artifacts: Path, change: Change, *, by: str = "operator", why: str = 
             raise ReviewError(f"{change.run} is {change.state}, not merged: nothing to revert")
         try:
             repo = GitRepo(Path(change.repo))
+            if change.remote:  # the revert goes on the shared target, and is pushed there
+                from pantheon.core.work.remote import push_target, sync_target
+
+                sync_target(repo, change.remote, change.target)
             commit = repo.revert(
                 change.commit,
                 change.target,
                 f"Revert {change.branch} (reverted by {by})" + (f": {why}" if why else ""),
             )
+            if change.remote:
+                push_target(repo, change.remote, change.target)
         except GitError as exc:
             raise ReviewError(
                 f"cannot revert {change.branch} on {change.target}: {exc.message}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pantheon.core.observe.engines import engine_lines
 from pantheon.core.observe.metrics import read_samples, sample_text
 from pantheon.core.store.control import UNUSABLE_EFFECT, ControlFile
 from pantheon.core.store.diskspace import DEFAULT_MIN_FREE_BYTES, free_bytes, human_bytes
@@ -53,6 +54,8 @@ def status_text(artifacts: Path) -> str:
             + (f" ({control.merges_paused_reason})" if control.merges_paused_reason else "")
         )
     lines.append("controls   " + ", ".join(ctl))
+    for i, line in enumerate(engine_lines(artifacts)):
+        lines.append(("engines    " if i == 0 else "           ") + line)
     free = free_bytes(artifacts)
     if free is not None and free < DEFAULT_MIN_FREE_BYTES:
         lines.append(

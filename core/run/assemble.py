@@ -210,6 +210,7 @@ async def assembled(
                 agent_llms=agent_llms,
                 tuner=ConcurrencyTuner(start=concurrency) if tuned else None,
                 deadline=Deadline(drain.until) if drain.until is not None else None,
+                role=settings.role + (" (joined)" if settings.join else ""),
                 **settings.gates.engine_kwargs(),
             )
             yield Assembled(engine, clients, lost)

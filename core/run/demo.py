@@ -170,6 +170,7 @@ def enqueue_night(
     docs: int | None = None,
     code: int | None = None,
     inputs: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    remote: str | None = None,
 ) -> tuple[int, int]:
     """Enqueue a night on ``repo``: docops for its docs, codefix for its code tasks (the demo's,
     or ``inputs`` found in a user's repository by :mod:`pantheon.core.work.discover`).
@@ -185,6 +186,9 @@ def enqueue_night(
         doc_inputs, code_inputs = inputs
     doc_inputs = doc_inputs[:docs] if docs is not None else doc_inputs
     code_inputs = code_inputs[:code] if code is not None else code_inputs
+    if remote:  # every job starts from the shared remote's target and lands on it
+        doc_inputs = [{**one, "remote": remote} for one in doc_inputs]
+        code_inputs = [{**one, "remote": remote} for one in code_inputs]
     flows = packaged_flows_dir()
     n_docs = len(enqueue(queue, load_flow(flows / "docops.yaml", registry), doc_inputs))
     n_code = len(enqueue(queue, load_flow(flows / "codefix.yaml", registry), code_inputs))

@@ -33,6 +33,7 @@ from pantheon.core.agents.base import AgentRegistry
 from pantheon.core.agents.builtin import default_registry
 from pantheon.core.errors import EXIT_INTERRUPTED, ArtifactError, PantheonError, QueueError
 from pantheon.core.model.client import LLMClient
+from pantheon.core.observe.engines import Heartbeat
 from pantheon.core.observe.metrics import MetricsSampler, PrometheusExporter
 from pantheon.core.observe.tuning import ConcurrencyTuner
 from pantheon.core.ratelog import RepeatLog
@@ -87,6 +88,7 @@ class Engine:
         disk_wait_s: float = 600.0,
         tuner: ConcurrencyTuner | None = None,
         deadline: Deadline | None = None,
+        role: str = "engine",
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -122,6 +124,8 @@ class Engine:
         self._out_of_time = False
         self._repeats = RepeatLog(log)
         self.owner = new_owner()
+        self.heartbeat = Heartbeat(self.artifacts, self.owner, role)
+        """This engine's file in ARTIFACTS/engines/: who drains the queue, from where."""
         self.stats = EngineStats()
         self.health = ModelHealth(self.stats, every_s=health_every_s)
         """Whether the model server answers, asked now and then while it does not."""
@@ -202,6 +206,10 @@ class Engine:
     @max_waits.setter
     def max_waits(self, value: int) -> None:
         self.outcomes.max_waits = value
+
+    def _servers(self) -> list[str]:
+        clients = {id(c): c for c in [self.llm, *self.agent_llms.values()] if c is not None}
+        return [str(getattr(c, "where", "?")) for c in clients.values()]
 
     def _hold_between_nodes(self, disk_paused: bool) -> None:
         """The running jobs stop after their node in flight while the engine stops or the
@@ -302,6 +310,7 @@ class Engine:
             if self.sampling.exporter is not None:
                 self.sampling.exporter.close()
             self._repeats.flush()
+            await self.io(self.heartbeat.stop)
             await self.io(queue.close)
         return self.stats
 
@@ -387,6 +396,8 @@ class Engine:
                 queue.renew(self.owner, running, lease_s=self.lease_s)
                 queue.requeue_orphans(max_attempts=self.max_attempts)
                 self._renewed_at = now
+            if not disk_full:
+                self.heartbeat.beat(running, self._servers(), self.stats.done, self.stats.failed)
             if now - self._progress_at > self.progress_every_s and not disk_full:
                 self._log_progress(queue)
                 self._progress_at = now

@@ -100,6 +100,11 @@ def prepare_night(
     say = say or (lambda line: None)
     registry = default_registry()
     repo = check_git_repo(Path(work.repo)) if work.repo else None
+    if repo is not None and work.remote:  # one clear error before anything is queued
+        from pantheon.core.work.git import GitRepo
+        from pantheon.core.work.remote import sync_target
+
+        sync_target(GitRepo(repo), work.remote, "main")
     _night_sandbox(settings)
     with JobQueue(settings.artifacts) as queue:
         resuming = night_queued(queue)
@@ -127,6 +132,7 @@ def prepare_night(
             docs=0 if work.no_docs else work.docs,
             code=work.code,
             inputs=inputs,
+            remote=work.remote,
         )
         left = queue.pending()
     if n_docs or n_code:

@@ -127,6 +127,7 @@ class Runner(CanaryPlanting):
             job_id=job.id,
             target=str(job.input.get("target") or "main"),
             root=worktrees_path(self.artifacts),
+            remote=job.input.get("remote") or None,
         )
 
     def _params(self, cls: type[Agent], given: dict[str, Any]) -> dict[str, Any]:

@@ -201,6 +201,10 @@ class Work(BaseModel):
     """Explicit code tasks (JSON Lines: path, test, task) instead of running the tests."""
     test_command: str | None = None
     """How the repository runs its tests (default: its pyproject's, else pytest)."""
+    remote: str | None = None
+    """A shared git remote (a name of the clone's, or a URL) whose target branch the jobs
+    start from and the merges land on, pushed (again on a race): for several engine hosts,
+    each with its own clone."""
 
 
 class NightSettings(BaseModel):

@@ -76,6 +76,10 @@ class GitRepo:
             raise GitError(f"git {' '.join(args)} failed: {done.stderr.strip()[:500]}")
         return done
 
+    def attempt(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """``git ARGS`` whose failure the caller reads (its return code and stderr)."""
+        return self._run(*args, cwd=cwd, check=False)
+
     def git(self, *args: str, cwd: Path | None = None) -> str:
         return self._run(*args, cwd=cwd).stdout.strip()
 
@@ -310,13 +314,37 @@ class JobWorkspace:
     target: str
     """The branch the merge gate merges into."""
     path: Path
+    remote: str | None = None
+    """The shared git remote whose ``target`` counts (several engine hosts); None: this
+    clone's."""
 
     @classmethod
-    def open(cls, repo_path: Path, *, flow: str, job_id: int, target: str, root: Path):
+    def open(
+        cls,
+        repo_path: Path,
+        *,
+        flow: str,
+        job_id: int,
+        target: str,
+        root: Path,
+        remote: str | None = None,
+    ):
         repo = GitRepo(repo_path)
         branch = branch_name(flow, job_id)
+        if remote and not repo.has_branch(branch):  # a new job starts from the shared target
+            from pantheon.core.work.remote import sync_target
+
+            sync_target(repo, remote, target)
         path = repo.worktree(branch, target, Path(root) / f"{flow}-{job_id:06d}")
-        return cls(repo, branch, target, path)
+        return cls(repo, branch, target, path, remote)
+
+    def land(self, message: str) -> MergeResult:
+        """Merge the job's branch into its target: this clone's, or the shared remote's."""
+        if self.remote:
+            from pantheon.core.work.remote import land
+
+            return land(self.repo, self.branch, self.target, self.remote, message)
+        return self.repo.merge(self.branch, self.target, message)
 
     def commit(self, message: str) -> str | None:
         return self.repo.commit_all(self.path, message)

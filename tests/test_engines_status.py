@@ -1,0 +1,80 @@
+"""Each engine that drains the artifacts directory is seen: its heartbeat file, in
+``pantheon status``; one killed is named silent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from helpers import pantheon, pantheon_popen, wait_for
+
+from pantheon.core.observe.engines import (
+    ENGINES_DIR,
+    SILENT_S,
+    EngineBeat,
+    engine_lines,
+    read_beats,
+    write_beat,
+)
+
+
+def test_each_engine_has_a_line_and_a_silent_one_says_since_when(tmp_path):
+    now = time.time()
+    write_beat(
+        tmp_path,
+        EngineBeat(
+            owner="gpu-1:41:ab", host="gpu-1", pid=41, role="engine", started=now - 90,
+            beat=now - 1, running=[3, 4], servers=["127.0.0.1:8000"], done=7, failed=1,
+        ),
+    )  # fmt: skip
+    write_beat(
+        tmp_path,
+        EngineBeat(
+            owner="cpu-2:7:cd", host="cpu-2", pid=7, role="engine (joined)", started=now - 60,
+            beat=now - SILENT_S - 5, running=[5], servers=[],
+        ),
+    )  # fmt: skip
+    (tmp_path / ENGINES_DIR / "torn.json").write_text("{not json")
+    lines = engine_lines(tmp_path, now=now)
+    assert len(lines) == 2, "the torn file is left out"
+    assert lines[0].startswith("gpu-1 pid 41 (engine): 2 running, 7 done, 1 failed")
+    assert "127.0.0.1:8000; beat 1 s ago" in lines[0]
+    assert lines[1].startswith("cpu-2 pid 7 (engine (joined)): 1 running")
+    assert "no model server; SILENT since" in lines[1]
+
+
+def test_status_shows_both_engines_and_a_killed_one_stays_named(tmp_path):
+    artifacts = str(tmp_path / "a")
+    assert (
+        pantheon("enqueue", "textstats", "--set", "text=x", "--artifacts", artifacts).returncode
+        == 0
+    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    first = pantheon_popen("engine", "--artifacts", artifacts, "--tick", "0.05", **quiet)
+    second = None
+    try:
+        wait_for(lambda: len(read_beats(tmp_path / "a")) == 1, timeout=60)
+        second = pantheon_popen(
+            "engine", "--join", "--artifacts", artifacts, "--tick", "0.05", **quiet
+        )
+        wait_for(lambda: len(read_beats(tmp_path / "a")) == 2, timeout=60)
+        out = pantheon("status", "--artifacts", artifacts)
+        assert out.returncode == 0, out.stderr
+        lines = [x for x in out.stdout.splitlines() if " pid " in x]
+        assert f"pid {first.pid} (engine)" in lines[0] and lines[0].startswith("engines    ")
+        assert f"pid {second.pid} (engine (joined))" in lines[1]
+        os.kill(second.pid, signal.SIGKILL)
+        second.wait(timeout=30)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+        beats = read_beats(tmp_path / "a")
+        assert [b.pid for b in beats] == [second.pid], "a clean stop removes its own file"
+        later = engine_lines(tmp_path / "a", now=time.time() + 2 * SILENT_S)
+        assert f"pid {second.pid}" in later[0] and "SILENT since" in later[0]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
