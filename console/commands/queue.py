@@ -130,6 +130,12 @@ def add_enqueue(sub: Any) -> None:
         help="set one input field (repeatable; VALUE is parsed as JSON when it can be)",
     )
     p.add_argument("--priority", type=int, default=0, help="higher runs first (default: 0)")
+    p.add_argument(
+        "--queue",
+        metavar="URL",
+        help="the queue to add them to: a PostgreSQL URL (remembered in ARTIFACTS/queue.json), "
+        "or sqlite; default: the one ARTIFACTS names, else its own file",
+    )
     artifacts_arg(p)
 
 
@@ -192,6 +198,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise FlowError(
             "no input given", hint="use --input JSON, --set KEY=VALUE or --inputs FILE.jsonl"
         )
+    if args.queue is not None:
+        from pantheon.core.store.queueurl import check_queue_url, set_queue_url
+
+        set_queue_url(args.artifacts, check_queue_url(args.queue))
     with JobQueue(args.artifacts) as queue:
         ids = enqueue(queue, flow, inputs, priority=args.priority)
     span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
@@ -202,7 +212,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def cmd_engine(args: argparse.Namespace) -> int:
     from pantheon.core.run.night import run_night
     from pantheon.core.run.nightlock import NightRunning, night_holder
-    from pantheon.core.run.prepare import engine_sandbox
+    from pantheon.core.run.prepare import engine_sandbox, use_queue
 
     settings = night_settings(args, "engine")
     if args.print_settings:
@@ -212,6 +222,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         holder = night_holder(settings.artifacts)
         if holder is not None:
             raise NightRunning(settings.artifacts, holder)
+    use_queue(settings)
     engine_sandbox(settings)
     registry = default_registry()
     for problem in registry.load_errors:

@@ -18,6 +18,7 @@ __all__ = ["FLAG_FIELDS", "check_night", "explicit_flags", "night_settings", "se
 FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "artifacts": ("artifacts",),
     "join": ("join",),
+    "queue": ("queue",),
     "model": ("models", "model"),
     "code_model": ("models", "code_model"),
     "serve": ("models", "serve"),
@@ -59,6 +60,13 @@ SERVED = ("llama.cpp", "openvino", "vllm")
 
 
 def settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--queue",
+        metavar="URL",
+        help="the queue: a PostgreSQL URL that engines on several hosts share "
+        "(postgresql://USER@HOST:PORT/DB), remembered in ARTIFACTS/queue.json; or sqlite, the "
+        "artifacts' own file (the default)",
+    )
     p.add_argument(
         "--settings",
         type=Path,

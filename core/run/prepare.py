@@ -15,7 +15,7 @@ from pantheon.core.run.settings import NightSettings
 from pantheon.core.store.control import ControlFile
 from pantheon.core.store.queue import JobQueue
 
-__all__ = ["Download", "Say", "check_sandbox", "engine_sandbox", "prepare_night"]
+__all__ = ["Download", "Say", "check_sandbox", "engine_sandbox", "prepare_night", "use_queue"]
 
 log = logging.getLogger("pantheon")
 
@@ -51,6 +51,17 @@ def check_sandbox(sandbox: bool, code_jobs: Callable[[], bool], none_left: str) 
     if code_jobs():
         raise SandboxError(missing_line(status))
     log.warning("%s; %s", missing_line(status), none_left)
+
+
+def use_queue(settings: NightSettings) -> None:
+    """The queue the settings name becomes the artifacts' (``ARTIFACTS/queue.json``), and is
+    reached once now: a server that cannot be reached is one clear error before any work."""
+    from pantheon.core.store.queueurl import set_queue_url
+
+    if settings.queue is not None:
+        set_queue_url(settings.artifacts, settings.queue)
+    with JobQueue(settings.artifacts):
+        pass
 
 
 def engine_sandbox(settings: NightSettings) -> None:
@@ -98,6 +109,7 @@ def prepare_night(
             hint="--demo prepares the demo repository; --repo works on your git repository",
         )
     say = say or (lambda line: None)
+    use_queue(settings)
     registry = default_registry()
     repo = check_git_repo(Path(work.repo)) if work.repo else None
     if repo is not None and work.remote:  # one clear error before anything is queued

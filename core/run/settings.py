@@ -218,6 +218,9 @@ class NightSettings(BaseModel):
     """A night prepares its work and holds the artifacts; an engine drains what is queued."""
     join: bool = False
     """Drain alongside the night or engine already running on the artifacts."""
+    queue: str | None = None
+    """The queue: ``sqlite`` (the artifacts' own file, the default) or a PostgreSQL URL that
+    engines on several hosts share; None: the one the artifacts already name."""
     sandbox: bool = True
     """Run model-written code in the bubblewrap sandbox (code jobs refuse to start without)."""
     models: Models = Field(default_factory=Models)
@@ -225,6 +228,13 @@ class NightSettings(BaseModel):
     gates: Gates = Field(default_factory=Gates)
     drain: Drain = Field(default_factory=Drain)
     work: Work = Field(default_factory=Work)
+
+    @field_validator("queue")
+    @classmethod
+    def _a_queue(cls, value: str | None) -> str | None:
+        from pantheon.core.store.queueurl import check_queue_url
+
+        return None if value is None else check_queue_url(value)
 
     @property
     def repo(self) -> Path | None:

@@ -42,6 +42,7 @@ __all__ = [
     "NIGHT_FIGURES_FILE",
     "NIGHT_LOG",
     "OUTPUT_FILE",
+    "QUEUE_FILE",
     "RUNS",
     "RUN_FILE",
     "SERVER_DIR",
@@ -68,6 +69,8 @@ METRICS_FILE = Path("metrics") / "engine.jsonl"
 NIGHT_LOG = "night.log"
 NIGHT_FIGURES_FILE = "night-figures.txt"
 SETTINGS_FILE = "settings.json"
+QUEUE_FILE = "queue.json"
+"""The PostgreSQL queue the artifacts use, when not their own SQLite file."""
 """The settings the last night ran with (``pantheon engine --settings`` runs the same)."""
 SERVER_DIR = "server"
 WORKTREES = "worktrees"

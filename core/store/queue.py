@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pantheon.core.errors import QueueError
@@ -31,6 +32,7 @@ from pantheon.core.store.jobs import (
     owner_is_dead,
 )
 from pantheon.core.store.queuedb import DB_FILE, SCHEMA_VERSION, SQL_NOW, QueueDatabase
+from pantheon.core.store.queueurl import queue_url
 
 __all__ = [
     "DB_FILE",
@@ -46,7 +48,20 @@ __all__ = [
 
 
 class JobQueue(QueueDatabase):
-    """The queue in ``artifacts/pantheon.db``. One instance per thread."""
+    """The queue in ``artifacts/pantheon.db``. One instance per thread.
+
+    When ``ARTIFACTS/queue.json`` names a PostgreSQL database (``--queue postgresql://...``),
+    ``JobQueue(artifacts)`` opens that one instead
+    (:class:`~pantheon.core.store.pgqueue.PostgresQueue`, the same methods)."""
+
+    def __new__(cls, artifacts: Path, *args: Any, **kwargs: Any) -> Any:
+        if cls is JobQueue:
+            url = queue_url(artifacts)
+            if url is not None:
+                from pantheon.core.store.pgqueue import PostgresQueue
+
+                return PostgresQueue(artifacts, url, *args, **kwargs)
+        return super().__new__(cls)
 
     # -- flows ------------------------------------------------------------------------------
 

@@ -1,0 +1,182 @@
+"""The queue on a real PostgreSQL server: claims through PgQueuer, leases taken over, a late
+engine fenced off, every reader the SQLite queue has."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from helpers_pg import new_database, postgres_server
+
+from pantheon.core.errors import QueueError
+from pantheon.core.store.jobs import NodeRow
+from pantheon.core.store.queue import JobQueue
+from pantheon.core.store.queueurl import set_queue_url
+
+pytest.importorskip("pgqueuer")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def artifacts(server, tmp_path):
+    set_queue_url(tmp_path, new_database(server))
+    return tmp_path
+
+
+def _enqueue(q, n, agent="writer", priority=0):
+    return q.enqueue(
+        flow="f", flow_sha="abc", flow_source="f.yaml", flow_text="name: f", first_agent=agent,
+        inputs=[{"i": i} for i in range(n)], priority=priority,
+    )  # fmt: skip
+
+
+def test_two_engines_claim_disjoint_jobs_and_the_preferred_agent_first(artifacts):
+    with JobQueue(artifacts) as a, JobQueue(artifacts) as b:
+        assert type(a).__name__ == "PostgresQueue"
+        ids = _enqueue(a, 4) + _enqueue(a, 2, agent="reviewer")
+        first = a.claim(3, "host-a:1:x", prefer=["reviewer"])
+        second = b.claim(10, "host-b:2:y")
+        assert [j.next_agent for j in first[:2]] == ["reviewer", "reviewer"]
+        assert {j.id for j in first} | {j.id for j in second} == set(ids)
+        assert not {j.id for j in first} & {j.id for j in second}
+        assert a.claim(5, "host-a:1:x") == []
+        assert a.counts().total["running"] == 6 and a.pending() == 6
+        assert json.loads(json.dumps(a.get(ids[0]).input)) == {"i": 0}
+
+
+def test_a_dead_engine_s_job_is_taken_over_after_its_lease_and_its_late_result_refused(artifacts):
+    with JobQueue(artifacts) as a, JobQueue(artifacts) as b:
+        [kept, lost] = _enqueue(a, 2)
+        mine = a.claim(2, "host-a:1:x", lease_s=1.0)
+        assert {j.id for j in mine} == {kept, lost}
+        time.sleep(1.5)
+        a.renew("host-a:1:x", [kept], lease_s=60.0)  # it beats for one job only
+        taken = b.claim(5, "host-b:2:y", lease_s=1.0)  # every engine has the same lease
+        assert [j.id for j in taken] == [lost] and taken[0].attempts == 2
+        assert not a.complete(lost, "host-a:1:x"), "a late engine cannot record it"
+        assert b.complete(lost, "host-b:2:y", [NodeRow("n1", "writer", "done", 0.5)], (True, True))
+        assert a.complete(kept, "host-a:1:x")
+        assert a.counts().total == {"queued": 0, "running": 0, "done": 2, "failed": 0}
+        assert a.review_pairs(5) == [(True, True)]
+        assert a.node_agents(lost) == {"n1": ("writer", "done", 0.5)}
+
+
+def test_release_gives_a_job_back_under_its_next_agent_and_retry_brings_a_failed_one(artifacts):
+    with JobQueue(artifacts) as q:
+        [job] = _enqueue(q, 1)
+        q.claim(1, "host-a:1:x")
+        q.advance(job, [NodeRow("write", "writer", "done", 1.0)], next_agent="reviewer")
+        assert q.release("host-a:1:x") == 1
+        [again] = q.claim(1, "host-b:2:y", prefer=["reviewer"])
+        assert again.id == job and again.next_agent == "reviewer" and again.attempts == 1
+        assert q.fail(job, "host-b:2:y", "the tests failed")
+        assert q.jobs(status="failed")[0].error == "the tests failed"
+        assert q.retry_failed() == 1
+        assert [j.id for j in q.claim(1, "host-c:3:z")] == [job]
+        changed = q.summaries(changed_since=time.time() - 60)
+        assert [s.id for s in changed] == [job] and changed[0].status == "running"
+
+
+def test_a_job_taken_over_too_often_fails_instead_of_killing_more_engines(artifacts):
+    with JobQueue(artifacts) as q:
+        [job] = _enqueue(q, 1)
+        for n in range(3):
+            assert [j.id for j in q.claim(1, f"host-{n}:1:x", lease_s=0.2)] == [job]
+            time.sleep(0.4)
+        assert q.claim(1, "host-9:1:x", lease_s=0.2) == []
+        failed = q.get(job)
+        assert failed.status == "failed" and failed.error.startswith("abandoned after 3 attempts")
+
+
+def test_small_values_and_the_window(artifacts):
+    with JobQueue(artifacts) as q:
+        q.set_value("controls", "{}")
+        q.set_value("controls", '{"c": 2}')
+        assert q.get_value("controls") == '{"c": 2}' and q.get_value("none") is None
+        _enqueue(q, 2)
+        window = q.window(time.time() - 60)
+        assert window["arrivals"] == 2 and window["finished"] == 0
+
+
+def test_an_unreachable_server_is_one_clear_error(tmp_path):
+    set_queue_url(tmp_path, "postgresql://postgres@127.0.0.1:9/none")
+    with pytest.raises(QueueError) as caught:
+        JobQueue(tmp_path)
+    assert "the queue at postgresql://postgres@127.0.0.1:9/none cannot be reached" in str(
+        caught.value
+    )
+
+
+def test_a_queue_written_by_a_newer_pantheon_is_refused(artifacts):
+    import psycopg
+
+    from pantheon.core.store.queueurl import queue_url
+
+    JobQueue(artifacts).close()
+    with psycopg.connect(queue_url(artifacts), autocommit=True) as conn:
+        conn.execute("UPDATE pantheon_meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(QueueError) as caught:
+        JobQueue(artifacts)
+    assert "written by a newer Pantheon (schema 99 > 1)" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_two_engine_processes_share_the_queue_and_one_killed_leaves_nothing_undone(
+    server, tmp_path, with_plugin, monkeypatch
+):
+    """Two engines, each with its own artifacts directory, drain one PostgreSQL queue; one is
+    killed with SIGKILL mid-night: the other takes its jobs after their lease and finishes
+    them; every job is done once."""
+    import signal
+    from collections import Counter
+
+    from helpers import pantheon, pantheon_popen, step_flow, wait_for
+
+    url = new_database(server)
+    count_file = tmp_path / "executions.log"
+    monkeypatch.setenv("PANTHEON_COUNT_FILE", str(count_file))
+    one, two = tmp_path / "host-1", tmp_path / "host-2"
+    flow = tmp_path / "steps.yaml"
+    flow.write_text(step_flow(0.1))
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(40)))
+    queued = pantheon(
+        "enqueue", str(flow), "--inputs", str(inputs), "--queue", url, "--artifacts", str(one)
+    )
+    assert queued.returncode == 0, queued.stderr
+    for art in (one, two):
+        assert pantheon("control", "--concurrency", "4", "--artifacts", str(art)).returncode == 0
+    common = ["--queue", url, "--lease", "3", "--tick", "0.05"]
+    first = pantheon_popen("engine", *common, "--artifacts", str(one))
+    second = pantheon_popen("engine", *common, "--until-empty", "--artifacts", str(two))
+
+    def done() -> int:
+        with JobQueue(one) as q:
+            return q.counts().total["done"]
+
+    try:
+        wait_for(lambda: done() >= 10, timeout=120)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 0, err
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    with JobQueue(two) as q:
+        assert q.counts().total == {"queued": 0, "running": 0, "done": 40, "failed": 0}
+        assert all(job.status == "done" for job in q.jobs(limit=100))
+    executions = Counter(tuple(line.split()[:2]) for line in count_file.read_text().splitlines())
+    assert len(executions) == 120, "every node of every job ran"
+    assert max(executions.values()) <= 2, "at most the killed engine's nodes in flight ran again"
+    ran_by = {p.parent.name for p in (one / "runs").glob("*/run.json")}
+    ran_by_two = {p.parent.name for p in (two / "runs").glob("*/run.json")}
+    assert ran_by and ran_by_two, "both engines drained it"
