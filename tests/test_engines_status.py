@@ -78,3 +78,19 @@ def test_status_shows_both_engines_and_a_killed_one_stays_named(tmp_path):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_an_engine_on_another_host_is_seen_through_the_shared_queue(tmp_path):
+    """Its heartbeat is kept in the queue too: the status of this host's artifacts lists an
+    engine whose files are on another host; a clean stop takes it out."""
+    from pantheon.core.observe.engines import Heartbeat
+    from pantheon.core.store.queue import JobQueue
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    with JobQueue(here) as queue:
+        beat = Heartbeat(there, "gpu-2:99:ef", "engine")
+        beat.beat([4], ["127.0.0.1:8000"], 3, 0, queue)
+        out = pantheon("status", "--artifacts", str(here))
+        assert "gpu-2 pid 99 (engine): 1 running, 3 done, 0 failed" in out.stdout
+        beat.stop(queue)
+        assert "gpu-2" not in pantheon("status", "--artifacts", str(here)).stdout

@@ -180,3 +180,57 @@ def test_two_engine_processes_share_the_queue_and_one_killed_leaves_nothing_undo
     ran_by = {p.parent.name for p in (one / "runs").glob("*/run.json")}
     ran_by_two = {p.parent.name for p in (two / "runs").glob("*/run.json")}
     assert ran_by and ran_by_two, "both engines drained it"
+
+
+def test_two_engines_with_their_own_clones_drain_one_queue_and_merge_each_change_once(
+    server, tmp_path
+):
+    """A night of real docops jobs in one PostgreSQL queue, drained by two engines, each with
+    its own artifacts and its own clone of a bare remote: every page's change lands on the
+    remote once, whichever engine ran it."""
+    import asyncio
+    import subprocess
+
+    from helpers import docops_model, git, make_repo
+
+    from pantheon.core import Engine, default_registry, enqueue, load_flow
+    from pantheon.core.flows.flow import packaged_flows_dir
+
+    pages = {f"docs/p{i}.md": f"# Page {i}\n\nWhat page {i} says.\n" for i in range(6)}
+    seed = make_repo(tmp_path / "seed", pages)
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(bare)], check=True)
+    clones = []
+    for name in ("host-a", "host-b"):
+        subprocess.run(["git", "clone", "-q", str(bare), str(tmp_path / name)], check=True)
+        clones.append(tmp_path / name)
+    url = new_database(server)
+    arts = [tmp_path / "art-a", tmp_path / "art-b"]
+    for art in arts:
+        set_queue_url(art, url)
+    registry = default_registry()
+    flow = load_flow(packaged_flows_dir() / "docops.yaml", registry)
+    with JobQueue(arts[0]) as q:
+        enqueue(q, flow, [{"repo": str(clones[0]), "path": p, "remote": "origin"} for p in pages])
+
+    async def night() -> list[int]:
+        engines, https = [], []
+        for art, clone in zip(arts, clones, strict=True):
+            llm, http = docops_model({"a": True, "b": True})
+            https.append(http)
+            engines.append(
+                Engine(art, registry, until_empty=True, tick_s=0.01, llm=llm, clone=clone)
+            )
+        stats = await asyncio.gather(*(e.run() for e in engines))
+        for http in https:
+            await http.aclose()
+        return [s.done for s in stats]
+
+    done = asyncio.run(night())
+    assert sum(done) == 6, done
+    with JobQueue(arts[1]) as q:
+        assert q.counts().total == {"queued": 0, "running": 0, "done": 6, "failed": 0}
+    merges = git(bare, "log", "--merges", "--format=%P", "main").split("\n")
+    assert len(merges) == 6 and len({m.split()[1] for m in merges}) == 6
+    for page in pages:
+        assert git(bare, "show", f"main:{page}").startswith("---"), page

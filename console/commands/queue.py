@@ -63,6 +63,12 @@ def add_engine(sub: Any) -> None:
         help="with --serve: the writers' model, on a second server ('same' for --model's)",
     )
     p.add_argument(
+        "--repo",
+        metavar="PATH",
+        help="this host's clone of the jobs' repository, where it is not at the path the jobs "
+        "name (engines on several hosts sharing a remote)",
+    )
+    p.add_argument(
         "--until",
         metavar="HH:MM",
         help="be done by then: no job starts that the time a job has taken so far says cannot "

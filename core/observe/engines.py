@@ -6,20 +6,24 @@ lost), whose jobs the others take back when their leases run out."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pantheon.core.errors import ArtifactError
+from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.store.atomic import atomic_write_json, read_json
 
 __all__ = ["ENGINES_DIR", "SILENT_S", "EngineBeat", "Heartbeat", "engine_lines", "read_beats"]
 
 ENGINES_DIR = "engines"
+BEAT_KEY = "engine-beat:"
+"""The queue's small values under this prefix are the engines' heartbeats."""
 SILENT_S = 30.0
 """A heartbeat older than this: the engine is silent."""
 
@@ -69,22 +73,33 @@ def remove_beat(artifacts: Path, owner: str) -> None:
     _path(artifacts, owner).unlink(missing_ok=True)
 
 
-def read_beats(artifacts: Path) -> list[EngineBeat]:
-    """Every engine's last heartbeat, oldest engine first; an unreadable file is left out."""
-    beats = []
+def read_beats(artifacts: Path, queue: Any = None) -> list[EngineBeat]:
+    """Every engine's last heartbeat, oldest engine first: the files of this artifacts
+    directory, and with ``queue`` the beats kept in it (every host's, for a shared queue). An
+    unreadable one is left out."""
+    found: dict[str, EngineBeat] = {}
+
+    def keep(beat: EngineBeat) -> None:
+        if beat.owner not in found or found[beat.owner].beat < beat.beat:
+            found[beat.owner] = beat
+
     for path in sorted((Path(artifacts) / ENGINES_DIR).glob("*.json")):
         try:
-            beats.append(EngineBeat.model_validate(read_json(path)))
+            keep(EngineBeat.model_validate(read_json(path)))
         except (OSError, ArtifactError, ValidationError, ValueError):
             continue
-    return sorted(beats, key=lambda b: b.started)
+    if queue is not None:
+        for text in queue.values(BEAT_KEY).values():
+            with contextlib.suppress(ValidationError, ValueError):
+                keep(EngineBeat.model_validate_json(text))
+    return sorted(found.values(), key=lambda b: b.started)
 
 
-def engine_lines(artifacts: Path, now: float | None = None) -> list[str]:
+def engine_lines(artifacts: Path, now: float | None = None, queue: Any = None) -> list[str]:
     """One line per engine: where it runs, what it runs, when it last beat."""
     now = time.time() if now is None else now
     lines = []
-    for b in read_beats(artifacts):
+    for b in read_beats(artifacts, queue):
         ago = now - b.beat
         when = (
             f"beat {ago:.0f} s ago"
@@ -111,7 +126,10 @@ class Heartbeat:
         self.started = time.time()
         self.last = -1e9
 
-    def beat(self, running: list[int], servers: list[str], done: int, failed: int) -> None:
+    def beat(
+        self, running: list[int], servers: list[str], done: int, failed: int, queue: Any = None
+    ) -> None:
+        """The file, and with ``queue`` the same beat kept in it (read by every host)."""
         now = time.monotonic()
         if now - self.last < self.every_s:
             return
@@ -124,9 +142,13 @@ class Heartbeat:
             write_beat(self.artifacts, beat)
         except (OSError, ArtifactError):
             return
+        if queue is not None:
+            with contextlib.suppress(PantheonError):
+                queue.set_value(BEAT_KEY + self.owner, beat.model_dump_json())
 
-    def stop(self) -> None:
-        try:
+    def stop(self, queue: Any = None) -> None:
+        with contextlib.suppress(OSError):
             remove_beat(self.artifacts, self.owner)
-        except OSError:
-            return
+        if queue is not None:
+            with contextlib.suppress(PantheonError):
+                queue.delete_value(BEAT_KEY + self.owner)

@@ -32,6 +32,7 @@ def status_text(artifacts: Path) -> str:
         recent_failures = queue.jobs(status="failed", limit=5)
         control_file = ControlFile(artifacts, store=queue)
         control = control_file.read()
+        engines = engine_lines(artifacts, queue=queue)
     total = counts.total
     lines = [f"artifacts  {artifacts.resolve()}"]
     lines.append(
@@ -54,7 +55,7 @@ def status_text(artifacts: Path) -> str:
             + (f" ({control.merges_paused_reason})" if control.merges_paused_reason else "")
         )
     lines.append("controls   " + ", ".join(ctl))
-    for i, line in enumerate(engine_lines(artifacts)):
+    for i, line in enumerate(engines):
         lines.append(("engines    " if i == 0 else "           ") + line)
     free = free_bytes(artifacts)
     if free is not None and free < DEFAULT_MIN_FREE_BYTES:

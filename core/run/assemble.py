@@ -211,6 +211,7 @@ async def assembled(
                 tuner=ConcurrencyTuner(start=concurrency) if tuned else None,
                 deadline=Deadline(drain.until) if drain.until is not None else None,
                 role=settings.role + (" (joined)" if settings.join else ""),
+                clone=settings.work.repo if settings.role == "engine" else None,
                 **settings.gates.engine_kwargs(),
             )
             yield Assembled(engine, clients, lost)

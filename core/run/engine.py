@@ -89,6 +89,7 @@ class Engine:
         tuner: ConcurrencyTuner | None = None,
         deadline: Deadline | None = None,
         role: str = "engine",
+        clone: Path | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry or default_registry()
@@ -124,6 +125,8 @@ class Engine:
         self._out_of_time = False
         self._repeats = RepeatLog(log)
         self.owner = new_owner()
+        self.clone = clone
+        """This host's clone of the jobs' repository (None: the path each job names)."""
         self.heartbeat = Heartbeat(self.artifacts, self.owner, role)
         """This engine's file in ARTIFACTS/engines/: who drains the queue, from where."""
         self.stats = EngineStats()
@@ -257,6 +260,7 @@ class Engine:
             agent_llms=self.agent_llms,
             canary_every=self.canary_every,
             on_canary=lambda: self.io(self.safety.canary_recorded),
+            clone=self.clone,
         )
         self.runner.stop_between_nodes = self._stopping
         self.control.store = queue
@@ -310,7 +314,7 @@ class Engine:
             if self.sampling.exporter is not None:
                 self.sampling.exporter.close()
             self._repeats.flush()
-            await self.io(self.heartbeat.stop)
+            await self.io(self.heartbeat.stop, queue)
             await self.io(queue.close)
         return self.stats
 
@@ -397,7 +401,8 @@ class Engine:
                 queue.requeue_orphans(max_attempts=self.max_attempts)
                 self._renewed_at = now
             if not disk_full:
-                self.heartbeat.beat(running, self._servers(), self.stats.done, self.stats.failed)
+                stats = self.stats
+                self.heartbeat.beat(running, self._servers(), stats.done, stats.failed, queue)
             if now - self._progress_at > self.progress_every_s and not disk_full:
                 self._log_progress(queue)
                 self._progress_at = now

@@ -82,6 +82,7 @@ class Runner(CanaryPlanting):
         agent_llms: dict[str, LLMClient] | None = None,
         canary_every: int = 0,
         on_canary: Callable[[], object] | None = None,
+        clone: Path | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry
@@ -100,6 +101,9 @@ class Runner(CanaryPlanting):
         self.canary_every = canary_every
         """One in this many reviewed changes is also planted as a canary (0: none)."""
         self.on_canary = on_canary
+        self.clone = clone
+        """This host's clone of the jobs' repository, where it is not the path the jobs name
+        (an engine on another host, each with its own clone of a shared remote)."""
         """Called after each canary is recorded (before the change it came from may merge);
         awaited when it returns an awaitable."""
         self._docs_seen: list[dict[str, Any]] = []
@@ -122,7 +126,7 @@ class Runner(CanaryPlanting):
                 f"flow {flow.name!r} works on a git repository; give the job a 'repo' input"
             )
         return JobWorkspace.open(
-            Path(repo),
+            self.clone or Path(repo),
             flow=flow.name,
             job_id=job.id,
             target=str(job.input.get("target") or "main"),

@@ -359,6 +359,15 @@ class PostgresQueue(PostgresDatabase):
             (key, value, time.time()),
         )
 
+    def values(self, prefix: str) -> dict[str, str]:
+        rows = self._read(
+            "SELECT key, value FROM pantheon_kv WHERE left(key, %s) = %s", (len(prefix), prefix)
+        )
+        return dict(rows)
+
+    def delete_value(self, key: str) -> None:
+        self._read("DELETE FROM pantheon_kv WHERE key = %s RETURNING key", (key,))
+
     def get_value(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM pantheon_kv WHERE key = %s", (key,))
         return rows[0][0] if rows else None

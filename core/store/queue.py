@@ -344,6 +344,17 @@ class JobQueue(QueueDatabase):
                 (key, value, time.time()),
             )
 
+    def values(self, prefix: str) -> dict[str, str]:
+        """Every value kept under a key that starts with ``prefix``."""
+        rows = self._read(
+            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return dict(rows)
+
+    def delete_value(self, key: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
     def get_value(self, key: str) -> str | None:
         """The value kept under ``key``, or None."""
         rows = self._read("SELECT value FROM kv WHERE key = ?", (key,))
