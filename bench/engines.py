@@ -73,7 +73,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=400)
     args = p.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, throwaway_postgres() as server:
+    with tempfile.TemporaryDirectory() as tmp, throwaway_postgres() as running:
+        server = running.url
         setups = [("sqlite", 1), ("postgres", 1), ("postgres", 2), ("postgres", 4)]
         for n, (kind, engines) in enumerate(setups):
             walls = []

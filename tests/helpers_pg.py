@@ -10,15 +10,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from pantheon.core.store.pgserver import new_database, postgres_binaries, throwaway_postgres
+from pantheon.core.store.pgserver import (
+    PostgresServer,
+    new_database,
+    postgres_binaries,
+    throwaway_postgres,
+)
 
-__all__ = ["new_database", "postgres_server"]
+__all__ = ["PostgresServer", "new_database", "postgres_server"]
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server() -> Iterator[PostgresServer]:
     pytest.importorskip("pgqueuer", reason="the postgres extra is not installed")
     if postgres_binaries() is None:
         pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
-    with throwaway_postgres() as url:
-        yield url
+    with throwaway_postgres() as server:
+        yield server

@@ -19,8 +19,8 @@ pytest.importorskip("pgqueuer")
 
 @pytest.fixture(scope="module")
 def server():
-    with postgres_server() as url:
-        yield url
+    with postgres_server() as running:
+        yield running.url
 
 
 @pytest.fixture
@@ -234,3 +234,48 @@ def test_two_engines_with_their_own_clones_drain_one_queue_and_merge_each_change
     assert len(merges) == 6 and len({m.split()[1] for m in merges}) == 6
     for page in pages:
         assert git(bare, "show", f"main:{page}").startswith("---"), page
+
+
+def test_a_queue_server_lost_mid_night_pauses_the_claims_and_nothing_is_lost(
+    tmp_path, caplog, with_plugin
+):
+    """PostgreSQL stops while the engine drains (its connection broken), and starts again:
+    the engine says the queue is not usable, waits, reconnects and finishes every job."""
+    import asyncio
+    import threading
+
+    from helpers import step_flow
+
+    from pantheon.core import Engine, default_registry, enqueue, load_flow
+
+    with postgres_server() as running:
+        set_queue_url(tmp_path, new_database(running.url))
+        registry = default_registry()
+        flow_path = tmp_path / "steps.yaml"
+        flow_path.write_text(step_flow(0.05))
+        try:
+            flow = load_flow(flow_path, registry)
+        except Exception:
+            pytest.skip("the count.step agent is not installed here")
+        with JobQueue(tmp_path) as q:
+            enqueue(q, flow, [{"n": i} for i in range(30)])
+
+        def outage() -> None:
+            running.stop()
+            threading.Event().wait(2.0)
+            running.start()
+
+        async def night() -> int:
+            engine = Engine(tmp_path, registry, until_empty=True, tick_s=0.02, lease_s=10)
+            task = asyncio.create_task(engine.run())
+            while engine.stats.done < 5:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(outage)
+            await task
+            return engine.stats.done
+
+        with caplog.at_level("WARNING"):
+            asyncio.run(night())
+        assert "the queue is not usable right now" in caplog.text
+        with JobQueue(tmp_path) as q:
+            assert q.counts().total == {"queued": 0, "running": 0, "done": 30, "failed": 0}

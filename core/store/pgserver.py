@@ -22,7 +22,13 @@ from collections.abc import Iterator
 
 from pantheon.core.errors import QueueError
 
-__all__ = ["PG_USER", "new_database", "postgres_binaries", "throwaway_postgres"]
+__all__ = [
+    "PG_USER",
+    "PostgresServer",
+    "new_database",
+    "postgres_binaries",
+    "throwaway_postgres",
+]
 
 PG_USER = "pantheon-pg"
 
@@ -41,9 +47,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class PostgresServer:
+    """A server started here: its URL, and stop and start again (the same data, port)."""
+
+    def __init__(self, bindir: str, as_user: list[str], base: str, port: int) -> None:
+        self.bindir, self.as_user, self.base, self.port = bindir, as_user, base, port
+        self.data = os.path.join(base, "data")
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def start(self) -> None:
+        opts = (
+            f"-k {self.base} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
+        subprocess.run(
+            [*self.as_user, f"{self.bindir}/pg_ctl", "-D", self.data, "-l",
+             f"{self.base}/log", "-w", "-t", "60", "-o", opts, "start"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.as_user, f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "-w",
+             "stop"],
+            capture_output=True,
+        )  # fmt: skip
+
+
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """A PostgreSQL server for the duration; its URL (the ``postgres`` database)."""
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the duration (its ``url`` names the ``postgres`` database)."""
     bindir = postgres_binaries()
     if bindir is None:
         raise QueueError(
@@ -64,28 +97,17 @@ def throwaway_postgres() -> Iterator[str]:
     base = tempfile.mkdtemp(prefix="pgt-")  # short: the socket path has a limit
     if root:
         shutil.chown(base, PG_USER)
-    data, port = os.path.join(base, "data"), _free_port()
+    server = PostgresServer(bindir, as_user, base, _free_port())
     try:
         subprocess.run(
-            [*as_user, f"{bindir}/initdb", "-D", data, "-U", "postgres", "-A", "trust",
+            [*as_user, f"{bindir}/initdb", "-D", server.data, "-U", "postgres", "-A", "trust",
              "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
             check=True, capture_output=True,
         )  # fmt: skip
-        opts = (
-            f"-k {base} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
-        )
-        subprocess.run(
-            [*as_user, f"{bindir}/pg_ctl", "-D", data, "-l", f"{base}/log", "-w", "-t", "60",
-             "-o", opts, "start"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        server.start()
+        yield server
     finally:
-        subprocess.run(
-            [*as_user, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-        )
+        server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
