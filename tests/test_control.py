@@ -245,7 +245,7 @@ def test_ensure_creates_the_file_only_when_missing(art: Path) -> None:
     created = cf.ensure()
     assert cf.path.exists()
     assert created.concurrency == Control().concurrency
-    assert on_disk(art)["updated_by"] == "engine"
+    assert on_disk(art)["updated_by"] == "defaults"
 
     cf.update(by="console", concurrency=7)
     written = cf.path.read_bytes()

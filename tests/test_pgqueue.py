@@ -279,3 +279,48 @@ def test_a_queue_server_lost_mid_night_pauses_the_claims_and_nothing_is_lost(
         assert "the queue is not usable right now" in caplog.text
         with JobQueue(tmp_path) as q:
             assert q.counts().total == {"queued": 0, "running": 0, "done": 30, "failed": 0}
+
+
+def test_a_pause_on_one_host_holds_on_every_host_and_so_does_its_resume(server, tmp_path):
+    """Two engines, each with its own artifacts, on one PostgreSQL queue: the operator pauses
+    the queue on one host; the other host's controls say so within a tick; resumed on the
+    second host, the first follows. Concurrency stays each host's own."""
+    import asyncio
+
+    from pantheon.core import Engine, default_registry
+    from pantheon.core.store.control import ControlFile
+
+    url = new_database(server)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for art in (one, two):
+        set_queue_url(art, url)
+    ControlFile(two).update(by="operator", concurrency=2)
+
+    async def until(check, timeout_s=10.0):
+        end = time.monotonic() + timeout_s
+        while not check():
+            assert time.monotonic() < end, "the hosts did not agree in time"
+            await asyncio.sleep(0.05)
+
+    async def night() -> None:
+        engines = [Engine(a, default_registry(), tick_s=0.02) for a in (one, two)]
+        tasks = [asyncio.create_task(e.run()) for e in engines]
+        await asyncio.sleep(0.3)
+        ControlFile(one).update(by="operator", queue_paused=True, queue_paused_reason="upgrade")
+        await until(lambda: ControlFile(two).read().queue_paused)
+        seen = ControlFile(two).read()
+        assert seen.queue_paused_reason == "upgrade" and seen.updated_by == "fleet"
+        assert seen.concurrency == 2, "concurrency is each host's own"
+        late = Engine(tmp_path / "three", default_registry(), tick_s=0.02)
+        set_queue_url(tmp_path / "three", url)
+        tasks.append(asyncio.create_task(late.run()))
+        engines.append(late)
+        await until(lambda: ControlFile(tmp_path / "three").read().queue_paused)
+        assert ControlFile(one).read().queue_paused, "a host that joins does not unpause them"
+        ControlFile(two).update(by="operator", queue_paused=False)
+        await until(lambda: not ControlFile(one).read().queue_paused)
+        for engine in engines:
+            engine.request_stop()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(night())

@@ -369,6 +369,9 @@ class Engine:
         """The queue's side of one tick, on the I/O thread: the controls, the disk, what
         finished, the leases. Returns how many jobs to claim now; None ends the loop."""
         control = self.control.read()
+        if getattr(queue, "hosts_share", False) and self.control.error is None:
+            with contextlib.suppress(PantheonError):  # the queue's trouble is said below
+                control = self.control.sync_pauses(queue, control)
         disk_full = self.safety.disk_check()
         free = 0
         try:

@@ -7,6 +7,7 @@ pauses the queue and merges until it is fixed: an unattended night fails closed.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,9 @@ _repeats = RepeatLog(log)
 """Each reader (the merge gate makes one per merge) would otherwise say it again."""
 
 LAST_GOOD_KEY = "control.last_good"
+FLEET_KEY = "control.fleet"
+"""The pauses every engine of a shared queue follows (:meth:`ControlFile.sync_pauses`)."""
+PAUSE_FIELDS = ("queue_paused", "queue_paused_reason", "merges_paused", "merges_paused_reason")
 """The queue database's key for the last good controls."""
 UNUSABLE_EFFECT = "the queue and merges are paused until it is fixed"
 """What a ``control.json`` that cannot be used does."""
@@ -221,5 +225,27 @@ class ControlFile:
         if not self.path.exists():
             with locked(self.path.with_name(".control.lock")):
                 if not self.path.exists():
-                    self.write(Control().with_changes(by="engine"))
+                    self.write(Control().with_changes(by="defaults"))
         return self.read()
+
+    def sync_pauses(self, store: ValueStore, local: Control) -> Control:
+        """With a queue several hosts share: the pauses are the fleet's. A pause or resume
+        made here later than the fleet's is published to the queue; one made on another host
+        later is taken into this host's file (by ``fleet``). The last change wins; concurrency
+        stays each host's own."""
+        text = store.get_value(FLEET_KEY)
+        fleet = json.loads(text) if text else None
+        mine = {k: getattr(local, k) for k in PAUSE_FIELDS}
+        at = local.updated_at.timestamp() if local.updated_at else 0.0
+        if fleet is None or (
+            local.updated_by not in ("fleet", "defaults")  # a new host never unpauses the fleet
+            and at > float(fleet.get("at", 0))
+            and mine != {k: fleet.get(k) for k in PAUSE_FIELDS}
+        ):
+            store.set_value(FLEET_KEY, json.dumps({**mine, "at": at, "by": local.updated_by}))
+            return local
+        theirs = {k: fleet.get(k) for k in PAUSE_FIELDS}
+        if theirs == mine:
+            return local
+        log.info("pauses changed on another host (by %s): taken here", fleet.get("by"))
+        return self.update(by="fleet", **theirs)

@@ -43,6 +43,9 @@ ABANDONED = "abandoned after {n} attempts: the engine stopped while running it"
 class PostgresQueue(PostgresDatabase):
     """The queue in a PostgreSQL database. One instance per thread, as the SQLite one."""
 
+    hosts_share = True
+    """Engines on several hosts share it: the pauses are the fleet's."""
+
     # -- flows and jobs ---------------------------------------------------------------------
 
     def flow_text(self, sha256: str) -> tuple[str, str]:
