@@ -185,3 +185,29 @@ def test_a_failing_callback_does_not_end_the_watch(tmp_path):
     finally:
         watcher.stop()
     assert seen >= 1 and len(calls) > seen
+
+
+def test_on_a_network_file_system_the_files_are_polled(tmp_path):
+    """Another host's writes to an NFS folder raise no inotify event here: the watcher polls
+    such a folder, and a polling watcher still sees each part of the night."""
+    from pantheon.core.observe.watch import network_fs
+
+    mounts = (
+        "sysfs /sys sysfs rw 0 0\n"
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "fileserver:/export/night /mnt/night nfs4 rw,relatime 0 0\n"
+    )
+    assert network_fs(Path("/mnt/night/artifacts"), mounts) == "nfs4"
+    assert network_fs(Path("/mnt/nightly/artifacts"), mounts) is None
+    assert network_fs(Path("/home/op/artifacts"), mounts) is None
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "runs").mkdir(parents=True)
+    watcher, rec = start(artifacts, poll=True)
+    try:
+        ControlFile(artifacts).update(by="test", concurrency=3)
+        rec.wait_for(lambda c: c.control)
+        (artifacts / "runs" / "codefix-000003").mkdir()
+        rec.wait_for(lambda c: "codefix-000003" in c.runs)
+    finally:
+        watcher.stop()
+    assert watcher.poll is True and watcher.error is None

@@ -29,7 +29,7 @@ import watchfiles
 from pantheon.core.store.atomic import TMP_PREFIX
 from pantheon.core.store.layout import CONTROL_FILE, DB_FILE, METRICS_FILE, RUNS
 
-__all__ = ["ArtifactChanges", "ArtifactsWatcher", "classify"]
+__all__ = ["NETWORK_FS", "ArtifactChanges", "ArtifactsWatcher", "classify", "network_fs"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,33 @@ class _Targets:
     missing: list[Path] = field(default_factory=list)
 
 
+NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "ceph", "glusterfs", "lustre",
+     "fuse.glusterfs", "afs", "gpfs", "beegfs"}
+)  # fmt: skip
+"""File systems whose other hosts' writes raise no inotify event here: watched by polling."""
+
+
+def network_fs(path: Path, mounts: str | None = None) -> str | None:
+    """The network file system ``path`` is on (its type, from /proc/mounts), or None."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    target = str(Path(path).resolve())
+    best, kind = "", None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind if kind in NETWORK_FS else None
+
+
 class ArtifactsWatcher:
     """Calls ``callback(changes)`` from its own thread whenever the artifacts directory changes.
 
@@ -131,8 +158,13 @@ class ArtifactsWatcher:
         step_ms: int = 100,
         wait_s: float = 1.0,
         on_quiet: Callable[[], None] | None = None,
+        poll: bool | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
+        self.poll = poll
+        """Look at the files every ``step_ms`` instead of waiting for the kernel's events: for
+        an artifacts directory on a network file system, which other hosts write (None: when
+        it is on one)."""
         self.callback = callback
         self.debounce_ms = debounce_ms
         self.step_ms = step_ms
@@ -202,6 +234,12 @@ class ArtifactsWatcher:
     def _watch(self, targets: _Targets) -> None:
         missing = set(targets.missing)
         watched = set(targets.paths)
+        poll = self.poll
+        if poll is None:
+            kind = network_fs(self.artifacts)
+            poll = self.poll = kind is not None
+            if poll:
+                log.info("%s is on %s: its files are polled, not watched", self.artifacts, kind)
         for batch in watchfiles.watch(
             *targets.paths,
             watch_filter=None,
@@ -212,6 +250,8 @@ class ArtifactsWatcher:
             yield_on_timeout=True,
             recursive=False,
             raise_interrupt=False,
+            force_polling=poll,
+            poll_delay_ms=max(self.step_ms, 300),
         ):
             self.error = None
             if not batch and self.on_quiet is not None:
