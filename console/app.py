@@ -150,6 +150,7 @@ class PantheonConsole(App[None]):
                 order=tuple(view.order),
                 totals=dict(view.totals),
                 read_at=self.clock(),
+                beats=tuple(view.beats),
             )
             self.reads += 1
             self.read_cpu_s += time.thread_time() - cpu
@@ -161,7 +162,10 @@ class PantheonConsole(App[None]):
     def _quiet_in_thread(self) -> None:
         """No change for a second: nodes may still have started inside a run's folder, which
         is not watched (it would cost a watch per run); look, if any job is running."""
-        if self.view.totals.get("running"):
+        if self.view.shared:  # other hosts' changes to the queue raise no file event here
+            message = self.read(ArtifactChanges(queue=True))
+            self.post_message(message)
+        elif self.view.totals.get("running"):
             message = self.read(ArtifactChanges())
             if message.changed_jobs:
                 self.post_message(message)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from textual.message import Message
 
+from pantheon.core.observe.engines import EngineBeat
 from pantheon.core.observe.watch import ArtifactChanges
 from pantheon.core.store.control import Control
 from pantheon.core.store.queue import JobSummary
@@ -39,6 +40,8 @@ class NightSnapshot:
     """Job ids in table order (running, then the latest finished, then the queue)."""
     totals: dict[str, int]
     read_at: float
+    beats: tuple[EngineBeat, ...] = ()
+    """The engines' heartbeats a shared queue keeps (every host's)."""
 
 
 @dataclass

@@ -324,3 +324,36 @@ def test_a_pause_on_one_host_holds_on_every_host_and_so_does_its_resume(server, 
         await asyncio.gather(*tasks)
 
     asyncio.run(night())
+
+
+async def test_the_console_follows_a_shared_queue_that_other_hosts_change(server, tmp_path):
+    """The console on one host's artifacts: a job another host claims and finishes, and that
+    host's engine, show up with no file changing here."""
+    from pantheon.console.app import PantheonConsole
+    from pantheon.core.observe.engines import Heartbeat
+
+    artifacts = tmp_path / "here"
+    set_queue_url(artifacts, new_database(server))
+    with JobQueue(artifacts) as q:
+        [job] = _enqueue(q, 1)
+    app = PantheonConsole(artifacts, debounce_ms=100)
+    async with app.run_test(size=(140, 30)) as pilot:
+        for _ in range(60):
+            await pilot.pause(0.1)
+            if app.snapshot is not None and app.snapshot.totals.get("queued") == 1:
+                break
+        assert app.snapshot is not None and app.snapshot.exists
+        assert app.snapshot.totals["queued"] == 1
+        with JobQueue(artifacts) as there:  # another host, the same queue
+            there.claim(1, "gpu-2:99:ab")
+            there.complete(job, "gpu-2:99:ab")
+            Heartbeat(tmp_path / "there", "gpu-2:99:ab", "engine").beat([], [], 1, 0, there)
+            Heartbeat(tmp_path / "there2", "gpu-3:98:cd", "engine").beat([], [], 0, 0, there)
+        for _ in range(60):
+            await pilot.pause(0.1)
+            if app.snapshot.totals.get("done") == 1 and len(app.snapshot.beats) == 2:
+                break
+        assert app.snapshot.totals["done"] == 1
+        await pilot.pause(1.2)
+        engines = app.screen.query_one("#engines")
+        assert engines.display and "gpu-2 pid 99" in str(engines.render())

@@ -10,6 +10,7 @@ import contextlib
 import re
 import socket
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ from pydantic import BaseModel, ValidationError
 from pantheon.core.errors import ArtifactError, PantheonError
 from pantheon.core.store.atomic import atomic_write_json, read_json
 
-__all__ = ["ENGINES_DIR", "SILENT_S", "EngineBeat", "Heartbeat", "engine_lines", "read_beats"]
+__all__ = [
+    "ENGINES_DIR",
+    "SILENT_S",
+    "EngineBeat",
+    "Heartbeat",
+    "engine_lines",
+    "lines_of",
+    "read_beats",
+]
 
 ENGINES_DIR = "engines"
 BEAT_KEY = "engine-beat:"
@@ -73,11 +82,15 @@ def remove_beat(artifacts: Path, owner: str) -> None:
     _path(artifacts, owner).unlink(missing_ok=True)
 
 
-def read_beats(artifacts: Path, queue: Any = None) -> list[EngineBeat]:
+def read_beats(
+    artifacts: Path, queue: Any = None, also: Iterable[EngineBeat] = ()
+) -> list[EngineBeat]:
     """Every engine's last heartbeat, oldest engine first: the files of this artifacts
-    directory, and with ``queue`` the beats kept in it (every host's, for a shared queue). An
-    unreadable one is left out."""
+    directory, and with ``queue`` the beats kept in it (every host's, for a shared queue), and
+    ``also`` (read before). An unreadable one is left out."""
     found: dict[str, EngineBeat] = {}
+    for beat in also:
+        found[beat.owner] = beat
 
     def keep(beat: EngineBeat) -> None:
         if beat.owner not in found or found[beat.owner].beat < beat.beat:
@@ -97,9 +110,14 @@ def read_beats(artifacts: Path, queue: Any = None) -> list[EngineBeat]:
 
 def engine_lines(artifacts: Path, now: float | None = None, queue: Any = None) -> list[str]:
     """One line per engine: where it runs, what it runs, when it last beat."""
+    return lines_of(read_beats(artifacts, queue), now)
+
+
+def lines_of(beats: Iterable[EngineBeat], now: float | None = None) -> list[str]:
+    """The engines' lines, as of ``now``."""
     now = time.time() if now is None else now
     lines = []
-    for b in read_beats(artifacts, queue):
+    for b in beats:
         ago = now - b.beat
         when = (
             f"beat {ago:.0f} s ago"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from pantheon.core.errors import ArtifactError, ConfigError
 from pantheon.core.store.atomic import atomic_write_json, read_json
-from pantheon.core.store.layout import QUEUE_FILE
+from pantheon.core.store.layout import DB_FILE, QUEUE_FILE
 
-__all__ = ["check_queue_url", "queue_url", "set_queue_url"]
+__all__ = ["check_queue_url", "has_queue", "queue_url", "set_queue_url"]
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -25,6 +25,11 @@ def check_queue_url(url: str) -> str:
         hint="give postgresql://USER@HOST:PORT/DATABASE (the password from ~/.pgpass or "
         "PGPASSWORD), or leave --queue out for the artifacts' own SQLite file",
     )
+
+
+def has_queue(artifacts: Path) -> bool:
+    """Whether the artifacts directory has a queue: its SQLite file, or a PostgreSQL one."""
+    return (Path(artifacts) / DB_FILE).exists() or (Path(artifacts) / QUEUE_FILE).exists()
 
 
 def queue_url(artifacts: Path) -> str | None:

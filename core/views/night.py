@@ -10,6 +10,7 @@ read is returned as a problem to show.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from pantheon.core.errors import ArtifactError, PantheonError
+from pantheon.core.observe.engines import EngineBeat, read_beats
 from pantheon.core.store.atomic import read_json
 from pantheon.core.store.control import Control, ControlFile
 from pantheon.core.store.jsonl import JsonlTail
 from pantheon.core.store.layout import (
-    DB_FILE,
     ERROR_FILE,
     INPUT_FILE,
     OUTPUT_FILE,
@@ -32,6 +33,7 @@ from pantheon.core.store.layout import (
     run_path,
 )
 from pantheon.core.store.queue import STATUSES, JobQueue, JobSummary
+from pantheon.core.store.queueurl import has_queue, queue_url
 from pantheon.core.store.records import MetricsSample
 from pantheon.core.store.runs import RunRecord
 from pantheon.core.views.run import CallView, NodeView, RunView, flow_agents, load_run
@@ -121,12 +123,20 @@ class NightView:
         self._since: float | None = None
         self._last_full = 0.0
         self._flow_nodes: dict[str, list[tuple[str, str]]] = {}
+        self.beats: list[EngineBeat] = []
+        """The engines' heartbeats kept in a queue several hosts share (every host's)."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether engines on other hosts share this queue (its changes raise no file event
+        here: the console looks every second)."""
+        return queue_url(self.artifacts) is not None
 
     # -- reading ----------------------------------------------------------------------------
 
     @property
     def exists(self) -> bool:
-        return (self.artifacts / DB_FILE).exists()
+        return has_queue(self.artifacts)
 
     @property
     def samples(self) -> list[dict[str, Any]]:
@@ -171,6 +181,9 @@ class NightView:
             self.close()
             return set()
         self.queue_error = None
+        if getattr(queue, "hosts_share", False):
+            with contextlib.suppress(PantheonError):
+                self.beats = read_beats(self.artifacts, queue)
         # slack for a transaction that committed while we read
         self._since = now - 5.0
         if full:

@@ -25,7 +25,8 @@ from pantheon.core.store.layout import (
     RUN_FILE,
     run_path,
 )
-from pantheon.core.store.queue import DB_FILE, JobQueue
+from pantheon.core.store.queue import JobQueue
+from pantheon.core.store.queueurl import has_queue
 from pantheon.core.store.records import CallRecord
 from pantheon.core.store.runs import FailedRecord, RunRecord
 
@@ -69,7 +70,7 @@ class RunView:
 
 def flow_agents(artifacts: Path, flow_sha: str | None) -> dict[str, str]:
     """Node id -> agent name, from the flow text stored in the queue."""
-    if not flow_sha or not (Path(artifacts) / DB_FILE).exists():
+    if not flow_sha or not has_queue(artifacts):
         return {}
     try:
         with JobQueue(artifacts, create=False, timeout_s=2.0) as queue:
