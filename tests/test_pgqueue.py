@@ -357,3 +357,127 @@ async def test_the_console_follows_a_shared_queue_that_other_hosts_change(server
         await pilot.pause(1.2)
         engines = app.screen.query_one("#engines")
         assert engines.display and "gpu-2 pid 99" in str(engines.render())
+
+
+class _DocsModelServer:
+    """A real HTTP model server on loopback (a thread of the test) that answers as
+    :func:`helpers.docops_model` does: the writer gets frontmatter, every reviewer passes."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from helpers import META
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _json(self, code: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._json(200 if self.path == "/health" else 404, {"status": "ok"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+                if "messages" not in body:
+                    self._json(404, {"error": "not here"})
+                    return
+                system = body["messages"][0]["content"]
+                text = (
+                    json.dumps({"passed": True, "reasons": ["fine"]})
+                    if system.startswith("You review")
+                    else json.dumps(META)
+                )
+                choices = [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}]
+                usage = {"prompt_tokens": 9, "completion_tokens": 9}
+                self._json(200, {"choices": choices, "usage": usage})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.slow
+def test_two_engine_processes_merge_a_night_into_one_remote_through_one_queue(server, tmp_path):
+    """Two real engine processes, each with its own artifacts and its own clone of a bare
+    remote, drain one PostgreSQL queue of docops jobs; one is killed with SIGKILL mid-night and
+    the other finishes: every page's change is on the remote, each merged once."""
+    import signal
+    import subprocess
+
+    from helpers import git, make_repo, pantheon, pantheon_popen, wait_for
+
+    pages = {f"docs/p{i:02d}.md": f"# Page {i}\n\nWhat page {i} says.\n" for i in range(16)}
+    seed = make_repo(tmp_path / "seed", pages)
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(bare)], check=True)
+    clones = [tmp_path / "clone-a", tmp_path / "clone-b"]
+    for clone in clones:
+        subprocess.run(["git", "clone", "-q", str(bare), str(clone)], check=True)
+    url = new_database(server)
+    arts = [tmp_path / "art-a", tmp_path / "art-b"]
+    inputs = tmp_path / "jobs.jsonl"
+    inputs.write_text(
+        "".join(
+            json.dumps({"repo": str(clones[0]), "path": p, "remote": "origin"}) + "\n"
+            for p in pages
+        )
+    )
+    queued = pantheon(
+        "enqueue", "docops", "--inputs", str(inputs), "--queue", url, "--artifacts", str(arts[0])
+    )
+    assert queued.returncode == 0, queued.stderr
+    model = _DocsModelServer()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    common = ["--queue", url, "--endpoint", model.endpoint, "--lease", "3", "--tick", "0.05"]
+    for art in arts:
+        assert pantheon("control", "--concurrency", "2", "--artifacts", str(art)).returncode == 0
+    first = pantheon_popen(
+        "engine", *common, "--repo", str(clones[0]), "--artifacts", str(arts[0]), **quiet
+    )
+    second = None
+
+    def done() -> int:
+        with JobQueue(arts[0]) as q:
+            return q.counts().total["done"]
+
+    try:
+        wait_for(lambda: done() >= 3, timeout=120)
+        second = pantheon_popen(
+            "engine", *common, "--until-empty", "--repo", str(clones[1]),
+            "--artifacts", str(arts[1]), **quiet,
+        )  # fmt: skip
+        wait_for(lambda: done() >= 5, timeout=120)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 0, err[-3000:]
+    finally:
+        model.close()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    with JobQueue(arts[1]) as q:
+        failed = [f"{j.run_name}: {j.error}" for j in q.jobs(status="failed")]
+        assert q.counts().total == {"queued": 0, "running": 0, "done": 16, "failed": 0}, failed
+    landed: list[str] = []
+    for merge in git(bare, "log", "--merges", "--format=%H", "main").split():
+        landed += git(bare, "diff", "--name-only", f"{merge}^1", merge).split()
+    assert sorted(landed) == sorted(pages), "every page's change landed, each once"
+    for page in pages:
+        assert git(bare, "show", f"main:{page}").startswith("---"), page
+    assert list((arts[1] / "runs").glob("docops-*")), "the second engine ran some"

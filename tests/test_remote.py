@@ -71,7 +71,7 @@ def test_a_host_overtaken_by_another_merges_again_on_top(hosts, monkeypatch):
     bare, a, b = hosts
     _change(a, "pantheon/x/1", "a.txt", "one, changed on a\n")
     _change(b, "pantheon/x/2", "b.txt", "two, changed on b\n")
-    real_tip = remote_mod.remote_tip
+    real_tip = remote_mod.fetch_target
     overtaken = []
 
     def tip_then_b_pushes(repo, remote, target):
@@ -80,7 +80,7 @@ def test_a_host_overtaken_by_another_merges_again_on_top(hosts, monkeypatch):
             overtaken.append(land(GitRepo(b), "pantheon/x/2", "main", "origin", "Merge 2"))
         return tip
 
-    monkeypatch.setattr(remote_mod, "remote_tip", tip_then_b_pushes)
+    monkeypatch.setattr(remote_mod, "fetch_target", tip_then_b_pushes)
     result = land(GitRepo(a), "pantheon/x/1", "main", "origin", "Merge 1")
     assert overtaken[0].merged
     assert result.merged and "again after 1 push(es) by another host" in result.reason

@@ -109,7 +109,6 @@ def prepare_night(
             hint="--demo prepares the demo repository; --repo works on your git repository",
         )
     say = say or (lambda line: None)
-    use_queue(settings)
     registry = default_registry()
     repo = check_git_repo(Path(work.repo)) if work.repo else None
     if repo is not None and work.remote:  # one clear error before anything is queued
@@ -117,6 +116,7 @@ def prepare_night(
         from pantheon.core.work.remote import sync_target
 
         sync_target(GitRepo(repo), work.remote, "main")
+    use_queue(settings)
     _night_sandbox(settings)
     with JobQueue(settings.artifacts) as queue:
         resuming = night_queued(queue)

@@ -26,10 +26,10 @@ from pantheon.core.flows.flow import Flow, parse_flow
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import CallLog
 from pantheon.core.run.canaries import CanaryPlanting
-from pantheon.core.store.layout import OUTPUT_FILE, RUN_FILE, worktrees_path
+from pantheon.core.store.layout import OUTPUT_FILE, RUN_FILE, branch_name, worktrees_path
 from pantheon.core.store.queue import Job, JobQueue, NodeRow
 from pantheon.core.store.runs import FailedRecord, RunDir, RunRecord, now_iso
-from pantheon.core.work.git import GitError, JobWorkspace
+from pantheon.core.work.git import GitError, GitRepo, JobWorkspace
 
 __all__ = ["JobOutcome", "Runner"]
 
@@ -119,6 +119,16 @@ class Runner(CanaryPlanting):
             self._flows[job.flow_sha] = flow
         return flow
 
+    def _landed(self, flow: Flow, job: Job) -> str | None:
+        """The merge that landed this job on its shared remote already, if one did."""
+        from pantheon.core.work.remote import landed
+
+        if not any(a.uses_workspace for a in flow.agents.values()):
+            return None
+        repo = GitRepo(self.clone or Path(str(job.input.get("repo"))))
+        target = str(job.input.get("target") or "main")
+        return landed(repo, str(job.input["remote"]), target, branch_name(flow.name, job.id))
+
     def _workspace(self, flow: Flow, job: Job) -> JobWorkspace:
         repo = job.input.get("repo")
         if not repo:
@@ -167,6 +177,15 @@ class Runner(CanaryPlanting):
         except PantheonError as exc:
             return self._fail_run(run, record, "(flow)", "(flow)", str(exc), None, outcome)
 
+        if fresh and job.input.get("remote") and getattr(self.queue, "hosts_share", False):
+            merged = await asyncio.to_thread(self._landed, flow, job)
+            if merged is not None:  # an engine that died after merging it, before recording
+                record.status = "done"
+                record.output = {"merged": True, "commit": merged, "landed_before": True}
+                record.finished_at = now_iso()
+                run.write_record(record)
+                log.info("job %d was merged already (%s): nothing to run", job.id, merged[:12])
+                return outcome
         outputs: dict[str, dict[str, Any]] = {}
         done: set[str] = set()
         if not fresh:

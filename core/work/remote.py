@@ -15,7 +15,15 @@ import logging
 from pantheon.core.store.atomic import locked
 from pantheon.core.work.git import AS_PANTHEON, GitError, GitRepo, MergeResult
 
-__all__ = ["LAND_TRIES", "land", "push_target", "remote_tip", "sync_target"]
+__all__ = [
+    "LAND_TRIES",
+    "fetch_target",
+    "land",
+    "landed",
+    "push_target",
+    "remote_tip",
+    "sync_target",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +35,33 @@ def _tracking(remote: str, target: str) -> str:
     return f"refs/remotes/{remote}/{target}"
 
 
+def _remote_lock(repo: GitRepo):
+    """One remote operation of a clone at a time (fetch, push, the tracking ref), across the
+    engine's threads and processes: git's own ref locks refuse a second writer rather than
+    wait for it."""
+    return locked(repo.common_dir / "pantheon-remote.lock")
+
+
+def fetch_target(repo: GitRepo, remote: str, target: str) -> str:
+    """Fetch ``target`` from ``remote`` (the caller holds the clone's remote lock); the
+    commit it is at there."""
+    done = repo.attempt(
+        "fetch", "--quiet", "--no-tags", remote, f"+refs/heads/{target}:{_tracking(remote, target)}"
+    )
+    if done.returncode != 0:
+        raise GitError(
+            f"cannot fetch {target!r} from the remote {remote!r} of {repo.path}: "
+            f"{done.stderr.strip()[:300]}",
+            hint="check that the remote is reachable (`git fetch` in the clone) and has the branch",
+        )
+    return repo.git("rev-parse", _tracking(remote, target)).strip()
+
+
 def remote_tip(repo: GitRepo, remote: str, target: str) -> str:
     """Fetch ``target`` from ``remote``; the commit it is at there. GitError when the remote
     cannot be reached or has no such branch."""
-    with locked(repo.common_dir / "pantheon-fetch.lock"):  # one fetch of a clone at a time
-        done = repo.attempt(
-            "fetch", "--quiet", "--no-tags", remote,
-            f"+refs/heads/{target}:{_tracking(remote, target)}",
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise GitError(
-                f"cannot fetch {target!r} from the remote {remote!r} of {repo.path}: "
-                f"{done.stderr.strip()[:300]}",
-                hint="check that the remote is reachable (`git fetch` in the clone) and has "
-                "the branch",
-            )
-        return repo.git("rev-parse", _tracking(remote, target)).strip()
+    with _remote_lock(repo):
+        return fetch_target(repo, remote, target)
 
 
 def _is_ancestor(repo: GitRepo, older: str, newer: str) -> bool:
@@ -72,8 +91,8 @@ def _fast_forward_local(repo: GitRepo, target: str, commit: str) -> None:
 
 def sync_target(repo: GitRepo, remote: str, target: str) -> str:
     """The local target brought to the remote's (a fast-forward); the remote's tip."""
-    tip = remote_tip(repo, remote, target)
-    with locked(repo.common_dir / "pantheon-merge.lock"):
+    with locked(repo.common_dir / "pantheon-merge.lock"), _remote_lock(repo):
+        tip = fetch_target(repo, remote, target)
         _fast_forward_local(repo, target, tip)
     return tip
 
@@ -99,9 +118,9 @@ def land(
     pushed first. A conflict (or a remote that keeps moving) merges nothing."""
     if not repo.has_branch(branch):
         raise GitError(f"cannot merge {branch!r}: no such branch in {repo.path}")
-    with locked(repo.common_dir / "pantheon-merge.lock"):
+    with locked(repo.common_dir / "pantheon-merge.lock"), _remote_lock(repo):
         for attempt in range(1, tries + 1):
-            base = remote_tip(repo, remote, target)
+            base = fetch_target(repo, remote, target)
             head = repo.tip(branch)
             if _is_ancestor(repo, head, base):
                 _fast_forward_local(repo, target, base)
@@ -133,12 +152,24 @@ def land(
     )
 
 
+def landed(repo: GitRepo, remote: str, target: str, branch: str) -> str | None:
+    """The merge commit that landed ``branch`` on the remote's ``target`` (its message names
+    the branch: an engine that merged it and died before recording it), or None."""
+    with _remote_lock(repo):
+        tip = fetch_target(repo, remote, target)
+    found = repo.attempt(
+        "log", "--merges", "--fixed-strings", f"--grep=Merge {branch} (", "--format=%H", "-1", tip
+    )
+    return found.stdout.strip() or None
+
+
 def push_target(repo: GitRepo, remote: str, target: str) -> None:
     """Push the local target (a commit made on it here, such as a revert) to the remote; a
     remote that moved meanwhile is GitError, nothing forced."""
-    if not _push(repo, remote, repo.tip(target), target):
-        raise GitError(
-            f"{remote}/{target} moved: the commit on {target} is not pushed",
-            hint=f"fetch and merge {remote}/{target} into {target} in {repo.path}, then push",
-        )
-    repo.git("update-ref", _tracking(remote, target), repo.tip(target))
+    with _remote_lock(repo):
+        if not _push(repo, remote, repo.tip(target), target):
+            raise GitError(
+                f"{remote}/{target} moved: the commit on {target} is not pushed",
+                hint=f"fetch and merge {remote}/{target} into {target} in {repo.path}, then push",
+            )
+        repo.git("update-ref", _tracking(remote, target), repo.tip(target))
