@@ -212,16 +212,10 @@ class GitRepo:
             return MergeResult(False, None, files, "conflict" if files else done.stderr.strip())
         return MergeResult(True, self.git("rev-parse", "HEAD", cwd=worktree), [])
 
-    def _merge_refs(self, branch: str, into: str, message: str) -> MergeResult:
-        old = self.tip(into)
-        done = self._run(
-            "merge-tree",
-            "--write-tree",
-            "--name-only",
-            f"refs/heads/{into}",
-            f"refs/heads/{branch}",
-            check=False,
-        )
+    def merge_tree(self, base: str, head: str) -> tuple[str | None, list[str]]:
+        """``head`` merged onto ``base`` without a working tree: (the merged tree, []), or
+        (None, the files in conflict)."""
+        done = self._run("merge-tree", "--write-tree", "--name-only", base, head, check=False)
         lines = done.stdout.splitlines()
         if done.returncode == 1:
             files = []
@@ -229,10 +223,16 @@ class GitRepo:
                 if not line.strip():
                     break
                 files.append(line.strip())
-            return MergeResult(False, None, files, "conflict")
+            return None, files
         if done.returncode != 0:
             raise GitError(f"git merge-tree failed: {done.stderr.strip()[:500]}")
-        tree = lines[0].strip()
+        return lines[0].strip(), []
+
+    def _merge_refs(self, branch: str, into: str, message: str) -> MergeResult:
+        old = self.tip(into)
+        tree, conflict = self.merge_tree(f"refs/heads/{into}", f"refs/heads/{branch}")
+        if tree is None:
+            return MergeResult(False, None, conflict, "conflict")
         commit = self.git(
             *AS_PANTHEON,
             "commit-tree",

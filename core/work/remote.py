@@ -125,19 +125,11 @@ def land(
             if _is_ancestor(repo, head, base):
                 _fast_forward_local(repo, target, base)
                 return MergeResult(True, base, [], f"already merged into {remote}/{target}")
-            done = repo.attempt("merge-tree", "--write-tree", "--name-only", base, head)
-            lines = done.stdout.splitlines()
-            if done.returncode == 1:
-                files = []
-                for line in lines[1:]:
-                    if not line.strip():
-                        break
-                    files.append(line.strip())
-                return MergeResult(False, None, files, "conflict")
-            if done.returncode != 0:
-                raise GitError(f"git merge-tree failed: {done.stderr.strip()[:500]}")
+            tree, conflict = repo.merge_tree(base, head)
+            if tree is None:
+                return MergeResult(False, None, conflict, "conflict")
             commit = repo.git(
-                *AS_PANTHEON, "commit-tree", lines[0].strip(), "-p", base, "-p", head, "-m", message
+                *AS_PANTHEON, "commit-tree", tree, "-p", base, "-p", head, "-m", message
             ).strip()
             if _push(repo, remote, commit, target):
                 repo.git("update-ref", _tracking(remote, target), commit)
