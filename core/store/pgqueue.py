@@ -17,16 +17,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
-from pantheon.core.errors import QueueError
 from pantheon.core.store.jobs import (
     JOB_COLUMNS,
-    STATUSES,
-    Counts,
     Job,
     JobSummary,
     NodeRow,
@@ -34,25 +30,23 @@ from pantheon.core.store.jobs import (
     owner_is_dead,
 )
 from pantheon.core.store.pgschema import SQL_NOW, PostgresDatabase
+from pantheon.core.store.queuereads import QueueReads
 
 __all__ = ["PostgresQueue"]
 
 ABANDONED = "abandoned after {n} attempts: the engine stopped while running it"
 
 
-class PostgresQueue(PostgresDatabase):
+class PostgresQueue(QueueReads, PostgresDatabase):
     """The queue in a PostgreSQL database. One instance per thread, as the SQLite one."""
+
+    TABLES: ClassVar[dict[str, str]] = {name: f"pantheon_{name}" for name in QueueReads.TABLES}
+    MARK = "%s"
 
     hosts_share = True
     """Engines on several hosts share it: the pauses are the fleet's."""
 
     # -- flows and jobs ---------------------------------------------------------------------
-
-    def flow_text(self, sha256: str) -> tuple[str, str]:
-        rows = self._read("SELECT source, text FROM pantheon_flows WHERE sha256 = %s", (sha256,))
-        if not rows:
-            raise QueueError(f"flow {sha256[:12]} is not in the queue at {self.path}")
-        return rows[0][0], rows[0][1]
 
     def enqueue(
         self,
@@ -371,27 +365,6 @@ class PostgresQueue(PostgresDatabase):
     def delete_value(self, key: str) -> None:
         self._read("DELETE FROM pantheon_kv WHERE key = %s RETURNING key", (key,))
 
-    def get_value(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM pantheon_kv WHERE key = %s", (key,))
-        return rows[0][0] if rows else None
-
-    def get(self, job_id: int) -> Job:
-        rows = self._read(f"SELECT {JOB_COLUMNS} FROM pantheon_jobs WHERE id = %s", (job_id,))
-        if not rows:
-            raise QueueError(f"no job {job_id} in the queue at {self.path}")
-        return job_from_row(rows[0])
-
-    def jobs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
-        where, args = (
-            ("", (limit, offset))
-            if status is None
-            else ("WHERE status = %s ", (status, limit, offset))
-        )
-        rows = self._read(
-            f"SELECT {JOB_COLUMNS} FROM pantheon_jobs {where}ORDER BY id LIMIT %s OFFSET %s", args
-        )
-        return [job_from_row(r) for r in rows]
-
     def summaries(
         self, *, changed_since: float | None = None, also: Iterable[int] = ()
     ) -> list[JobSummary]:
@@ -413,75 +386,3 @@ class PostgresQueue(PostgresDatabase):
                 (changed_since, sorted(also)),
             )
         return [JobSummary(*r) for r in rows]
-
-    def node_rows(self) -> list[tuple[int, str, str, str, float]]:
-        return [
-            tuple(r)
-            for r in self._read("SELECT job_id, node, agent, status, seconds FROM pantheon_nodes")
-        ]
-
-    def node_agents(self, job_id: int) -> dict[str, tuple[str, str, float]]:
-        return {
-            node: (agent, status, seconds)
-            for node, agent, status, seconds in self._read(
-                "SELECT node, agent, status, seconds FROM pantheon_nodes WHERE job_id = %s",
-                (job_id,),
-            )
-        }
-
-    def counts(self) -> Counts:
-        by_flow: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
-        for flow, status, n in self._read(
-            "SELECT flow, status, COUNT(*) FROM pantheon_jobs GROUP BY flow, status"
-        ):
-            by_flow[flow][status] = n
-        by_agent: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
-        for agent, status, n in self._read(
-            "SELECT next_agent, status, COUNT(*) FROM pantheon_jobs "
-            "WHERE status IN ('queued', 'running') GROUP BY next_agent, status"
-        ):
-            by_agent[agent][status] = n
-        for agent, status, n in self._read(
-            "SELECT agent, status, COUNT(*) FROM pantheon_nodes GROUP BY agent, status"
-        ):
-            by_agent[agent][status] = n
-        return Counts(dict(by_flow), dict(by_agent))
-
-    def window(self, since: float) -> dict[str, Any]:
-        arrivals, first, last = self._read(
-            "SELECT COUNT(*), MIN(created), MAX(created) FROM pantheon_jobs WHERE created >= %s",
-            (since,),
-        )[0]
-        finished, service = self._read(
-            "SELECT COUNT(*), AVG(finished - started) FROM pantheon_jobs "
-            "WHERE finished >= %s AND started IS NOT NULL",
-            (since,),
-        )[0]
-        agents = {
-            agent: {"nodes": n, "mean_s": mean, "passed": ok}
-            for agent, n, mean, ok in self._read(
-                "SELECT agent, COUNT(*), AVG(seconds), COUNT(*) FILTER (WHERE status = 'done') "
-                "FROM pantheon_nodes WHERE finished >= %s GROUP BY agent",
-                (since,),
-            )
-        }
-        return {
-            "arrivals": arrivals,
-            "first_arrival": first,
-            "last_arrival": last,
-            "finished": finished,
-            "service_s": service,
-            "agents": agents,
-        }
-
-    def review_pairs(self, last: int) -> list[tuple[bool, bool]]:
-        rows = self._read(
-            "SELECT first, second FROM pantheon_reviews ORDER BY at DESC, job_id DESC LIMIT %s",
-            (last,),
-        )
-        return [(bool(a), bool(b)) for a, b in rows]
-
-    def pending(self) -> int:
-        return self._read(
-            "SELECT COUNT(*) FROM pantheon_jobs WHERE status IN ('queued', 'running')"
-        )[0][0]

@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pantheon.core.errors import QueueError
 from pantheon.core.store.jobs import (
     JOB_COLUMNS,
     STATUSES,
@@ -32,6 +30,7 @@ from pantheon.core.store.jobs import (
     owner_is_dead,
 )
 from pantheon.core.store.queuedb import DB_FILE, SCHEMA_VERSION, SQL_NOW, QueueDatabase
+from pantheon.core.store.queuereads import QueueReads
 from pantheon.core.store.queueurl import queue_url
 
 __all__ = [
@@ -47,7 +46,7 @@ __all__ = [
 ]
 
 
-class JobQueue(QueueDatabase):
+class JobQueue(QueueReads, QueueDatabase):
     """The queue in ``artifacts/pantheon.db``. One instance per thread.
 
     When ``ARTIFACTS/queue.json`` names a PostgreSQL database (``--queue postgresql://...``),
@@ -64,13 +63,6 @@ class JobQueue(QueueDatabase):
         return super().__new__(cls)
 
     # -- flows ------------------------------------------------------------------------------
-
-    def flow_text(self, sha256: str) -> tuple[str, str]:
-        """The (source, text) of a stored flow."""
-        rows = self._read("SELECT source, text FROM flows WHERE sha256 = ?", (sha256,))
-        if not rows:
-            raise QueueError(f"flow {sha256[:12]} is not in {self.path}")
-        return rows[0][0], rows[0][1]
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -355,30 +347,7 @@ class JobQueue(QueueDatabase):
         with self._write() as db:
             db.execute("DELETE FROM kv WHERE key = ?", (key,))
 
-    def get_value(self, key: str) -> str | None:
-        """The value kept under ``key``, or None."""
-        rows = self._read("SELECT value FROM kv WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
-
     # -- reading ----------------------------------------------------------------------------
-
-    def get(self, job_id: int) -> Job:
-        rows = self._read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        if not rows:
-            raise QueueError(f"no job {job_id} in {self.path}")
-        return job_from_row(rows[0])
-
-    def jobs(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
-        if status is None:
-            rows = self._read(
-                f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
-            )
-        else:
-            rows = self._read(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY id LIMIT ? OFFSET ?",
-                (status, limit, offset),
-            )
-        return [job_from_row(r) for r in rows]
 
     def summaries(
         self, *, changed_since: float | None = None, also: Iterable[int] = ()
@@ -407,75 +376,3 @@ class JobQueue(QueueDatabase):
                 (changed_since, json.dumps(sorted(also))),
             )
         return [JobSummary(*r) for r in rows]
-
-    def node_rows(self) -> list[tuple[int, str, str, str, float]]:
-        """Every finished node: (job id, node, agent, status, seconds)."""
-        return [
-            tuple(r) for r in self._read("SELECT job_id, node, agent, status, seconds FROM nodes")
-        ]
-
-    def node_agents(self, job_id: int) -> dict[str, tuple[str, str, float]]:
-        """The nodes a job finished: node id -> (agent, status, seconds)."""
-        return {
-            node: (agent, status, seconds)
-            for node, agent, status, seconds in self._read(
-                "SELECT node, agent, status, seconds FROM nodes WHERE job_id = ?", (job_id,)
-            )
-        }
-
-    def counts(self) -> Counts:
-        by_flow: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
-        for flow, status, n in self._read(
-            "SELECT flow, status, COUNT(*) FROM jobs GROUP BY flow, status"
-        ):
-            by_flow[flow][status] = n
-        by_agent: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
-        for agent, status, n in self._read(
-            "SELECT next_agent, status, COUNT(*) FROM jobs "
-            "WHERE status IN ('queued', 'running') GROUP BY next_agent, status"
-        ):
-            by_agent[agent][status] = n
-        for agent, status, n in self._read(
-            "SELECT agent, status, COUNT(*) FROM nodes GROUP BY agent, status"
-        ):
-            by_agent[agent][status] = n
-        return Counts(dict(by_flow), dict(by_agent))
-
-    def window(self, since: float) -> dict[str, Any]:
-        """What happened since ``since`` (epoch seconds): arrivals, finished jobs and their mean
-        service time, and per agent the nodes finished, their mean seconds and pass rate."""
-        arrivals, first, last = self._read(
-            "SELECT COUNT(*), MIN(created), MAX(created) FROM jobs WHERE created >= ?", (since,)
-        )[0]
-        finished, service = self._read(
-            "SELECT COUNT(*), AVG(finished - started) FROM jobs "
-            "WHERE finished >= ? AND started IS NOT NULL",
-            (since,),
-        )[0]
-        agents = {
-            agent: {"nodes": n, "mean_s": mean, "passed": ok}
-            for agent, n, mean, ok in self._read(
-                "SELECT agent, COUNT(*), AVG(seconds), SUM(status = 'done') FROM nodes "
-                "WHERE finished >= ? GROUP BY agent",
-                (since,),
-            )
-        }
-        return {
-            "arrivals": arrivals,
-            "first_arrival": first,
-            "last_arrival": last,
-            "finished": finished,
-            "service_s": service,
-            "agents": agents,
-        }
-
-    def review_pairs(self, last: int) -> list[tuple[bool, bool]]:
-        """The verdicts of the two reviewers on the ``last`` most recent reviewed changes."""
-        rows = self._read(
-            "SELECT first, second FROM reviews ORDER BY at DESC, job_id DESC LIMIT ?", (last,)
-        )
-        return [(bool(a), bool(b)) for a, b in rows]
-
-    def pending(self) -> int:
-        """Jobs queued or running (by any engine)."""
-        return self._read("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")[0][0]
