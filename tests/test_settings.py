@@ -18,7 +18,6 @@ from pantheon.core.run.settings import (
     DEFAULT_CODE_MODEL,
     NightSettings,
     load_settings,
-    read_night_settings,
     write_night_settings,
 )
 
@@ -99,7 +98,7 @@ def test_the_night_s_settings_run_an_engine_the_same_way(tmp_path):
     )  # fmt: skip
     artifacts.mkdir()
     path = write_night_settings(night)
-    assert read_night_settings(artifacts) == night
+    assert NightSettings.model_validate(load_settings(path)) == night
     out = pantheon("engine", "--settings", str(path), "--print-settings")
     assert out.returncode == 0, out.stderr
     engine = NightSettings.model_validate_json(out.stdout)

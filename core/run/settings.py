@@ -32,7 +32,6 @@ __all__ = [
     "NightSettings",
     "Work",
     "load_settings",
-    "read_night_settings",
     "settings_error",
     "write_night_settings",
 ]
@@ -294,14 +293,3 @@ def write_night_settings(settings: NightSettings) -> Path:
     path = settings.artifacts / SETTINGS_FILE
     atomic_write_text(path, settings.as_json() + "\n")
     return path
-
-
-def read_night_settings(artifacts: Path) -> NightSettings | None:
-    """The settings the last night on ``artifacts`` ran with; None when there are none."""
-    path = Path(artifacts) / SETTINGS_FILE
-    if not path.exists():
-        return None
-    try:
-        return NightSettings.model_validate(load_settings(path))
-    except ConfigError:
-        return None

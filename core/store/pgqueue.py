@@ -319,13 +319,13 @@ class PostgresQueue(QueueReads, PostgresDatabase):
             cur = await conn.execute(
                 "SELECT id, owner, lease_until FROM pantheon_jobs WHERE status = 'running'"
             )
-            now = time.time()
             rows = await cur.fetchall()
-            dead = [i for i, owner, lease in rows if owner_is_dead(owner) or not lease or lease < 0]
+            # a running job with no lease was never claimed through a live engine; an expired
+            # lease elsewhere is left to the next claim, which PgQueuer re-picks
+            dead = [i for i, owner, lease in rows if lease is None or owner_is_dead(owner)]
             if dead:
                 async with conn.transaction():
                     await self._requeue(conn, "id = ANY(%s) AND status = 'running'", (dead,), "")
-            del now
             return len(dead), 0
 
         return self._call(go())
