@@ -183,3 +183,28 @@ def test_a_night_with_a_remote_it_cannot_reach_stops_before_queuing_anything(hos
     assert out.returncode == 1
     assert "cannot fetch 'main' from the remote 'nowhere'" in out.stderr
     assert not (artifacts / "pantheon.db").exists()
+
+
+def test_a_job_checked_for_an_earlier_landing_starts_from_that_one_fetch(
+    hosts, tmp_path, monkeypatch
+):
+    _, a, b = hosts
+    _change(b, "pantheon/x/2", "b.txt", "two, changed on b\n")
+    assert land(GitRepo(b), "pantheon/x/2", "main", "origin", "Merge 2").merged
+    fetches = []
+    real = remote_mod.fetch_target
+    monkeypatch.setattr(
+        remote_mod, "fetch_target", lambda *args: fetches.append(args) or real(*args)
+    )
+    assert remote_mod.landed(GitRepo(a), "origin", "main", "pantheon/docops/7") is None
+    job = JobWorkspace.open(
+        a,
+        flow="docops",
+        job_id=7,
+        target="main",
+        root=tmp_path / "wt",
+        remote="origin",
+        synced=True,
+    )
+    assert (job.path / "b.txt").read_text() == "two, changed on b\n"
+    assert len(fetches) == 1

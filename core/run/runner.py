@@ -109,6 +109,8 @@ class Runner(CanaryPlanting):
         self._docs_seen: list[dict[str, Any]] = []
         """Frontmatter of this night's docs changes (for a canary about another page)."""
         self._flows: dict[str, Flow] = {}
+        self._synced: set[int] = set()
+        """Jobs whose shared target was fetched when their start checked it had landed."""
         self._agents: dict[type[Agent], Agent] = {}
 
     def flow_for(self, job: Job) -> Flow:
@@ -127,9 +129,13 @@ class Runner(CanaryPlanting):
             return None
         repo = GitRepo(self.clone or Path(str(job.input.get("repo"))))
         target = str(job.input.get("target") or "main")
-        return landed(repo, str(job.input["remote"]), target, branch_name(flow.name, job.id))
+        found = landed(repo, str(job.input["remote"]), target, branch_name(flow.name, job.id))
+        self._synced.add(job.id)  # its worktree starts from the target just fetched
+        return found
 
     def _workspace(self, flow: Flow, job: Job) -> JobWorkspace:
+        synced = job.id in self._synced
+        self._synced.discard(job.id)
         repo = job.input.get("repo")
         if not repo:
             raise GitError(
@@ -142,6 +148,7 @@ class Runner(CanaryPlanting):
             target=str(job.input.get("target") or "main"),
             root=worktrees_path(self.artifacts),
             remote=job.input.get("remote") or None,
+            synced=synced,
         )
 
     def _params(self, cls: type[Agent], given: dict[str, Any]) -> dict[str, Any]:

@@ -328,10 +328,13 @@ class JobWorkspace:
         target: str,
         root: Path,
         remote: str | None = None,
+        synced: bool = False,
     ):
+        """The job's worktree on its branch, made from ``target`` when new; with a ``remote``,
+        from the remote's latest target (fetched here unless the caller just did: ``synced``)."""
         repo = GitRepo(repo_path)
         branch = branch_name(flow, job_id)
-        if remote and not repo.has_branch(branch):  # a new job starts from the shared target
+        if remote and not synced and not repo.has_branch(branch):
             from pantheon.core.work.remote import sync_target
 
             sync_target(repo, remote, target)

@@ -146,9 +146,10 @@ def land(
 
 def landed(repo: GitRepo, remote: str, target: str, branch: str) -> str | None:
     """The merge commit that landed ``branch`` on the remote's ``target`` (its message names
-    the branch: an engine that merged it and died before recording it), or None."""
-    with _remote_lock(repo):
-        tip = fetch_target(repo, remote, target)
+    the branch: an engine that merged it and died before recording it), or None. The local
+    target is brought to the remote's on the way (:func:`sync_target`), so a job that starts
+    next needs no second fetch."""
+    tip = sync_target(repo, remote, target)
     found = repo.attempt(
         "log", "--merges", "--fixed-strings", f"--grep=Merge {branch} (", "--format=%H", "-1", tip
     )
