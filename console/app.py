@@ -137,6 +137,8 @@ class PantheonConsole(App[None]):
                     view.check_runs(changes.runs)
                 if not (changes.queue or changes.runs):
                     changed = view.refresh_in_flight()
+                if "engines" in changes.other:
+                    view.refresh_beats()
             snapshot = NightSnapshot(
                 exists=view.exists,
                 jobs=dict(view.jobs),

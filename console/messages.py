@@ -41,7 +41,8 @@ class NightSnapshot:
     totals: dict[str, int]
     read_at: float
     beats: tuple[EngineBeat, ...] = ()
-    """The engines' heartbeats a shared queue keeps (every host's)."""
+    """The engines' heartbeats (this directory's, and every host's a shared queue keeps),
+    read with the rest, off the UI thread."""
 
 
 @dataclass

@@ -94,3 +94,41 @@ def test_an_engine_on_another_host_is_seen_through_the_shared_queue(tmp_path):
         assert "gpu-2 pid 99 (engine): 1 running, 3 done, 0 failed" in out.stdout
         beat.stop(queue)
         assert "gpu-2" not in pantheon("status", "--artifacts", str(here)).stdout
+
+
+async def test_the_console_lists_the_engines_whose_heartbeat_files_appear(tmp_path):
+    """Two engines on this directory (its own SQLite queue): their heartbeat files are read
+    with the rest of the night, off the UI thread, and the dashboard lists both."""
+    from pantheon.console.app import PantheonConsole
+    from pantheon.core.store.queue import JobQueue
+
+    with JobQueue(tmp_path):
+        pass
+    app = PantheonConsole(tmp_path, debounce_ms=50)
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.pause(0.5)
+        now = time.time()
+        for pid in (41, 42):
+            write_beat(
+                tmp_path,
+                EngineBeat(
+                    owner=f"box:{pid}:ab",
+                    host="box",
+                    pid=pid,
+                    role="engine",
+                    started=now,
+                    beat=now,
+                    running=[],
+                    servers=[],
+                    done=pid - 40,
+                    failed=0,
+                ),
+            )
+        for _ in range(80):
+            await pilot.pause(0.1)
+            if app.snapshot is not None and len(app.snapshot.beats) == 2:
+                break
+        assert [b.pid for b in app.snapshot.beats] == [41, 42]
+        await pilot.pause(1.2)
+        engines = str(app.screen.query_one("#engines").render())
+        assert "box pid 41" in engines and "box pid 42" in engines

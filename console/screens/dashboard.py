@@ -15,7 +15,7 @@ from textual.widgets import Footer, Header, Input, Static
 
 from pantheon.console.format import age, figure, job_age, job_note, job_now
 from pantheon.console.messages import NightChanged, NightSnapshot
-from pantheon.core.observe.engines import lines_of, read_beats
+from pantheon.core.observe.engines import lines_of
 from pantheon.core.observe.quality import blind_gates
 from pantheon.core.store.queue import JobSummary
 from pantheon.core.views.night import RunFilter, table_jobs
@@ -230,8 +230,7 @@ class DashboardScreen(ConsoleScreen):
         if snap is None:
             return
         self._show_summary(snap)
-        beats = read_beats(self.console.artifacts, also=snap.beats)
-        self.query_one(EngineList).lines = tuple(lines_of(beats))
+        self.query_one(EngineList).lines = tuple(lines_of(snap.beats))
         table = self.query_one(RunsTable)
         if not table.display:
             return

@@ -124,7 +124,8 @@ class NightView:
         self._last_full = 0.0
         self._flow_nodes: dict[str, list[tuple[str, str]]] = {}
         self.beats: list[EngineBeat] = []
-        """The engines' heartbeats kept in a queue several hosts share (every host's)."""
+        """The engines' heartbeats: this directory's files, and on a queue several hosts share,
+        every host's kept in it."""
 
     @property
     def shared(self) -> bool:
@@ -145,7 +146,15 @@ class NightView:
     def refresh_all(self) -> set[int]:
         self.refresh_control()
         self.refresh_metrics()
-        return self.refresh_jobs(full=True)
+        changed = self.refresh_jobs(full=True)
+        self.refresh_beats()
+        return changed
+
+    def refresh_beats(self) -> list[EngineBeat]:
+        """This directory's heartbeat files, with what a shared queue kept (read with the
+        jobs)."""
+        self.beats = read_beats(self.artifacts, also=self.beats)
+        return self.beats
 
     def refresh_control(self) -> Control:
         self.control = self._control_file.read()
