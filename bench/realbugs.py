@@ -13,14 +13,22 @@ the library with that one bug is a git repository, and
   headless, then: the bug's tests pass on ``main`` (fixed and merged), every test that passed
   before the bug still passes on ``main`` (no regression merged), and how many candidate fixes
   the test gate refused for breaking another test. Wall time and generated tokens per fix.
+- **the fix harness alone** (``--fix N``): one model server for all bugs, no reviewers and
+  no night; each bug's first job is given to ``run_fix`` once per ``--forms`` (``+lines``:
+  the suspects' hot lines quoted; ``+debug``: two rounds; ``+name``: name the bug first),
+  fixed when the bug's tests pass and every test that passed before still does. The kept
+  diffs are written under ``--keep DIR`` to be read.
 
     python bench/realbugs.py                             # placement, 40 bugs a library
     python bench/realbugs.py --count 20 --night 5 --model qwen2.5-coder-0.5b
+    python bench/realbugs.py --libraries toolz --count 30 --no-placement --fix 8 \\
+        --forms whole_file whole_file+lines --keep /tmp/fixes
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -123,6 +131,109 @@ def _placement(repo: Path, bugs: list[RealBug], tmp: Path) -> dict[str, float]:
     }
 
 
+def _hot_hit(bug: RealBug, job: dict) -> tuple[bool, bool]:
+    """(the job's top suspect is the bug's function and quotes hot lines, one of them is the
+    mutated line or next to it)."""
+    top = (job.get("suspects") or [{}])[0]
+    if (top.get("path"), top.get("name")) != (bug.path, bug.function) or not top.get("lines"):
+        return False, False
+    span = range(bug.line - 1, bug.line + max(1, bug.old_lines.count("\n")) + 1)
+    return True, any(line in span for line in top["lines"])
+
+
+async def _fix_bugs(
+    repo: Path, bugs: list[RealBug], tmp: Path, model: str, forms: list[str], k: int
+) -> dict[str, dict[str, float]]:
+    """The fix harness alone (no reviewers, no night), one model server for all: per form,
+    bugs whose first failing test file's job the harness fixes with the bug's tests passing
+    and no test broken that passed before."""
+    from pantheon.core.errors import NodeError
+    from pantheon.core.model.client import LLMClient
+    from pantheon.core.model.safecall import CallLog
+    from pantheon.core.model.server import ModelServer, ServerConfig
+    from pantheon.core.work.codefix import FixForm, run_fix
+
+    server = ModelServer(
+        tmp / "server", ServerConfig(model=model, port=0, parallel=8, ctx_per_slot=4096)
+    )
+    state = await asyncio.to_thread(server.start)
+    rows = {f: {"fixed": 0, "tried": 0, "tokens": 0, "wall_s": 0.0} for f in forms}
+    hot = near = 0
+    try:
+        async with LLMClient(state.endpoint, timeout_s=1800) as llm:
+            for n, bug in enumerate(bugs):
+                clone = bug_repo(repo, bug, tmp / f"fix{n}")
+                command = resolve_test_command(clone)
+                run = await asyncio.to_thread(run_suite, command, clone, timeout_s=600, cover=True)
+                jobs = failing_test_jobs(clone, command, run=run).jobs
+                passing_before = {t.test for t in run.passed}
+                if not jobs:
+                    print(f"  {n + 1} {bug.id}: no job placed", flush=True)
+                    continue
+                job = jobs[0]
+                quoted, right = _hot_hit(bug, job)
+                hot += quoted
+                near += right
+                target = clone / job["path"]
+                original = target.read_text(encoding="utf-8")
+                said = []
+                for form in forms:
+                    base, *flags = form.split("+")
+                    log = CallLog(tmp / "logs" / f"{n}-{form}")
+                    log.path.parent.mkdir(parents=True, exist_ok=True)
+                    t0 = time.perf_counter()
+                    ok = False
+                    try:
+                        await run_fix(
+                            llm,
+                            root=clone,
+                            path=job["path"],
+                            test_path=job["test"],
+                            task=job["task"],
+                            command=command,
+                            form=FixForm(base),
+                            k=k,
+                            log=log,
+                            suspects=job.get("suspects") or (),
+                            rounds=2 if "debug" in flags else 1,
+                            name_bug="name" in flags,
+                            hot_lines="lines" in flags,
+                        )
+                        diff = subprocess.run(
+                            ["git", "diff"], cwd=clone, capture_output=True, text=True
+                        ).stdout
+                        (tmp / "diffs").mkdir(exist_ok=True)
+                        (tmp / "diffs" / f"{n}-{form}.diff").write_text(
+                            f"# {bug.id} ({bug.function}): {bug.before!r} -> {bug.after!r}\n{diff}"
+                        )
+                        after = await asyncio.to_thread(run_suite, command, clone, timeout_s=600)
+                        outcome = {t.test: t.outcome for t in after.tests.values()}
+                        ok = all(outcome.get(t) == "passed" for t in passing_before) and all(
+                            outcome.get(t) == "passed" for t in bug.failing
+                        )
+                    except NodeError:
+                        pass
+                    finally:
+                        target.write_text(original, encoding="utf-8")
+                    row = rows[form]
+                    row["tried"] += 1
+                    row["fixed"] += ok
+                    row["wall_s"] += time.perf_counter() - t0
+                    row["tokens"] += sum(int(c.get("completion_tokens") or 0) for c in log.read())
+                    said.append(f"{form} {'fixed' if ok else '-'}")
+                print(
+                    f"  {n + 1}/{len(bugs)} {bug.id} ({bug.function}; hot lines "
+                    f"{'quoted' if quoted else 'none'}{', on the bug' if right else ''}): "
+                    + ", ".join(said),
+                    flush=True,
+                )
+    finally:
+        await asyncio.to_thread(server.stop)
+    for row in rows.values():
+        row["hot_lines_quoted"], row["hot_lines_on_bug"] = hot, near
+    return rows
+
+
 def _night(
     repo: Path, bugs: list[RealBug], tmp: Path, model: str | None, code_model: str | None
 ) -> dict[str, float]:
@@ -189,6 +300,20 @@ def main() -> None:
     p.add_argument("--night", type=int, default=0, metavar="N", help="run the night on N bugs")
     p.add_argument("--model", default=None, help="the night's --model")
     p.add_argument("--code-model", default=None, help="the night's --code-model")
+    p.add_argument(
+        "--fix",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the fix harness alone (no reviewers, no night) on N bugs, once per --forms",
+    )
+    p.add_argument(
+        "--forms",
+        nargs="+",
+        default=["whole_file", "whole_file+lines"],
+        help="--fix: the prompt forms compared (flags +lines, +debug, +name)",
+    )
+    p.add_argument("--k", type=int, default=8, help="--fix: candidates a bug")
     p.add_argument("--no-placement", action="store_true", help="only the nights")
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--json", action="store_true")
@@ -225,6 +350,21 @@ def main() -> None:
                     f"discovery {place['discovery_s']} s a repository",
                     flush=True,
                 )
+            if args.fix:
+                model = args.code_model or "qwen2.5-coder-1.5b"
+                fix = asyncio.run(
+                    _fix_bugs(repo, bugs[: args.fix], work, model, args.forms, args.k)
+                )
+                for form, row in fix.items():
+                    print(
+                        f"{name}: fix harness, {model}, {form}, k={args.k}: fixed "
+                        f"{row['fixed']}/{row['tried']}; {row['wall_s'] / max(1, row['tried']):.0f}"
+                        f" s and {row['tokens'] / max(1, row['tried']):.0f} generated tokens a "
+                        f"bug; hot lines quoted for {row['hot_lines_quoted']}, on the bug "
+                        f"{row['hot_lines_on_bug']}",
+                        flush=True,
+                    )
+                results[name]["fix"] = fix
             if args.night:
                 night = _night(repo, bugs[: args.night], work, args.model, args.code_model)
                 print(

@@ -8,7 +8,7 @@ import json
 import textwrap
 
 import pytest
-from helpers import make_repo, scripted_model
+from helpers import git, make_repo, scripted_model
 
 from pantheon.core.errors import NodeError
 from pantheon.core.work.codefix import run_fix
@@ -217,3 +217,43 @@ def test_a_second_round_shows_the_best_failing_candidate_its_own_test_output(tmp
     assert result.chosen.round == 2 and result.chosen.index == 2
     assert "if xs else 0" in (repo / "small.py").read_text()
     assert [c.round for c in result.candidates] == [1, 1, 2, 2]
+
+
+def test_hot_lines_asked_for_are_quoted_in_the_prompt_and_only_then(tmp_path):
+    repo = make_repo(tmp_path / "r", {"small.py": SMALL, "test_small.py": SMALL_TESTS})
+    fixed = (
+        "```python\n"
+        + SMALL.replace("return sum(xs) / (len(xs) + 1)", "return sum(xs) / len(xs) if xs else 0")
+        + "```"
+    )
+    suspects = [{"path": "small.py", "name": "mean", "start": 1, "end": 2, "lines": [2]}]
+    prompts = []
+
+    def answer(body):
+        prompts.append(body["messages"][-1]["content"])
+        return [fixed] * body.get("n", 1)
+
+    for hot in (True, False):
+        llm, http = scripted_model(answer)
+
+        async def go(hot=hot, llm=llm, http=http):
+            try:
+                await run_fix(
+                    llm,
+                    root=repo,
+                    path="small.py",
+                    test_path="test_small.py",
+                    task="Fix mean",
+                    command=resolve_test_command(repo),
+                    k=1,
+                    suspects=suspects,
+                    hot_lines=hot,
+                )
+            finally:
+                await http.aclose()
+
+        asyncio.run(go())
+        git(repo, "checkout", "-q", "--", "small.py")
+    quoted = "2 |     return sum(xs) / (len(xs) + 1)"
+    assert quoted in prompts[0] and "The lines the failing tests run" in prompts[0]
+    assert "The lines the failing tests run" not in prompts[1]

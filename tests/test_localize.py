@@ -229,3 +229,36 @@ def test_a_command_that_is_not_pytest_cannot_be_traced(tmp_path, command):
 
     with pytest.raises(UntraceableError, match="cannot be traced"):
         run_suite(TestCommand(command, "the job's input", "python"), tmp_path)
+
+
+def test_a_jobs_suspect_quotes_the_lines_only_its_failing_tests_run(tmp_path):
+    from pantheon.core.work.focus import hot_lines_text
+
+    source = (
+        "def clamp(x, lo, hi):\n"
+        "    if x < lo:\n"
+        "        return lo\n"
+        "    if x >= hi:\n"
+        "        return hi - 1   # the bug: hi is allowed\n"
+        "    return x\n"
+    )
+    repo = make_repo(
+        tmp_path / "repo",
+        {
+            "clamp.py": source,
+            "test_clamp.py": (
+                "from clamp import clamp\n\n"
+                "def test_inside():\n    assert clamp(3, 0, 10) == 3\n\n"
+                "def test_below():\n    assert clamp(-1, 0, 10) == 0\n\n"
+                "def test_above():\n    assert clamp(12, 0, 10) == 10\n"
+            ),
+        },
+    )
+    _, jobs = _jobs(repo)
+    top = jobs["test_clamp.py"]["suspects"][0]
+    assert (top["name"], list(top["lines"])) == ("clamp", [5])
+    hint = hot_lines_text(source, "clamp.py", jobs["test_clamp.py"]["suspects"])
+    assert "5 |         return hi - 1" in hint and "return x" not in hint
+    # a suspect whose best score many lines share quotes nothing
+    many = [{"path": "clamp.py", "name": "clamp", "lines": list(range(1, 7))}]
+    assert hot_lines_text(source, "clamp.py", many, most=4) == ""

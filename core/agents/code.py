@@ -71,6 +71,9 @@ class Codegen(Agent):
         with its own test output (self-debugging)."""
         name_bug: bool = False
         """Ask for one sentence naming the bug before the code."""
+        hot_lines: bool = False
+        """Quote the lines the failing tests run and the passing tests rarely do (from the
+        job's suspects); off until it measures better than without."""
         max_steps: int = Field(default=6, ge=1, le=50)
         """The tool loop's steps at most."""
         max_tokens: int = Field(default=2048, ge=64, le=8192)
@@ -123,6 +126,7 @@ class Codegen(Agent):
             suspects=input.suspects or (),
             rounds=params.rounds,
             name_bug=params.name_bug,
+            hot_lines=params.hot_lines,
         )
         chosen = result.chosen
         summary = (

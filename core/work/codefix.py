@@ -43,7 +43,7 @@ from pantheon.core.work.edits import (
     apply_reply,
     diff_size,
 )
-from pantheon.core.work.focus import Focus, focus_of, focus_prompt
+from pantheon.core.work.focus import Focus, focus_of, focus_prompt, hot_lines_text
 from pantheon.core.work.hardcode import hard_coded, verdict
 from pantheon.core.work.regress import scratch_copy
 from pantheon.core.work.testcmd import TestCommand, TestRun
@@ -107,9 +107,12 @@ def fix_prompt(
     failure: str,
     test_path: str | None = None,
     test: str | None = None,
+    hint: str = "",
 ) -> list[Message]:
     """The one prompt of a fix: the task, the file to fix, its failing tests' output (and the
-    test file, when asked: small models then tend to answer with the test file itself)."""
+    test file, when asked: small models then tend to answer with the test file itself).
+    ``hint``: where in the file the failing tests part from the passing ones
+    (:func:`~pantheon.core.work.focus.hot_lines_text`), or ""."""
     what = (
         f"Reply with the whole corrected {path} in one ```python block."
         if form is FixForm.WHOLE_FILE
@@ -120,6 +123,7 @@ def fix_prompt(
         f"Task: {task}\n\n"
         f"The file to fix, {path}:\n```python\n{source.rstrip()}\n```\n\n"
         f"{shown_test}"
+        f"{hint}"
         f"Its tests fail:\n```\n{failure}\n```\n\n{what}"
     )
     return [{"role": "system", "content": SYSTEM[form]}, {"role": "user", "content": user}]
@@ -234,6 +238,7 @@ async def run_fix(
     suspects: Sequence[Mapping[str, object]] = (),
     rounds: int = 1,
     name_bug: bool = False,
+    hot_lines: bool = False,
 ) -> FixResult:
     """Fix ``path`` in the worktree ``root`` until ``test_path`` passes; NodeError when no
     candidate does. The kept fix is written into ``root`` (nothing else is touched).
@@ -246,7 +251,8 @@ async def run_fix(
     ``rounds=2`` spends the ``k`` candidates over two rounds: greedy and samples up to half of
     ``k``; then, when none passes, the best failing candidate goes back to the model with its own
     test output (self-debugging) and the rest are sampled from that conversation. ``name_bug``
-    asks for one sentence naming the bug before the code."""
+    asks for one sentence naming the bug before the code. ``hot_lines`` quotes, from the
+    suspects, the lines the failing tests run and the passing ones rarely do."""
     root = Path(root)
     target = root / path
     original = target.read_text(encoding="utf-8")
@@ -265,9 +271,18 @@ async def run_fix(
     # past it is recorded as cut, never applied
     asked = len(focus.code) if focus is not None else len(original)
     max_tokens = min(max_tokens, asked // 2 + 384)
+    hint = ""
+    if hot_lines:
+        shown = [n for n, _, _ in focus.shown] if focus is not None else None
+        hint = hot_lines_text(original, path, suspects, names=shown)
     if focus is not None:
         messages = focus_prompt(
-            focus, task=task, path=path, lines=len(original.splitlines()), failure=failure
+            focus,
+            task=task,
+            path=path,
+            lines=len(original.splitlines()),
+            failure=failure,
+            hint=hint,
         )
     else:
         messages = fix_prompt(
@@ -278,6 +293,7 @@ async def run_fix(
             failure=failure,
             test_path=test_path,
             test=test,
+            hint=hint,
         )
     if name_bug:
         messages[0] = {"role": "system", "content": f"{messages[0]['content']} {NAME_BUG}"}

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pantheon.core.model.client import Message
 from pantheon.core.work.localize import code_units
 
-__all__ = ["FOCUS_SYSTEM", "WHOLE_FILE_CHARS", "Focus", "focus_of", "focus_prompt"]
+__all__ = [
+    "FOCUS_SYSTEM",
+    "WHOLE_FILE_CHARS",
+    "Focus",
+    "focus_of",
+    "focus_prompt",
+    "hot_lines_text",
+]
 
 WHOLE_FILE_CHARS = 6000
 """Files up to this size are shown and asked back whole (about 1 700 tokens of code)."""
@@ -126,8 +133,37 @@ def focus_of(
     return Focus(shown, _outline(source, {n for n, _, _ in shown}), code)
 
 
-def focus_prompt(focus: Focus, *, task: str, path: str, lines: int, failure: str) -> list[Message]:
-    """The one prompt of a focused fix."""
+def hot_lines_text(
+    source: str,
+    path: str,
+    suspects: Sequence[Mapping[str, object]],
+    *,
+    names: Sequence[str] | None = None,
+    most: int = 8,
+) -> str:
+    """The lines of ``path`` where the failing tests part from the passing ones (each
+    suspect's ``lines``), quoted with their numbers, for the prompt; "" when the suspects name
+    none or more than ``most``. ``names``: only these suspects (default: the first
+    :data:`SHOWN_MOST` of ``path``)."""
+    mine = [s for s in suspects if s.get("path") == path]
+    mine = mine[:SHOWN_MOST] if names is None else [s for s in mine if s.get("name") in names]
+    numbers = sorted({int(n) for s in mine for n in (s.get("lines") or ())})  # type: ignore[union-attr]
+    text = source.splitlines()
+    numbers = [n for n in numbers if 1 <= n <= len(text)]
+    if not numbers or len(numbers) > most:
+        return ""
+    width = len(str(numbers[-1]))
+    quoted = "\n".join(f"{n:>{width}} | {text[n - 1].rstrip()}" for n in numbers)
+    return (
+        "The lines the failing tests run and the passing tests rarely do (the bug is often on "
+        f"one of them, or on the line that decides whether they run):\n```\n{quoted}\n```\n\n"
+    )
+
+
+def focus_prompt(
+    focus: Focus, *, task: str, path: str, lines: int, failure: str, hint: str = ""
+) -> list[Message]:
+    """The one prompt of a focused fix (``hint``: :func:`hot_lines_text`, or "")."""
     names = ", ".join(f"`{n}`" for n, _, _ in focus.shown)
     user = (
         f"Task: {task}\n\n"
@@ -135,6 +171,7 @@ def focus_prompt(focus: Focus, *, task: str, path: str, lines: int, failure: str
         f"```python\n{focus.outline}\n```\n\n"
         "The functions its failing tests run that its passing tests rarely do, most "
         f"suspicious first:\n```python\n{focus.code}\n```\n\n"
+        f"{hint}"
         f"Its tests fail:\n```\n{failure}\n```\n\n"
         f"Reply with the corrected function(s) of {names} in one ```python block: only the "
         "function(s) you change, each whole."

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from pantheon.core.work.suite import CoverageMap
 
-__all__ = ["Suspect", "code_units", "rank_suspects", "traceback_frames"]
+__all__ = ["HOT_LINES_KEPT", "Suspect", "code_units", "rank_suspects", "traceback_frames"]
+
+HOT_LINES_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,9 @@ class Suspect:
     """Ochiai: 1.0 when only failing tests ran its best line, and all of them did."""
     failing: int
     """The failing tests that ran it."""
+    lines: tuple[int, ...] = ()
+    """Its lines that score its best score, first in the file first (none when more than
+    :data:`HOT_LINES_KEPT` tie): where in it the failing tests part from the passing ones."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -91,6 +96,13 @@ def traceback_frames(text: str, repo: Path) -> list[tuple[str, int]]:
     return out
 
 
+def _hot(scores: dict[int, float], top: float) -> tuple[int, ...]:
+    """The lines that score ``top``, first in the file first; none when more than
+    :data:`HOT_LINES_KEPT` do (they then say little about where the bug is)."""
+    hot = sorted(line for line, score in scores.items() if score >= top - 1e-9)
+    return tuple(hot) if len(hot) <= HOT_LINES_KEPT else ()
+
+
 def rank_suspects(
     coverage: CoverageMap,
     failing: Collection[str],
@@ -125,20 +137,21 @@ def rank_suspects(
             key = (path, unit[0])
             seen = best.get(key)
             if seen is None:
-                best[key] = [unit, score, ef]
+                best[key] = seen = [unit, score, ef, {}]
             else:
                 if unit[0] == "<module>":
                     seen[0] = ("<module>", min(seen[0][1], line), max(seen[0][2], line))
                 seen[1] = max(seen[1], score)
                 seen[2] = max(seen[2], ef)
+            seen[3][line] = score
     depth: dict[tuple[str, str], int] = {}
     for n, (path, line) in enumerate(frames):
         unit = _unit_of(units_of.get(path, []), line)
         if unit is not None:
             depth[(path, unit[0])] = n + 1  # deeper frames come later in a traceback
     suspects = [
-        Suspect(path, unit[0], unit[1], unit[2], round(score, 4), ef)
-        for (path, _), (unit, score, ef) in best.items()
+        Suspect(path, unit[0], unit[1], unit[2], round(score, 4), ef, _hot(scores, score))
+        for (path, _), (unit, score, ef, scores) in best.items()
     ]
     suspects.sort(
         key=lambda s: (-s.score, -s.failing, -depth.get((s.path, s.name), 0), s.path, s.start)
