@@ -102,7 +102,7 @@ class Test(Agent):
             return self.Output(passed=False, reasons=["a docs test needs the file's path"])
         text = ws.resolve(input.path).read_text(encoding="utf-8")
         meta, body = split_frontmatter(text)
-        checks = check_frontmatter(meta, body, ground=True)
+        checks = check_frontmatter(meta, body)
         problems = failed_checks(checks)
         return self.Output(
             passed=not problems,

@@ -11,9 +11,6 @@ in its output so the morning review sees why.
 - **description length**: 20 to 200 characters;
 - **description in its own words**: not copied from the page (no run of 10 or more words, or
   of most of its own words, taken verbatim from the body);
-- **description speaks of the page** (the gate): at least half of its content words are the
-  page's own (:mod:`pantheon.core.work.grounding`): another page's description, or one that
-  claims what the page never covers, fails;
 - **tags**: 1 to 5 distinct lowercase keywords of a word or two (letters, digits, ``_ + # . -``);
 - **body kept** (the gate): the page's text is still there.
 """
@@ -27,11 +24,8 @@ from typing import Any
 
 import yaml
 
-from pantheon.core.work.grounding import grounding
-
 __all__ = [
     "DESCRIPTION_MAX",
-    "GROUNDED",
     "TITLE_MAX",
     "Check",
     "check_frontmatter",
@@ -44,7 +38,6 @@ DESCRIPTION_MIN = 20
 DESCRIPTION_MAX = 200
 TAGS_MAX = 5
 TAG_MAX = 24
-GROUNDED = "description speaks of the page"
 COPY_RUN = 10
 """Words in a row taken from the body that make a description a copy."""
 
@@ -84,10 +77,8 @@ def copied_run(description: str, body: str) -> int:
     return match.size
 
 
-def check_frontmatter(meta: Any, body: str | None = None, *, ground: bool = False) -> list[Check]:
-    """Every check of ``meta`` (the frontmatter, a mapping); the body checks when it is given;
-    with ``ground`` (the gate), also whether the description speaks of the page
-    (:mod:`pantheon.core.work.grounding`)."""
+def check_frontmatter(meta: Any, body: str | None = None) -> list[Check]:
+    """Every check of ``meta`` (the frontmatter, a mapping); the body checks when it is given."""
     if not isinstance(meta, dict):
         return [Check("frontmatter", False, "no YAML frontmatter mapping at the top of the file")]
     out: list[Check] = []
@@ -149,8 +140,6 @@ def check_frontmatter(meta: Any, body: str | None = None, *, ground: bool = Fals
                 )
             else:
                 out.append(Check("description in its own words", True))
-            if ground:
-                out.append(_grounded(desc, meta.get("title"), body))
     tags = meta.get("tags")
     if not isinstance(tags, list) or not tags:
         out.append(Check("tags", False, "there is no list of tags"))
@@ -176,19 +165,6 @@ def check_frontmatter(meta: Any, body: str | None = None, *, ground: bool = Fals
             else Check("body kept", False, "the document's body is gone")
         )
     return out
-
-
-def _grounded(desc: str, title: Any, body: str) -> Check:
-    page = f"{title}\n{body}" if isinstance(title, str) else body
-    found = grounding(desc, _plain(page))
-    if found.grounded:
-        return Check(GROUNDED, True)
-    return Check(
-        GROUNDED,
-        False,
-        f"the page does not speak of {len(found.missing)} of the description's "
-        f"{found.words} content words ({', '.join(found.missing[:6])}): describe this page",
-    )
 
 
 def failed_checks(checks: list[Check]) -> list[str]:
