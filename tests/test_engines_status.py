@@ -98,7 +98,8 @@ def test_an_engine_on_another_host_is_seen_through_the_shared_queue(tmp_path):
 
 async def test_the_console_lists_the_engines_whose_heartbeat_files_appear(tmp_path):
     """Two engines on this directory (its own SQLite queue): their heartbeat files are read
-    with the rest of the night, off the UI thread, and the dashboard lists both."""
+    with the rest of the night, off the UI thread, and the dashboard lists both; one that
+    stops cleanly leaves the list."""
     from pantheon.console.app import PantheonConsole
     from pantheon.core.store.queue import JobQueue
 
@@ -132,3 +133,12 @@ async def test_the_console_lists_the_engines_whose_heartbeat_files_appear(tmp_pa
         await pilot.pause(1.2)
         engines = str(app.screen.query_one("#engines").render())
         assert "box pid 41" in engines and "box pid 42" in engines
+        # a clean stop removes its file: the engine leaves the list, never shown silent
+        (
+            tmp_path / ENGINES_DIR / next(p.name for p in (tmp_path / ENGINES_DIR).glob("*41*"))
+        ).unlink()
+        for _ in range(80):
+            await pilot.pause(0.1)
+            if len(app.snapshot.beats) == 1:
+                break
+        assert [b.pid for b in app.snapshot.beats] == [42]

@@ -7,7 +7,8 @@ Bursts are merged by ``watchfiles``' debounce, so a night that writes 50 files a
 the callback a couple of batches a second, not 50 calls.
 
 Only a handful of folders are watched, none recursively: the artifacts directory itself (the
-queue database, ``control.json``), ``metrics/``, ``runs/`` (runs that appear) and, when asked,
+queue database, ``control.json``), ``metrics/``, ``runs/`` (runs that appear), ``engines/`` (the
+engines' heartbeats) and, when asked,
 one run's folder and its node folders (for a screen that shows that run). So a night of 10 000
 runs costs a few inotify watches, not 70 000. A folder that does not exist yet (a night that has
 not started) is waited for, and when it appears the watch starts over with it; the callback then
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import watchfiles
 
+from pantheon.core.observe.engines import ENGINES_DIR
 from pantheon.core.store.atomic import TMP_PREFIX
 from pantheon.core.store.layout import CONTROL_FILE, DB_FILE, METRICS_FILE, RUNS
 
@@ -201,7 +203,12 @@ class ArtifactsWatcher:
 
     def _targets(self) -> _Targets:
         t = _Targets()
-        wanted = [self.artifacts, self.artifacts / METRICS_FILE.parent, self.artifacts / RUNS]
+        wanted = [
+            self.artifacts,
+            self.artifacts / METRICS_FILE.parent,
+            self.artifacts / RUNS,
+            self.artifacts / ENGINES_DIR,  # the engines' heartbeat files
+        ]
         if self._run:
             run_dir = self.artifacts / RUNS / self._run
             wanted.append(run_dir)

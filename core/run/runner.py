@@ -130,7 +130,8 @@ class Runner(CanaryPlanting):
         repo = GitRepo(self.clone or Path(str(job.input.get("repo"))))
         target = str(job.input.get("target") or "main")
         found = landed(repo, str(job.input["remote"]), target, branch_name(flow.name, job.id))
-        self._synced.add(job.id)  # its worktree starts from the target just fetched
+        if found is None:  # it runs: its worktree starts from the target just fetched
+            self._synced.add(job.id)
         return found
 
     def _workspace(self, flow: Flow, job: Job) -> JobWorkspace:

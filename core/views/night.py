@@ -126,6 +126,8 @@ class NightView:
         self.beats: list[EngineBeat] = []
         """The engines' heartbeats: this directory's files, and on a queue several hosts share,
         every host's kept in it."""
+        self._kept_beats: list[EngineBeat] = []
+        """The beats a shared queue kept at its last read (none for a queue of this host)."""
 
     @property
     def shared(self) -> bool:
@@ -151,9 +153,9 @@ class NightView:
         return changed
 
     def refresh_beats(self) -> list[EngineBeat]:
-        """This directory's heartbeat files, with what a shared queue kept (read with the
-        jobs)."""
-        self.beats = read_beats(self.artifacts, also=self.beats)
+        """This directory's heartbeat files, with what a shared queue kept at its last read
+        (an engine whose file is gone, a clean stop, is gone from them)."""
+        self.beats = read_beats(self.artifacts, also=self._kept_beats)
         return self.beats
 
     def refresh_control(self) -> Control:
@@ -192,7 +194,8 @@ class NightView:
         self.queue_error = None
         if getattr(queue, "hosts_share", False):
             with contextlib.suppress(PantheonError):
-                self.beats = read_beats(self.artifacts, queue)
+                self._kept_beats = read_beats(self.artifacts, queue)
+                self.beats = self._kept_beats
         # slack for a transaction that committed while we read
         self._since = now - 5.0
         if full:

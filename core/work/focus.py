@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pantheon.core.model.client import Message
-from pantheon.core.work.localize import code_units
+from pantheon.core.work.localize import HOT_LINES_KEPT, code_units
 
 __all__ = [
     "FOCUS_SYSTEM",
@@ -139,7 +139,7 @@ def hot_lines_text(
     suspects: Sequence[Mapping[str, object]],
     *,
     names: Sequence[str] | None = None,
-    most: int = 8,
+    most: int = HOT_LINES_KEPT,
 ) -> str:
     """The lines of ``path`` where the failing tests part from the passing ones (each
     suspect's ``lines``), quoted with their numbers, for the prompt; "" when the suspects name
