@@ -250,6 +250,12 @@ def writers_hint(agent: str, base_model: str) -> str | None:
 
 
 def _evidence(ev) -> str:
+    if ev.judged_by == "scores":
+        return (
+            f"held-out labelled changes scored: AUROC base {ev.base_auroc:.3f}, adapter "
+            f"{ev.adapter_auroc:.3f} on {ev.tasks}; DeLong p = {ev.p_value:.4g}"
+            + (f" ({ev.left_out} could not be judged)" if ev.left_out else "")
+        )
     what = {"pass@1": "held-out code tasks (pass@1)", "labels": "held-out labelled changes"}.get(
         ev.judged_by, "held-out jobs"
     )

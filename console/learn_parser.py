@@ -183,10 +183,12 @@ def _train_args(p: argparse.ArgumentParser, *, budget_default: float | None = No
     )
     p.add_argument(
         "--focus",
-        choices=("reply", "new-lines"),
-        help="what of a reply is learnt from: all of it, or only its lines the prompt does not "
-        "hold, and the end of the turn (default: new-lines for a code writer, whose whole-file "
-        "reply is nearly all copied lines; the whole reply for the others)",
+        choices=("reply", "new-lines", "verdict"),
+        help="what of a reply is learnt from: all of it, only its lines the prompt does not "
+        "hold and the end of the turn, or its first token (a verifier's verdict word) "
+        "(default: new-lines for a code writer, whose whole-file reply is nearly all copied "
+        "lines; verdict for a scored reviewer, whose every reply is pass or fail; the whole "
+        "reply for the others)",
     )
     p.add_argument("--seed", type=int, default=0)
     q = p.add_mutually_exclusive_group()

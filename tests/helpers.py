@@ -30,6 +30,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from pantheon.core import Agent, Engine, JobQueue, NodeContext, default_registry, enqueue, load_flow
+from pantheon.core.agents.review import WHY_FAILS
 from pantheon.core.flows.flow import packaged_flows_dir, parse_flow
 from pantheon.core.learn.files import training_root
 from pantheon.core.model.client import LLMClient
@@ -208,6 +209,30 @@ def scripted_model(
     return LLMClient("http://127.0.0.1:9", http=http, retries=0), http
 
 
+def verdict_reply(body: dict[str, Any], passed: bool, reason: str) -> str | httpx.Response:
+    """A reviewer's answer as the request asks it: a scored verdict (one token, with its
+    logprobs), the one sentence asked after a low score, or a reasoned JSON verdict."""
+    if body.get("logprobs"):
+        word, other = ("pass", "fail") if passed else ("fail", "pass")
+        top = [{"token": word, "logprob": -0.01}, {"token": other, "logprob": -4.6}]
+        choice = {
+            "index": 0,
+            "message": {"content": word},
+            "finish_reason": "length",
+            "logprobs": {"content": [{"token": word, "logprob": -0.01, "top_logprobs": top}]},
+        }
+        usage = {"prompt_tokens": 9, "completion_tokens": 1}
+        return httpx.Response(200, json={"choices": [choice], "usage": usage})
+    if body["messages"][-1]["content"] == WHY_FAILS:
+        return reason
+    return json.dumps({"passed": passed, "reasons": [reason]})
+
+
+def is_why_asked(body: dict[str, Any]) -> bool:
+    """Whether a reviewer's request is the sentence asked after a low score (no verdict)."""
+    return body["messages"][-1]["content"] == WHY_FAILS
+
+
 # -- a night on the scripted server: docops -----------------------------------------------------
 
 META = {"title": "A title", "description": "What the reader learns here.", "tags": ["kv"]}
@@ -220,8 +245,9 @@ def docops_model(verdicts: dict[str, bool]) -> tuple[LLMClient, httpx.AsyncClien
     def answer(body):
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
-            ok = verdicts["b" if "limited to adding" in body["messages"][-1]["content"] else "a"]
-            return json.dumps({"passed": ok, "reasons": ["fine" if ok else "wrong title"]})
+            asked = body["messages"][1]["content"]
+            ok = verdicts["b" if "limited to adding" in asked else "a"]
+            return verdict_reply(body, ok, "fine" if ok else "wrong title")
         return json.dumps(META)
 
     return scripted_model(answer, usage={"prompt_tokens": 9, "completion_tokens": 9})
@@ -261,7 +287,9 @@ def codefix_model(fixes, verdicts) -> tuple[LLMClient, httpx.AsyncClient]:
     def answer(body):
         system = body["messages"][0]["content"]
         if system.startswith("You review"):
-            return [json.dumps({"passed": verdicts.pop(0), "reasons": ["looked at it"]})]
+            if is_why_asked(body):
+                return "looked at it"
+            return verdict_reply(body, verdicts.pop(0), "looked at it")
         if steps:
             return [json.dumps(steps.pop(0))]
         # n choices in one request, as llama-server answers OpenAI's n

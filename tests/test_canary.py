@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import codefix_night, git, scripted_model
+from helpers import codefix_night, git, scripted_model, verdict_reply
 from scipy.stats import binomtest
 
 from pantheon.core.observe.canaries import canary_scores, canary_text, read_canaries
@@ -191,7 +191,7 @@ def model(judge):
     def answer(body):
         if body["messages"][0]["content"].startswith("You review"):
             ok = judge(body["messages"][1]["content"])
-            return [json.dumps({"reasons": ["read the diff"], "passed": ok})]
+            return verdict_reply(body, ok, "read the diff")
         return [f"```python\n{FIXED}```"] * body.get("n", 1)
 
     return scripted_model(
@@ -223,10 +223,9 @@ def test_reviewers_who_pass_a_canary_pause_merges_and_the_canary_is_never_merged
     repo, run = night(tmp_path, artifacts, registry, lambda prompt: True)
     canary = json.loads((run / "canary" / "canary.json").read_text())
     assert canary["right"] is False and canary["kind"] in CODE_KINDS
-    assert canary["verdicts"] == {
-        "review_a": {"passed": True, "reasons": ["read the diff"]},
-        "review_b": {"passed": True, "reasons": ["read the diff"]},
-    }
+    for verdict in canary["verdicts"].values():  # scored: P(pass) is the reason given
+        assert verdict["passed"] is True and verdict["reasons"] == ["P(pass) 0.99, threshold 0.50"]
+    assert sorted(canary["verdicts"]) == ["review_a", "review_b"]
     assert canary["diff"].startswith("diff --git")
     assert (run / "canary" / "review_a" / "calls.jsonl").is_file(), "its calls are labelled data"
     [line] = read_canaries(artifacts)
@@ -367,3 +366,35 @@ def test_an_informative_gate_that_misses_the_canaries_still_pauses_merges(
     text = sample_text(read_samples(artifacts)[-1])
     assert "code AUROC 0.93 (95% CI 0.86–0.99" in text and "no information" not in text
     assert "threshold 0.78: 71% of defects caught, 38% of good changes passed" in text
+
+
+def test_a_night_scores_against_the_calibrated_threshold_of_each_informative_reviewer(
+    tmp_path, artifacts, registry
+):
+    """A reviewer whose calibration carries information scores against the threshold it fit;
+    one whose calibration carries none keeps the flow's default (0.5), and so does a
+    calibration of another model or adapter."""
+    from pantheon.core.observe.quality import Calibration, write_calibration
+
+    def cal(reviewer: str, threshold: float, auroc: float, **kw) -> Calibration:
+        low, high = (auroc - 0.1, min(1.0, auroc + 0.1)) if auroc > 0.6 else (0.3, 0.7)
+        fields = dict(model="m", adapter=None, max_defects_through=0.2, good=20, bad=20)
+        fields |= dict(defects_caught=0.8, good_passed=0.9) | kw
+        return Calibration(
+            reviewer=reviewer, kind="code", threshold=threshold, auroc=auroc, low=low, high=high,
+            **fields,
+        )  # fmt: skip
+
+    write_calibration(
+        artifacts,
+        [
+            cal("review_a", 0.995, 0.52),  # no information: not used
+            cal("review_a", 0.999, 0.95, adapter="someone-elses"),
+            cal("review_b", 0.995, 0.95),
+        ],
+    )
+    _, run = night(tmp_path, artifacts, registry, lambda prompt: True, canary_every=0)
+    a = json.loads((run / "review_a" / "output.json").read_text())
+    b = json.loads((run / "review_b" / "output.json").read_text())
+    assert a["passed"] is True and a["reasons"] == ["P(pass) 0.99, threshold 0.50"]
+    assert b["passed"] is False and b["reasons"][-1] == "P(pass) 0.990, threshold 0.995"

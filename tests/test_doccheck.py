@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from helpers import scripted_model
+from helpers import is_why_asked, scripted_model, verdict_reply
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
@@ -81,7 +81,9 @@ def test_every_page_of_the_corpus_has_a_body_and_no_frontmatter_check_crashes():
 def scripted_writer(replies, verdicts):
     def answer(body):
         if body["messages"][0]["content"].startswith("You review"):
-            return [json.dumps({"passed": verdicts.pop(0), "reasons": ["fine"]})]
+            if is_why_asked(body):
+                return "fine"
+            return verdict_reply(body, verdicts.pop(0), "fine")
         assert "maxLength" not in json.dumps(body.get("response_format")), (
             "no grammar cuts the model's text"
         )

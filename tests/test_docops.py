@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from helpers import META, docops_model, docops_night, git, scripted_model
+from helpers import META, docops_model, docops_night, git, scripted_model, verdict_reply
 
 from pantheon.core import Engine, JobQueue, enqueue, load_flow
 from pantheon.core.flows.flow import packaged_flows_dir
@@ -153,11 +153,8 @@ def test_a_writer_that_breaks_a_check_gets_sampled_replies_and_the_first_that_pa
 
     def answer(body):
         if body["messages"][0]["content"].startswith("You review"):
-            answers = [{"reasons": ["fine"], "passed": True}]
-        elif body.get("n"):
-            answers = [two, good, good, two][: body["n"]]
-        else:
-            answers = [two]
+            return verdict_reply(body, True, "fine")
+        answers = [two, good, good, two][: body["n"]] if body.get("n") else [two]
         return [json.dumps(a) for a in answers]
 
     llm, http = scripted_model(

@@ -367,7 +367,7 @@ class _DocsModelServer:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        from helpers import META
+        from helpers import META, verdict_reply
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:
@@ -390,11 +390,14 @@ class _DocsModelServer:
                     self._json(404, {"error": "not here"})
                     return
                 system = body["messages"][0]["content"]
-                text = (
-                    json.dumps({"passed": True, "reasons": ["fine"]})
-                    if system.startswith("You review")
-                    else json.dumps(META)
-                )
+                if system.startswith("You review"):
+                    reply = verdict_reply(body, True, "fine")
+                    if not isinstance(reply, str):
+                        self._json(200, json.loads(reply.content))
+                        return
+                    text = reply
+                else:
+                    text = json.dumps(META)
                 choices = [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}]
                 usage = {"prompt_tokens": 9, "completion_tokens": 9}
                 self._json(200, {"choices": choices, "usage": usage})

@@ -132,7 +132,7 @@ def test_the_threshold_lets_at_most_the_target_share_of_defects_through():
     assert strict.value == 0.9 and strict.defects_through == 0.0 and strict.good_passed == 0.4
 
 
-def _review(tmp_path, top, reason="It returns 5 for (6, 0, 10) whatever the bounds."):
+def _review(tmp_path, top, reason="It returns 5 for (6, 0, 10) whatever the bounds.", backend=None):
     bodies = []
 
     def answer(body):
@@ -165,7 +165,10 @@ def _review(tmp_path, top, reason="It returns 5 for (6, 0, 10) whatever the boun
             ReviewPeer.Input(task="fix clamp", kind="code", test_passed=True), ctx
         )
 
-    out = run((scripted(answer), go))
+    llm, http = scripted(answer)
+    if backend is not None:
+        llm.backend = backend
+    out = run(((llm, http), go))
     return out, bodies, CallLog(node).read()
 
 
@@ -186,6 +189,19 @@ def test_a_change_scored_low_fails_and_its_reason_is_asked_after_the_verdict(tmp
     why = bodies[1]["messages"]
     assert why[-2] == {"role": "assistant", "content": "fail"} and why[-1]["content"] == WHY_FAILS
     assert [c["kind"] for c in calls] == ["score", "reason"]
+
+
+def test_a_scored_reviewer_on_a_server_without_logprobs_reviews_with_reasons(tmp_path, caplog):
+    """The OpenVINO server gives no logprobs: a scored reviewer there gives the reasoned review
+    (its verdict carries no P(pass)) and the log says so once, instead of failing every job."""
+    from pantheon.core.model.client import Backend
+
+    verdict = json.dumps({"reasons": ["It fixes the comparison."], "passed": True})
+    out, bodies, calls = _review(tmp_path, None, reason=verdict, backend=Backend.OPENVINO)
+    assert out.passed and out.score is None and out.reasons == ["It fixes the comparison."]
+    assert "logprobs" not in bodies[0] and "one word" not in bodies[0]["messages"][-1]["content"]
+    assert calls and all(c.get("kind") != "score" for c in calls)
+    assert "gives no logprobs" in caplog.text
 
 
 @pytest.fixture(scope="module")

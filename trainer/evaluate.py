@@ -49,6 +49,7 @@ from pantheon.core.work.git import GitError, GitRepo
 
 from .examples import STATS, TASKS, read_examples, read_tasks
 from .options import EvaluationError
+from .verifier import decide_auroc, is_verifier_data
 
 __all__ = [
     "EvaluationError",
@@ -171,8 +172,11 @@ def evaluate(
                 f"{state.agent} has no held-out labelled example to judge an adapter on",
                 hint="a night with canaries (--canary-every) labels reviewer examples",
             )
-        items: list[Any] = interleaved_labels(labelled)[: limit or None]
-        if not items:
+        if is_verifier_data(labelled):  # a verifier: judged as a scorer, on every change
+            mode, items = "scores", labelled[: limit or None]
+        else:
+            items = interleaved_labels(labelled)[: limit or None]
+        if len({bool(e["label"]) for e in items}) < 2:
             said = "pass" if labelled[0]["label"] else "fail"
             raise EvaluationError(
                 f"{state.agent}'s {len(labelled)} held-out labelled examples all say {said}: "
@@ -251,7 +255,11 @@ def evaluate(
         )
     b = sum(1 for r in results if r.base and not r.adapter)
     c = sum(1 for r in results if r.adapter and not r.base)
-    promoted, p, reason = decide(b, c, alpha)
+    aucs = None
+    if mode == "scores":
+        promoted, p, reason, aucs = decide_auroc(results, alpha)
+    else:
+        promoted, p, reason = decide(b, c, alpha)
     evaluation = Evaluation(
         training=state.id,
         agent=state.agent,
@@ -266,6 +274,8 @@ def evaluate(
         promoted=promoted,
         reason=reason,
         judged_by=mode,
+        base_auroc=aucs[0] if aucs else None,
+        adapter_auroc=aucs[1] if aucs else None,
         left_out=left_out,
         results=results,
         seconds=round(time.monotonic() - t0, 1),
@@ -320,6 +330,10 @@ async def _run_judge(
     try:
         if mode == "pass@1":
             return await judge_pass_at_1(llm, items, adapter, parallel=parallel, on_task=on_task)
+        if mode == "scores":
+            from .verifier import judge_scores
+
+            return await judge_scores(llm, items, adapter, parallel=parallel, on_task=on_task)
         output = getattr(registry.get(agent), "Verdict", None) or registry.get(agent).Output
         return await judge_labels(llm, items, adapter, output, parallel=parallel, on_task=on_task)
     finally:

@@ -27,6 +27,7 @@ from typing import Any
 from pantheon.core.agents.base import AgentRegistry
 from pantheon.core.agents.review import ReviewPeer, review_messages
 from pantheon.core.flows.flow import Flow, load_flow, packaged_flows_dir
+from pantheon.core.model.scoring import verdict_word
 from pantheon.core.work.labelled import (
     Labelled,
     code_changes,
@@ -36,6 +37,7 @@ from pantheon.core.work.labelled import (
 
 __all__ = [
     "CORPUS_PROBLEMS",
+    "as_gated",
     "corpus_changes",
     "reviewer_examples",
     "verdict_reasons",
@@ -60,6 +62,21 @@ def verdict_reasons(why: str) -> list[str]:
     """The reason as the reviewer's list: one short sentence each (the verdict's own limit)."""
     parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+(?=[A-Z])", why) if p.strip()]
     return [p if len(p) < 300 else p[:296].rstrip() + "…" for p in parts][:6] or [why[:296]]
+
+
+def as_gated(given: ReviewPeer.Input, good: Labelled) -> ReviewPeer.Input:
+    """A change as a scored reviewer sees it at night, where only what the gates pass reaches
+    it: with the gates' report of its task's real fix (its tests passed). A defect the tests
+    or checks caught becomes a hard case, judged on its diff alone — a wrong fix the tests
+    would have failed is still a wrong fix — so a verifier learns to read the change, not
+    the test result."""
+    return given.model_copy(
+        update={
+            "test_passed": good.test_passed,
+            "test_report": good.test_report,
+            "test_output": None,
+        }
+    )
 
 
 def _reviewers(flow: Flow, agent: str) -> list[tuple[str, ReviewPeer.Params]]:
@@ -88,6 +105,7 @@ def reviewer_examples(
     if changes is None:
         with tempfile.TemporaryDirectory(prefix="pantheon-labelled-") as tmp:
             changes = corpus_changes(Path(tmp), problems)
+    passing = {c.key: c for c in changes if c.right and c.test_passed}
     out = []
     for change in changes:
         given = ReviewPeer.Input(
@@ -97,11 +115,17 @@ def reviewer_examples(
             test_report=change.test_report,
             test_output=change.test_output,
         )
-        reply = json.dumps(
+        reasoned = json.dumps(
             {"reasons": verdict_reasons(change.why), "passed": change.right}, indent=2
         )
         for node, params in nodes[change.flow]:
-            messages = review_messages(given, change.diff, params.instructions, page=change.page)
+            shown = given
+            if params.scored and change.key in passing:
+                shown = as_gated(given, passing[change.key])
+            messages = review_messages(
+                shown, change.diff, params.instructions, page=change.page, scored=params.scored
+            )
+            reply = verdict_word(change.right) if params.scored else reasoned
             messages.append({"role": "assistant", "content": reply})
             out.append(
                 {

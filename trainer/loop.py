@@ -257,8 +257,12 @@ def _train_one(
     entry.action, entry.promoted = "trained", promoted
     entry.evaluation = ev.model_dump(mode="json", exclude={"results"})
     entry.why = ev.reason
+    said = (
+        f"AUROC base {ev.base_auroc:.2f}, adapter {ev.adapter_auroc:.2f} on {ev.tasks}"
+        if ev.base_auroc is not None and ev.adapter_auroc is not None
+        else f"base {ev.base_passed}/{ev.tasks}, adapter {ev.adapter_passed}/{ev.tasks}"
+    )
     say(
-        f"{entry.agent}: held out ({ev.judged_by}): base {ev.base_passed}/{ev.tasks}, adapter "
-        f"{ev.adapter_passed}/{ev.tasks}, p = {ev.p_value:.3g}: "
+        f"{entry.agent}: held out ({ev.judged_by}): {said}, p = {ev.p_value:.3g}: "
         + ("promoted" if promoted else "not promoted")
     )

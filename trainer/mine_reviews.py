@@ -15,6 +15,7 @@ from typing import Any
 
 from pantheon.core.flows.flow import Flow
 from pantheon.core.learn.files import MineStats
+from pantheon.core.model.scoring import verdict_word
 from pantheon.core.store.layout import CALLS_FILE
 from pantheon.core.store.queue import Job
 from pantheon.core.store.runs import RUNS
@@ -55,14 +56,20 @@ def _labelled(
     if not calls:
         state.leave("no review call")
         return False
-    used = [c for c in calls if not c.get("error") and isinstance(c.get("parsed"), dict)]
-    call = used[-1] if used else calls[0]
-    raw = call.get("raw")
-    parsed = call.get("parsed") if used else None
-    if isinstance(parsed, dict) and parsed.get("passed") is right and isinstance(raw, str):
-        reply, own = raw, True
+    scored = [c for c in calls if c.get("kind") == "score"]
+    if scored:  # a scored verdict: the one word, whatever the model would have said
+        call = scored[-1]
+        reply = verdict_word(right)
+        own = isinstance(call.get("raw"), str) and call["raw"].strip().lower() == reply
     else:
-        reply, own = json.dumps({"reasons": [why], "passed": right}, indent=2), False
+        used = [c for c in calls if not c.get("error") and isinstance(c.get("parsed"), dict)]
+        call = used[-1] if used else calls[0]
+        raw = call.get("raw")
+        parsed = call.get("parsed") if used else None
+        if isinstance(parsed, dict) and parsed.get("passed") is right and isinstance(raw, str):
+            reply, own = raw, True
+        else:
+            reply, own = json.dumps({"reasons": [why], "passed": right}, indent=2), False
     messages = chat_messages(call)
     if not messages:
         state.leave("unusable call")

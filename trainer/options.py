@@ -66,11 +66,12 @@ class TrainOptions(BaseModel):
     explode: float = Field(default=4.0, gt=1)
     """A step whose loss is over this many times the first steps' is a diverging training: it
     stops, with the reason."""
-    focus: Literal["reply", "new-lines"] | None = None
-    """What of a reply is learnt from: all of it, or only its lines the prompt does not hold
+    focus: Literal["reply", "new-lines", "verdict"] | None = None
+    """What of a reply is learnt from: all of it, only its lines the prompt does not hold
     (and the end of the turn) — a code writer's whole-file reply is nearly all copied lines,
-    which teach nothing. None: new lines for a code writer (an agent judged by pass@1), the
-    whole reply for the others."""
+    which teach nothing — or its first token only (a verifier: the verdict word, pass or
+    fail). None: new lines for a code writer (an agent judged by pass@1), the verdict for a
+    reviewer whose examples are all one-word verdicts, the whole reply for the others."""
     qlora: bool | None = None
     """4-bit NF4 base weights: None means when CUDA and bitsandbytes are present."""
     gradient_checkpointing: bool | None = None

@@ -23,6 +23,7 @@ __all__ = [
     "checkpointing_wanted",
     "enable_checkpointing",
     "encode",
+    "first_token_only",
     "heldout_loss",
     "learnt",
     "load_base",
@@ -146,6 +147,14 @@ def encode(
         if keep is not None and n_prompt == 0:  # the cut reached the reply
             keep = keep[len(keep) - len(ids) :]
     return (ids, n_prompt) if keep is None else (ids, n_prompt, keep)
+
+
+def first_token_only(item: Item) -> Item:
+    """The item learning from its reply's first token only: a verifier's verdict word, not
+    the end of the turn after it."""
+    ids, n_prompt = item[0], item[1]
+    reply = len(ids) - n_prompt
+    return (ids, n_prompt, [True] + [False] * (reply - 1)) if reply > 0 else item
 
 
 def learnt(item: Item) -> int:

@@ -37,6 +37,7 @@ from pantheon.core.learn.files import (
     training_id,
     training_root,
 )
+from pantheon.core.model.scoring import is_verdict
 from pantheon.core.store.atomic import append_line, atomic_write_json
 
 from .examples import DATA, STATS, TASKS, read_examples
@@ -52,6 +53,7 @@ from .steps import (
     checkpointing_wanted,
     enable_checkpointing,
     encode,
+    first_token_only,
     heldout_loss,
     learnt,
     load_base,
@@ -127,8 +129,7 @@ def start(
     ``NotEnoughData`` with the counts when the agent has too few training examples."""
     options = options or TrainOptions()
     if options.focus is None:
-        writer = is_code_writer(agent)
-        options = options.model_copy(update={"focus": "new-lines" if writer else "reply"})
+        options = options.model_copy(update={"focus": default_focus(artifacts, agent)})
     n_train, n_heldout = check_data(artifacts, agent, options)
     tid = training_id(agent)
     folder = training_root(artifacts) / tid
@@ -156,6 +157,19 @@ def start(
     )
     _save_state(folder, state)
     return folder
+
+
+def default_focus(artifacts: Path, agent: str) -> str:
+    """New lines for a code writer; the verdict token for a verifier (every reply one word,
+    pass or fail: a scored reviewer's examples); else the whole reply."""
+    if is_code_writer(agent):
+        return "new-lines"
+    try:
+        examples, _ = read_examples(artifacts, agent, None)
+    except PantheonError:
+        return "reply"
+    replies = [e["messages"][-1]["content"] for e in examples if e["split"] == "train"]
+    return "verdict" if replies and all(is_verdict(r) for r in replies) else "reply"
 
 
 def is_code_writer(agent: str) -> bool:
@@ -270,6 +284,8 @@ def _train(
             if e["split"] == split:
                 focus = new_line_spans(e["messages"]) if options.focus == "new-lines" else None
                 item = encode(tok, e["messages"], options.max_tokens, focus)
+                if options.focus == "verdict":  # the loss on the verdict token only
+                    item = first_token_only(item)
                 if item[1] < len(item[0]):
                     out.append(item)
         return out

@@ -90,7 +90,12 @@ def _learning_lines(learning: dict[str, Any]) -> list[str]:
         ev = a.get("evidence") or {}
         used = a.get("adapter") or "the base model"
         text = f"{a['agent']}: {used}"
-        if ev.get("tasks"):
+        if ev.get("tasks") and ev.get("adapter_auroc") is not None:
+            text += (
+                f"; held out (scores): AUROC base {ev['base_auroc']:.2f}, adapter "
+                f"{ev['adapter_auroc']:.2f} on {ev['tasks']}, p = {ev.get('p_value', 1):.3g}"
+            )
+        elif ev.get("tasks"):
             text += (
                 f"; held out ({ev.get('judged_by')}): base {ev['base_passed']}/{ev['tasks']}, "
                 f"adapter {ev['adapter_passed']}/{ev['tasks']}, p = {ev.get('p_value', 1):.3g}"

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pantheon.core.errors import ArtifactError
+from pantheon.core.learn.evaluation import Evaluation, TaskResult
 from pantheon.core.store.atomic import atomic_write_json, locked, read_json
 from pantheon.core.store.jsonl import parse_jsonl
 
@@ -123,51 +124,6 @@ class ProgressRow(BaseModel):
     eta_s: float | None = None
     heldout_loss: float | None = None
     """Measured at this step (every few steps)."""
-    at: datetime | None = None
-
-
-class TaskResult(BaseModel):
-    """One held-out job, run with the base model and with the adapter."""
-
-    run: str
-    base: bool
-    adapter: bool
-    base_error: str | None = None
-    adapter_error: str | None = None
-    base_change: str | None = None
-    """A code task's fix that passed, as a unified diff of the file (what to read)."""
-    adapter_change: str | None = None
-
-
-class Evaluation(BaseModel):
-    """``training/<id>/evaluation.json``: the evidence behind a promotion decision.
-
-    McNemar's exact test on the paired outcomes: ``b`` tasks only the base model passed, ``c``
-    only the adapter passed; ``p_value`` is the one-sided binomial probability of at least ``c``
-    of ``b + c`` discordant pairs going the adapter's way by chance.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    training: str
-    agent: str
-    adapter: str
-    tasks: int
-    base_passed: int
-    adapter_passed: int
-    b: int
-    c: int
-    p_value: float
-    alpha: float
-    promoted: bool
-    reason: str
-    judged_by: str = "flow"
-    """flow (each held-out job through its whole flow), pass@1 (one greedy code fix, the real
-    tests judging) or labels (a reviewer's verdicts against the known right ones)."""
-    left_out: int = 0
-    """Held-out tasks that could not be judged (a repository gone, a server error)."""
-    results: list[TaskResult] = Field(default_factory=list)
-    seconds: float = 0.0
     at: datetime | None = None
 
 

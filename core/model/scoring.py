@@ -23,7 +23,15 @@ from pantheon.core.errors import ModelServerError, ReplyError
 from pantheon.core.model.client import ChatReply, LLMClient, Message
 from pantheon.core.model.safecall import CallLog, stall_fields
 
-__all__ = ["TOP_LOGPROBS", "VERDICT_WORDS", "Score", "score_reply", "score_verdict"]
+__all__ = [
+    "TOP_LOGPROBS",
+    "VERDICT_WORDS",
+    "Score",
+    "is_verdict",
+    "score_reply",
+    "score_verdict",
+    "verdict_word",
+]
 
 TOP_LOGPROBS = 20
 """How many likeliest first tokens the server is asked for."""
@@ -44,6 +52,16 @@ class Score:
     said: str
     """The token the model would have said (its likeliest)."""
     reply: ChatReply
+
+
+def verdict_word(passed: bool) -> str:
+    """The one word a scored verdict is: what a verifier learns to say."""
+    return VERDICT_WORDS[0] if passed else VERDICT_WORDS[1]
+
+
+def is_verdict(reply: str) -> bool:
+    """Whether a reply is a scored verdict's one word (a verifier's example)."""
+    return reply.strip().lower() in VERDICT_WORDS
 
 
 def _word(token: str) -> str | None:

@@ -19,7 +19,17 @@ __all__ = ["learning_section", "node_adapters"]
 BASE = "base"
 """The night's nodes whose calls named no adapter."""
 
-_EVIDENCE = ("judged_by", "tasks", "base_passed", "adapter_passed", "b", "c", "p_value")
+_EVIDENCE = (
+    "judged_by",
+    "tasks",
+    "base_passed",
+    "adapter_passed",
+    "b",
+    "c",
+    "p_value",
+    "base_auroc",
+    "adapter_auroc",
+)
 
 
 def _first_call(path: Path) -> dict[str, Any] | None:

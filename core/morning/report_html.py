@@ -181,7 +181,13 @@ def _learning(learning: dict[str, Any]) -> str:
     rows = []
     for a in agents:
         ev = a.get("evidence") or {}
-        if ev.get("tasks"):
+        if ev.get("tasks") and ev.get("adapter_auroc") is not None:
+            evidence = (
+                f"scores: AUROC base {_fmt(ev.get('base_auroc'), 3)}, adapter "
+                f"{_fmt(ev.get('adapter_auroc'), 3)} on {ev['tasks']} held-out changes; "
+                f"p = {_fmt(ev.get('p_value'), 3)}"
+            )
+        elif ev.get("tasks"):
             n = ev["tasks"]
             evidence = (
                 f"{_e(ev.get('judged_by'))}: base {ev['base_passed']}/{n} "

@@ -34,7 +34,14 @@ from pantheon.core.model.scoring import score_verdict
 from pantheon.core.observe.quality import Calibration, fit_threshold, quality
 from pantheon.core.work.labelled import Labelled
 
-__all__ = ["FLOW_FILES", "calibrate", "labelled_changes", "reviewer_nodes", "tune_half"]
+__all__ = [
+    "FLOW_FILES",
+    "calibrate",
+    "calibrated_thresholds",
+    "labelled_changes",
+    "reviewer_nodes",
+    "tune_half",
+]
 
 FLOW_FILES = {"code": "codefix.yaml", "docs": "docops.yaml"}
 """The shipped flow whose reviewers judge each kind of change."""
@@ -193,3 +200,32 @@ async def calibrate(
                 )
             )
     return results
+
+
+def calibrated_thresholds(
+    artifacts: Path, model: str | None, adapter: str | None
+) -> dict[tuple[str, str], Calibration]:
+    """(flow, reviewer node) -> the calibration whose threshold a night's scored reviewer uses
+    in place of its flow's default: the latest of each shipped flow's reviewer measured on the
+    same adapter (and model, where the night knows it), when it carries information. A
+    reviewer whose calibration carries none keeps its default: a threshold fit on scores that
+    say nothing is no better than any other. A corrupt calibration file gives none."""
+    from pantheon.core.observe.quality import read_calibration
+
+    try:
+        found = read_calibration(artifacts)
+    except PantheonError:
+        return {}
+    flows = {kind: Path(name).stem for kind, name in FLOW_FILES.items()}
+    out: dict[tuple[str, str], Calibration] = {}
+    for c in sorted(found, key=lambda c: c.at):
+        if c.kind not in flows or c.reviewer == "gate" or c.adapter != adapter:
+            continue
+        if model is not None and c.model != model:
+            continue
+        key = (flows[c.kind], c.reviewer)
+        if c.informative:
+            out[key] = c
+        else:
+            out.pop(key, None)
+    return out

@@ -42,7 +42,7 @@ class CanaryPlanting:
     canary_every: int
     on_canary: Callable[[], object] | None
     _docs_seen: list[dict[str, Any]]
-    # and the runner's methods: _workspace(flow, job), _params(cls, given), _agent(cls)
+    # and the runner's methods: _workspace(flow, job), _params(cls, given, at), _agent(cls)
 
     async def _maybe_canary(
         self,
@@ -214,7 +214,7 @@ class CanaryPlanting:
     ) -> tuple[dict[str, Any] | None, str | None]:
         """One node of the flow on the canary's branch: (its output, or why it has none)."""
         cls = flow.agents[node]
-        given = self._params(cls, flow.node(node).params)
+        given = self._params(cls, flow.node(node).params, (flow.name, node))
         node_dir = folder / node
         node_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -94,6 +94,8 @@ class Runner(CanaryPlanting):
         self.on_node = on_node
         self.adapters: dict[str, str] = dict(adapters or {})
         """Agent name -> the LoRA adapter its model calls use, unless its node names one."""
+        self.thresholds: dict[tuple[str, str], float] = self._calibrated()
+        """(flow, node) -> a scored reviewer's calibrated threshold (``pantheon reviewers``)."""
         self.stop_between_nodes = False
         """Set by a graceful stop: finish the nodes in flight, start no new ones."""
         self.current: dict[int, str] = {}
@@ -152,12 +154,36 @@ class Runner(CanaryPlanting):
             synced=synced,
         )
 
-    def _params(self, cls: type[Agent], given: dict[str, Any]) -> dict[str, Any]:
-        """A node's params, with its agent's promoted adapter unless the node names one."""
+    def _params(
+        self, cls: type[Agent], given: dict[str, Any], at: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A node's params (``at``: its flow and node), with its agent's promoted adapter
+        unless the node names one, and a scored reviewer's calibrated threshold unless the
+        node gives one."""
         adapter = self.adapters.get(cls.name)
         if adapter and "adapter" in cls.Params.model_fields and not given.get("adapter"):
-            return {**given, "adapter": adapter}
+            given = {**given, "adapter": adapter}
+        calibrated = self.thresholds.get(at) if at else None
+        if calibrated and given.get("scored") and "threshold" not in given:
+            given = {**given, "threshold": calibrated}
         return given
+
+    def _calibrated(self) -> dict[tuple[str, str], float]:
+        """(flow, node) -> the threshold each scored reviewer's calibration fit."""
+        from pantheon.core.run.calibrate import calibrated_thresholds
+
+        llm = self.agent_llms.get("review.peer", self.llm)
+        adapter = self.adapters.get("review.peer")
+        found = calibrated_thresholds(self.artifacts, getattr(llm, "model", None), adapter)
+        for (flow, node), c in sorted(found.items()):
+            log.info(
+                "%s's %s scores against its calibrated threshold %.3f (%s)",
+                flow,
+                node,
+                c.threshold,
+                c.describe(),
+            )
+        return {key: c.threshold for key, c in found.items()}
 
     def _agent(self, cls: type[Agent]) -> Agent:
         agent = self._agents.get(cls)
@@ -362,7 +388,8 @@ class Runner(CanaryPlanting):
         raw = flow.resolve_inputs(node, job.input, outputs)
         run.write_input(node, raw)
         try:
-            params = agent_cls.Params.model_validate(self._params(agent_cls, spec.params))
+            given = self._params(agent_cls, spec.params, (flow.name, node))
+            params = agent_cls.Params.model_validate(given)
             agent_input = agent_cls.Input.model_validate(raw)
         except ValidationError as exc:
             return failed(
