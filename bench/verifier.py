@@ -219,18 +219,22 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="held-out examples at most")
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--cache", type=Path, default=CACHE, help="where click's sdist is kept")
+    ap.add_argument("--sets", nargs="+", choices=("heldout", "click"), default=["heldout", "click"])
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args()
     folder = training_root(args.artifacts) / args.training
     state = read_state(folder)
     gguf = args.artifacts / str(state.gguf)
     name = artifact_name(gguf)
-    sets = {"held-out corpus": heldout_examples(args.artifacts, args.training)[: args.limit]}
+    held = heldout_examples(args.artifacts, args.training)[: args.limit]
+    sets = {"held-out corpus": held if "heldout" in args.sets else []}
     sets["held-out corpus, as a night meets it"] = [
         e for e in sets["held-out corpus"] if e["kind"] in NIGHT_KINDS
     ]
     with tempfile.TemporaryDirectory(prefix="pantheon-verifier-") as tmp:
-        sets["click docs (never seen)"] = click_examples(click_changes(Path(tmp), args.cache))
+        sets["click docs (never seen)"] = (
+            click_examples(click_changes(Path(tmp), args.cache)) if "click" in args.sets else []
+        )
         server = ModelServer(
             Path(tmp),
             ServerConfig(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -325,3 +326,18 @@ def test_a_corrupt_calibration_file_is_named(tmp_path):
     path.write_text('[{"reviewer": "review_a"')
     with pytest.raises(ArtifactError, match=r"calibration\.json is not a calibration file"):
         read_calibration(tmp_path)
+
+
+def test_calibrating_an_adapter_uses_only_the_problems_and_pages_it_never_saw(tmp_path):
+    """With the split keys a training held out, the labelled changes are those problems' and
+    pages' only, so an adapter is never calibrated on what it trained on."""
+    from pantheon.core.run.calibrate import labelled_changes
+    from pantheon.core.run.demo import corpus_tasks
+    from pantheon.core.work.labelled import one_per_problem
+
+    task = one_per_problem(corpus_tasks())[5]
+    pages = sorted(p.name for p in (Path(__file__).parents[1] / "flows/corpus/docs").glob("*.md"))
+    keys = {f"file:{task['module']}.py", f"file:{pages[2]}", f"file:{pages[7]}"}
+    got = labelled_changes(tmp_path, code=30, docs=20, keys=keys)
+    assert {c.key for c in got} == keys
+    assert {c.kind for c in got if c.flow == "code"} >= {"good", "backdoor"}

