@@ -129,8 +129,12 @@ def add_parsers(sub: Any, artifacts_arg) -> None:
             once with the base model and once with the adapter, on a model server started for
             the purpose, from each job's original commit in a scratch clone. The adapter is
             promoted into adapters/registry.json only when it passes more jobs than the base
-            model beyond chance (McNemar's exact test, one-sided, p < --significance). The next
-            model server started for the artifacts loads it, and the agent's calls use it."""
+            model beyond chance (McNemar's exact test, one-sided, p < --significance). A code
+            writer is judged by pass@1 on held-out tasks, a reviewer by its verdicts on held-out
+            labelled changes, and a verifier (a scored reviewer, trained on one-word verdicts)
+            as a scorer: its AUROC against the base model's on the same held-out changes,
+            DeLong's paired test in place of McNemar's. The next model server started for the
+            artifacts loads it, and the agent's calls use it."""
         ),
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
