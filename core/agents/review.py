@@ -28,7 +28,14 @@ from pantheon.core.work.doccheck import split_frontmatter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AGENTS", "REVIEW_CHECKLISTS", "REVIEW_RED_FLAGS", "review_messages"]
+__all__ = [
+    "AGENTS",
+    "REVIEW_CHECKLISTS",
+    "REVIEW_RED_FLAGS",
+    "SCORED_SYSTEM",
+    "WHY_FAILS",
+    "review_messages",
+]
 
 
 REVIEW_RED_FLAGS: dict[str, str] = {
