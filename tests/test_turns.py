@@ -202,7 +202,8 @@ def test_a_real_night_of_two_servers_in_turns_never_has_both_computing(tmp_path)
     for path in (artifacts / "runs").glob("*/*/calls.jsonl"):
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if row.get("kind") or row.get("latency_s") is None:
+            # a model call: a reply, a scored verdict, or the reason asked after a low score
+            if row.get("kind") not in (None, "score", "reason") or row.get("latency_s") is None:
                 continue
             end = datetime.fromisoformat(row["at"]).timestamp()
             calls.append((row["endpoint"], end - row["latency_s"], end, path.parent.name))
