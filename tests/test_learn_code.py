@@ -66,8 +66,43 @@ def test_only_the_kept_candidate_of_a_green_fix_is_learnt_from(demo, artifacts, 
     # the failed candidates and the passing one not kept are counted, never positives
     assert stats.left_out["failed candidate"] == 6 and stats.left_out["candidate not kept"] == 1
     assert stats.left_out["failed"] == 1  # the second job
-    # the reviewers judged both changes, but nobody checked their verdicts: nothing to learn
-    assert "review.peer" not in result.agents or result.agents["review.peer"].examples == 0
+    # nobody checked the reviewers' verdicts: they learn only the wrong fix (its tests failed)
+    reviews, _ = read_examples(artifacts, "review.peer")
+    assert {e["label_from"] for e in reviews} == {"wrong fix (its tests failed)"}
+
+
+def test_a_scored_reviewer_learns_the_nights_wrong_fixes_shown_as_the_gates_pass_them(
+    demo, artifacts, registry
+):
+    """Each distinct candidate whose tests failed is a real wrong fix of its task: a fail for
+    each scored reviewer, shown with the task and the passing test report the reviewer saw (so
+    its test result gives nothing away); a job nobody reviewed gives none."""
+    _repo, code = demo
+    wrong_too = "```python\ndef clamp(x, lo, hi):\n    return min(lo, max(hi, x))\n```"
+    fixes = [WRONG_CLAMP, WRONG_CLAMP, wrong_too, "No code here.", FIXED_CLAMP]
+    llm, http = codefix_model(fixes, [True, True])
+    codefix_night(artifacts, registry, [code[0]], llm)
+    asyncio.run(http.aclose())
+    llm, http = codefix_model([WRONG_CLAMP] * 8, [])
+    codefix_night(artifacts, registry, [code[1]], llm)
+    asyncio.run(http.aclose())
+
+    stats = mine(artifacts, fraction=0.01).agents["review.peer"]
+    examples, bad = read_examples(artifacts, "review.peer")
+    assert bad == 0 and stats.labels == {"fail": 4}
+    runs = sorted({e["run"] for e in examples})
+    assert runs == ["codefix-000001#candidate0", "codefix-000001#candidate2"]
+    assert {e["node"] for e in examples} == {"review_a", "review_b"}
+    seen = json.loads((artifacts / "runs/codefix-000001/review_a/input.json").read_text())
+    assert seen["test_passed"] is True
+    for e in examples:
+        prompt = e["messages"][-2]["content"]
+        assert e["messages"][-1] == {"role": "assistant", "content": "fail"}
+        assert e["label"] is False and e["own_reply"] is False
+        assert "diff --git a/code/t01/m01_clamp.py b/code/t01/m01_clamp.py" in prompt
+        assert "The tests passed." in prompt and "FAILED" not in prompt
+        wrong = "+    return x\n" if e["run"].endswith("0") else "+    return min(lo, max(hi, x))"
+        assert wrong in prompt and "max(lo, min(hi, x))" not in prompt.split("Change:")[1]
 
 
 def test_the_split_is_by_task_not_by_run():
@@ -317,7 +352,8 @@ def test_pass_at_1_judges_one_greedy_fix_on_the_real_tests_of_held_out_problems(
     # the passing fix is kept to be read: the diff that reverts the planted bug
     for r, t in zip(results, picked, strict=True):
         before = by_id[t.run.split(":", 1)[1]]["bug"].split(" -> ", 1)[0]
-        assert r.base_change is None and r.adapter_change.startswith(f"--- a/{t.path}")
+        header = f"diff --git a/{t.path} b/{t.path}\n--- a/{t.path}"
+        assert r.base_change is None and r.adapter_change.startswith(header)
         assert any(ln.startswith("+") and before in ln for ln in r.adapter_change.splitlines())
 
 

@@ -212,3 +212,34 @@ def test_a_verifier_trained_for_real_is_judged_by_auroc_on_a_real_server(verifie
     assert ("review.peer" in read_registry(root).agents) is ev.promoted
     saved = json.loads((Path(run) / "evaluation.json").read_text())
     assert saved["adapter_auroc"] == ev.adapter_auroc
+
+
+def test_a_promoted_verifier_answers_the_scored_reviewers_only(tmp_path, registry):
+    """A verifier adapter learned one verdict word: the night's scored review nodes use it, a
+    reasoned review of the same agent keeps the base model; an adapter judged by its tasks
+    (not a verifier) is used by every node of its agent, as before."""
+    from pantheon.core.learn.files import RegistryEntry, update_registry
+    from pantheon.core.run.runner import Runner
+    from pantheon.core.store.queue import JobQueue
+
+    def promoted(judged_by: str) -> None:
+        entry = RegistryEntry(
+            agent="review.peer",
+            adapter="review-peer-1",
+            training="training/review.peer-1",
+            base_model="m.gguf",
+            evidence={"judged_by": judged_by},
+        )
+        update_registry(tmp_path, lambda r: r.agents.__setitem__("review.peer", entry))
+
+    adapters = {"review.peer": "review-peer-1"}
+    promoted("scores")
+    assert read_registry(tmp_path).agents["review.peer"].verifier
+    with JobQueue(tmp_path) as queue:
+        runner = Runner(tmp_path, registry, queue, adapters=adapters)
+        assert runner._params(ReviewPeer, {"scored": True})["adapter"] == "review-peer-1"
+        assert "adapter" not in runner._params(ReviewPeer, {})
+        assert "adapter" not in runner._params(ReviewPeer, {"scored": False})
+        promoted("flow")
+        runner = Runner(tmp_path, registry, queue, adapters=adapters)
+        assert runner._params(ReviewPeer, {})["adapter"] == "review-peer-1"

@@ -16,7 +16,6 @@ Each gives one :class:`TaskResult` per task: passed (right) with the base model,
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from pantheon.core.errors import ModelServerError, NodeError, PantheonError, Rep
 from pantheon.core.learn.files import TaskResult
 from pantheon.core.model.client import LLMClient
 from pantheon.core.store.layout import branch_name
+from pantheon.core.work.edits import file_diff
 from pantheon.core.work.git import GitError, GitRepo
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "code_tasks",
     "corpus_heldout",
     "in_phases",
+    "judge_examples",
     "judge_labels",
     "judge_pass_at_1",
     "one_fix",
@@ -209,19 +210,6 @@ def code_tasks(
     return out, problems
 
 
-def _change(path: str, before: str, after: str, limit: int = 4000) -> str:
-    """The fix as a unified diff of its file (cut at ``limit`` characters, and said so)."""
-    diff = "".join(
-        difflib.unified_diff(
-            before.splitlines(keepends=True),
-            after.splitlines(keepends=True),
-            fromfile=f"a/{path}",
-            tofile=f"b/{path}",
-        )
-    )
-    return diff if len(diff) <= limit else diff[:limit] + "\n[… the diff goes on]\n"
-
-
 async def one_fix(
     llm: LLMClient,
     task: CodeTask,
@@ -256,7 +244,7 @@ async def one_fix(
         except NodeError as exc:
             return False, exc.message[:300], None
         after = (root / task.path).read_text(encoding="utf-8")
-        return True, None, _change(task.path, before, after)
+        return True, None, file_diff(task.path, before, after)
 
 
 async def judge_pass_at_1(
@@ -316,8 +304,6 @@ async def judge_labels(
     when it is the label's (a reply that cannot be used is wrong)."""
     from pantheon.core.model.safecall import ask
 
-    results: list[TaskResult] = []
-
     async def side(i: int, with_adapter: bool) -> tuple[bool, str | None]:
         messages, label = examples[i]["messages"][:-1], bool(examples[i]["label"])
         try:
@@ -334,6 +320,25 @@ async def judge_labels(
         got = bool(getattr(verdict, "passed", not label))
         return got is label, None if got is label else f"said {'pass' if got else 'fail'}"
 
+    def result_of(run: str, example: dict[str, Any], base: tuple, with_adapter: tuple):
+        (b_ok, b_err), (a_ok, a_err) = base, with_adapter
+        return TaskResult(run=run, base=b_ok, adapter=a_ok, base_error=b_err, adapter_error=a_err)
+
+    return await judge_examples(examples, side, result_of, parallel=parallel, on_task=on_task)
+
+
+async def judge_examples(
+    examples: list[dict[str, Any]],
+    side: Callable[[int, bool], Awaitable[R]],
+    result_of: Callable[[str, dict[str, Any], R, R], TaskResult],
+    *,
+    parallel: int = 4,
+    on_task: OnTask | None = None,
+) -> list[TaskResult]:
+    """Each held-out labelled example judged by ``side(i, with_adapter)`` with the base model
+    and with the adapter (:func:`in_phases`: a dead server stops it), made one result by
+    ``result_of(run, example, base side, adapter side)``; sorted by run."""
+    results: list[TaskResult] = []
     phases = in_phases(
         range(len(examples)),
         side,
@@ -341,11 +346,10 @@ async def judge_labels(
         left_out=(ModelServerError,),
         what=lambda i: f"example {examples[i].get('run')}",
     )
-    async for i, (b_ok, b_err), (a_ok, a_err) in phases:
+    async for i, base, with_adapter in phases:
         example = examples[i]
         run = f"{example.get('run')}/{example.get('node')}#{i}"
-        result = TaskResult(run=run, base=b_ok, adapter=a_ok, base_error=b_err, adapter_error=a_err)
-        results.append(result)
+        results.append(result_of(run, example, base, with_adapter))
         if on_task is not None:
-            on_task(result, len(results), len(examples))
+            on_task(results[-1], len(results), len(examples))
     return sorted(results, key=lambda r: r.run)

@@ -5,6 +5,11 @@ changes whose right verdict is known: a fail) and the real changes the operator 
 or rejected (a fail) in the morning review: the messages the reviewer saw, and a reply with the
 right verdict — its own reply when it was right, else the right verdict with the reason the label
 gives. A verdict nobody checked is never learnt from.
+
+A scored reviewer also learns from the night's **wrong fixes**: each candidate fix the writer
+made whose tests failed is a real wrong fix of that task (a fail). It is shown as the run's
+scored reviewers saw the change that passed the tests — the same task and the same passing
+test report — so a verifier learns to read the diff, not the test result.
 """
 
 from __future__ import annotations
@@ -13,16 +18,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from pantheon.core.agents.review import ReviewPeer, review_messages
+from pantheon.core.errors import ArtifactError
 from pantheon.core.flows.flow import Flow
 from pantheon.core.learn.files import MineStats
 from pantheon.core.model.scoring import verdict_word
-from pantheon.core.store.layout import CALLS_FILE
+from pantheon.core.store.atomic import read_json
+from pantheon.core.store.layout import CALLS_FILE, INPUT_FILE
 from pantheon.core.store.queue import Job
 from pantheon.core.store.runs import RUNS
 
 from .examples import AgentData, chat_messages, heldout, read_calls, task_key
 
-__all__ = ["mine_reviewers"]
+__all__ = ["mine_reviewers", "mine_wrong_fixes"]
 
 
 def _reviewers(flow: Flow, only: set[str] | None) -> list[str]:
@@ -158,3 +168,61 @@ def mine_reviewers(
                 run=run,
                 source=f"operator ({decision.action} by {decision.by})",
             )
+    mine_wrong_fixes(artifacts, by_run, state_of, fraction, only)
+
+
+def _wrong_fixes(folder: Path, flow: Flow) -> list[tuple[int, str]]:
+    """(candidate, diff) of each distinct candidate fix of the run whose tests failed."""
+    out: dict[str, int] = {}
+    for node in flow.order:
+        calls, _ = read_calls(folder / node / CALLS_FILE)
+        for call in calls:
+            diff = call.get("diff")
+            if call.get("kind") != "candidate" or not isinstance(diff, str) or not diff.strip():
+                continue
+            if call.get("tests_passed") is False and not call.get("chosen"):
+                out.setdefault(diff, int(call.get("candidate") or 0))
+    return [(c, d) for d, c in out.items()]
+
+
+def mine_wrong_fixes(
+    artifacts: Path,
+    by_run: dict[str, tuple[Job, Flow]],
+    state_of: Any,
+    fraction: float,
+    only: set[str] | None,
+) -> None:
+    """A fail example for each scored reviewer of a run that reviewed a change, per distinct
+    candidate fix of that run whose tests failed: the reviewer's own input (the task and the
+    passing test report) with the wrong fix's diff."""
+    for run, (job, flow) in sorted(by_run.items()):
+        folder = artifacts / RUNS / run
+        scored = [n for n in _reviewers(flow, only) if flow.node(n).params.get("scored") is True]
+        reviewed = [n for n in scored if (folder / n / INPUT_FILE).is_file()]
+        wrong = _wrong_fixes(folder, flow) if reviewed else []
+        if not wrong:
+            continue
+        key = task_key(job.input, job.run_name)
+        for node in reviewed:
+            state = state_of(flow, node)
+            try:
+                given = ReviewPeer.Input.model_validate(read_json(folder / node / INPUT_FILE))
+            except (ArtifactError, ValidationError, ValueError):
+                state.leave("unreadable review input")
+                continue
+            params = ReviewPeer.Params.model_validate(flow.node(node).params)
+            for candidate, diff in wrong:
+                messages = review_messages(given, diff, params.instructions, scored=True)
+                messages.append({"role": "assistant", "content": verdict_word(False)})
+                example = {
+                    "messages": messages,
+                    "split": "heldout" if heldout(key, fraction) else "train",
+                    "run": f"{run}#candidate{candidate}",
+                    "key": key,
+                    "node": node,
+                    "label": False,
+                    "label_from": "wrong fix (its tests failed)",
+                    "own_reply": False,
+                }
+                if state.add(example):
+                    state.stats.labels["fail"] = state.stats.labels.get("fail", 0) + 1

@@ -108,9 +108,7 @@ async def judge_scores(
     """Each held-out labelled change scored with the base model and with the adapter; right
     (``base``/``adapter``) when P(pass) is on the label's side of one half. A change a side
     cannot score is kept with that side's error and no score (never a guess)."""
-    from .judges import in_phases
-
-    results: list[TaskResult] = []
+    from .judges import judge_examples
 
     async def side(i: int, with_adapter: bool) -> tuple[float | None, str | None]:
         messages = examples[i]["messages"][:-1]
@@ -122,22 +120,15 @@ async def judge_scores(
             return None, exc.message[:300]
         return score.p_pass, None
 
-    phases = in_phases(
-        range(len(examples)),
-        side,
-        parallel=parallel,
-        left_out=(ModelServerError,),
-        what=lambda i: f"example {examples[i].get('run')}",
-    )
-    async for i, (b_score, b_err), (a_score, a_err) in phases:
-        example = examples[i]
+    def result_of(run: str, example: dict[str, Any], base: tuple, with_adapter: tuple):
+        (b_score, b_err), (a_score, a_err) = base, with_adapter
         label = bool(example["label"])
 
-        def right(score: float | None, label: bool = label) -> bool:
+        def right(score: float | None) -> bool:
             return score is not None and (score >= 0.5) is label
 
-        result = TaskResult(
-            run=f"{example.get('run')}/{example.get('node')}#{i}",
+        return TaskResult(
+            run=run,
             base=right(b_score),
             adapter=right(a_score),
             base_error=b_err,
@@ -146,7 +137,5 @@ async def judge_scores(
             base_score=b_score,
             adapter_score=a_score,
         )
-        results.append(result)
-        if on_task is not None:
-            on_task(result, len(results), len(examples))
-    return sorted(results, key=lambda r: r.run)
+
+    return await judge_examples(examples, side, result_of, parallel=parallel, on_task=on_task)

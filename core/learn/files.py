@@ -58,6 +58,7 @@ __all__ = [
     "served_adapters",
     "training_id",
     "update_registry",
+    "verifier_adapters",
 ]
 
 TRAINING = "training"
@@ -210,6 +211,12 @@ class RegistryEntry(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict)
     """The evaluation's counts and p-value."""
     promoted_at: datetime | None = None
+
+    @property
+    def verifier(self) -> bool:
+        """A verifier: judged on its P(pass) for labelled changes, so it answers a scored
+        reviewer's one verdict word, not a reasoned review."""
+        return self.evidence.get("judged_by") == "scores"
 
 
 class Registry(BaseModel):
@@ -415,6 +422,16 @@ def agent_adapters(
             continue
         out[agent] = entry.adapter
     return out, problems
+
+
+def verifier_adapters(artifacts: Path) -> set[str]:
+    """The promoted adapters that are verifiers (names on the model server); none when the
+    registry cannot be read (:func:`agent_adapters` says why)."""
+    try:
+        registry = read_registry(artifacts)
+    except ArtifactError:
+        return set()
+    return {e.adapter for e in registry.agents.values() if e.verifier}
 
 
 class AgentLearn(BaseModel):

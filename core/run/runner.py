@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pantheon.core.agents.base import Agent, AgentRegistry, NodeContext
 from pantheon.core.errors import NodeError, PantheonError, ServerUnavailable
 from pantheon.core.flows.flow import Flow, parse_flow
+from pantheon.core.learn.files import verifier_adapters
 from pantheon.core.model.client import LLMClient
 from pantheon.core.model.safecall import CallLog
 from pantheon.core.run.canaries import CanaryPlanting
@@ -94,6 +95,8 @@ class Runner(CanaryPlanting):
         self.on_node = on_node
         self.adapters: dict[str, str] = dict(adapters or {})
         """Agent name -> the LoRA adapter its model calls use, unless its node names one."""
+        self.verifiers: set[str] = verifier_adapters(self.artifacts)
+        """Of those, the verifiers: trained on one verdict word, so only scored nodes use them."""
         self.thresholds: dict[tuple[str, str], float] = self._calibrated()
         """(flow, node) -> a scored reviewer's calibrated threshold (``pantheon reviewers``)."""
         self.stop_between_nodes = False
@@ -103,11 +106,11 @@ class Runner(CanaryPlanting):
         self.canary_every = canary_every
         """One in this many reviewed changes is also planted as a canary (0: none)."""
         self.on_canary = on_canary
+        """Called after each canary is recorded (before the change it came from may merge);
+        awaited when it returns an awaitable."""
         self.clone = clone
         """This host's clone of the jobs' repository, where it is not the path the jobs name
         (an engine on another host, each with its own clone of a shared remote)."""
-        """Called after each canary is recorded (before the change it came from may merge);
-        awaited when it returns an awaitable."""
         self._docs_seen: list[dict[str, Any]] = []
         """Frontmatter of this night's docs changes (for a canary about another page)."""
         self._flows: dict[str, Flow] = {}
@@ -158,9 +161,12 @@ class Runner(CanaryPlanting):
         self, cls: type[Agent], given: dict[str, Any], at: tuple[str, str] | None = None
     ) -> dict[str, Any]:
         """A node's params (``at``: its flow and node), with its agent's promoted adapter
-        unless the node names one, and a scored reviewer's calibrated threshold unless the
-        node gives one."""
+        unless the node names one (a verifier adapter: only on a scored node, since it answers
+        one verdict word), and a scored reviewer's calibrated threshold unless the node gives
+        one."""
         adapter = self.adapters.get(cls.name)
+        if adapter in self.verifiers and not given.get("scored"):
+            adapter = None
         if adapter and "adapter" in cls.Params.model_fields and not given.get("adapter"):
             given = {**given, "adapter": adapter}
         calibrated = self.thresholds.get(at) if at else None

@@ -42,6 +42,7 @@ from pantheon.core.work.edits import (
     apply_functions,
     apply_reply,
     diff_size,
+    file_diff,
 )
 from pantheon.core.work.focus import Focus, focus_of, focus_prompt, hot_lines_text
 from pantheon.core.work.hardcode import hard_coded, verdict
@@ -187,6 +188,7 @@ def _take(
     *,
     form: FixForm,
     original: str,
+    path: str,
     max_tokens: int,
     focus: Focus | None,
 ):
@@ -214,6 +216,7 @@ def _take(
         cand.problem = str(exc)
         return
     cand.lines = diff_size(original, cand.fixed)
+    cand.record["diff"] = file_diff(path, original, cand.fixed)
 
 
 async def run_fix(
@@ -363,7 +366,10 @@ async def run_fix(
                 c.record.update(raw=None, latency_s=round(time.perf_counter() - t0, 4), **stall)
             raise
         for c, reply in zip(cands, replies, strict=False):
-            _take(c, reply, form=form, original=original, max_tokens=max_tokens, focus=focus)
+            _take(
+                c, reply, form=form, original=original, path=path, max_tokens=max_tokens,
+                focus=focus,
+            )  # fmt: skip
         await asyncio.gather(*(test_one(c, scratch) for c in cands))
 
     candidates = [Candidate(0, 0, 0.0)]

@@ -26,6 +26,7 @@ __all__ = [
     "apply_functions",
     "apply_reply",
     "diff_size",
+    "file_diff",
     "python_blocks",
 ]
 
@@ -171,6 +172,23 @@ def diff_size(before: str, after: str) -> int:
         for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     )
+
+
+def file_diff(path: str, before: str, after: str, limit: int = 4000) -> str:
+    """A change of one file as ``git diff`` shows it (cut at ``limit`` characters, and said so);
+    empty when nothing changed."""
+    body = "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            fromfile=f"a/{path}",
+            tofile=f"b/{path}",
+        )
+    )
+    if not body:
+        return ""
+    diff = f"diff --git a/{path} b/{path}\n{body}"
+    return diff if len(diff) <= limit else diff[:limit] + "\n[… the diff goes on]\n"
 
 
 def _defs(tree: ast.Module) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
