@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import math
 import os
 import signal
 import struct
@@ -374,3 +375,46 @@ def test_a_demo_night_runs_on_the_openvino_server(tmp_path):
     assert sum(c["completion_tokens"] for c in calls) > 0
     assert "ovserve" in (artifacts / "server" / "server.log").read_text()
     assert not (artifacts / "server" / "server.json").exists()  # stopped with the night
+
+
+async def test_a_one_token_reply_carries_its_likeliest_first_tokens_logprobs(ov_server):
+    """The OpenVINO server answers logprobs for a one-token reply: the likeliest first tokens
+    (a one-step beam search), most likely first, each a real log probability (they sum to at
+    most 1), the reply being the first of them — in one body or streamed, and a scored verdict
+    reads its P(pass) from them. A longer reply asking for logprobs is refused with why."""
+    from pantheon.core.model.scoring import score_verdict
+
+    _, state = ov_server
+    url = state.endpoint + "/v1/chat/completions"
+    ask = [
+        {"role": "system", "content": "You answer with exactly one word: pass or fail."},
+        {"role": "user", "content": "2 + 2 = 4. Is that right? Answer pass or fail."},
+    ]
+    body = {"messages": ask, "max_tokens": 1, "temperature": 0, "logprobs": True}
+    async with httpx.AsyncClient(timeout=120) as http:
+        resp = await http.post(url, json={**body, "top_logprobs": 20})
+        assert resp.status_code == 200, resp.text
+        choice = resp.json()["choices"][0]
+        [first] = choice["logprobs"]["content"]
+        top = first["top_logprobs"]
+        assert len(top) == 20 and len({t["token"] for t in top}) == 20
+        probs = [math.exp(t["logprob"]) for t in top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+        assert choice["message"]["content"] == first["token"] == top[0]["token"]
+        greedy = await http.post(url, json={"messages": ask, "max_tokens": 1, "temperature": 0})
+        assert greedy.json()["choices"][0]["message"]["content"] == first["token"]
+        refused = await http.post(url, json={**body, "max_tokens": 8})
+        assert refused.status_code == 400
+        assert "logprobs for a one-token reply only" in refused.json()["error"]["message"]
+    async with LLMClient(state.endpoint, model=state.alias, backend="openvino") as client:
+        score = await score_verdict(client, ask)  # the client streams: the same tokens
+    assert 0.0 <= score.p_pass <= 1.0 and 0.0 < score.mass <= 1.0
+    assert score.said == first["token"]
+    mass = {"pass": 0.0, "fail": 0.0}
+    for t in top:
+        word = t["token"].strip().lower()
+        for w in mass:
+            if word.startswith(w) or (len(word) >= 3 and w.startswith(word)):
+                mass[w] += math.exp(t["logprob"])
+    assert sum(mass.values()) > 0, top
+    assert score.p_pass == pytest.approx(mass["pass"] / sum(mass.values()), abs=0.02)

@@ -192,17 +192,17 @@ def test_a_change_scored_low_fails_and_its_reason_is_asked_after_the_verdict(tmp
     assert [c["kind"] for c in calls] == ["score", "reason"]
 
 
-def test_a_scored_reviewer_on_a_server_without_logprobs_reviews_with_reasons(tmp_path, caplog):
-    """The OpenVINO server gives no logprobs: a scored reviewer there gives the reasoned review
-    (its verdict carries no P(pass)) and the log says so once, instead of failing every job."""
+def test_a_scored_reviewer_on_a_server_without_logprobs_fails_with_why_never_a_guess(tmp_path):
+    """A server that returns no logprobs gives no verdict: the review stops with the reason
+    (the job fails and says so), and its call is recorded with that error, never a guessed
+    pass. Pantheon's own servers return them on every backend."""
     from pantheon.core.model.client import Backend
 
-    verdict = json.dumps({"reasons": ["It fixes the comparison."], "passed": True})
-    out, bodies, calls = _review(tmp_path, None, reason=verdict, backend=Backend.OPENVINO)
-    assert out.passed and out.score is None and out.reasons == ["It fixes the comparison."]
-    assert "logprobs" not in bodies[0] and "one word" not in bodies[0]["messages"][-1]["content"]
-    assert calls and all(c.get("kind") != "score" for c in calls)
-    assert "gives no logprobs" in caplog.text
+    with pytest.raises(ModelServerError, match="returned no logprobs"):
+        _review(tmp_path, None, reason="{}", backend=Backend.OPENVINO)
+    [call] = CallLog(tmp_path / "runs" / "codefix-000001" / "review_a").read()
+    assert call["kind"] == "score" and call["parsed"] is None
+    assert "no logprobs" in call["error"]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from pydantic import BaseModel, Field
 
 from pantheon.core.agents.base import Agent, NodeContext, StrictModel, require_workspace
 from pantheon.core.errors import PantheonError
-from pantheon.core.model.client import Backend
 from pantheon.core.model.safecall import CallLog, ask
 from pantheon.core.model.scoring import score_verdict
 from pantheon.core.work.doccheck import split_frontmatter
@@ -150,7 +149,7 @@ class ReviewPeer(Agent):
         if not diff.strip():
             return self.Output(passed=False, reasons=["the change is empty"])
         page = await asyncio.to_thread(_changed_page, ws) if input.kind == "docs" else None
-        if params.scored and _scores_on(ctx.model()):
+        if params.scored:
             return await self._scored(input, ctx, params, diff, page)
         verdict = await ask(
             ctx.model(),
@@ -180,27 +179,6 @@ class ReviewPeer(Agent):
             return self.Output(passed=True, score=score.p_pass, reasons=[said])
         why = await _why_it_fails(llm, messages, adapter=params.adapter, log=ctx.calls)
         return self.Output(passed=False, score=score.p_pass, reasons=[*why, said])
-
-
-UNSCORED = frozenset({Backend.OPENVINO})
-"""Servers that give no logprobs: a scored reviewer reviews with reasons there."""
-_said: set[str] = set()
-
-
-def _scores_on(llm: Any) -> bool:
-    """Whether the reviewers' server gives the logprobs a scored verdict needs; where it does
-    not (the OpenVINO server), the review is the reasoned one, said once."""
-    backend = getattr(llm, "backend", None)
-    if backend not in UNSCORED:
-        return True
-    if str(backend) not in _said:
-        _said.add(str(backend))
-        log.warning(
-            "the %s server gives no logprobs: the scored reviewers review with reasons instead "
-            "(scored: false), and their verdicts carry no P(pass)",
-            backend,
-        )
-    return False
 
 
 WHY_FAILS = "In one sentence, name what is wrong with the change."

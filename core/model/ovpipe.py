@@ -50,6 +50,9 @@ class Sampling:
     schema: dict[str, Any] | None = None
     """A JSON schema the reply must follow (OpenVINO's structured output, a grammar)."""
     ignore_eos: bool = False
+    top_logprobs: int = 0
+    """Above 0: one token, the likeliest ``top_logprobs`` first tokens each a sequence of its own
+    with its log probability (a one-step beam search: OpenVINO GenAI gives no logits)."""
 
 
 @dataclass(eq=False)
@@ -67,6 +70,8 @@ class Generation:
     """The choice its sequence 0 is, in the HTTP request it serves."""
     ids: dict[int, list[int]] = field(default_factory=dict)
     sent: dict[int, str] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    """Each sequence's log probability (set before its "done" event)."""
     done: set[int] = field(default_factory=set)
     handle: Any = None
     config: Any = None
@@ -264,6 +269,7 @@ class OVPipeline:
                     self.generation_tokens_total += len(ids)
                     changed.add(index)
                     reason = out.finish_reason
+                    gen.scores[index] = float(out.score)
                     if reason != og.GenerationFinishReason.NONE:
                         self._emit(gen, index)
                         gen.done.add(index)
@@ -335,6 +341,11 @@ class OVPipeline:
                 cfg.structured_output_config = og.StructuredOutputConfig(
                     json_schema=json.dumps(sampling.schema)
                 )
+            if sampling.top_logprobs > 0:  # one step of a beam search: the likeliest tokens
+                cfg.max_new_tokens = 1
+                cfg.do_sample = False
+                cfg.num_beams = cfg.num_return_sequences = sampling.top_logprobs
+                cfg.length_penalty = 0.0
             return cfg
 
         loop = asyncio.get_running_loop()
@@ -348,7 +359,7 @@ class OVPipeline:
                 Generation(
                     id=next(self._ids),
                     prompt_tokens=count,
-                    n=1,
+                    n=max(1, sampling.top_logprobs),
                     loop=loop,
                     events=events,
                     choice=i,

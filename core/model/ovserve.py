@@ -8,7 +8,8 @@ bound to loopback and started, supervised and stopped by
 - ``POST /v1/chat/completions``: the model's chat template, ``max_tokens``, ``temperature``,
   ``top_p``, ``seed``, ``n``, ``stop``, ``response_format`` (a JSON schema, through OpenVINO's
   structured output), streamed as server-sent events or in one body, with ``usage`` and each
-  choice's ``finish_reason``;
+  choice's ``finish_reason``; ``logprobs``/``top_logprobs`` for a one-token reply
+  (:mod:`pantheon.core.model.ovtop`);
 - ``GET /v1/models``, ``GET /health`` (503 while the model loads), ``POST /tokenize``,
   ``GET /props`` (its slots, as llama-server's);
 - ``GET /metrics``: Prometheus text — requests running and waiting, prompt and generated token
@@ -42,6 +43,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pantheon.core.errors import ModelServerError
 from pantheon.core.model.ggufinfo import openvino_problem
 from pantheon.core.model.ovpipe import Choices, OVPipeline, Sampling, ServerBusy
+from pantheon.core.model.ovtop import (
+    MAX_TOP_LOGPROBS,
+    logprobs_problem,
+    one_token_body,
+    one_token_events,
+)
 
 if TYPE_CHECKING:
     from pantheon.core.model.server import ServerConfig
@@ -89,6 +96,8 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error"):
@@ -218,8 +227,15 @@ def build_app(pipe: OVPipeline, alias: str):
         except ValueError as exc:
             return _error(400, str(exc))
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        max_tokens = req.max_completion_tokens or req.max_tokens or pipe.ctx_per_slot
+        top = 0
+        if req.logprobs or req.top_logprobs:
+            problem = logprobs_problem(max_tokens, req.n)
+            if problem:
+                return _error(400, problem)
+            top = max(1, req.top_logprobs or 1)
         sampling = Sampling(
-            max_tokens=req.max_completion_tokens or req.max_tokens or pipe.ctx_per_slot,
+            max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
@@ -227,6 +243,7 @@ def build_app(pipe: OVPipeline, alias: str):
             stop=stop,
             schema=schema,
             ignore_eos=req.ignore_eos,
+            top_logprobs=top,
         )
         if not pipe.ready:
             return _error(503, pipe.error or "the model is still loading", "unavailable_error")
@@ -247,8 +264,22 @@ def build_app(pipe: OVPipeline, alias: str):
             "model": alias,
         }
         copies = req.n if gen.n == 1 else 1  # greedy: n copies of the one answer
+        usage = bool((req.stream_options or {}).get("include_usage"))
+        if top:
+            try:
+                texts, finish, _ = await _gather(gen)
+            except RuntimeError as exc:
+                return _error(500, str(exc), "server_error")
+            finally:
+                if len(finish) < gen.n:
+                    pipe.cancel(gen)
+            body = one_token_body(gen, texts, finish, head)
+            if req.stream:
+                return StreamingResponse(
+                    one_token_events(body, usage), media_type="text/event-stream"
+                )
+            return JSONResponse(body)
         if req.stream:
-            usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(
                 _stream(pipe, gen, head, copies, usage), media_type="text/event-stream"
             )

@@ -9,7 +9,7 @@ likeliest first tokens hold neither word a :class:`~pantheon.core.errors.ReplyEr
 never guessed.
 
 llama-server and vLLM return logprobs for OpenAI's ``logprobs``/``top_logprobs``; so does
-Pantheon's OpenVINO server.
+Pantheon's OpenVINO server, for the one-token reply asked here (:mod:`.ovtop`).
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ async def score_verdict(
         "messages": messages,
     }
     t0 = time.perf_counter()
+    reply: ChatReply | None = None
     try:
         reply = await llm.chat(
             messages,
@@ -131,9 +132,18 @@ async def score_verdict(
         score = score_reply(reply, where=f"the model server at {llm.where}")
     except (ModelServerError, ReplyError) as exc:
         if log is not None:
+            got = {"raw": None}
+            if reply is not None:  # it answered, but the answer holds no score
+                got = {
+                    "model": reply.model,
+                    "raw": reply.text,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "cached_tokens": reply.cached_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                }
             log.record(
                 **base,
-                raw=None,
+                **got,
                 parsed=None,
                 error=exc.message,
                 latency_s=round(time.perf_counter() - t0, 4),
