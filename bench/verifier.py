@@ -212,6 +212,28 @@ def figures(
     return out
 
 
+def dump(path: Path, sets: dict[str, tuple[list[dict[str, Any]], list[Any]]]) -> None:
+    """Each scored change as a JSON line: what a reader needs to judge the verdict."""
+    with path.open("w", encoding="utf-8") as out:
+        for title, (examples, scores) in sets.items():
+            for e, (base, adapter) in zip(examples, scores, strict=True):
+                shown = str(e["messages"][-1]["content"])
+                diff = shown.split("Change:\n```diff\n", 1)[-1].split("\n```", 1)[0]
+                row = {
+                    "set": title,
+                    "run": e["run"],
+                    "reviewer": str(e["node"]).split(".")[-1],
+                    "kind": e["kind"],
+                    "label": "pass" if e["label"] else "fail",
+                    "base": base,
+                    "adapter": adapter,
+                    "task": shown.split("\n\n", 1)[0].removeprefix("Task: "),
+                    "diff": diff,
+                }
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"each change and its scores: {path}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--artifacts", type=Path, required=True)
@@ -221,6 +243,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=CACHE, help="where click's sdist is kept")
     ap.add_argument("--sets", nargs="+", choices=("heldout", "click"), default=["heldout", "click"])
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    ap.add_argument(
+        "--dump",
+        type=Path,
+        help="write each scored change (set, reviewer, label, P(pass) base and adapter, the "
+        "diff shown) as a JSON line to this file, to read the verdicts by hand",
+    )
     args = ap.parse_args()
     folder = training_root(args.artifacts) / args.training
     state = read_state(folder)
@@ -262,6 +290,8 @@ def main() -> None:
                     ]
                     for title, examples in sets.items():
                         results[title] = figures(examples, scored[title], None)
+                if args.dump:
+                    dump(args.dump, {t: (sets[t], scored[t]) for t in scored})
                 return results
 
             results = asyncio.run(go())
