@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -175,3 +176,73 @@ def test_a_writer_that_breaks_a_check_gets_sampled_replies_and_the_first_that_pa
     assert "more than one sentence" in calls[0]["error"]
     assert [c.get("chosen") for c in calls[2:]] == [False, True, False, False]
     assert json.loads((run / "merge" / "output.json").read_text())["merged"] is True
+
+
+OFF_PAGE = "Explains how to replicate a store to a remote server over TLS."
+
+
+def _writer_then_reviewers(descriptions: list[str]):
+    """A server: the writer's replies in turn (the last one again), reviewers passing."""
+    said = list(descriptions)
+
+    def answer(body):
+        if body["messages"][0]["content"].startswith("You review"):
+            return verdict_reply(body, True, "fine")
+        text = said.pop(0) if len(said) > 1 else said[0]
+        return json.dumps({**META, "description": text})
+
+    return scripted_model(answer, usage={"prompt_tokens": 9, "completion_tokens": 9})
+
+
+def _night(artifacts, registry, repo, llm, flow_text: str | None = None, **engine) -> Path:
+    flow_path = packaged_flows_dir() / "docops.yaml"
+    if flow_text is not None:
+        flow_path = artifacts.parent / "docops-custom.yaml"
+        flow_path.write_text(flow_text)
+    flow = load_flow(flow_path, registry)
+    with JobQueue(artifacts) as q:
+        [job] = enqueue(q, flow, [{"repo": str(repo), "path": "docs/doc0.md"}])
+    asyncio.run(Engine(artifacts, registry, until_empty=True, tick_s=0.01, llm=llm, **engine).run())
+    return artifacts / "runs" / f"docops-{job:06d}"
+
+
+def test_a_description_of_what_the_page_lacks_is_asked_again_and_the_gate_fails_it(
+    artifacts, registry, repo
+):
+    """A description whose words the page does not have is not written: the writer is asked
+    again with the words named; a writer allowed to keep it (its node's grounded_min 0) meets
+    the test gate, which fails it by name, so it never reaches the reviewers."""
+    page = (repo / "docs" / "doc0.md").read_text()
+    right = "Explains what this page covers."
+    assert "replicate" not in page.lower() and "tls" not in page.lower()
+
+    llm, http = _writer_then_reviewers([OFF_PAGE, right])
+    run = _night(artifacts, registry, repo, llm)
+    asyncio.run(http.aclose())
+    calls = [json.loads(x) for x in (run / "write" / "calls.jsonl").read_text().splitlines()]
+    assert "speaks of what the page does not: 'replicate'" in calls[0]["error"]
+    assert json.loads((run / "write" / "output.json").read_text())["description"] == right
+    assert json.loads((run / "merge" / "output.json").read_text())["merged"] is True
+
+    text = (packaged_flows_dir() / "docops.yaml").read_text()
+    lax = text.replace("    inputs: {path: $input.path}\n    after: [plan]\n",
+                       "    inputs: {path: $input.path}\n    after: [plan]\n"
+                       "    params: {grounded_min: 0}\n", 1)  # fmt: skip
+    assert lax != text
+    llm, http = _writer_then_reviewers([OFF_PAGE])
+    run = _night(artifacts, registry, repo, llm, lax)
+    asyncio.run(http.aclose())
+    test = json.loads((run / "test" / "output.json").read_text())
+    assert test["passed"] is False and test["checks"]["description speaks of the page"] is False
+    assert any("'replicate'" in r and "needed" in r for r in test["reasons"])
+    assert not (run / "review_a").exists() and not (run / "merge").exists()
+
+
+def test_the_nights_grounding_setting_reaches_the_writer_and_the_gate(artifacts, registry, repo):
+    """gates.grounding_min 0 turns the check off for the nodes that do not set it."""
+    llm, http = _writer_then_reviewers([OFF_PAGE])
+    run = _night(artifacts, registry, repo, llm, grounding_min=0.0)
+    asyncio.run(http.aclose())
+    assert json.loads((run / "write" / "output.json").read_text())["description"] == OFF_PAGE
+    test = json.loads((run / "test" / "output.json").read_text())
+    assert test["passed"] is True and "description speaks of the page" not in test["checks"]

@@ -72,6 +72,14 @@ def gate_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="... over at least N canaries (default: 5)",
     )
+    p.add_argument(
+        "--grounding-min",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="a docs description must have at least SHARE of its content words on its page, or "
+        "the writer is asked again and the test gate fails it (default: 0.5; 0: not checked)",
+    )
 
 
 def model_endpoint_args(p: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "canary_every": ("gates", "canary_every"),
     "canary_min": ("gates", "canary_min"),
     "canary_max_miss": ("gates", "canary_max_miss"),
+    "grounding_min": ("gates", "grounding_min"),
     "concurrency": ("drain", "concurrency"),
     "until_empty": ("drain", "until_empty"),
     "until": ("drain", "until"),

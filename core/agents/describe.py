@@ -83,9 +83,10 @@ class DocDescribe(Agent):
         ]
 
     @staticmethod
-    def problems(reply: BaseModel, body: str | None) -> list[str]:
-        """What a reply breaks of the asked limits (none: it may be used)."""
-        return failed_checks(check_frontmatter(reply.model_dump(), body))
+    def problems(reply: BaseModel, body: str | None, grounded_min: float = 0.0) -> list[str]:
+        """What a reply breaks of the asked limits (none: it may be used); with
+        ``grounded_min``, a description that does not speak of the page too."""
+        return failed_checks(check_frontmatter(reply.model_dump(), body, grounded_min=grounded_min))
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: DocDescribe.Params = ctx.params  # type: ignore[assignment]

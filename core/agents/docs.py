@@ -14,6 +14,7 @@ from pantheon.core.agents.base import Agent, NodeContext, StrictModel, require_w
 from pantheon.core.agents.describe import DocDescribe
 from pantheon.core.model.safecall import ask_sampled
 from pantheon.core.work.doccheck import split_frontmatter
+from pantheon.core.work.grounding import GROUNDED_MIN
 from pantheon.core.work.tools import Workspace
 
 __all__ = ["AGENTS"]
@@ -42,6 +43,10 @@ class DocFrontmatter(Agent):
         """When the greedy reply (and its corrective retry) breaks a check, this many replies
         are sampled at once and the first that passes every check is taken (0: none)."""
         temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+        grounded_min: float = Field(default=GROUNDED_MIN, ge=0.0, le=1.0)
+        """A description with fewer of its content words on the page is asked again, as a
+        broken limit is (0: not checked; the night's ``gates.grounding_min`` when the node
+        gives none)."""
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: DocFrontmatter.Params = ctx.params  # type: ignore[assignment]
@@ -57,7 +62,7 @@ class DocFrontmatter(Agent):
             log=ctx.calls,
             max_tokens=params.max_tokens,
             adapter=params.adapter,
-            check=lambda r: DocDescribe.problems(r, body),
+            check=lambda r: DocDescribe.problems(r, body, params.grounded_min),
         )
         meta = DocDescribe.Output.model_validate(reply.model_dump())
         front = yaml.safe_dump(meta.model_dump(), sort_keys=False, allow_unicode=True)

@@ -19,6 +19,7 @@ from pantheon.core.errors import NodeError
 from pantheon.core.store.control import Control, ControlFile
 from pantheon.core.work.doccheck import check_frontmatter, failed_checks, split_frontmatter
 from pantheon.core.work.git import GitError
+from pantheon.core.work.grounding import GROUNDED_MIN
 from pantheon.core.work.hardcode import HardCoded, hard_coded, verdict
 from pantheon.core.work.tools import ToolError, Workspace
 
@@ -91,6 +92,9 @@ class Test(Agent):
         regressions: bool = True
         """Run the other tests too (code): a change that breaks one does not pass."""
         regression_timeout_s: float = Field(default=300.0, gt=0)
+        grounded_min: float = Field(default=GROUNDED_MIN, ge=0.0, le=1.0)
+        """Docs: the share of the description's content words the page must use (0: not
+        checked; the night's ``gates.grounding_min`` when the node gives none)."""
 
     async def run(self, input: Input, ctx: NodeContext) -> Output:
         params: Test.Params = ctx.params  # type: ignore[assignment]
@@ -102,7 +106,7 @@ class Test(Agent):
             return self.Output(passed=False, reasons=["a docs test needs the file's path"])
         text = ws.resolve(input.path).read_text(encoding="utf-8")
         meta, body = split_frontmatter(text)
-        checks = check_frontmatter(meta, body)
+        checks = check_frontmatter(meta, body, grounded_min=params.grounded_min)
         problems = failed_checks(checks)
         return self.Output(
             passed=not problems,

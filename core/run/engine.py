@@ -81,6 +81,7 @@ class Engine:
         canary_every: int = 0,
         canary_min: int = 5,
         canary_max_miss: float = 0.5,
+        grounding_min: float | None = None,
         adapters: dict[str, str] | None = None,
         agent_llms: dict[str, LLMClient] | None = None,
         disk_min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
@@ -108,6 +109,7 @@ class Engine:
         self.metrics_port = metrics_port
         self.canary_every = canary_every
         """One in this many reviewed changes is also planted as a canary (0: none)."""
+        self.grounding_min = grounding_min
         self.adapters: dict[str, str] = dict(adapters or {})
         """Agent name -> the promoted LoRA adapter its model calls use."""
         self.agent_llms: dict[str, LLMClient] = dict(agent_llms or {})
@@ -261,6 +263,7 @@ class Engine:
             canary_every=self.canary_every,
             on_canary=lambda: self.io(self.safety.canary_recorded),
             clone=self.clone,
+            grounding_min=self.grounding_min,
         )
         self.runner.stop_between_nodes = self._stopping
         self.control.store = queue

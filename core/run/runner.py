@@ -84,6 +84,7 @@ class Runner(CanaryPlanting):
         canary_every: int = 0,
         on_canary: Callable[[], object] | None = None,
         clone: Path | None = None,
+        grounding_min: float | None = None,
     ) -> None:
         self.artifacts = Path(artifacts)
         self.registry = registry
@@ -97,6 +98,9 @@ class Runner(CanaryPlanting):
         """Agent name -> the LoRA adapter its model calls use, unless its node names one."""
         self.verifiers: set[str] = verifier_adapters(self.artifacts)
         """Of those, the verifiers: trained on one verdict word, so only scored nodes use them."""
+        self.grounding_min = grounding_min
+        """A docs description's least grounding on its page, for the nodes that give none
+        (None: each agent's own default)."""
         self.thresholds: dict[tuple[str, str], float] = self._calibrated()
         """(flow, node) -> a scored reviewer's calibrated threshold (``pantheon reviewers``)."""
         self.stop_between_nodes = False
@@ -162,13 +166,16 @@ class Runner(CanaryPlanting):
     ) -> dict[str, Any]:
         """A node's params (``at``: its flow and node), with its agent's promoted adapter
         unless the node names one (a verifier adapter: only on a scored node, since it answers
-        one verdict word), and a scored reviewer's calibrated threshold unless the node gives
-        one."""
+        one verdict word), a scored reviewer's calibrated threshold and the night's docs
+        grounding minimum, each unless the node gives one."""
         adapter = self.adapters.get(cls.name)
         if adapter in self.verifiers and not given.get("scored"):
             adapter = None
         if adapter and "adapter" in cls.Params.model_fields and not given.get("adapter"):
             given = {**given, "adapter": adapter}
+        grounded = self.grounding_min is not None and "grounded_min" in cls.Params.model_fields
+        if grounded and "grounded_min" not in given:
+            given = {**given, "grounded_min": self.grounding_min}
         calibrated = self.thresholds.get(at) if at else None
         if calibrated and given.get("scored") and "threshold" not in given:
             given = {**given, "threshold": calibrated}

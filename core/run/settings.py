@@ -22,6 +22,7 @@ from pantheon.core.errors import ConfigError
 from pantheon.core.model.files import DEFAULT_MODEL
 from pantheon.core.store.atomic import atomic_write_text
 from pantheon.core.store.layout import SETTINGS_FILE
+from pantheon.core.work.grounding import GROUNDED_MIN
 
 __all__ = [
     "DEFAULT_CODE_MODEL",
@@ -84,6 +85,9 @@ class Gates(BaseModel):
     canary_max_miss: float = Field(0.5, ge=0, le=1)
     """... when the reviewers passed more than this share of them (unless their calibration
     measured them as carrying no information)."""
+    grounding_min: float = Field(GROUNDED_MIN, ge=0, le=1)
+    """A docs description must have at least this share of its content words on its page: the
+    writer is asked again, and the test gate fails it (0: not checked)."""
 
     def engine_kwargs(self) -> dict[str, Any]:
         return self.model_dump()

@@ -11,6 +11,9 @@ in its output so the morning review sees why.
 - **description length**: 20 to 200 characters;
 - **description in its own words**: not copied from the page (no run of 10 or more words, or
   of most of its own words, taken verbatim from the body);
+- **description speaks of the page** (``grounded_min`` above 0): at least that share of its
+  content words are the page's own (:mod:`pantheon.core.work.grounding`): a description of
+  another page, or of a feature the page lacks, names what the page does not;
 - **tags**: 1 to 5 distinct lowercase keywords of a word or two (letters, digits, ``_ + # . -``);
 - **body kept** (the gate): the page's text is still there.
 """
@@ -24,8 +27,11 @@ from typing import Any
 
 import yaml
 
+from pantheon.core.work.grounding import grounding
+
 __all__ = [
     "DESCRIPTION_MAX",
+    "GROUNDED",
     "TITLE_MAX",
     "Check",
     "check_frontmatter",
@@ -40,6 +46,7 @@ TAGS_MAX = 5
 TAG_MAX = 24
 COPY_RUN = 10
 """Words in a row taken from the body that make a description a copy."""
+GROUNDED = "description speaks of the page"
 
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_+#.\-]*( [a-z0-9][a-z0-9_+#.\-]*)?$")
 _END = re.compile(r"[.!?][\"')\]]*$")
@@ -77,8 +84,11 @@ def copied_run(description: str, body: str) -> int:
     return match.size
 
 
-def check_frontmatter(meta: Any, body: str | None = None) -> list[Check]:
-    """Every check of ``meta`` (the frontmatter, a mapping); the body checks when it is given."""
+def check_frontmatter(
+    meta: Any, body: str | None = None, *, grounded_min: float = 0.0
+) -> list[Check]:
+    """Every check of ``meta`` (the frontmatter, a mapping); the body checks when it is given
+    (the description's grounding on it too, when ``grounded_min`` is above 0)."""
     if not isinstance(meta, dict):
         return [Check("frontmatter", False, "no YAML frontmatter mapping at the top of the file")]
     out: list[Check] = []
@@ -140,6 +150,8 @@ def check_frontmatter(meta: Any, body: str | None = None) -> list[Check]:
                 )
             else:
                 out.append(Check("description in its own words", True))
+            if grounded_min > 0:
+                out.append(_grounded(desc, body, grounded_min))
     tags = meta.get("tags")
     if not isinstance(tags, list) or not tags:
         out.append(Check("tags", False, "there is no list of tags"))
@@ -165,6 +177,20 @@ def check_frontmatter(meta: Any, body: str | None = None) -> list[Check]:
             else Check("body kept", False, "the document's body is gone")
         )
     return out
+
+
+def _grounded(description: str, body: str, minimum: float) -> Check:
+    found = grounding(description, body)
+    if found.share >= minimum:
+        return Check(GROUNDED, True)
+    missing = ", ".join(repr(w) for w in found.missing[:5])
+    return Check(
+        GROUNDED,
+        False,
+        f"the description speaks of what the page does not: {missing} "
+        f"{'is' if len(found.missing) == 1 else 'are'} not on the page ({found.share:.0%} of "
+        f"its words are, {minimum:.0%} needed); describe this page",
+    )
 
 
 def failed_checks(checks: list[Check]) -> list[str]:

@@ -7,8 +7,10 @@ groups. Its content words (not the common words, not the verbs every description
 reduced to their stems (Snowball's English stemmer, so "opening" is "open"), are looked up among
 the page's own (split at underscores too, and where the page abbreviates: "sync" for
 "synchronization"); the share found is the description's *grounding*, from 0 to 1, and the words
-the page does not have are named. It is measured, not yet a gate: the night's test model
-(SmolLM2-135M) writes descriptions it fails, so the docs gate does not use it yet.
+the page does not have are named. It is a check of the docs gate
+(:mod:`pantheon.core.work.doccheck`, ``description speaks of the page``): the writer is asked
+again for a description under :data:`GROUNDED_MIN`, and the test gate fails one committed
+(``gates.grounding_min``, ``--grounding-min``: 0 turns it off).
 
 ``bench/claims.py`` measures it: on the project's own corpus (where the threshold was chosen)
 and on real pages it was never tuned on (click's documentation), the AUROC of the grounding of
