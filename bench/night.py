@@ -15,8 +15,15 @@ agent; then the ratios. Goal: at least 40 % of prompt tokens from the cache and 
 less wall time, with the same pass rates. ``--cache-only`` keeps speculation and the turns
 as they run in both, to see the cache's part alone.
 
+``--reviews`` compares the reviewers instead: before, each asked for reasons and a verdict (the
+shipped flows with ``scored: false``); after, as they run, scored — one verdict token whose
+probability is read, and a short reason asked only of a change scored under the threshold.
+Everything else runs as it runs in both. Printed: wall time, generated tokens, the tokens a
+job the reviewers generate, and the pass rates.
+
     python bench/night.py                          # --docs 20 --code 5, the default models
     python bench/night.py --docs 4 --code 1 --model smollm2-135m
+    python bench/night.py --reviews --docs 20 --code 0 --keep /tmp/reviews
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pantheon.console.cli import main as pantheon
+from pantheon.core.flows.flow import packaged_flows_dir
 from pantheon.core.model.client import LLMClient
+from pantheon.core.run import demo
 from pantheon.core.store.jsonl import read_jsonl
 from pantheon.core.store.queue import JobQueue
 
@@ -56,6 +65,32 @@ def _calls(artifacts: Path) -> dict[str, Any]:
     }
 
 
+def _review_tokens(artifacts: Path) -> dict[str, Any]:
+    """Generated tokens of the reviewers' calls, and the docs and code jobs they reviewed."""
+    tokens = jobs = 0
+    for run in artifacts.glob("runs/*"):
+        if not (run / "review_a").is_dir():
+            continue
+        jobs += 1
+        for node in ("review_a", "review_b"):
+            rows, _ = read_jsonl(run / node / "calls.jsonl")
+            tokens += sum(int(r.get("completion_tokens") or 0) for r in rows)
+    return {"review_tokens": tokens, "reviewed_jobs": jobs}
+
+
+def _reasoned_flows(into: Path) -> Path:
+    """The shipped flows with every reviewer reasoned (``scored: false``)."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in ("docops.yaml", "codefix.yaml"):
+        text = (packaged_flows_dir() / name).read_text(encoding="utf-8")
+        reasoned = text.replace("      scored: true\n", "      scored: false\n")
+        assert reasoned != text, f"{name}: no scored reviewer to turn off"
+        (into / name).write_text(reasoned, encoding="utf-8")
+    if not (into / "corpus").exists():  # the demo's pages and tasks, as shipped
+        (into / "corpus").symlink_to(packaged_flows_dir() / "corpus")
+    return into
+
+
 def _pass_rates(artifacts: Path) -> dict[str, str]:
     with JobQueue(artifacts, create=False) as queue:
         by_agent = queue.counts().by_agent
@@ -79,9 +114,13 @@ def one_night(args: argparse.Namespace, after: bool, root: Path) -> dict[str, An
     argv += ["--artifacts", str(artifacts), "--concurrency", str(args.concurrency)]
     if args.model:
         argv += ["--model", args.model]
-    if not after and not args.cache_only:
+    flows = demo.packaged_flows_dir
+    if not after and args.reviews:
+        reasoned = _reasoned_flows(root / "reasoned-flows")
+        demo.packaged_flows_dir = lambda: reasoned  # type: ignore[assignment]
+    elif not after and not args.cache_only:
         argv += ["--speculative", "none", "--cpu-share", "split"]
-    if not after:
+    if not after and not args.reviews:
         LLMClient.shape = no_cache  # type: ignore[method-assign]
     try:
         t0 = time.monotonic()
@@ -89,12 +128,14 @@ def one_night(args: argparse.Namespace, after: bool, root: Path) -> dict[str, An
         wall = time.monotonic() - t0
     finally:
         LLMClient.shape = shape  # type: ignore[method-assign]
+        demo.packaged_flows_dir = flows  # type: ignore[assignment]
     calls = _calls(artifacts)
     out = {
         "night": "after" if after else "before",
         "exit": code,
         "wall_s": round(wall, 1),
         **calls,
+        **_review_tokens(artifacts),
         "cache_share": round(calls["cached"] / calls["prompt"], 3) if calls["prompt"] else None,
         "evaluated": calls["prompt"] - calls["cached"],
         "generated_per_s": round(calls["generated"] / wall, 2) if wall else None,
@@ -117,6 +158,11 @@ def main() -> None:
         help="speculation on in both nights: only the prompt cache differs",
     )
     p.add_argument(
+        "--reviews",
+        action="store_true",
+        help="compare reasoned reviewers (before) with scored ones (after), all else as it runs",
+    )
+    p.add_argument(
         "--keep",
         type=Path,
         metavar="DIR",
@@ -137,6 +183,9 @@ def main() -> None:
         ("tokens drafted", "drafted"),
         ("  accepted", "accepted"),
         ("generated tokens/s", "generated_per_s"),
+        ("generated tokens", "generated"),
+        ("  by the reviewers", "review_tokens"),
+        ("jobs reviewed", "reviewed_jobs"),
     ):
         print(f"{label:24}{before[key]!s:>14}{after[key]!s:>14}")
     share = after["cache_share"]
@@ -146,6 +195,18 @@ def main() -> None:
         print(f"{'pass ' + agent:24}{was:>14}{now:>14}")
     less = 1 - after["wall_s"] / before["wall_s"] if before["wall_s"] else 0.0
     shown = f"{share:.0%}" if share is not None else "-"
+    if args.reviews:
+        per = [
+            n["review_tokens"] / n["reviewed_jobs"] if n["reviewed_jobs"] else 0.0
+            for n in (before, after)
+        ]
+        print(
+            f"\nscored reviewers: {less:.0%} less wall time; the reviewers generated "
+            f"{per[0]:.0f} tokens a reviewed job before, {per[1]:.0f} after"
+        )
+        if args.json:
+            print(json.dumps({"before": before, "after": after}, indent=2))
+        return
     print(
         f"\nafter: {less:.0%} less wall time (goal: 25 %), {shown} of the prompt "
         "tokens from the cache (goal: 40 %)"

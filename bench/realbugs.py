@@ -78,9 +78,10 @@ def _bugs(name: str, cache: Path, count: int, seed: int) -> tuple[Path, list[Rea
     return repo, bugs
 
 
-RANKERS = ("file", "all")
+RANKERS = ("file", "all", "night")
 """How a job's failing tests are scored against the passing ones: the failing tests of its
-own test file, or every failing test of the suite (what discovery does)."""
+own test file, or every failing test of the suite; ``night``: the suspects discovery gives the
+job (every failing test of the suite, ties broken by the tracebacks), what the night uses."""
 
 
 def _placement(repo: Path, bugs: list[RealBug], tmp: Path) -> dict[str, float]:
@@ -109,15 +110,19 @@ def _placement(repo: Path, bugs: list[RealBug], tmp: Path) -> dict[str, float]:
             mine = {t for t in failing if t.split("::", 1)[0] == test_file}
             for ranker in RANKERS:
                 others = failing - mine if ranker == "all" else set()
-                ranked = [
-                    (s.path, s.name)
-                    for s in rank_suspects(
-                        run.coverage, mine, passing, repo=clone, also_failing=others
-                    )
-                ]
+                ranked = (
+                    [(s["path"], s["name"]) for s in job.get("suspects", [])]
+                    if ranker == "night"
+                    else [
+                        (s.path, s.name)
+                        for s in rank_suspects(
+                            run.coverage, mine, passing, repo=clone, also_failing=others
+                        )
+                    ]
+                )
                 top1[ranker] += ranked[:1] == [(bug.path, bug.function)]
                 top3[ranker] += (bug.path, bug.function) in ranked[:3]
-                if ranker == "all" and ranked[:1] != [(bug.path, bug.function)]:
+                if ranker == "night" and ranked[:1] != [(bug.path, bug.function)]:
                     misses.append(f"{bug.id} in {bug.function}: {test_file} -> {ranked[:3]}")
     for line in misses[:10]:
         print(f"    miss: {line}", file=sys.stderr)
@@ -344,9 +349,10 @@ def main() -> None:
                 print(
                     f"{name}: {place['bugs']} bugs, {place['test_files']} failing test files; "
                     f"placed on the right file {place['right_file']}, on the right function "
-                    f"{place['top1_all']} (top-1), {place['top3_all']} (top-3); scored against "
-                    f"the file's own failing tests only: {place['top1_file']} (top-1), "
-                    f"{place['top3_file']} (top-3); "
+                    f"{place['top1_night']} (top-1), {place['top3_night']} (top-3, the ones the "
+                    f"prompt shows); without the tracebacks: {place['top1_all']} (top-1); "
+                    f"scored against the file's own failing tests only: {place['top1_file']} "
+                    f"(top-1), {place['top3_file']} (top-3); "
                     f"discovery {place['discovery_s']} s a repository",
                     flush=True,
                 )
