@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from pantheon.core.work.grounding import GROUNDED_MIN
+
 log = logging.getLogger("pantheon")
 
 DEFAULT_ARTIFACTS = Path("artifacts")
@@ -75,10 +77,11 @@ def gate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grounding-min",
         type=float,
-        default=0.5,
+        default=GROUNDED_MIN,
         metavar="SHARE",
         help="a docs description must have at least SHARE of its content words on its page, or "
-        "the writer is asked again and the test gate fails it (default: 0.5; 0: not checked)",
+        f"the writer is asked again and the test gate fails it (default: {GROUNDED_MIN}; 0: not "
+        "checked)",
     )
 
 

@@ -267,12 +267,9 @@ def build_app(pipe: OVPipeline, alias: str):
         usage = bool((req.stream_options or {}).get("include_usage"))
         if top:
             try:
-                texts, finish, _ = await _gather(gen)
+                texts, finish, _ = await _gather(pipe, gen)
             except RuntimeError as exc:
                 return _error(500, str(exc), "server_error")
-            finally:
-                if len(finish) < gen.n:
-                    pipe.cancel(gen)
             body = one_token_body(gen, texts, finish, head)
             if req.stream:
                 return StreamingResponse(
@@ -284,12 +281,9 @@ def build_app(pipe: OVPipeline, alias: str):
                 _stream(pipe, gen, head, copies, usage), media_type="text/event-stream"
             )
         try:
-            texts, finish, tokens = await _gather(gen)
+            texts, finish, tokens = await _gather(pipe, gen)
         except RuntimeError as exc:
             return _error(500, str(exc), "server_error")
-        finally:
-            if len(finish) < gen.n:
-                pipe.cancel(gen)
         choices = [
             {
                 "index": i,
@@ -324,18 +318,26 @@ def build_app(pipe: OVPipeline, alias: str):
     return Starlette(routes=routes)
 
 
-async def _gather(gen: Choices) -> tuple[dict[int, str], dict[int, str], dict[int, int]]:
+async def _gather(
+    pipe: OVPipeline, gen: Choices
+) -> tuple[dict[int, str], dict[int, str], dict[int, int]]:
+    """Every choice's text, finish reason and tokens; RuntimeError when the pipeline failed it.
+    What is left of a request that fails, or whose client goes away, is cancelled."""
     texts: dict[int, str] = {}
     finish: dict[int, str] = {}
     tokens: dict[int, int] = {}
-    while len(finish) < gen.n:
-        event = await gen.events.get()
-        if event[0] == "error":
-            raise RuntimeError(event[1])
-        if event[0] == "delta":
-            texts[event[1]] = texts.get(event[1], "") + event[2]
-        else:
-            finish[event[1]], tokens[event[1]] = event[2], event[3]
+    try:
+        while len(finish) < gen.n:
+            event = await gen.events.get()
+            if event[0] == "error":
+                raise RuntimeError(event[1])
+            if event[0] == "delta":
+                texts[event[1]] = texts.get(event[1], "") + event[2]
+            else:
+                finish[event[1]], tokens[event[1]] = event[2], event[3]
+    finally:
+        if len(finish) < gen.n:
+            pipe.cancel(gen)
     return texts, finish, tokens
 
 
