@@ -257,3 +257,44 @@ def test_hot_lines_asked_for_are_quoted_in_the_prompt_and_only_then(tmp_path):
     quoted = "2 |     return sum(xs) / (len(xs) + 1)"
     assert quoted in prompts[0] and "The lines the failing tests run" in prompts[0]
     assert "The lines the failing tests run" not in prompts[1]
+
+
+def test_a_second_round_that_would_not_fit_the_context_samples_the_first_prompt(tmp_path):
+    """The best failing candidate's reply is too long to go back within the server's context:
+    the rest of the k candidates are sampled from the first prompt, not given up."""
+    repo = make_repo(tmp_path / "r", {"small.py": SMALL, "test_small.py": SMALL_TESTS})
+    padding = "# " + "a long explanation " * 400 + "\n"
+    half = "```python\n" + padding + SMALL.replace("(len(xs) + 1)", "len(xs)") + "```"
+    whole = (
+        "```python\n"
+        + SMALL.replace("return sum(xs) / (len(xs) + 1)", "return sum(xs) / len(xs) if xs else 0")
+        + "```"
+    )
+    bodies = []
+
+    def answer(body):
+        bodies.append(body)
+        return [half] if len(bodies) <= 2 else [whole] * body.get("n", 1)
+
+    llm, http = scripted_model(answer, context=1024)  # the server counts a word a token
+
+    async def go():
+        try:
+            return await run_fix(
+                llm,
+                root=repo,
+                path="small.py",
+                test_path="test_small.py",
+                task="Fix mean",
+                command=resolve_test_command(repo),
+                k=4,
+                rounds=2,
+            )
+        finally:
+            await http.aclose()
+
+    result = asyncio.run(go())
+    assert len(bodies) == 3 and bodies[2]["n"] == 2
+    assert [m["role"] for m in bodies[2]["messages"]] == ["system", "user"]
+    assert result.chosen.passed and [c.round for c in result.candidates] == [1, 1, 1, 1]
+    assert "if xs else 0" in (repo / "small.py").read_text()

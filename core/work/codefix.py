@@ -253,7 +253,8 @@ async def run_fix(
 
     ``rounds=2`` spends the ``k`` candidates over two rounds: greedy and samples up to half of
     ``k``; then, when none passes, the best failing candidate goes back to the model with its own
-    test output (self-debugging) and the rest are sampled from that conversation. ``name_bug``
+    test output (self-debugging) and the rest are sampled from that conversation (from the first
+    prompt when the conversation would not fit the server's context). ``name_bug``
     asks for one sentence naming the bug before the code. ``hot_lines`` quotes, from the
     suspects, the lines the failing tests run and the passing ones rarely do."""
     root = Path(root)
@@ -301,7 +302,9 @@ async def run_fix(
     if name_bug:
         messages[0] = {"role": "system", "content": f"{messages[0]['content']} {NAME_BUG}"}
         max_tokens += 96
-    await _check_fits(llm, messages, max_tokens, node=node, path=path)
+    too_long = await _too_long(llm, messages, max_tokens, path=path)
+    if too_long:
+        raise NodeError(node, f"{too_long}: not sent")
     gate = asyncio.Semaphore(max(1, parallel_tests))
     tested: dict[str, TestRun] = {}
 
@@ -386,8 +389,11 @@ async def run_fix(
                 again = debug_messages(
                     messages, candidates, form=form, path=path, focused=focus is not None
                 )
-                await _check_fits(llm, again, max_tokens, node=node, path=path)
-                last = [Candidate(i, i, temperature, round=2) for i in range(first, k)]
+                why = await _too_long(llm, again, max_tokens, path=path)
+                if why:  # the rest of the budget is sampled from the first prompt instead
+                    again = messages
+                turn = 1 if why else 2
+                last = [Candidate(i, i, temperature, round=turn) for i in range(first, k)]
                 candidates += last
                 await ask(last, again)
         except ModelServerError:
@@ -455,23 +461,23 @@ def debug_messages(
     ]
 
 
-async def _check_fits(
-    llm: LLMClient, messages: list[Message], max_tokens: int, *, node: str, path: str
-) -> None:
-    """NodeError when the prompt and the reply's room would not fit one request of the
-    server's context (where the server says its context; the prompt counted by the server,
-    else at three characters a token)."""
+async def _too_long(
+    llm: LLMClient, messages: list[Message], max_tokens: int, *, path: str
+) -> str | None:
+    """Why the prompt and the reply's room would not fit one request of the server's context
+    (where the server says its context; the prompt counted by the server, else at three
+    characters a token); None when they fit."""
     context = await llm.context_size()
     if context is None:
-        return
+        return None
     text = "\n".join(str(m["content"]) for m in messages)
     prompt = await llm.count_tokens(text) or len(text) // 3
     if prompt + max_tokens > context:
-        raise NodeError(
-            node,
+        return (
             f"the prompt for {path} ({prompt} tokens) and room for its reply ({max_tokens}) "
-            f"exceed the model's context ({context} tokens a request): not sent",
+            f"exceed the model's context ({context} tokens a request)"
         )
+    return None
 
 
 def _log(log: CallLog | None, cand: Candidate, chosen: Candidate | None) -> None:
