@@ -89,20 +89,19 @@ def test_only_a_long_file_is_shown_in_focus():
     assert "return sum(self.rows) - 1" in focus.code and "math.hypot" not in focus.code
 
 
-def _fix(repo, llm, http, **extra):
-    """run_fix on big.py at k = 1 with the scripted server, closing it after."""
+def _fix(repo, llm, http, name="big", **extra):
+    """run_fix on ``name``.py (k = 1 unless given) with the scripted server, closing it after."""
 
     async def go():
         try:
             return await run_fix(
                 llm,
                 root=repo,
-                path="big.py",
-                test_path="test_big.py",
-                task="Fix big.py",
+                path=f"{name}.py",
+                test_path=f"test_{name}.py",
+                task=f"Fix {name}.py",
                 command=resolve_test_command(repo),
-                k=1,
-                **extra,
+                **{"k": 1, **extra},
             )
         finally:
             await http.aclose()
@@ -161,6 +160,12 @@ SMALL = (
     "def mean(xs):\n    return sum(xs) / (len(xs) + 1)\n\n\n"
     "def span(xs):\n    return max(xs) - min(xs)\n"
 )
+SMALL_FIXED = (
+    "```python\n"
+    + SMALL.replace("return sum(xs) / (len(xs) + 1)", "return sum(xs) / len(xs) if xs else 0")
+    + "```"
+)
+"""A reply with the right fix of ``mean``."""
 SMALL_TESTS = (
     "from small import mean\n\n"
     "def test_one():\n    assert mean([4]) == 4\n\n"
@@ -174,11 +179,6 @@ def test_a_second_round_shows_the_best_failing_candidate_its_own_test_output(tmp
     back with its own output; the second round's answer is kept, and says which round it was."""
     repo = make_repo(tmp_path / "r", {"small.py": SMALL, "test_small.py": SMALL_TESTS})
     half = "```python\n" + SMALL.replace("(len(xs) + 1)", "len(xs)") + "```"
-    whole = (
-        "```python\n"
-        + SMALL.replace("return sum(xs) / (len(xs) + 1)", "return sum(xs) / len(xs) if xs else 0")
-        + "```"
-    )
     bodies = []
 
     def answer(body):
@@ -187,27 +187,10 @@ def test_a_second_round_shows_the_best_failing_candidate_its_own_test_output(tmp
             return f"The bug: nothing.\n```python\n{SMALL}```"  # the file as it was
         if len(bodies) == 2:
             return [half]  # passes two of three tests
-        return [whole] * body.get("n", 1)
+        return [SMALL_FIXED] * body.get("n", 1)
 
     llm, http = scripted_model(answer)
-
-    async def go():
-        try:
-            return await run_fix(
-                llm,
-                root=repo,
-                path="small.py",
-                test_path="test_small.py",
-                task="Fix mean",
-                command=resolve_test_command(repo),
-                k=4,
-                rounds=2,
-                name_bug=True,
-            )
-        finally:
-            await http.aclose()
-
-    result = asyncio.run(go())
+    result = _fix(repo, llm, http, name="small", k=4, rounds=2, name_bug=True)
     assert len(bodies) == 3 and bodies[1].get("n", 1) == 1 and bodies[2]["n"] == 2
     assert "one sentence that names the bug" in bodies[0]["messages"][0]["content"]
     again = bodies[2]["messages"]
@@ -221,38 +204,16 @@ def test_a_second_round_shows_the_best_failing_candidate_its_own_test_output(tmp
 
 def test_hot_lines_asked_for_are_quoted_in_the_prompt_and_only_then(tmp_path):
     repo = make_repo(tmp_path / "r", {"small.py": SMALL, "test_small.py": SMALL_TESTS})
-    fixed = (
-        "```python\n"
-        + SMALL.replace("return sum(xs) / (len(xs) + 1)", "return sum(xs) / len(xs) if xs else 0")
-        + "```"
-    )
     suspects = [{"path": "small.py", "name": "mean", "start": 1, "end": 2, "lines": [2]}]
     prompts = []
 
     def answer(body):
         prompts.append(body["messages"][-1]["content"])
-        return [fixed] * body.get("n", 1)
+        return [SMALL_FIXED] * body.get("n", 1)
 
     for hot in (True, False):
         llm, http = scripted_model(answer)
-
-        async def go(hot=hot, llm=llm, http=http):
-            try:
-                await run_fix(
-                    llm,
-                    root=repo,
-                    path="small.py",
-                    test_path="test_small.py",
-                    task="Fix mean",
-                    command=resolve_test_command(repo),
-                    k=1,
-                    suspects=suspects,
-                    hot_lines=hot,
-                )
-            finally:
-                await http.aclose()
-
-        asyncio.run(go())
+        _fix(repo, llm, http, name="small", suspects=suspects, hot_lines=hot)
         git(repo, "checkout", "-q", "--", "small.py")
     quoted = "2 |     return sum(xs) / (len(xs) + 1)"
     assert quoted in prompts[0] and "The lines the failing tests run" in prompts[0]
@@ -265,35 +226,14 @@ def test_a_second_round_that_would_not_fit_the_context_samples_the_first_prompt(
     repo = make_repo(tmp_path / "r", {"small.py": SMALL, "test_small.py": SMALL_TESTS})
     padding = "# " + "a long explanation " * 400 + "\n"
     half = "```python\n" + padding + SMALL.replace("(len(xs) + 1)", "len(xs)") + "```"
-    whole = (
-        "```python\n"
-        + SMALL.replace("return sum(xs) / (len(xs) + 1)", "return sum(xs) / len(xs) if xs else 0")
-        + "```"
-    )
     bodies = []
 
     def answer(body):
         bodies.append(body)
-        return [half] if len(bodies) <= 2 else [whole] * body.get("n", 1)
+        return [half] if len(bodies) <= 2 else [SMALL_FIXED] * body.get("n", 1)
 
     llm, http = scripted_model(answer, context=1024)  # the server counts a word a token
-
-    async def go():
-        try:
-            return await run_fix(
-                llm,
-                root=repo,
-                path="small.py",
-                test_path="test_small.py",
-                task="Fix mean",
-                command=resolve_test_command(repo),
-                k=4,
-                rounds=2,
-            )
-        finally:
-            await http.aclose()
-
-    result = asyncio.run(go())
+    result = _fix(repo, llm, http, name="small", k=4, rounds=2)
     assert len(bodies) == 3 and bodies[2]["n"] == 2
     assert [m["role"] for m in bodies[2]["messages"]] == ["system", "user"]
     assert result.chosen.passed and [c.round for c in result.candidates] == [1, 1, 1, 1]
