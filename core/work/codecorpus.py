@@ -205,18 +205,19 @@ signal.signal(signal.SIGALRM, alarm)
 for line in sys.stdin:
     item = json.loads(line)
     ok = False
-    try:
-        signal.alarm(3)
-        mod = types.ModuleType("candidate")
-        exec(compile(item["source"], "candidate.py", "exec"), mod.__dict__)
-        env = dict(mod.__dict__)
-        exec(compile(item["test"], "test.py", "exec"), env)
-        env["check"](env[item["entry"]])
-        ok = True
+    try:  # the alarm may fire on the way out too: the outer handler catches it there
+        try:
+            signal.alarm(3)
+            mod = types.ModuleType("candidate")
+            exec(compile(item["source"], "candidate.py", "exec"), mod.__dict__)
+            env = dict(mod.__dict__)
+            exec(compile(item["test"], "test.py", "exec"), env)
+            env["check"](env[item["entry"]])
+            ok = True
+        finally:
+            signal.alarm(0)
     except BaseException:
         ok = False
-    finally:
-        signal.alarm(0)
     print(json.dumps(ok), flush=True)
 """
 
