@@ -172,9 +172,11 @@ def mine_reviewers(
 
 
 def _wrong_fixes(folder: Path, flow: Flow) -> list[tuple[int, str]]:
-    """(candidate, diff) of each distinct candidate fix of the run whose tests failed."""
+    """(candidate, diff) of each distinct candidate fix of the run whose tests failed (read
+    from the writers' calls: the nodes that change the workspace, not the gates)."""
     out: dict[str, int] = {}
-    for node in flow.order:
+    writers = [n for n in flow.order if flow.agents[n].uses_model and not flow.agents[n].gate]
+    for node in writers:
         calls, _ = read_calls(folder / node / CALLS_FILE)
         for call in calls:
             diff = call.get("diff")
